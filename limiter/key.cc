@@ -1,0 +1,53 @@
+#include "limiter/key.h"
+
+#include <array>
+#include <cstring>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace throttlex {
+namespace {
+
+// Fields are length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+struct Header {
+  std::uint32_t ns_len;
+  std::uint32_t key_len;
+  std::int64_t period_ns;
+  std::uint8_t algorithm;
+};
+
+KeyHash finish(XXH128_hash_t h) {
+  KeyHash k{h.high64, h.low64};
+  if (k.hi == 0 && k.lo == 0) k.lo = 1;
+  return k;
+}
+
+}  // namespace
+
+KeyHash hashKey(std::string_view ns, std::string_view key, Algorithm algorithm, Duration period) {
+  const Header hdr{static_cast<std::uint32_t>(ns.size()), static_cast<std::uint32_t>(key.size()),
+                   period.count(), static_cast<std::uint8_t>(algorithm)};
+  constexpr std::size_t kHdr = 17;  // the packed size of Header's fields
+  std::array<char, 256> buf;
+  if (kHdr + ns.size() + key.size() <= buf.size()) {  // the common case: one shot, no state
+    std::memcpy(buf.data(), &hdr.ns_len, 4);
+    std::memcpy(buf.data() + 4, &hdr.key_len, 4);
+    std::memcpy(buf.data() + 8, &hdr.period_ns, 8);
+    std::memcpy(buf.data() + 16, &hdr.algorithm, 1);
+    std::memcpy(buf.data() + kHdr, ns.data(), ns.size());
+    std::memcpy(buf.data() + kHdr + ns.size(), key.data(), key.size());
+    return finish(XXH3_128bits(buf.data(), kHdr + ns.size() + key.size()));
+  }
+  XXH3_state_t st;
+  XXH3_128bits_reset(&st);
+  XXH3_128bits_update(&st, &hdr.ns_len, 4);
+  XXH3_128bits_update(&st, &hdr.key_len, 4);
+  XXH3_128bits_update(&st, &hdr.period_ns, 8);
+  XXH3_128bits_update(&st, &hdr.algorithm, 1);
+  XXH3_128bits_update(&st, ns.data(), ns.size());
+  XXH3_128bits_update(&st, key.data(), key.size());
+  return finish(XXH3_128bits_digest(&st));
+}
+
+}  // namespace throttlex

@@ -1,0 +1,328 @@
+#include "limiter/store.h"
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+
+#include <sys/mman.h>
+
+#include "limiter/spin_lock.h"
+
+namespace throttlex {
+namespace {
+
+struct Entry {
+  KeyHash key;  // all-zero: empty slot
+  State state;
+};
+static_assert(sizeof(Entry) == 32, "the per-key budget is 32 bytes plus table slack");
+
+// Tables grow by 1.25x at 80% load (so load stays in 64%..80%: 40..50 bytes per key). Small growth
+// steps are cheap because shards are small; linear probing stays short at 80%.
+constexpr std::uint32_t kMinSlots = 8;
+constexpr std::uint64_t kLoadNum = 4, kLoadDen = 5;        // grow above 80%
+constexpr std::uint64_t kTargetNum = 16, kTargetDen = 25;  // size to 64% after a rebuild
+constexpr int kEvictionSample = 16;  // as Redis samples for LRU: few enough to be cheap
+constexpr int kEvictionScan = 64;
+
+// Table memory. Large tables come straight from mmap so that a table freed when its shard grows
+// goes back to the OS at once; through malloc, the ever-larger tables of many shards would leave
+// the heap fragmented (growth by 1.25x frees 4x the live table size over a shard's life).
+constexpr std::size_t kMmapBytes = 16 * 1024;
+
+struct TableDeleter {
+  std::size_t bytes = 0;
+  void operator()(Entry* p) const {
+    if (bytes >= kMmapBytes) {
+      munmap(p, bytes);
+    } else {
+      std::free(p);
+    }
+  }
+};
+using TablePtr = std::unique_ptr<Entry[], TableDeleter>;
+
+// Zeroed memory for `slots` entries. Allocation failure is fatal, as with operator new.
+TablePtr allocateTable(std::uint32_t slots) {
+  const std::size_t bytes = std::size_t{slots} * sizeof(Entry);
+  void* p = nullptr;
+  if (bytes >= kMmapBytes) {
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) p = nullptr;
+  } else {
+    p = std::calloc(slots, sizeof(Entry));
+  }
+  if (p == nullptr) throw std::bad_alloc();
+  return TablePtr(static_cast<Entry*>(p), TableDeleter{bytes});
+}
+
+bool isEmpty(const KeyHash& k) { return k.hi == 0 && k.lo == 0; }
+std::uint32_t roundUp8(std::uint64_t n) { return static_cast<std::uint32_t>((n + 7) & ~std::uint64_t{7}); }
+std::int64_t toMs(Time t) { return t.time_since_epoch().count() / 1'000'000; }
+
+}  // namespace
+
+struct alignas(64) Store::Shard {
+  mutable SpinLock lock;
+  // Constant after construction.
+  std::uint32_t cap = 0;        // most entries this shard may hold
+  std::uint32_t max_slots = 0;  // table size that holds `cap` entries at 80% load
+  // State below is protected by `lock`. `table` and `slots` are atomics only so that checkBatch()
+  // can prefetch without the lock (a stale address is harmless for a prefetch); they are written
+  // only under the lock.
+  std::atomic<Entry*> table{nullptr};
+  std::atomic<std::uint32_t> slots{0};
+  std::uint32_t used = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t rng = 0x9E3779B97F4A7C15ull;
+  TablePtr storage;
+
+  static std::uint32_t home(const KeyHash& k, std::uint32_t n) {
+    return static_cast<std::uint32_t>(((k.hi & 0xFFFFFFFFull) * n) >> 32);
+  }
+  Entry* t() const { return table.load(std::memory_order_relaxed); }
+  std::uint32_t n() const { return slots.load(std::memory_order_relaxed); }
+  std::uint32_t next(std::uint32_t i) const { return i + 1 == n() ? 0 : i + 1; }
+
+  std::uint32_t slotsFor(std::uint64_t entries) const {
+    const std::uint64_t want = (entries * kTargetDen + kTargetNum - 1) / kTargetNum;
+    return std::clamp<std::uint32_t>(roundUp8(want), std::min(kMinSlots, max_slots), max_slots);
+  }
+
+  // Index of `key`, or of the empty slot that ends its probe sequence (found = false).
+  std::uint32_t find(const KeyHash& key, bool& found) const {
+    Entry* tab = t();
+    for (std::uint32_t i = home(key, n());; i = next(i)) {
+      if (tab[i].key == key) { found = true; return i; }
+      if (isEmpty(tab[i].key)) { found = false; return i; }
+    }
+  }
+
+  // Backward-shift deletion: keeps every probe sequence free of holes without tombstones.
+  void eraseAt(std::uint32_t hole) {
+    Entry* tab = t();
+    for (std::uint32_t j = next(hole);; j = next(j)) {
+      if (isEmpty(tab[j].key)) break;
+      const std::uint32_t h = home(tab[j].key, n());
+      const bool stays = hole <= j ? (hole < h && h <= j) : (hole < h || h <= j);
+      if (!stays) {
+        tab[hole] = tab[j];
+        hole = j;
+      }
+    }
+    tab[hole] = Entry{};
+    --used;
+  }
+
+  // Rebuilds the table with `new_slots` slots, keeping only entries live at `now_ms`.
+  std::size_t rebuild(std::uint32_t new_slots, std::int64_t now_ms) {
+    TablePtr fresh = allocateTable(new_slots);
+    std::uint32_t kept = 0;
+    std::size_t dropped = 0;
+    Entry* old = t();
+    const std::uint32_t old_n = n();
+    for (std::uint32_t i = 0; i < old_n; ++i) {
+      if (isEmpty(old[i].key)) continue;
+      if (old[i].state.expiredAt(now_ms)) { ++dropped; continue; }
+      std::uint32_t j = home(old[i].key, new_slots);
+      while (!isEmpty(fresh[j].key)) j = j + 1 == new_slots ? 0 : j + 1;
+      fresh[j] = old[i];
+      ++kept;
+    }
+    storage = std::move(fresh);
+    table.store(storage.get(), std::memory_order_relaxed);
+    slots.store(new_slots, std::memory_order_relaxed);
+    used = kept;
+    return dropped;
+  }
+
+  // Makes room for one more entry: rebuild to a larger table, or evict when at the cap.
+  void reserveOne(std::int64_t now_ms) {
+    if (used >= cap) {
+      evictOne(now_ms);
+    } else if ((used + 1ull) * kLoadDen > n() * kLoadNum) {
+      rebuild(slotsFor(used + 1ull), now_ms);
+    }
+  }
+
+  // Evicts the sampled entry that recovers soonest; recovered entries (expired) sort first.
+  void evictOne(std::int64_t now_ms) {
+    Entry* tab = t();
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    std::uint32_t i = static_cast<std::uint32_t>(rng % n());
+    std::uint32_t victim = n();
+    int seen = 0;
+    for (int scanned = 0; scanned < kEvictionScan && seen < kEvictionSample; ++scanned, i = next(i)) {
+      if (isEmpty(tab[i].key)) continue;
+      ++seen;
+      if (victim == n() || tab[i].state.expiryMs() < tab[victim].state.expiryMs()) victim = i;
+    }
+    if (victim == n()) {  // a sparse stretch; cannot happen at the cap (load >= 64%), but be safe
+      for (i = 0; isEmpty(tab[i].key); ++i) {}
+      victim = i;
+    }
+    if (!tab[victim].state.expiredAt(now_ms)) ++evictions;
+    eraseAt(victim);
+  }
+
+  void insert(const KeyHash& key, const State& state, std::int64_t now_ms) {
+    reserveOne(now_ms);
+    bool found = false;
+    const std::uint32_t i = find(key, found);
+    assert(!found);
+    t()[i] = Entry{key, state};
+    ++used;
+  }
+
+  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
+    const std::int64_t now_ms = toMs(now);
+    std::lock_guard guard(lock);
+    bool found = false;
+    const std::uint32_t i = find(key, found);
+    if (found) {
+      Entry& e = t()[i];
+      State s = e.state;
+      const Decision d = decide(limit, s, cost, now);
+      if (s != e.state) {
+        e.state = s;
+      } else if (s.expiredAt(now_ms)) {
+        eraseAt(i);  // recovered: carries nothing, drop it now
+      }
+      return d;
+    }
+    State s;
+    const Decision d = decide(limit, s, cost, now);
+    if (!s.empty()) insert(key, s, now_ms);
+    return d;
+  }
+};
+
+Result<std::unique_ptr<Store>> Store::make(const StoreOptions& options) {
+  if (options.shards == 0 || !std::has_single_bit(options.shards) || options.shards > 65536) {
+    return invalidArgument("store shards must be a power of two between 1 and 65536");
+  }
+  if (options.max_entries < options.shards) {
+    return invalidArgument("store max_entries must be at least the number of shards");
+  }
+  if (options.max_entries / options.shards > (std::uint64_t{1} << 30)) {
+    return invalidArgument("store max_entries is too large for the number of shards");
+  }
+  return std::unique_ptr<Store>(new Store(options));
+}
+
+Store::Store(const StoreOptions& options)
+    : shards_(std::make_unique<Shard[]>(options.shards)),
+      shard_count_(options.shards),
+      shard_shift_(64 - std::countr_zero(options.shards)) {
+  const auto cap = static_cast<std::uint32_t>(options.max_entries / options.shards);
+  for (std::size_t i = 0; i < shard_count_; ++i) {
+    Shard& s = shards_[i];
+    s.cap = cap;
+    s.max_slots = roundUp8((std::uint64_t{cap} * kLoadDen + kLoadNum - 1) / kLoadNum + 1);
+    s.rng ^= i * 0xBF58476D1CE4E5B9ull;
+    s.rebuild(s.slotsFor(0), 0);
+  }
+}
+
+Store::~Store() = default;
+
+Store::Shard& Store::shardFor(const KeyHash& key) const {
+  // shard_shift_ == 64 (one shard) would be undefined for a 64-bit shift.
+  return shards_[shard_count_ == 1 ? 0 : key.hi >> shard_shift_];
+}
+
+Decision Store::check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
+  return shardFor(key).check(key, limit, cost, now);
+}
+
+void Store::checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out) {
+  assert(out.size() >= requests.size());
+  // Prefetch a window ahead: by the time a request is decided, its slot is in cache, so a batch
+  // pays DRAM latency in parallel instead of once per key.
+  constexpr std::size_t kAhead = 16;
+  auto prefetch = [&](const CheckRequest& r) {
+    const Shard& s = shardFor(r.key);
+    const Entry* tab = s.table.load(std::memory_order_relaxed);
+    const std::uint32_t n = s.slots.load(std::memory_order_relaxed);
+    __builtin_prefetch(&s, 1);
+    if (tab != nullptr && n != 0) __builtin_prefetch(tab + Shard::home(r.key, n), 1);
+  };
+  const std::size_t count = requests.size();
+  for (std::size_t i = 0; i < std::min(kAhead, count); ++i) prefetch(requests[i]);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i + kAhead < count) prefetch(requests[i + kAhead]);
+    const CheckRequest& r = requests[i];
+    out[i] = shardFor(r.key).check(r.key, *r.limit, r.cost, now);
+  }
+}
+
+std::size_t Store::sweep(Time now, std::size_t shard_count) {
+  const std::int64_t now_ms = toMs(now);
+  std::size_t dropped = 0;
+  for (std::size_t k = 0; k < std::min(shard_count, shard_count_); ++k) {
+    Shard& s = shards_[sweep_cursor_.fetch_add(1, std::memory_order_relaxed) % shard_count_];
+    std::lock_guard guard(s.lock);
+    const Entry* tab = s.t();
+    std::uint32_t expired = 0;
+    for (std::uint32_t i = 0; i < s.n(); ++i) {
+      if (!isEmpty(tab[i].key) && tab[i].state.expiredAt(now_ms)) ++expired;
+    }
+    const std::uint32_t live = s.used - expired;
+    const bool oversized = s.n() > s.slotsFor(live) * 2u;
+    if (expired > 0 || oversized) dropped += s.rebuild(s.slotsFor(live), now_ms);
+  }
+  return dropped;
+}
+
+std::optional<State> Store::get(const KeyHash& key) const {
+  Shard& s = shardFor(key);
+  std::lock_guard guard(s.lock);
+  bool found = false;
+  const std::uint32_t i = s.find(key, found);
+  if (!found) return std::nullopt;
+  return s.t()[i].state;
+}
+
+bool Store::erase(const KeyHash& key) {
+  Shard& s = shardFor(key);
+  std::lock_guard guard(s.lock);
+  bool found = false;
+  const std::uint32_t i = s.find(key, found);
+  if (found) s.eraseAt(i);
+  return found;
+}
+
+void Store::put(const KeyHash& key, const State& state, Time now) {
+  Shard& s = shardFor(key);
+  std::lock_guard guard(s.lock);
+  bool found = false;
+  const std::uint32_t i = s.find(key, found);
+  if (found) {
+    if (state.empty()) {
+      s.eraseAt(i);
+    } else {
+      s.t()[i].state = state;
+    }
+  } else if (!state.empty()) {
+    s.insert(key, state, toMs(now));
+  }
+}
+
+StoreStats Store::stats() const {
+  StoreStats st;
+  for (std::size_t i = 0; i < shard_count_; ++i) {
+    const Shard& s = shards_[i];
+    std::lock_guard guard(s.lock);
+    st.entries += s.used;
+    st.table_bytes += std::size_t{s.n()} * sizeof(Entry);
+    st.evictions += s.evictions;
+  }
+  return st;
+}
+
+std::size_t Store::shardCount() const { return shard_count_; }
+
+}  // namespace throttlex

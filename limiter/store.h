@@ -1,0 +1,84 @@
+// The in-memory bucket store: 32 bytes per key (a 128-bit key hash and 16 bytes of state), in
+// open-addressing tables spread over many shards, each behind its own short spin lock.
+//
+// Contracts:
+//  - Thread-safe. Any number of threads may call check()/checkBatch()/sweep() at once; there is no
+//    global lock. Calls never block on I/O and never allocate except when a shard's table grows,
+//    shrinks or is rebuilt by sweep() (no per-entry allocation).
+//  - Entries whose state has recovered (full bucket, finished window) carry no information: the
+//    store drops them when it meets them (on lookup, on insert, in sweep()). Memory follows the keys
+//    that are being limited right now.
+//  - At most `max_entries` entries are held. Inserting into a full shard evicts first: among a
+//    sample of the shard's entries, the one that will recover soonest (already-recovered ones first).
+//    Evicting live state can over-admit that key later, so evictions are counted.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "limiter/clock.h"
+#include "limiter/decision.h"
+#include "limiter/key.h"
+#include "limiter/limit.h"
+#include "limiter/result.h"
+#include "limiter/state.h"
+
+namespace throttlex {
+
+struct StoreOptions {
+  std::size_t max_entries = 10'000'000;  // hard cap over all shards (~45 bytes per entry)
+  std::size_t shards = 1024;             // a power of two; many more than threads
+};
+
+struct StoreStats {
+  std::size_t entries = 0;
+  std::size_t table_bytes = 0;  // memory held by the tables
+  std::uint64_t evictions = 0;  // live entries dropped because the store was full
+};
+
+struct CheckRequest {
+  KeyHash key;
+  const Limit* limit = nullptr;  // must outlive the call
+  std::uint64_t cost = 1;
+};
+
+class Store {
+ public:
+  static Result<std::unique_ptr<Store>> make(const StoreOptions& options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now);
+  // Same decisions as check() on each request in order; faster, because it prefetches the table
+  // slots of the whole batch before deciding. `out` must have requests.size() elements.
+  void checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out);
+
+  // Drops recovered entries and shrinks tables in up to `shard_count` shards (round robin), for a
+  // background caller (e.g. every few ms). Returns the number of entries dropped.
+  std::size_t sweep(Time now, std::size_t shard_count);
+
+  std::optional<State> get(const KeyHash& key) const;  // the stored state, if any
+  bool erase(const KeyHash& key);                      // true if the key had state
+  // Stores `state` for `key` (restore from a snapshot, handoff). Respects the cap like an insert.
+  void put(const KeyHash& key, const State& state, Time now);
+
+  StoreStats stats() const;
+  std::size_t shardCount() const;
+
+ private:
+  struct Shard;
+  explicit Store(const StoreOptions& options);
+  Shard& shardFor(const KeyHash& key) const;
+
+  std::unique_ptr<Shard[]> shards_;  // constant after construction
+  std::size_t shard_count_;          // constant after construction
+  int shard_shift_;                  // constant after construction
+  std::atomic<std::size_t> sweep_cursor_{0};  // where the next sweep() starts
+};
+
+}  // namespace throttlex

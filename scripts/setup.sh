@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package ThrottleX needs to build, test and run.
+# Idempotent and non-interactive; run as root (or through sudo).
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config git
+  # libraries (see docs/architecture.md, "Dependencies")
+  libasio-dev capnproto libcapnp-dev libhiredis-dev libconcurrentqueue-dev
+  prometheus-cpp-dev libcli11-dev doctest-dev libxxhash-dev libbenchmark-dev
+  libhttp-parser-dev libyaml-cpp-dev nlohmann-json3-dev
+  # services and tools used by the tests and benchmarks
+  redis-server redis-tools nginx-light wrk curl iproute2 procps python3
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then exec sudo "$0" "$@"; fi
+  echo "setup.sh: must run as root to install packages" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup.sh: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "setup.sh: installing ${missing[*]}"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts services on install where it can; the tests start their own
+# instances on their own ports, so the system-wide ones are not needed.
+echo "setup.sh: done"
