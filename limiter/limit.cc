@@ -2,17 +2,13 @@
 
 #include <array>
 
+#include "limiter/period.h"
+
 namespace throttlex {
 namespace {
 
 constexpr std::array<std::string_view, kAlgorithmCount + 1> kNames = {
     "", "token_bucket", "leaky_bucket", "fixed_window", "sliding_window", "gcra"};
-
-std::string formatPeriod(Duration period) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(period).count();
-  if (ms % 1000 != 0) return std::to_string(ms) + "ms";
-  return std::to_string(ms / 1000) + "s";
-}
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include "limiter/decision.h"
 #include "limiter/key.h"
 #include "limiter/limit.h"
+#include "limiter/period.h"
 #include "limiter/result.h"
 #include "limiter/state.h"
 #include "limiter/store.h"

@@ -52,4 +52,8 @@ class [[nodiscard]] Result {
   std::variant<T, Error> v_;
 };
 
+// For operations that return nothing but can fail.
+struct Ok {};
+using Status = Result<Ok>;
+
 }  // namespace throttlex

@@ -22,7 +22,7 @@ TEST_CASE("burst defaults to the limit") {
   auto l = Limit::make({Algorithm::kTokenBucket, 100, 60s});
   REQUIRE(l.ok());
   CHECK(l->burst() == 100);
-  CHECK(l->describe() == "100/60s token_bucket burst=100");
+  CHECK(l->describe() == "100/1m token_bucket burst=100");
 }
 
 TEST_CASE("out-of-range limits are rejected with a message, not clamped") {

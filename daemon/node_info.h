@@ -1,0 +1,26 @@
+// What a node says about itself (admin nodeInfo, throttlectl status, /v1/info).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace throttlex {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+struct NodeInfo {
+  std::string node_id;
+  std::string version = kVersion;
+  std::string http_address;
+  std::string rpc_address;
+  std::string metrics_address;
+  std::uint64_t uptime_ms = 0;
+  std::uint64_t keys = 0;
+  std::uint64_t evictions = 0;
+  std::uint32_t rules = 0;
+};
+
+using NodeInfoProvider = std::function<NodeInfo()>;
+
+}  // namespace throttlex

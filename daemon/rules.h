@@ -1,0 +1,59 @@
+// Named rules: limits configured on the node (from a YAML rules file, or set at run time through
+// the admin API) instead of sent inline with every request.
+//
+// Rules file (YAML; see docs/api.md):
+//   rules:
+//     - name: api-per-user        # [A-Za-z0-9_.:-], at most 128 bytes
+//       algorithm: token_bucket   # token_bucket | leaky_bucket | fixed_window | sliding_window | gcra
+//       limit: 100
+//       period: 60s               # ms, s, m, h, d
+//       burst: 150                # optional, bucket algorithms only
+//       shadow: false             # optional: decide and count, but always allow (dry run)
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "limiter/limit.h"
+#include "limiter/result.h"
+
+namespace throttlex {
+
+inline constexpr std::size_t kMaxRuleNameBytes = 128;
+
+struct Rule {
+  std::string name;
+  LimitSpec spec;
+  bool shadow = false;
+};
+
+// An immutable, validated set of rules. Swapped as a whole on reload.
+class RuleSet {
+ public:
+  struct Entry {
+    Rule rule;
+    Limit limit;
+  };
+
+  static Result<RuleSet> make(std::vector<Rule> rules);  // validates every rule and unique names
+  static Result<RuleSet> parseYaml(std::string_view text);
+  static Result<RuleSet> loadFile(const std::string& path);
+
+  const Entry* find(std::string_view name) const;  // nullptr if unknown
+  std::vector<Rule> rules() const;                 // sorted by name
+  std::size_t size() const { return entries_.size(); }
+
+  // Copies with one rule added / replaced, or removed.
+  Result<RuleSet> with(const Rule& rule) const;
+  RuleSet without(std::string_view name) const;
+
+ private:
+  std::map<std::string, Entry, std::less<>> entries_;
+};
+
+Status validateRuleName(std::string_view name);
+
+}  // namespace throttlex

@@ -1,0 +1,123 @@
+# The ThrottleX wire contract for clients and throttlectl (peers and gossip come with the cluster).
+#
+# Rules for changing this file: ONLY APPEND. Field ordinals, enum values and method ordinals are
+# part of the protocol; never renumber, retype or remove. Every request and response carries the
+# protocol version so a node can refuse what it does not understand.
+@0xa979cec6a16deb57;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("throttlex::proto");
+
+const protocolVersion :UInt16 = 1;
+
+# Numeric values equal limiter/limit.h's Algorithm.
+enum Algorithm {
+  unspecified @0;
+  tokenBucket @1;
+  leakyBucket @2;
+  fixedWindow @3;
+  slidingWindow @4;
+  gcra @5;
+}
+
+enum ErrorCode {
+  none @0;
+  invalidArgument @1;
+  notFound @2;
+  unavailable @3;
+  deadlineExceeded @4;
+  resourceExhausted @5;
+  internal @6;
+  unsupportedVersion @7;
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;
+}
+
+struct LimitSpec {
+  algorithm @0 :Algorithm;
+  limit @1 :UInt64;
+  periodMs @2 :UInt64;
+  burst @3 :UInt64;      # 0: same as limit
+}
+
+struct CheckRequest {
+  key @0 :Text;
+  rule @1 :Text;         # a named rule; empty: use `limit`
+  limit @2 :LimitSpec;   # the inline limit
+  hits @3 :UInt64 = 1;   # 0 reads without consuming
+}
+
+# How the answer was reached; the cluster adds forwarding and degraded mode.
+enum Route {
+  local @0;
+  forwarded @1;
+  degraded @2;
+}
+
+struct CheckResult {
+  error @0 :Error;            # code none: the fields below are valid
+  allowed @1 :Bool;           # what the caller must do (always true for a shadow rule)
+  decidedAllowed @2 :Bool;    # the limiter's real decision
+  shadow @3 :Bool;
+  limit @4 :UInt64;
+  remaining @5 :UInt64;
+  resetAfterNs @6 :Int64;
+  retryAfterNs @7 :Int64;     # 0 when allowed; -1: never (cost above capacity)
+  policy @8 :Text;            # rule name, or "default" for inline limits
+  periodMs @9 :UInt64;
+  route @10 :Route;
+}
+
+interface Limiter {
+  check @0 (version :UInt16, request :CheckRequest) -> (version :UInt16, result :CheckResult);
+  # At most 1000 checks per call; results in request order.
+  checkBatch @1 (version :UInt16, checks :List(CheckRequest))
+      -> (version :UInt16, error :Error, results :List(CheckResult));
+}
+
+struct Rule {
+  name @0 :Text;
+  limit @1 :LimitSpec;
+  shadow @2 :Bool;
+}
+
+struct NodeInfo {
+  nodeId @0 :Text;
+  version @1 :Text;            # software version
+  protocolVersion @2 :UInt16;
+  httpAddress @3 :Text;
+  rpcAddress @4 :Text;
+  metricsAddress @5 :Text;
+  uptimeMs @6 :UInt64;
+  keys @7 :UInt64;             # live entries in the store
+  evictions @8 :UInt64;
+  rules @9 :UInt32;
+}
+
+struct KeyInspection {
+  error @0 :Error;
+  found @1 :Bool;
+  algorithm @2 :Algorithm;
+  limit @3 :UInt64;
+  remaining @4 :UInt64;
+  resetAfterNs @5 :Int64;
+  expiryMs @6 :Int64;          # when the stored state stops mattering (Unix ms)
+  count @7 :UInt64;            # windows: current window's count
+  previousCount @8 :UInt64;    # sliding window: previous window's count
+}
+
+interface Admin {
+  nodeInfo @0 (version :UInt16) -> (info :NodeInfo);
+  listRules @1 (version :UInt16) -> (rules :List(Rule));
+  setRule @2 (version :UInt16, rule :Rule) -> (error :Error);
+  deleteRule @3 (version :UInt16, name :Text) -> (error :Error, deleted :Bool);
+  reloadRules @4 (version :UInt16) -> (error :Error, count :UInt32);
+  inspectKey @5 (version :UInt16, request :CheckRequest) -> (inspection :KeyInspection);
+  resetKey @6 (version :UInt16, request :CheckRequest) -> (error :Error, existed :Bool);
+}
+
+# What a node's RPC port bootstraps: cast it to Limiter or Admin.
+interface Node extends(Limiter, Admin) {}

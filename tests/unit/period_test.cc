@@ -1,0 +1,33 @@
+#include <doctest/doctest.h>
+
+#include "limiter/period.h"
+
+using namespace throttlex;
+using namespace std::chrono_literals;
+
+TEST_CASE("periods parse in every unit") {
+  CHECK(*parsePeriod("250ms") == 250ms);
+  CHECK(*parsePeriod("1s") == 1s);
+  CHECK(*parsePeriod("60s") == 60s);
+  CHECK(*parsePeriod("5m") == 5min);
+  CHECK(*parsePeriod("2h") == 2h);
+  CHECK(*parsePeriod("365d") == std::chrono::hours(24 * 365));
+  CHECK(*parsePeriod("1500") == 1500ms);  // bare numbers are milliseconds
+}
+
+TEST_CASE("bad periods are rejected with the accepted form in the message") {
+  for (const char* bad : {"", "s", "-1s", "0s", "1.5s", "1 s", "1sec", "1w", "99999999999999s"}) {
+    CAPTURE(bad);
+    auto p = parsePeriod(bad);
+    REQUIRE_FALSE(p.ok());
+    CHECK(p.error().message.find("ms, s, m, h or d") != std::string::npos);
+  }
+}
+
+TEST_CASE("formatting picks the largest exact unit") {
+  CHECK(formatPeriod(60s) == "1m");
+  CHECK(formatPeriod(1500ms) == "1500ms");
+  CHECK(formatPeriod(90s) == "90s");
+  CHECK(formatPeriod(std::chrono::hours(48)) == "2d");
+  CHECK(*parsePeriod(formatPeriod(86'399'999ms)) == 86'399'999ms);
+}

@@ -1,0 +1,95 @@
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "daemon/rules.h"
+
+using namespace throttlex;
+using namespace std::chrono_literals;
+
+TEST_CASE("a rules file parses into validated rules") {
+  auto set = RuleSet::parseYaml(R"(
+rules:
+  - name: api-per-user
+    algorithm: token_bucket
+    limit: 100
+    period: 60s
+    burst: 150
+  - name: login
+    algorithm: sliding_window
+    limit: 5
+    period: 1m
+    shadow: true
+  - name: plain
+    limit: 10
+    period: 1s
+)");
+  REQUIRE_MESSAGE(set.ok(), (set.ok() ? "" : set.error().message));
+  CHECK(set->size() == 3);
+  const auto* api = set->find("api-per-user");
+  REQUIRE(api != nullptr);
+  CHECK(api->limit.limit() == 100);
+  CHECK(api->limit.burst() == 150);
+  CHECK(api->limit.period() == 60s);
+  CHECK_FALSE(api->rule.shadow);
+  CHECK(set->find("login")->rule.shadow);
+  CHECK(set->find("plain")->limit.algorithm() == Algorithm::kTokenBucket);  // the default
+  CHECK(set->find("nope") == nullptr);
+}
+
+TEST_CASE("an empty file or empty list means no rules") {
+  CHECK(RuleSet::parseYaml("")->size() == 0);
+  CHECK(RuleSet::parseYaml("rules:\n")->size() == 0);
+  CHECK(RuleSet::parseYaml("rules: []\n")->size() == 0);
+}
+
+TEST_CASE("bad rules files are rejected with a message that names the problem") {
+  struct Case {
+    const char* yaml;
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"rules: [", "invalid YAML"},
+      {"limits: []", "top-level 'rules:'"},
+      {"rules: 5", "must be a list"},
+      {"rules:\n  - 5", "expected a mapping"},
+      {"rules:\n  - {name: a, limit: 1}", "missing 'period'"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s, colour: red}", "unknown field 'colour'"},
+      {"rules:\n  - {name: a, limit: -1, period: 1s}", "non-negative integer"},
+      {"rules:\n  - {name: a, limit: 1, period: 1 week}", "invalid period"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s, algorithm: magic}", "unknown algorithm"},
+      {"rules:\n  - {name: 'a b', limit: 1, period: 1s}", "may contain only"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s}\n  - {name: a, limit: 2, period: 1s}",
+       "defined twice"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s, algorithm: fixed_window, burst: 5}",
+       "burst applies only"},
+      {"rules:\n  - {name: a, limit: 99999999999999999999999, period: 1s}", "too large"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s, shadow: maybe}", "invalid YAML"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.yaml);
+    auto set = RuleSet::parseYaml(c.yaml);
+    REQUIRE_FALSE(set.ok());
+    CHECK_MESSAGE(set.error().message.find(c.needle) != std::string::npos, set.error().message);
+  }
+}
+
+TEST_CASE("a missing rules file is a clear error") {
+  auto set = RuleSet::loadFile("/nonexistent/rules.yaml");
+  REQUIRE_FALSE(set.ok());
+  CHECK(set.error().message.find("/nonexistent/rules.yaml") != std::string::npos);
+}
+
+TEST_CASE("with and without return changed copies") {
+  auto set = RuleSet::make({{"a", {Algorithm::kGcra, 5, 1s}, false}});
+  REQUIRE(set.ok());
+  auto more = set->with({"b", {Algorithm::kFixedWindow, 7, 1s}, true});
+  REQUIRE(more.ok());
+  CHECK(more->size() == 2);
+  CHECK(set->size() == 1);
+  auto replaced = more->with({"a", {Algorithm::kGcra, 9, 1s}, false});
+  CHECK(replaced->find("a")->limit.limit() == 9);
+  CHECK(replaced->without("a").size() == 1);
+  CHECK_FALSE(set->with({"bad name!", {Algorithm::kGcra, 1, 1s}, false}).ok());
+}
