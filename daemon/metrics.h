@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "limiter/clock.h"
+#include "limiter/result.h"
 
 namespace throttlex {
 
@@ -42,9 +43,9 @@ class Metrics {
   std::string render() const;
 
   // Starts serving GET /metrics on bind_address:port (prometheus-cpp's Exposer). port 0: any.
-  // Returns the bound port.
+  // Returns the bound port, or an error (address in use, bad address).
   struct Exposer;
-  int serve(const std::string& bind_address, std::uint16_t port);
+  Result<int> serve(const std::string& bind_address, std::uint16_t port);
 
   struct Impl;
 

@@ -1,0 +1,122 @@
+#include "bench/load_connection.h"
+
+#include <charconv>
+#include <thread>
+#include <vector>
+
+namespace throttlex::bench {
+namespace {
+
+void bump(std::atomic<std::uint64_t>& a) {  // single writer: no read-modify-write needed
+  a.store(a.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+LoadConnection::LoadConnection(std::unique_ptr<client::Client> client, const LoadPlan& plan,
+                               KeyPicker picker, SteadyTime first_send)
+    : plan_(plan),
+      picker_(std::move(picker)),
+      next_send_(first_send),
+      slots_(static_cast<std::ptrdiff_t>(plan.concurrency)),
+      client_(std::move(client)) {}
+
+void LoadConnection::run() {
+  if (plan_.batch > 0) {
+    runBatch();
+  } else {
+    runAsync();
+  }
+}
+
+bool LoadConnection::nextSlot(SteadyTime& intended) {
+  if (plan_.interval.count() == 0) {
+    intended = std::chrono::steady_clock::now();
+    return intended < plan_.end;
+  }
+  intended = next_send_;
+  if (intended >= plan_.end) return false;
+  next_send_ += plan_.interval;
+  // Behind schedule: send at once; the lateness counts as latency.
+  if (std::chrono::steady_clock::now() < intended) std::this_thread::sleep_until(intended);
+  return true;
+}
+
+void LoadConnection::setNextKey(std::string& key) {
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof digits, picker_.next());
+  key.assign(plan_.key_prefix);
+  key.append(digits, end);
+}
+
+void LoadConnection::runAsync() {
+  client::CheckSpec spec = plan_.spec;
+  SteadyTime intended;
+  while (true) {
+    // Open loop: wait for the slot first, so that waiting for a free outstanding slot below is
+    // measured; closed loop: take the outstanding slot first, then the send time is now.
+    if (plan_.interval.count() != 0) {
+      if (!nextSlot(intended)) break;
+      slots_.acquire();
+    } else {
+      slots_.acquire();
+      if (!nextSlot(intended)) {
+        slots_.release();
+        break;
+      }
+    }
+    setNextKey(spec.key);
+    // {this, intended}: 16 bytes, so std::function stores it without allocating.
+    client_->checkAsync(spec, [this, intended](client::CheckResult r) {
+      record(r, intended, std::chrono::steady_clock::now());
+      slots_.release();
+    });
+  }
+  for (std::size_t i = 0; i < plan_.concurrency; ++i) slots_.acquire();  // drain
+}
+
+void LoadConnection::runBatch() {
+  std::vector<client::CheckSpec> specs(plan_.batch, plan_.spec);
+  SteadyTime intended;
+  while (nextSlot(intended)) {
+    for (client::CheckSpec& spec : specs) setNextKey(spec.key);
+    const std::vector<client::CheckResult> results = client_->checkBatch(specs);
+    const SteadyTime done = std::chrono::steady_clock::now();
+    for (const client::CheckResult& r : results) record(r, intended, done);
+  }
+}
+
+void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, SteadyTime done) {
+  bump(completed_);
+  if (intended < plan_.measure_from) return;  // warmup
+  if (!r.ok()) {
+    bump(errors_);
+    if (!has_error_.load(std::memory_order_relaxed)) {
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      if (first_error_.empty()) {
+        first_error_ = std::string(client::errorCodeName(r.error.code)) + ": " + r.error.message;
+      }
+      has_error_.store(true, std::memory_order_relaxed);
+    }
+    return;
+  }
+  if (r.fallback) {
+    bump(fallbacks_);
+    return;
+  }
+  bump(r.allowed ? allowed_ : limited_);
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(done - intended).count();
+  latency_.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns)));
+}
+
+Tally LoadConnection::tally() const {
+  return {allowed_.load(std::memory_order_relaxed), limited_.load(std::memory_order_relaxed),
+          errors_.load(std::memory_order_relaxed), fallbacks_.load(std::memory_order_relaxed)};
+}
+
+std::string LoadConnection::firstError() const {
+  std::lock_guard<std::mutex> lock(error_mutex_);
+  return first_error_;
+}
+
+}  // namespace throttlex::bench

@@ -1,0 +1,84 @@
+#include "cli/args.h"
+
+#include "limiter/limit.h"
+#include "limiter/period.h"
+
+namespace throttlex::cli {
+namespace {
+
+// The client's Algorithm and the limiter's carry the same wire values (proto/throttlex.capnp).
+client::Algorithm toClient(throttlex::Algorithm a) {
+  return static_cast<client::Algorithm>(static_cast<std::uint8_t>(a));
+}
+
+throttlex::Result<client::Algorithm> algorithmOrDefault(std::string_view text) {
+  if (text.empty()) return client::Algorithm::kTokenBucket;
+  auto parsed = throttlex::parseAlgorithm(text);
+  if (!parsed) return parsed.error();
+  return toClient(*parsed);
+}
+
+}  // namespace
+
+throttlex::Result<std::chrono::milliseconds> parseMillis(std::string_view text) {
+  auto parsed = throttlex::parsePeriod(text);
+  if (!parsed) return parsed.error();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(*parsed);
+}
+
+std::string periodProblem(std::string_view text) {
+  auto parsed = throttlex::parsePeriod(text);
+  return parsed ? std::string() : parsed.error().message;
+}
+
+std::string algorithmProblem(std::string_view text) {
+  auto parsed = throttlex::parseAlgorithm(text);
+  return parsed ? std::string() : parsed.error().message;
+}
+
+std::string_view nameOf(client::Algorithm algorithm) {
+  return throttlex::algorithmName(static_cast<throttlex::Algorithm>(algorithm));
+}
+
+throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args) {
+  if (args.key.empty() || args.key.size() > client::kMaxKeyBytes) {
+    return throttlex::invalidArgument("KEY must be 1 to " + std::to_string(client::kMaxKeyBytes) +
+                                      " bytes");
+  }
+  client::CheckSpec spec;
+  spec.key = args.key;
+  spec.hits = args.hits;
+  if (!args.rule.empty()) {
+    spec.rule = args.rule;
+    return spec;
+  }
+  if (!args.limit || args.period.empty()) {
+    return throttlex::invalidArgument("give --rule NAME, or an inline limit: --limit N --period P");
+  }
+  auto period = parseMillis(args.period);
+  if (!period) return period.error();
+  auto algorithm = algorithmOrDefault(args.algorithm);
+  if (!algorithm) return algorithm.error();
+  spec.limit = *args.limit;
+  spec.period = *period;
+  spec.algorithm = *algorithm;
+  spec.burst = args.burst;
+  return spec;
+}
+
+throttlex::Result<client::Rule> makeRule(const RuleArgs& args) {
+  auto period = parseMillis(args.period);
+  if (!period) return period.error();
+  auto algorithm = algorithmOrDefault(args.algorithm);
+  if (!algorithm) return algorithm.error();
+  client::Rule rule;
+  rule.name = args.name;
+  rule.algorithm = *algorithm;
+  rule.limit = args.limit;
+  rule.period = *period;
+  rule.burst = args.burst;
+  rule.shadow = args.shadow;
+  return rule;
+}
+
+}  // namespace throttlex::cli

@@ -1,0 +1,60 @@
+// throttlectl's flags as typed, and their conversion into client requests.
+//
+// Every failure here is a usage error (exit 2): it is found before anything is sent. Periods and
+// algorithms are parsed by the limiter's own parsers, so throttlectl accepts exactly the spellings
+// the node, the HTTP API and the rules file accept.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "limiter/result.h"
+#include "throttlex/client.h"
+
+namespace throttlex::cli {
+
+enum class OutputFormat { kTable, kJson };
+
+// The global flags, read once in main().
+struct Config {
+  std::vector<std::string> nodes;              // --node, or THROTTLEX_NODE (comma-separated)
+  OutputFormat output = OutputFormat::kTable;  // -o
+  std::chrono::milliseconds timeout{2000};     // --timeout: the deadline of each call
+};
+
+// KEY with either --rule or an inline limit: what check, inspect and reset take.
+struct TargetArgs {
+  std::string key;
+  std::string rule;
+  std::optional<std::uint64_t> limit;
+  std::string period;     // as typed
+  std::string algorithm;  // as typed; empty: token_bucket
+  std::uint64_t burst = 0;
+  std::uint64_t hits = 1;
+};
+
+// rules set NAME ...
+struct RuleArgs {
+  std::string name;
+  std::uint64_t limit = 0;
+  std::string period;
+  std::string algorithm;
+  std::uint64_t burst = 0;
+  bool shadow = false;
+};
+
+throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args);
+throttlex::Result<client::Rule> makeRule(const RuleArgs& args);
+// A period spelling ("2s", "500ms") in milliseconds.
+throttlex::Result<std::chrono::milliseconds> parseMillis(std::string_view text);
+// Messages for CLI11 validators: empty when the text parses.
+std::string periodProblem(std::string_view text);
+std::string algorithmProblem(std::string_view text);
+
+std::string_view nameOf(client::Algorithm algorithm);  // "token_bucket", ...; "unknown"
+
+}  // namespace throttlex::cli

@@ -1,0 +1,170 @@
+#include "cli/commands.h"
+
+#include <ctime>
+#include <iostream>
+
+#include "cli/exit_codes.h"
+#include "cli/output.h"
+
+namespace throttlex::cli {
+namespace {
+
+bool json(const Config& config) {
+  return config.output == OutputFormat::kJson;
+}
+std::string yesNo(bool b) {
+  return b ? "yes" : "no";
+}
+
+std::string decisionText(const client::CheckResult& r) {
+  if (!r.shadow || r.decided_allowed == r.allowed) return r.allowed ? "allowed" : "limited";
+  // Shadow rules always allow; say what the limiter would have done.
+  return "allowed (shadow rule; would be limited)";
+}
+
+std::string utcTime(std::int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  char buf[32];
+  if (gmtime_r(&t, &tm) == nullptr || std::strftime(buf, sizeof buf, "%FT%TZ", &tm) == 0) {
+    return std::to_string(unix_ms) + " ms";
+  }
+  return buf;
+}
+
+}  // namespace
+
+int reportError(const client::Error& error) {
+  std::cerr << "throttlectl: " << error.message << " (" << client::errorCodeName(error.code)
+            << ")\n";
+  return exitCodeFor(error.code);
+}
+
+int runCheck(client::Client& c, const Config& config, const client::CheckSpec& spec) {
+  const client::CheckResult r = c.check(spec);
+  if (!r.ok()) return reportError(r.error);
+  if (json(config)) {
+    printJson(std::cout, checkJson(r));
+  } else {
+    printFields(std::cout,
+                {{"decision", decisionText(r)},
+                 {"remaining", std::to_string(r.remaining) + " of " + std::to_string(r.limit)},
+                 {"reset in", humanDuration(r.reset_after)},
+                 {"retry in", r.decided_allowed ? "-" : humanDuration(r.retry_after)},
+                 {"policy", r.policy}});
+  }
+  return r.allowed ? kExitOk : kExitLimited;
+}
+
+int runInspect(client::Client& c, const Config& config, const client::CheckSpec& spec) {
+  const auto ins = c.inspect(spec);
+  if (!ins) return reportError(ins.error());
+  if (json(config)) {
+    printJson(std::cout, inspectionJson(spec.key, *ins));
+    return kExitOk;
+  }
+  if (!ins->found) {
+    std::cout << "no state for key '" << spec.key << "' (it is at its full limit)\n";
+    return kExitOk;
+  }
+  printFields(std::cout,
+              {{"found", "yes"},
+               {"algorithm", ins->algorithm ? std::string(nameOf(*ins->algorithm)) : "-"},
+               {"remaining", std::to_string(ins->remaining) + " of " + std::to_string(ins->limit)},
+               {"reset in", humanDuration(ins->reset_after)},
+               {"expires", utcTime(ins->expiry_unix_ms)},
+               {"count", std::to_string(ins->count)},
+               {"previous count", std::to_string(ins->previous_count)}});
+  return kExitOk;
+}
+
+int runReset(client::Client& c, const Config& config, const client::CheckSpec& spec) {
+  const auto existed = c.reset(spec);
+  if (!existed) return reportError(existed.error());
+  if (json(config)) {
+    printJson(std::cout, {{"key", spec.key}, {"existed", *existed}});
+  } else if (*existed) {
+    std::cout << "reset key '" << spec.key << "'\n";
+  } else {
+    std::cout << "no state for key '" << spec.key << "' (nothing to reset)\n";
+  }
+  return kExitOk;
+}
+
+int runRulesList(client::Client& c, const Config& config) {
+  const auto rules = c.listRules();
+  if (!rules) return reportError(rules.error());
+  if (json(config)) {
+    nlohmann::json doc = nlohmann::json::array();
+    for (const client::Rule& rule : *rules) doc.push_back(ruleJson(rule));
+    printJson(std::cout, doc);
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const client::Rule& rule : *rules) {
+    rows.push_back({rule.name, std::string(nameOf(rule.algorithm)), std::to_string(rule.limit),
+                    formatPeriodMs(rule.period), rule.burst == 0 ? "-" : std::to_string(rule.burst),
+                    yesNo(rule.shadow)});
+  }
+  printTable(std::cout, {"NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW"}, rows);
+  return kExitOk;
+}
+
+int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule) {
+  const client::Status status = c.setRule(rule);
+  if (!status) return reportError(status.error());
+  if (json(config)) {
+    printJson(std::cout, ruleJson(rule));
+  } else {
+    std::cout << "rule '" << rule.name << "' set: " << rule.limit << "/"
+              << formatPeriodMs(rule.period) << " " << nameOf(rule.algorithm)
+              << (rule.shadow ? " (shadow)" : "") << "\n";
+  }
+  return kExitOk;
+}
+
+int runRulesDelete(client::Client& c, const Config& config, const std::string& name) {
+  const auto deleted = c.deleteRule(name);
+  if (!deleted) return reportError(deleted.error());
+  if (json(config)) {
+    printJson(std::cout, {{"name", name}, {"deleted", *deleted}});
+  } else if (*deleted) {
+    std::cout << "rule '" << name << "' deleted\n";
+  } else {
+    std::cout << "rule '" << name << "' not found (nothing deleted)\n";
+  }
+  return kExitOk;
+}
+
+int runRulesReload(client::Client& c, const Config& config) {
+  const auto count = c.reloadRules();
+  if (!count) return reportError(count.error());
+  if (json(config)) {
+    printJson(std::cout, {{"rules", *count}});
+  } else {
+    std::cout << "reloaded: " << *count << (*count == 1 ? " rule" : " rules") << "\n";
+  }
+  return kExitOk;
+}
+
+int runStatus(client::Client& c, const Config& config) {
+  const auto info = c.nodeInfo();
+  if (!info) return reportError(info.error());
+  if (json(config)) {
+    printJson(std::cout, nodeInfoJson(*info));
+    return kExitOk;
+  }
+  printFields(std::cout, {{"node", info->node_id},
+                          {"version", info->version},
+                          {"protocol", std::to_string(info->protocol_version)},
+                          {"rpc", info->rpc_address},
+                          {"http", info->http_address},
+                          {"metrics", info->metrics_address},
+                          {"uptime", humanDuration(info->uptime)},
+                          {"keys", std::to_string(info->keys)},
+                          {"evictions", std::to_string(info->evictions)},
+                          {"rules", std::to_string(info->rules)}});
+  return kExitOk;
+}
+
+}  // namespace throttlex::cli

@@ -1,0 +1,27 @@
+// throttlectl's subcommands: each sends one request, prints the answer to stdout (table or JSON)
+// and returns the exit code (cli/exit_codes.h). A client error is printed to stderr as
+// "throttlectl: <message>" and nothing goes to stdout.
+#pragma once
+
+#include <string>
+
+#include "cli/args.h"
+#include "throttlex/client.h"
+
+namespace throttlex::cli {
+
+int runCheck(client::Client& c, const Config& config, const client::CheckSpec& spec);
+int runInspect(client::Client& c, const Config& config, const client::CheckSpec& spec);
+int runReset(client::Client& c, const Config& config, const client::CheckSpec& spec);
+int runRulesList(client::Client& c, const Config& config);
+int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule);
+// A rule that did not exist is not an error (exit 0, "deleted": false): deleting is idempotent,
+// so a script can converge on "no such rule" without special cases.
+int runRulesDelete(client::Client& c, const Config& config, const std::string& name);
+int runRulesReload(client::Client& c, const Config& config);
+int runStatus(client::Client& c, const Config& config);
+
+// Prints "throttlectl: <message>" to stderr and returns the matching exit code.
+int reportError(const client::Error& error);
+
+}  // namespace throttlex::cli

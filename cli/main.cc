@@ -1,0 +1,204 @@
+// throttlectl: checks keys and administers rules on ThrottleX nodes over RPC. Usage, output and
+// exit codes: docs/throttlectl.md.
+//
+// main() only reads flags and environment into a Config and the subcommand's arguments, connects,
+// and hands over to cli/commands.h. Every usage problem is found before connecting.
+#include <functional>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "cli/exit_codes.h"
+
+namespace throttlex::cli {
+namespace {
+
+using Action = std::function<int(client::Client&)>;
+
+// Where CLI11 writes every flag while parsing.
+struct CommandLine {
+  std::vector<std::string> nodes;
+  std::string output = "table";
+  std::string timeout = "2s";
+  TargetArgs check, inspect, reset;
+  RuleArgs rule;
+  std::string delete_name;
+};
+
+struct Subcommands {
+  CLI::App* check = nullptr;
+  CLI::App* inspect = nullptr;
+  CLI::App* reset = nullptr;
+  CLI::App* rules_list = nullptr;
+  CLI::App* rules_set = nullptr;
+  CLI::App* rules_delete = nullptr;
+  CLI::App* rules_reload = nullptr;
+  CLI::App* status = nullptr;
+};
+
+CLI::Validator periodValidator() {
+  return CLI::Validator([](std::string& s) { return periodProblem(s); }, "PERIOD");
+}
+CLI::Validator algorithmValidator() {
+  return CLI::Validator([](std::string& s) { return algorithmProblem(s); }, "ALGORITHM");
+}
+
+// KEY plus --rule or an inline limit; --rule excludes the inline flags.
+void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
+  cmd.add_option("key", t.key, "The key, 1-1024 bytes")->required();
+  auto* rule = cmd.add_option("--rule", t.rule, "A named rule configured on the node");
+  auto* limit = cmd.add_option("--limit", t.limit, "Inline limit: units per period")
+                    ->check(CLI::NonNegativeNumber);
+  auto* period = cmd.add_option("--period", t.period, "Inline limit: 250ms, 1s, 60s, 5m, 1h, 1d")
+                     ->check(periodValidator());
+  auto* algorithm =
+      cmd.add_option("--algorithm", t.algorithm,
+                     "token_bucket (default), leaky_bucket, gcra, fixed_window, sliding_window")
+          ->check(algorithmValidator());
+  auto* burst = cmd.add_option("--burst", t.burst, "Bucket capacity (default: the limit)")
+                    ->check(CLI::NonNegativeNumber);
+  limit->needs(period);
+  period->needs(limit);
+  for (CLI::Option* inline_flag : {limit, period, algorithm, burst}) rule->excludes(inline_flag);
+  if (with_hits) {
+    cmd.add_option("--hits", t.hits, "Units to spend (default 1; 0 only reads)")
+        ->check(CLI::NonNegativeNumber);
+  }
+}
+
+Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
+  app.add_option("--node", cl.nodes,
+                 "A node's RPC address HOST:PORT; repeat for failover (env THROTTLEX_NODE, "
+                 "comma-separated)")
+      ->envname("THROTTLEX_NODE")
+      ->delimiter(',')
+      ->allow_extra_args(false)
+      ->required();
+  app.add_option("-o,--output", cl.output, "table (default) or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  app.add_option("--timeout", cl.timeout, "Deadline of each call (default 2s)")
+      ->check(periodValidator());
+  app.require_subcommand(1);
+  // Global flags may also follow the subcommand: `throttlectl check k --limit 1 --period 1s -o
+  // json`.
+  app.fallthrough();
+
+  Subcommands s;
+  s.check = app.add_subcommand("check", "Spend hits on KEY: exit 0 if allowed, 1 if limited");
+  addTargetOptions(*s.check, cl.check, true);
+  s.inspect = app.add_subcommand("inspect", "Show KEY's stored state without changing it");
+  addTargetOptions(*s.inspect, cl.inspect, false);
+  s.reset = app.add_subcommand("reset", "Forget KEY's state (back to its full limit)");
+  addTargetOptions(*s.reset, cl.reset, false);
+
+  CLI::App* rules = app.add_subcommand("rules", "List and change the node's named rules");
+  rules->require_subcommand(1);
+  s.rules_list = rules->add_subcommand("list", "List the rules");
+  s.rules_set = rules->add_subcommand("set", "Add or replace a rule (until the next reload)");
+  s.rules_set->add_option("name", cl.rule.name, "Rule name: [A-Za-z0-9_.:-], at most 128 bytes")
+      ->required();
+  s.rules_set->add_option("--limit", cl.rule.limit, "Units per period")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
+  s.rules_set->add_option("--period", cl.rule.period, "250ms, 1s, 60s, 5m, 1h, 1d")
+      ->required()
+      ->check(periodValidator());
+  s.rules_set->add_option("--algorithm", cl.rule.algorithm, "Default token_bucket")
+      ->check(algorithmValidator());
+  s.rules_set->add_option("--burst", cl.rule.burst, "Bucket capacity (default: the limit)")
+      ->check(CLI::NonNegativeNumber);
+  s.rules_set->add_flag("--shadow", cl.rule.shadow, "Decide and count, but always allow");
+  s.rules_delete =
+      rules->add_subcommand("delete", "Delete a rule (exit 0 even if it did not exist)");
+  s.rules_delete->add_option("name", cl.delete_name, "Rule name")->required();
+  s.rules_reload = rules->add_subcommand("reload", "Re-read the node's rules file");
+
+  s.status = app.add_subcommand("status", "Show the node's id, version, addresses and counters");
+  return s;
+}
+
+throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& cl,
+                                       const Config& config) {
+  const auto target = [&](const TargetArgs& args,
+                          int (*run)(client::Client&, const Config&,
+                                     const client::CheckSpec&)) -> throttlex::Result<Action> {
+    auto spec = makeCheckSpec(args);
+    if (!spec) return spec.error();
+    return Action([run, &config, spec = *spec](client::Client& c) { return run(c, config, spec); });
+  };
+  if (s.check->parsed()) return target(cl.check, runCheck);
+  if (s.inspect->parsed()) return target(cl.inspect, runInspect);
+  if (s.reset->parsed()) return target(cl.reset, runReset);
+  if (s.rules_set->parsed()) {
+    auto rule = makeRule(cl.rule);
+    if (!rule) return rule.error();
+    return Action(
+        [&config, rule = *rule](client::Client& c) { return runRulesSet(c, config, rule); });
+  }
+  if (s.rules_delete->parsed()) {
+    return Action([&](client::Client& c) { return runRulesDelete(c, config, cl.delete_name); });
+  }
+  if (s.rules_list->parsed())
+    return Action([&](client::Client& c) { return runRulesList(c, config); });
+  if (s.rules_reload->parsed()) {
+    return Action([&](client::Client& c) { return runRulesReload(c, config); });
+  }
+  return Action([&](client::Client& c) { return runStatus(c, config); });
+}
+
+int connectAndRun(const Config& config, const Action& action) {
+  client::ClientOptions options;
+  options.nodes = config.nodes;
+  options.deadline = config.timeout;
+  options.admin_deadline = config.timeout;
+  // A CLI waits for a slow link rather than failing at the library's 100 ms default.
+  options.connect_timeout = std::min(config.timeout, std::chrono::milliseconds(1000));
+  options.on_unavailable = client::OnUnavailable::kReturnError;  // never fail open silently
+  auto c = client::Client::connect(options);
+  if (!c) {
+    if (c.error().code == client::ErrorCode::kInvalidArgument) {  // a malformed --node
+      std::cerr << "throttlectl: " << c.error().message << "\n";
+      return kExitUsage;
+    }
+    return reportError(c.error());
+  }
+  return action(**c);
+}
+
+int run(int argc, char** argv) {
+  CLI::App app("throttlectl: check keys and manage rules on ThrottleX nodes", "throttlectl");
+  app.footer(std::string(kExitCodeHelp));
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "throttlectl: " + std::string(e.what()) + "\nRun with --help for more information.\n";
+  });
+  CommandLine cl;
+  const Subcommands subcommands = defineCommands(app, cl);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 reports --help as a "parse error" with exit code 0; every real one is a usage error.
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+
+  Config config;
+  config.nodes = cl.nodes;
+  config.output = cl.output == "json" ? OutputFormat::kJson : OutputFormat::kTable;
+  auto timeout = parseMillis(cl.timeout);
+  auto action = chooseAction(subcommands, cl, config);
+  if (!timeout || !action) {
+    std::cerr << "throttlectl: " << (timeout ? action.error() : timeout.error()).message
+              << "\nRun with --help for more information.\n";
+    return kExitUsage;
+  }
+  config.timeout = *timeout;
+  return connectAndRun(config, *action);
+}
+
+}  // namespace
+}  // namespace throttlex::cli
+
+int main(int argc, char** argv) {
+  return throttlex::cli::run(argc, argv);
+}

@@ -1,0 +1,119 @@
+#include "cli/output.h"
+
+#include <algorithm>
+
+#include "cli/args.h"
+#include "limiter/period.h"
+
+namespace throttlex::cli {
+namespace {
+
+std::string pair(std::int64_t big, const char* big_unit, std::int64_t small,
+                 const char* small_unit) {
+  return std::to_string(big) + big_unit + std::to_string(small) + small_unit;
+}
+
+}  // namespace
+
+std::int64_t ceilMillis(std::chrono::nanoseconds d) {
+  if (d < std::chrono::nanoseconds(0)) return -1;
+  return (d.count() + 999'999) / 1'000'000;
+}
+
+std::string humanDuration(std::chrono::nanoseconds d) {
+  if (d < std::chrono::nanoseconds(0)) return "never";
+  const std::int64_t ms = ceilMillis(d);
+  if (ms < 1000) return std::to_string(ms) + "ms";
+  const std::int64_t tenths = (ms + 99) / 100;
+  if (tenths < 600) return std::to_string(tenths / 10) + "." + std::to_string(tenths % 10) + "s";
+  const std::int64_t s = (ms + 999) / 1000;
+  if (s < 3600) return pair(s / 60, "m", s % 60, "s");
+  if (s < 86'400) return pair(s / 3600, "h", s % 3600 / 60, "m");
+  return pair(s / 86'400, "d", s % 86'400 / 3600, "h");
+}
+
+std::string formatPeriodMs(std::chrono::milliseconds period) {
+  return throttlex::formatPeriod(period);
+}
+
+nlohmann::json checkJson(const client::CheckResult& r) {
+  return {{"allowed", r.allowed},
+          {"limit", r.limit},
+          {"remaining", r.remaining},
+          {"reset_after_ms", ceilMillis(r.reset_after)},
+          {"retry_after_ms", ceilMillis(r.retry_after)},
+          {"policy", r.policy},
+          {"shadow", r.shadow}};
+}
+
+nlohmann::json ruleJson(const client::Rule& rule) {
+  return {{"name", rule.name},
+          {"algorithm", nameOf(rule.algorithm)},
+          {"limit", rule.limit},
+          {"period", formatPeriodMs(rule.period)},
+          {"period_ms", rule.period.count()},
+          {"burst", rule.burst},
+          {"shadow", rule.shadow}};
+}
+
+nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
+  return {{"node_id", info.node_id},
+          {"version", info.version},
+          {"protocol_version", info.protocol_version},
+          {"http_address", info.http_address},
+          {"rpc_address", info.rpc_address},
+          {"metrics_address", info.metrics_address},
+          {"uptime_ms", info.uptime.count()},
+          {"keys", info.keys},
+          {"evictions", info.evictions},
+          {"rules", info.rules}};
+}
+
+nlohmann::json inspectionJson(const std::string& key, const client::KeyInspection& ins) {
+  nlohmann::json doc = {{"key", key}, {"found", ins.found}};
+  if (!ins.found) return doc;
+  doc["algorithm"] = ins.algorithm ? nlohmann::json(nameOf(*ins.algorithm)) : nlohmann::json();
+  doc["limit"] = ins.limit;
+  doc["remaining"] = ins.remaining;
+  doc["reset_after_ms"] = ceilMillis(ins.reset_after);
+  doc["expiry_unix_ms"] = ins.expiry_unix_ms;
+  doc["count"] = ins.count;
+  doc["previous_count"] = ins.previous_count;
+  return doc;
+}
+
+void printJson(std::ostream& out, const nlohmann::json& doc) {
+  out << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+}
+
+void printFields(std::ostream& out, const Fields& fields) {
+  std::size_t width = 0;
+  for (const auto& [name, value] : fields) width = std::max(width, name.size());
+  for (const auto& [name, value] : fields) {
+    out << name << std::string(width - name.size() + 2, ' ') << value << '\n';
+  }
+}
+
+void printTable(std::ostream& out, const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths(header.size(), 0);
+  const auto widen = [&](const std::vector<std::string>& row) {
+    for (std::size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  };
+  widen(header);
+  for (const auto& row : rows) widen(row);
+  const auto print = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+    }
+    out << line << '\n';
+  };
+  print(header);
+  for (const auto& row : rows) print(row);
+}
+
+}  // namespace throttlex::cli

@@ -1,0 +1,40 @@
+// How throttlectl prints: aligned text for people (-o table), one JSON document for scripts
+// (-o json). The JSON field names follow the HTTP API's (docs/api.md) where the two overlap.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "throttlex/client.h"
+
+namespace throttlex::cli {
+
+// "250ms", "59.9s", "2m30s", "3h5m", "2d4h"; rounded up, as waiting less would be too early.
+// Negative durations mean "never" (hits larger than the bucket).
+std::string humanDuration(std::chrono::nanoseconds d);
+// Whole milliseconds rounded up; -1 for negative ("never"), as the HTTP API.
+std::int64_t ceilMillis(std::chrono::nanoseconds d);
+std::string formatPeriodMs(std::chrono::milliseconds period);  // "1m", "1500ms"
+
+nlohmann::json checkJson(const client::CheckResult& r);
+nlohmann::json ruleJson(const client::Rule& rule);
+nlohmann::json nodeInfoJson(const client::NodeInfo& info);
+nlohmann::json inspectionJson(const std::string& key, const client::KeyInspection& ins);
+
+// Pretty-printed, invalid UTF-8 (keys are arbitrary bytes) replaced rather than thrown on.
+void printJson(std::ostream& out, const nlohmann::json& doc);
+
+// "name  value" lines with the names in one padded column.
+using Fields = std::vector<std::pair<std::string, std::string>>;
+void printFields(std::ostream& out, const Fields& fields);
+// A header row and rows, each column padded to its widest cell.
+void printTable(std::ostream& out, const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows);
+
+}  // namespace throttlex::cli

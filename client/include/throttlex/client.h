@@ -1,0 +1,231 @@
+// The ThrottleX client library: asks ThrottleX nodes "may key K spend N units now?" over Cap'n
+// Proto RPC, and drives the admin calls that throttlectl uses.
+//
+//   throttlex::client::ClientOptions options;
+//   options.nodes = {"10.0.0.1:7400", "10.0.0.2:7400"};
+//   auto client = throttlex::client::Client::connect(options);
+//   if (!client) { /* client.error().message says why no node could be reached */ }
+//   throttlex::client::CheckSpec spec;
+//   spec.key = "user:42";
+//   spec.limit = 100;
+//   spec.period = std::chrono::seconds(60);
+//   throttlex::client::CheckResult r = (*client)->check(spec);
+//   if (r.ok() && !r.allowed) { /* reject, retry after r.retry_after */ }
+//
+// Promises:
+//  - Thread-safe: every method may be called from any thread at once.
+//  - A check never hangs: it completes within its deadline (plus scheduling noise) — with the
+//    node's answer, or, when no node answered in time, as `on_unavailable` says (fallback = true).
+//  - Failover: a node that refuses or drops the connection or misses a deadline is marked down and
+//    retried later with exponential backoff; its pending checks go to the next listed node within
+//    the same deadline. A check retried on another node may have been counted by the first node
+//    too: that over-counts (denies early), it never over-admits.
+//  - Adaptive batching: per node, a check is sent at once when nothing is in flight; while a call
+//    is in flight, further checks wait and leave together as one batch when it returns (at most
+//    max_batch per batch). No timer adds latency.
+//  - Callbacks (checkAsync) run on the client's own background thread: they must be quick, must
+//    not throw and must not call the client's synchronous methods (those return an error instead
+//    of deadlocking).
+//
+// The library is a shared library with only this header public; it needs C++17.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#define THROTTLEX_CLIENT_API __attribute__((visibility("default")))
+
+namespace throttlex::client {
+
+// Numeric values are those of the wire protocol's ErrorCode.
+enum class ErrorCode : std::uint8_t {
+  kNone = 0,
+  kInvalidArgument = 1,   // the request is malformed or out of range
+  kNotFound = 2,          // unknown rule (or no rules file, for reloadRules)
+  kUnavailable = 3,       // no node could be reached
+  kDeadlineExceeded = 4,  // no answer within the deadline
+  kResourceExhausted = 5,
+  kInternal = 6,
+  kUnsupportedVersion = 7,  // the node does not speak this client's protocol version
+};
+THROTTLEX_CLIENT_API std::string_view errorCodeName(ErrorCode code);  // "unavailable", ...
+
+struct Error {
+  ErrorCode code = ErrorCode::kNone;
+  std::string message;
+};
+
+// A value or an Error (expected failures are values; the library throws nothing of its own).
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
+  Result(Error error) : v_(std::move(error)) {}  // NOLINT
+
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+  const T& value() const& { return std::get<0>(v_); }
+  T& value() & { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  const T& operator*() const& { return value(); }
+  T& operator*() & { return value(); }
+  const T* operator->() const { return &value(); }
+  T* operator->() { return &value(); }
+  const Error& error() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+struct Ok {};
+using Status = Result<Ok>;
+
+// Numeric values are those of the wire protocol.
+enum class Algorithm : std::uint8_t {
+  kTokenBucket = 1,
+  kLeakyBucket = 2,
+  kFixedWindow = 3,
+  kSlidingWindow = 4,
+  kGcra = 5,
+};
+
+inline constexpr std::size_t kMaxKeyBytes = 1024;  // longer keys are refused without a call
+inline constexpr std::size_t kMaxBatch = 1000;     // the protocol's most checks per call
+
+// One check: a key and either a named rule configured on the node or an inline limit.
+struct CheckSpec {
+  std::string key;   // 1..kMaxKeyBytes bytes
+  std::string rule;  // a named rule; empty: the inline limit below
+  Algorithm algorithm = Algorithm::kTokenBucket;
+  std::uint64_t limit = 0;              // units per period (at most 2^40; 0 denies everything)
+  std::chrono::milliseconds period{0};  // 1ms .. 365d
+  std::uint64_t burst = 0;              // bucket algorithms: capacity; 0 = limit
+  std::uint64_t hits = 1;               // units to spend; 0 reads without consuming
+};
+
+struct CheckResult {
+  Error error;                   // code kNone: the fields below are valid
+  bool allowed = false;          // what the caller must do (true for shadow rules and FailOpen)
+  bool decided_allowed = false;  // the limiter's own decision (equals allowed for a fallback)
+  bool shadow = false;           // the rule is in shadow (dry-run) mode
+  bool fallback = false;         // no node answered in time: on_unavailable decided `allowed`
+  std::uint64_t limit = 0;
+  std::uint64_t remaining = 0;
+  std::chrono::nanoseconds reset_after{0};  // until the key is back to its neutral state
+  std::chrono::nanoseconds retry_after{0};  // 0 when allowed; negative: never (hits > capacity)
+  std::chrono::milliseconds period{0};
+  std::string policy;  // the rule's name, or "default" for inline limits
+
+  bool ok() const { return error.code == ErrorCode::kNone; }
+};
+
+// What a check returns when no node answered within its deadline.
+enum class OnUnavailable : std::uint8_t {
+  kFailOpen,     // allowed = true, fallback = true (the default: a limiter outage is no outage)
+  kFailClosed,   // allowed = false, fallback = true
+  kReturnError,  // error kUnavailable or kDeadlineExceeded
+};
+
+struct ClientOptions {
+  std::vector<std::string> nodes;  // "host:port" or "[v6addr]:port"; preferred in this order; <= 64
+  std::chrono::milliseconds deadline{200};         // per check / checkBatch, failover included
+  std::chrono::milliseconds admin_deadline{2000};  // per admin call
+  std::chrono::milliseconds connect_timeout{100};  // per TCP connect attempt
+  OnUnavailable on_unavailable = OnUnavailable::kFailOpen;
+  std::size_t max_batch = kMaxBatch;                  // most checks per call, 1..kMaxBatch
+  std::chrono::milliseconds retry_backoff_min{100};   // a down node is retried after this, ...
+  std::chrono::milliseconds retry_backoff_max{5000};  // ... doubling up to this
+  // connect() normally waits until one node answers (nodeInfo), so that a wrong address shows up
+  // at once. true: return at once and connect on the first call.
+  bool lazy_connect = false;
+};
+
+struct Rule {
+  std::string name;  // [A-Za-z0-9_.:-], at most 128 bytes
+  Algorithm algorithm = Algorithm::kTokenBucket;
+  std::uint64_t limit = 0;
+  std::chrono::milliseconds period{0};
+  std::uint64_t burst = 0;
+  bool shadow = false;
+};
+
+struct NodeInfo {
+  std::string node_id;
+  std::string version;  // software version
+  std::uint16_t protocol_version = 0;
+  std::string http_address;
+  std::string rpc_address;
+  std::string metrics_address;
+  std::chrono::milliseconds uptime{0};
+  std::uint64_t keys = 0;
+  std::uint64_t evictions = 0;
+  std::uint32_t rules = 0;
+};
+
+struct KeyInspection {
+  bool found = false;                  // the node holds state for this key
+  std::optional<Algorithm> algorithm;  // of the stored state (when found)
+  std::uint64_t limit = 0;
+  std::uint64_t remaining = 0;
+  std::chrono::nanoseconds reset_after{0};
+  std::int64_t expiry_unix_ms = 0;   // when the stored state stops mattering
+  std::uint64_t count = 0;           // windows: the current window's count
+  std::uint64_t previous_count = 0;  // sliding window: the previous window's count
+};
+
+// Counters since connect(); thread-safe snapshot.
+struct ClientStats {
+  std::uint64_t calls = 0;      // RPC calls sent, admin calls included (a batch is one call)
+  std::uint64_t checks = 0;     // checks sent in those calls (a retried check counts again)
+  std::uint64_t fallbacks = 0;  // checks answered by on_unavailable
+  std::uint64_t failovers = 0;  // checks re-sent to another node
+  std::uint64_t nodes_marked_down = 0;
+};
+
+class THROTTLEX_CLIENT_API Client {
+ public:
+  using Callback = std::function<void(CheckResult)>;
+  // A per-call deadline; nullopt: ClientOptions::deadline (admin_deadline for admin calls).
+  using Deadline = std::optional<std::chrono::milliseconds>;
+
+  // Validates the options and starts the client's thread. Unless lazy_connect, waits until a
+  // node answers; errors: kInvalidArgument (bad options), kUnavailable (no node reachable).
+  static Result<std::unique_ptr<Client>> connect(ClientOptions options);
+  ~Client();  // completes what is still pending (as on_unavailable says) and joins the thread
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  CheckResult check(const CheckSpec& spec, Deadline deadline = std::nullopt);
+  void checkAsync(CheckSpec spec, Callback done, Deadline deadline = std::nullopt);
+  std::future<CheckResult> checkAsync(CheckSpec spec, Deadline deadline = std::nullopt);
+  // Results in request order. Any size: larger sets are split into calls of max_batch.
+  std::vector<CheckResult> checkBatch(std::vector<CheckSpec> specs,
+                                      Deadline deadline = std::nullopt);
+
+  // Admin calls go to one node (the first that answers); rules are per node for now.
+  Result<NodeInfo> nodeInfo(Deadline deadline = std::nullopt);
+  Result<std::vector<Rule>> listRules(Deadline deadline = std::nullopt);
+  Status setRule(const Rule& rule, Deadline deadline = std::nullopt);
+  Result<bool> deleteRule(const std::string& name, Deadline deadline = std::nullopt);
+  Result<std::uint32_t> reloadRules(Deadline deadline = std::nullopt);  // the rule count
+  Result<KeyInspection> inspect(const CheckSpec& spec, Deadline deadline = std::nullopt);
+  Result<bool> reset(const CheckSpec& spec, Deadline deadline = std::nullopt);  // existed?
+
+  ClientStats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace throttlex::client

@@ -1,0 +1,342 @@
+// The public Client: validates options, owns the KJ thread, and turns calls into jobs for it.
+#include "throttlex/client.h"
+
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+
+#include <array>
+#include <thread>
+
+#include "client/src/convert.h"
+#include "client/src/core.h"
+#include "client/src/inbox.h"
+
+namespace throttlex::client {
+
+using detail::AdminCall;
+using detail::CheckSink;
+using detail::Core;
+
+namespace {
+
+constexpr std::size_t kMaxNodes = 64;  // a request remembers the nodes it tried in 64 bits
+
+class PromiseSink final : public CheckSink {
+ public:
+  explicit PromiseSink(std::promise<CheckResult> promise) : promise_(std::move(promise)) {}
+  void deliver(std::size_t, CheckResult result) override { promise_.set_value(std::move(result)); }
+
+ private:
+  std::promise<CheckResult> promise_;
+};
+
+class CallbackSink final : public CheckSink {
+ public:
+  explicit CallbackSink(Client::Callback done) : done_(std::move(done)) {}
+  void deliver(std::size_t, CheckResult result) override { done_(std::move(result)); }
+
+ private:
+  Client::Callback done_;
+};
+
+// Collects a checkBatch()'s results; hands them over when the last one arrives.
+class BatchSink final : public CheckSink {
+ public:
+  explicit BatchSink(std::size_t n) : results_(n), remaining_(n) {}
+  std::future<std::vector<CheckResult>> future() { return promise_.get_future(); }
+  void deliver(std::size_t index, CheckResult result) override {
+    results_[index] = std::move(result);
+    if (--remaining_ == 0) promise_.set_value(std::move(results_));
+  }
+
+ private:
+  std::vector<CheckResult> results_;
+  std::size_t remaining_;
+  std::promise<std::vector<CheckResult>> promise_;
+};
+
+Status validate(const ClientOptions& o) {
+  const auto bad = [](std::string m) { return Error{ErrorCode::kInvalidArgument, std::move(m)}; };
+  if (o.nodes.empty()) return bad("no nodes given (ClientOptions::nodes)");
+  if (o.nodes.size() > kMaxNodes) return bad("at most 64 nodes");
+  for (const std::string& node : o.nodes) {
+    if (!detail::validNodeAddress(node)) {
+      return bad("bad node address '" + node + "' (expected host:port)");
+    }
+  }
+  if (o.deadline.count() <= 0 || o.admin_deadline.count() <= 0 || o.connect_timeout.count() <= 0) {
+    return bad("deadlines and the connect timeout must be positive");
+  }
+  if (o.max_batch < 1 || o.max_batch > kMaxBatch) return bad("max_batch must be 1..1000");
+  if (o.retry_backoff_min.count() <= 0 || o.retry_backoff_max < o.retry_backoff_min) {
+    return bad("retry backoff: need 0 < min <= max");
+  }
+  return Ok{};
+}
+
+}  // namespace
+
+std::string_view errorCodeName(ErrorCode code) {
+  static constexpr std::array<std::string_view, 8> kNames = {
+      "none",        "invalid_argument",   "not_found",
+      "unavailable", "deadline_exceeded",  "resource_exhausted",
+      "internal",    "unsupported_version"};
+  const auto i = static_cast<std::size_t>(code);
+  return i < kNames.size() ? kNames[i] : std::string_view("unknown");
+}
+
+struct Client::Impl {
+  // Constant after construction.
+  const ClientOptions options;
+  std::thread::id loop_thread;
+
+  detail::Inbox inbox;
+  detail::AtomicStats stats;
+  std::thread thread;
+
+  explicit Impl(ClientOptions o) : options(std::move(o)) {}
+  ~Impl() {
+    inbox.close();
+    if (thread.joinable()) thread.join();
+  }
+
+  bool onLoopThread() const { return std::this_thread::get_id() == loop_thread; }
+
+  void run(std::promise<void>& started) {
+    auto io = kj::setupAsyncIo();
+    Core core(options, io, stats);
+    kj::UnixEventPort::FdObserver observer(io.unixEventPort, inbox.fd(),
+                                           kj::UnixEventPort::FdObserver::OBSERVE_READ);
+    started.set_value();
+    inbox.run(observer, core).wait(io.waitScope);
+    core.shutdown();
+  }
+
+  void submit(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink, Deadline deadline) {
+    const std::size_t n = specs.size();
+    const auto d = deadline.value_or(options.deadline);
+    auto job = detail::makeJob([specs = std::move(specs), sink, d](Core& core) mutable {
+      core.submitChecks(std::move(specs), std::move(sink), d);
+    });
+    if (inbox.post(std::move(job))) return;
+    for (std::size_t i = 0; i < n; ++i) {
+      sink->deliver(i, detail::unavailableResult(options.on_unavailable, ErrorCode::kUnavailable,
+                                                 "the client is shutting down"));
+    }
+  }
+
+  template <typename T>
+  Result<T> admin(typename AdminCall<T>::Send send, Deadline deadline) {
+    if (onLoopThread()) return syncFromCallback();
+    std::promise<Result<T>> promise;
+    auto future = promise.get_future();
+    auto call = std::make_unique<AdminCall<T>>(std::move(send), std::move(promise));
+    const auto d = deadline.value_or(options.admin_deadline);
+    // If the inbox is closed, the job and the call die here; the call's destructor answers.
+    inbox.post(detail::makeJob(
+        [call = std::move(call), d](Core& core) mutable { core.submitAdmin(std::move(call), d); }));
+    return future.get();
+  }
+
+  static Error syncFromCallback() {
+    return {ErrorCode::kInvalidArgument,
+            "a synchronous client call from a client callback would deadlock; use checkAsync"};
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
+  if (Status s = validate(options); !s) return s.error();
+  auto impl = std::make_unique<Impl>(std::move(options));
+  if (!impl->inbox.ok()) return Error{ErrorCode::kInternal, "eventfd() failed"};
+
+  std::promise<void> started;
+  auto ready = started.get_future();
+  Impl& self = *impl;
+  impl->thread = std::thread([&self, started = std::move(started)]() mutable {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { self.run(started); })) {
+      // Setting up the event loop failed (out of descriptors); connect() reports it.
+      KJ_LOG(ERROR, "throttlex client thread failed", *e);
+      try {
+        started.set_exception(std::make_exception_ptr(std::runtime_error("client thread failed")));
+      } catch (const std::future_error&) {
+      }
+    }
+  });
+  impl->loop_thread = impl->thread.get_id();
+  try {
+    ready.get();
+  } catch (const std::runtime_error&) {
+    return Error{ErrorCode::kInternal, "the client's event loop failed to start (see the log)"};
+  }
+  auto client = std::unique_ptr<Client>(new Client(std::move(impl)));
+  if (client->impl_->options.lazy_connect) return client;
+
+  // Wait until some node answers, so that a wrong address or a dead cluster shows up now. Each
+  // node gets a connect timeout, and the answer one more regular deadline.
+  const auto& o = client->impl_->options;
+  const auto probe_deadline =
+      o.connect_timeout * static_cast<std::int64_t>(o.nodes.size()) + o.admin_deadline;
+  auto info = client->nodeInfo(probe_deadline);
+  if (!info) {
+    const Error& e = info.error();
+    if (e.code == ErrorCode::kUnavailable) return e;
+    return Error{e.code == ErrorCode::kDeadlineExceeded ? ErrorCode::kUnavailable : e.code,
+                 "no ThrottleX node reachable: " + e.message};
+  }
+  if (info->protocol_version < proto::PROTOCOL_VERSION) {
+    return Error{ErrorCode::kUnsupportedVersion,
+                 "the node speaks protocol version " + std::to_string(info->protocol_version) +
+                     "; this client needs " + std::to_string(proto::PROTOCOL_VERSION)};
+  }
+  return client;
+}
+
+CheckResult Client::check(const CheckSpec& spec, Deadline deadline) {
+  if (impl_->onLoopThread()) {
+    return detail::errorResult(ErrorCode::kInvalidArgument, Impl::syncFromCallback().message);
+  }
+  return checkAsync(spec, deadline).get();
+}
+
+void Client::checkAsync(CheckSpec spec, Callback done, Deadline deadline) {
+  std::vector<CheckSpec> specs;
+  specs.push_back(std::move(spec));
+  impl_->submit(std::move(specs), std::make_shared<CallbackSink>(std::move(done)), deadline);
+}
+
+std::future<CheckResult> Client::checkAsync(CheckSpec spec, Deadline deadline) {
+  std::promise<CheckResult> promise;
+  auto future = promise.get_future();
+  std::vector<CheckSpec> specs;
+  specs.push_back(std::move(spec));
+  impl_->submit(std::move(specs), std::make_shared<PromiseSink>(std::move(promise)), deadline);
+  return future;
+}
+
+std::vector<CheckResult> Client::checkBatch(std::vector<CheckSpec> specs, Deadline deadline) {
+  if (specs.empty()) return {};
+  if (impl_->onLoopThread()) {
+    return std::vector<CheckResult>(
+        specs.size(),
+        detail::errorResult(ErrorCode::kInvalidArgument, Impl::syncFromCallback().message));
+  }
+  auto sink = std::make_shared<BatchSink>(specs.size());
+  auto future = sink->future();
+  impl_->submit(std::move(specs), std::move(sink), deadline);
+  return future.get();
+}
+
+Result<NodeInfo> Client::nodeInfo(Deadline deadline) {
+  return impl_->admin<NodeInfo>(
+      [](proto::Node::Client& node) {
+        auto request = node.nodeInfoRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        return request.send().then([](capnp::Response<proto::Admin::NodeInfoResults>&& r) {
+          return Result<NodeInfo>(detail::fromProto(r.getInfo()));
+        });
+      },
+      deadline);
+}
+
+Result<std::vector<Rule>> Client::listRules(Deadline deadline) {
+  return impl_->admin<std::vector<Rule>>(
+      [](proto::Node::Client& node) {
+        auto request = node.listRulesRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        return request.send().then([](capnp::Response<proto::Admin::ListRulesResults>&& r) {
+          std::vector<Rule> rules;
+          for (auto rule : r.getRules()) rules.push_back(detail::fromProto(rule));
+          return Result<std::vector<Rule>>(std::move(rules));
+        });
+      },
+      deadline);
+}
+
+Status Client::setRule(const Rule& rule, Deadline deadline) {
+  return impl_->admin<Ok>(
+      [rule](proto::Node::Client& node) {
+        auto request = node.setRuleRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        detail::toProto(rule, request.initRule());
+        return request.send().then([](capnp::Response<proto::Admin::SetRuleResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone ? Status(Ok{}) : Status(e);
+        });
+      },
+      deadline);
+}
+
+Result<bool> Client::deleteRule(const std::string& name, Deadline deadline) {
+  return impl_->admin<bool>(
+      [name](proto::Node::Client& node) {
+        auto request = node.deleteRuleRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        request.setName(kj::StringPtr(name.c_str(), name.size()));
+        return request.send().then([](capnp::Response<proto::Admin::DeleteRuleResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone ? Result<bool>(r.getDeleted()) : Result<bool>(e);
+        });
+      },
+      deadline);
+}
+
+Result<std::uint32_t> Client::reloadRules(Deadline deadline) {
+  return impl_->admin<std::uint32_t>(
+      [](proto::Node::Client& node) {
+        auto request = node.reloadRulesRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        return request.send().then([](capnp::Response<proto::Admin::ReloadRulesResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone ? Result<std::uint32_t>(r.getCount())
+                                            : Result<std::uint32_t>(e);
+        });
+      },
+      deadline);
+}
+
+Result<KeyInspection> Client::inspect(const CheckSpec& spec, Deadline deadline) {
+  return impl_->admin<KeyInspection>(
+      [spec](proto::Node::Client& node) {
+        auto request = node.inspectKeyRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        detail::toProto(spec, request.initRequest());
+        return request.send().then([](capnp::Response<proto::Admin::InspectKeyResults>&& r) {
+          const auto ins = r.getInspection();
+          const Error e = detail::fromProto(ins.getError());
+          return e.code == ErrorCode::kNone ? Result<KeyInspection>(detail::fromProto(ins))
+                                            : Result<KeyInspection>(e);
+        });
+      },
+      deadline);
+}
+
+Result<bool> Client::reset(const CheckSpec& spec, Deadline deadline) {
+  return impl_->admin<bool>(
+      [spec](proto::Node::Client& node) {
+        auto request = node.resetKeyRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        detail::toProto(spec, request.initRequest());
+        return request.send().then([](capnp::Response<proto::Admin::ResetKeyResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone ? Result<bool>(r.getExisted()) : Result<bool>(e);
+        });
+      },
+      deadline);
+}
+
+ClientStats Client::stats() const {
+  const auto& s = impl_->stats;
+  ClientStats out;
+  out.calls = s.calls.load(std::memory_order_relaxed);
+  out.checks = s.checks.load(std::memory_order_relaxed);
+  out.fallbacks = s.fallbacks.load(std::memory_order_relaxed);
+  out.failovers = s.failovers.load(std::memory_order_relaxed);
+  out.nodes_marked_down = s.nodes_marked_down.load(std::memory_order_relaxed);
+  return out;
+}
+
+}  // namespace throttlex::client

@@ -1,0 +1,185 @@
+#include "client/src/convert.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+namespace throttlex::client::detail {
+namespace {
+
+// The public enums carry the wire values, so conversion is a cast (after a range check).
+static_assert(static_cast<int>(proto::Algorithm::TOKEN_BUCKET) ==
+              static_cast<int>(Algorithm::kTokenBucket));
+static_assert(static_cast<int>(proto::Algorithm::LEAKY_BUCKET) ==
+              static_cast<int>(Algorithm::kLeakyBucket));
+static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
+              static_cast<int>(Algorithm::kFixedWindow));
+static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
+              static_cast<int>(Algorithm::kSlidingWindow));
+static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
+static_assert(static_cast<int>(proto::ErrorCode::INVALID_ARGUMENT) ==
+              static_cast<int>(ErrorCode::kInvalidArgument));
+static_assert(static_cast<int>(proto::ErrorCode::UNAVAILABLE) ==
+              static_cast<int>(ErrorCode::kUnavailable));
+static_assert(static_cast<int>(proto::ErrorCode::INTERNAL) ==
+              static_cast<int>(ErrorCode::kInternal));
+static_assert(static_cast<int>(proto::ErrorCode::UNSUPPORTED_VERSION) ==
+              static_cast<int>(ErrorCode::kUnsupportedVersion));
+
+kj::StringPtr kjText(const std::string& s) {
+  return {s.c_str(), s.size()};
+}
+std::string text(capnp::Text::Reader t) {
+  return {t.begin(), t.size()};
+}
+
+std::uint64_t wireMs(std::chrono::milliseconds ms) {
+  return static_cast<std::uint64_t>(std::max<std::int64_t>(0, ms.count()));
+}
+std::chrono::milliseconds fromWireMs(std::uint64_t ms) {
+  constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  return std::chrono::milliseconds(static_cast<std::int64_t>(std::min(ms, kMax)));
+}
+
+void toProto(Algorithm a, std::uint64_t limit, std::chrono::milliseconds period,
+             std::uint64_t burst, proto::LimitSpec::Builder out) {
+  out.setAlgorithm(static_cast<proto::Algorithm>(a));
+  out.setLimit(limit);
+  out.setPeriodMs(wireMs(period));
+  out.setBurst(burst);
+}
+
+std::optional<Algorithm> fromProto(proto::Algorithm a) {
+  const auto v = static_cast<int>(a);
+  if (v < 1 || v > static_cast<int>(Algorithm::kGcra)) return std::nullopt;
+  return static_cast<Algorithm>(v);
+}
+
+}  // namespace
+
+void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
+  out.setKey(kjText(spec.key));
+  out.setHits(spec.hits);
+  if (spec.rule.empty()) {
+    toProto(spec.algorithm, spec.limit, spec.period, spec.burst, out.initLimit());
+    return;
+  }
+  out.setRule(kjText(spec.rule));
+  // With a rule, inline numbers are an error the node reports ("not both"); the algorithm always
+  // has a value in CheckSpec, so it is left unset rather than turned into that error.
+  if (spec.limit != 0 || spec.period.count() != 0 || spec.burst != 0) {
+    auto limit = out.initLimit();
+    limit.setLimit(spec.limit);
+    limit.setPeriodMs(wireMs(spec.period));
+    limit.setBurst(spec.burst);
+  }
+}
+
+void toProto(const Rule& rule, proto::Rule::Builder out) {
+  out.setName(kjText(rule.name));
+  toProto(rule.algorithm, rule.limit, rule.period, rule.burst, out.initLimit());
+  out.setShadow(rule.shadow);
+}
+
+Error fromProto(proto::Error::Reader error) {
+  const auto code = static_cast<int>(error.getCode());
+  if (code > static_cast<int>(ErrorCode::kUnsupportedVersion)) {
+    return {ErrorCode::kInternal,
+            "error code " + std::to_string(code) + " from the node: " + text(error.getMessage())};
+  }
+  return {static_cast<ErrorCode>(code), text(error.getMessage())};
+}
+
+CheckResult fromProto(proto::CheckResult::Reader result) {
+  CheckResult r;
+  r.error = fromProto(result.getError());
+  if (!r.ok()) return r;
+  r.allowed = result.getAllowed();
+  r.decided_allowed = result.getDecidedAllowed();
+  r.shadow = result.getShadow();
+  r.limit = result.getLimit();
+  r.remaining = result.getRemaining();
+  r.reset_after = std::chrono::nanoseconds(result.getResetAfterNs());
+  r.retry_after = std::chrono::nanoseconds(result.getRetryAfterNs());
+  r.period = fromWireMs(result.getPeriodMs());
+  r.policy = text(result.getPolicy());
+  return r;
+}
+
+Rule fromProto(proto::Rule::Reader rule) {
+  Rule r;
+  r.name = text(rule.getName());
+  const auto limit = rule.getLimit();
+  r.algorithm = fromProto(limit.getAlgorithm()).value_or(Algorithm::kTokenBucket);
+  r.limit = limit.getLimit();
+  r.period = fromWireMs(limit.getPeriodMs());
+  r.burst = limit.getBurst();
+  r.shadow = rule.getShadow();
+  return r;
+}
+
+NodeInfo fromProto(proto::NodeInfo::Reader info) {
+  NodeInfo n;
+  n.node_id = text(info.getNodeId());
+  n.version = text(info.getVersion());
+  n.protocol_version = info.getProtocolVersion();
+  n.http_address = text(info.getHttpAddress());
+  n.rpc_address = text(info.getRpcAddress());
+  n.metrics_address = text(info.getMetricsAddress());
+  n.uptime = fromWireMs(info.getUptimeMs());
+  n.keys = info.getKeys();
+  n.evictions = info.getEvictions();
+  n.rules = info.getRules();
+  return n;
+}
+
+KeyInspection fromProto(proto::KeyInspection::Reader inspection) {
+  KeyInspection k;
+  k.found = inspection.getFound();
+  if (k.found) k.algorithm = fromProto(inspection.getAlgorithm());
+  k.limit = inspection.getLimit();
+  k.remaining = inspection.getRemaining();
+  k.reset_after = std::chrono::nanoseconds(inspection.getResetAfterNs());
+  k.expiry_unix_ms = inspection.getExpiryMs();
+  k.count = inspection.getCount();
+  k.previous_count = inspection.getPreviousCount();
+  return k;
+}
+
+CheckResult unavailableResult(OnUnavailable policy, ErrorCode code, std::string why) {
+  CheckResult r;
+  switch (policy) {
+    case OnUnavailable::kFailOpen:
+      r.allowed = r.decided_allowed = true;
+      r.fallback = true;
+      break;
+    case OnUnavailable::kFailClosed:
+      r.fallback = true;
+      break;
+    case OnUnavailable::kReturnError:
+      r.error = {code, std::move(why)};
+      break;
+  }
+  return r;
+}
+
+CheckResult errorResult(ErrorCode code, std::string message) {
+  CheckResult r;
+  r.error = {code, std::move(message)};
+  return r;
+}
+
+bool validNodeAddress(const std::string& address) {
+  const std::size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) return false;
+  if (address.front() == '[' && address[colon - 1] != ']') return false;
+  unsigned port = 0;
+  const char* first = address.data() + colon + 1;
+  const char* last = address.data() + address.size();
+  const auto [end, ec] = std::from_chars(first, last, port);
+  return ec == std::errc() && end == last && port >= 1 && port <= 65535;
+}
+
+}  // namespace throttlex::client::detail

@@ -1,0 +1,479 @@
+#include "client/src/core.h"
+
+#include <kj/debug.h>
+
+#include <algorithm>
+
+#include "client/src/convert.h"
+
+namespace throttlex::client::detail {
+namespace {
+
+kj::Duration toKj(std::chrono::milliseconds ms) {
+  return ms.count() * kj::MILLISECONDS;
+}
+
+std::uint64_t bit(std::size_t index) {
+  return std::uint64_t{1} << index;
+}
+
+std::string describe(const kj::Exception& e) {
+  return std::string(e.getDescription().cStr());
+}
+
+// Failures that say "this node cannot answer now": the connection broke or was closed, a connect
+// failed, or a call or connect ran past its attempt deadline (kj::Timer reports OVERLOADED). Other
+// exceptions (FAILED, UNIMPLEMENTED) mean the node answered with an error: trying another node
+// would not help.
+bool nodeUnavailable(const kj::Exception& e) {
+  return e.getType() == kj::Exception::Type::DISCONNECTED ||
+         e.getType() == kj::Exception::Type::OVERLOADED;
+}
+
+}  // namespace
+
+void Pending::arm(kj::Timer& timer, kj::TimePoint deadline) {
+  deadline_ = deadline;
+  timer_ = timer.atTime(deadline).then([this] { expire(); }).eagerlyEvaluate(nullptr);
+}
+
+CheckPending::CheckPending(CheckSpec spec, std::shared_ptr<CheckSink> sink, std::size_t index,
+                           OnUnavailable policy, AtomicStats& stats)
+    : spec_(std::move(spec)),
+      sink_(std::move(sink)),
+      index_(index),
+      policy_(policy),
+      stats_(stats) {}
+
+CheckPending::~CheckPending() {
+  unavailable(ErrorCode::kUnavailable, "the client is shutting down");
+}
+
+void CheckPending::complete(CheckResult result) {
+  if (done_) return;
+  done_ = true;
+  if (result.fallback) AtomicStats::bump(stats_.fallbacks);
+  sink_->deliver(index_, std::move(result));
+}
+
+void CheckPending::unavailable(ErrorCode code, std::string why) {
+  if (done_) return;
+  complete(unavailableResult(policy_, code, std::move(why)));
+}
+
+void CheckPending::expire() {
+  unavailable(ErrorCode::kDeadlineExceeded, "no node answered within the deadline");
+}
+
+struct Core::Connection {
+  // Member order is construction order; destruction runs backwards (RPC system, network, stream).
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+  proto::Node::Client node;
+
+  Connection(kj::Own<kj::AsyncIoStream> s, capnp::ReaderOptions options)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::CLIENT, options),
+        rpc(capnp::makeRpcClient(network)),
+        node(bootstrap(rpc)) {}
+
+  static proto::Node::Client bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId>& rpc) {
+    capnp::word scratch[4] = {};
+    capnp::MallocMessageBuilder message(scratch);
+    auto vat = message.getRoot<capnp::rpc::twoparty::VatId>();
+    vat.setSide(capnp::rpc::twoparty::Side::SERVER);
+    return rpc.bootstrap(vat).castAs<proto::Node>();
+  }
+};
+
+struct Core::Node {
+  std::string address;       // as configured: "host:port"
+  kj::Own<Connection> conn;  // null while not connected
+  bool connecting = false;
+  bool flush_scheduled = false;
+  std::uint64_t generation = 0;  // see invariant 2
+  std::size_t in_flight = 0;     // check batches in flight on `conn`
+  std::size_t admin_in_flight = 0;
+  kj::TimePoint retry_at = kj::origin<kj::TimePoint>();  // down until then
+  kj::Duration backoff;
+  std::string last_error;
+  std::deque<std::unique_ptr<CheckPending>> checks;  // waiting to leave in a batch
+  std::vector<std::unique_ptr<AdminPending>> admin;  // waiting for the connection
+  kj::Canceler canceler;                             // see invariant 3
+};
+
+struct Core::Batch {
+  std::size_t node;
+  std::uint64_t generation;
+  Checks checks;
+};
+
+struct Core::AdminInFlight {
+  std::size_t node;
+  std::uint64_t generation;
+  std::unique_ptr<AdminPending> call;
+};
+
+void Core::LogErrors::taskFailed(kj::Exception&& e) {
+  // Every task handles its own failures; reaching this is a bug, but not one worth a crash.
+  KJ_LOG(ERROR, "throttlex client: unexpected task failure", e);
+}
+
+Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats)
+    : policy_(options.on_unavailable),
+      max_batch_(options.max_batch),
+      connect_timeout_(toKj(options.connect_timeout)),
+      backoff_min_(toKj(options.retry_backoff_min)),
+      backoff_max_(toKj(options.retry_backoff_max)),
+      network_(io.provider->getNetwork()),
+      timer_(io.provider->getTimer()),
+      stats_(stats),
+      tasks_(log_errors_) {
+  // Answers are small (a full batch of results is ~20 Ki words); 1 Mi words bounds a bad node.
+  reader_options_.traversalLimitInWords = 1024 * 1024;
+  reader_options_.nestingLimit = 16;
+  for (const std::string& address : options.nodes) {
+    auto node = std::make_unique<Node>();
+    node->address = address;
+    node->backoff = backoff_min_;
+    nodes_.push_back(std::move(node));
+  }
+}
+
+Core::~Core() {
+  shutdown();
+}
+
+void Core::shutdown() {
+  closing_ = true;
+  for (auto& node : nodes_) {
+    // Destroying the requests completes them (CheckPending / AdminCall destructors).
+    node->checks.clear();
+    node->admin.clear();
+  }
+  // In-flight batches and admin calls are owned by tasks_, whose destruction completes them.
+}
+
+void Core::submitChecks(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink,
+                        std::chrono::milliseconds deadline) {
+  const kj::TimePoint at = timer_.now() + toKj(deadline);
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    // A key the node would refuse anyway is refused here: a huge one could make the node drop
+    // the whole batch it travels in (its message traversal limit).
+    if (specs[i].key.size() > kMaxKeyBytes) {
+      sink->deliver(i, errorResult(ErrorCode::kInvalidArgument,
+                                   "key is " + std::to_string(specs[i].key.size()) +
+                                       " bytes; the maximum is " + std::to_string(kMaxKeyBytes)));
+      continue;
+    }
+    auto check = std::make_unique<CheckPending>(std::move(specs[i]), sink, i, policy_, stats_);
+    check->arm(timer_, at);
+    route(std::move(check));
+  }
+}
+
+void Core::submitAdmin(std::unique_ptr<AdminPending> call, std::chrono::milliseconds deadline) {
+  call->arm(timer_, timer_.now() + toKj(deadline));
+  route(std::move(call));
+}
+
+// The first node, from preferred_ on, that this request has not tried and that is connected,
+// connecting or past its backoff.
+std::optional<std::size_t> Core::pickNode(std::uint64_t tried) const {
+  const kj::TimePoint now = timer_.now();
+  for (std::size_t k = 0; k < nodes_.size(); ++k) {
+    const std::size_t i = (preferred_ + k) % nodes_.size();
+    if ((tried & bit(i)) != 0) continue;
+    const Node& node = *nodes_[i];
+    if (node.conn || node.connecting || now >= node.retry_at) return i;
+  }
+  return std::nullopt;
+}
+
+std::string Core::unavailableReason() const {
+  if (closing_) return "the client is shutting down";
+  std::string why = "no ThrottleX node reachable (";
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (i > 0) why += "; ";
+    why += nodes_[i]->address + ": " +
+           (nodes_[i]->last_error.empty() ? "not tried" : nodes_[i]->last_error);
+  }
+  return why + ")";
+}
+
+void Core::route(std::unique_ptr<CheckPending> check) {
+  if (check->done()) return;
+  const auto index = closing_ ? std::nullopt : pickNode(check->tried);
+  if (!index) {
+    // The reason is only shown with kReturnError; skip building it for every check of an outage.
+    check->unavailable(ErrorCode::kUnavailable,
+                       policy_ == OnUnavailable::kReturnError ? unavailableReason() : "");
+    return;
+  }
+  if (check->tried != 0) AtomicStats::bump(stats_.failovers);
+  nodes_[*index]->checks.push_back(std::move(check));
+  connect(*index);
+  scheduleFlush(*index);
+}
+
+void Core::route(std::unique_ptr<AdminPending> call) {
+  if (call->done()) return;
+  const auto index = closing_ ? std::nullopt : pickNode(call->tried);
+  if (!index) {
+    call->fail({ErrorCode::kUnavailable, unavailableReason()});
+    return;
+  }
+  nodes_[*index]->admin.push_back(std::move(call));
+  connect(*index);
+  scheduleFlush(*index);
+}
+
+void Core::connect(std::size_t index) {
+  Node& node = *nodes_[index];
+  if (node.conn || node.connecting || closing_) return;
+  node.connecting = true;
+  const std::uint64_t generation = node.generation;
+  // parseAddress may resolve a name (KJ does that on a helper thread); both steps count against
+  // connect_timeout. Cap'n Proto has no connect timeout of its own.
+  auto stream = network_.parseAddress(node.address).then([](kj::Own<kj::NetworkAddress> address) {
+    auto connected = address->connect();
+    return connected.attach(kj::mv(address));
+  });
+  tasks_.add(node.canceler.wrap(timer_.timeoutAfter(connect_timeout_, kj::mv(stream)))
+                 .then(
+                     [this, index, generation](kj::Own<kj::AsyncIoStream> s) {
+                       onConnected(index, generation, kj::mv(s));
+                     },
+                     [this, index, generation](kj::Exception&& e) {
+                       if (generation != nodes_[index]->generation) return;
+                       markDown(index, e.getType() == kj::Exception::Type::OVERLOADED
+                                           ? "connect timed out"
+                                           : "connect failed: " + describe(e));
+                     }));
+}
+
+void Core::onConnected(std::size_t index, std::uint64_t generation,
+                       kj::Own<kj::AsyncIoStream> stream) {
+  Node& node = *nodes_[index];
+  if (generation != node.generation) return;  // marked down meanwhile: drop the stream
+  node.connecting = false;
+  node.conn = kj::heap<Connection>(kj::mv(stream), reader_options_);
+  tasks_.add(node.canceler.wrap(node.conn->network.onDisconnect())
+                 .then([this, index, generation] { onDisconnected(index, generation); },
+                       [](kj::Exception&&) {}));  // canceled: the node was marked down already
+  flush(index);
+}
+
+void Core::onDisconnected(std::size_t index, std::uint64_t generation) {
+  Node& node = *nodes_[index];
+  if (generation != node.generation) return;
+  if (node.in_flight == 0 && node.admin_in_flight == 0) {
+    // Closed while idle (the node restarted, an idle timeout): nothing was lost and the node may
+    // be back already, so no backoff: the next request reconnects.
+    closeConnection(index, "connection closed");
+    if (!node.checks.empty() || !node.admin.empty()) connect(index);
+    return;
+  }
+  markDown(index, "connection closed");
+}
+
+void Core::closeConnection(std::size_t index, const std::string& reason) {
+  Node& node = *nodes_[index];
+  ++node.generation;
+  node.connecting = false;
+  node.in_flight = 0;
+  node.admin_in_flight = 0;
+  // Cancels the connect or the calls in flight; their handlers see a stale generation and only
+  // re-route their own requests.
+  node.canceler.cancel(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                     kj::str("node ", node.address.c_str(), ": ", reason.c_str())));
+  // We may be inside a callback of this connection: destroy it from a later turn of the loop.
+  if (node.conn) tasks_.add(kj::evalLater([] {}).attach(kj::mv(node.conn)));
+}
+
+void Core::markDown(std::size_t index, const std::string& reason) {
+  Node& node = *nodes_[index];
+  closeConnection(index, reason);
+  node.last_error = reason;
+  node.retry_at = timer_.now() + node.backoff;
+  node.backoff = std::min(node.backoff * 2, backoff_max_);
+  AtomicStats::bump(stats_.nodes_marked_down);
+  if (preferred_ == index) preferred_ = (index + 1) % nodes_.size();
+
+  auto checks = std::move(node.checks);
+  node.checks.clear();
+  auto admin = std::move(node.admin);
+  node.admin.clear();
+  for (auto& check : checks) {
+    check->tried |= bit(index);
+    route(std::move(check));
+  }
+  for (auto& call : admin) {
+    call->tried |= bit(index);
+    route(std::move(call));
+  }
+}
+
+void Core::scheduleFlush(std::size_t index) {
+  Node& node = *nodes_[index];
+  if (!node.conn || node.flush_scheduled) return;
+  // Later in this turn of the loop, so that everything routed now (a whole inbox drain) can leave
+  // together.
+  node.flush_scheduled = true;
+  tasks_.add(kj::evalLater([this, index] {
+    nodes_[index]->flush_scheduled = false;
+    flush(index);
+  }));
+}
+
+// Adaptive batching: with nothing in flight, everything waiting leaves at once; while a batch is
+// in flight, checks wait for it to return, unless a full batch has gathered.
+void Core::flush(std::size_t index) {
+  Node& node = *nodes_[index];
+  if (!node.conn) return;
+  auto admin = std::move(node.admin);
+  node.admin.clear();
+  for (auto& call : admin) {
+    if (!call->done()) sendAdmin(index, std::move(call));
+  }
+  while (!node.checks.empty() && (node.in_flight == 0 || node.checks.size() >= max_batch_)) {
+    Checks batch;
+    while (!node.checks.empty() && batch.size() < max_batch_) {
+      std::unique_ptr<CheckPending> check = std::move(node.checks.front());
+      node.checks.pop_front();
+      if (!check->done()) batch.push_back(std::move(check));
+    }
+    if (batch.empty()) break;
+    sendChecks(index, std::move(batch));
+  }
+}
+
+// When an attempt on `index` gives up. With another node to fail over to, half the time left, so
+// that the other node still gets the rest; otherwise all of it.
+kj::TimePoint Core::attemptDeadline(std::size_t index, kj::TimePoint deadline) const {
+  const kj::TimePoint now = timer_.now();
+  if (deadline <= now || !pickNode(bit(index))) return deadline;
+  return now + (deadline - now) / 2;
+}
+
+void Core::sendChecks(std::size_t index, Checks checks) {
+  Node& node = *nodes_[index];
+  auto request = node.conn->node.checkBatchRequest();
+  request.setVersion(proto::PROTOCOL_VERSION);
+  auto list = request.initChecks(static_cast<unsigned>(checks.size()));
+  kj::TimePoint earliest = checks.front()->deadline();
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    toProto(checks[i]->spec(), list[static_cast<unsigned>(i)]);
+    earliest = std::min(earliest, checks[i]->deadline());
+  }
+  ++node.in_flight;
+  AtomicStats::bump(stats_.calls);
+  AtomicStats::bump(stats_.checks, checks.size());
+
+  auto batch = kj::heap<Batch>(Batch{index, node.generation, std::move(checks)});
+  Batch& b = *batch;
+  kj::Promise<capnp::Response<proto::Limiter::CheckBatchResults>> call = request.send();
+  tasks_.add(node.canceler.wrap(timer_.timeoutAt(attemptDeadline(index, earliest), kj::mv(call)))
+                 .then(
+                     [this, &b](capnp::Response<proto::Limiter::CheckBatchResults>&& answer) {
+                       onBatchAnswered(b, answer);
+                     },
+                     [this, &b](kj::Exception&& e) { onBatchFailed(b, kj::mv(e)); })
+                 .attach(kj::mv(batch)));
+}
+
+void Core::onBatchAnswered(Batch& batch,
+                           capnp::Response<proto::Limiter::CheckBatchResults>& answer) {
+  Node& node = *nodes_[batch.node];
+  const bool current = batch.generation == node.generation;
+  if (current) {
+    --node.in_flight;
+    node.backoff = backoff_min_;
+  }
+  auto deliver = [&] {
+    const Error error = fromProto(answer.getError());
+    if (error.code != ErrorCode::kNone) {
+      for (auto& check : batch.checks) check->complete(errorResult(error.code, error.message));
+      return;
+    }
+    const auto results = answer.getResults();
+    if (results.size() != batch.checks.size()) {
+      for (auto& check : batch.checks) {
+        check->complete(
+            errorResult(ErrorCode::kInternal, "the node answered " +
+                                                  std::to_string(results.size()) + " results to " +
+                                                  std::to_string(batch.checks.size()) + " checks"));
+      }
+      return;
+    }
+    for (std::size_t i = 0; i < batch.checks.size(); ++i) {
+      batch.checks[i]->complete(fromProto(results[static_cast<unsigned>(i)]));
+    }
+  };
+  // Reading a malformed answer throws (Cap'n Proto's own checks); it fails these checks only.
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(deliver)) {
+    for (auto& check : batch.checks) {
+      check->complete(errorResult(ErrorCode::kInternal, "unreadable answer: " + describe(*e)));
+    }
+  }
+  if (current) flush(batch.node);
+}
+
+void Core::onBatchFailed(Batch& batch, kj::Exception&& e) {
+  Node& node = *nodes_[batch.node];
+  const bool current = batch.generation == node.generation;
+  if (current) --node.in_flight;
+  if (!nodeUnavailable(e)) {
+    for (auto& check : batch.checks) {
+      check->complete(errorResult(ErrorCode::kInternal, "the call failed: " + describe(e)));
+    }
+    if (current) flush(batch.node);
+    return;
+  }
+  if (current) {
+    markDown(batch.node,
+             e.getType() == kj::Exception::Type::OVERLOADED ? "no answer in time" : describe(e));
+  }
+  for (auto& check : batch.checks) {
+    check->tried |= bit(batch.node);
+    route(std::move(check));
+  }
+}
+
+void Core::sendAdmin(std::size_t index, std::unique_ptr<AdminPending> call) {
+  Node& node = *nodes_[index];
+  AtomicStats::bump(stats_.calls);
+  ++node.admin_in_flight;
+  const kj::TimePoint until = attemptDeadline(index, call->deadline());
+  auto in_flight = kj::heap<AdminInFlight>(AdminInFlight{index, node.generation, std::move(call)});
+  AdminInFlight& a = *in_flight;
+  tasks_.add(node.canceler.wrap(timer_.timeoutAt(until, a.call->send(node.conn->node)))
+                 .then(
+                     [this, &a] {
+                       Node& n = *nodes_[a.node];
+                       if (a.generation != n.generation) return;
+                       --n.admin_in_flight;
+                       n.backoff = backoff_min_;
+                     },
+                     [this, &a](kj::Exception&& e) { onAdminFailed(a, kj::mv(e)); })
+                 .attach(kj::mv(in_flight)));
+}
+
+void Core::onAdminFailed(AdminInFlight& call, kj::Exception&& e) {
+  Node& node = *nodes_[call.node];
+  const bool current = call.generation == node.generation;
+  if (current) --node.admin_in_flight;
+  if (!nodeUnavailable(e)) {
+    call.call->fail({ErrorCode::kInternal, "the call failed: " + describe(e)});
+    return;
+  }
+  if (current) {
+    markDown(call.node,
+             e.getType() == kj::Exception::Type::OVERLOADED ? "no answer in time" : describe(e));
+  }
+  call.call->tried |= bit(call.node);
+  route(std::move(call.call));
+}
+
+}  // namespace throttlex::client::detail

@@ -1,0 +1,196 @@
+// The client's engine, on its own KJ event loop thread: connections to the nodes, routing and
+// failover, adaptive batching, deadlines. Everything here belongs to that one thread; other
+// threads reach it only through the Inbox (client/src/inbox.h).
+//
+// Invariants:
+//  1. Every submitted check and admin call is completed exactly once: by the node's answer, by
+//     its own deadline timer, by "no node left to try", or, at the latest, by its destructor when
+//     the client shuts down. Completing marks it done; a done request left in a queue or a batch
+//     is skipped and simply destroyed.
+//  2. A node's `generation` changes whenever it is marked down. Callbacks of connects and calls
+//     carry the generation they started under; a stale one touches nothing of the node but
+//     re-routes its own requests.
+//  3. Everything started on a node's current connection is wrapped by that node's canceler, so
+//     marking the node down cancels it at once (its requests are then re-routed).
+#pragma once
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/timer.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "proto/throttlex.capnp.h"
+#include "throttlex/client.h"
+
+namespace throttlex::client::detail {
+
+// Written only by the client thread (relaxed); read by Client::stats() from any thread.
+struct AtomicStats {
+  std::atomic<std::uint64_t> calls{0};
+  std::atomic<std::uint64_t> checks{0};
+  std::atomic<std::uint64_t> fallbacks{0};
+  std::atomic<std::uint64_t> failovers{0};
+  std::atomic<std::uint64_t> nodes_marked_down{0};
+
+  static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+};
+
+// Where check results go; result i belongs to the i-th spec of the submission. Used on the client
+// thread only (the final hand-off to a waiting thread goes through std::promise).
+class CheckSink {
+ public:
+  virtual ~CheckSink() = default;
+  virtual void deliver(std::size_t index, CheckResult result) = 0;
+};
+
+// A request waiting for a node: queued, connecting or in flight.
+class Pending {
+ public:
+  virtual ~Pending() = default;
+  void arm(kj::Timer& timer, kj::TimePoint deadline);  // starts the deadline timer
+  kj::TimePoint deadline() const { return deadline_; }
+  bool done() const { return done_; }
+
+  std::uint64_t tried = 0;  // bit i: node i failed this request already
+
+ protected:
+  virtual void expire() = 0;  // the deadline passed before an answer
+  bool done_ = false;
+
+ private:
+  kj::TimePoint deadline_ = kj::origin<kj::TimePoint>();
+  kj::Promise<void> timer_ = nullptr;  // owned here: destroying the request cancels it
+};
+
+class CheckPending final : public Pending {
+ public:
+  CheckPending(CheckSpec spec, std::shared_ptr<CheckSink> sink, std::size_t index,
+               OnUnavailable policy, AtomicStats& stats);
+  ~CheckPending() override;  // completes as unavailable ("client closed") if still open
+
+  const CheckSpec& spec() const { return spec_; }
+  void complete(CheckResult result);
+  void unavailable(ErrorCode code, std::string why);  // as the policy says
+
+ protected:
+  void expire() override;
+
+ private:
+  CheckSpec spec_;
+  std::shared_ptr<CheckSink> sink_;
+  std::size_t index_;
+  OnUnavailable policy_;
+  AtomicStats& stats_;
+};
+
+class AdminPending : public Pending {
+ public:
+  // Sends the call on `node`; the returned promise completes this request when it resolves.
+  virtual kj::Promise<void> send(proto::Node::Client& node) = 0;
+  virtual void fail(Error error) = 0;  // no-op when done
+
+ protected:
+  void expire() override { fail({ErrorCode::kDeadlineExceeded, "no answer within the deadline"}); }
+};
+
+// An admin call returning T, handed to a waiting thread through a std::promise.
+template <typename T>
+class AdminCall final : public AdminPending {
+ public:
+  using Send = std::function<kj::Promise<Result<T>>(proto::Node::Client&)>;
+  AdminCall(Send send, std::promise<Result<T>> promise)
+      : send_(std::move(send)), promise_(std::move(promise)) {}
+  ~AdminCall() override { fail({ErrorCode::kUnavailable, "the client is shutting down"}); }
+
+  kj::Promise<void> send(proto::Node::Client& node) override {
+    return send_(node).then([this](Result<T>&& r) { complete(std::move(r)); });
+  }
+  void fail(Error error) override { complete(std::move(error)); }
+
+ private:
+  void complete(Result<T> r) {
+    if (done_) return;
+    done_ = true;
+    promise_.set_value(std::move(r));
+  }
+  Send send_;
+  std::promise<Result<T>> promise_;
+};
+
+class Core {
+ public:
+  Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats);
+  ~Core();
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
+
+  void submitChecks(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink,
+                    std::chrono::milliseconds deadline);
+  void submitAdmin(std::unique_ptr<AdminPending> call, std::chrono::milliseconds deadline);
+  // Completes everything pending (as unavailable) and refuses what comes later. The loop does
+  // not run again afterwards.
+  void shutdown();
+
+ private:
+  struct Connection;
+  struct Node;
+  struct Batch;
+  struct AdminInFlight;
+  using Checks = std::vector<std::unique_ptr<CheckPending>>;
+
+  std::optional<std::size_t> pickNode(std::uint64_t tried) const;
+  void route(std::unique_ptr<CheckPending> check);
+  void route(std::unique_ptr<AdminPending> call);
+  std::string unavailableReason() const;
+
+  void connect(std::size_t index);
+  void onConnected(std::size_t index, std::uint64_t generation, kj::Own<kj::AsyncIoStream> stream);
+  void onDisconnected(std::size_t index, std::uint64_t generation);
+  void closeConnection(std::size_t index, const std::string& reason);
+  void markDown(std::size_t index, const std::string& reason);
+
+  void scheduleFlush(std::size_t index);
+  void flush(std::size_t index);
+  kj::TimePoint attemptDeadline(std::size_t index, kj::TimePoint deadline) const;
+  void sendChecks(std::size_t index, Checks checks);
+  void onBatchAnswered(Batch& batch, capnp::Response<proto::Limiter::CheckBatchResults>& answer);
+  void onBatchFailed(Batch& batch, kj::Exception&& e);
+  void sendAdmin(std::size_t index, std::unique_ptr<AdminPending> call);
+  void onAdminFailed(AdminInFlight& call, kj::Exception&& e);
+
+  // Constant after construction.
+  const OnUnavailable policy_;
+  const std::size_t max_batch_;
+  const kj::Duration connect_timeout_;
+  const kj::Duration backoff_min_;
+  const kj::Duration backoff_max_;
+  capnp::ReaderOptions reader_options_;
+  kj::Network& network_;
+  kj::Timer& timer_;
+  AtomicStats& stats_;
+
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::size_t preferred_ = 0;  // where routing starts: the last node that did not fail
+  bool closing_ = false;
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it
+  struct LogErrors final : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override;
+  } log_errors_;
+#pragma GCC diagnostic pop
+  kj::TaskSet tasks_;  // last: destroyed first, while the nodes it refers to still exist
+};
+
+}  // namespace throttlex::client::detail

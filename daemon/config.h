@@ -1,0 +1,37 @@
+// The daemon's configuration: read once in main() from, in rising precedence, a config file
+// (--config, TOML "key = value" lines with the long option names), THROTTLEX_* environment
+// variables (and REDIS_HOST), and command-line flags. Passed down by value; nothing below main
+// reads flags or the environment.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace throttlex {
+
+struct Config {
+  std::string node_id;                  // default: <hostname>:<http port>
+  std::string bind = "0.0.0.0";         // address every listener binds
+  std::string advertise;                // address peers and clients use; default: bind, or hostname
+  std::uint16_t http_port = 8080;
+  std::uint16_t rpc_port = 7400;
+  std::uint16_t gossip_port = 7946;
+  std::uint16_t metrics_port = 9464;
+  std::vector<std::string> join;        // seed host:port list (gossip)
+  std::string redis;                    // host:port of the snapshot store; empty: memory only
+  std::string rules;                    // rules file (YAML)
+  int threads = 0;                      // worker threads per API; 0: one per core
+  std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
+  std::string config_file;
+};
+
+using GetEnv = std::function<const char*(const char*)>;
+
+// The parsed configuration, or the exit code to end with (0 after --help/--version; 2 after a
+// usage error, whose message names the option and has been printed to stderr).
+std::variant<Config, int> loadConfig(int argc, const char* const* argv, const GetEnv& getenv);
+
+}  // namespace throttlex

@@ -1,0 +1,191 @@
+#include "daemon/metrics.h"
+
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <unistd.h>
+
+#include <prometheus/collectable.h>
+#include <prometheus/exposer.h>
+#include <prometheus/text_serializer.h>
+
+#include "limiter/store.h"
+
+namespace throttlex {
+namespace {
+
+constexpr int kApis = 2, kRoutes = 3, kOutcomes = 3;
+constexpr const char* kApiNames[kApis] = {"http", "rpc"};
+constexpr const char* kRouteNames[kRoutes] = {"local", "forwarded", "degraded"};
+constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error"};
+constexpr std::size_t kBuckets = kLatencyBounds.size() + 1;  // the last is +Inf
+
+// One thread's counters. Only the owning thread writes (relaxed load + store, no lock prefix);
+// scrapes read with relaxed loads. alignas keeps two threads' slots off one cache line.
+struct alignas(64) Slot {
+  std::atomic<std::uint64_t> requests[kApis][kRoutes][kOutcomes] = {};
+  std::atomic<std::uint64_t> buckets[kApis][kBuckets] = {};
+  std::atomic<std::uint64_t> latency_ns[kApis] = {};
+  std::atomic<std::uint64_t> shadow_limited = {};
+};
+
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
+  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+std::atomic<std::uint64_t> next_id{1};
+
+struct SlotCache {
+  std::uint64_t owner = 0;
+  Slot* slot = nullptr;
+};
+thread_local SlotCache tls_slot;
+
+double residentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages_total = 0, pages_resident = 0;
+  statm >> pages_total >> pages_resident;
+  return pages_resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+prometheus::ClientMetric valued(double v, std::vector<prometheus::ClientMetric::Label> labels = {}) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.counter.value = v;
+  m.gauge.value = v;
+  return m;
+}
+
+}  // namespace
+
+struct Metrics::Impl final : prometheus::Collectable {
+  explicit Impl(Options o) : options(std::move(o)), id(next_id.fetch_add(1)) {}
+
+  Slot& slot() {
+    if (tls_slot.owner != id) {
+      std::lock_guard guard(mu);
+      slots.push_back(std::make_unique<Slot>());
+      tls_slot = {id, slots.back().get()};
+    }
+    return *tls_slot.slot;
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  const Options options;
+  const std::uint64_t id;
+  mutable std::mutex mu;
+  std::vector<std::unique_ptr<Slot>> slots;  // guarded by mu; slots are never removed
+};
+
+struct Metrics::Exposer {
+  std::unique_ptr<prometheus::Exposer> exposer;
+};
+
+Metrics::Metrics(Options options) : impl_(std::make_shared<Impl>(std::move(options))) {}
+Metrics::~Metrics() = default;
+
+void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency) {
+  Slot& s = impl_->slot();
+  const auto a = static_cast<std::size_t>(api);
+  bump(s.requests[a][static_cast<std::size_t>(route)][static_cast<std::size_t>(outcome)]);
+  const double seconds = std::chrono::duration<double>(latency).count();
+  std::size_t b = 0;
+  while (b < kLatencyBounds.size() && seconds > kLatencyBounds[b]) ++b;
+  bump(s.buckets[a][b]);
+  bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
+}
+
+void Metrics::recordShadowLimited() { bump(impl_->slot().shadow_limited); }
+
+std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
+  std::uint64_t requests[kApis][kRoutes][kOutcomes] = {};
+  std::uint64_t buckets[kApis][kBuckets] = {};
+  std::uint64_t latency_ns[kApis] = {};
+  std::uint64_t shadow_limited = 0;
+  {
+    std::lock_guard guard(mu);
+    for (const auto& s : slots) {
+      for (int a = 0; a < kApis; ++a) {
+        for (int r = 0; r < kRoutes; ++r)
+          for (int o = 0; o < kOutcomes; ++o)
+            requests[a][r][o] += s->requests[a][r][o].load(std::memory_order_relaxed);
+        for (std::size_t b = 0; b < kBuckets; ++b)
+          buckets[a][b] += s->buckets[a][b].load(std::memory_order_relaxed);
+        latency_ns[a] += s->latency_ns[a].load(std::memory_order_relaxed);
+      }
+      shadow_limited += s->shadow_limited.load(std::memory_order_relaxed);
+    }
+  }
+
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  prometheus::MetricFamily req{"throttlex_requests_total",
+                               "Checks answered, by decision, route and API", MetricType::Counter, {}};
+  for (int a = 0; a < kApis; ++a)
+    for (int r = 0; r < kRoutes; ++r)
+      for (int o = 0; o < kOutcomes; ++o)
+        req.metric.push_back(valued(static_cast<double>(requests[a][r][o]),
+                                    {{"decision", kOutcomeNames[o]},
+                                     {"route", kRouteNames[r]},
+                                     {"api", kApiNames[a]}}));
+  out.push_back(std::move(req));
+
+  prometheus::MetricFamily lat{"throttlex_request_duration_seconds",
+                               "Time from a check's arrival to its answer", MetricType::Histogram, {}};
+  for (int a = 0; a < kApis; ++a) {
+    prometheus::ClientMetric m;
+    m.label = {{"api", kApiNames[a]}};
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kBuckets; ++b) {
+      cumulative += buckets[a][b];
+      m.histogram.bucket.push_back(
+          {cumulative, b < kLatencyBounds.size() ? kLatencyBounds[b]
+                                                 : std::numeric_limits<double>::infinity()});
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = static_cast<double>(latency_ns[a]) / 1e9;
+    lat.metric.push_back(std::move(m));
+  }
+  out.push_back(std::move(lat));
+
+  out.push_back({"throttlex_shadow_limited_total",
+                 "Checks of shadow-mode rules that would have been limited", MetricType::Counter,
+                 {valued(static_cast<double>(shadow_limited))}});
+  if (options.store != nullptr) {
+    const StoreStats st = options.store->stats();
+    out.push_back({"throttlex_keys", "Live keys in the store", MetricType::Gauge,
+                   {valued(static_cast<double>(st.entries))}});
+    out.push_back({"throttlex_evictions_total",
+                   "Live keys dropped because the store was full", MetricType::Counter,
+                   {valued(static_cast<double>(st.evictions))}});
+    out.push_back({"throttlex_store_bytes", "Memory held by the store's tables", MetricType::Gauge,
+                   {valued(static_cast<double>(st.table_bytes))}});
+  }
+  out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
+                 MetricType::Gauge, {valued(residentBytes())}});
+  out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,
+                 {valued(1, {{"version", options.version}, {"node_id", options.node_id}})}});
+  return out;
+}
+
+std::string Metrics::render() const {
+  return prometheus::TextSerializer().Serialize(impl_->Collect());
+}
+
+Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) {
+  auto e = std::make_unique<Exposer>();
+  const std::string address = bind_address + ":" + std::to_string(port);
+  try {  // civetweb reports a failed bind by exception; turn it into a value here
+    e->exposer = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& ex) {
+    return Error{ErrorCode::kUnavailable, "cannot serve metrics on " + address + ": " + ex.what()};
+  }
+  e->exposer->RegisterCollectable(impl_);
+  const auto ports = e->exposer->GetListeningPorts();
+  exposer_ = std::move(e);
+  if (ports.empty()) return Error{ErrorCode::kUnavailable, "metrics server bound no port"};
+  return ports.front();
+}
+
+}  // namespace throttlex

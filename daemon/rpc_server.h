@@ -1,0 +1,74 @@
+// The Cap'n Proto RPC front of a node: serves proto/throttlex.capnp's Node (Limiter + Admin) over
+// LimiterService, for the client library, throttlectl and (later) peers.
+//
+// Threads: `threads` KJ event loops, one thread each, each accepting on its own SO_REUSEPORT
+// listen socket bound to the same port (the kernel spreads connections over them); a connection
+// lives on one thread for its whole life. Calls are answered synchronously on that thread:
+// LimiterService::check never blocks, so nothing else is needed. Admin calls run there too
+// (reloadRules reads the rules file: a short block of that one thread, acceptable for an admin
+// call).
+//
+// Bad input never crashes the node: expected failures (bad key, unknown rule, unsupported protocol
+// version, oversize batch) travel as proto Error values; a message that Cap'n Proto itself cannot
+// read (over the traversal or nesting limit, malformed) fails that call or connection with an RPC
+// exception.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "daemon/node_info.h"
+#include "limiter/result.h"
+
+namespace throttlex {
+
+class LimiterService;
+class Metrics;
+
+struct RpcServerOptions {
+  std::string bind_address = "0.0.0.0";  // an IPv4/IPv6 address or a host name
+  std::uint16_t port = 7400;             // 0: pick a free port (see RpcServer::port())
+  int threads = 1;                       // >= 1 event loop threads
+  // Per received message (Cap'n Proto ReaderOptions). The largest legal message, a batch of 1000
+  // checks with 1 KiB keys and 128-byte rule names, is about 160 Ki words (1.25 MiB); 512 Ki words
+  // (4 MiB) leaves room for that and bounds what one message can make the node read.
+  std::uint64_t traversal_limit_words = 512 * 1024;
+  int nesting_limit = 16;                // our messages nest 4 deep
+  std::size_t max_connections = 10'000;  // over all threads; more are accepted and closed at once
+};
+
+struct RpcServerStats {
+  std::uint64_t calls = 0;        // RPC calls answered (check, checkBatch and admin)
+  std::uint64_t checks = 0;       // checks decided or refused, batch elements counted one by one
+  std::uint64_t connections = 0;  // open now
+  std::uint64_t rejected_connections = 0;  // closed at once because of max_connections
+};
+
+class RpcServer {
+ public:
+  // Binds and listens (errors: bad address, address in use), then starts the threads. `info` is
+  // called on the RPC threads (from several at once when threads > 1) and must be thread-safe; it
+  // may be empty. `metrics` may be null. `service` and `metrics` must outlive the server.
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options,
+                                                  LimiterService& service, NodeInfoProvider info,
+                                                  Metrics* metrics);
+  ~RpcServer();  // stop()s
+  RpcServer(const RpcServer&) = delete;
+  RpcServer& operator=(const RpcServer&) = delete;
+
+  std::uint16_t port() const;  // the bound port
+  // Stops accepting, closes every connection (clients see DISCONNECTED and fail over) and joins
+  // the threads. Calls are synchronous, so none is left half-done. Idempotent; thread-safe.
+  void stop();
+
+  RpcServerStats stats() const;  // thread-safe
+
+  struct Impl;
+
+ private:
+  explicit RpcServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace throttlex

@@ -1,0 +1,385 @@
+#include "daemon/rpc_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <string_view>
+
+#include <kj/debug.h>
+
+#include "daemon/metrics.h"
+
+namespace throttlex {
+namespace {
+
+// The wire enum and the limiter's share numeric values, so conversion is a cast.
+static_assert(static_cast<int>(proto::Algorithm::TOKEN_BUCKET) ==
+              static_cast<int>(Algorithm::kTokenBucket));
+static_assert(static_cast<int>(proto::Algorithm::LEAKY_BUCKET) ==
+              static_cast<int>(Algorithm::kLeakyBucket));
+static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
+              static_cast<int>(Algorithm::kFixedWindow));
+static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
+              static_cast<int>(Algorithm::kSlidingWindow));
+static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
+static_assert(kAlgorithmCount == 5, "a new algorithm needs its wire value here");
+
+using SteadyClock = std::chrono::steady_clock;
+
+std::string_view view(capnp::Text::Reader text) {
+  return {text.begin(), text.size()};
+}
+kj::StringPtr kjText(const std::string& s) {
+  return {s.c_str(), s.size()};
+}
+
+void setError(proto::Error::Builder out, proto::ErrorCode code, const std::string& message) {
+  out.setCode(code);
+  out.setMessage(kjText(message));
+}
+void setError(proto::Error::Builder out, const Error& error) {
+  setError(out, toProto(error.code), error.message);
+}
+
+void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
+  if (!r) {
+    setError(out.initError(), r.error());
+    return;
+  }
+  // error stays a null pointer: it reads as code none and costs no bytes.
+  const CheckOutcome& o = *r;
+  out.setAllowed(o.allowed);
+  out.setDecidedAllowed(o.decision.allowed);
+  out.setShadow(o.shadow);
+  out.setLimit(o.decision.limit);
+  out.setRemaining(o.decision.remaining);
+  out.setResetAfterNs(o.decision.reset_after.count());
+  out.setRetryAfterNs(o.decision.retry_after.count());  // kRetryNever is -1 ns, as on the wire
+  out.setPolicy(kjText(o.policy));
+  out.setPeriodMs(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(o.period).count()));
+  out.setRoute(proto::Route::LOCAL);
+}
+
+proto::Algorithm toProto(Algorithm a) {
+  return static_cast<proto::Algorithm>(a);
+}
+
+void encode(const LimitSpec& spec, proto::LimitSpec::Builder out) {
+  out.setAlgorithm(toProto(spec.algorithm));
+  out.setLimit(spec.limit);
+  out.setPeriodMs(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(spec.period).count()));
+  out.setBurst(spec.burst);
+}
+
+Outcome outcomeOf(const Result<CheckOutcome>& r) {
+  if (!r) return Outcome::kError;
+  return r->allowed ? Outcome::kAllowed : Outcome::kLimited;
+}
+
+}  // namespace
+
+proto::ErrorCode toProto(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      return proto::ErrorCode::INVALID_ARGUMENT;
+    case ErrorCode::kNotFound:
+      return proto::ErrorCode::NOT_FOUND;
+    case ErrorCode::kUnavailable:
+      return proto::ErrorCode::UNAVAILABLE;
+    case ErrorCode::kDeadlineExceeded:
+      return proto::ErrorCode::DEADLINE_EXCEEDED;
+    case ErrorCode::kResourceExhausted:
+      return proto::ErrorCode::RESOURCE_EXHAUSTED;
+    case ErrorCode::kInternal:
+      return proto::ErrorCode::INTERNAL;
+  }
+  return proto::ErrorCode::INTERNAL;
+}
+
+Result<LimitSpec> fromProto(proto::LimitSpec::Reader spec) {
+  LimitSpec out;
+  const auto algorithm = static_cast<int>(spec.getAlgorithm());
+  if (algorithm > kAlgorithmCount) {
+    return invalidArgument("unknown algorithm " + std::to_string(algorithm));
+  }
+  // unspecified (0) means the default, as an omitted 'algorithm' does over HTTP.
+  if (algorithm != 0) out.algorithm = static_cast<Algorithm>(algorithm);
+  out.limit = spec.getLimit();
+  out.burst = spec.getBurst();
+  // Clamped just past the maximum so that Limit::make rejects it with its usual message instead
+  // of the conversion to nanoseconds overflowing.
+  constexpr std::uint64_t kMaxPeriodMs =
+      std::chrono::duration_cast<std::chrono::milliseconds>(kMaxPeriod).count() + 1;
+  out.period = std::chrono::milliseconds(std::min(spec.getPeriodMs(), kMaxPeriodMs));
+  return out;
+}
+
+Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
+  CheckArgs args;
+  args.key = view(request.getKey());
+  args.rule = view(request.getRule());
+  args.hits = request.getHits();
+  const auto limit = request.getLimit();
+  if (!args.rule.empty()) {
+    if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
+        limit.getAlgorithm() != proto::Algorithm::UNSPECIFIED) {
+      return invalidArgument("give either 'rule' or an inline limit, not both");
+    }
+    return args;
+  }
+  auto spec = fromProto(limit);
+  if (!spec) return spec.error();
+  args.limit = *spec;
+  return args;
+}
+
+std::optional<std::string> unsupportedVersion(std::uint16_t version) {
+  if (version != 0 && version <= proto::PROTOCOL_VERSION) return std::nullopt;
+  return "protocol version " + std::to_string(version) + " is not supported; this node speaks 1.." +
+         std::to_string(proto::PROTOCOL_VERSION) +
+         (version == 0 ? " (the version field is unset)" : "");
+}
+
+RpcService::RpcService(LimiterService& service, NodeInfoProvider info, Metrics* metrics,
+                       RpcCounters& counters)
+    : service_(service), info_(std::move(info)), metrics_(metrics), counters_(counters) {}
+
+void RpcService::countCall(std::uint64_t checks) {
+  // Only this thread writes these counters: load + store, no read-modify-write on the bus.
+  counters_.calls.store(counters_.calls.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+  counters_.checks.store(counters_.checks.load(std::memory_order_relaxed) + checks,
+                         std::memory_order_relaxed);
+}
+
+kj::Promise<void> RpcService::check(CheckContext context) {
+  const auto start = SteadyClock::now();
+  countCall(1);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  results.setVersion(proto::PROTOCOL_VERSION);
+  auto out = results.initResult();
+
+  Result<CheckOutcome> outcome = Error{ErrorCode::kInternal, ""};
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(out.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    outcome = Error{ErrorCode::kInvalidArgument, *bad};  // for the metrics only
+  } else {
+    auto args = fromProto(params.getRequest());
+    outcome = args ? service_.check(*args) : Result<CheckOutcome>(args.error());
+    encode(outcome, out);
+  }
+  if (metrics_ != nullptr) {
+    if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+    metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, outcomeOf(outcome),
+                            std::chrono::duration_cast<Duration>(SteadyClock::now() - start));
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
+  const auto start = SteadyClock::now();
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  results.setVersion(proto::PROTOCOL_VERSION);
+  const auto checks = params.getChecks();
+  countCall(checks.size());
+
+  const auto refuse = [&](proto::ErrorCode code, const std::string& message) {
+    setError(results.initError(), code, message);
+    if (metrics_ == nullptr) return;
+    const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, Outcome::kError, latency);
+    }
+  };
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    refuse(proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (checks.size() > kMaxBatchChecks) {
+    refuse(proto::ErrorCode::INVALID_ARGUMENT, "batch of " + std::to_string(checks.size()) +
+                                                   " checks; the maximum is " +
+                                                   std::to_string(kMaxBatchChecks));
+    return kj::READY_NOW;
+  }
+
+  // Decode everything, decide the valid elements in one LimiterService::checkBatch (it prefetches
+  // across the batch), then answer in request order.
+  batch_args_.clear();
+  batch_errors_.assign(checks.size(), std::nullopt);
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    auto args = fromProto(checks[static_cast<unsigned>(i)]);
+    if (args) {
+      batch_args_.push_back(*args);
+    } else {
+      batch_errors_[i] = args.error();
+    }
+  }
+  service_.checkBatch(batch_args_, batch_outcomes_);
+
+  auto list = results.initResults(checks.size());
+  const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+  std::size_t next = 0;
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    auto out = list[static_cast<unsigned>(i)];
+    Outcome kind = Outcome::kError;
+    if (batch_errors_[i]) {
+      setError(out.initError(), *batch_errors_[i]);
+    } else {
+      const Result<CheckOutcome>& r = batch_outcomes_[next++];
+      encode(r, out);
+      kind = outcomeOf(r);
+      if (metrics_ != nullptr && r && r->shadow && !r->decision.allowed) {
+        metrics_->recordShadowLimited();
+      }
+    }
+    // Every element of a batch waited for the whole batch: that is its latency.
+    if (metrics_ != nullptr) metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, kind, latency);
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
+  countCall(0);
+  NodeInfo info;
+  if (info_) {
+    info = info_();
+  } else {
+    const StoreStats stats = service_.store().stats();
+    info.keys = stats.entries;
+    info.evictions = stats.evictions;
+    info.rules = static_cast<std::uint32_t>(service_.rules().size());
+  }
+  auto out = context.getResults().initInfo();
+  out.setNodeId(kjText(info.node_id));
+  out.setVersion(kjText(info.version));
+  out.setProtocolVersion(proto::PROTOCOL_VERSION);
+  out.setHttpAddress(kjText(info.http_address));
+  out.setRpcAddress(kjText(info.rpc_address));
+  out.setMetricsAddress(kjText(info.metrics_address));
+  out.setUptimeMs(info.uptime_ms);
+  out.setKeys(info.keys);
+  out.setEvictions(info.evictions);
+  out.setRules(info.rules);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::listRules(ListRulesContext context) {
+  countCall(0);
+  // The results have no error field; an RPC exception is the only way to refuse.
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    KJ_FAIL_REQUIRE("unsupported protocol version", *bad);
+  }
+  const std::vector<Rule> rules = service_.rules();
+  auto list = context.getResults().initRules(static_cast<unsigned>(rules.size()));
+  for (std::size_t i = 0; i < rules.size(); ++i) {
+    auto out = list[static_cast<unsigned>(i)];
+    out.setName(kjText(rules[i].name));
+    encode(rules[i].spec, out.initLimit());
+    out.setShadow(rules[i].shadow);
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::setRule(SetRuleContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto error = [&] { return context.getResults().initError(); };
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(error(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const auto in = params.getRule();
+  auto spec = fromProto(in.getLimit());
+  if (!spec) {
+    setError(error(), spec.error());
+    return kj::READY_NOW;
+  }
+  Rule rule{std::string(view(in.getName())), *spec, in.getShadow()};
+  const Status status = service_.setRule(rule);
+  if (!status) setError(error(), status.error());
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const Result<bool> deleted = service_.deleteRule(view(params.getName()));
+  if (deleted) {
+    results.setDeleted(*deleted);
+  } else {
+    setError(results.initError(), deleted.error());
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const Result<std::size_t> count = service_.reloadRules();
+  if (count) {
+    results.setCount(static_cast<std::uint32_t>(
+        std::min<std::size_t>(*count, std::numeric_limits<std::uint32_t>::max())));
+  } else {
+    setError(results.initError(), count.error());
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::inspectKey(InspectKeyContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto out = context.getResults().initInspection();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(out.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  auto args = fromProto(params.getRequest());
+  const Result<KeyInspection> ins =
+      args ? service_.inspect(*args) : Result<KeyInspection>(args.error());
+  if (!ins) {
+    setError(out.initError(), ins.error());
+    return kj::READY_NOW;
+  }
+  out.setFound(ins->found);
+  out.setAlgorithm(toProto(ins->found ? ins->state.algorithm : Algorithm{}));
+  out.setLimit(ins->peek.limit);
+  out.setRemaining(ins->peek.remaining);
+  out.setResetAfterNs(ins->peek.reset_after.count());
+  out.setExpiryMs(ins->found ? ins->state.expiry_ms : 0);
+  out.setCount(ins->state.count);
+  out.setPreviousCount(ins->state.prev_count);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  auto args = fromProto(params.getRequest());
+  const Result<bool> existed = args ? service_.reset(*args) : Result<bool>(args.error());
+  if (existed) {
+    results.setExisted(*existed);
+  } else {
+    setError(results.initError(), existed.error());
+  }
+  return kj::READY_NOW;
+}
+
+}  // namespace throttlex

@@ -1,0 +1,138 @@
+"""Starts real throttlexd processes for integration tests and talks to them over HTTP.
+
+Every node listens on ports chosen by the kernel (port 0); the harness reads the actual ports from
+the daemon's "ready:" log line, so tests can run side by side. Processes are stopped by PID.
+"""
+import http.client
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("THROTTLEX_BIN", ROOT / "build" / "bin"))
+READY = re.compile(r"ready: http [^:]+:(\d+), rpc [^:]+:(\d+), metrics [^:]+:(\d+)")
+START_TIMEOUT = 20.0
+
+
+class Node:
+    """One throttlexd process on 127.0.0.1."""
+
+    def __init__(self, *args, rules=None, env=None):
+        self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-it-")
+        self.rules_path = None
+        cmd = [str(BIN / "throttlexd"), "--bind", "127.0.0.1", "--http-port", "0",
+               "--rpc-port", "0", "--metrics-port", "0", "--threads", "2"]
+        if rules is not None:
+            self.rules_path = os.path.join(self.tmp.name, "rules.yaml")
+            self.write_rules(rules)
+            cmd += ["--rules", self.rules_path]
+        cmd += list(args)
+        self.log_lines = []
+        self._log_changed = threading.Condition()
+        self._ready = threading.Event()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     text=True, env=full_env)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
+            self.kill()
+            raise RuntimeError("throttlexd did not start:\n" + "".join(self.log_lines))
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            m = READY.search(line)
+            if m:
+                self.http_port, self.rpc_port, self.metrics_port = map(int, m.groups())
+                self._ready.set()
+            with self._log_changed:
+                self.log_lines.append(line)
+                self._log_changed.notify_all()
+        self._ready.set()  # the process ended: stop waiting for it
+
+    @property
+    def rpc_address(self):
+        return f"127.0.0.1:{self.rpc_port}"
+
+    def write_rules(self, text):
+        with open(self.rules_path, "w") as f:
+            f.write(text)
+
+    def wait_for_log(self, pattern, timeout=10.0):
+        """Waits until a log line matches `pattern` (a regex); returns the line."""
+        rx = re.compile(pattern)
+        found = []
+
+        def match():
+            found[:] = [line for line in self.log_lines if rx.search(line)]
+            return bool(found)
+
+        with self._log_changed:
+            if self._log_changed.wait_for(match, timeout):
+                return found[0]
+        raise AssertionError(f"no log line matching {pattern!r}:\n" + "".join(self.log_lines))
+
+    def request(self, method, path, body=None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read().decode()
+        finally:
+            conn.close()
+
+    def metrics(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def raw(self, data, read_timeout=5.0):
+        """Sends raw bytes on a new connection; returns everything read until close/timeout."""
+        with socket.create_connection(("127.0.0.1", self.http_port), timeout=read_timeout) as s:
+            s.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except socket.timeout:
+                pass
+            return b"".join(chunks)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10.0):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)
+        self.proc.stderr.close()
+        self.tmp.cleanup()
+
+
+def run_tool(name, *args, timeout=30):
+    """Runs a build/bin tool; returns (exit code, stdout, stderr)."""
+    p = subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr

@@ -1,0 +1,459 @@
+// The client library against in-process nodes (Store + LimiterService + RpcServer on port 0), and
+// against a black hole (a TCP listener that never answers) for deadlines and failover.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/limiter_service.h"
+#include "daemon/rpc_server.h"
+#include "throttlex/client.h"
+
+namespace tc = throttlex::client;
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+struct Node {
+  throttlex::ManualClock clock{throttlex::Time(std::chrono::seconds(1'700'000'000))};
+  std::unique_ptr<throttlex::Store> store = throttlex::Store::make({100'000, 64}).value();
+  std::unique_ptr<throttlex::LimiterService> service = std::make_unique<throttlex::LimiterService>(
+      *store, clock, throttlex::RuleSet::make({}).value(), "");
+  std::unique_ptr<throttlex::RpcServer> server;
+
+  Node() {
+    throttlex::RpcServerOptions options;
+    options.bind_address = "127.0.0.1";
+    options.port = 0;
+    auto started = throttlex::RpcServer::start(options, *service, {}, nullptr);
+    REQUIRE(started.ok());
+    server = std::move(*started);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(server->port()); }
+};
+
+// A TCP listener that never accepts: the kernel completes the handshake, nobody ever answers.
+struct BlackHole {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  std::uint16_t port = 0;
+  BlackHole() {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 64) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port = ntohs(a.sin_port);
+  }
+  ~BlackHole() { ::close(fd); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+// A loopback port nothing listens on (bound, then closed again).
+std::string deadAddress() {
+  BlackHole b;
+  return b.address();
+}
+
+tc::CheckSpec spec(std::string key, std::uint64_t limit = 100,
+                   std::chrono::milliseconds period = 60s) {
+  tc::CheckSpec s;
+  s.key = std::move(key);
+  s.limit = limit;
+  s.period = period;
+  return s;
+}
+
+std::unique_ptr<tc::Client> connect(tc::ClientOptions options) {
+  auto client = tc::Client::connect(std::move(options));
+  REQUIRE_MESSAGE(client.ok(), (client.ok() ? "" : client.error().message));
+  return std::move(*client);
+}
+
+std::unique_ptr<tc::Client> connect(std::vector<std::string> nodes) {
+  tc::ClientOptions options;
+  options.nodes = std::move(nodes);
+  options.deadline = 5s;  // generous: sanitizer builds are slow; deadlines have their own tests
+  return connect(std::move(options));
+}
+
+}  // namespace
+
+TEST_CASE("connect refuses bad options") {
+  tc::ClientOptions o;
+  CHECK(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument);  // no nodes
+  for (const char* bad : {"localhost", "h:0", "h:70000", ":80", "h:", "h:8x", "[::1:80"}) {
+    o.nodes = {bad};
+    CHECK_MESSAGE(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument, bad);
+  }
+  o.nodes = {"127.0.0.1:7400"};
+  o.max_batch = 0;
+  CHECK(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument);
+  o.max_batch = 1001;
+  CHECK(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument);
+  o.max_batch = 10;
+  o.deadline = 0ms;
+  CHECK(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument);
+}
+
+TEST_CASE("connect fails fast and clearly when no node is reachable") {
+  tc::ClientOptions o;
+  o.nodes = {deadAddress(), deadAddress()};
+  const auto start = SteadyClock::now();
+  auto client = tc::Client::connect(o);
+  REQUIRE_FALSE(client.ok());
+  CHECK(client.error().code == tc::ErrorCode::kUnavailable);
+  CHECK(client.error().message.find("no ThrottleX node reachable") != std::string::npos);
+  CHECK(SteadyClock::now() - start < 2s);
+}
+
+TEST_CASE("a check round trip") {
+  Node n;
+  auto client = connect({n.address()});
+  const tc::CheckResult r = client->check(spec("user:1", 10));
+  REQUIRE(r.ok());
+  CHECK(r.allowed);
+  CHECK(r.decided_allowed);
+  CHECK_FALSE(r.fallback);
+  CHECK_FALSE(r.shadow);
+  CHECK(r.limit == 10);
+  CHECK(r.remaining == 9);
+  CHECK(r.retry_after == 0ns);
+  CHECK(r.period == 60s);
+  CHECK(r.policy == "default");
+
+  tc::CheckSpec never = spec("user:2", 10);
+  never.hits = 11;  // more than the bucket holds: never admitted
+  const tc::CheckResult nr = client->check(never);
+  REQUIRE(nr.ok());
+  CHECK_FALSE(nr.allowed);
+  CHECK(nr.retry_after < 0ns);
+}
+
+TEST_CASE("exactly the limit is admitted: 150 checks against 100 per minute") {
+  Node n;
+  auto client = connect({n.address()});
+  int allowed = 0;
+  for (int i = 0; i < 150; ++i) {
+    const tc::CheckResult r = client->check(spec("exact"));
+    REQUIRE(r.ok());
+    allowed += r.allowed ? 1 : 0;
+  }
+  CHECK(allowed == 100);
+}
+
+TEST_CASE("checkBatch keeps request order and reports errors per element") {
+  Node n;
+  auto client = connect({n.address()});
+  std::vector<tc::CheckSpec> specs = {spec("a", 5), spec("", 5), spec("b", 7),
+                                      spec(std::string(2000, 'k'), 5),
+                                      spec("c", (std::uint64_t{1} << 40) + 1)};
+  tc::CheckSpec by_rule;
+  by_rule.key = "d";
+  by_rule.rule = "no-such-rule";
+  specs.push_back(by_rule);
+  const auto results = client->checkBatch(specs);
+  REQUIRE(results.size() == 6);
+  CHECK(results[0].ok());
+  CHECK(results[0].remaining == 4);
+  CHECK(results[1].error.code == tc::ErrorCode::kInvalidArgument);
+  CHECK(results[2].ok());
+  CHECK(results[2].remaining == 6);
+  CHECK(results[3].error.code == tc::ErrorCode::kInvalidArgument);  // refused by the client
+  CHECK(results[4].error.code == tc::ErrorCode::kInvalidArgument);
+  CHECK(results[5].error.code == tc::ErrorCode::kNotFound);
+  CHECK(client->checkBatch({}).empty());
+}
+
+TEST_CASE("large batches are split at max_batch") {
+  Node n;
+  tc::ClientOptions o;
+  o.nodes = {n.address()};
+  o.deadline = 5s;
+  o.max_batch = 10;
+  auto client = connect(o);
+  std::vector<tc::CheckSpec> specs;
+  for (int i = 0; i < 95; ++i) specs.push_back(spec("k" + std::to_string(i), 1));
+  const auto results = client->checkBatch(specs);
+  REQUIRE(results.size() == 95);
+  for (const auto& r : results) CHECK((r.ok() && r.allowed));
+  CHECK(client->stats().calls >= 10);
+  CHECK(client->stats().checks == 95);
+}
+
+TEST_CASE("a node that never answers: the check returns at its deadline as on_unavailable says") {
+  BlackHole hole;
+  tc::ClientOptions o;
+  o.nodes = {hole.address()};
+  o.lazy_connect = true;
+  o.deadline = 100ms;
+
+  auto timed = [](tc::Client& c) {
+    const auto start = SteadyClock::now();
+    tc::CheckResult r = c.check(spec("k"));
+    CHECK(SteadyClock::now() - start < 100ms + 1s);  // the margin is for slow sanitizer builds
+    return r;
+  };
+  {
+    o.on_unavailable = tc::OnUnavailable::kFailOpen;
+    auto client = connect(o);
+    const tc::CheckResult r = timed(*client);
+    CHECK(r.ok());
+    CHECK(r.fallback);
+    CHECK(r.allowed);
+    CHECK(client->stats().fallbacks == 1);
+  }
+  {
+    o.on_unavailable = tc::OnUnavailable::kFailClosed;
+    auto client = connect(o);
+    const tc::CheckResult r = timed(*client);
+    CHECK(r.ok());
+    CHECK(r.fallback);
+    CHECK_FALSE(r.allowed);
+  }
+  {
+    o.on_unavailable = tc::OnUnavailable::kReturnError;
+    auto client = connect(o);
+    const tc::CheckResult r = timed(*client);
+    CHECK_FALSE(r.fallback);
+    CHECK((r.error.code == tc::ErrorCode::kDeadlineExceeded ||
+           r.error.code == tc::ErrorCode::kUnavailable));
+    // Admin calls have deadlines too.
+    const auto info = client->nodeInfo(100ms);
+    REQUIRE_FALSE(info.ok());
+    CHECK((info.error().code == tc::ErrorCode::kDeadlineExceeded ||
+           info.error().code == tc::ErrorCode::kUnavailable));
+  }
+  {
+    // connect() itself gives up on a black hole.
+    o.lazy_connect = false;
+    o.connect_timeout = 100ms;
+    o.admin_deadline = 100ms;
+    const auto start = SteadyClock::now();
+    auto client = tc::Client::connect(o);
+    REQUIRE_FALSE(client.ok());
+    CHECK(client.error().code == tc::ErrorCode::kUnavailable);
+    CHECK(SteadyClock::now() - start < 2s);
+  }
+}
+
+TEST_CASE("failover: checks continue on the next node when the first stops") {
+  Node a;
+  Node b;
+  auto client = connect({a.address(), b.address()});
+  for (int i = 0; i < 20; ++i) {
+    const auto r = client->check(spec("k" + std::to_string(i)));
+    CHECK((r.ok() && !r.fallback && r.allowed));
+  }
+  CHECK(a.server->stats().checks == 20);
+  CHECK(b.server->stats().checks == 0);
+
+  a.server->stop();
+  for (int i = 0; i < 20; ++i) {
+    const auto r = client->check(spec("k" + std::to_string(i)));
+    CHECK((r.ok() && !r.fallback && r.allowed));
+  }
+  CHECK(b.server->stats().checks == 20);
+  CHECK(client->stats().fallbacks == 0);
+}
+
+TEST_CASE("failover within one deadline: a silent first node costs half the deadline, not all") {
+  BlackHole hole;
+  Node b;
+  tc::ClientOptions o;
+  o.nodes = {hole.address(), b.address()};
+  o.lazy_connect = true;
+  o.deadline = 1s;
+  auto client = connect(o);
+  const auto r = client->check(spec("k"));
+  CHECK(r.ok());
+  CHECK_FALSE(r.fallback);
+  CHECK(b.server->stats().checks == 1);
+  CHECK(client->stats().failovers >= 1);
+  // The silent node is now marked down: the next check goes straight to b.
+  const auto start = SteadyClock::now();
+  CHECK_FALSE(client->check(spec("k")).fallback);
+  CHECK(SteadyClock::now() - start < 400ms);
+}
+
+TEST_CASE("adaptive batching: concurrent checks are exact and need fewer calls than checks") {
+  Node n;
+  auto client = connect({n.address()});
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 250;
+  constexpr int kTotal = kThreads * kPerThread;
+  std::atomic<int> allowed{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::future<tc::CheckResult>> futures;
+      for (int i = 0; i < kPerThread; ++i) {
+        if ((t + i) % 2 == 0) {
+          futures.push_back(client->checkAsync(spec("hot", 1000)));
+        } else {
+          auto p = std::make_shared<std::promise<tc::CheckResult>>();
+          futures.push_back(p->get_future());
+          client->checkAsync(spec("hot", 1000),
+                             [p](tc::CheckResult r) { p->set_value(std::move(r)); });
+        }
+      }
+      for (auto& f : futures) {
+        if (f.wait_for(30s) != std::future_status::ready) {
+          failed.fetch_add(1);
+          continue;
+        }
+        const tc::CheckResult r = f.get();
+        if (!r.ok() || r.fallback) failed.fetch_add(1);
+        if (r.allowed) allowed.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failed.load() == 0);
+  CHECK(allowed.load() == 1000);
+  const auto server = n.server->stats();
+  CHECK(server.checks == kTotal);
+  CHECK(server.calls < kTotal);
+  CHECK(client->stats().calls == server.calls);
+  MESSAGE("2000 checks took " << server.calls << " calls");
+}
+
+TEST_CASE("checks in flight when a node stops complete on the other node") {
+  Node a;
+  Node b;
+  auto client = connect({a.address(), b.address()});
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      int i = 0;
+      while (!stop.load() || i < 200) {
+        std::vector<std::future<tc::CheckResult>> futures;
+        for (int k = 0; k < 20; ++k, ++i) {
+          futures.push_back(
+              client->checkAsync(spec("t" + std::to_string(t) + ":" + std::to_string(i), 1)));
+        }
+        for (auto& f : futures) {
+          if (f.wait_for(30s) != std::future_status::ready) {
+            bad.fetch_add(1);
+            continue;
+          }
+          const auto r = f.get();
+          if (!r.ok() || r.fallback || !r.allowed) bad.fetch_add(1);
+          done.fetch_add(1);
+        }
+      }
+    });
+  }
+  // Stop a while checks are flowing: wait until some went through first.
+  while (done.load() < 200) std::this_thread::yield();
+  a.server->stop();
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  CHECK(bad.load() == 0);
+  CHECK(b.server->stats().checks > 0);
+}
+
+TEST_CASE("admin calls round trip") {
+  Node n;
+  auto client = connect({n.address()});
+  const auto info = client->nodeInfo();
+  REQUIRE(info.ok());
+  CHECK(info->protocol_version == 1);
+  CHECK(info->version == throttlex::kVersion);
+
+  tc::Rule rule;
+  rule.name = "api";
+  rule.algorithm = tc::Algorithm::kSlidingWindow;
+  rule.limit = 2;
+  rule.period = 1s;
+  REQUIRE(client->setRule(rule).ok());
+  tc::Rule bad = rule;
+  bad.name = "bad name!";
+  CHECK(client->setRule(bad).error().code == tc::ErrorCode::kInvalidArgument);
+
+  const auto rules = client->listRules();
+  REQUIRE(rules.ok());
+  REQUIRE(rules->size() == 1);
+  CHECK((*rules)[0].name == "api");
+  CHECK((*rules)[0].algorithm == tc::Algorithm::kSlidingWindow);
+  CHECK((*rules)[0].limit == 2);
+  CHECK((*rules)[0].period == 1s);
+
+  tc::CheckSpec by_rule;
+  by_rule.key = "u";
+  by_rule.rule = "api";
+  CHECK(client->check(by_rule).policy == "api");
+  CHECK(client->check(by_rule).allowed);
+  CHECK_FALSE(client->check(by_rule).allowed);
+
+  const auto ins = client->inspect(by_rule);
+  REQUIRE(ins.ok());
+  CHECK(ins->found);
+  CHECK(ins->algorithm == tc::Algorithm::kSlidingWindow);
+  CHECK(ins->count == 2);
+  CHECK(ins->remaining == 0);
+
+  const auto reset = client->reset(by_rule);
+  REQUIRE(reset.ok());
+  CHECK(*reset);
+  CHECK(client->check(by_rule).allowed);
+
+  const auto deleted = client->deleteRule("api");
+  REQUIRE(deleted.ok());
+  CHECK(*deleted);
+  CHECK_FALSE(*client->deleteRule("api"));
+  CHECK(client->check(by_rule).error.code == tc::ErrorCode::kNotFound);
+  CHECK(client->reloadRules().error().code == tc::ErrorCode::kNotFound);  // no rules file
+
+  tc::CheckSpec both = by_rule;
+  both.limit = 5;
+  both.period = 1s;
+  CHECK(client->check(both).error.code == tc::ErrorCode::kInvalidArgument);  // rule + inline
+}
+
+TEST_CASE("a synchronous call from a callback gets an error instead of a deadlock") {
+  Node n;
+  auto client = connect({n.address()});
+  std::promise<tc::CheckResult> inner;
+  client->checkAsync(spec("k"),
+                     [&](tc::CheckResult) { inner.set_value(client->check(spec("k"))); });
+  auto f = inner.get_future();
+  REQUIRE(f.wait_for(30s) == std::future_status::ready);
+  CHECK(f.get().error.code == tc::ErrorCode::kInvalidArgument);
+}
+
+TEST_CASE("destroying the client completes what is still pending") {
+  BlackHole hole;
+  tc::ClientOptions o;
+  o.nodes = {hole.address()};
+  o.lazy_connect = true;
+  o.deadline = 60s;
+  auto client = connect(o);
+  std::vector<std::future<tc::CheckResult>> futures;
+  for (int i = 0; i < 10; ++i) futures.push_back(client->checkAsync(spec("k")));
+  const auto start = SteadyClock::now();
+  client.reset();
+  CHECK(SteadyClock::now() - start < 5s);
+  for (auto& f : futures) {
+    REQUIRE(f.wait_for(0s) == std::future_status::ready);
+    const auto r = f.get();
+    CHECK(r.fallback);
+    CHECK(r.allowed);
+  }
+}
