@@ -155,6 +155,32 @@ nlohmann::json outcomeJson(const CheckOutcome& o) {
           {"shadow", o.shadow}};
 }
 
+// The hot path's response body, written directly: same fields and order as outcomeJson() (which
+// serves batches), without building a JSON tree per request. Policy names are validated rule names
+// or "default", so they need no escaping beyond the defensive one here.
+std::string outcomeBody(const CheckOutcome& o) {
+  std::string b;
+  b.reserve(160);
+  b += R"({"allowed":)";
+  b += o.allowed ? "true" : "false";
+  b += R"(,"limit":)";
+  b += std::to_string(o.decision.limit);
+  b += R"(,"policy":")";
+  for (char c : o.policy) {
+    if (c == '"' || c == '\\') b += '\\';
+    b += (c >= 0x20 && c != 0x7f) ? c : '_';
+  }
+  b += R"(","remaining":)";
+  b += std::to_string(o.decision.remaining);
+  b += R"(,"reset_after_ms":)";
+  b += std::to_string(toMs(o.decision.reset_after));
+  b += R"(,"retry_after_ms":)";
+  b += std::to_string(toMs(o.decision.retry_after));
+  b += R"(,"shadow":)";
+  b += o.shadow ? "true}" : "false}";
+  return b;
+}
+
 nlohmann::json errorJson(const Error& e) {
   return {{"error", {{"status", httpStatus(e.code)}, {"detail", e.message}}}};
 }
@@ -234,7 +260,7 @@ HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_requ
     return r;
   }
   r.status = o.allowed ? 200 : 429;
-  r.body = outcomeJson(o).dump();
+  r.body = outcomeBody(o);
   return r;
 }
 

@@ -1,0 +1,171 @@
+// The HTTP routes in-process: request parsing and validation, status codes, bodies and headers,
+// without sockets (the server itself is covered by http_server_test).
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/http_api.h"
+
+using namespace throttlex;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Fixture {
+  ManualClock clock{Time(std::chrono::seconds(1'700'000'000))};
+  std::unique_ptr<Store> store = Store::make({100'000, 64}).value();
+  LimiterService service{*store, clock,
+                         RuleSet::parseYaml("rules:\n  - {name: api, limit: 2, period: 1m}\n").value(),
+                         ""};
+  HttpApi api{service, nullptr, nullptr};
+
+  HttpResponse call(const std::string& method, const std::string& target,
+                    const std::string& body = "",
+                    std::vector<std::pair<std::string, std::string>> headers = {}) {
+    HttpRequest req;
+    req.method = method;
+    req.target = target;
+    const auto q = target.find('?');
+    req.path = target.substr(0, q);
+    req.query = q == std::string::npos ? "" : target.substr(q + 1);
+    req.body = body;
+    req.headers = std::move(headers);
+    HttpResponse out;
+    bool answered = false;
+    api.handle(req, [&](HttpResponse r) {
+      out = std::move(r);
+      answered = true;
+    });
+    REQUIRE(answered);
+    return out;
+  }
+};
+
+std::string header(const HttpResponse& r, const std::string& name) {
+  for (const auto& [k, v] : r.headers) {
+    if (k == name) return v;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("urlDecode handles plus, percent escapes and rejects malformed escapes") {
+  CHECK(*urlDecode("a+b%20c%2Fd") == "a b c/d");
+  CHECK(*urlDecode("user%3A42") == "user:42");
+  CHECK(*urlDecode("") == "");
+  CHECK_FALSE(urlDecode("%").has_value());
+  CHECK_FALSE(urlDecode("%4").has_value());
+  CHECK_FALSE(urlDecode("%zz").has_value());
+}
+
+TEST_CASE("an allowed check answers 200 with the JSON body and RateLimit headers") {
+  Fixture f;
+  const HttpResponse r = f.call("GET", "/v1/check?key=user%3A1&limit=10&period=1m&hits=4");
+  CHECK(r.status == 200);
+  const auto body = nlohmann::json::parse(r.body);
+  CHECK(body["allowed"] == true);
+  CHECK(body["limit"] == 10);
+  CHECK(body["remaining"] == 6);
+  CHECK(body["reset_after_ms"] == 24000);
+  CHECK(body["retry_after_ms"] == 0);
+  CHECK(body["policy"] == "default");
+  CHECK(body["shadow"] == false);
+  CHECK(header(r, "RateLimit-Policy") == "\"default\";q=10;w=60");
+  CHECK(header(r, "RateLimit") == "\"default\";r=6;t=24");
+  CHECK(header(r, "Retry-After").empty());
+}
+
+TEST_CASE("a limited check answers 429 with Retry-After at least the RateLimit t") {
+  Fixture f;
+  CHECK(f.call("GET", "/v1/check?key=k&rule=api").status == 200);
+  CHECK(f.call("GET", "/v1/check?key=k&rule=api").status == 200);
+  const HttpResponse r = f.call("GET", "/v1/check?key=k&rule=api");
+  CHECK(r.status == 429);
+  CHECK(header(r, "Retry-After") == "30");
+  CHECK(header(r, "RateLimit") == "\"api\";r=0;t=30");
+  CHECK(nlohmann::json::parse(r.body)["retry_after_ms"] == 30000);
+}
+
+TEST_CASE("a cost that can never fit answers 429 without Retry-After") {
+  Fixture f;
+  const HttpResponse r = f.call("GET", "/v1/check?key=k&limit=5&period=1s&hits=6");
+  CHECK(r.status == 429);
+  CHECK(header(r, "Retry-After").empty());
+  CHECK(nlohmann::json::parse(r.body)["retry_after_ms"] == -1);
+}
+
+TEST_CASE("sub-second periods leave w out of RateLimit-Policy") {
+  Fixture f;
+  const HttpResponse r = f.call("GET", "/v1/check?key=k&limit=5&period=250ms");
+  CHECK(header(r, "RateLimit-Policy") == "\"default\";q=5");
+}
+
+TEST_CASE("parameter validation names the parameter") {
+  Fixture f;
+  struct Case {
+    const char* target;
+    int status;
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"/v1/check?limit=1&period=1s", 400, "'key' is required"},
+      {"/v1/check?key=a&limit=1", 400, "needs 'limit' and 'period'"},
+      {"/v1/check?key=a&limit=x&period=1s", 400, "'limit' must be"},
+      {"/v1/check?key=a&limit=1&period=1s&hits=-2", 400, "'hits' must be"},
+      {"/v1/check?key=a&limit=1&period=1s&burst=1.5", 400, "'burst' must be"},
+      {"/v1/check?key=a&limit=1&period=1s&algorithm=nope", 400, "unknown algorithm"},
+      {"/v1/check?key=a&rule=api&period=1s", 400, "not both"},
+      {"/v1/check?key=a&rule=zzz", 404, "unknown rule 'zzz'"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.target);
+    const HttpResponse r = f.call("GET", c.target);
+    CHECK(r.status == c.status);
+    CHECK(r.content_type == "application/problem+json");
+    CHECK(nlohmann::json::parse(r.body)["detail"].get<std::string>().find(c.needle) !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("POST takes one check or a batch with per-element results") {
+  Fixture f;
+  HttpResponse r = f.call("POST", "/v1/check", R"({"key":"a","limit":1,"period":"1m"})");
+  CHECK(r.status == 200);
+  r = f.call("POST", "/v1/check", R"({"key":"a","limit":1,"period":60000})");
+  CHECK(r.status == 429);
+  r = f.call("POST", "/v1/check",
+             R"({"checks":[{"key":"b","rule":"api"},{"key":"b","rule":"api","hits":"x"},{"key":"b","limit":true}]})");
+  CHECK(r.status == 200);
+  const auto results = nlohmann::json::parse(r.body)["results"];
+  REQUIRE(results.size() == 3);
+  CHECK(results[0]["allowed"] == true);
+  CHECK(results[1]["error"]["status"] == 400);
+  CHECK(results[2]["error"]["status"] == 400);
+  CHECK(f.call("POST", "/v1/check", "{").status == 400);
+  CHECK(f.call("POST", "/v1/check", R"({"checks":{}})").status == 400);
+}
+
+TEST_CASE("the auth_request endpoint answers 204 or 403 and reads the key from a header") {
+  Fixture f;
+  const std::vector<std::pair<std::string, std::string>> h = {{"x-ratelimit-key", "10.1.2.3"}};
+  CHECK(f.call("GET", "/v1/auth?rule=api", "", h).status == 204);
+  CHECK(f.call("GET", "/v1/auth?rule=api", "", h).status == 204);
+  const HttpResponse r = f.call("GET", "/v1/auth?rule=api", "", h);
+  CHECK(r.status == 403);
+  CHECK(r.body.empty());
+  CHECK(header(r, "Retry-After") == "30");
+  CHECK(f.call("GET", "/v1/auth?rule=api&key=other", "", h).status == 204);
+}
+
+TEST_CASE("health, readiness, unknown routes and methods") {
+  Fixture f;
+  CHECK(f.call("GET", "/healthz").status == 200);
+  CHECK(f.call("GET", "/readyz").status == 503);
+  f.api.setReady(true);
+  CHECK(f.call("GET", "/readyz").status == 200);
+  CHECK(f.call("GET", "/nope").status == 404);
+  const HttpResponse r = f.call("PUT", "/v1/check");
+  CHECK(r.status == 405);
+  CHECK(header(r, "Allow") == "GET, POST");
+}
