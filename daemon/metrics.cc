@@ -175,7 +175,10 @@ std::string Metrics::render() const {
 
 Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) {
   auto e = std::make_unique<Exposer>();
-  const std::string address = bind_address + ":" + std::to_string(port);
+  // civetweb wants IPv6 addresses in brackets ("[::]:9464").
+  const bool v6 = bind_address.find(':') != std::string::npos && bind_address.front() != '[';
+  const std::string address =
+      (v6 ? "[" + bind_address + "]" : bind_address) + ":" + std::to_string(port);
   try {  // civetweb reports a failed bind by exception; turn it into a value here
     e->exposer = std::make_unique<prometheus::Exposer>(address);
   } catch (const std::exception& ex) {

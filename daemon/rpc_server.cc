@@ -2,6 +2,7 @@
 
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -204,10 +205,24 @@ class Acceptor {
       server_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
       return;  // dropping the stream closes it
     }
+    enableKeepAlive(*stream);
     auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), bootstrap_,
                                      server_.reader_options);
     auto gone = conn->network.onDisconnect();
     connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects
+  }
+
+  // A client host that vanishes (crash, a NAT dropping an idle flow) would otherwise hold its
+  // connection slot forever: the server only ever answers, so it never notices. TCP keepalive
+  // probes after 60 s idle, every 10 s, 6 times: such a connection closes within 2 minutes.
+  static void enableKeepAlive(kj::AsyncIoStream& stream) {
+    KJ_IF_MAYBE (fd, stream.getFd()) {
+      const int on = 1, idle = 60, interval = 10, count = 6;
+      ::setsockopt(*fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    }
   }
 
   RpcServer::Impl& server_;

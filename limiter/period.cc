@@ -33,6 +33,11 @@ Result<Duration> parsePeriod(std::string_view text) {
     if (suffix == u.suffix) unit_ms = u.ms;
   }
   if (unit_ms == 0 || value <= 0) return bad();
+  // Far beyond any accepted period, and it keeps value * unit_ms and the ns conversion in range.
+  constexpr std::int64_t kCeilingMs = std::int64_t{1} << 40;  // about 35 years
+  if (value > kCeilingMs / unit_ms) {
+    return invalidArgument("period '" + std::string(text) + "' is too long (at most 365d)");
+  }
   return std::chrono::duration_cast<Duration>(std::chrono::milliseconds(value * unit_ms));
 }
 

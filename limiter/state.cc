@@ -105,7 +105,8 @@ Decision decideFixed(const Limit& limit, State& state, std::uint64_t cost, std::
     state.w0 = header(limit.algorithm(), end / kNsPerMs);
     state.w1 = count;
   }
-  const std::uint64_t remaining = L - count;
+  // count can exceed L when the limit was lowered after it was counted (docs/algorithms.md).
+  const std::uint64_t remaining = count >= L ? 0 : L - count;
   const Duration reset_after = count == 0 ? Duration(0) : Duration(end - now);
   if (allowed) return {true, L, remaining, reset_after, Duration(0)};
   if (need > L) return never(limit, remaining, reset_after);

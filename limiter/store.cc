@@ -117,6 +117,20 @@ struct alignas(64) Store::Shard {
     --used;
   }
 
+  // Deletes every entry expired at `now_ms` in place. Backward shifts may move a not-yet-visited
+  // entry (also one from the wrapped-around start) into the current slot, so it is re-checked.
+  std::size_t eraseExpired(std::int64_t now_ms) {
+    Entry* tab = t();
+    std::size_t dropped = 0;
+    for (std::uint32_t i = 0; i < n(); ++i) {
+      while (!isEmpty(tab[i].key) && tab[i].state.expiredAt(now_ms)) {
+        eraseAt(i);
+        ++dropped;
+      }
+    }
+    return dropped;
+  }
+
   // Rebuilds the table with `new_slots` slots, keeping only entries live at `now_ms`.
   std::size_t rebuild(std::uint32_t new_slots, std::int64_t now_ms) {
     TablePtr fresh = allocateTable(new_slots);
@@ -270,9 +284,15 @@ std::size_t Store::sweep(Time now, std::size_t shard_count) {
     for (std::uint32_t i = 0; i < s.n(); ++i) {
       if (!isEmpty(tab[i].key) && tab[i].state.expiredAt(now_ms)) ++expired;
     }
+    if (expired == 0) continue;
     const std::uint32_t live = s.used - expired;
-    const bool oversized = s.n() > s.slotsFor(live) * 2u;
-    if (expired > 0 || oversized) dropped += s.rebuild(s.slotsFor(live), now_ms);
+    // A rebuild copies the whole table under the shard lock (and maps/unmaps memory): worth it
+    // only to shrink. A few expired entries are deleted in place instead.
+    if (s.n() > s.slotsFor(live) * 2u) {
+      dropped += s.rebuild(s.slotsFor(live), now_ms);
+    } else {
+      dropped += s.eraseExpired(now_ms);
+    }
   }
   return dropped;
 }

@@ -34,7 +34,14 @@ class PromiseSink final : public CheckSink {
 class CallbackSink final : public CheckSink {
  public:
   explicit CallbackSink(Client::Callback done) : done_(std::move(done)) {}
-  void deliver(std::size_t, CheckResult result) override { done_(std::move(result)); }
+  // The callback runs on the client's loop thread; whatever it throws stays here, so one
+  // misbehaving callback cannot take down the loop or spoil other callers' results.
+  void deliver(std::size_t, CheckResult result) override {
+    try {
+      done_(std::move(result));
+    } catch (...) {
+    }
+  }
 
  private:
   Client::Callback done_;
@@ -116,6 +123,13 @@ struct Client::Impl {
   void submit(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink, Deadline deadline) {
     const std::size_t n = specs.size();
     const auto d = deadline.value_or(options.deadline);
+    if (d <= std::chrono::milliseconds(0)) {  // it could only time out, and mark a healthy node down
+      for (std::size_t i = 0; i < n; ++i) {
+        sink->deliver(i, detail::errorResult(ErrorCode::kInvalidArgument,
+                                             "a deadline must be positive"));
+      }
+      return;
+    }
     auto job = detail::makeJob([specs = std::move(specs), sink, d](Core& core) mutable {
       core.submitChecks(std::move(specs), std::move(sink), d);
     });
@@ -203,6 +217,7 @@ CheckResult Client::check(const CheckSpec& spec, Deadline deadline) {
 }
 
 void Client::checkAsync(CheckSpec spec, Callback done, Deadline deadline) {
+  if (!done) return;  // nobody to tell: a check without a callback would only spend quota
   std::vector<CheckSpec> specs;
   specs.push_back(std::move(spec));
   impl_->submit(std::move(specs), std::make_shared<CallbackSink>(std::move(done)), deadline);

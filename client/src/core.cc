@@ -167,6 +167,12 @@ void Core::submitChecks(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink>
                                        " bytes; the maximum is " + std::to_string(kMaxKeyBytes)));
       continue;
     }
+    if (specs[i].rule.size() > kMaxRuleNameBytes) {  // likewise
+      sink->deliver(i, errorResult(ErrorCode::kInvalidArgument,
+                                   "rule name is " + std::to_string(specs[i].rule.size()) +
+                                       " bytes; the maximum is " + std::to_string(kMaxRuleNameBytes)));
+      continue;
+    }
     auto check = std::make_unique<CheckPending>(std::move(specs[i]), sink, i, policy_, stats_);
     check->arm(timer_, at);
     route(std::move(check));
@@ -362,10 +368,12 @@ void Core::sendChecks(std::size_t index, Checks checks) {
   auto request = node.conn->node.checkBatchRequest();
   request.setVersion(proto::PROTOCOL_VERSION);
   auto list = request.initChecks(static_cast<unsigned>(checks.size()));
-  kj::TimePoint earliest = checks.front()->deadline();
+  // The attempt gives up at the LATEST deadline in the batch: each check has its own timer for
+  // its own deadline, and one short deadline must not mark a healthy node down for everyone.
+  kj::TimePoint latest = checks.front()->deadline();
   for (std::size_t i = 0; i < checks.size(); ++i) {
     toProto(checks[i]->spec(), list[static_cast<unsigned>(i)]);
-    earliest = std::min(earliest, checks[i]->deadline());
+    latest = std::max(latest, checks[i]->deadline());
   }
   ++node.in_flight;
   AtomicStats::bump(stats_.calls);
@@ -374,7 +382,7 @@ void Core::sendChecks(std::size_t index, Checks checks) {
   auto batch = kj::heap<Batch>(Batch{index, node.generation, std::move(checks)});
   Batch& b = *batch;
   kj::Promise<capnp::Response<proto::Limiter::CheckBatchResults>> call = request.send();
-  tasks_.add(node.canceler.wrap(timer_.timeoutAt(attemptDeadline(index, earliest), kj::mv(call)))
+  tasks_.add(node.canceler.wrap(timer_.timeoutAt(attemptDeadline(index, latest), kj::mv(call)))
                  .then(
                      [this, &b](capnp::Response<proto::Limiter::CheckBatchResults>&& answer) {
                        onBatchAnswered(b, answer);

@@ -24,6 +24,17 @@ TEST_CASE("bad periods are rejected with the accepted form in the message") {
   }
 }
 
+TEST_CASE("huge periods are rejected instead of wrapping around") {
+  for (const char* huge : {"999999999999d", "80063993376h", "999999999999m"}) {
+    CAPTURE(huge);
+    auto p = parsePeriod(huge);
+    REQUIRE_FALSE(p.ok());
+    CHECK(p.error().message.find("too long") != std::string::npos);
+  }
+  CHECK(parsePeriod("365d").ok());
+  CHECK(parsePeriod("12000d").ok());  // parses; Limit::make then rejects it as above 365d
+}
+
 TEST_CASE("formatting picks the largest exact unit") {
   CHECK(formatPeriod(60s) == "1m");
   CHECK(formatPeriod(1500ms) == "1500ms");

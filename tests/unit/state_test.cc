@@ -307,6 +307,22 @@ TEST_CASE("lowering a limit keeps the consumed state and grants nothing extra") 
   CHECK(decide(small, s, 1, kStart + 334ms).allowed);
 }
 
+TEST_CASE("lowering a window limit below what was already counted denies and reports 0 left") {
+  for (Algorithm a : {Algorithm::kFixedWindow, Algorithm::kSlidingWindow}) {
+    CAPTURE(algorithmName(a));
+    const Limit big = mustMake(a, 100, 60s);
+    const Limit small = mustMake(a, 10, 60s);
+    const Time aligned = Time(std::chrono::minutes(28'333'333));
+    State s;
+    for (int i = 0; i < 50; ++i) REQUIRE(decide(big, s, 1, aligned).allowed);
+    const Decision d = decide(small, s, 1, aligned + 1s);
+    CHECK_FALSE(d.allowed);
+    CHECK(d.remaining == 0);
+    CHECK(d.retry_after > Duration(0));
+    CHECK(decide(small, s, 0, aligned + 1s).remaining == 0);
+  }
+}
+
 TEST_CASE("the expiry in the state bounds when it carries information") {
   std::mt19937_64 rng(5);
   for (int a = 1; a <= kAlgorithmCount; ++a) {

@@ -98,6 +98,7 @@ enum class Algorithm : std::uint8_t {
 };
 
 inline constexpr std::size_t kMaxKeyBytes = 1024;  // longer keys are refused without a call
+inline constexpr std::size_t kMaxRuleNameBytes = 128;  // longer rule names, likewise
 inline constexpr std::size_t kMaxBatch = 1000;     // the protocol's most checks per call
 
 // One check: a key and either a named rule configured on the node or an inline limit.
@@ -204,6 +205,7 @@ class THROTTLEX_CLIENT_API Client {
   Client& operator=(const Client&) = delete;
 
   CheckResult check(const CheckSpec& spec, Deadline deadline = std::nullopt);
+  // An empty `done` sends nothing. A deadline must be positive (else: kInvalidArgument).
   void checkAsync(CheckSpec spec, Callback done, Deadline deadline = std::nullopt);
   std::future<CheckResult> checkAsync(CheckSpec spec, Deadline deadline = std::nullopt);
   // Results in request order. Any size: larger sets are split into calls of max_batch.
