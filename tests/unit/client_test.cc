@@ -457,3 +457,46 @@ TEST_CASE("destroying the client completes what is still pending") {
     CHECK(r.allowed);
   }
 }
+
+TEST_CASE("a callback that throws harms neither the client nor other callers") {
+  Node n;
+  auto client = connect({n.address()});
+  std::promise<void> thrown;
+  client->checkAsync(spec("k", 1000), [&](tc::CheckResult) {
+    thrown.set_value();
+    throw std::runtime_error("a careless callback");
+  });
+  REQUIRE(thrown.get_future().wait_for(30s) == std::future_status::ready);
+  // The client still works, for async and sync callers alike.
+  auto later = client->checkAsync(spec("k", 1000));
+  REQUIRE(later.wait_for(30s) == std::future_status::ready);
+  CHECK(later.get().ok());
+  const tc::CheckResult r = client->check(spec("k", 1000));
+  REQUIRE(r.ok());
+  CHECK(r.remaining == 997);
+  // An empty callback sends nothing and spends no quota.
+  client->checkAsync(spec("k", 1000), tc::Client::Callback{});
+  CHECK(client->check(spec("k", 1000)).remaining == 996);
+}
+
+TEST_CASE("a non-positive per-call deadline is refused and does not mark the node down") {
+  Node n;
+  auto client = connect({n.address()});
+  const tc::CheckResult zero = client->check(spec("k"), 0ms);
+  CHECK(zero.error.code == tc::ErrorCode::kInvalidArgument);
+  CHECK_FALSE(zero.fallback);
+  const tc::CheckResult ok = client->check(spec("k"));
+  REQUIRE(ok.ok());
+  CHECK_FALSE(ok.fallback);
+  CHECK(client->stats().nodes_marked_down == 0);
+}
+
+TEST_CASE("a rule name too long for any node is refused locally") {
+  Node n;
+  auto client = connect({n.address()});
+  tc::CheckSpec s;
+  s.key = "k";
+  s.rule = std::string(tc::kMaxRuleNameBytes + 1, 'r');
+  CHECK(client->check(s).error.code == tc::ErrorCode::kInvalidArgument);
+  CHECK(client->stats().calls == 1);  // only connect()'s nodeInfo reached the node
+}
