@@ -23,8 +23,8 @@ static_assert(sizeof(Entry) == 32, "the per-key budget is 32 bytes plus table sl
 // Tables grow by 1.25x at 80% load (so load stays in 64%..80%: 40..50 bytes per key). Small growth
 // steps are cheap because shards are small; linear probing stays short at 80%.
 constexpr std::uint32_t kMinSlots = 8;
-constexpr std::uint64_t kLoadNum = 4, kLoadDen = 5;        // grow above 80%
-constexpr std::uint64_t kTargetNum = 16, kTargetDen = 25;  // size to 64% after a rebuild
+constexpr std::uint64_t kLoadNum = 17, kLoadDen = 20;      // grow above 85%
+constexpr std::uint64_t kTargetNum = 17, kTargetDen = 25;  // size to 68% after a rebuild
 constexpr int kEvictionSample = 16;  // as Redis samples for LRU: few enough to be cheap
 constexpr int kEvictionScan = 64;
 
