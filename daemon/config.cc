@@ -49,6 +49,13 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
   app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")->capture_default_str();
   app.add_option("--join", o.join, "Comma-separated host:port gossip seeds to join");
+  app.add_option("--cluster-name", c.cluster_name,
+                 "Cluster name: nodes of other clusters on the same network are ignored")
+      ->capture_default_str();
+  app.add_option("--gossip-preset", c.gossip_preset,
+                 "Gossip timing: local (one machine), lan, wan (see docs/gossip.md)")
+      ->check(CLI::IsMember({"local", "lan", "wan"}))
+      ->capture_default_str();
   app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)");
   app.add_option("--rules", c.rules, "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
   app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")

@@ -21,6 +21,8 @@ struct Config {
   std::uint16_t gossip_port = 7946;
   std::uint16_t metrics_port = 9464;
   std::vector<std::string> join;        // seed host:port list (gossip)
+  std::string cluster_name = "throttlex";  // gossip packets of other clusters are dropped
+  std::string gossip_preset = "lan";    // local | lan | wan timing
   std::string redis;                    // host:port of the snapshot store; empty: memory only
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core

@@ -231,8 +231,9 @@ std::string rateLimitHeader(const CheckOutcome& o) {
   return v;
 }
 
-HttpApi::HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info)
-    : service_(service), metrics_(metrics), info_(std::move(info)) {}
+HttpApi::HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
+                 MembersProvider members)
+    : service_(service), metrics_(metrics), info_(std::move(info)), members_(std::move(members)) {}
 
 void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point start) {
   if (metrics_ == nullptr) return;
@@ -365,6 +366,32 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
                             {"http_address", i.http_address}, {"rpc_address", i.rpc_address},
                             {"metrics_address", i.metrics_address}, {"uptime_ms", i.uptime_ms},
                             {"keys", i.keys}, {"evictions", i.evictions}, {"rules", i.rules}}
+                 .dump();
+    return respond(std::move(r));
+  }
+  if (path == "/v1/cluster") {
+    if (!get) return respond(methodNotAllowed("GET"));
+    const NodeInfo self = info_ ? info_() : NodeInfo{};
+    nlohmann::json list = nlohmann::json::array();
+    std::size_t alive = 0;
+    std::vector<MemberInfo> members;
+    if (members_) members = members_();
+    if (members.empty()) {  // not clustered: this node alone
+      MemberInfo solo;
+      solo.node_id = self.node_id;
+      solo.rpc_address = self.rpc_address;
+      solo.http_address = self.http_address;
+      solo.state = "alive";
+      members.push_back(std::move(solo));
+    }
+    for (const MemberInfo& m : members) {
+      alive += m.state == "alive" ? 1u : 0u;
+      list.push_back({{"node_id", m.node_id}, {"state", m.state},
+                      {"gossip_address", m.gossip_address}, {"rpc_address", m.rpc_address},
+                      {"http_address", m.http_address}, {"incarnation", m.incarnation}});
+    }
+    HttpResponse r;
+    r.body = nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
                  .dump();
     return respond(std::move(r));
   }

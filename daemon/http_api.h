@@ -15,7 +15,9 @@ namespace throttlex {
 
 class HttpApi {
  public:
-  HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info);
+  // `members` may be empty (no cluster): /v1/cluster then lists this node alone.
+  HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
+          MembersProvider members = {});
 
   // The HttpServer handler. Answers synchronously on the calling thread; never blocks.
   void handle(HttpRequest& request, const HttpRespond& respond);
@@ -33,6 +35,7 @@ class HttpApi {
   LimiterService& service_;
   Metrics* const metrics_;  // may be null
   const NodeInfoProvider info_;
+  const MembersProvider members_;
   std::atomic<bool> ready_{false};
 };
 

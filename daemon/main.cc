@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <thread>
 
+#include "daemon/cluster.h"
 #include "daemon/config.h"
 #include "daemon/http_api.h"
 #include "daemon/http_server.h"
@@ -39,9 +40,6 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  if (!config.join.empty()) {
-    logWarn("--join given, but clustering is not built yet: running as a single node");
-  }
   if (!config.redis.empty()) {
     logWarn("--redis given, but snapshots are not built yet: state is kept in memory only");
   }
@@ -90,7 +88,25 @@ int main(int argc, char** argv) {
   if (!rpc) return fail("--rpc-port: " + rpc.error().message);
   rpc_port = (*rpc)->port();
 
-  HttpApi api(service, &metrics, info);
+  // Membership comes up after the APIs, so it can announce their bound addresses.
+  ClusterOptions cluster_options;
+  cluster_options.cluster_name = config.cluster_name;
+  cluster_options.node_id = config.node_id;
+  cluster_options.bind_address = config.bind;
+  cluster_options.advertise_host = config.advertise;
+  cluster_options.port = config.gossip_port;
+  cluster_options.seeds = config.join;
+  cluster_options.timing = config.gossip_preset == "local" ? gossip::Timing::local()
+                           : config.gossip_preset == "wan" ? gossip::Timing::wan()
+                                                            : gossip::Timing::lan();
+  cluster_options.meta.protocol_version = 1;
+  std::unique_ptr<ClusterNode> cluster;
+  std::atomic<ClusterNode*> cluster_view{nullptr};  // HTTP threads read it while main sets it
+  const MembersProvider members = [&cluster_view] {
+    ClusterNode* c = cluster_view.load(std::memory_order_acquire);
+    return c != nullptr ? c->members() : std::vector<MemberInfo>{};
+  };
+  HttpApi api(service, &metrics, info, members);
   HttpServerOptions http_options;
   http_options.bind_address = config.bind;
   http_options.port = config.http_port;
@@ -101,12 +117,20 @@ int main(int argc, char** argv) {
   if (!http) return fail("--http-port: " + http.error().message);
   http_port = (*http)->port();
 
+  cluster_options.meta.rpc_address = address(rpc_port);
+  cluster_options.meta.http_address = address(http_port);
+  auto joined = ClusterNode::start(cluster_options, clock);
+  if (!joined) return fail("--gossip-port: " + joined.error().message);
+  cluster = std::move(*joined);
+  cluster_view.store(cluster.get(), std::memory_order_release);
+
   Sweeper sweeper(**store, clock);
   api.setReady(true);
   logInfo("throttlexd " + std::string(kVersion) + " node " + config.node_id + " ready: http " +
           config.bind + ":" + std::to_string((*http)->port()) + ", rpc " + config.bind + ":" +
           std::to_string((*rpc)->port()) + ", metrics " + config.bind + ":" +
-          std::to_string(metrics_port.load()) + ", " + std::to_string(config.threads) + " threads, " +
+          std::to_string(metrics_port.load()) + ", gossip " + config.bind + ":" +
+          std::to_string(cluster->port()) + ", " + std::to_string(config.threads) + " threads, " +
           std::to_string(service.rules().size()) + " rules");
 
   for (;;) {
@@ -125,6 +149,7 @@ int main(int argc, char** argv) {
     break;
   }
   api.setReady(false);
+  cluster->leave();  // tell the others first, so they stop sending here
   (*http)->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   (*rpc)->stop();
   sweeper.stop();

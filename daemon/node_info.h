@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace throttlex {
 
@@ -22,5 +23,16 @@ struct NodeInfo {
 };
 
 using NodeInfoProvider = std::function<NodeInfo()>;
+
+// One member of the cluster as this node sees it (/v1/cluster).
+struct MemberInfo {
+  std::string node_id;
+  std::string gossip_address;
+  std::string rpc_address;
+  std::string http_address;
+  std::string state;  // alive, suspect, dead, left
+  std::uint64_t incarnation = 0;
+};
+using MembersProvider = std::function<std::vector<MemberInfo>()>;
 
 }  // namespace throttlex

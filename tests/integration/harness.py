@@ -16,7 +16,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("THROTTLEX_BIN", ROOT / "build" / "bin"))
-READY = re.compile(r"ready: http [^:]+:(\d+), rpc [^:]+:(\d+), metrics [^:]+:(\d+)")
+READY = re.compile(r"ready: http [^:]+:(\d+), rpc [^:]+:(\d+), metrics [^:]+:(\d+), gossip [^:]+:(\d+)")
 START_TIMEOUT = 20.0
 
 
@@ -27,12 +27,13 @@ class Node:
         self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-it-")
         self.rules_path = None
         cmd = [str(BIN / "throttlexd"), "--bind", "127.0.0.1", "--http-port", "0",
-               "--rpc-port", "0", "--metrics-port", "0", "--threads", "2"]
+               "--rpc-port", "0", "--metrics-port", "0", "--gossip-port", "0", "--threads", "2"]
         if rules is not None:
             self.rules_path = os.path.join(self.tmp.name, "rules.yaml")
             self.write_rules(rules)
             cmd += ["--rules", self.rules_path]
         cmd += list(args)
+        self.node_id = args[args.index("--node-id") + 1] if "--node-id" in args else None
         self.log_lines = []
         self._log_changed = threading.Condition()
         self._ready = threading.Event()
@@ -50,7 +51,7 @@ class Node:
         for line in self.proc.stderr:
             m = READY.search(line)
             if m:
-                self.http_port, self.rpc_port, self.metrics_port = map(int, m.groups())
+                self.http_port, self.rpc_port, self.metrics_port, self.gossip_port = map(int, m.groups())
                 self._ready.set()
             with self._log_changed:
                 self.log_lines.append(line)
@@ -60,6 +61,10 @@ class Node:
     @property
     def rpc_address(self):
         return f"127.0.0.1:{self.rpc_port}"
+
+    @property
+    def gossip_address(self):
+        return f"127.0.0.1:{self.gossip_port}"
 
     def write_rules(self, text):
         with open(self.rules_path, "w") as f:

@@ -1,0 +1,93 @@
+#include "daemon/cluster.h"
+
+#include "daemon/log.h"
+
+namespace throttlex {
+namespace {
+// How often the membership core is stepped. Well below every preset's probe timeout.
+constexpr auto kTick = std::chrono::milliseconds(20);
+constexpr auto kLeaveGrace = std::chrono::milliseconds(500);
+}  // namespace
+
+ClusterNode::ClusterNode(ClusterOptions options, const Clock& clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options, const Clock& clock) {
+  std::unique_ptr<ClusterNode> node(new ClusterNode(std::move(options), clock));
+  ClusterNode* self = node.get();
+  auto transport = gossip::NetTransport::open(
+      node->io_, node->options_.bind_address, node->options_.port,
+      node->options_.timing.max_stream_bytes, [self](gossip::Packet p) {
+        self->membership_->receive(p, self->clock_.now());
+        self->publish();
+      });
+  if (!transport) return transport.error();
+  node->transport_ = std::move(*transport);
+  node->port_ = node->transport_->port();
+
+  gossip::Options mo;
+  mo.cluster = node->options_.cluster_name;
+  mo.id = node->options_.node_id;
+  mo.address = node->options_.advertise_host + ":" + std::to_string(node->port_);
+  mo.meta = node->options_.meta;
+  mo.timing = node->options_.timing;
+  mo.seed = std::hash<std::string>{}(mo.id) ^ static_cast<std::uint64_t>(clock.now().time_since_epoch().count());
+  auto membership = gossip::Membership::create(mo, *node->transport_, clock.now());
+  if (!membership) return membership.error();
+  node->membership_ = std::move(*membership);
+  if (!node->options_.seeds.empty()) node->membership_->join(node->options_.seeds, clock.now());
+  node->publish();
+  node->scheduleTick();
+  node->thread_ = std::thread([self] { self->io_.run(); });
+  return node;
+}
+
+ClusterNode::~ClusterNode() { leave(); }
+
+void ClusterNode::scheduleTick() {
+  timer_.expires_after(kTick);
+  timer_.async_wait([this](const asio::error_code& ec) {
+    if (ec) return;
+    membership_->tick(clock_.now());
+    publish();
+    scheduleTick();
+  });
+}
+
+void ClusterNode::publish() {
+  for (const gossip::Event& e : membership_->takeEvents()) {
+    logInfo(std::string("member ") + e.member.id + " " + gossip::nameOf(e.type) + " (" +
+            gossip::nameOf(e.member.state) + ", incarnation " +
+            std::to_string(e.member.incarnation) + ", " + e.member.address + ")");
+  }
+  std::vector<MemberInfo> members;
+  for (const gossip::Member& m : membership_->members()) {
+    members.push_back({m.id, m.address, m.meta.rpc_address, m.meta.http_address,
+                       gossip::nameOf(m.state), m.incarnation});
+  }
+  std::lock_guard guard(mu_);
+  snapshot_ = std::move(members);
+}
+
+void ClusterNode::leave() {
+  if (!thread_.joinable()) return;
+  // Announce on the gossip thread, keep stepping for a moment so the news gets out, then stop.
+  asio::post(io_, [this] {
+    membership_->leave(clock_.now());
+    publish();
+    auto done = std::make_shared<asio::steady_timer>(io_, kLeaveGrace);
+    done->async_wait([this, done](const asio::error_code&) {
+      timer_.cancel();
+      transport_->close();
+      io_.stop();
+    });
+  });
+  thread_.join();
+}
+
+std::vector<MemberInfo> ClusterNode::members() const {
+  std::lock_guard guard(mu_);
+  return snapshot_;
+}
+
+}  // namespace throttlex

@@ -1,0 +1,64 @@
+// This node's membership in the cluster: the SWIM core (gossip/membership.h) on its real transport,
+// on a thread of its own. Other threads read a snapshot of the member list.
+//
+// Not yet here (cluster issue): forwarding checks to owners, the circuit breaker, degraded mode.
+// Until then every node still decides every key locally; membership is visible (/v1/cluster, logs)
+// so that operators can see the cluster form.
+#pragma once
+
+#include <asio.hpp>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/node_info.h"
+#include "gossip/gossip.h"
+#include "gossip/net_transport.h"
+#include "gossip/ring.h"
+#include "limiter/clock.h"
+
+namespace throttlex {
+
+struct ClusterOptions {
+  std::string cluster_name = "throttlex";
+  std::string node_id;
+  std::string bind_address = "0.0.0.0";
+  std::string advertise_host;  // what other nodes send to
+  std::uint16_t port = 7946;    // 0: any free port
+  std::vector<std::string> seeds;
+  gossip::Timing timing = gossip::Timing::lan();
+  gossip::NodeMeta meta;
+};
+
+class ClusterNode {
+ public:
+  // Binds the gossip port, starts the thread and sends the joins. `clock` must outlive it.
+  static Result<std::unique_ptr<ClusterNode>> start(ClusterOptions options, const Clock& clock);
+  ~ClusterNode();  // leave()s if still running
+
+  std::uint16_t port() const { return port_; }
+  // Announces a voluntary leave, lets it spread for a moment, then stops the thread.
+  void leave();
+  std::vector<MemberInfo> members() const;  // thread-safe snapshot, ordered by id
+
+ private:
+  ClusterNode(ClusterOptions options, const Clock& clock);
+  void scheduleTick();
+  void publish();  // after every step: events to the log, members to the snapshot
+
+  const ClusterOptions options_;
+  const Clock& clock_;
+  asio::io_context io_;
+  asio::steady_timer timer_{io_};
+  std::unique_ptr<gossip::NetTransport> transport_;
+  std::unique_ptr<gossip::Membership> membership_;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+
+  mutable std::mutex mu_;
+  std::vector<MemberInfo> snapshot_;  // guarded by mu_
+};
+
+}  // namespace throttlex

@@ -1,0 +1,69 @@
+"""Membership between real throttlexd processes on loopback: nodes join through a seed, a node
+killed with -9 is declared dead by the others, a node stopped with SIGTERM is seen as left."""
+import json
+import signal
+import unittest
+
+from harness import Node
+
+
+def cluster_view(node):
+    status, _, body = node.request("GET", "/v1/cluster")
+    assert status == 200, body
+    return {m["node_id"]: m["state"] for m in json.loads(body)["members"]}
+
+
+class MembershipTest(unittest.TestCase):
+    def test_join_crash_and_leave_are_seen_by_every_node(self):
+        common = ("--gossip-preset", "local", "--cluster-name", "it")
+        seed = Node("--node-id", "n1", *common)
+        nodes = [seed]
+        try:
+            for name in ("n2", "n3", "n4"):
+                nodes.append(Node("--node-id", name, "--join", seed.gossip_address, *common))
+            # Everyone learns about everyone (the log line is the event, no polling).
+            for n in nodes:
+                for other in nodes:
+                    if other is not n:
+                        n.wait_for_log(rf"member {other.node_id} joined", timeout=20)
+            for n in nodes:
+                self.assertEqual(cluster_view(n), {"n1": "alive", "n2": "alive", "n3": "alive",
+                                                   "n4": "alive"})
+
+            # kill -9: the survivors declare it dead.
+            crashed = nodes[1]
+            crashed.proc.send_signal(signal.SIGKILL)
+            crashed.proc.wait(10)
+            for n in (nodes[0], nodes[2], nodes[3]):
+                n.wait_for_log(r"member n2 dead", timeout=30)
+                self.assertEqual(cluster_view(n)["n2"], "dead")
+
+            # SIGTERM: a voluntary leave, never reported as dead.
+            self.assertEqual(nodes[3].stop(), 0)
+            for n in (nodes[0], nodes[2]):
+                n.wait_for_log(r"member n4 left", timeout=30)
+                view = cluster_view(n)
+                self.assertEqual(view["n4"], "left")
+                self.assertEqual(view["n1"], "alive")
+                self.assertEqual(view["n3"], "alive")
+        finally:
+            for n in nodes:
+                n.kill()
+
+    def test_a_node_of_another_cluster_is_not_admitted(self):
+        a = Node("--node-id", "a1", "--gossip-preset", "local", "--cluster-name", "alpha")
+        b = Node("--node-id", "b1", "--gossip-preset", "local", "--cluster-name", "beta",
+                 "--join", a.gossip_address)
+        c = Node("--node-id", "a2", "--gossip-preset", "local", "--cluster-name", "alpha",
+                 "--join", a.gossip_address)
+        try:
+            a.wait_for_log(r"member a2 joined", timeout=20)
+            self.assertNotIn("b1", cluster_view(a))
+            self.assertEqual(set(cluster_view(b)), {"b1"})
+        finally:
+            for n in (a, b, c):
+                n.kill()
+
+
+if __name__ == "__main__":
+    unittest.main()
