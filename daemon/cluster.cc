@@ -55,18 +55,38 @@ void ClusterNode::scheduleTick() {
 }
 
 void ClusterNode::publish() {
-  for (const gossip::Event& e : membership_->takeEvents()) {
+  const std::vector<gossip::Event> events = membership_->takeEvents();
+  std::vector<MemberInfo> members;
+  ClusterStats st;
+  for (const gossip::Member& m : membership_->members()) {
+    members.push_back({m.id, m.address, m.meta.rpc_address, m.meta.http_address,
+                       gossip::nameOf(m.state), m.incarnation});
+    switch (m.state) {
+      case gossip::MemberState::kAlive: ++st.alive; break;
+      case gossip::MemberState::kSuspect: ++st.suspect; break;
+      case gossip::MemberState::kDead: ++st.dead; break;
+      case gossip::MemberState::kLeft: ++st.left; break;
+    }
+  }
+  const gossip::Counters& c = membership_->counters();
+  st.packets_sent = c.packets_sent;
+  st.packets_received = c.packets_received;
+  st.dropped_malformed = c.dropped_malformed;
+  st.dropped_foreign_cluster = c.dropped_foreign_cluster;
+  st.dropped_version = c.dropped_version;
+  st.dropped_misdirected = c.dropped_misdirected;
+  st.send_failures = transport_->stats().send_failures.load(std::memory_order_relaxed);
+  {
+    std::lock_guard guard(mu_);
+    snapshot_ = std::move(members);
+    stats_ = st;
+  }
+  // Logged after the snapshot is published: whoever sees the line sees the state in /v1/cluster.
+  for (const gossip::Event& e : events) {
     logInfo(std::string("member ") + e.member.id + " " + gossip::nameOf(e.type) + " (" +
             gossip::nameOf(e.member.state) + ", incarnation " +
             std::to_string(e.member.incarnation) + ", " + e.member.address + ")");
   }
-  std::vector<MemberInfo> members;
-  for (const gossip::Member& m : membership_->members()) {
-    members.push_back({m.id, m.address, m.meta.rpc_address, m.meta.http_address,
-                       gossip::nameOf(m.state), m.incarnation});
-  }
-  std::lock_guard guard(mu_);
-  snapshot_ = std::move(members);
 }
 
 void ClusterNode::leave() {
@@ -83,6 +103,11 @@ void ClusterNode::leave() {
     });
   });
   thread_.join();
+}
+
+ClusterStats ClusterNode::stats() const {
+  std::lock_guard guard(mu_);
+  return stats_;
 }
 
 std::vector<MemberInfo> ClusterNode::members() const {

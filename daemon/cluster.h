@@ -42,6 +42,7 @@ class ClusterNode {
   // Announces a voluntary leave, lets it spread for a moment, then stops the thread.
   void leave();
   std::vector<MemberInfo> members() const;  // thread-safe snapshot, ordered by id
+  ClusterStats stats() const;               // thread-safe snapshot
 
  private:
   ClusterNode(ClusterOptions options, const Clock& clock);
@@ -59,6 +60,7 @@ class ClusterNode {
 
   mutable std::mutex mu_;
   std::vector<MemberInfo> snapshot_;  // guarded by mu_
+  ClusterStats stats_;                // guarded by mu_
 };
 
 }  // namespace throttlex

@@ -51,7 +51,13 @@ int main(int argc, char** argv) {
 
   SystemClock clock;
   LimiterService service(**store, clock, std::move(*rules), config.rules);
-  Metrics metrics({config.node_id, kVersion, store->get()});
+  // Declared before everything that reads it (metrics scrapes, HTTP threads), so it outlives them.
+  std::unique_ptr<ClusterNode> cluster;
+  std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up
+  Metrics metrics({config.node_id, kVersion, store->get(), [&cluster_view] {
+                     ClusterNode* c = cluster_view.load(std::memory_order_acquire);
+                     return c != nullptr ? c->stats() : ClusterStats{};
+                   }});
 
   const auto started = std::chrono::steady_clock::now();
   // The ports actually bound (they differ from the flags when a flag says 0); set as each
@@ -100,8 +106,6 @@ int main(int argc, char** argv) {
                            : config.gossip_preset == "wan" ? gossip::Timing::wan()
                                                             : gossip::Timing::lan();
   cluster_options.meta.protocol_version = 1;
-  std::unique_ptr<ClusterNode> cluster;
-  std::atomic<ClusterNode*> cluster_view{nullptr};  // HTTP threads read it while main sets it
   const MembersProvider members = [&cluster_view] {
     ClusterNode* c = cluster_view.load(std::memory_order_acquire);
     return c != nullptr ? c->members() : std::vector<MemberInfo>{};

@@ -162,6 +162,28 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
     out.push_back({"throttlex_store_bytes", "Memory held by the store's tables", MetricType::Gauge,
                    {valued(static_cast<double>(st.table_bytes))}});
   }
+  if (options.cluster) {
+    const ClusterStats c = options.cluster();
+    out.push_back({"throttlex_members", "Cluster members this node knows, by state",
+                   MetricType::Gauge,
+                   {valued(static_cast<double>(c.alive), {{"state", "alive"}}),
+                    valued(static_cast<double>(c.suspect), {{"state", "suspect"}}),
+                    valued(static_cast<double>(c.dead), {{"state", "dead"}}),
+                    valued(static_cast<double>(c.left), {{"state", "left"}})}});
+    out.push_back({"throttlex_gossip_packets_total", "Gossip packets, by direction",
+                   MetricType::Counter,
+                   {valued(static_cast<double>(c.packets_sent), {{"direction", "sent"}}),
+                    valued(static_cast<double>(c.packets_received), {{"direction", "received"}})}});
+    out.push_back({"throttlex_gossip_dropped_total",
+                   "Gossip packets received and dropped, by reason", MetricType::Counter,
+                   {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
+                    valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
+                    valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
+                    valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
+    out.push_back({"throttlex_gossip_send_failures_total",
+                   "Gossip sends that failed (unresolvable, refused, timed out)", MetricType::Counter,
+                   {valued(static_cast<double>(c.send_failures))}});
+  }
   out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
                  MetricType::Gauge, {valued(residentBytes())}});
   out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,

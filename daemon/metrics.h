@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/node_info.h"
 #include "limiter/clock.h"
 #include "limiter/result.h"
 
@@ -30,6 +31,7 @@ class Metrics {
     std::string node_id;
     std::string version;
     const Store* store = nullptr;  // for throttlex_keys and throttlex_evictions_total
+    ClusterStatsProvider cluster;  // may be empty: no gossip metrics
   };
   explicit Metrics(Options options);
   ~Metrics();

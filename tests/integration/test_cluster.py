@@ -29,6 +29,7 @@ class MembershipTest(unittest.TestCase):
             for n in nodes:
                 self.assertEqual(cluster_view(n), {"n1": "alive", "n2": "alive", "n3": "alive",
                                                    "n4": "alive"})
+            self.assertIn('throttlex_members{state="alive"} 4', nodes[0].metrics())
 
             # kill -9: the survivors declare it dead.
             crashed = nodes[1]
@@ -37,6 +38,9 @@ class MembershipTest(unittest.TestCase):
             for n in (nodes[0], nodes[2], nodes[3]):
                 n.wait_for_log(r"member n2 dead", timeout=30)
                 self.assertEqual(cluster_view(n)["n2"], "dead")
+            metrics = nodes[0].metrics()
+            self.assertIn('throttlex_members{state="alive"} 3', metrics)
+            self.assertIn('throttlex_members{state="dead"} 1', metrics)
 
             # SIGTERM: a voluntary leave, never reported as dead.
             self.assertEqual(nodes[3].stop(), 0)
@@ -59,6 +63,8 @@ class MembershipTest(unittest.TestCase):
         try:
             a.wait_for_log(r"member a2 joined", timeout=20)
             self.assertNotIn("b1", cluster_view(a))
+            # b's join reached a and was dropped and counted, not admitted.
+            self.assertRegex(a.metrics(), r'throttlex_gossip_dropped_total\{reason="foreign_cluster"\} [1-9]')
             self.assertEqual(set(cluster_view(b)), {"b1"})
         finally:
             for n in (a, b, c):
