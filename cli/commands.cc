@@ -167,4 +167,26 @@ int runStatus(client::Client& c, const Config& config) {
   return kExitOk;
 }
 
+int runMembers(client::Client& c, const Config& config) {
+  const auto info = c.nodeInfo();
+  if (!info) return reportError(info.error());
+  std::vector<client::Member> members = info->members;
+  if (members.empty()) {  // not in a cluster: the node alone
+    members.push_back({info->node_id, "alive", "", info->rpc_address, info->http_address, 0});
+  }
+  if (json(config)) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& m : members) list.push_back(memberJson(m));
+    printJson(std::cout, list);
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& m : members) {
+    rows.push_back({m.node_id, m.state, m.rpc_address, m.http_address,
+                    m.gossip_address.empty() ? "-" : m.gossip_address, std::to_string(m.incarnation)});
+  }
+  printTable(std::cout, {"NODE", "STATE", "RPC", "HTTP", "GOSSIP", "INCARNATION"}, rows);
+  return kExitOk;
+}
+
 }  // namespace throttlex::cli

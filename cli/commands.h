@@ -20,6 +20,7 @@ int runRulesSet(client::Client& c, const Config& config, const client::Rule& rul
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name);
 int runRulesReload(client::Client& c, const Config& config);
 int runStatus(client::Client& c, const Config& config);
+int runMembers(client::Client& c, const Config& config);
 
 // Prints "throttlectl: <message>" to stderr and returns the matching exit code.
 int reportError(const client::Error& error);

@@ -36,6 +36,7 @@ struct Subcommands {
   CLI::App* rules_delete = nullptr;
   CLI::App* rules_reload = nullptr;
   CLI::App* status = nullptr;
+  CLI::App* members = nullptr;
 };
 
 CLI::Validator periodValidator() {
@@ -116,6 +117,7 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   s.rules_reload = rules->add_subcommand("reload", "Re-read the node's rules file");
 
   s.status = app.add_subcommand("status", "Show the node's id, version, addresses and counters");
+  s.members = app.add_subcommand("members", "List the cluster's members as the node sees them");
   return s;
 }
 
@@ -144,6 +146,9 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
     return Action([&](client::Client& c) { return runRulesList(c, config); });
   if (s.rules_reload->parsed()) {
     return Action([&](client::Client& c) { return runRulesReload(c, config); });
+  }
+  if (s.members->parsed()) {
+    return Action([&](client::Client& c) { return runMembers(c, config); });
   }
   return Action([&](client::Client& c) { return runStatus(c, config); });
 }

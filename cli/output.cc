@@ -69,6 +69,12 @@ nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
           {"rules", info.rules}};
 }
 
+nlohmann::json memberJson(const client::Member& m) {
+  return {{"node_id", m.node_id},         {"state", m.state},
+          {"rpc_address", m.rpc_address}, {"http_address", m.http_address},
+          {"gossip_address", m.gossip_address}, {"incarnation", m.incarnation}};
+}
+
 nlohmann::json inspectionJson(const std::string& key, const client::KeyInspection& ins) {
   nlohmann::json doc = {{"key", key}, {"found", ins.found}};
   if (!ins.found) return doc;

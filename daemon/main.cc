@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
     i.keys = st.entries;
     i.evictions = st.evictions;
     i.rules = static_cast<std::uint32_t>(service.rules().size());
+    if (ClusterNode* c = cluster_view.load(std::memory_order_acquire)) i.members = c->members();
     return i;
   };
 

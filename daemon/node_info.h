@@ -10,6 +10,15 @@ namespace throttlex {
 
 inline constexpr const char* kVersion = "0.1.0";
 
+// One member of the cluster as this node sees it (/v1/cluster).
+struct MemberInfo {
+  std::string node_id;
+  std::string gossip_address;
+  std::string rpc_address;
+  std::string http_address;
+  std::string state;  // alive, suspect, dead, left
+  std::uint64_t incarnation = 0;
+};
 struct NodeInfo {
   std::string node_id;
   std::string version = kVersion;
@@ -20,19 +29,11 @@ struct NodeInfo {
   std::uint64_t keys = 0;
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
+  std::vector<MemberInfo> members;  // empty when the node is not in a cluster
 };
 
 using NodeInfoProvider = std::function<NodeInfo()>;
 
-// One member of the cluster as this node sees it (/v1/cluster).
-struct MemberInfo {
-  std::string node_id;
-  std::string gossip_address;
-  std::string rpc_address;
-  std::string http_address;
-  std::string state;  // alive, suspect, dead, left
-  std::uint64_t incarnation = 0;
-};
 using MembersProvider = std::function<std::vector<MemberInfo>()>;
 
 // Gossip counters for /metrics.

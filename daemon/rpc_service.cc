@@ -264,6 +264,17 @@ kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
   out.setKeys(info.keys);
   out.setEvictions(info.evictions);
   out.setRules(info.rules);
+  auto members = out.initMembers(static_cast<unsigned>(info.members.size()));
+  for (std::size_t i = 0; i < info.members.size(); ++i) {
+    const MemberInfo& m = info.members[i];
+    auto w = members[static_cast<unsigned>(i)];
+    w.setNodeId(kjText(m.node_id));
+    w.setState(kjText(m.state));
+    w.setGossipAddress(kjText(m.gossip_address));
+    w.setRpcAddress(kjText(m.rpc_address));
+    w.setHttpAddress(kjText(m.http_address));
+    w.setIncarnation(m.incarnation);
+  }
   return kj::READY_NOW;
 }
 

@@ -84,6 +84,16 @@ struct Rule {
   shadow @2 :Bool;
 }
 
+# A cluster member as the answering node sees it.
+struct Member {
+  nodeId @0 :Text;
+  state @1 :Text;              # alive, suspect, dead, left
+  gossipAddress @2 :Text;
+  rpcAddress @3 :Text;
+  httpAddress @4 :Text;
+  incarnation @5 :UInt64;
+}
+
 struct NodeInfo {
   nodeId @0 :Text;
   version @1 :Text;            # software version
@@ -95,6 +105,7 @@ struct NodeInfo {
   keys @7 :UInt64;             # live entries in the store
   evictions @8 :UInt64;
   rules @9 :UInt32;
+  members @10 :List(Member);   # the cluster as this node sees it (itself included)
 }
 
 struct KeyInspection {

@@ -132,6 +132,10 @@ NodeInfo fromProto(proto::NodeInfo::Reader info) {
   n.keys = info.getKeys();
   n.evictions = info.getEvictions();
   n.rules = info.getRules();
+  for (const auto m : info.getMembers()) {
+    n.members.push_back({text(m.getNodeId()), text(m.getState()), text(m.getGossipAddress()),
+                         text(m.getRpcAddress()), text(m.getHttpAddress()), m.getIncarnation()});
+  }
   return n;
 }
 

@@ -4,7 +4,7 @@ import json
 import signal
 import unittest
 
-from harness import Node
+from harness import Node, run_tool
 
 
 def cluster_view(node):
@@ -30,6 +30,15 @@ class MembershipTest(unittest.TestCase):
                 self.assertEqual(cluster_view(n), {"n1": "alive", "n2": "alive", "n3": "alive",
                                                    "n4": "alive"})
             self.assertIn('throttlex_members{state="alive"} 4', nodes[0].metrics())
+            code, out, err = run_tool("throttlectl", "--node", nodes[2].rpc_address, "-o", "json",
+                                      "members")
+            self.assertEqual(code, 0, err)
+            self.assertEqual({m["node_id"]: m["state"] for m in json.loads(out)},
+                             {"n1": "alive", "n2": "alive", "n3": "alive", "n4": "alive"})
+            code, out, _ = run_tool("throttlectl", "--node", nodes[2].rpc_address, "members")
+            self.assertEqual(code, 0)
+            self.assertIn("NODE", out)
+            self.assertIn(nodes[0].rpc_address, out)
 
             # kill -9: the survivors declare it dead.
             crashed = nodes[1]

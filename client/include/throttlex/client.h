@@ -158,6 +158,15 @@ struct Rule {
   bool shadow = false;
 };
 
+struct Member {
+  std::string node_id;
+  std::string state;  // alive, suspect, dead, left
+  std::string gossip_address;
+  std::string rpc_address;
+  std::string http_address;
+  std::uint64_t incarnation = 0;
+};
+
 struct NodeInfo {
   std::string node_id;
   std::string version;  // software version
@@ -169,6 +178,7 @@ struct NodeInfo {
   std::uint64_t keys = 0;
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
+  std::vector<Member> members;        // the cluster as this node sees it; empty: no cluster
 };
 
 struct KeyInspection {
