@@ -1,10 +1,14 @@
 #include "cli/commands.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <ctime>
 #include <iostream>
 
 #include "cli/exit_codes.h"
 #include "cli/output.h"
+#include "gossip/ring.h"
+#include "limiter/key.h"
 
 namespace throttlex::cli {
 namespace {
@@ -164,6 +168,78 @@ int runStatus(client::Client& c, const Config& config) {
                           {"keys", std::to_string(info->keys)},
                           {"evictions", std::to_string(info->evictions)},
                           {"rules", std::to_string(info->rules)}});
+  return kExitOk;
+}
+
+namespace {
+
+// The ring every node derives from the same alive members (gossip/ring.h).
+Ring aliveRing(const client::NodeInfo& info) {
+  std::vector<std::string> alive;
+  for (const auto& m : info.members) {
+    if (m.state == "alive") alive.push_back(m.node_id);
+  }
+  if (alive.empty()) alive.push_back(info.node_id);  // not in a cluster: the node owns everything
+  return Ring(std::move(alive));
+}
+
+}  // namespace
+
+int runRing(client::Client& c, const Config& config) {
+  const auto info = c.nodeInfo();
+  if (!info) return reportError(info.error());
+  const Ring ring = aliveRing(*info);
+  if (json(config)) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& id : ring.members()) {
+      list.push_back({{"node_id", id}, {"slots", ring.slotsOwnedBy(id).size()}});
+    }
+    printJson(std::cout, {{"slot_count", kSlotCount}, {"members", list}});
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& id : ring.members()) {
+    const std::size_t slots = ring.slotsOwnedBy(id).size();
+    char share[16];
+    std::snprintf(share, sizeof share, "%.1f%%", 100.0 * static_cast<double>(slots) / kSlotCount);
+    rows.push_back({id, std::to_string(slots), share});
+  }
+  printTable(std::cout, {"NODE", "SLOTS", "SHARE"}, rows);
+  return kExitOk;
+}
+
+int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec) {
+  const auto info = c.nodeInfo();
+  if (!info) return reportError(info.error());
+  // A key's identity includes its limit's algorithm and period (limiter/key.h): for a rule,
+  // ask the node for them.
+  auto algorithm = static_cast<Algorithm>(spec.algorithm);
+  auto period = std::chrono::duration_cast<Duration>(spec.period);
+  if (!spec.rule.empty()) {
+    const auto rules = c.listRules();
+    if (!rules) return reportError(rules.error());
+    const auto it = std::find_if(rules->begin(), rules->end(),
+                                 [&](const client::Rule& r) { return r.name == spec.rule; });
+    if (it == rules->end()) {
+      return reportError({client::ErrorCode::kNotFound, "unknown rule '" + spec.rule + "'"});
+    }
+    algorithm = static_cast<Algorithm>(it->algorithm);
+    period = std::chrono::duration_cast<Duration>(it->period);
+  }
+  const KeyHash key = hashKey(spec.rule, spec.key, algorithm, period);
+  const std::uint32_t slot = slotOf(key);
+  const Ring ring = aliveRing(*info);
+  const std::string& owner = ring.ownerOf(slot);
+  std::string rpc = info->rpc_address;
+  for (const auto& m : info->members) {
+    if (m.node_id == owner) rpc = m.rpc_address;
+  }
+  if (json(config)) {
+    printJson(std::cout, {{"key", spec.key}, {"slot", slot}, {"owner", owner}, {"rpc_address", rpc}});
+  } else {
+    printFields(std::cout, {{"key", spec.key}, {"slot", std::to_string(slot)}, {"owner", owner},
+                            {"rpc", rpc}});
+  }
   return kExitOk;
 }
 

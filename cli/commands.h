@@ -21,6 +21,8 @@ int runRulesDelete(client::Client& c, const Config& config, const std::string& n
 int runRulesReload(client::Client& c, const Config& config);
 int runStatus(client::Client& c, const Config& config);
 int runMembers(client::Client& c, const Config& config);
+int runRing(client::Client& c, const Config& config);
+int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec);
 
 // Prints "throttlectl: <message>" to stderr and returns the matching exit code.
 int reportError(const client::Error& error);

@@ -22,7 +22,7 @@ struct CommandLine {
   std::vector<std::string> nodes;
   std::string output = "table";
   std::string timeout = "2s";
-  TargetArgs check, inspect, reset;
+  TargetArgs check, inspect, reset, owner;
   RuleArgs rule;
   std::string delete_name;
 };
@@ -37,6 +37,8 @@ struct Subcommands {
   CLI::App* rules_reload = nullptr;
   CLI::App* status = nullptr;
   CLI::App* members = nullptr;
+  CLI::App* ring = nullptr;
+  CLI::App* owner = nullptr;
 };
 
 CLI::Validator periodValidator() {
@@ -118,6 +120,9 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
 
   s.status = app.add_subcommand("status", "Show the node's id, version, addresses and counters");
   s.members = app.add_subcommand("members", "List the cluster's members as the node sees them");
+  s.ring = app.add_subcommand("ring", "Slots owned by each alive member (the hash ring)");
+  s.owner = app.add_subcommand("owner", "Which alive member owns KEY (for a rule or inline limit)");
+  addTargetOptions(*s.owner, cl.owner, false);
   return s;
 }
 
@@ -147,6 +152,8 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
   if (s.rules_reload->parsed()) {
     return Action([&](client::Client& c) { return runRulesReload(c, config); });
   }
+  if (s.ring->parsed()) return Action([&](client::Client& c) { return runRing(c, config); });
+  if (s.owner->parsed()) return target(cl.owner, runOwner);
   if (s.members->parsed()) {
     return Action([&](client::Client& c) { return runMembers(c, config); });
   }

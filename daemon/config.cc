@@ -38,7 +38,9 @@ void define(CLI::App& app, Options& o) {
   Config& c = o.c;
   app.add_option("--config", c.config_file,
                  "Config file: TOML 'key = value' lines using the long option names");
-  app.add_option("--node-id", c.node_id, "Unique node id (default: <hostname>:<http-port>)");
+  app.add_option("--node-id", c.node_id,
+                 "Unique node id (default: <hostname>:<http-port>, or <hostname>:pid<pid> with "
+                 "--http-port 0)");
   app.add_option("--bind", c.bind, "Address all listeners bind")->capture_default_str();
   app.add_option("--advertise", c.advertise,
                  "Address other nodes and clients reach this node at (default: --bind, or the "
@@ -128,7 +130,11 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
   Config c = o.c;
   c.join = splitList(o.join);
   if (c.advertise.empty()) c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
-  if (c.node_id.empty()) c.node_id = hostname() + ":" + std::to_string(c.http_port);
+  if (c.node_id.empty()) {
+    // With --http-port 0 the port is not known yet; the pid keeps ids on one host apart.
+    c.node_id = hostname() + ":" +
+                (c.http_port != 0 ? std::to_string(c.http_port) : "pid" + std::to_string(getpid()));
+  }
   if (c.threads == 0) c.threads = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
   return c;
 }

@@ -35,6 +35,21 @@ class MembershipTest(unittest.TestCase):
             self.assertEqual(code, 0, err)
             self.assertEqual({m["node_id"]: m["state"] for m in json.loads(out)},
                              {"n1": "alive", "n2": "alive", "n3": "alive", "n4": "alive"})
+            # Every node derives the same ring: the owner of a key is the same whoever is asked.
+            code, out, err = run_tool("throttlectl", "--node", nodes[0].rpc_address, "-o", "json",
+                                      "ring")
+            self.assertEqual(code, 0, err)
+            ring = json.loads(out)
+            self.assertEqual(sorted(m["node_id"] for m in ring["members"]), ["n1", "n2", "n3", "n4"])
+            self.assertEqual(sum(m["slots"] for m in ring["members"]), ring["slot_count"])
+            owners = set()
+            for n in nodes:
+                code, out, err = run_tool("throttlectl", "--node", n.rpc_address, "-o", "json",
+                                          "owner", "user:42", "--limit", "10", "--period", "1m")
+                self.assertEqual(code, 0, err)
+                owners.add(json.loads(out)["owner"])
+            self.assertEqual(len(owners), 1)
+            self.assertIn(owners.pop(), {"n1", "n2", "n3", "n4"})
             code, out, _ = run_tool("throttlectl", "--node", nodes[2].rpc_address, "members")
             self.assertEqual(code, 0)
             self.assertIn("NODE", out)
