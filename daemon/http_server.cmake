@@ -21,8 +21,3 @@ if(TARGET throttlex_daemon)
   target_link_libraries(throttlex_daemon PUBLIC throttlex_http)
 endif()
 
-# GCC 12 warns that TSan does not model the atomic_thread_fence in Asio's fenced blocks. Asio's
-# handler hand-offs also go through the scheduler mutex, which TSan does model.
-if(THROTTLEX_SANITIZE STREQUAL "thread" AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
-  target_compile_options(throttlex_http PRIVATE -Wno-tsan)
-endif()
