@@ -54,8 +54,10 @@ int main(int argc, char** argv) {
   // Declared before everything that reads it (metrics scrapes, HTTP threads), so it outlives them.
   std::unique_ptr<ClusterNode> cluster;
   std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up
-  Metrics metrics({config.node_id, kVersion, store->get(), [&cluster_view] {
-                     ClusterNode* c = cluster_view.load(std::memory_order_acquire);
+  // The cluster as other threads see it: null until membership is up.
+  const auto clusterNode = [&cluster_view] { return cluster_view.load(std::memory_order_acquire); };
+  Metrics metrics({config.node_id, kVersion, store->get(), [clusterNode] {
+                     ClusterNode* c = clusterNode();
                      return c != nullptr ? c->stats() : ClusterStats{};
                    }});
 
@@ -79,7 +81,7 @@ int main(int argc, char** argv) {
     i.keys = st.entries;
     i.evictions = st.evictions;
     i.rules = static_cast<std::uint32_t>(service.rules().size());
-    if (ClusterNode* c = cluster_view.load(std::memory_order_acquire)) i.members = c->members();
+    if (ClusterNode* c = clusterNode()) i.members = c->members();
     return i;
   };
 
@@ -107,8 +109,8 @@ int main(int argc, char** argv) {
                            : config.gossip_preset == "wan" ? gossip::Timing::wan()
                                                             : gossip::Timing::lan();
   cluster_options.meta.protocol_version = 1;
-  const MembersProvider members = [&cluster_view] {
-    ClusterNode* c = cluster_view.load(std::memory_order_acquire);
+  const MembersProvider members = [clusterNode] {
+    ClusterNode* c = clusterNode();
     return c != nullptr ? c->members() : std::vector<MemberInfo>{};
   };
   HttpApi api(service, &metrics, info, members);
