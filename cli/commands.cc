@@ -211,23 +211,8 @@ int runRing(client::Client& c, const Config& config) {
 int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec) {
   const auto info = c.nodeInfo();
   if (!info) return reportError(info.error());
-  // A key's identity includes its limit's algorithm and period (limiter/key.h): for a rule,
-  // ask the node for them.
-  auto algorithm = static_cast<Algorithm>(spec.algorithm);
-  auto period = std::chrono::duration_cast<Duration>(spec.period);
-  if (!spec.rule.empty()) {
-    const auto rules = c.listRules();
-    if (!rules) return reportError(rules.error());
-    const auto it = std::find_if(rules->begin(), rules->end(),
-                                 [&](const client::Rule& r) { return r.name == spec.rule; });
-    if (it == rules->end()) {
-      return reportError({client::ErrorCode::kNotFound, "unknown rule '" + spec.rule + "'"});
-    }
-    algorithm = static_cast<Algorithm>(it->algorithm);
-    period = std::chrono::duration_cast<Duration>(it->period);
-  }
-  const KeyHash key = hashKey(spec.rule, spec.key, algorithm, period);
-  const std::uint32_t slot = slotOf(key);
+  // A slot depends on the rule's name and the key only (limiter/key.h): no need to ask for the rule.
+  const std::uint32_t slot = slotOf(spec.rule, spec.key);
   const Ring ring = aliveRing(*info);
   const std::string& owner = ring.ownerOf(slot);
   std::string rpc = info->rpc_address;

@@ -17,15 +17,39 @@ struct Header {
   std::uint8_t algorithm;
 };
 
-KeyHash finish(XXH128_hash_t h) {
-  KeyHash k{h.high64, h.low64};
-  if (k.hi == 0 && k.lo == 0) k.lo = 1;
+// Length-prefixed like Header, so ("ab", "c") and ("a", "bc") land apart.
+std::uint64_t slotHash(std::string_view ns, std::string_view key) {
+  const auto ns_len = static_cast<std::uint32_t>(ns.size());
+  std::array<char, 256> buf;
+  if (4 + ns.size() + key.size() <= buf.size()) {
+    std::memcpy(buf.data(), &ns_len, 4);
+    std::memcpy(buf.data() + 4, ns.data(), ns.size());
+    std::memcpy(buf.data() + 4 + ns.size(), key.data(), key.size());
+    return XXH3_64bits(buf.data(), 4 + ns.size() + key.size());
+  }
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  XXH3_64bits_update(&st, &ns_len, 4);
+  XXH3_64bits_update(&st, ns.data(), ns.size());
+  XXH3_64bits_update(&st, key.data(), key.size());
+  return XXH3_64bits_digest(&st);
+}
+
+KeyHash finish(XXH128_hash_t h, std::uint32_t slot) {
+  constexpr std::uint64_t kLowBits = (std::uint64_t{1} << kSlotShift) - 1;
+  KeyHash k{h.high64, (h.low64 & kLowBits) | (std::uint64_t{slot} << kSlotShift)};
+  if (k.hi == 0 && k.lo == 0) k.lo = 1;  // slot 0 either way
   return k;
 }
 
 }  // namespace
 
+std::uint32_t slotOf(std::string_view ns, std::string_view key) {
+  return static_cast<std::uint32_t>(slotHash(ns, key) >> kSlotShift);
+}
+
 KeyHash hashKey(std::string_view ns, std::string_view key, Algorithm algorithm, Duration period) {
+  const std::uint32_t slot = slotOf(ns, key);
   const Header hdr{static_cast<std::uint32_t>(ns.size()), static_cast<std::uint32_t>(key.size()),
                    period.count(), static_cast<std::uint8_t>(algorithm)};
   constexpr std::size_t kHdr = 17;  // the packed size of Header's fields
@@ -37,7 +61,7 @@ KeyHash hashKey(std::string_view ns, std::string_view key, Algorithm algorithm, 
     std::memcpy(buf.data() + 16, &hdr.algorithm, 1);
     std::memcpy(buf.data() + kHdr, ns.data(), ns.size());
     std::memcpy(buf.data() + kHdr + ns.size(), key.data(), key.size());
-    return finish(XXH3_128bits(buf.data(), kHdr + ns.size() + key.size()));
+    return finish(XXH3_128bits(buf.data(), kHdr + ns.size() + key.size()), slot);
   }
   XXH3_state_t st;
   XXH3_128bits_reset(&st);
@@ -47,7 +71,7 @@ KeyHash hashKey(std::string_view ns, std::string_view key, Algorithm algorithm, 
   XXH3_128bits_update(&st, &hdr.algorithm, 1);
   XXH3_128bits_update(&st, ns.data(), ns.size());
   XXH3_128bits_update(&st, key.data(), key.size());
-  return finish(XXH3_128bits_digest(&st));
+  return finish(XXH3_128bits_digest(&st), slot);
 }
 
 }  // namespace throttlex

@@ -51,3 +51,25 @@ TEST_CASE("a million distinct keys give a million distinct hashes spread over al
     CHECK(n < 342);
   }
 }
+
+TEST_CASE("a key's slot depends on its namespace and key only, not on its limit") {
+  // Clients route by (rule name, key) without knowing the rule's algorithm or period.
+  for (int i = 0; i < 1000; ++i) {
+    const std::string key = "user:" + std::to_string(i);
+    const std::uint32_t slot = slotOf("api", key);
+    CHECK(slot < kSlotCount);
+    CHECK(slotOf(hashKey("api", key, Algorithm::kTokenBucket, 1s)) == slot);
+    CHECK(slotOf(hashKey("api", key, Algorithm::kSlidingWindow, 60s)) == slot);
+    CHECK(slotOf(hashKey("api", key, Algorithm::kGcra, 3600s)) == slot);
+  }
+  // The namespace is part of the slot (length-prefixed like the key hash).
+  int differ = 0;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string key = "user:" + std::to_string(i);
+    if (slotOf("api", key) != slotOf("web", key)) ++differ;
+  }
+  CHECK(differ > 950);
+  // Long keys take the streaming path and agree with the hash's slot too.
+  const std::string long_key(2000, 'x');
+  CHECK(slotOf(hashKey("ns", long_key, Algorithm::kFixedWindow, 1s)) == slotOf("ns", long_key));
+}
