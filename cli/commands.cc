@@ -174,10 +174,11 @@ int runStatus(client::Client& c, const Config& config) {
 namespace {
 
 // The ring every node derives from the same alive members (gossip/ring.h).
+// The members that own slots: alive and suspect ones (docs/architecture.md, "Ownership").
 Ring aliveRing(const client::NodeInfo& info) {
   std::vector<std::string> alive;
   for (const auto& m : info.members) {
-    if (m.state == "alive") alive.push_back(m.node_id);
+    if (m.state == "alive" || m.state == "suspect") alive.push_back(m.node_id);
   }
   if (alive.empty()) alive.push_back(info.node_id);  // not in a cluster: the node owns everything
   return Ring(std::move(alive));

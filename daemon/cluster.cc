@@ -2,6 +2,8 @@
 
 #include "daemon/log.h"
 
+#include <algorithm>
+
 namespace throttlex {
 namespace {
 // How often the membership core is stepped. Well below every preset's probe timeout.
@@ -68,6 +70,7 @@ void ClusterNode::publish() {
       case gossip::MemberState::kLeft: ++st.left; break;
     }
   }
+  publishRing();
   const gossip::Counters& c = membership_->counters();
   st.packets_sent = c.packets_sent;
   st.packets_received = c.packets_received;
@@ -87,6 +90,35 @@ void ClusterNode::publish() {
             gossip::nameOf(e.member.state) + ", incarnation " +
             std::to_string(e.member.incarnation) + ", " + e.member.address + ")");
   }
+}
+
+void ClusterNode::publishRing() {
+  if (options_.ring == nullptr) return;
+  // Suspect members keep their slots: suspicion is often a slow packet, and moving slots back
+  // and forth would split keys' state. While a suspect really is down, checks for its keys are
+  // decided in degraded mode (its breaker is open) until it is declared dead.
+  std::vector<std::pair<std::string, std::string>> alive;  // id, rpc address
+  for (const gossip::Member& m : membership_->members()) {
+    if (m.state == gossip::MemberState::kAlive || m.state == gossip::MemberState::kSuspect) {
+      alive.emplace_back(m.id, m.meta.rpc_address);
+    }
+  }
+  std::sort(alive.begin(), alive.end());
+  if (alive == ring_members_ && ring_published_) return;  // the usual case: nothing changed
+  ring_members_ = alive;
+  ring_published_ = true;
+  std::vector<std::string> ids;
+  for (const auto& [id, rpc] : alive) ids.push_back(id);
+  auto view = std::make_shared<RingView>();
+  view->ring = Ring(ids);
+  view->rpc_address.resize(view->ring.members().size());
+  for (std::size_t i = 0; i < view->ring.members().size(); ++i) {
+    view->rpc_address[i] = alive[i].second;  // both sorted by id, ids unique
+    if (view->ring.members()[i] == options_.node_id) view->self = static_cast<std::uint32_t>(i);
+  }
+  options_.ring->publish(std::move(view));
+  logInfo("ring: " + std::to_string(ids.size()) + " members own the " +
+          std::to_string(kSlotCount) + " slots");
 }
 
 void ClusterNode::leave() {

@@ -1,9 +1,8 @@
 // This node's membership in the cluster: the SWIM core (gossip/membership.h) on its real transport,
 // on a thread of its own. Other threads read a snapshot of the member list.
 //
-// Not yet here (cluster issue): forwarding checks to owners, the circuit breaker, degraded mode.
-// Until then every node still decides every key locally; membership is visible (/v1/cluster, logs)
-// so that operators can see the cluster form.
+// Whenever the set of alive members changes, it publishes the ring they form (daemon/ring_view.h)
+// for the request threads, which route checks by it (daemon/router.h).
 #pragma once
 
 #include <asio.hpp>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "daemon/node_info.h"
+#include "daemon/ring_view.h"
 #include "gossip/gossip.h"
 #include "gossip/net_transport.h"
 #include "gossip/ring.h"
@@ -30,6 +30,7 @@ struct ClusterOptions {
   std::vector<std::string> seeds;
   gossip::Timing timing = gossip::Timing::lan();
   gossip::NodeMeta meta;
+  RingHolder* ring = nullptr;  // where to publish the ring of alive members; may be null
 };
 
 class ClusterNode {
@@ -48,6 +49,7 @@ class ClusterNode {
   ClusterNode(ClusterOptions options, const Clock& clock);
   void scheduleTick();
   void publish();  // after every step: events to the log, members to the snapshot
+  void publishRing();  // a new RingView when the alive members changed
 
   const ClusterOptions options_;
   const Clock& clock_;
@@ -61,6 +63,10 @@ class ClusterNode {
   mutable std::mutex mu_;
   std::vector<MemberInfo> snapshot_;  // guarded by mu_
   ClusterStats stats_;                // guarded by mu_
+
+  // Gossip thread only.
+  std::vector<std::pair<std::string, std::string>> ring_members_;  // last published: id, rpc
+  bool ring_published_ = false;
 };
 
 }  // namespace throttlex

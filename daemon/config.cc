@@ -63,6 +63,11 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
+  app.add_option("--forward-timeout-ms", c.forward_timeout_ms,
+                 "Deadline of a batch forwarded to a key's owner; past it, the checks are "
+                 "decided here in degraded mode")
+      ->check(CLI::Range(1, 60'000))
+      ->capture_default_str();
   app.add_option("--max-keys", c.max_keys, "Hard cap on live keys held in memory")
       ->check(CLI::Range(std::uint64_t{1024}, std::uint64_t{1} << 34))
       ->capture_default_str();

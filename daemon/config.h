@@ -27,6 +27,7 @@ struct Config {
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
+  int forward_timeout_ms = 250;         // per batch forwarded to an owner
   std::string config_file;
 };
 

@@ -152,7 +152,8 @@ nlohmann::json outcomeJson(const CheckOutcome& o) {
           {"reset_after_ms", toMs(o.decision.reset_after)},
           {"retry_after_ms", toMs(o.decision.retry_after)},
           {"policy", o.policy},
-          {"shadow", o.shadow}};
+          {"shadow", o.shadow},
+          {"route", nameOf(o.route)}};
 }
 
 // The hot path's response body, written directly: same fields and order as outcomeJson() (which
@@ -177,7 +178,10 @@ std::string outcomeBody(const CheckOutcome& o) {
   b += R"(,"retry_after_ms":)";
   b += std::to_string(toMs(o.decision.retry_after));
   b += R"(,"shadow":)";
-  b += o.shadow ? "true}" : "false}";
+  b += o.shadow ? "true" : "false";
+  b += R"(,"route":")";
+  b += nameOf(o.route);
+  b += "\"}";
   return b;
 }
 
@@ -232,8 +236,51 @@ std::string rateLimitHeader(const CheckOutcome& o) {
 }
 
 HttpApi::HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
-                 MembersProvider members)
-    : service_(service), metrics_(metrics), info_(std::move(info)), members_(std::move(members)) {}
+                 MembersProvider members, Router* router)
+    : service_(service),
+      own_router_(router == nullptr ? std::make_unique<Router>(service, nullptr, nullptr) : nullptr),
+      router_(router == nullptr ? *own_router_ : *router),
+      metrics_(metrics),
+      info_(std::move(info)),
+      members_(std::move(members)) {}
+
+namespace {
+
+// The owners' answers for the checks of one HTTP request, filled on the forwarder thread; the
+// last one builds and sends the response (HttpRespond may be called from any thread).
+class HttpForwardWait final : public ForwardSink {
+ public:
+  using Finish = std::function<void(std::vector<Result<CheckOutcome>>&)>;
+  HttpForwardWait(std::vector<Result<CheckOutcome>> outcomes, std::size_t pending, Finish finish)
+      : outcomes_(std::move(outcomes)), pending_(pending), finish_(std::move(finish)) {}
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    outcomes_[index] = std::move(outcome);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) finish_(outcomes_);
+  }
+
+ private:
+  std::vector<Result<CheckOutcome>> outcomes_;
+  std::atomic<std::size_t> pending_;
+  Finish finish_;
+};
+
+}  // namespace
+
+void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+                       const HttpRespond& respond) {
+  Forwarding forwarding;
+  if (auto here = router_.check(args, 0, forwarding)) {
+    record(*here, start);
+    return respond(answer(*here, auth_request));
+  }
+  auto wait = std::make_shared<HttpForwardWait>(
+      std::vector<Result<CheckOutcome>>(1, Error{ErrorCode::kInternal, "not decided"}), 1,
+      [this, auth_request, start, respond](std::vector<Result<CheckOutcome>>& outcomes) {
+        record(outcomes[0], start);
+        respond(answer(outcomes[0], auth_request));
+      });
+  router_.forward(std::move(forwarding), std::move(wait));
+}
 
 void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point start) {
   if (metrics_ == nullptr) return;
@@ -241,7 +288,7 @@ void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point sta
                        : outcome->allowed ? Outcome::kAllowed
                                           : Outcome::kLimited;
   if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
-  metrics_->recordRequest(Api::kHttp, RouteKind::kLocal, kind,
+  metrics_->recordRequest(Api::kHttp, outcome ? outcome->route : RouteKind::kLocal, kind,
                           std::chrono::duration_cast<Duration>(Steady::now() - start));
 }
 
@@ -265,10 +312,10 @@ HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_requ
   return r;
 }
 
-HttpResponse HttpApi::checkGet(const HttpRequest& request, bool auth_request) {
+void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond) {
   const auto start = Steady::now();
   CheckFields f;
-  if (auto st = fromQuery(request.query, f); !st) return problemFor(st.error());
+  if (auto st = fromQuery(request.query, f); !st) return respond(problemFor(st.error()));
   if (auth_request) {  // headers fill what the query does not give
     const std::pair<const char*, std::string*> from_headers[] = {
         {"x-ratelimit-key", &f.key}, {"x-ratelimit-rule", &f.rule}, {"x-ratelimit-hits", &f.hits}};
@@ -277,31 +324,41 @@ HttpResponse HttpApi::checkGet(const HttpRequest& request, bool auth_request) {
     }
   }
   auto args = toArgs(f);
-  Result<CheckOutcome> outcome = args ? service_.check(*args) : Result<CheckOutcome>(args.error());
-  record(outcome, start);
-  return answer(outcome, auth_request);
+  if (!args) {
+    record(args.error(), start);
+    return respond(answer(args.error(), auth_request));
+  }
+  checkOne(*args, auth_request, start, respond);
 }
 
-HttpResponse HttpApi::checkPost(const HttpRequest& request) {
+void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) {
   const auto start = Steady::now();
   const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return problemResponse(400, "Bad Request", "the body is not valid JSON");
-  if (!body.is_object()) return problemResponse(400, "Bad Request", "the body must be a JSON object");
+  if (body.is_discarded()) {
+    return respond(problemResponse(400, "Bad Request", "the body is not valid JSON"));
+  }
+  if (!body.is_object()) {
+    return respond(problemResponse(400, "Bad Request", "the body must be a JSON object"));
+  }
 
   const auto checks = body.find("checks");
   if (checks == body.end()) {  // one check
     CheckFields f;
-    if (auto st = fromJson(body, f); !st) return problemFor(st.error());
+    if (auto st = fromJson(body, f); !st) return respond(problemFor(st.error()));
     auto args = toArgs(f);
-    Result<CheckOutcome> outcome = args ? service_.check(*args) : Result<CheckOutcome>(args.error());
-    record(outcome, start);
-    return answer(outcome, false);
+    if (!args) {
+      record(args.error(), start);
+      return respond(answer(args.error(), false));
+    }
+    return checkOne(*args, false, start, respond);
   }
 
   // A batch: always 200; each result says allowed or carries its own error.
-  if (!checks->is_array()) return problemResponse(400, "Bad Request", "'checks' must be an array");
+  if (!checks->is_array()) {
+    return respond(problemResponse(400, "Bad Request", "'checks' must be an array"));
+  }
   if (checks->size() > kMaxBatchChecks) {
-    return problemResponse(413, "Payload Too Large", "at most 1000 checks per batch");
+    return respond(problemResponse(413, "Payload Too Large", "at most 1000 checks per batch"));
   }
   std::vector<CheckFields> fields(checks->size());
   std::vector<Result<CheckArgs>> parsed;
@@ -315,17 +372,28 @@ HttpResponse HttpApi::checkPost(const HttpRequest& request) {
     if (p) valid.push_back(*p);
   }
   std::vector<Result<CheckOutcome>> outcomes;
-  service_.checkBatch(valid, outcomes);
-  nlohmann::json results = nlohmann::json::array();
-  std::size_t next = 0;
-  for (const auto& p : parsed) {
-    const Result<CheckOutcome> o = p ? outcomes[next++] : Result<CheckOutcome>(p.error());
-    record(o, start);
-    results.push_back(o ? outcomeJson(*o) : errorJson(o.error()));
-  }
-  HttpResponse r;
-  r.body = nlohmann::json{{"results", std::move(results)}}.dump();
-  return r;
+  Forwarding forwarding = router_.checkBatch(valid, 0, outcomes);
+  // Which elements were valid; the rest answer with their parse errors.
+  std::vector<std::optional<Error>> errors;
+  errors.reserve(parsed.size());
+  for (const auto& p : parsed) errors.push_back(p ? std::nullopt : std::optional<Error>(p.error()));
+  auto finish = [this, start, respond, errors = std::move(errors)](
+                    std::vector<Result<CheckOutcome>>& decided) {
+    nlohmann::json results = nlohmann::json::array();
+    std::size_t next = 0;
+    for (const auto& e : errors) {
+      const Result<CheckOutcome> o = e ? Result<CheckOutcome>(*e) : decided[next++];
+      record(o, start);
+      results.push_back(o ? outcomeJson(*o) : errorJson(o.error()));
+    }
+    HttpResponse r;
+    r.body = nlohmann::json{{"results", std::move(results)}}.dump();
+    respond(std::move(r));
+  };
+  if (forwarding.empty()) return finish(outcomes);
+  const std::size_t pending = forwarding.checks.size();
+  router_.forward(std::move(forwarding),
+                  std::make_shared<HttpForwardWait>(std::move(outcomes), pending, std::move(finish)));
 }
 
 void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
@@ -339,11 +407,11 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
   };
 
   if (path == "/v1/check") {
-    if (get) return respond(checkGet(request, false));
-    if (request.method == "POST") return respond(checkPost(request));
+    if (get) return checkGet(request, false, respond);
+    if (request.method == "POST") return checkPost(request, respond);
     return respond(methodNotAllowed("GET, POST"));
   }
-  if (path == "/v1/auth") return respond(checkGet(request, true));  // nginx sends GET; allow any
+  if (path == "/v1/auth") return checkGet(request, true, respond);  // nginx sends GET; allow any
   if (path == "/healthz") {
     if (!get) return respond(methodNotAllowed("GET"));
     HttpResponse r;

@@ -5,21 +5,26 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <memory>
 
 #include "daemon/http_server.h"
 #include "daemon/limiter_service.h"
 #include "daemon/metrics.h"
 #include "daemon/node_info.h"
+#include "daemon/router.h"
 
 namespace throttlex {
 
 class HttpApi {
  public:
-  // `members` may be empty (no cluster): /v1/cluster then lists this node alone.
+  // `members` may be empty (no cluster): /v1/cluster then lists this node alone. `router` may be
+  // null: every check is decided here.
   HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
-          MembersProvider members = {});
+          MembersProvider members = {}, Router* router = nullptr);
 
-  // The HttpServer handler. Answers synchronously on the calling thread; never blocks.
+  // The HttpServer handler. Never blocks: answers on the calling thread, or, for checks owned by
+  // another node, when the owner answered (on the forwarder thread).
   void handle(HttpRequest& request, const HttpRespond& respond);
 
   // /readyz answers 200 only between setReady(true) and setReady(false) (set during shutdown, so
@@ -27,12 +32,17 @@ class HttpApi {
   void setReady(bool ready) { ready_.store(ready, std::memory_order_relaxed); }
 
  private:
-  HttpResponse checkGet(const HttpRequest& request, bool auth_request);
-  HttpResponse checkPost(const HttpRequest& request);
+  using Steady = std::chrono::steady_clock;
+  void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
+  void checkPost(const HttpRequest& request, const HttpRespond& respond);
+  void checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+                const HttpRespond& respond);
   HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);
   void record(const Result<CheckOutcome>& outcome, std::chrono::steady_clock::time_point start);
 
   LimiterService& service_;
+  const std::unique_ptr<Router> own_router_;  // when none was given
+  Router& router_;
   Metrics* const metrics_;  // may be null
   const NodeInfoProvider info_;
   const MembersProvider members_;

@@ -1,5 +1,7 @@
 #include "daemon/limiter_service.h"
 
+#include <algorithm>
+
 namespace throttlex {
 namespace {
 
@@ -56,7 +58,7 @@ Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
       return Error{ErrorCode::kNotFound, "unknown rule '" + std::string(args.rule) + "'"};
     }
     return Resolved{e->limit, hashKey(e->rule.name, args.key, e->limit), e->rule.shadow,
-                    e->rule.name};
+                    e->rule.name, e->rule.degraded};
   }
   auto limit = Limit::make(args.limit);
   if (!limit) return limit.error();
@@ -110,6 +112,48 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
     }
     out.emplace_back(outcome(decisions[next++], r->shadow, r->policy, r->limit.period()));
   }
+}
+
+Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::size_t alive) {
+  const RuleSet& rules = *currentRules();
+  auto r = resolve(args, rules);
+  if (!r) return r.error();
+  const Time now = clock_.now();
+  Decision d;
+  switch (r->degraded) {
+    case DegradedPolicy::kShare: {
+      // This node's share of the limit, in the key's own state: what it consumes here still
+      // counts if it becomes the owner. At least 1, so a small limit is not denied outright.
+      const Limit& full = r->limit;
+      const std::uint64_t n = std::max<std::uint64_t>(1, alive);
+      LimitSpec share;
+      share.algorithm = full.algorithm();
+      share.period = full.period();
+      share.limit = std::max<std::uint64_t>(1, full.limit() / n);
+      // burst 0 means "same as limit" (and is the only value windows accept).
+      if (full.burst() != full.limit()) share.burst = std::max<std::uint64_t>(1, full.burst() / n);
+      auto limit = Limit::make(share);
+      d = store_.check(r->key, limit ? *limit : r->limit, args.hits, now);
+      break;
+    }
+    case DegradedPolicy::kAllow: {
+      State fresh;
+      d = decide(r->limit, fresh, 0, now);  // a full limit's view, nothing consumed
+      d.allowed = true;
+      break;
+    }
+    case DegradedPolicy::kDeny: {
+      State fresh;
+      d = decide(r->limit, fresh, 0, now);
+      d.allowed = false;
+      d.remaining = 0;
+      d.retry_after = std::max(d.reset_after, Duration(1));
+      break;
+    }
+  }
+  CheckOutcome o = outcome(d, r->shadow, r->policy, r->limit.period());
+  o.route = RouteKind::kDegraded;
+  return o;
 }
 
 std::vector<Rule> LimiterService::rules() const { return currentRules()->rules(); }

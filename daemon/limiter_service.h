@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/route.h"
 #include "daemon/rules.h"
 #include "limiter/limiter.h"
 
@@ -37,6 +38,7 @@ struct CheckOutcome {
   bool shadow = false; // the rule is in shadow (dry-run) mode
   std::string policy;  // the rule's name, or "default" for inline limits (RateLimit headers)
   Duration period{0};  // the limit's period (RateLimit-Policy w=)
+  RouteKind route = RouteKind::kLocal;  // set by whoever decided it (daemon/router.h)
 };
 
 struct KeyInspection {
@@ -55,6 +57,10 @@ class LimiterService {
   // Store::checkBatch. `out` must have args.size() elements.
   void checkBatch(std::span<const CheckArgs> args, std::vector<Result<CheckOutcome>>& out);
 
+  // Decides here although the key's owner is elsewhere and unreachable: by the rule's degraded
+  // policy (daemon/rules.h), with `alive` members sharing the limit. route = kDegraded.
+  Result<CheckOutcome> checkDegraded(const CheckArgs& args, std::size_t alive);
+
   // Admin.
   std::vector<Rule> rules() const;
   Status setRule(const Rule& rule);
@@ -72,6 +78,7 @@ class LimiterService {
     KeyHash key;
     bool shadow = false;
     std::string_view policy;
+    DegradedPolicy degraded = DegradedPolicy::kShare;
   };
   // The calling thread's current view of the rules. The reference stays valid until this thread's
   // next call into the service; hold a copy across anything that may call back in.

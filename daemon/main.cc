@@ -8,11 +8,14 @@
 
 #include "daemon/cluster.h"
 #include "daemon/config.h"
+#include "daemon/forwarder.h"
 #include "daemon/http_api.h"
 #include "daemon/http_server.h"
 #include "daemon/limiter_service.h"
 #include "daemon/log.h"
 #include "daemon/metrics.h"
+#include "daemon/ring_view.h"
+#include "daemon/router.h"
 #include "daemon/rpc_server.h"
 #include "daemon/sweeper.h"
 
@@ -51,15 +54,25 @@ int main(int argc, char** argv) {
 
   SystemClock clock;
   LimiterService service(**store, clock, std::move(*rules), config.rules);
+  // The ring (published by the cluster thread once membership is up) and the forwarder that sends
+  // checks of keys owned elsewhere to their owners. Until the first ring, everything is local.
+  RingHolder ring;
+  ForwarderOptions forwarder_options;
+  forwarder_options.call_timeout = std::chrono::milliseconds(config.forward_timeout_ms);
+  auto forwarder = Forwarder::start(forwarder_options, service, ring);
+  if (!forwarder) return fail("forwarder: " + forwarder.error().message);
+  Router router(service, &ring, forwarder->get());
   // Declared before everything that reads it (metrics scrapes, HTTP threads), so it outlives them.
   std::unique_ptr<ClusterNode> cluster;
   std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up
   // The cluster as other threads see it: null until membership is up.
   const auto clusterNode = [&cluster_view] { return cluster_view.load(std::memory_order_acquire); };
-  Metrics metrics({config.node_id, kVersion, store->get(), [clusterNode] {
+  Metrics metrics({config.node_id, kVersion, store->get(),
+                   [clusterNode] {
                      ClusterNode* c = clusterNode();
                      return c != nullptr ? c->stats() : ClusterStats{};
-                   }});
+                   },
+                   [&forwarder] { return (*forwarder)->stats(); }});
 
   const auto started = std::chrono::steady_clock::now();
   // The ports actually bound (they differ from the flags when a flag says 0); set as each
@@ -93,7 +106,7 @@ int main(int argc, char** argv) {
   rpc_options.bind_address = config.bind;
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
-  auto rpc = RpcServer::start(rpc_options, service, info, &metrics);
+  auto rpc = RpcServer::start(rpc_options, router, info, &metrics);
   if (!rpc) return fail("--rpc-port: " + rpc.error().message);
   rpc_port = (*rpc)->port();
 
@@ -109,11 +122,12 @@ int main(int argc, char** argv) {
                            : config.gossip_preset == "wan" ? gossip::Timing::wan()
                                                             : gossip::Timing::lan();
   cluster_options.meta.protocol_version = 1;
+  cluster_options.ring = &ring;
   const MembersProvider members = [clusterNode] {
     ClusterNode* c = clusterNode();
     return c != nullptr ? c->members() : std::vector<MemberInfo>{};
   };
-  HttpApi api(service, &metrics, info, members);
+  HttpApi api(service, &metrics, info, members, &router);
   HttpServerOptions http_options;
   http_options.bind_address = config.bind;
   http_options.port = config.http_port;
@@ -159,6 +173,7 @@ int main(int argc, char** argv) {
   cluster->leave();  // tell the others first, so they stop sending here
   (*http)->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   (*rpc)->stop();
+  (*forwarder)->stop();  // after the APIs: their in-flight forwarded checks were answered
   sweeper.stop();
   logInfo("stopped");
   return 0;

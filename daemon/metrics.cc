@@ -98,6 +98,72 @@ void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration 
 
 void Metrics::recordShadowLimited() { bump(impl_->slot().shadow_limited); }
 
+namespace {
+
+template <std::size_t N, typename Bound>
+prometheus::ClientMetric histogram(const std::array<std::uint64_t, N + 1>& counts,
+                                   const std::array<Bound, N>& bounds, double sum) {
+  prometheus::ClientMetric m;
+  std::uint64_t cumulative = 0;
+  for (std::size_t b = 0; b <= N; ++b) {
+    cumulative += counts[b];
+    m.histogram.bucket.push_back({cumulative, b < N ? static_cast<double>(bounds[b])
+                                                    : std::numeric_limits<double>::infinity()});
+  }
+  m.histogram.sample_count = cumulative;
+  m.histogram.sample_sum = sum;
+  return m;
+}
+
+void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  prometheus::MetricFamily calls{"throttlex_forward_calls_total",
+                                 "Batches of checks forwarded to their owners, by peer",
+                                 MetricType::Counter, {}};
+  prometheus::MetricFamily checks{"throttlex_forward_checks_total",
+                                  "Checks forwarded to their owners, by peer", MetricType::Counter, {}};
+  prometheus::MetricFamily failures{"throttlex_forward_failures_total",
+                                    "Failed connects and forward calls, by peer",
+                                    MetricType::Counter, {}};
+  prometheus::MetricFamily breaker{
+      "throttlex_breaker_state",
+      "Circuit breaker per peer: 1 for the state it is in (closed, open, half_open)",
+      MetricType::Gauge, {}};
+  prometheus::MetricFamily opens{"throttlex_breaker_opens_total",
+                                 "Times a peer's breaker opened", MetricType::Counter, {}};
+  for (const PeerStats& p : f.peers) {
+    calls.metric.push_back(valued(static_cast<double>(p.calls), {{"peer", p.node_id}}));
+    checks.metric.push_back(valued(static_cast<double>(p.checks), {{"peer", p.node_id}}));
+    failures.metric.push_back(valued(static_cast<double>(p.failures), {{"peer", p.node_id}}));
+    opens.metric.push_back(valued(static_cast<double>(p.breaker_opens), {{"peer", p.node_id}}));
+    for (auto s : {BreakerState::kClosed, BreakerState::kOpen, BreakerState::kHalfOpen}) {
+      breaker.metric.push_back(valued(p.breaker == s ? 1 : 0,
+                                      {{"peer", p.node_id}, {"state", std::string(nameOf(s))}}));
+    }
+  }
+  out.push_back(std::move(calls));
+  out.push_back(std::move(checks));
+  out.push_back(std::move(failures));
+  out.push_back(std::move(breaker));
+  out.push_back(std::move(opens));
+  out.push_back({"throttlex_forward_batch_size", "Checks per forwarded batch",
+                 MetricType::Histogram,
+                 {histogram<kBatchSizeBounds.size()>(f.batch_sizes, kBatchSizeBounds,
+                                                     static_cast<double>(f.batch_size_sum))}});
+  out.push_back({"throttlex_forward_duration_seconds",
+                 "Time from sending a forwarded batch to its owner's answer", MetricType::Histogram,
+                 {histogram<kForwardLatencyBounds.size()>(f.latency, kForwardLatencyBounds,
+                                                          f.latency_sum_seconds)}});
+  out.push_back({"throttlex_degraded_total",
+                 "Checks decided here in degraded mode because their owner was unreachable",
+                 MetricType::Counter, {valued(static_cast<double>(f.degraded))}});
+  out.push_back({"throttlex_forward_rerouted_total",
+                 "Forwarded checks sent on to another owner after a failure or a ring change",
+                 MetricType::Counter, {valued(static_cast<double>(f.rerouted))}});
+}
+
+}  // namespace
+
 std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
   std::uint64_t requests[kApis][kRoutes][kOutcomes] = {};
   std::uint64_t buckets[kApis][kBuckets] = {};
@@ -184,6 +250,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
                    "Gossip sends that failed (unresolvable, refused, timed out)", MetricType::Counter,
                    {valued(static_cast<double>(c.send_failures))}});
   }
+  if (options.forwarding) collectForwarding(options.forwarding(), out);
   out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
                  MetricType::Gauge, {valued(residentBytes())}});
   out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,

@@ -5,18 +5,20 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "daemon/forwarder.h"
 #include "daemon/node_info.h"
+#include "daemon/route.h"
 #include "limiter/clock.h"
 #include "limiter/result.h"
 
 namespace throttlex {
 
 enum class Api : std::uint8_t { kHttp = 0, kRpc = 1 };
-enum class RouteKind : std::uint8_t { kLocal = 0, kForwarded = 1, kDegraded = 2 };
 enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
 
 class Store;
@@ -32,6 +34,7 @@ class Metrics {
     std::string version;
     const Store* store = nullptr;  // for throttlex_keys and throttlex_evictions_total
     ClusterStatsProvider cluster;  // may be empty: no gossip metrics
+    std::function<ForwarderStats()> forwarding;  // may be empty: no forwarding metrics
   };
   explicit Metrics(Options options);
   ~Metrics();

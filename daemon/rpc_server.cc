@@ -149,7 +149,8 @@ struct Worker {
 struct RpcServer::Impl {
   // Constant after start().
   RpcServerOptions options;
-  LimiterService& service;
+  std::unique_ptr<Router> own_router;  // when started with a LimiterService only
+  Router& router;
   NodeInfoProvider info;
   Metrics* metrics;
   std::uint16_t port = 0;
@@ -162,8 +163,9 @@ struct RpcServer::Impl {
   std::mutex stop_mu;
   bool stopped = false;  // guarded by stop_mu
 
-  Impl(const RpcServerOptions& o, LimiterService& s, NodeInfoProvider i, Metrics* m)
-      : options(o), service(s), info(std::move(i)), metrics(m) {
+  Impl(const RpcServerOptions& o, std::unique_ptr<Router> own, Router& r, NodeInfoProvider i,
+       Metrics* m)
+      : options(o), own_router(std::move(own)), router(r), info(std::move(i)), metrics(m) {
     reader_options.traversalLimitInWords = o.traversal_limit_words;
     reader_options.nestingLimit = o.nesting_limit;
   }
@@ -256,7 +258,7 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   LogErrors log_errors;
   kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
   Acceptor acceptor(*this, *listener, io.provider->getTimer(),
-                    kj::heap<RpcService>(service, info, metrics, worker.counters), connections);
+                    kj::heap<RpcService>(router, info, metrics, worker.counters), connections);
   ready.set_value();
   whenStopped(stop_observer, worker.stop_fd.get())
       .exclusiveJoin(acceptor.loop())
@@ -272,11 +274,25 @@ RpcServer::~RpcServer() {
 Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options,
                                                     LimiterService& service, NodeInfoProvider info,
                                                     Metrics* metrics) {
+  auto router = std::make_unique<Router>(service, nullptr, nullptr);
+  Router& r = *router;
+  return start(options, r, std::move(info), metrics, std::move(router));
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options, Router& router,
+                                                    NodeInfoProvider info, Metrics* metrics) {
+  return start(options, router, std::move(info), metrics, nullptr);
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options, Router& router,
+                                                    NodeInfoProvider info, Metrics* metrics,
+                                                    std::unique_ptr<Router> own_router) {
   if (options.threads < 1) return invalidArgument("RPC threads must be at least 1");
   if (options.traversal_limit_words == 0 || options.nesting_limit < 1) {
     return invalidArgument("RPC traversal and nesting limits must be positive");
   }
-  auto impl = std::make_unique<Impl>(options, service, std::move(info), metrics);
+  auto impl =
+      std::make_unique<Impl>(options, std::move(own_router), router, std::move(info), metrics);
 
   // Bind every socket here, so that errors come back from start() and port 0 resolves to one port
   // shared by all threads.

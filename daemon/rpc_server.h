@@ -3,8 +3,9 @@
 //
 // Threads: `threads` KJ event loops, one thread each, each accepting on its own SO_REUSEPORT
 // listen socket bound to the same port (the kernel spreads connections over them); a connection
-// lives on one thread for its whole life. Calls are answered synchronously on that thread:
-// LimiterService::check never blocks, so nothing else is needed. Admin calls run there too
+// lives on one thread for its whole life. Checks this node owns are answered synchronously on that
+// thread (LimiterService::check never blocks); checks owned by other nodes are answered when the
+// forwarder brings their owners' answers (daemon/router.h). Admin calls run there too
 // (reloadRules reads the rules file: a short block of that one thread, acceptable for an admin
 // call).
 //
@@ -25,6 +26,7 @@ namespace throttlex {
 
 class LimiterService;
 class Metrics;
+class Router;
 
 struct RpcServerOptions {
   std::string bind_address = "0.0.0.0";  // an IPv4/IPv6 address or a host name
@@ -53,6 +55,9 @@ class RpcServer {
   static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options,
                                                   LimiterService& service, NodeInfoProvider info,
                                                   Metrics* metrics);
+  // The same, with checks routed to their owners through `router` (which must outlive it).
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options, Router& router,
+                                                  NodeInfoProvider info, Metrics* metrics);
   ~RpcServer();  // stop()s
   RpcServer(const RpcServer&) = delete;
   RpcServer& operator=(const RpcServer&) = delete;
@@ -68,6 +73,9 @@ class RpcServer {
 
  private:
   explicit RpcServer(std::unique_ptr<Impl> impl);
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options, Router& router,
+                                                  NodeInfoProvider info, Metrics* metrics,
+                                                  std::unique_ptr<Router> own_router);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -58,7 +58,7 @@ void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
   out.setPolicy(kjText(o.policy));
   out.setPeriodMs(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(o.period).count()));
-  out.setRoute(proto::Route::LOCAL);
+  out.setRoute(static_cast<proto::Route>(o.route));
 }
 
 proto::Algorithm toProto(Algorithm a) {
@@ -142,9 +142,13 @@ std::optional<std::string> unsupportedVersion(std::uint16_t version) {
          (version == 0 ? " (the version field is unset)" : "");
 }
 
-RpcService::RpcService(LimiterService& service, NodeInfoProvider info, Metrics* metrics,
+RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
                        RpcCounters& counters)
-    : service_(service), info_(std::move(info)), metrics_(metrics), counters_(counters) {}
+    : service_(router.service()),
+      router_(router),
+      info_(std::move(info)),
+      metrics_(metrics),
+      counters_(counters) {}
 
 void RpcService::countCall(std::uint64_t checks) {
   // Only this thread writes these counters: load + store, no read-modify-write on the bus.
@@ -154,29 +158,75 @@ void RpcService::countCall(std::uint64_t checks) {
                          std::memory_order_relaxed);
 }
 
+namespace {
+
+// Results of checks forwarded to their owners, filled on the forwarder thread; the RPC thread
+// answers once the last one is in.
+class ForwardWait final : public ForwardSink {
+ public:
+  ForwardWait(std::vector<Result<CheckOutcome>> decided, std::size_t pending)
+      : outcomes(std::move(decided)), pending_(pending) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    done = kj::mv(paf.promise);
+    fulfiller_ = kj::mv(paf.fulfiller);
+  }
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    outcomes[index] = std::move(outcome);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) fulfiller_->fulfill();
+  }
+  // KJ's members may throw from their destructors in principle; these never do.
+  ~ForwardWait() noexcept override {}
+
+  std::vector<Result<CheckOutcome>> outcomes;
+  kj::Promise<void> done = nullptr;  // taken by the RPC thread before any delivery can happen
+
+ private:
+  std::atomic<std::size_t> pending_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller_;
+};
+
+}  // namespace
+
+void RpcService::record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start) {
+  if (metrics_ == nullptr) return;
+  if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+  metrics_->recordRequest(Api::kRpc, outcome ? outcome->route : RouteKind::kLocal,
+                          outcomeOf(outcome),
+                          std::chrono::duration_cast<Duration>(SteadyClock::now() - start));
+}
+
 kj::Promise<void> RpcService::check(CheckContext context) {
   const auto start = SteadyClock::now();
   countCall(1);
   const auto params = context.getParams();
   auto results = context.getResults();
   results.setVersion(proto::PROTOCOL_VERSION);
-  auto out = results.initResult();
 
-  Result<CheckOutcome> outcome = Error{ErrorCode::kInternal, ""};
   if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(out.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    outcome = Error{ErrorCode::kInvalidArgument, *bad};  // for the metrics only
-  } else {
-    auto args = fromProto(params.getRequest());
-    outcome = args ? service_.check(*args) : Result<CheckOutcome>(args.error());
-    encode(outcome, out);
+    setError(results.initResult().initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    record(Error{ErrorCode::kInvalidArgument, *bad}, start);  // for the metrics only
+    return kj::READY_NOW;
   }
-  if (metrics_ != nullptr) {
-    if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
-    metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, outcomeOf(outcome),
-                            std::chrono::duration_cast<Duration>(SteadyClock::now() - start));
+  auto args = fromProto(params.getRequest());
+  if (!args) {
+    encode(args.error(), results.initResult());
+    record(args.error(), start);
+    return kj::READY_NOW;
   }
-  return kj::READY_NOW;
+  Forwarding forwarding;
+  if (auto here = router_.check(*args, 0, forwarding)) {
+    encode(*here, results.initResult());
+    record(*here, start);
+    return kj::READY_NOW;
+  }
+  auto wait = std::make_shared<ForwardWait>(
+      std::vector<Result<CheckOutcome>>(1, Error{ErrorCode::kInternal, "not decided"}), 1);
+  auto done = kj::mv(wait->done);
+  router_.forward(std::move(forwarding), wait);
+  return done.then([this, context, wait, start]() mutable {
+    encode(wait->outcomes[0], context.getResults().initResult());
+    record(wait->outcomes[0], start);
+  });
 }
 
 kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
@@ -186,10 +236,13 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   results.setVersion(proto::PROTOCOL_VERSION);
   const auto checks = params.getChecks();
   countCall(checks.size());
+  // Checks forwarded here by a peer were counted by the node they entered.
+  const std::uint8_t hops = params.getHops();
+  const bool from_peer = hops > 0;
 
   const auto refuse = [&](proto::ErrorCode code, const std::string& message) {
     setError(results.initError(), code, message);
-    if (metrics_ == nullptr) return;
+    if (metrics_ == nullptr || from_peer) return;
     const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
     for (std::size_t i = 0; i < checks.size(); ++i) {
       metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, Outcome::kError, latency);
@@ -206,40 +259,58 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
     return kj::READY_NOW;
   }
 
-  // Decode everything, decide the valid elements in one LimiterService::checkBatch (it prefetches
-  // across the batch), then answer in request order.
-  batch_args_.clear();
-  batch_errors_.assign(checks.size(), std::nullopt);
+  // Decode everything, decide what this node owns in one batch (it prefetches across the batch),
+  // forward the rest to the owners, then answer in request order.
+  std::vector<CheckArgs> args;
+  args.reserve(checks.size());
+  std::vector<std::optional<Error>> errors(checks.size());
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    auto args = fromProto(checks[static_cast<unsigned>(i)]);
-    if (args) {
-      batch_args_.push_back(*args);
+    auto a = fromProto(checks[static_cast<unsigned>(i)]);
+    if (a) {
+      args.push_back(*a);
     } else {
-      batch_errors_[i] = args.error();
+      errors[i] = a.error();
     }
   }
-  service_.checkBatch(batch_args_, batch_outcomes_);
+  std::vector<Result<CheckOutcome>> outcomes;
+  Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
+  if (forwarding.empty()) {
+    answerBatch(results, errors, outcomes, start, from_peer);
+    return kj::READY_NOW;
+  }
+  auto wait = std::make_shared<ForwardWait>(std::move(outcomes), forwarding.checks.size());
+  auto done = kj::mv(wait->done);
+  router_.forward(std::move(forwarding), wait);
+  // `args` views into the request, which the context keeps until this promise resolves.
+  return done.then([this, context, wait, errors = std::move(errors), start, from_peer]() mutable {
+    answerBatch(context.getResults(), errors, wait->outcomes, start, from_peer);
+  });
+}
 
-  auto list = results.initResults(checks.size());
+void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
+                             const std::vector<std::optional<Error>>& errors,
+                             const std::vector<Result<CheckOutcome>>& outcomes,
+                             SteadyClock::time_point start, bool from_peer) {
+  auto list = results.initResults(static_cast<unsigned>(errors.size()));
   const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+  const bool count = metrics_ != nullptr && !from_peer;
   std::size_t next = 0;
-  for (std::size_t i = 0; i < checks.size(); ++i) {
+  for (std::size_t i = 0; i < errors.size(); ++i) {
     auto out = list[static_cast<unsigned>(i)];
     Outcome kind = Outcome::kError;
-    if (batch_errors_[i]) {
-      setError(out.initError(), *batch_errors_[i]);
+    RouteKind route = RouteKind::kLocal;
+    if (errors[i]) {
+      setError(out.initError(), *errors[i]);
     } else {
-      const Result<CheckOutcome>& r = batch_outcomes_[next++];
+      const Result<CheckOutcome>& r = outcomes[next++];
       encode(r, out);
       kind = outcomeOf(r);
-      if (metrics_ != nullptr && r && r->shadow && !r->decision.allowed) {
-        metrics_->recordShadowLimited();
-      }
+      if (r) route = r->route;
+      if (count && r && r->shadow && !r->decision.allowed) metrics_->recordShadowLimited();
     }
     // Every element of a batch waited for the whole batch: that is its latency.
-    if (metrics_ != nullptr) metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, kind, latency);
+    if (count) metrics_->recordRequest(Api::kRpc, route, kind, latency);
   }
-  return kj::READY_NOW;
 }
 
 kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
@@ -291,6 +362,7 @@ kj::Promise<void> RpcService::listRules(ListRulesContext context) {
     out.setName(kjText(rules[i].name));
     encode(rules[i].spec, out.initLimit());
     out.setShadow(rules[i].shadow);
+    out.setDegraded(static_cast<proto::DegradedPolicy>(rules[i].degraded));
   }
   return kj::READY_NOW;
 }
@@ -309,7 +381,13 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
     setError(error(), spec.error());
     return kj::READY_NOW;
   }
-  Rule rule{std::string(view(in.getName())), *spec, in.getShadow()};
+  const auto degraded = static_cast<unsigned>(in.getDegraded());
+  if (degraded > static_cast<unsigned>(DegradedPolicy::kDeny)) {
+    setError(error(), proto::ErrorCode::INVALID_ARGUMENT, "unknown degraded policy " + std::to_string(degraded));
+    return kj::READY_NOW;
+  }
+  Rule rule{std::string(view(in.getName())), *spec, in.getShadow(),
+            static_cast<DegradedPolicy>(degraded)};
   const Status status = service_.setRule(rule);
   if (!status) setError(error(), status.error());
   return kj::READY_NOW;

@@ -1,8 +1,10 @@
 // The Node capability (proto/throttlex.capnp: Limiter + Admin) over LimiterService: decodes and
 // validates requests, decides, encodes answers. Internal to the RPC server (daemon/rpc_server.h).
 //
-// One instance per RPC thread: a capability belongs to the event loop of its thread. Every method
-// answers synchronously and never blocks except reloadRules (reads the rules file).
+// One instance per RPC thread: a capability belongs to the event loop of its thread. Checks are
+// routed (daemon/router.h): those this node owns are answered synchronously, the rest when their
+// owners answered (through the forwarder). Admin methods answer synchronously and never block
+// except reloadRules (reads the rules file).
 //
 // Protocol version: every request carries `version`. 0 is what an unset field reads as, i.e. a
 // client that did not say which protocol it speaks; like a version above proto::PROTOCOL_VERSION
@@ -13,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,6 +23,7 @@
 
 #include "daemon/limiter_service.h"
 #include "daemon/node_info.h"
+#include "daemon/router.h"
 #include "proto/throttlex.capnp.h"
 
 namespace throttlex {
@@ -38,9 +42,8 @@ struct alignas(64) RpcCounters {
 #pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
 class RpcService final : public proto::Node::Server {
  public:
-  // `service`, `metrics` (may be null) and `counters` must outlive this object.
-  RpcService(LimiterService& service, NodeInfoProvider info, Metrics* metrics,
-             RpcCounters& counters);
+  // `router` (and its service), `metrics` (may be null) and `counters` must outlive this object.
+  RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters);
 
  protected:
   kj::Promise<void> check(CheckContext context) override;
@@ -54,18 +57,20 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> resetKey(ResetKeyContext context) override;
 
  private:
+  using SteadyClock = std::chrono::steady_clock;
   void countCall(std::uint64_t checks);
+  void record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start);
+  void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
+                   const std::vector<std::optional<Error>>& errors,
+                   const std::vector<Result<CheckOutcome>>& outcomes,
+                   SteadyClock::time_point start, bool from_peer);
 
   // Constant after construction.
   LimiterService& service_;
+  Router& router_;
   const NodeInfoProvider info_;
   Metrics* const metrics_;
   RpcCounters& counters_;
-
-  // Scratch space reused by checkBatch (calls on one thread never overlap: they are synchronous).
-  std::vector<CheckArgs> batch_args_;
-  std::vector<std::optional<Error>> batch_errors_;
-  std::vector<Result<CheckOutcome>> batch_outcomes_;
 };
 #pragma GCC diagnostic pop
 

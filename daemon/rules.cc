@@ -31,7 +31,7 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   const std::string where = "rule #" + std::to_string(index + 1);
   if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
   static const std::set<std::string> kKnown = {"name", "algorithm", "limit", "period", "burst",
-                                               "shadow"};
+                                               "shadow", "degraded"};
   for (const auto& kv : node) {
     const auto field = kv.first.as<std::string>();
     if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
@@ -59,10 +59,32 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
     rule.spec.burst = *burst;
   }
   if (node["shadow"]) rule.shadow = node["shadow"].as<bool>();
+  if (node["degraded"]) {
+    auto p = parseDegradedPolicy(node["degraded"].as<std::string>());
+    if (!p) return invalidArgument(named + ": " + p.error().message);
+    rule.degraded = *p;
+  }
   return rule;
 }
 
 }  // namespace
+
+std::string_view nameOf(DegradedPolicy p) {
+  switch (p) {
+    case DegradedPolicy::kShare: return "share";
+    case DegradedPolicy::kAllow: return "allow";
+    case DegradedPolicy::kDeny: return "deny";
+  }
+  return "share";
+}
+
+Result<DegradedPolicy> parseDegradedPolicy(std::string_view text) {
+  for (auto p : {DegradedPolicy::kShare, DegradedPolicy::kAllow, DegradedPolicy::kDeny}) {
+    if (text == nameOf(p)) return p;
+  }
+  return invalidArgument("degraded policy must be share, allow or deny, not '" +
+                         std::string(text) + "'");
+}
 
 Status validateRuleName(std::string_view name) {
   if (name.empty() || name.size() > kMaxRuleNameBytes) {

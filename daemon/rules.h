@@ -9,6 +9,8 @@
 //       period: 60s               # ms, s, m, h, d
 //       burst: 150                # optional, bucket algorithms only
 //       shadow: false             # optional: decide and count, but always allow (dry run)
+//       degraded: share           # optional: share (default) | allow | deny, when the key's
+//                                 # owner cannot be reached (docs/architecture.md)
 #pragma once
 
 #include <map>
@@ -24,10 +26,21 @@ namespace throttlex {
 
 inline constexpr std::size_t kMaxRuleNameBytes = 128;
 
+// What a node decides for a key whose owner it cannot reach (owner down, breaker open):
+//  - share: a local limit of limit / (alive members), so that N nodes together admit about the
+//    limit while they cannot agree;
+//  - allow: admit everything (availability first);
+//  - deny: refuse everything (protection first).
+// Wire values (proto DegradedPolicy) equal these.
+enum class DegradedPolicy : std::uint8_t { kShare = 0, kAllow = 1, kDeny = 2 };
+std::string_view nameOf(DegradedPolicy p);
+Result<DegradedPolicy> parseDegradedPolicy(std::string_view text);
+
 struct Rule {
   std::string name;
   LimitSpec spec;
   bool shadow = false;
+  DegradedPolicy degraded = DegradedPolicy::kShare;
 };
 
 // An immutable, validated set of rules. Swapped as a whole on reload.

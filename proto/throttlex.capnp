@@ -1,4 +1,4 @@
-# The ThrottleX wire contract for clients and throttlectl (peers and gossip come with the cluster).
+# The ThrottleX wire contract for clients, throttlectl and peers (which forward checks to owners).
 #
 # Rules for changing this file: ONLY APPEND. Field ordinals, enum values and method ordinals are
 # part of the protocol; never renumber, retype or remove. Every request and response carries the
@@ -73,15 +73,25 @@ struct CheckResult {
 
 interface Limiter {
   check @0 (version :UInt16, request :CheckRequest) -> (version :UInt16, result :CheckResult);
-  # At most 1000 checks per call; results in request order.
-  checkBatch @1 (version :UInt16, checks :List(CheckRequest))
+  # At most 1000 checks per call; results in request order. `hops`: how many nodes forwarded these
+  # checks already (0 from clients); a node forwards a check on to its owner only while hops is
+  # below the hop limit (2), so nodes whose views of the ring disagree never pass checks in circles.
+  checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8)
       -> (version :UInt16, error :Error, results :List(CheckResult));
+}
+
+# What a node decides when a key's owner cannot be reached (daemon/rules.h).
+enum DegradedPolicy {
+  share @0;
+  allow @1;
+  deny @2;
 }
 
 struct Rule {
   name @0 :Text;
   limit @1 :LimitSpec;
   shadow @2 :Bool;
+  degraded @3 :DegradedPolicy;
 }
 
 # A cluster member as the answering node sees it.

@@ -141,3 +141,17 @@ def run_tool(name, *args, timeout=30):
     """Runs a build/bin tool; returns (exit code, stdout, stderr)."""
     p = subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+def wait_until(condition, timeout=10.0, interval=0.05, what="the condition"):
+    """Polls `condition()` every `interval` seconds until it returns something truthy, and returns
+    that; fails after `timeout` seconds. For state that can only be observed by asking (an HTTP
+    view, a counter); a log line is better waited for with Node.wait_for_log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -56,7 +56,7 @@ class HttpApiTest(unittest.TestCase):
         doc = json.loads(body)
         self.assertEqual(doc, {"allowed": True, "limit": 10, "remaining": 7,
                                "reset_after_ms": doc["reset_after_ms"], "retry_after_ms": 0,
-                               "policy": "default", "shadow": False})
+                               "policy": "default", "shadow": False, "route": "local"})
         self.assertGreater(doc["reset_after_ms"], 10000)
         self.assertEqual(headers["ratelimit-policy"], '"default";q=10;w=10')
         self.assertNotIn("retry-after", headers)

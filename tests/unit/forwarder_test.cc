@@ -1,0 +1,356 @@
+// Forwarding between in-process nodes over real loopback RPC: each node has its own store,
+// service, forwarder, router and RPC server; the tests publish the ring themselves (no gossip), so
+// they control exactly who owns what and when that changes.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/forwarder.h"
+#include "daemon/limiter_service.h"
+#include "daemon/ring_view.h"
+#include "daemon/router.h"
+#include "daemon/rpc_server.h"
+
+using namespace throttlex;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Collects the results of one routed request (HTTP and RPC do the same with their own sinks).
+class Collect final : public ForwardSink {
+ public:
+  explicit Collect(std::size_t n) : results_(n, Error{ErrorCode::kInternal, "not delivered"}) {}
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    std::lock_guard guard(mu_);
+    results_[index] = std::move(outcome);
+    ++delivered_[index];
+    cv_.notify_all();
+  }
+  // Waits (bounded) until `count` results arrived; returns them.
+  std::vector<Result<CheckOutcome>> wait(std::size_t count) {
+    std::unique_lock lock(mu_);
+    const bool all = cv_.wait_for(lock, 10s, [&] { return total() >= count; });
+    REQUIRE(all);
+    for (const auto& [i, n] : delivered_) CHECK(n == 1);  // exactly once
+    return results_;
+  }
+
+ private:
+  std::size_t total() const {
+    std::size_t t = 0;
+    for (const auto& [i, n] : delivered_) t += n;
+    return t;
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Result<CheckOutcome>> results_;
+  std::map<std::size_t, std::size_t> delivered_;
+};
+
+struct TestNode {
+  std::string id;
+  ManualClock clock{Time(std::chrono::seconds(1'700'000'000))};
+  std::unique_ptr<Store> store = Store::make({100'000, 64}).value();
+  std::unique_ptr<LimiterService> service;
+  RingHolder ring;
+  std::unique_ptr<Forwarder> forwarder;
+  std::unique_ptr<Router> router;
+  std::unique_ptr<RpcServer> rpc;
+  std::uint16_t port = 0;
+
+  TestNode(std::string name, ForwarderOptions options, RuleSet rules = RuleSet::make({}).value())
+      : id(std::move(name)) {
+    service = std::make_unique<LimiterService>(*store, clock, std::move(rules), "");
+    forwarder = Forwarder::start(options, *service, ring).value();
+    router = std::make_unique<Router>(*service, &ring, forwarder.get());
+    startRpc(0);
+  }
+  ~TestNode() {
+    if (rpc) rpc->stop();
+    forwarder->stop();
+  }
+  void startRpc(std::uint16_t at) {
+    RpcServerOptions o;
+    o.bind_address = "127.0.0.1";
+    o.port = at;
+    auto started = RpcServer::start(o, *router, {}, nullptr);
+    REQUIRE(started.ok());
+    rpc = std::move(*started);
+    port = rpc->port();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+
+  // Routes `args` as an API would and waits for every answer.
+  std::vector<Result<CheckOutcome>> check(const std::vector<CheckArgs>& args,
+                                          std::uint8_t hops = 0) {
+    std::vector<Result<CheckOutcome>> out;
+    Forwarding f = router->checkBatch(args, hops, out);
+    if (f.empty()) return out;
+    auto sink = std::make_shared<Collect>(args.size());
+    const std::size_t forwarded = f.checks.size();
+    const std::vector<std::size_t> indices = f.indices;
+    router->forward(std::move(f), sink);
+    auto answers = sink->wait(forwarded);
+    for (std::size_t i : indices) out[i] = answers[i];
+    return out;
+  }
+};
+
+// Publishes, on every node, the ring of `members` (a subset of `nodes`, by id).
+void publishRing(const std::vector<TestNode*>& nodes, const std::vector<TestNode*>& members) {
+  std::vector<std::string> ids;
+  for (TestNode* m : members) ids.push_back(m->id);
+  for (TestNode* n : nodes) {
+    auto view = std::make_shared<RingView>();
+    view->ring = Ring(ids);
+    view->rpc_address.resize(view->ring.members().size());
+    for (std::size_t i = 0; i < view->ring.members().size(); ++i) {
+      for (TestNode* m : members) {
+        if (m->id == view->ring.members()[i]) view->rpc_address[i] = m->address();
+      }
+      if (view->ring.members()[i] == n->id) view->self = static_cast<std::uint32_t>(i);
+    }
+    n->ring.publish(std::move(view));
+  }
+}
+
+ForwarderOptions fastOptions() {
+  ForwarderOptions o;
+  o.call_timeout = 2000ms;  // generous: TSan and a loaded CI machine are slow
+  o.connect_timeout = 1000ms;
+  o.cooldown_min = 20ms;
+  o.cooldown_max = 100ms;
+  return o;
+}
+
+CheckArgs inlineCheck(const std::string& key, std::uint64_t limit, std::uint64_t hits = 1) {
+  CheckArgs a;
+  a.key = key;
+  a.limit = {Algorithm::kTokenBucket, limit, std::chrono::hours(1), 0};
+  a.hits = hits;
+  return a;
+}
+
+// Keys of `owner` in a ring of `ids` (inline limits: namespace "").
+std::vector<std::string> keysOwnedBy(const std::vector<std::string>& ids, const std::string& owner,
+                                     std::size_t count) {
+  Ring ring(ids);
+  std::vector<std::string> keys;
+  for (int i = 0; keys.size() < count && i < 100'000; ++i) {
+    std::string k = "user:" + std::to_string(i);
+    if (ring.ownerOf(slotOf("", k)) == owner) keys.push_back(std::move(k));
+  }
+  REQUIRE(keys.size() == count);
+  return keys;
+}
+
+PeerStats peer(const TestNode& n, const std::string& id) {
+  for (const PeerStats& p : n.forwarder->stats().peers) {
+    if (p.node_id == id) return p;
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a check entering any node is decided by its key's owner, exactly") {
+  TestNode a("a", fastOptions()), b("b", fastOptions()), c("c", fastOptions());
+  publishRing({&a, &b, &c}, {&a, &b, &c});
+  const auto b_keys = keysOwnedBy({"a", "b", "c"}, "b", 20);
+
+  // Limit 3 per key; each key checked 5 times, entering a, c, a, b, c: 3 allowed, 2 denied.
+  TestNode* entries[] = {&a, &c, &a, &b, &c};
+  for (int round = 0; round < 5; ++round) {
+    std::vector<CheckArgs> args;
+    for (const auto& k : b_keys) args.push_back(inlineCheck(k, 3));
+    const auto out = entries[round]->check(args);
+    for (const auto& r : out) {
+      REQUIRE(r.ok());
+      CHECK(r->allowed == (round < 3));
+      CHECK(r->decision.remaining == static_cast<std::uint64_t>(round < 3 ? 2 - round : 0));
+      CHECK(r->route == (entries[round] == &b ? RouteKind::kLocal : RouteKind::kForwarded));
+    }
+  }
+  // State lives on the owner only.
+  CHECK(b.store->stats().entries == b_keys.size());
+  CHECK(a.store->stats().entries == 0);
+  CHECK(c.store->stats().entries == 0);
+  CHECK(peer(a, "b").breaker == BreakerState::kClosed);
+  CHECK(peer(a, "b").checks == 2 * b_keys.size());
+}
+
+TEST_CASE("a mixed batch keeps request order and per-key order across owners") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back("k" + std::to_string(i));
+  std::vector<CheckArgs> args;
+  for (int rep = 0; rep < 3; ++rep) {
+    for (const auto& k : keys) args.push_back(inlineCheck(k, 2));
+  }
+  const auto out = a.check(args);
+  REQUIRE(out.size() == args.size());
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    REQUIRE(out[i].ok());
+    const std::size_t rep = i / keys.size();
+    CHECK(out[i]->allowed == (rep < 2));
+  }
+  // Invalid checks are answered where they entered, with the same error the owner would give.
+  std::vector<CheckArgs> bad{inlineCheck("", 2), inlineCheck("x", 0)};
+  bad[1].limit.period = std::chrono::milliseconds(0);
+  const auto errors = a.check(bad);
+  CHECK_FALSE(errors[0].ok());
+  CHECK_FALSE(errors[1].ok());
+}
+
+TEST_CASE("with the owner down, its keys are decided in degraded mode; the breaker recovers") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 10);
+  const std::uint16_t b_port = b.port;
+
+  std::vector<CheckArgs> one;
+  for (const auto& k : b_keys) one.push_back(inlineCheck(k, 10));
+  for (const auto& r : a.check(one)) CHECK(r->route == RouteKind::kForwarded);
+
+  b.rpc->stop();  // b's connections close: a's calls fail and its breaker opens
+  b.rpc.reset();
+  // share: 2 alive members, limit 10 -> 5 per node. Each key checked 7 times through a.
+  std::vector<int> allowed(b_keys.size());
+  for (int round = 0; round < 7; ++round) {
+    const auto out = a.check(one);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      REQUIRE(out[i].ok());
+      CHECK(out[i]->route == RouteKind::kDegraded);
+      allowed[i] += out[i]->allowed ? 1 : 0;
+    }
+  }
+  for (int n : allowed) CHECK(n == 5);
+  CHECK(peer(a, "b").breaker != BreakerState::kClosed);
+  CHECK(peer(a, "b").failures >= 1);
+  CHECK(a.forwarder->stats().degraded == 7 * b_keys.size());
+
+  // b comes back on its port: after the cooldown a probe succeeds and forwarding resumes.
+  b.startRpc(b_port);
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  std::optional<RouteKind> route;
+  while (std::chrono::steady_clock::now() < until) {
+    route = a.check({inlineCheck(b_keys[0], 10, 0)})[0]->route;
+    if (route == RouteKind::kForwarded) break;
+    std::this_thread::yield();
+  }
+  CHECK(route == RouteKind::kForwarded);
+  CHECK(peer(a, "b").breaker == BreakerState::kClosed);
+  CHECK(peer(a, "b").breaker_opens >= 1);
+}
+
+TEST_CASE("degraded policies allow and deny are per rule") {
+  Rule open{"open", {Algorithm::kFixedWindow, 1, std::chrono::hours(1), 0}, false,
+            DegradedPolicy::kAllow};
+  Rule closed{"closed", {Algorithm::kFixedWindow, 100, std::chrono::hours(1), 0}, false,
+              DegradedPolicy::kDeny};
+  const RuleSet rules = RuleSet::make({open, closed}).value();
+  TestNode a("a", fastOptions(), rules), b("b", fastOptions(), rules);
+  publishRing({&a, &b}, {&a, &b});
+  b.rpc->stop();
+  b.rpc.reset();
+  // Keys owned by b under each rule's namespace.
+  Ring ring({"a", "b"});
+  std::string open_key, closed_key;
+  for (int i = 0; open_key.empty() || closed_key.empty(); ++i) {
+    const std::string k = "k" + std::to_string(i);
+    if (open_key.empty() && ring.ownerOf(slotOf("open", k)) == "b") open_key = k;
+    if (closed_key.empty() && ring.ownerOf(slotOf("closed", k)) == "b") closed_key = k;
+  }
+  CheckArgs o;
+  o.key = open_key;
+  o.rule = "open";
+  CheckArgs c;
+  c.key = closed_key;
+  c.rule = "closed";
+  for (int i = 0; i < 3; ++i) {  // limit 1, but degraded "allow" admits every one
+    const auto out = a.check({o, c});
+    REQUIRE(out[0].ok());
+    CHECK(out[0]->allowed);
+    CHECK(out[0]->route == RouteKind::kDegraded);
+    REQUIRE(out[1].ok());
+    CHECK_FALSE(out[1]->allowed);  // limit 100, but degraded "deny" refuses
+    CHECK(out[1]->decision.retry_after > Duration(0));
+  }
+}
+
+TEST_CASE("a ring change re-routes: the new owner decides, and the hop limit stops loops") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 5);
+  std::vector<CheckArgs> args;
+  for (const auto& k : b_keys) args.push_back(inlineCheck(k, 4));
+  for (const auto& r : a.check(args)) CHECK(r->route == RouteKind::kForwarded);
+
+  // a believes it owns everything now (b left): a decides b's keys itself.
+  publishRing({&a}, {&a});
+  for (const auto& r : a.check(args)) CHECK(r->route == RouteKind::kLocal);
+
+  // Views disagree: a thinks b owns the keys, b thinks a does. A check that already passed the
+  // hop limit is decided where it is instead of bouncing.
+  publishRing({&a}, {&a, &b});
+  {  // b's view: a ring of a and z without b, both at a's address; b sends everything to a
+    auto view = std::make_shared<RingView>();
+    view->ring = Ring({"a", "z"});
+    view->rpc_address = {a.address(), a.address()};
+    view->self = 7;  // not a member
+    b.ring.publish(std::move(view));
+  }
+  std::vector<Result<CheckOutcome>> out;
+  Forwarding f = a.router->checkBatch(args, kMaxHops, out);
+  CHECK(f.empty());
+  for (const auto& r : out) CHECK(r->route == RouteKind::kLocal);
+  // Entering a fresh: a forwards to b (hops 1), b forwards back to a (hops 2), a decides.
+  for (const auto& r : a.check(args)) {
+    REQUIRE(r.ok());
+    CHECK(r->route == RouteKind::kForwarded);
+  }
+  CHECK(peer(b, "a").checks + peer(b, "z").checks == b_keys.size());
+}
+
+TEST_CASE("concurrent checks from many threads through one node: the owner admits exactly the limit") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  const auto hot = keysOwnedBy({"a", "b"}, "b", 1)[0];
+  constexpr int kThreads = 4, kPerThread = 300;
+  std::atomic<int> allowed{0}, forwarded{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const auto r = a.check({inlineCheck(hot, 500)})[0];
+        if (r.ok() && r->allowed) allowed.fetch_add(1);
+        if (r.ok() && r->route == RouteKind::kForwarded) forwarded.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(allowed.load() == 500);
+  CHECK(forwarded.load() == kThreads * kPerThread);
+}
+
+TEST_CASE("stopping the forwarder answers what it holds and decides later checks at once") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 3);
+  a.forwarder->stop();
+  std::vector<CheckArgs> args;
+  for (const auto& k : b_keys) args.push_back(inlineCheck(k, 4));
+  for (const auto& r : a.check(args)) {
+    REQUIRE(r.ok());
+    CHECK(r->route == RouteKind::kDegraded);
+  }
+}
