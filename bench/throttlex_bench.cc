@@ -9,6 +9,7 @@
 //
 // Exit codes: 0 ok; 1 errors (plus fallbacks) above 1% of the checks, or no check completed;
 // 2 usage error; 3 no node reachable.
+#include <algorithm>
 #include <iomanip>
 #include <iostream>
 #include <thread>
@@ -337,7 +338,12 @@ int run(int argc, char** argv) {
   options.on_unavailable = c.on_unavailable;
   std::vector<std::unique_ptr<client::Client>> clients;
   for (std::size_t i = 0; i < c.flags.connections; ++i) {
+    // Connection i enters the cluster at node i (mod the list): load spreads over the nodes.
+    std::rotate(options.nodes.begin(),
+                options.nodes.begin() + static_cast<std::ptrdiff_t>(i % c.flags.nodes.size()),
+                options.nodes.end());
     auto client = client::Client::connect(options);
+    options.nodes = c.flags.nodes;
     if (!client) {
       std::cerr << "throttlex-bench: " << client.error().message << "\n";
       return client.error().code == client::ErrorCode::kInvalidArgument ? kExitUsage
