@@ -11,16 +11,17 @@
 #include "client/src/convert.h"
 #include "client/src/core.h"
 #include "client/src/inbox.h"
+#include "client/src/routing.h"
 
 namespace throttlex::client {
 
 using detail::AdminCall;
+using detail::AdminPending;
 using detail::CheckSink;
 using detail::Core;
+using detail::kMaxNodes;
 
 namespace {
-
-constexpr std::size_t kMaxNodes = 64;  // a request remembers the nodes it tried in 64 bits
 
 class PromiseSink final : public CheckSink {
  public:
@@ -79,6 +80,7 @@ Status validate(const ClientOptions& o) {
   if (o.retry_backoff_min.count() <= 0 || o.retry_backoff_max < o.retry_backoff_min) {
     return bad("retry backoff: need 0 < min <= max");
   }
+  if (o.ring_refresh.count() <= 0) return bad("ring_refresh must be positive");
   return Ok{};
 }
 
@@ -140,12 +142,22 @@ struct Client::Impl {
     }
   }
 
+  // `slot`: the call is about one key, best answered by its owner.
   template <typename T>
-  Result<T> admin(typename AdminCall<T>::Send send, Deadline deadline) {
+  Result<T> admin(typename AdminCall<T>::Send send, Deadline deadline,
+                  std::optional<std::uint32_t> slot = std::nullopt) {
     if (onLoopThread()) return syncFromCallback();
     std::promise<Result<T>> promise;
     auto future = promise.get_future();
     auto call = std::make_unique<AdminCall<T>>(std::move(send), std::move(promise));
+    call->slot = slot;
+    return await(std::move(call), std::move(future), deadline);
+  }
+
+  // Hands `call` to the client thread and waits for what it puts into `future`.
+  template <typename T>
+  Result<T> await(std::unique_ptr<AdminPending> call, std::future<Result<T>> future,
+                  Deadline deadline) {
     const auto d = deadline.value_or(options.admin_deadline);
     // If the inbox is closed, the job and the call die here; the call's destructor answers.
     inbox.post(detail::makeJob(
@@ -246,15 +258,13 @@ std::vector<CheckResult> Client::checkBatch(std::vector<CheckSpec> specs, Deadli
 }
 
 Result<NodeInfo> Client::nodeInfo(Deadline deadline) {
-  return impl_->admin<NodeInfo>(
-      [](proto::Node::Client& node) {
-        auto request = node.nodeInfoRequest();
-        request.setVersion(proto::PROTOCOL_VERSION);
-        return request.send().then([](capnp::Response<proto::Admin::NodeInfoResults>&& r) {
-          return Result<NodeInfo>(detail::fromProto(r.getInfo()));
-        });
-      },
-      deadline);
+  if (impl_->onLoopThread()) return Impl::syncFromCallback();
+  // A NodeInfoCall rather than an AdminCall: the answer also teaches the client the ring.
+  auto promise = std::make_shared<std::promise<Result<NodeInfo>>>();
+  auto future = promise->get_future();
+  auto call = std::make_unique<detail::NodeInfoCall>(
+      [promise](Result<NodeInfo> r) { promise->set_value(std::move(r)); });
+  return impl_->await(std::move(call), std::move(future), deadline);
 }
 
 Result<std::vector<Rule>> Client::listRules(Deadline deadline) {
@@ -326,7 +336,7 @@ Result<KeyInspection> Client::inspect(const CheckSpec& spec, Deadline deadline) 
                                             : Result<KeyInspection>(e);
         });
       },
-      deadline);
+      deadline, detail::slotOf(spec));
 }
 
 Result<bool> Client::reset(const CheckSpec& spec, Deadline deadline) {
@@ -340,7 +350,7 @@ Result<bool> Client::reset(const CheckSpec& spec, Deadline deadline) {
           return e.code == ErrorCode::kNone ? Result<bool>(r.getExisted()) : Result<bool>(e);
         });
       },
-      deadline);
+      deadline, detail::slotOf(spec));
 }
 
 ClientStats Client::stats() const {
@@ -351,6 +361,9 @@ ClientStats Client::stats() const {
   out.fallbacks = s.fallbacks.load(std::memory_order_relaxed);
   out.failovers = s.failovers.load(std::memory_order_relaxed);
   out.nodes_marked_down = s.nodes_marked_down.load(std::memory_order_relaxed);
+  out.checks_to_owner = s.checks_to_owner.load(std::memory_order_relaxed);
+  out.checks_not_to_owner = s.checks_not_to_owner.load(std::memory_order_relaxed);
+  out.ring_members = s.ring_members.load(std::memory_order_relaxed);
   return out;
 }
 

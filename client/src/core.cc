@@ -13,6 +13,10 @@ kj::Duration toKj(std::chrono::milliseconds ms) {
   return ms.count() * kj::MILLISECONDS;
 }
 
+// A member list longer than this turns routing off rather than make the client thread hash
+// kSlotCount * members times (~30 ms at 512); a node's answer is not trusted to be sane.
+constexpr std::size_t kMaxRingMembers = 512;
+
 std::uint64_t bit(std::size_t index) {
   return std::uint64_t{1} << index;
 }
@@ -88,7 +92,10 @@ struct Core::Connection {
 };
 
 struct Core::Node {
-  std::string address;       // as configured: "host:port"
+  std::string address;       // as configured, or a member's rpc address: "host:port"
+  std::string node_id;       // as the node itself or a member list said; empty: not known yet
+  bool discovered = false;   // learned from a member list, not configured
+  bool in_ring = false;      // discovered nodes: a ring member now (else no request goes there)
   kj::Own<Connection> conn;  // null while not connected
   bool connecting = false;
   bool flush_scheduled = false;
@@ -115,6 +122,23 @@ struct Core::AdminInFlight {
   std::unique_ptr<AdminPending> call;
 };
 
+kj::Promise<void> NodeInfoCall::send(proto::Node::Client& node, std::size_t index, Core& core) {
+  auto request = node.nodeInfoRequest();
+  request.setVersion(proto::PROTOCOL_VERSION);
+  return request.send().then(
+      [this, index, &core](capnp::Response<proto::Admin::NodeInfoResults>&& r) {
+        NodeInfo info = fromProto(r.getInfo());  // throws on a malformed answer: the call fails
+        core.learn(index, info);
+        complete(std::move(info));
+      });
+}
+
+void NodeInfoCall::complete(Result<NodeInfo> r) {
+  if (done_) return;
+  done_ = true;
+  on_done_(std::move(r));
+}
+
 void Core::LogErrors::taskFailed(kj::Exception&& e) {
   // Every task handles its own failures; reaching this is a bug, but not one worth a crash.
   KJ_LOG(ERROR, "throttlex client: unexpected task failure", e);
@@ -126,6 +150,10 @@ Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& st
       connect_timeout_(toKj(options.connect_timeout)),
       backoff_min_(toKj(options.retry_backoff_min)),
       backoff_max_(toKj(options.retry_backoff_max)),
+      admin_deadline_(toKj(options.admin_deadline)),
+      route_to_owner_(options.route_to_owner),
+      ring_refresh_(toKj(options.ring_refresh)),
+      learn_on_connect_(options.lazy_connect),
       network_(io.provider->getNetwork()),
       timer_(io.provider->getTimer()),
       stats_(stats),
@@ -139,6 +167,7 @@ Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& st
     node->backoff = backoff_min_;
     nodes_.push_back(std::move(node));
   }
+  if (route_to_owner_) scheduleRefresh();
 }
 
 Core::~Core() {
@@ -184,17 +213,26 @@ void Core::submitAdmin(std::unique_ptr<AdminPending> call, std::chrono::millisec
   route(std::move(call));
 }
 
-// The first node, from preferred_ on, that this request has not tried and that is connected,
-// connecting or past its backoff.
+// Connected, connecting or past its backoff; a discovered node only while it is in the ring.
+bool Core::usable(const Node& node) const {
+  if (node.discovered && !node.in_ring) return false;
+  return node.conn || node.connecting || timer_.now() >= node.retry_at;
+}
+
+// The first usable node, from preferred_ on, that this request has not tried.
 std::optional<std::size_t> Core::pickNode(std::uint64_t tried) const {
-  const kj::TimePoint now = timer_.now();
   for (std::size_t k = 0; k < nodes_.size(); ++k) {
     const std::size_t i = (preferred_ + k) % nodes_.size();
-    if ((tried & bit(i)) != 0) continue;
-    const Node& node = *nodes_[i];
-    if (node.conn || node.connecting || now >= node.retry_at) return i;
+    if ((tried & bit(i)) == 0 && usable(*nodes_[i])) return i;
   }
   return std::nullopt;
+}
+
+// The owner of `slot` when a ring is known and the owner is usable and not tried yet.
+std::optional<std::size_t> Core::usableOwner(std::uint32_t slot, std::uint64_t tried) const {
+  const std::optional<std::size_t> owner = owners_.owner(slot);
+  if (!owner || (tried & bit(*owner)) != 0 || !usable(*nodes_[*owner])) return std::nullopt;
+  return owner;
 }
 
 std::string Core::unavailableReason() const {
@@ -210,7 +248,12 @@ std::string Core::unavailableReason() const {
 
 void Core::route(std::unique_ptr<CheckPending> check) {
   if (check->done()) return;
-  const auto index = closing_ ? std::nullopt : pickNode(check->tried);
+  std::optional<std::size_t> index;
+  std::optional<std::size_t> owner;
+  if (!closing_) {
+    if (owners_.active()) owner = usableOwner(slotOf(check->spec()), check->tried);
+    index = owner ? owner : pickNode(check->tried);
+  }
   if (!index) {
     // The reason is only shown with kReturnError; skip building it for every check of an outage.
     check->unavailable(ErrorCode::kUnavailable,
@@ -218,6 +261,9 @@ void Core::route(std::unique_ptr<CheckPending> check) {
     return;
   }
   if (check->tried != 0) AtomicStats::bump(stats_.failovers);
+  if (owners_.active()) {
+    AtomicStats::bump(owner ? stats_.checks_to_owner : stats_.checks_not_to_owner);
+  }
   nodes_[*index]->checks.push_back(std::move(check));
   connect(*index);
   scheduleFlush(*index);
@@ -225,7 +271,11 @@ void Core::route(std::unique_ptr<CheckPending> check) {
 
 void Core::route(std::unique_ptr<AdminPending> call) {
   if (call->done()) return;
-  const auto index = closing_ ? std::nullopt : pickNode(call->tried);
+  std::optional<std::size_t> index;
+  if (!closing_) {
+    if (call->slot && owners_.active()) index = usableOwner(*call->slot, call->tried);
+    if (!index) index = pickNode(call->tried);
+  }
   if (!index) {
     call->fail({ErrorCode::kUnavailable, unavailableReason()});
     return;
@@ -268,6 +318,7 @@ void Core::onConnected(std::size_t index, std::uint64_t generation,
   tasks_.add(node.canceler.wrap(node.conn->network.onDisconnect())
                  .then([this, index, generation] { onDisconnected(index, generation); },
                        [](kj::Exception&&) {}));  // canceled: the node was marked down already
+  if (route_to_owner_ && learn_on_connect_ && !learned_) refreshRing();
   flush(index);
 }
 
@@ -306,6 +357,8 @@ void Core::markDown(std::size_t index, const std::string& reason) {
   node.backoff = std::min(node.backoff * 2, backoff_max_);
   AtomicStats::bump(stats_.nodes_marked_down);
   if (preferred_ == index) preferred_ = (index + 1) % nodes_.size();
+  // Gossip may have declared the node dead already; if so, its slots have new owners now.
+  if (owners_.active()) refreshSoon();
 
   auto checks = std::move(node.checks);
   node.checks.clear();
@@ -456,16 +509,17 @@ void Core::sendAdmin(std::size_t index, std::unique_ptr<AdminPending> call) {
   const kj::TimePoint until = attemptDeadline(index, call->deadline());
   auto in_flight = kj::heap<AdminInFlight>(AdminInFlight{index, node.generation, std::move(call)});
   AdminInFlight& a = *in_flight;
-  tasks_.add(node.canceler.wrap(timer_.timeoutAt(until, a.call->send(node.conn->node)))
-                 .then(
-                     [this, &a] {
-                       Node& n = *nodes_[a.node];
-                       if (a.generation != n.generation) return;
-                       --n.admin_in_flight;
-                       n.backoff = backoff_min_;
-                     },
-                     [this, &a](kj::Exception&& e) { onAdminFailed(a, kj::mv(e)); })
-                 .attach(kj::mv(in_flight)));
+  tasks_.add(
+      node.canceler.wrap(timer_.timeoutAt(until, a.call->send(node.conn->node, index, *this)))
+          .then(
+              [this, &a] {
+                Node& n = *nodes_[a.node];
+                if (a.generation != n.generation) return;
+                --n.admin_in_flight;
+                n.backoff = backoff_min_;
+              },
+              [this, &a](kj::Exception&& e) { onAdminFailed(a, kj::mv(e)); })
+          .attach(kj::mv(in_flight)));
 }
 
 void Core::onAdminFailed(AdminInFlight& call, kj::Exception&& e) {
@@ -482,6 +536,92 @@ void Core::onAdminFailed(AdminInFlight& call, kj::Exception&& e) {
   }
   call.call->tried |= bit(call.node);
   route(std::move(call.call));
+}
+
+void Core::learn(std::size_t index, const NodeInfo& info) {
+  learned_ = true;
+  if (!info.node_id.empty()) nodes_[index]->node_id = info.node_id;
+  if (!route_to_owner_) return;
+  std::vector<const Member*> live;  // the ring's members: alive or suspect (ownsSlots)
+  for (const Member& m : info.members) {
+    if (ownsSlots(m.state) && !m.node_id.empty()) live.push_back(&m);
+  }
+  if (live.size() > kMaxRingMembers) live.clear();
+  // Discovered nodes take requests only while they are in the ring (configured ones always).
+  for (auto& node : nodes_) {
+    if (node->discovered) node->in_ring = false;
+  }
+  std::vector<std::string> ids;
+  std::vector<std::pair<std::string, std::size_t>> node_of;
+  for (const Member* m : live) {
+    ids.push_back(m->node_id);
+    if (const auto i = nodeOfMember(*m)) {
+      nodes_[*i]->in_ring = true;
+      node_of.emplace_back(m->node_id, *i);
+    }
+  }
+  owners_.assign(std::move(ids), [&node_of](const std::string& id) -> std::optional<std::size_t> {
+    for (const auto& [member, node] : node_of) {
+      if (member == id) return node;
+    }
+    return std::nullopt;
+  });
+  stats_.ring_members.store(owners_.members(), std::memory_order_relaxed);
+}
+
+// The node of a ring member: the one with its id (a discovered one only at the member's current
+// address), else the one at its rpc address (which then takes the member's id), else a new node
+// there, while under kMaxNodes and if the address is usable. An address spelled differently from
+// a configured one ("localhost" vs "127.0.0.1") adds a second node for the same member until that
+// configured node itself answers nodeInfo; the duplicate then stops taking requests.
+std::optional<std::size_t> Core::nodeOfMember(const Member& member) {
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    const Node& node = *nodes_[i];
+    if (node.node_id == member.node_id &&
+        (!node.discovered || node.address == member.rpc_address)) {
+      return i;
+    }
+  }
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i]->address == member.rpc_address) {
+      nodes_[i]->node_id = member.node_id;
+      return i;
+    }
+  }
+  if (nodes_.size() >= kMaxNodes || !validNodeAddress(member.rpc_address)) return std::nullopt;
+  auto node = std::make_unique<Node>();
+  node->address = member.rpc_address;
+  node->node_id = member.node_id;
+  node->discovered = true;
+  node->backoff = backoff_min_;
+  nodes_.push_back(std::move(node));
+  return nodes_.size() - 1;
+}
+
+// Every ring_refresh once some node has answered nodeInfo, so that membership changes reach the
+// client within about one period. Refreshes are ordinary admin calls: no check waits for one.
+void Core::scheduleRefresh() {
+  tasks_.add(timer_.afterDelay(ring_refresh_).then([this] {
+    if (closing_) return;
+    if (learned_) refreshRing();
+    scheduleRefresh();
+  }));
+}
+
+void Core::refreshRing() {
+  if (closing_ || refreshing_) return;
+  refreshing_ = true;
+  last_refresh_ = timer_.now();
+  // A refresh that fails changes nothing: the ring stays as the last answer described it.
+  auto call = std::make_unique<NodeInfoCall>([this](Result<NodeInfo>) { refreshing_ = false; });
+  call->arm(timer_, timer_.now() + admin_deadline_);
+  route(std::unique_ptr<AdminPending>(std::move(call)));
+}
+
+// After a node was marked down: at once, but at most once per backoff_min, since an outage marks
+// many nodes down, and each of them again at every retry.
+void Core::refreshSoon() {
+  if (timer_.now() - last_refresh_ >= backoff_min_) refreshRing();
 }
 
 }  // namespace throttlex::client::detail

@@ -12,6 +12,12 @@
 //     re-routes its own requests.
 //  3. Everything started on a node's current connection is wrapped by that node's canceler, so
 //     marking the node down cancels it at once (its requests are then re-routed).
+//  4. Nodes are never removed: an index, and so a request's `tried` bit, names one node for the
+//     Core's whole life. Nodes learned from a member list are appended (at most kMaxNodes in all).
+//
+// Routing: with a ring known (two or more members, learned from any nodeInfo answer), a
+// check goes to its key's owner when that node is usable for it; otherwise, and always without a
+// ring, to the first usable node from `preferred_` on (failover order).
 #pragma once
 
 #include <capnp/rpc-twoparty.h>
@@ -28,10 +34,16 @@
 #include <string>
 #include <vector>
 
+#include "client/src/routing.h"
 #include "proto/throttlex.capnp.h"
 #include "throttlex/client.h"
 
 namespace throttlex::client::detail {
+
+class Core;
+
+// A request remembers the nodes it tried in 64 bits: configured and learned nodes together.
+inline constexpr std::size_t kMaxNodes = 64;
 
 // Written only by the client thread (relaxed); read by Client::stats() from any thread.
 struct AtomicStats {
@@ -40,6 +52,9 @@ struct AtomicStats {
   std::atomic<std::uint64_t> fallbacks{0};
   std::atomic<std::uint64_t> failovers{0};
   std::atomic<std::uint64_t> nodes_marked_down{0};
+  std::atomic<std::uint64_t> checks_to_owner{0};
+  std::atomic<std::uint64_t> checks_not_to_owner{0};
+  std::atomic<std::uint64_t> ring_members{0};  // a gauge: stored, not bumped
 
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
@@ -96,9 +111,12 @@ class CheckPending final : public Pending {
 
 class AdminPending : public Pending {
  public:
-  // Sends the call on `node`; the returned promise completes this request when it resolves.
-  virtual kj::Promise<void> send(proto::Node::Client& node) = 0;
+  // Sends the call on `node`, the Core's node `index`; the returned promise completes this
+  // request when it resolves.
+  virtual kj::Promise<void> send(proto::Node::Client& node, std::size_t index, Core& core) = 0;
   virtual void fail(Error error) = 0;  // no-op when done
+
+  std::optional<std::uint32_t> slot;  // set: a call about one key, best sent to its owner
 
  protected:
   void expire() override { fail({ErrorCode::kDeadlineExceeded, "no answer within the deadline"}); }
@@ -113,7 +131,7 @@ class AdminCall final : public AdminPending {
       : send_(std::move(send)), promise_(std::move(promise)) {}
   ~AdminCall() override { fail({ErrorCode::kUnavailable, "the client is shutting down"}); }
 
-  kj::Promise<void> send(proto::Node::Client& node) override {
+  kj::Promise<void> send(proto::Node::Client& node, std::size_t, Core&) override {
     return send_(node).then([this](Result<T>&& r) { complete(std::move(r)); });
   }
   void fail(Error error) override { complete(std::move(error)); }
@@ -126,6 +144,23 @@ class AdminCall final : public AdminPending {
   }
   Send send_;
   std::promise<Result<T>> promise_;
+};
+
+// Admin nodeInfo, for a caller (Client::nodeInfo, connect()'s probe) or for the ring refresh:
+// either way the answer first teaches the Core the cluster (Core::learn). `done` runs exactly once,
+// on the client thread (from the destructor at the latest, with kUnavailable).
+class NodeInfoCall final : public AdminPending {
+ public:
+  using Done = std::function<void(Result<NodeInfo>)>;
+  explicit NodeInfoCall(Done done) : on_done_(std::move(done)) {}
+  ~NodeInfoCall() override { fail({ErrorCode::kUnavailable, "the client is shutting down"}); }
+
+  kj::Promise<void> send(proto::Node::Client& node, std::size_t index, Core& core) override;
+  void fail(Error error) override { complete(std::move(error)); }
+
+ private:
+  void complete(Result<NodeInfo> r);
+  Done on_done_;
 };
 
 class Core {
@@ -142,6 +177,10 @@ class Core {
   // not run again afterwards.
   void shutdown();
 
+  // A nodeInfo answer from node `index` (NodeInfoCall): learns that node's id, the members'
+  // addresses (adding nodes) and the ring. Changes no queue and starts nothing.
+  void learn(std::size_t index, const NodeInfo& info);
+
  private:
   struct Connection;
   struct Node;
@@ -149,7 +188,10 @@ class Core {
   struct AdminInFlight;
   using Checks = std::vector<std::unique_ptr<CheckPending>>;
 
+  bool usable(const Node& node) const;
   std::optional<std::size_t> pickNode(std::uint64_t tried) const;
+  std::optional<std::size_t> usableOwner(std::uint32_t slot, std::uint64_t tried) const;
+  std::optional<std::size_t> nodeOfMember(const Member& member);
   void route(std::unique_ptr<CheckPending> check);
   void route(std::unique_ptr<AdminPending> call);
   std::string unavailableReason() const;
@@ -169,20 +211,34 @@ class Core {
   void sendAdmin(std::size_t index, std::unique_ptr<AdminPending> call);
   void onAdminFailed(AdminInFlight& call, kj::Exception&& e);
 
+  void scheduleRefresh();
+  void refreshRing();
+  void refreshSoon();
+
   // Constant after construction.
   const OnUnavailable policy_;
   const std::size_t max_batch_;
   const kj::Duration connect_timeout_;
   const kj::Duration backoff_min_;
   const kj::Duration backoff_max_;
+  const kj::Duration admin_deadline_;
+  const bool route_to_owner_;
+  const kj::Duration ring_refresh_;
+  // lazy_connect: no probe asks nodeInfo at connect(), so the first connection does.
+  const bool learn_on_connect_;
   capnp::ReaderOptions reader_options_;
   kj::Network& network_;
   kj::Timer& timer_;
   AtomicStats& stats_;
 
   std::vector<std::unique_ptr<Node>> nodes_;
-  std::size_t preferred_ = 0;  // where routing starts: the last node that did not fail
+  std::size_t preferred_ = 0;  // where failover starts: the last node that did not fail
   bool closing_ = false;
+
+  OwnerTable owners_;
+  bool learned_ = false;     // some node answered nodeInfo: periodic refreshes may start
+  bool refreshing_ = false;  // our own refresh is pending (at most one at a time)
+  kj::TimePoint last_refresh_ = kj::origin<kj::TimePoint>();  // when the last one started
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it

@@ -16,6 +16,8 @@
 //  - Thread-safe: every method may be called from any thread at once.
 //  - A check never hangs: it completes within its deadline (plus scheduling noise) — with the
 //    node's answer, or, when no node answered in time, as `on_unavailable` says (fallback = true).
+//  - Routing: in a cluster, each check goes straight to the node that owns its key (the ring every
+//    node derives from the live members), learned from the nodes themselves; see route_to_owner.
 //  - Failover: a node that refuses or drops the connection or misses a deadline is marked down and
 //    retried later with exponential backoff; its pending checks go to the next listed node within
 //    the same deadline. A check retried on another node may have been counted by the first node
@@ -147,6 +149,16 @@ struct ClientOptions {
   // connect() normally waits until one node answers (nodeInfo), so that a wrong address shows up
   // at once. true: return at once and connect on the first call.
   bool lazy_connect = false;
+  // true: once a node has described its cluster (any nodeInfo answer: connect()'s, the client's
+  // own refresh, or the caller's), each check goes straight to the node owning its key, so the
+  // node need not forward it; when the owner is down or already failed the check, the check goes
+  // to another node as under failover (that node forwards it, or decides degraded). The client
+  // adds the members' RPC addresses to `nodes` (64 nodes in all at most; configured ones are
+  // kept). A node that is in no cluster, or in one of itself alone, is used as with false.
+  bool route_to_owner = true;
+  // How often the client asks a node for the members (> 0); also soon after a node is marked
+  // down. Asking never delays a check; a failed ask keeps the ring it had.
+  std::chrono::milliseconds ring_refresh{1000};
 };
 
 struct Rule {
@@ -199,6 +211,10 @@ struct ClientStats {
   std::uint64_t fallbacks = 0;  // checks answered by on_unavailable
   std::uint64_t failovers = 0;  // checks re-sent to another node
   std::uint64_t nodes_marked_down = 0;
+  // Routing (counted while a ring is known; a retried check counts again):
+  std::uint64_t checks_to_owner = 0;      // checks sent to their key's owner
+  std::uint64_t checks_not_to_owner = 0;  // sent elsewhere: the owner was down, tried or unknown
+  std::uint64_t ring_members = 0;         // members of the ring in use; 0: not routing
 };
 
 class THROTTLEX_CLIENT_API Client {
@@ -222,7 +238,8 @@ class THROTTLEX_CLIENT_API Client {
   std::vector<CheckResult> checkBatch(std::vector<CheckSpec> specs,
                                       Deadline deadline = std::nullopt);
 
-  // Admin calls go to one node (the first that answers); rules are per node for now.
+  // Admin calls go to one node (the first that answers); rules are per node for now. inspect()
+  // and reset() go to the key's owner when a ring is known (see route_to_owner).
   Result<NodeInfo> nodeInfo(Deadline deadline = std::nullopt);
   Result<std::vector<Rule>> listRules(Deadline deadline = std::nullopt);
   Status setRule(const Rule& rule, Deadline deadline = std::nullopt);
