@@ -41,6 +41,7 @@ struct Tally {
   std::uint64_t limited = 0;
   std::uint64_t errors = 0;     // the client returned an error (on_unavailable = error)
   std::uint64_t fallbacks = 0;  // no node answered; on_unavailable decided
+  std::uint64_t degraded = 0;   // answered, but decided in degraded mode (owner unreachable)
 };
 
 class LoadConnection {
@@ -82,7 +83,7 @@ class LoadConnection {
   // Written by one thread at a time (see record()), read by anyone.
   LatencyHistogram latency_;
   std::atomic<std::uint64_t> completed_{0};
-  std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0};
+  std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0}, degraded_{0};
   std::atomic<bool> has_error_{false};
   mutable std::mutex error_mutex_;
   std::string first_error_;  // GUARDED_BY(error_mutex_)

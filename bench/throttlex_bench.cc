@@ -48,6 +48,7 @@ struct Flags {
   std::string rule;
   std::string deadline = "1s";
   std::string on_unavailable = "error";
+  std::string route = "owner";
   std::string key_prefix = "bench:";
   bool json = false;
 };
@@ -129,6 +130,11 @@ void defineFlags(CLI::App& app, Flags& f) {
   app.add_option("--on-unavailable", f.on_unavailable, "error, open or closed")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "open", "closed"}));
+  app.add_option("--route", f.route,
+                 "owner: the client sends each check to its key's owner; entry: connection i "
+                 "enters at node i and the nodes forward")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"owner", "entry"}));
   app.add_option("--key-prefix", f.key_prefix, "Keys are PREFIX + index")->capture_default_str();
   app.add_flag("--json", f.json, "Print one JSON object to stdout instead of the report");
 }
@@ -206,6 +212,8 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
       {"limited", y.limited},
       {"errors", y.errors},
       {"fallbacks", y.fallbacks},
+      {"degraded", y.degraded},
+      {"route", c.flags.route},
       {"error_rate",
        checks == 0 ? 0.0
                    : static_cast<double>(y.errors + y.fallbacks) / static_cast<double>(checks)},
@@ -236,7 +244,7 @@ void printReport(std::ostream& out, const nlohmann::json& r) {
   out << "checks      " << r["checks"] << " in " << num(r["duration_s"])
       << " s: " << num(r["throughput"]) << " decisions/s\n"
       << "allowed     " << r["allowed"] << "\nlimited     " << r["limited"] << "\nerrors      "
-      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\n"
+      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\ndegraded    " << r["degraded"] << "\n"
       << "latency us  p50 " << num(l["p50"]) << "  p90 " << num(l["p90"]) << "  p99 "
       << num(l["p99"]) << "  p99.9 " << num(l["p99.9"]) << "  max " << num(l["max"]) << "  mean "
       << num(l["mean"]) << "\n"
@@ -335,6 +343,7 @@ int run(int argc, char** argv) {
   client::ClientOptions options;
   options.nodes = c.flags.nodes;
   options.deadline = c.deadline;
+  options.route_to_owner = c.flags.route == "owner";
   options.on_unavailable = c.on_unavailable;
   std::vector<std::unique_ptr<client::Client>> clients;
   for (std::size_t i = 0; i < c.flags.connections; ++i) {
@@ -391,6 +400,7 @@ int run(int argc, char** argv) {
     totals.tally.limited += t.limited;
     totals.tally.errors += t.errors;
     totals.tally.fallbacks += t.fallbacks;
+    totals.tally.degraded += t.degraded;
     if (totals.first_error.empty()) totals.first_error = conn->firstError();
   }
   const nlohmann::json report = reportJson(c, totals, latency);

@@ -114,6 +114,11 @@ struct CheckSpec {
   std::uint64_t hits = 1;               // units to spend; 0 reads without consuming
 };
 
+// Who decided a check (the node's answer says): the node the client sent it to, which owns the
+// key; the key's owner, one hop further; or, the owner being unreachable, the node by the rule's
+// degraded policy (docs/api.md).
+enum class Route : std::uint8_t { kLocal, kForwarded, kDegraded };
+
 struct CheckResult {
   Error error;                   // code kNone: the fields below are valid
   bool allowed = false;          // what the caller must do (true for shadow rules and FailOpen)
@@ -126,6 +131,7 @@ struct CheckResult {
   std::chrono::nanoseconds retry_after{0};  // 0 when allowed; negative: never (hits > capacity)
   std::chrono::milliseconds period{0};
   std::string policy;  // the rule's name, or "default" for inline limits
+  Route route = Route::kLocal;  // meaningful when ok() and not a fallback
 
   bool ok() const { return error.code == ErrorCode::kNone; }
 };
