@@ -64,7 +64,8 @@ class RpcServer {
 
   std::uint16_t port() const;  // the bound port
   // Stops accepting, closes every connection (clients see DISCONNECTED and fail over) and joins
-  // the threads. Calls are synchronous, so none is left half-done. Idempotent; thread-safe.
+  // the threads. A call still waiting for a forwarded answer is dropped with its connection (its
+  // client retries elsewhere); the forwarder's late answer goes nowhere. Idempotent; thread-safe.
   void stop();
 
   RpcServerStats stats() const;  // thread-safe
