@@ -1,6 +1,8 @@
 #include "cli/commands.h"
 
 #include <algorithm>
+#include <functional>
+#include <optional>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -114,41 +116,133 @@ int runRulesList(client::Client& c, const Config& config) {
   return kExitOk;
 }
 
-int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule) {
-  const client::Status status = c.setRule(rule);
-  if (!status) return reportError(status.error());
-  if (json(config)) {
-    printJson(std::cout, ruleJson(rule));
-  } else {
-    std::cout << "rule '" << rule.name << "' set: " << rule.limit << "/"
-              << formatPeriodMs(rule.period) << " " << nameOf(rule.algorithm)
-              << (rule.shadow ? " (shadow)" : "") << "\n";
+client::ClientOptions clientOptions(const Config& config, std::vector<std::string> nodes) {
+  client::ClientOptions options;
+  options.nodes = std::move(nodes);
+  options.deadline = config.timeout;
+  options.admin_deadline = config.timeout;
+  // A CLI waits for a slow link rather than failing at the library's 100 ms default.
+  options.connect_timeout = std::min(config.timeout, std::chrono::milliseconds(1000));
+  options.on_unavailable = client::OnUnavailable::kReturnError;  // never fail open silently
+  return options;
+}
+
+namespace {
+
+// What one member answered to a rules change.
+struct MemberOutcome {
+  std::string node_id;
+  std::string rpc_address;
+  std::optional<client::Error> error;  // none: done
+  std::string detail;                  // e.g. "deleted", "3 rules"
+  std::uint64_t value = 0;             // what the command counts: rules reloaded, 1 if deleted
+};
+
+// Rules are per node, and the owner of a key decides it with its own rules: a rules change is
+// applied on every member that owns slots (alive or suspect), each through its own connection.
+// Not in a cluster: on the connected node only.
+std::vector<MemberOutcome> onEveryMember(
+    client::Client& c, const Config& config,
+    const std::function<MemberOutcome(client::Client&)>& change) {
+  const auto info = c.nodeInfo();
+  std::vector<MemberOutcome> out;
+  if (!info || info->members.empty()) {
+    out.push_back(change(c));
+    if (info) out.back().node_id = info->node_id;
+    return out;
   }
-  return kExitOk;
+  for (const client::Member& m : info->members) {
+    if (m.state != "alive" && m.state != "suspect") continue;
+    MemberOutcome o;
+    if (m.node_id == info->node_id) {
+      o = change(c);
+    } else {
+      auto options = clientOptions(config, {m.rpc_address});
+      options.route_to_owner = false;
+      auto member = client::Client::connect(options);
+      o = member ? change(**member) : MemberOutcome{{}, {}, member.error(), {}};
+    }
+    o.node_id = m.node_id;
+    o.rpc_address = m.rpc_address;
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+// One line (or JSON object) per member; exit 0 when every member applied the change, else the
+// exit code of the first failure.
+int reportMembers(const Config& config, const std::vector<MemberOutcome>& outcomes,
+                  nlohmann::json extra) {
+  int code = kExitOk;
+  nlohmann::json nodes = nlohmann::json::array();
+  std::vector<std::vector<std::string>> rows;
+  for (const MemberOutcome& o : outcomes) {
+    if (o.error && code == kExitOk) code = exitCodeFor(o.error->code);
+    nodes.push_back({{"node_id", o.node_id},
+                     {"rpc_address", o.rpc_address},
+                     {"ok", !o.error},
+                     {"detail", o.error ? o.error->message : o.detail}});
+    rows.push_back({o.node_id.empty() ? "-" : o.node_id, o.error ? "FAILED" : "ok",
+                    o.error ? o.error->message : o.detail});
+    if (o.error) {
+      std::cerr << "throttlectl: " << o.node_id << ": " << o.error->message << " ("
+                << client::errorCodeName(o.error->code) << ")\n";
+    }
+  }
+  if (json(config)) {
+    extra["nodes"] = std::move(nodes);
+    printJson(std::cout, extra);
+  } else {
+    printTable(std::cout, {"NODE", "RESULT", "DETAIL"}, rows);
+  }
+  return code;
+}
+
+}  // namespace
+
+int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule) {
+  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+    const client::Status status = node.setRule(rule);
+    MemberOutcome o;
+    if (!status) o.error = status.error();
+    o.detail = "set: " + std::to_string(rule.limit) + "/" + formatPeriodMs(rule.period) + " " +
+               std::string(nameOf(rule.algorithm)) + (rule.shadow ? " (shadow)" : "");
+    return o;
+  });
+  return reportMembers(config, outcomes, ruleJson(rule));
 }
 
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name) {
-  const auto deleted = c.deleteRule(name);
-  if (!deleted) return reportError(deleted.error());
-  if (json(config)) {
-    printJson(std::cout, {{"name", name}, {"deleted", *deleted}});
-  } else if (*deleted) {
-    std::cout << "rule '" << name << "' deleted\n";
-  } else {
-    std::cout << "rule '" << name << "' not found (nothing deleted)\n";
-  }
-  return kExitOk;
+  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+    const auto deleted = node.deleteRule(name);
+    MemberOutcome o;
+    if (!deleted) {
+      o.error = deleted.error();
+    } else {
+      o.detail = *deleted ? "deleted" : "not found (nothing deleted)";
+      o.value = *deleted ? 1 : 0;
+    }
+    return o;
+  });
+  const bool any = std::any_of(outcomes.begin(), outcomes.end(),
+                               [](const MemberOutcome& o) { return o.value != 0; });
+  return reportMembers(config, outcomes, {{"name", name}, {"deleted", any}});
 }
 
 int runRulesReload(client::Client& c, const Config& config) {
-  const auto count = c.reloadRules();
-  if (!count) return reportError(count.error());
-  if (json(config)) {
-    printJson(std::cout, {{"rules", *count}});
-  } else {
-    std::cout << "reloaded: " << *count << (*count == 1 ? " rule" : " rules") << "\n";
-  }
-  return kExitOk;
+  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+    const auto count = node.reloadRules();
+    MemberOutcome o;
+    if (!count) {
+      o.error = count.error();
+    } else {
+      o.detail = "reloaded: " + std::to_string(*count) + (*count == 1 ? " rule" : " rules");
+      o.value = *count;
+    }
+    return o;
+  });
+  // "rules": what the node asked first (the one --node names) loaded.
+  return reportMembers(config, outcomes, {{"rules", outcomes.front().value}});
 }
 
 int runStatus(client::Client& c, const Config& config) {

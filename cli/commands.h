@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "cli/args.h"
 #include "throttlex/client.h"
@@ -14,15 +15,20 @@ int runCheck(client::Client& c, const Config& config, const client::CheckSpec& s
 int runInspect(client::Client& c, const Config& config, const client::CheckSpec& spec);
 int runReset(client::Client& c, const Config& config, const client::CheckSpec& spec);
 int runRulesList(client::Client& c, const Config& config);
+// Rules changes apply on every member of the node's cluster (each node decides the keys it owns
+// with its own rules), one line per member; exit 0 only when every member applied it.
 int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule);
-// A rule that did not exist is not an error (exit 0, "deleted": false): deleting is idempotent,
-// so a script can converge on "no such rule" without special cases.
+// A rule that did not exist is not an error ("not found"): deleting is idempotent, so a script
+// can converge on "no such rule" without special cases.
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name);
 int runRulesReload(client::Client& c, const Config& config);
 int runStatus(client::Client& c, const Config& config);
 int runMembers(client::Client& c, const Config& config);
 int runRing(client::Client& c, const Config& config);
 int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec);
+
+// The client options every throttlectl connection uses.
+client::ClientOptions clientOptions(const Config& config, std::vector<std::string> nodes);
 
 // Prints "throttlectl: <message>" to stderr and returns the matching exit code.
 int reportError(const client::Error& error);

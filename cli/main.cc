@@ -161,14 +161,7 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
 }
 
 int connectAndRun(const Config& config, const Action& action) {
-  client::ClientOptions options;
-  options.nodes = config.nodes;
-  options.deadline = config.timeout;
-  options.admin_deadline = config.timeout;
-  // A CLI waits for a slow link rather than failing at the library's 100 ms default.
-  options.connect_timeout = std::min(config.timeout, std::chrono::milliseconds(1000));
-  options.on_unavailable = client::OnUnavailable::kReturnError;  // never fail open silently
-  auto c = client::Client::connect(options);
+  auto c = client::Client::connect(clientOptions(config, config.nodes));
   if (!c) {
     if (c.error().code == client::ErrorCode::kInvalidArgument) {  // a malformed --node
       std::cerr << "throttlectl: " << c.error().message << "\n";

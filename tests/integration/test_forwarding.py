@@ -236,6 +236,40 @@ class OwnerTest(unittest.TestCase):
                 n.kill()
 
 
+class ClusterRulesTest(unittest.TestCase):
+    """A rule set through one node is set on every member: each owner decides its keys with it."""
+
+    def test_rules_set_through_one_node_apply_on_every_owner(self):
+        nodes = start_cluster(3, "r")
+        try:
+            code, out, err = run_tool("throttlectl", "--node", nodes[1].rpc_address, "-o", "json",
+                                      "rules", "set", "web", "--limit", "2", "--period", "1h")
+            self.assertEqual(code, 0, err)
+            doc = json.loads(out)
+            self.assertEqual(sorted(n["node_id"] for n in doc["nodes"] if n["ok"]),
+                             sorted(n.node_id for n in nodes))
+            # Keys owned by every node, checked through nodes[0]: 2 allowed, then limited.
+            owners = set()
+            for i in range(12):
+                check = {"key": f"rule-key:{i}", "rule": "web"}
+                code, out, err = run_tool("throttlectl", "--node", nodes[0].rpc_address, "-o",
+                                          "json", "owner", check["key"], "--rule", "web")
+                self.assertEqual(code, 0, err)
+                owners.add(json.loads(out)["owner"])
+                answers = [get_check(nodes[0], check) for _ in range(3)]
+                self.assertEqual([status for status, _ in answers], [200, 200, 429], answers)
+            self.assertEqual(len(owners), 3, f"12 keys did not reach every owner: {owners}")
+            code, out, err = run_tool("throttlectl", "--node", nodes[2].rpc_address, "-o", "json",
+                                      "rules", "delete", "web")
+            self.assertEqual((code, json.loads(out)["deleted"]), (0, True), err)
+            for n in nodes:
+                status, _, _ = n.request("GET", check_path({"key": "rule-key:0", "rule": "web"}))
+                self.assertEqual(status, 404)
+        finally:
+            for n in nodes:
+                n.kill()
+
+
 class LoadRecorder:
     """Bounded load: `threads` threads send GET checks to `targets` until stopped, until
     `max_requests` in all, or until `max_seconds`. Records (start time, end time, status, route or
