@@ -21,12 +21,18 @@ rules:
     limit: 5
     period: 1m
     shadow: true
+    degraded: deny
   - name: plain
     limit: 10
     period: 1s
+    degraded: allow
+  - name: shared
+    limit: 10
+    period: 1s
+    degraded: share
 )");
   REQUIRE_MESSAGE(set.ok(), (set.ok() ? "" : set.error().message));
-  CHECK(set->size() == 3);
+  CHECK(set->size() == 4);
   const auto* api = set->find("api-per-user");
   REQUIRE(api != nullptr);
   CHECK(api->limit.limit() == 100);
@@ -36,6 +42,11 @@ rules:
   CHECK(set->find("login")->rule.shadow);
   CHECK(set->find("plain")->limit.algorithm() == Algorithm::kTokenBucket);  // the default
   CHECK(set->find("nope") == nullptr);
+  // What a node decides while the key's owner is unreachable; share unless said otherwise.
+  CHECK(api->rule.degraded == DegradedPolicy::kShare);
+  CHECK(set->find("login")->rule.degraded == DegradedPolicy::kDeny);
+  CHECK(set->find("plain")->rule.degraded == DegradedPolicy::kAllow);
+  CHECK(set->find("shared")->rule.degraded == DegradedPolicy::kShare);
 }
 
 TEST_CASE("an empty file or empty list means no rules") {
@@ -66,6 +77,8 @@ TEST_CASE("bad rules files are rejected with a message that names the problem") 
        "burst applies only"},
       {"rules:\n  - {name: a, limit: 99999999999999999999999, period: 1s}", "too large"},
       {"rules:\n  - {name: a, limit: 1, period: 1s, shadow: maybe}", "invalid YAML"},
+      {"rules:\n  - {name: a, limit: 1, period: 1s, degraded: maybe}",
+       "degraded policy must be share, allow or deny"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.yaml);
