@@ -93,7 +93,8 @@ struct Item {
   std::size_t index = 0;
   std::shared_ptr<ForwardSink> sink;
   std::uint8_t hops = 0;
-  int attempts = 0;  // owners that failed this check
+  int attempts = 0;      // owners that failed this check
+  bool standin = false;  // sent to the slot's runner-up because its owner is unreachable
 };
 
 struct Submission {
@@ -163,7 +164,8 @@ struct Forwarder::Impl {
 
   mutable std::mutex stats_mu;
   std::map<std::string, std::unique_ptr<PeerCounters>> counters;  // guarded by stats_mu; never shrinks
-  std::atomic<std::uint64_t> degraded{0}, rerouted{0}, batch_size_sum{0}, latency_ns_sum{0};
+  std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, batch_size_sum{0},
+      latency_ns_sum{0};
   std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::array<std::atomic<std::uint64_t>, kForwardLatencyBounds.size() + 1> latency{};
 
@@ -301,16 +303,63 @@ class Loop {
       return;
     }
     Peer& peer = peerOf(view->ring.members()[owner], view->rpc_address[owner]);
-    if (peer.breaker == BreakerState::kOpen) {
-      if (timer_.now() < peer.open_until) {
-        degrade(item);
-        return;
-      }
-      setBreaker(peer, BreakerState::kHalfOpen, "probing");
+    if (!usable(peer)) {
+      standIn(std::move(item), *view, owner);
+      return;
     }
+    enqueue(peer, std::move(item));
+  }
+
+  // false while the peer's breaker is open; after the cooldown the breaker goes half-open and
+  // the peer is used again (the next batch probes it).
+  bool usable(Peer& peer) {
+    if (peer.breaker != BreakerState::kOpen) return true;
+    if (timer_.now() < peer.open_until) return false;
+    setBreaker(peer, BreakerState::kHalfOpen, "probing");
+    return true;
+  }
+
+  void enqueue(Peer& peer, Item item) {
     peer.queue.push_back(std::move(item));
     connect(peer);
     scheduleFlush(peer);
+  }
+
+  // The owner is unreachable: send the check to the slot's runner-up, the member that owns the
+  // slot if the owner is declared dead. Every node picks the same one, so the key is still
+  // decided in one place, with its full limit, and the state built meanwhile is where the slot
+  // will move. Only if the runner-up is unreachable too does the rule's degraded policy decide.
+  void standIn(Item item, const RingView& view, std::uint32_t owner) {
+    const std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+    if (item.standin || runner == owner) {
+      degrade(item);
+      return;
+    }
+    item.standin = true;
+    bump(impl_.standin);
+    if (runner == view.self) {
+      Result<CheckOutcome> r = impl_.service.check(item.check.args());
+      if (r) r->route = RouteKind::kDegraded;  // decided without the owner
+      deliver(item, std::move(r));
+      return;
+    }
+    Peer& peer = peerOf(view.ring.members()[runner], view.rpc_address[runner]);
+    if (!usable(peer)) {
+      degrade(item);
+      return;
+    }
+    enqueue(peer, std::move(item));
+  }
+
+  // Whether a queued check still belongs on `peer`: its slot's owner, or, for a stand-in check,
+  // the slot's runner-up (or its owner by now, once the old owner was declared dead).
+  static bool belongsTo(const Item& item, const RingView* view, const Peer& peer) {
+    if (view == nullptr) return false;
+    const std::uint32_t owner = view->peerFor(item.check.slot);
+    if (owner == RingView::kNoPeer) return false;
+    if (view->ring.members()[owner] == peer.id) return true;
+    return item.standin &&
+           view->ring.members()[view->ring.runnerUpIndex(item.check.slot)] == peer.id;
   }
 
   Peer& peerOf(const std::string& id, const std::string& address) {
@@ -443,11 +492,10 @@ class Loop {
       while (!peer.queue.empty() && batch.size() < opt_.max_batch) {
         Item item = std::move(peer.queue.front());
         peer.queue.pop_front();
-        const std::uint32_t owner = view ? view->peerFor(item.check.slot) : RingView::kNoPeer;
-        if (owner == RingView::kNoPeer || view->ring.members()[owner] != peer.id) {
-          moved.push_back(std::move(item));
-        } else {
+        if (belongsTo(item, view.get(), peer)) {
           batch.push_back(std::move(item));
+        } else {
+          moved.push_back(std::move(item));
         }
       }
       if (!batch.empty()) send(peer, std::move(batch));
@@ -505,7 +553,9 @@ class Loop {
                      return;
                    }
                    for (std::size_t i = 0; i < b.items.size(); ++i) {
-                     deliver(b.items[i], decode(results[static_cast<unsigned>(i)]));
+                     Result<CheckOutcome> r = decode(results[static_cast<unsigned>(i)]);
+                     if (r && b.items[i].standin) r->route = RouteKind::kDegraded;
+                     deliver(b.items[i], std::move(r));
                    }
                  })) {
       trouble = "unreadable answer: " + describe(*e);
@@ -659,6 +709,7 @@ ForwarderStats Forwarder::stats() const {
     }
   }
   s.degraded = impl_->degraded.load(std::memory_order_relaxed);
+  s.standin = impl_->standin.load(std::memory_order_relaxed);
   s.rerouted = impl_->rerouted.load(std::memory_order_relaxed);
   for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
     s.batch_sizes[i] = impl_->batch_sizes[i].load(std::memory_order_relaxed);

@@ -16,8 +16,12 @@
 //
 // A check whose owner cannot be reached (breaker open, call failed) is re-routed through the ring
 // as it is now (the owner may have changed: the dead node's slots move), at most max_attempts
-// times, and otherwise decided here in degraded mode (LimiterService::checkDegraded). A check
-// whose slot this node now owns is decided here normally. Every submitted check is completed
+// times. While the owner's breaker is open, its checks go to a stand-in: the slot's runner-up in
+// the ring, i.e. the node that will own the slot if the owner is declared dead — the same node
+// for everyone, so each key is still decided in one place with its full limit. Only when the
+// stand-in is unreachable too is a check decided here by the rule's degraded policy
+// (LimiterService::checkDegraded). Stand-in and policy decisions are both marked degraded (made
+// without the owner). A check whose slot this node now owns is decided here normally. Every submitted check is completed
 // exactly once, also when the forwarder stops (then in degraded mode).
 #pragma once
 
@@ -85,7 +89,8 @@ struct PeerStats {
 
 struct ForwarderStats {
   std::vector<PeerStats> peers;  // every peer forwarded to so far, by node id
-  std::uint64_t degraded = 0;    // checks decided in degraded mode
+  std::uint64_t degraded = 0;    // checks decided here by a rule's degraded policy
+  std::uint64_t standin = 0;     // checks sent to (or decided by this node as) a stand-in owner
   std::uint64_t rerouted = 0;    // checks re-routed after a failure or a ring change
   std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::uint64_t batch_size_sum = 0;

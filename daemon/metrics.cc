@@ -155,8 +155,11 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
                  {histogram<kForwardLatencyBounds.size()>(f.latency, kForwardLatencyBounds,
                                                           f.latency_sum_seconds)}});
   out.push_back({"throttlex_degraded_total",
-                 "Checks decided here in degraded mode because their owner was unreachable",
+                 "Checks decided here by their rule's degraded policy: owner and stand-in unreachable",
                  MetricType::Counter, {valued(static_cast<double>(f.degraded))}});
+  out.push_back({"throttlex_forward_standin_total",
+                 "Checks of an unreachable owner sent to its stand-in (the slot's runner-up)",
+                 MetricType::Counter, {valued(static_cast<double>(f.standin))}});
   out.push_back({"throttlex_forward_rerouted_total",
                  "Forwarded checks sent on to another owner after a failure or a ring change",
                  MetricType::Counter, {valued(static_cast<double>(f.rerouted))}});

@@ -18,17 +18,26 @@ Ring::Ring(std::vector<std::string> member_ids) : members_(std::move(member_ids)
   members_.erase(std::unique(members_.begin(), members_.end()), members_.end());
   if (members_.empty()) return;
   for (std::uint32_t slot = 0; slot < kSlotCount; ++slot) {
-    std::uint32_t best = 0;
-    std::uint64_t best_weight = rendezvousWeight(members_[0], slot);
+    std::uint32_t best = 0, second = 0;
+    std::uint64_t best_weight = rendezvousWeight(members_[0], slot), second_weight = 0;
+    bool have_second = false;
     for (std::uint32_t m = 1; m < members_.size(); ++m) {
       const std::uint64_t w = rendezvousWeight(members_[m], slot);
       // Ties (astronomically rare) go to the smaller id, so every node breaks them alike.
       if (w > best_weight) {
+        second = best;
+        second_weight = best_weight;
         best = m;
         best_weight = w;
+        have_second = true;
+      } else if (!have_second || w > second_weight) {
+        second = m;
+        second_weight = w;
+        have_second = true;
       }
     }
     owner_[slot] = best;
+    runner_up_[slot] = have_second ? second : best;
   }
 }
 

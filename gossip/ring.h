@@ -30,11 +30,15 @@ class Ring {
   std::uint32_t ownerIndex(std::uint32_t slot) const { return owner_[slot]; }
   const std::string& ownerOf(std::uint32_t slot) const { return members_[owner_[slot]]; }
   const std::string& ownerOf(const KeyHash& key) const { return ownerOf(slotOf(key)); }
+  // Index of the member with the second-largest weight for `slot`: who owns the slot once its
+  // owner leaves (the owner itself when it is the only member).
+  std::uint32_t runnerUpIndex(std::uint32_t slot) const { return runner_up_[slot]; }
   std::vector<std::uint32_t> slotsOwnedBy(std::string_view member_id) const;
 
  private:
   std::vector<std::string> members_;
   std::array<std::uint32_t, kSlotCount> owner_{};
+  std::array<std::uint32_t, kSlotCount> runner_up_{};
 };
 
 // The weight of `member_id` for `slot` in the rendezvous; exposed for tests.

@@ -211,32 +211,43 @@ TEST_CASE("a mixed batch keeps request order and per-key order across owners") {
   CHECK_FALSE(errors[1].ok());
 }
 
-TEST_CASE("with the owner down, its keys are decided in degraded mode; the breaker recovers") {
-  TestNode a("a", fastOptions()), b("b", fastOptions());
-  publishRing({&a, &b}, {&a, &b});
-  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 10);
+TEST_CASE("with the owner down, its stand-in decides exactly; the breaker recovers") {
+  TestNode a("a", fastOptions()), b("b", fastOptions()), c("c", fastOptions());
+  publishRing({&a, &b, &c}, {&a, &b, &c});
+  const Ring ring({"a", "b", "c"});
+  const auto b_keys = keysOwnedBy({"a", "b", "c"}, "b", 20);
   const std::uint16_t b_port = b.port;
+  std::vector<CheckArgs> all;
+  for (const auto& k : b_keys) all.push_back(inlineCheck(k, 10));
+  for (const auto& r : a.check(all)) CHECK(r->route == RouteKind::kForwarded);  // 1 of 10 used
 
-  std::vector<CheckArgs> one;
-  for (const auto& k : b_keys) one.push_back(inlineCheck(k, 10));
-  for (const auto& r : a.check(one)) CHECK(r->route == RouteKind::kForwarded);
-
-  b.rpc->stop();  // b's connections close: a's calls fail and its breaker opens
+  b.rpc->stop();  // b's connections close: calls to b fail and the breakers open
   b.rpc.reset();
-  // share: 2 alive members, limit 10 -> 5 per node. Each key checked 7 times through a.
+  // Every node sends b's keys to the same stand-in, the slot's runner-up, which decides with the
+  // full limit whichever node the checks enter. It starts from empty state (b's is out of reach
+  // until snapshots exist), so it admits 10 in all: the one b counted is admitted again.
   std::vector<int> allowed(b_keys.size());
-  for (int round = 0; round < 7; ++round) {
-    const auto out = a.check(one);
+  TestNode* entries[] = {&a, &c, &a, &c, &a, &c, &a, &c, &a, &c, &a, &c};
+  for (TestNode* entry : entries) {
+    const auto out = entry->check(all);
     for (std::size_t i = 0; i < out.size(); ++i) {
       REQUIRE(out[i].ok());
       CHECK(out[i]->route == RouteKind::kDegraded);
       allowed[i] += out[i]->allowed ? 1 : 0;
     }
   }
-  for (int n : allowed) CHECK(n == 5);
+  for (int n : allowed) CHECK(n == 10);
   CHECK(peer(a, "b").breaker != BreakerState::kClosed);
   CHECK(peer(a, "b").failures >= 1);
-  CHECK(a.forwarder->stats().degraded == 7 * b_keys.size());
+  CHECK(a.forwarder->stats().standin >= b_keys.size());
+  CHECK(a.forwarder->stats().degraded == 0);  // no policy decision: the stand-in was reachable
+  // The state lives on the runner-up of each slot only.
+  std::size_t on_a = 0, on_c = 0;
+  for (const auto& k : b_keys) {
+    (ring.members()[ring.runnerUpIndex(slotOf("", k))] == "a" ? on_a : on_c)++;
+  }
+  CHECK(a.store->stats().entries == on_a);
+  CHECK(c.store->stats().entries == on_c);
 
   // b comes back on its port: after the cooldown a probe succeeds and forwarding resumes.
   b.startRpc(b_port);
@@ -252,32 +263,71 @@ TEST_CASE("with the owner down, its keys are decided in degraded mode; the break
   CHECK(peer(a, "b").breaker_opens >= 1);
 }
 
+TEST_CASE("with owner and stand-in down, the share policy decides with limit / members") {
+  TestNode a("a", fastOptions()), b("b", fastOptions()), c("c", fastOptions());
+  publishRing({&a, &b, &c}, {&a, &b, &c});
+  const Ring ring({"a", "b", "c"});
+  std::vector<std::string> keys;  // owned by b, runner-up c
+  for (int i = 0; keys.size() < 10 && i < 100'000; ++i) {
+    const std::string k = "user:" + std::to_string(i);
+    const std::uint32_t slot = slotOf("", k);
+    if (ring.ownerOf(slot) == "b" && ring.members()[ring.runnerUpIndex(slot)] == "c") {
+      keys.push_back(k);
+    }
+  }
+  REQUIRE(keys.size() == 10);
+  b.rpc->stop();
+  b.rpc.reset();
+  c.rpc->stop();
+  c.rpc.reset();
+  std::vector<CheckArgs> all;
+  for (const auto& k : keys) all.push_back(inlineCheck(k, 10));
+  std::vector<int> allowed(keys.size());
+  for (int round = 0; round < 6; ++round) {
+    const auto out = a.check(all);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      REQUIRE(out[i].ok());
+      CHECK(out[i]->route == RouteKind::kDegraded);
+      allowed[i] += out[i]->allowed ? 1 : 0;
+    }
+  }
+  for (int n : allowed) CHECK(n == 3);  // share: 10 / 3 members
+  CHECK(a.forwarder->stats().degraded == 6 * keys.size());
+}
+
 TEST_CASE("degraded policies allow and deny are per rule") {
   Rule open{"open", {Algorithm::kFixedWindow, 1, std::chrono::hours(1), 0}, false,
             DegradedPolicy::kAllow};
   Rule closed{"closed", {Algorithm::kFixedWindow, 100, std::chrono::hours(1), 0}, false,
               DegradedPolicy::kDeny};
   const RuleSet rules = RuleSet::make({open, closed}).value();
-  TestNode a("a", fastOptions(), rules), b("b", fastOptions(), rules);
-  publishRing({&a, &b}, {&a, &b});
-  b.rpc->stop();
+  TestNode a("a", fastOptions(), rules), b("b", fastOptions(), rules),
+      c("c", fastOptions(), rules);
+  publishRing({&a, &b, &c}, {&a, &b, &c});
+  b.rpc->stop();  // owner and stand-in both down
   b.rpc.reset();
-  // Keys owned by b under each rule's namespace.
-  Ring ring({"a", "b"});
+  c.rpc->stop();
+  c.rpc.reset();
+  // Keys owned by b or c under each rule's namespace (their stand-ins are down too, or a).
+  Ring ring({"a", "b", "c"});
+  const auto away = [&](std::string_view ns, const std::string& k) {
+    const std::uint32_t slot = slotOf(ns, k);
+    return ring.ownerOf(slot) != "a" && ring.members()[ring.runnerUpIndex(slot)] != "a";
+  };
   std::string open_key, closed_key;
   for (int i = 0; open_key.empty() || closed_key.empty(); ++i) {
     const std::string k = "k" + std::to_string(i);
-    if (open_key.empty() && ring.ownerOf(slotOf("open", k)) == "b") open_key = k;
-    if (closed_key.empty() && ring.ownerOf(slotOf("closed", k)) == "b") closed_key = k;
+    if (open_key.empty() && away("open", k)) open_key = k;
+    if (closed_key.empty() && away("closed", k)) closed_key = k;
   }
   CheckArgs o;
   o.key = open_key;
   o.rule = "open";
-  CheckArgs c;
-  c.key = closed_key;
-  c.rule = "closed";
+  CheckArgs d;
+  d.key = closed_key;
+  d.rule = "closed";
   for (int i = 0; i < 3; ++i) {  // limit 1, but degraded "allow" admits every one
-    const auto out = a.check({o, c});
+    const auto out = a.check({o, d});
     REQUIRE(out[0].ok());
     CHECK(out[0]->allowed);
     CHECK(out[0]->route == RouteKind::kDegraded);

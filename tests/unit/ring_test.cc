@@ -85,3 +85,24 @@ TEST_CASE("keys map to owners through their slot") {
   CHECK(Ring({"solo"}).slotsOwnedBy("solo").size() == kSlotCount);
   CHECK(r.slotsOwnedBy("stranger").empty());
 }
+
+TEST_CASE("the runner-up of a slot is its owner once the owner leaves") {
+  // What a node forwards to while a slot's owner is unreachable: the node that will own the slot
+  // if the owner is declared dead, the same on every node.
+  const std::vector<std::string> ids = {"n1", "n2", "n3", "n4", "n5"};
+  const Ring full(ids);
+  for (const std::string& gone : ids) {
+    std::vector<std::string> rest;
+    for (const auto& id : ids) {
+      if (id != gone) rest.push_back(id);
+    }
+    const Ring after(rest);
+    for (std::uint32_t slot = 0; slot < kSlotCount; ++slot) {
+      if (full.ownerOf(slot) != gone) continue;
+      CHECK(full.members()[full.runnerUpIndex(slot)] == after.ownerOf(slot));
+      CHECK(full.runnerUpIndex(slot) != full.ownerIndex(slot));
+    }
+  }
+  const Ring alone({"solo"});
+  CHECK(alone.runnerUpIndex(7) == alone.ownerIndex(7));
+}
