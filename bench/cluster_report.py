@@ -105,6 +105,13 @@ def degraded(node):
     return total
 
 
+def counter(node, name):
+    for line in node.metrics().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 def detection(args, run):
     nodes = start_cluster(args, f"bench-detect-{run}")
     victim, survivors = nodes[-1], nodes[:-1]
@@ -132,7 +139,9 @@ def detection(args, run):
         return {"all_detected_s": max(detected), "first_detected_s": min(detected),
                 "checks": r["checks"], "errors": r["errors"] + r["fallbacks"],
                 "first_error": r.get("first_error", ""),
-                "degraded": sum(degraded(n) for n in survivors), "client_degraded": r.get("degraded", 0)}
+                "degraded": sum(degraded(n) for n in survivors),
+                "by_policy": sum(counter(n, "throttlex_degraded_total") for n in survivors),
+                "client_degraded": r.get("degraded", 0)}
     finally:
         for n in nodes:
             n.kill()
@@ -170,11 +179,12 @@ def main():
             print(f"  run {i + 1}: {runs[-1]}", file=sys.stderr)
         report["detection"] = runs
         print()
-        print("| run | all survivors saw it dead after | first | checks | client-visible errors | degraded decisions |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| run | all survivors saw it dead after | first | checks | client-visible errors | "
+              "decided without the owner | of which by degraded policy |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for i, r in enumerate(runs):
             print(f"| {i + 1} | {r['all_detected_s']:.2f} s | {r['first_detected_s']:.2f} s | "
-                  f"{r['checks']} | {r['errors']} | {r['degraded']} |")
+                  f"{r['checks']} | {r['errors']} | {r['degraded']} | {r['by_policy']} |")
         print(f"\nmedian detection (all survivors): "
               f"{statistics.median(r['all_detected_s'] for r in runs):.2f} s; "
               f"errors {sum(r['errors'] for r in runs)} of {sum(r['checks'] for r in runs)} checks")
