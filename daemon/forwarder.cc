@@ -286,13 +286,13 @@ class Loop {
   }
 
   void degrade(Item& item) {
-    const auto& view = impl_.ring.current();
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
     bump(impl_.degraded);
     deliver(item, impl_.service.checkDegraded(item.check.args(), view ? view->alive() : 1));
   }
 
   void route(Item item) {
-    const auto& view = impl_.ring.current();
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
     const std::uint32_t owner = view ? view->peerFor(item.check.slot) : RingView::kNoPeer;
     if (owner == RingView::kNoPeer) {  // this node owns it now
       deliver(item, impl_.service.check(item.check.args()));
@@ -486,7 +486,7 @@ class Loop {
     while (!peer.queue.empty() &&
            (peer.in_flight == 0 || (peer.queue.size() >= opt_.max_batch &&
                                     peer.breaker == BreakerState::kClosed))) {
-      const auto& view = impl_.ring.current();
+      const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
       std::vector<Item> batch;
       batch.reserve(std::min(peer.queue.size(), opt_.max_batch));
       while (!peer.queue.empty() && batch.size() < opt_.max_batch) {
