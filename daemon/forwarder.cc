@@ -538,6 +538,12 @@ class Loop {
     Peer& peer = *b.peer;
     const bool current = b.generation == peer.generation;
     recordLatency(Steady::now() - b.sent);
+    // The peer answered: it is healthy. Said before the checks are delivered, so whoever sees an
+    // answer sees the breaker closed.
+    if (current && peer.breaker != BreakerState::kClosed) {
+      peer.cooldown = toKj(opt_.cooldown_min);
+      setBreaker(peer, BreakerState::kClosed, "");
+    }
     std::string trouble;
     // Reading a malformed answer throws (Cap'n Proto's own checks).
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
@@ -568,10 +574,6 @@ class Loop {
     }
     if (!current) return;
     --peer.in_flight;
-    if (peer.breaker != BreakerState::kClosed) {
-      peer.cooldown = toKj(opt_.cooldown_min);
-      setBreaker(peer, BreakerState::kClosed, "");
-    }
     flush(peer);
   }
 
