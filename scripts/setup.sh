@@ -12,6 +12,7 @@ packages=(
   libhttp-parser-dev libyaml-cpp-dev nlohmann-json3-dev
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
+  docker-compose python3-yaml  # cluster/validate.sh: compose config, Kubernetes YAML
 )
 
 if [ "$(id -u)" -ne 0 ]; then
