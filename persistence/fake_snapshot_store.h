@@ -1,0 +1,80 @@
+// An in-memory SnapshotStore for tests, with switchable faults: failures, held completions (to
+// control exactly when a call finishes) and latency.
+//
+// Every call becomes an operation that runs at delivery: by default at once, inside the call, on the
+// caller's thread; while held (setHold), when release() is called, on the releasing thread; with a
+// latency, after that long on the fake's own delivery thread. A failure set with setFailure() applies
+// to operations delivered while it is set. Thread-safe.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "limiter/clock.h"
+#include "persistence/snapshot_store.h"
+
+namespace throttlex::persistence {
+
+class FakeSnapshotStore final : public SnapshotStore {
+ public:
+  explicit FakeSnapshotStore(const Clock& clock) : clock_(clock) {}
+  ~FakeSnapshotStore() override;
+  FakeSnapshotStore(const FakeSnapshotStore&) = delete;
+  FakeSnapshotStore& operator=(const FakeSnapshotStore&) = delete;
+
+  void write(std::vector<SnapshotEntry> entries, WriteCallback done) override;
+  void readSlots(std::vector<std::uint32_t> slots, ReadCallback done) override;
+  SnapshotStoreStats stats() const override;
+
+  // Faults. A kUnavailable failure also reports connected = false, like a Redis outage.
+  void setFailure(std::optional<Error> error);
+  void setHold(bool hold);
+  std::size_t release();  // delivers held operations on this thread; returns how many
+  void setLatency(std::chrono::nanoseconds latency);
+
+  // Inspection and planting (bypass faults and validation).
+  std::optional<SnapshotEntry> get(const KeyHash& key) const;
+  std::size_t size() const;  // entries held, expired or not
+  void plant(const SnapshotEntry& entry);
+  std::uint64_t writeCalls() const;  // write() operations delivered
+  std::size_t largestWrite() const;  // most entries in one write() call
+
+ private:
+  using Op = std::function<void()>;
+  void submit(Op op);
+  void deliveryLoop();
+  struct KeyLess {
+    bool operator()(const KeyHash& a, const KeyHash& b) const {
+      return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+    }
+  };
+
+  const Clock& clock_;  // constant after construction
+
+  mutable std::mutex mu_;  // State below is protected by mu_.
+  std::map<std::uint32_t, std::map<KeyHash, SnapshotEntry, KeyLess>> slots_;
+  std::optional<Error> failure_;
+  bool hold_ = false;
+  std::chrono::nanoseconds latency_{0};
+  std::deque<Op> held_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, Op>> delayed_;
+  bool stopping_ = false;
+  std::condition_variable delivery_cv_;
+  std::thread delivery_;  // started on the first setLatency() > 0
+  SnapshotStoreStats stats_;
+  std::size_t largest_write_ = 0;
+  std::uint64_t write_calls_ = 0;
+  CommandLatency latency_hist_;
+};
+
+}  // namespace throttlex::persistence

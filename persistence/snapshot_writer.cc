@@ -1,0 +1,236 @@
+#include "persistence/snapshot_writer.h"
+
+#include <algorithm>
+#include <bit>
+#include <limits>
+#include <unordered_map>
+#include <utility>
+
+namespace throttlex::persistence {
+namespace {
+
+std::int64_t steadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct KeyHashHasher {
+  // Key hashes are already uniform: any 64 bits serve.
+  std::size_t operator()(const KeyHash& k) const { return static_cast<std::size_t>(k.hi ^ k.lo); }
+};
+
+struct Pending {
+  std::uint32_t slot;
+  State state;
+  std::int64_t expiry_ms;
+};
+
+constexpr std::int64_t kNone = std::numeric_limits<std::int64_t>::max();
+
+}  // namespace
+
+struct alignas(64) SnapshotWriter::Shard {
+  std::mutex mu;  // State below is protected by mu.
+  std::unordered_map<KeyHash, Pending, KeyHashHasher> pending;
+  std::int64_t oldest_ns = kNone;  // steady time of the oldest change in `pending`
+};
+
+struct SnapshotWriter::Taken {
+  std::vector<SnapshotEntry> entries;
+  std::int64_t oldest_ns = kNone;
+};
+
+Result<std::unique_ptr<SnapshotWriter>> SnapshotWriter::make(SnapshotStore& store,
+                                                            const SnapshotWriterOptions& options) {
+  if (options.interval.count() <= 0) return invalidArgument("snapshot interval must be positive");
+  if (options.max_pending == 0) return invalidArgument("max_pending must be positive");
+  if (options.batch_entries == 0) return invalidArgument("batch_entries must be positive");
+  if (options.shards == 0 || !std::has_single_bit(options.shards)) {
+    return invalidArgument("shards must be a power of two");
+  }
+  return std::unique_ptr<SnapshotWriter>(new SnapshotWriter(store, options));
+}
+
+SnapshotWriter::SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options)
+    : store_(store),
+      options_(options),
+      shard_cap_(std::max<std::size_t>(1, (options.max_pending + options.shards - 1) / options.shards)),
+      shards_(std::make_unique<Shard[]>(options.shards)) {}
+
+SnapshotWriter::~SnapshotWriter() { stop(); }
+
+SnapshotWriter::Shard& SnapshotWriter::shardFor(const KeyHash& key) const {
+  // The top bits of `hi`: independent of the ownership slot (top bits of `lo`).
+  return shards_[static_cast<std::size_t>(key.hi >> 40) & (options_.shards - 1)];
+}
+
+void SnapshotWriter::markDirty(std::uint32_t slot, const KeyHash& key, const State& state,
+                               std::int64_t expiry_ms) {
+  Shard& shard = shardFor(key);
+  std::lock_guard lock(shard.mu);
+  auto it = shard.pending.find(key);
+  if (it != shard.pending.end()) {
+    it->second = Pending{slot, state, expiry_ms};
+    return;
+  }
+  if (shard.pending.size() >= shard_cap_) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (shard.pending.empty()) shard.oldest_ns = steadyNs();
+  shard.pending.emplace(key, Pending{slot, state, expiry_ms});
+}
+
+void SnapshotWriter::takeAll(Taken& out) {
+  for (std::size_t i = 0; i < options_.shards; ++i) {
+    Shard& shard = shards_[i];
+    std::unordered_map<KeyHash, Pending, KeyHashHasher> taken;
+    std::int64_t oldest = kNone;
+    {
+      std::lock_guard lock(shard.mu);
+      if (shard.pending.empty()) continue;
+      taken.swap(shard.pending);
+      std::swap(oldest, shard.oldest_ns);
+    }
+    out.oldest_ns = std::min(out.oldest_ns, oldest);
+    for (const auto& [key, p] : taken) out.entries.push_back({p.slot, key, p.state, p.expiry_ms});
+  }
+}
+
+void SnapshotWriter::putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns) {
+  for (const SnapshotEntry& e : entries) {
+    Shard& shard = shardFor(e.key);
+    std::lock_guard lock(shard.mu);
+    if (shard.pending.contains(e.key)) continue;  // marked again meanwhile: the newer state wins
+    if (shard.pending.size() >= shard_cap_) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    shard.pending.emplace(e.key, Pending{e.slot, e.state, e.expiry_ms});
+    shard.oldest_ns = std::min(shard.oldest_ns, oldest_ns);
+  }
+}
+
+bool SnapshotWriter::flushOnce() {
+  std::lock_guard flush_lock(flush_mu_);
+  if (!store_.stats().connected) {
+    // Writing would fail at once; leave everything pending (bounded) until the store reconnects.
+    skipped_flushes_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  Taken taken;
+  takeAll(taken);
+  if (taken.entries.empty()) return true;
+  inflight_oldest_ns_.store(taken.oldest_ns, std::memory_order_relaxed);
+
+  std::vector<std::vector<SnapshotEntry>> batches;
+  for (std::size_t i = 0; i < taken.entries.size(); i += options_.batch_entries) {
+    const std::size_t end = std::min(taken.entries.size(), i + options_.batch_entries);
+    batches.emplace_back(taken.entries.begin() + static_cast<std::ptrdiff_t>(i),
+                         taken.entries.begin() + static_cast<std::ptrdiff_t>(end));
+  }
+  taken.entries = {};
+
+  // Completion state shared with the callbacks; all batches are sent before any answer is awaited,
+  // so the store can pipeline them.
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::size_t remaining = 0;
+    std::vector<bool> failed;
+  };
+  auto wait = std::make_shared<Wait>();
+  wait->remaining = batches.size();
+  wait->failed.assign(batches.size(), false);
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    store_.write(batches[i], [wait, i](Status status) {
+      std::lock_guard lock(wait->mu);
+      wait->failed[i] = !status.ok();
+      if (--wait->remaining == 0) wait->cv.notify_all();
+    });
+  }
+  std::unique_lock lock(wait->mu);
+  wait->cv.wait(lock, [&] { return wait->remaining == 0; });
+
+  bool all_ok = true;
+  std::uint64_t written = 0;
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    if (wait->failed[i]) {
+      all_ok = false;
+      write_errors_.fetch_add(1, std::memory_order_relaxed);
+      putBack(batches[i], taken.oldest_ns);
+    } else {
+      written += batches[i].size();
+    }
+  }
+  lock.unlock();
+  inflight_oldest_ns_.store(0, std::memory_order_relaxed);
+  entries_written_.fetch_add(written, std::memory_order_relaxed);
+  (all_ok ? flushes_ : failed_flushes_).fetch_add(1, std::memory_order_relaxed);
+  return all_ok;
+}
+
+void SnapshotWriter::start() {
+  std::lock_guard lock(thread_mu_);
+  if (thread_.joinable() || stopping_) return;
+  thread_ = std::thread([this] { run(); });
+}
+
+void SnapshotWriter::stop() {
+  std::thread thread;
+  {
+    std::lock_guard lock(thread_mu_);
+    stopping_ = true;
+    thread.swap(thread_);
+  }
+  wake_.notify_all();
+  if (thread.joinable()) thread.join();
+}
+
+void SnapshotWriter::requestFlush() {
+  {
+    std::lock_guard lock(thread_mu_);
+    flush_requested_ = true;
+  }
+  wake_.notify_all();
+}
+
+void SnapshotWriter::run() {
+  auto next = std::chrono::steady_clock::now() + options_.interval;
+  for (;;) {
+    {
+      std::unique_lock lock(thread_mu_);
+      wake_.wait_until(lock, next, [&] { return stopping_ || flush_requested_; });
+      flush_requested_ = false;
+      if (stopping_) break;
+    }
+    next = std::chrono::steady_clock::now() + options_.interval;
+    flushOnce();
+  }
+  flushOnce();  // the last changes, if the store is there to take them
+}
+
+SnapshotWriterStats SnapshotWriter::stats() const {
+  SnapshotWriterStats s;
+  std::int64_t oldest = inflight_oldest_ns_.load(std::memory_order_relaxed);
+  if (oldest == 0) oldest = kNone;
+  for (std::size_t i = 0; i < options_.shards; ++i) {
+    std::lock_guard lock(shards_[i].mu);
+    s.pending += shards_[i].pending.size();
+    oldest = std::min(oldest, shards_[i].oldest_ns);
+  }
+  if (oldest != kNone) {
+    s.lag = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::nanoseconds(std::max<std::int64_t>(0, steadyNs() - oldest)));
+  }
+  s.dropped = dropped_.load(std::memory_order_relaxed);
+  s.flushes = flushes_.load(std::memory_order_relaxed);
+  s.failed_flushes = failed_flushes_.load(std::memory_order_relaxed);
+  s.skipped_flushes = skipped_flushes_.load(std::memory_order_relaxed);
+  s.entries_written = entries_written_.load(std::memory_order_relaxed);
+  s.write_errors = write_errors_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace throttlex::persistence
