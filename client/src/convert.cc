@@ -57,6 +57,21 @@ std::optional<Algorithm> fromProto(proto::Algorithm a) {
   return static_cast<Algorithm>(v);
 }
 
+// With a rule, inline numbers are an error the node reports ("not both"); the algorithm always has
+// a value in CheckSpec, so it is left unset rather than turned into that error.
+bool hasInlineLimit(const CheckSpec& spec) {
+  return spec.rule.empty() || spec.limit != 0 || spec.period.count() != 0 || spec.burst != 0;
+}
+
+template <typename Struct>
+constexpr std::uint64_t structWords() {
+  return Struct::_capnpPrivate::dataWordSize + Struct::_capnpPrivate::pointerCount;
+}
+
+std::uint64_t textWords(std::size_t bytes) {
+  return (bytes + 1 + 7) / 8;  // NUL-terminated, word-padded
+}
+
 }  // namespace
 
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
@@ -67,14 +82,18 @@ void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
     return;
   }
   out.setRule(kjText(spec.rule));
-  // With a rule, inline numbers are an error the node reports ("not both"); the algorithm always
-  // has a value in CheckSpec, so it is left unset rather than turned into that error.
-  if (spec.limit != 0 || spec.period.count() != 0 || spec.burst != 0) {
+  if (hasInlineLimit(spec)) {
     auto limit = out.initLimit();
     limit.setLimit(spec.limit);
     limit.setPeriodMs(wireMs(spec.period));
     limit.setBurst(spec.burst);
   }
+}
+
+std::uint64_t wireWords(const CheckSpec& spec) {
+  return structWords<proto::CheckRequest>() + textWords(spec.key.size()) +
+         (spec.rule.empty() ? 0 : textWords(spec.rule.size())) +
+         (hasInlineLimit(spec) ? structWords<proto::LimitSpec>() : 0);
 }
 
 void toProto(const Rule& rule, proto::Rule::Builder out) {

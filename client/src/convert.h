@@ -1,6 +1,7 @@
 // Between the public types (throttlex/client.h) and the wire types (proto/throttlex.capnp).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "proto/throttlex.capnp.h"
@@ -9,6 +10,8 @@
 namespace throttlex::client::detail {
 
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out);
+// The words toProto(spec) adds to a message as a list element, for exact message size hints.
+std::uint64_t wireWords(const CheckSpec& spec);
 void toProto(const Rule& rule, proto::Rule::Builder out);
 
 Error fromProto(proto::Error::Reader error);

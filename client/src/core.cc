@@ -41,32 +41,41 @@ void Pending::arm(kj::Timer& timer, kj::TimePoint deadline) {
   timer_ = timer.atTime(deadline).then([this] { expire(); }).eagerlyEvaluate(nullptr);
 }
 
-CheckPending::CheckPending(CheckSpec spec, std::shared_ptr<CheckSink> sink, std::size_t index,
-                           OnUnavailable policy, AtomicStats& stats)
-    : spec_(std::move(spec)),
+CheckGroup::CheckGroup(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink,
+                       OnUnavailable policy, AtomicStats& stats, kj::Timer& timer,
+                       kj::TimePoint deadline)
+    : specs_(std::move(specs)),
       sink_(std::move(sink)),
-      index_(index),
       policy_(policy),
-      stats_(stats) {}
-
-CheckPending::~CheckPending() {
-  unavailable(ErrorCode::kUnavailable, "the client is shutting down");
+      deadline_(deadline),
+      stats_(stats),
+      state_(specs_.size()) {
+  timer_ = timer.atTime(deadline).then([this] { expire(); }).eagerlyEvaluate(nullptr);
 }
 
-void CheckPending::complete(CheckResult result) {
-  if (done_) return;
-  done_ = true;
+void CheckGroup::complete(std::size_t i, CheckResult result) {
+  if (state_[i].done) return;
+  state_[i].done = true;
   if (result.fallback) AtomicStats::bump(stats_.fallbacks);
-  sink_->deliver(index_, std::move(result));
+  sink_->deliver(i, std::move(result));
 }
 
-void CheckPending::unavailable(ErrorCode code, std::string why) {
-  if (done_) return;
-  complete(unavailableResult(policy_, code, std::move(why)));
+void CheckGroup::unavailable(std::size_t i, ErrorCode code, std::string why) {
+  if (state_[i].done) return;
+  complete(i, unavailableResult(policy_, code, std::move(why)));
 }
 
-void CheckPending::expire() {
-  unavailable(ErrorCode::kDeadlineExceeded, "no node answered within the deadline");
+void CheckGroup::expire() {
+  for (std::size_t i = 0; i < state_.size(); ++i) {
+    if (!state_[i].done) {
+      unavailable(i, ErrorCode::kDeadlineExceeded, "no node answered within the deadline");
+    }
+  }
+}
+
+// Nearly every ref dies done (skipped, or with its answered batch): test before building a reason.
+CheckRef::~CheckRef() {
+  if (group_ && !done()) unavailable(ErrorCode::kUnavailable, "the client is shutting down");
 }
 
 struct Core::Connection {
@@ -105,7 +114,7 @@ struct Core::Node {
   kj::TimePoint retry_at = kj::origin<kj::TimePoint>();  // down until then
   kj::Duration backoff;
   std::string last_error;
-  std::deque<std::unique_ptr<CheckPending>> checks;  // waiting to leave in a batch
+  std::deque<CheckRef> checks;                       // waiting to leave in a batch
   std::vector<std::unique_ptr<AdminPending>> admin;  // waiting for the connection
   kj::Canceler canceler;                             // see invariant 3
 };
@@ -177,7 +186,7 @@ Core::~Core() {
 void Core::shutdown() {
   closing_ = true;
   for (auto& node : nodes_) {
-    // Destroying the requests completes them (CheckPending / AdminCall destructors).
+    // Destroying the requests completes them (CheckRef / AdminCall destructors).
     node->checks.clear();
     node->admin.clear();
   }
@@ -186,25 +195,26 @@ void Core::shutdown() {
 
 void Core::submitChecks(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink,
                         std::chrono::milliseconds deadline) {
-  const kj::TimePoint at = timer_.now() + toKj(deadline);
-  for (std::size_t i = 0; i < specs.size(); ++i) {
+  auto group = kj::refcounted<CheckGroup>(std::move(specs), std::move(sink), policy_, stats_,
+                                          timer_, timer_.now() + toKj(deadline));
+  for (std::size_t i = 0; i < group->size(); ++i) {
     // A key the node would refuse anyway is refused here: a huge one could make the node drop
     // the whole batch it travels in (its message traversal limit).
-    if (specs[i].key.size() > kMaxKeyBytes) {
-      sink->deliver(i, errorResult(ErrorCode::kInvalidArgument,
-                                   "key is " + std::to_string(specs[i].key.size()) +
-                                       " bytes; the maximum is " + std::to_string(kMaxKeyBytes)));
+    const CheckSpec& spec = group->spec(i);
+    if (spec.key.size() > kMaxKeyBytes) {
+      group->complete(i, errorResult(ErrorCode::kInvalidArgument,
+                                     "key is " + std::to_string(spec.key.size()) +
+                                         " bytes; the maximum is " + std::to_string(kMaxKeyBytes)));
       continue;
     }
-    if (specs[i].rule.size() > kMaxRuleNameBytes) {  // likewise
-      sink->deliver(i, errorResult(ErrorCode::kInvalidArgument,
-                                   "rule name is " + std::to_string(specs[i].rule.size()) +
-                                       " bytes; the maximum is " + std::to_string(kMaxRuleNameBytes)));
+    if (spec.rule.size() > kMaxRuleNameBytes) {  // likewise
+      group->complete(
+          i, errorResult(ErrorCode::kInvalidArgument,
+                         "rule name is " + std::to_string(spec.rule.size()) +
+                             " bytes; the maximum is " + std::to_string(kMaxRuleNameBytes)));
       continue;
     }
-    auto check = std::make_unique<CheckPending>(std::move(specs[i]), sink, i, policy_, stats_);
-    check->arm(timer_, at);
-    route(std::move(check));
+    route(CheckRef(kj::addRef(*group), i));
   }
 }
 
@@ -246,21 +256,21 @@ std::string Core::unavailableReason() const {
   return why + ")";
 }
 
-void Core::route(std::unique_ptr<CheckPending> check) {
-  if (check->done()) return;
+void Core::route(CheckRef check) {
+  if (check.done()) return;
   std::optional<std::size_t> index;
   std::optional<std::size_t> owner;
   if (!closing_) {
-    if (owners_.active()) owner = usableOwner(slotOf(check->spec()), check->tried);
-    index = owner ? owner : pickNode(check->tried);
+    if (owners_.active()) owner = usableOwner(slotOf(check.spec()), check.tried());
+    index = owner ? owner : pickNode(check.tried());
   }
   if (!index) {
     // The reason is only shown with kReturnError; skip building it for every check of an outage.
-    check->unavailable(ErrorCode::kUnavailable,
-                       policy_ == OnUnavailable::kReturnError ? unavailableReason() : "");
+    check.unavailable(ErrorCode::kUnavailable,
+                      policy_ == OnUnavailable::kReturnError ? unavailableReason() : "");
     return;
   }
-  if (check->tried != 0) AtomicStats::bump(stats_.failovers);
+  if (check.tried() != 0) AtomicStats::bump(stats_.failovers);
   if (owners_.active()) {
     AtomicStats::bump(owner ? stats_.checks_to_owner : stats_.checks_not_to_owner);
   }
@@ -365,7 +375,7 @@ void Core::markDown(std::size_t index, const std::string& reason) {
   auto admin = std::move(node.admin);
   node.admin.clear();
   for (auto& check : checks) {
-    check->tried |= bit(index);
+    check.tried() |= bit(index);
     route(std::move(check));
   }
   for (auto& call : admin) {
@@ -398,10 +408,10 @@ void Core::flush(std::size_t index) {
   }
   while (!node.checks.empty() && (node.in_flight == 0 || node.checks.size() >= max_batch_)) {
     Checks batch;
+    batch.reserve(std::min(node.checks.size(), max_batch_));
     while (!node.checks.empty() && batch.size() < max_batch_) {
-      std::unique_ptr<CheckPending> check = std::move(node.checks.front());
+      if (!node.checks.front().done()) batch.push_back(std::move(node.checks.front()));
       node.checks.pop_front();
-      if (!check->done()) batch.push_back(std::move(check));
     }
     if (batch.empty()) break;
     sendChecks(index, std::move(batch));
@@ -418,15 +428,20 @@ kj::TimePoint Core::attemptDeadline(std::size_t index, kj::TimePoint deadline) c
 
 void Core::sendChecks(std::size_t index, Checks checks) {
   Node& node = *nodes_[index];
-  auto request = node.conn->node.checkBatchRequest();
+  // The exact size: one message segment, instead of a series of growing ones (a full batch is
+  // ~100 KiB; each segment is a calloc the allocator may hand back to the kernel when freed).
+  // Only a hint: a wrong one costs a second segment or some unused words, nothing else.
+  capnp::MessageSize size{3, 0};  // the params struct (2 words) and the list's tag word
+  for (const CheckRef& check : checks) size.wordCount += wireWords(check.spec());
+  auto request = node.conn->node.checkBatchRequest(size);
   request.setVersion(proto::PROTOCOL_VERSION);
   auto list = request.initChecks(static_cast<unsigned>(checks.size()));
-  // The attempt gives up at the LATEST deadline in the batch: each check has its own timer for
-  // its own deadline, and one short deadline must not mark a healthy node down for everyone.
-  kj::TimePoint latest = checks.front()->deadline();
+  // The attempt gives up at the LATEST deadline in the batch: each submission has its own timer
+  // for its own deadline, and one short deadline must not mark a healthy node down for everyone.
+  kj::TimePoint latest = checks.front().deadline();
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    toProto(checks[i]->spec(), list[static_cast<unsigned>(i)]);
-    latest = std::max(latest, checks[i]->deadline());
+    toProto(checks[i].spec(), list[static_cast<unsigned>(i)]);
+    latest = std::max(latest, checks[i].deadline());
   }
   ++node.in_flight;
   AtomicStats::bump(stats_.calls);
@@ -455,13 +470,13 @@ void Core::onBatchAnswered(Batch& batch,
   auto deliver = [&] {
     const Error error = fromProto(answer.getError());
     if (error.code != ErrorCode::kNone) {
-      for (auto& check : batch.checks) check->complete(errorResult(error.code, error.message));
+      for (auto& check : batch.checks) check.complete(errorResult(error.code, error.message));
       return;
     }
     const auto results = answer.getResults();
     if (results.size() != batch.checks.size()) {
       for (auto& check : batch.checks) {
-        check->complete(
+        check.complete(
             errorResult(ErrorCode::kInternal, "the node answered " +
                                                   std::to_string(results.size()) + " results to " +
                                                   std::to_string(batch.checks.size()) + " checks"));
@@ -469,13 +484,13 @@ void Core::onBatchAnswered(Batch& batch,
       return;
     }
     for (std::size_t i = 0; i < batch.checks.size(); ++i) {
-      batch.checks[i]->complete(fromProto(results[static_cast<unsigned>(i)]));
+      batch.checks[i].complete(fromProto(results[static_cast<unsigned>(i)]));
     }
   };
   // Reading a malformed answer throws (Cap'n Proto's own checks); it fails these checks only.
   KJ_IF_MAYBE (e, kj::runCatchingExceptions(deliver)) {
     for (auto& check : batch.checks) {
-      check->complete(errorResult(ErrorCode::kInternal, "unreadable answer: " + describe(*e)));
+      check.complete(errorResult(ErrorCode::kInternal, "unreadable answer: " + describe(*e)));
     }
   }
   if (current) flush(batch.node);
@@ -487,7 +502,7 @@ void Core::onBatchFailed(Batch& batch, kj::Exception&& e) {
   if (current) --node.in_flight;
   if (!nodeUnavailable(e)) {
     for (auto& check : batch.checks) {
-      check->complete(errorResult(ErrorCode::kInternal, "the call failed: " + describe(e)));
+      check.complete(errorResult(ErrorCode::kInternal, "the call failed: " + describe(e)));
     }
     if (current) flush(batch.node);
     return;
@@ -497,7 +512,7 @@ void Core::onBatchFailed(Batch& batch, kj::Exception&& e) {
              e.getType() == kj::Exception::Type::OVERLOADED ? "no answer in time" : describe(e));
   }
   for (auto& check : batch.checks) {
-    check->tried |= bit(batch.node);
+    check.tried() |= bit(batch.node);
     route(std::move(check));
   }
 }

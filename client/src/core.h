@@ -4,9 +4,9 @@
 //
 // Invariants:
 //  1. Every submitted check and admin call is completed exactly once: by the node's answer, by
-//     its own deadline timer, by "no node left to try", or, at the latest, by its destructor when
-//     the client shuts down. Completing marks it done; a done request left in a queue or a batch
-//     is skipped and simply destroyed.
+//     its deadline timer, by "no node left to try", or, at the latest, when it is destroyed (a
+//     check: its CheckRef) as the client shuts down. Completing marks it done; a done request left
+//     in a queue or a batch is skipped and simply destroyed.
 //  2. A node's `generation` changes whenever it is marked down. Callbacks of connects and calls
 //     carry the generation they started under; a stale one touches nothing of the node but
 //     re-routes its own requests.
@@ -14,6 +14,10 @@
 //     marking the node down cancels it at once (its requests are then re-routed).
 //  4. Nodes are never removed: an index, and so a request's `tried` bit, names one node for the
 //     Core's whole life. Nodes learned from a member list are appended (at most kMaxNodes in all).
+//  5. Checks travel as CheckRefs into their submission's CheckGroup; a check that is not done has
+//     exactly one CheckRef (queued, in a batch or being routed). The group, its specs and its one
+//     deadline timer live until its last CheckRef is gone. Completing a check never destroys a
+//     CheckRef, so a group never dies inside its own timer's callback.
 //
 // Routing: with a ring known (two or more members, learned from any nodeInfo answer), a
 // check goes to its key's owner when that node is usable for it; otherwise, and always without a
@@ -22,6 +26,7 @@
 
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
+#include <kj/refcount.h>
 #include <kj/timer.h>
 
 #include <atomic>
@@ -69,7 +74,8 @@ class CheckSink {
   virtual void deliver(std::size_t index, CheckResult result) = 0;
 };
 
-// A request waiting for a node: queued, connecting or in flight.
+// A request waiting for a node: queued, connecting or in flight. Admin calls only; checks are
+// CheckGroup / CheckRef below.
 class Pending {
  public:
   virtual ~Pending() = default;
@@ -88,25 +94,63 @@ class Pending {
   kj::Promise<void> timer_ = nullptr;  // owned here: destroying the request cancels it
 };
 
-class CheckPending final : public Pending {
+// The checks of one submission (one checkBatch or checkAsync): their specs, where their results
+// go, and one deadline timer for all of them, since they share the deadline. (A timer per check
+// cost several heap objects per check, and made the client, not the nodes, the bottleneck.)
+// Shared by the CheckRefs of its checks (invariant 5); check i is the sink's index i.
+class CheckGroup final : public kj::Refcounted {
  public:
-  CheckPending(CheckSpec spec, std::shared_ptr<CheckSink> sink, std::size_t index,
-               OnUnavailable policy, AtomicStats& stats);
-  ~CheckPending() override;  // completes as unavailable ("client closed") if still open
+  // Starts the timer: at `deadline`, every check not done yet completes as unavailable.
+  CheckGroup(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink, OnUnavailable policy,
+             AtomicStats& stats, kj::Timer& timer, kj::TimePoint deadline);
 
-  const CheckSpec& spec() const { return spec_; }
-  void complete(CheckResult result);
-  void unavailable(ErrorCode code, std::string why);  // as the policy says
+  std::size_t size() const { return specs_.size(); }
+  kj::TimePoint deadline() const { return deadline_; }
+  const CheckSpec& spec(std::size_t i) const { return specs_[i]; }
+  bool done(std::size_t i) const { return state_[i].done; }
+  std::uint64_t& tried(std::size_t i) { return state_[i].tried; }
 
- protected:
-  void expire() override;
+  void complete(std::size_t i, CheckResult result);                  // no-op when done
+  void unavailable(std::size_t i, ErrorCode code, std::string why);  // as the policy says
 
  private:
-  CheckSpec spec_;
-  std::shared_ptr<CheckSink> sink_;
-  std::size_t index_;
-  OnUnavailable policy_;
+  struct State {
+    std::uint64_t tried = 0;  // bit n: node n failed this check already
+    bool done = false;
+  };
+  void expire();
+
+  const std::vector<CheckSpec> specs_;
+  const std::shared_ptr<CheckSink> sink_;
+  const OnUnavailable policy_;
+  const kj::TimePoint deadline_;
   AtomicStats& stats_;
+  std::vector<State> state_;
+  kj::Promise<void> timer_ = nullptr;  // last: destroyed first, before what it touches
+};
+
+// One check of a CheckGroup, as it waits for a node: queued, in a batch or being routed. Move-only;
+// destroying it completes the check if it is still open (as unavailable: the client is shutting
+// down), then lets go of the group.
+class CheckRef {
+ public:
+  CheckRef(kj::Own<CheckGroup> group, std::size_t index) : group_(kj::mv(group)), index_(index) {}
+  CheckRef(CheckRef&&) noexcept = default;
+  CheckRef& operator=(CheckRef&&) = delete;  // nothing needs it; it would have to complete
+  ~CheckRef();
+
+  bool done() const { return group_->done(index_); }
+  const CheckSpec& spec() const { return group_->spec(index_); }
+  kj::TimePoint deadline() const { return group_->deadline(); }
+  std::uint64_t& tried() { return group_->tried(index_); }
+  void complete(CheckResult result) { group_->complete(index_, std::move(result)); }
+  void unavailable(ErrorCode code, std::string why) {
+    group_->unavailable(index_, code, std::move(why));
+  }
+
+ private:
+  kj::Own<CheckGroup> group_;  // null once moved from
+  std::size_t index_;
 };
 
 class AdminPending : public Pending {
@@ -186,13 +230,13 @@ class Core {
   struct Node;
   struct Batch;
   struct AdminInFlight;
-  using Checks = std::vector<std::unique_ptr<CheckPending>>;
+  using Checks = std::vector<CheckRef>;
 
   bool usable(const Node& node) const;
   std::optional<std::size_t> pickNode(std::uint64_t tried) const;
   std::optional<std::size_t> usableOwner(std::uint32_t slot, std::uint64_t tried) const;
   std::optional<std::size_t> nodeOfMember(const Member& member);
-  void route(std::unique_ptr<CheckPending> check);
+  void route(CheckRef check);
   void route(std::unique_ptr<AdminPending> call);
   std::string unavailableReason() const;
 

@@ -458,6 +458,31 @@ TEST_CASE("destroying the client completes what is still pending") {
   }
 }
 
+TEST_CASE("a batch to a node that never answers: every check completes once at the deadline") {
+  BlackHole hole;
+  tc::ClientOptions o;
+  o.nodes = {hole.address()};
+  o.lazy_connect = true;
+  o.deadline = 100ms;
+  o.on_unavailable = tc::OnUnavailable::kFailClosed;
+  auto client = connect(o);
+  std::vector<tc::CheckSpec> specs;
+  for (int i = 0; i < 50; ++i) specs.push_back(spec("k" + std::to_string(i)));
+  specs[7].key = std::string(tc::kMaxKeyBytes + 1, 'k');  // refused locally, at once
+  const auto start = SteadyClock::now();
+  const auto results = client->checkBatch(specs);
+  CHECK(SteadyClock::now() - start < 100ms + 1s);  // the margin is for slow sanitizer builds
+  REQUIRE(results.size() == 50);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (i == 7) {
+      CHECK(results[i].error.code == tc::ErrorCode::kInvalidArgument);
+    } else {
+      CHECK((results[i].ok() && results[i].fallback && !results[i].allowed));
+    }
+  }
+  CHECK(client->stats().fallbacks == 49);
+}
+
 TEST_CASE("a callback that throws harms neither the client nor other callers") {
   Node n;
   auto client = connect({n.address()});
