@@ -63,8 +63,10 @@ def bench(nodes, args, route, *extra):
 
 def throughput(args):
     configs = [("entry", ["--batch", "500", "--connections", "5"]),
+               ("entry", ["--batch", "1000", "--connections", "4"]),
                ("owner", ["--batch", "500", "--connections", "5"]),
-               ("owner", ["--batch", "100", "--connections", "5"]),
+               ("owner", ["--batch", "1000", "--connections", "4"]),
+               ("owner", ["--batch", "2500", "--connections", "2"]),
                ("entry", ["--concurrency", "256", "--connections", "5"]),
                ("owner", ["--concurrency", "256", "--connections", "5"])]
     nodes = start_cluster(args, "bench-throughput")

@@ -76,11 +76,14 @@ void LoadConnection::runAsync() {
 }
 
 void LoadConnection::runBatch() {
-  std::vector<client::CheckSpec> specs(plan_.batch, plan_.spec);
+  std::vector<client::CheckSpec> specs;
   SteadyTime intended;
   while (nextSlot(intended)) {
+    // checkBatch takes the specs by value: hand them over instead of copying, refill after.
+    specs.resize(plan_.batch, plan_.spec);
     for (client::CheckSpec& spec : specs) setNextKey(spec.key);
-    const std::vector<client::CheckResult> results = client_->checkBatch(specs);
+    const std::vector<client::CheckResult> results = client_->checkBatch(std::move(specs));
+    specs.clear();
     const SteadyTime done = std::chrono::steady_clock::now();
     for (const client::CheckResult& r : results) record(r, intended, done);
   }
