@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "daemon/log.h"
+#include "proto/node_connection.h"
 #include "proto/throttlex.capnp.h"
 
 namespace throttlex {
@@ -217,26 +218,7 @@ class Loop {
   }
 
  private:
-  struct Connection {
-    kj::Own<kj::AsyncIoStream> stream;
-    capnp::TwoPartyVatNetwork network;
-    capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
-    proto::Node::Client node;
-
-    Connection(kj::Own<kj::AsyncIoStream> s, capnp::ReaderOptions options)
-        : stream(kj::mv(s)),
-          network(*stream, capnp::rpc::twoparty::Side::CLIENT, options),
-          rpc(capnp::makeRpcClient(network)),
-          node(bootstrap(rpc)) {}
-
-    static proto::Node::Client bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId>& rpc) {
-      capnp::word scratch[4] = {};
-      capnp::MallocMessageBuilder message(scratch);
-      auto vat = message.getRoot<capnp::rpc::twoparty::VatId>();
-      vat.setSide(capnp::rpc::twoparty::Side::SERVER);
-      return rpc.bootstrap(vat).castAs<proto::Node>();
-    }
-  };
+  using Connection = proto::NodeConnection;
 
   struct Peer {
     std::string id;

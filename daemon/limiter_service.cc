@@ -5,17 +5,6 @@
 namespace throttlex {
 namespace {
 
-std::atomic<std::uint64_t> next_instance{1};
-
-// Each thread keeps the rule set it last saw. Re-reading it takes a mutex and touches the shared
-// pointer's reference count, so it happens only when version_ says the rules changed.
-struct RulesCache {
-  std::uint64_t instance = 0;
-  std::uint64_t version = 0;
-  std::shared_ptr<const RuleSet> rules;
-};
-thread_local RulesCache tls_rules;
-
 constexpr std::string_view kInlinePolicy = "default";
 
 }  // namespace
@@ -24,24 +13,10 @@ LimiterService::LimiterService(Store& store, const Clock& clock, RuleSet rules, 
     : store_(store),
       clock_(clock),
       rules_path_(std::move(rules_path)),
-      rules_(std::make_shared<const RuleSet>(std::move(rules))),
-      instance_(next_instance.fetch_add(1)) {}
-
-const std::shared_ptr<const RuleSet>& LimiterService::currentRules() const {
-  const std::uint64_t v = version_.load(std::memory_order_acquire);
-  if (tls_rules.instance != instance_ || tls_rules.version != v) {
-    std::lock_guard guard(rules_mu_);
-    tls_rules.rules = rules_;
-    tls_rules.version = version_.load(std::memory_order_relaxed);
-    tls_rules.instance = instance_;
-  }
-  return tls_rules.rules;
-}
+      rules_(std::make_shared<const RuleSet>(std::move(rules))) {}
 
 void LimiterService::publish(std::shared_ptr<const RuleSet> rules) {
-  std::lock_guard guard(rules_mu_);
-  rules_ = std::move(rules);
-  version_.fetch_add(1, std::memory_order_release);
+  rules_.publish(std::move(rules));
 }
 
 Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/published.h"
 #include "daemon/route.h"
 #include "daemon/rules.h"
 #include "limiter/limiter.h"
@@ -82,7 +83,7 @@ class LimiterService {
   };
   // The calling thread's current view of the rules. The reference stays valid until this thread's
   // next call into the service; hold a copy across anything that may call back in.
-  const std::shared_ptr<const RuleSet>& currentRules() const;
+  const std::shared_ptr<const RuleSet>& currentRules() const { return rules_.current(); }
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
   void publish(std::shared_ptr<const RuleSet> rules);
 
@@ -91,13 +92,9 @@ class LimiterService {
   const Clock& clock_;
   const std::string rules_path_;
 
-  // Writers (admin calls) serialise on admin_mu_ and bump version_; readers compare version_ with
-  // their thread-local copy and re-read rules_ (under rules_mu_) only when it changed.
+  // Writers (admin calls) serialise on admin_mu_; readers use Published's per-thread cache.
   std::mutex admin_mu_;
-  mutable std::mutex rules_mu_;
-  std::shared_ptr<const RuleSet> rules_;  // guarded by rules_mu_
-  std::atomic<std::uint64_t> version_{1};
-  const std::uint64_t instance_;          // tells thread-local caches of two services apart
+  Published<RuleSet> rules_;
 };
 
 }  // namespace throttlex

@@ -1,17 +1,15 @@
 // The ring as the request threads see it: who owns each slot right now, and how to reach them.
 //
-// The cluster thread publishes a new RingView whenever the set of alive members (or an address)
-// changes; request threads read it through a per-thread cache that is refreshed only when the
-// version changes, so routing a check costs no lock and no shared reference count.
+// The cluster thread publishes a new RingView whenever the set of owning members (or an address)
+// changes; request threads read it through Published's per-thread cache, so routing a check costs
+// no lock and no shared reference count.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "daemon/published.h"
 #include "gossip/ring.h"
 
 namespace throttlex {
@@ -31,21 +29,8 @@ struct RingView {
   std::size_t alive() const { return ring.members().empty() ? 1 : ring.members().size(); }
 };
 
-class RingHolder {
- public:
-  RingHolder();  // starts with no view: everything is local
-  // Any thread. `view` replaces the current one.
-  void publish(std::shared_ptr<const RingView> view);
-  // The calling thread's current view (may be null: not clustered yet). Valid until this thread
-  // calls current() again; copy the shared_ptr to keep it longer.
-  const std::shared_ptr<const RingView>& current() const;
-  std::shared_ptr<const RingView> snapshot() const;  // a copy, any thread
-
- private:
-  mutable std::mutex mu_;
-  std::shared_ptr<const RingView> view_;  // guarded by mu_
-  std::atomic<std::uint64_t> version_{1};
-  const std::uint64_t instance_;
-};
+// Published by the cluster thread, read by request threads (daemon/published.h). Starts empty:
+// no view means everything is local.
+using RingHolder = Published<RingView>;
 
 }  // namespace throttlex

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "client/src/convert.h"
+#include "proto/node_connection.h"
 
 namespace throttlex::client::detail {
 namespace {
@@ -78,26 +79,8 @@ CheckRef::~CheckRef() {
   if (group_ && !done()) unavailable(ErrorCode::kUnavailable, "the client is shutting down");
 }
 
-struct Core::Connection {
-  // Member order is construction order; destruction runs backwards (RPC system, network, stream).
-  kj::Own<kj::AsyncIoStream> stream;
-  capnp::TwoPartyVatNetwork network;
-  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
-  proto::Node::Client node;
-
-  Connection(kj::Own<kj::AsyncIoStream> s, capnp::ReaderOptions options)
-      : stream(kj::mv(s)),
-        network(*stream, capnp::rpc::twoparty::Side::CLIENT, options),
-        rpc(capnp::makeRpcClient(network)),
-        node(bootstrap(rpc)) {}
-
-  static proto::Node::Client bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId>& rpc) {
-    capnp::word scratch[4] = {};
-    capnp::MallocMessageBuilder message(scratch);
-    auto vat = message.getRoot<capnp::rpc::twoparty::VatId>();
-    vat.setSide(capnp::rpc::twoparty::Side::SERVER);
-    return rpc.bootstrap(vat).castAs<proto::Node>();
-  }
+struct Core::Connection : proto::NodeConnection {
+  using NodeConnection::NodeConnection;
 };
 
 struct Core::Node {
