@@ -318,6 +318,9 @@ class Loop {
       return;
     }
     item.standin = true;
+    // The stand-in must decide it, not pass it on to the owner it cannot reach either (that
+    // would chain one timeout behind another).
+    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops - 1);
     bump(impl_.standin);
     if (runner == view.self) {
       Result<CheckOutcome> r = impl_.service.check(item.check.args());

@@ -21,8 +21,6 @@
 
 namespace throttlex {
 
-inline constexpr std::uint8_t kMaxHops = 2;
-
 // The checks of one request that must go to other nodes (empty: all decided).
 struct Forwarding {
   std::vector<ForwardedCheck> checks;
