@@ -55,6 +55,15 @@ chaos_init() {
     chaos_log "needs root, ip (iproute2), curl and python3: skipped"
     exit 77
   fi
+  # Root in a container without CAP_SYS_ADMIN / CAP_NET_ADMIN, or a kernel without veth or
+  # bridge support, cannot build the cluster. Probed in a throwaway namespace (gone when unshare
+  # exits), so nothing is made or left outside it.
+  if ! command -v unshare >/dev/null ||
+     ! unshare --net sh -c 'ip link add chaos-probe type bridge &&
+                            ip link add chaos-pa type veth peer name chaos-pb' 2>/dev/null; then
+    chaos_log "cannot make a network namespace with a bridge and veths here: skipped"
+    exit 77
+  fi
   [[ -x $BIN/throttlex-bench && -x $BIN/throttlexd ]] || { chaos_log "no binaries in $BIN"; exit 2; }
   WORK=$RUN_DIR/$SCENARIO
   CHAOS_CHECKS=() CHAOS_FAILED=0 CHAOS_UNDO=() LOAD_PID="" CREATED_CLUSTER=0
