@@ -3,6 +3,7 @@ metric names in PromQL, and a real throttlexd started on ports chosen by the ker
 
 Python 3 standard library only (the callers add python3-yaml where they parse YAML).
 """
+import ctypes
 import pathlib
 import re
 import signal
@@ -118,6 +119,15 @@ def exposition_names(text):
 
 # ---- a real node -----------------------------------------------------------------------------
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """preexec_fn for Popen: the child gets SIGTERM when this process dies, even by SIGKILL (a
+    CTest timeout), so no daemon outlives the check that started it. Linux only."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 _READY = re.compile(r"ready: http [^ ]+:(\d+), rpc [^ ]+:(\d+), metrics [^ ]+:(\d+), "
                     r"gossip [^ ]+:(\d+), (\d+) threads, (\d+) rules")
 
@@ -125,7 +135,8 @@ _READY = re.compile(r"ready: http [^ ]+:(\d+), rpc [^ ]+:(\d+), metrics [^ ]+:(\
 class RunningNode:
     """`with RunningNode(bin_dir, args) as node:` starts throttlexd with `args` and then every
     listener on 127.0.0.1 and port 0 (later flags win), waits for its 'ready:' line, and stops
-    it with SIGTERM on exit. node.rules is the rule count it loaded; node.log its output."""
+    it with SIGTERM on exit. node.rules is the rule count it loaded; node.log its output;
+    node.{http,rpc,metrics,gossip}_port the ports it listens on."""
 
     PORT_FLAGS = ["--bind=127.0.0.1", "--http-port=0", "--rpc-port=0", "--metrics-port=0",
                   "--gossip-port=0"]
@@ -139,13 +150,14 @@ class RunningNode:
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=die_with_parent)
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(self.timeout) or self.match is None:
             self._stop()
             raise RuntimeError(f"throttlexd did not become ready: {' '.join(self.cmd)}\n"
                                + "".join(self.log))
-        self.http_port, _, self.metrics_port, _, _, rules = map(int, self.match.groups())
+        self.http_port, self.rpc_port, self.metrics_port, self.gossip_port, _, rules = map(
+            int, self.match.groups())
         self.rules = rules
         return self
 
