@@ -13,7 +13,7 @@ packages=(
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
   docker-compose python3-yaml  # cluster/validate.sh: compose config, Kubernetes YAML
-  iptables  # cluster/chaos/partition.sh: drop a node's traffic inside its namespace
+  iptables  # cluster/chaos/{partition,loss}.sh: drop a node's traffic inside its namespace
   prometheus  # cluster/checks/promql_check.py: the dashboard's queries against a real Prometheus
 )
 
