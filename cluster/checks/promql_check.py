@@ -17,6 +17,8 @@ variables replaced by concrete values (grafana_values()), goes through /api/v1/q
   - a metric it selects that no node exports (and that is not pending) fails: a misspelt name.
 Empty queries are polled (a rate needs two scrapes in its window) until --deadline s. Then the
 checker checks itself: a query with a syntax error and one with a misspelt metric must fail.
+Before all that, `promtool check config` (same package) must accept the compose stack's
+cluster/prometheus/prometheus.yml.
 
 Every process started here is stopped by its handle (SIGTERM, then SIGKILL), and gets SIGTERM
 if this script dies (PR_SET_PDEATHSIG). Traffic goes to 127.0.0.1 only. Exit status: 0 ok,
@@ -255,6 +257,7 @@ def run(args):
             log(f"no {tool} in {args.bin}: build first")
             return 2
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    problems = promtool_problems(pathlib.Path(prometheus).with_name("promtool"))
     common = ["--gossip-preset", "local", "--cluster-name", "promql-check", "--threads", "1",
               "--rules", str(ROOT / "docs/examples/rules.yaml")]
     with contextlib.ExitStack() as stack:
@@ -271,7 +274,8 @@ def run(args):
         log(f"prometheus {prom.proc.pid} on 127.0.0.1:{prom.port}, scraping every {SCRAPE_S}s")
         bench = stack.enter_context(load(args.bin, nodes, args.work_dir, int(args.deadline) + 30))
 
-        queries, problems = dashboard_queries(args.dashboard, targets[0])
+        queries, found = dashboard_queries(args.dashboard, targets[0])
+        problems += found
         if not queries:
             problems.append("no PromQL expressions found in " + ", ".join(map(str, args.dashboard)))
         pending = pending_metrics()
@@ -299,6 +303,19 @@ def run(args):
         log(f"FAILED {p}")
     log("ok" if not problems else f"{len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def promtool_problems(promtool):
+    """`promtool check config` of the compose stack's Prometheus configuration."""
+    config = CLUSTER / "prometheus/prometheus.yml"
+    if not promtool.exists():
+        return [f"{promtool} is missing (it comes with prometheus)"]
+    out = subprocess.run([str(promtool), "check", "config", str(config)], capture_output=True,
+                         text=True, timeout=30)
+    if out.returncode != 0:
+        return [f"promtool check config {config.relative_to(ROOT)}: {(out.stdout + out.stderr).strip()}"]
+    log(f"promtool accepts {config.relative_to(ROOT)}")
+    return []
 
 
 def wait_members(nodes, count, timeout):
