@@ -252,6 +252,9 @@ load_start() {
   local i
   for ((i = 1; i <= NODES; i++)); do cmd+=(--node "$(node_addr "$i"):$RPC_PORT"); done
   LOAD_DURATION=$1
+  # SIGTERM to the load if this script dies without its EXIT trap (SIGKILL, a CTest timeout):
+  # the nodes are brought down by cluster_chaos_cleanup, the load must not outlive them either.
+  if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then cmd=(setpriv --pdeathsig TERM -- "${cmd[@]}"); fi
   "${cmd[@]}" >"$WORK/load.json" 2>"$WORK/load.err" &
   LOAD_PID=$!
   chaos_log "load: $RATE checks/s for ${1}s (pid $LOAD_PID)"
