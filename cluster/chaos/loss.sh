@@ -99,16 +99,18 @@ remove_loss() {
 }
 
 chaos_cluster_up
+mapfile -t nodes < <(all_nodes)
 FIG[loss]=$LOSS FIG[traffic]=$TRAFFIC FIG[fault_s]=$DURATION
 
-metrics0=$(metrics_totals $(all_nodes))
+metrics0=$(metrics_totals "${nodes[@]}")
 load_start $((BEFORE + DURATION + AFTER))
 sleep "$BEFORE"
 t0=$(now)
 add_loss
 sleep "$DURATION"
 FIG[dropped_packets]=$(dropped_packets)
-FIG[alive_views_at_heal]=$(python3 "$VIEWS" alive $(http_addrs $(all_nodes)) | tr ' ' ,)
+# shellcheck disable=SC2046  # one address per word
+FIG[alive_views_at_heal]=$(python3 "$VIEWS" alive $(http_addrs "${nodes[@]}") | tr ' ' ,)
 t1=$(now)
 chaos_log "healing: removing the loss rules"
 remove_loss
@@ -116,7 +118,7 @@ chaos_undone
 # shellcheck disable=SC2046  # one node number per word
 FIG[heal_to_converged_s]=$(wait_alive "$CONVERGE_BOUND" "$NODES" $(all_nodes) || echo none)
 load_wait
-metrics1=$(metrics_totals $(all_nodes))
+metrics1=$(metrics_totals "${nodes[@]}")
 metrics_delta "$metrics0" "$metrics1"
 
 suspicions=0 refutations=0 deaths=0
