@@ -192,17 +192,23 @@ struct alignas(64) Store::Shard {
     ++used;
   }
 
-  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
+  // Decides under the lock. When the stored state changed (not only normalised: a new entry or a
+  // different state), `*changed` gets the new state and the function returns true in `did_change`.
+  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now,
+                 State& after, bool& did_change) {
     const std::int64_t now_ms = toMs(now);
     std::lock_guard guard(lock);
     bool found = false;
     const std::uint32_t i = find(key, found);
+    did_change = false;
     if (found) {
       Entry& e = t()[i];
       State s = e.state;
       const Decision d = decide(limit, s, cost, now);
       if (s != e.state) {
         e.state = s;
+        after = s;
+        did_change = d.allowed && cost > 0;
       } else if (s.expiredAt(now_ms)) {
         eraseAt(i);  // recovered: carries nothing, drop it now
       }
@@ -210,7 +216,11 @@ struct alignas(64) Store::Shard {
     }
     State s;
     const Decision d = decide(limit, s, cost, now);
-    if (!s.empty()) insert(key, s, now_ms);
+    if (!s.empty()) {
+      insert(key, s, now_ms);
+      after = s;
+      did_change = true;
+    }
     return d;
   }
 };
@@ -250,7 +260,11 @@ Store::Shard& Store::shardFor(const KeyHash& key) const {
 }
 
 Decision Store::check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
-  return shardFor(key).check(key, limit, cost, now);
+  State after;
+  bool changed = false;
+  const Decision d = shardFor(key).check(key, limit, cost, now, after, changed);
+  if (changed) notify(key, after);
+  return d;
 }
 
 void Store::checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out) {
@@ -270,7 +284,50 @@ void Store::checkBatch(std::span<const CheckRequest> requests, Time now, std::sp
   for (std::size_t i = 0; i < count; ++i) {
     if (i + kAhead < count) prefetch(requests[i + kAhead]);
     const CheckRequest& r = requests[i];
-    out[i] = shardFor(r.key).check(r.key, *r.limit, r.cost, now);
+    State after;
+    bool changed = false;
+    out[i] = shardFor(r.key).check(r.key, *r.limit, r.cost, now, after, changed);
+    if (changed) notify(r.key, after);
+  }
+}
+
+void Store::notify(const KeyHash& key, const State& state) {
+  if (StoreObserver* o = observer_.load(std::memory_order_acquire)) o->changed(key, state);
+}
+
+void Store::setObserver(StoreObserver* observer) {
+  observer_.store(observer, std::memory_order_release);
+}
+
+std::vector<StoredEntry> Store::collect(const SlotSet& slots, Time now, bool erase) {
+  const std::int64_t now_ms = toMs(now);
+  std::vector<StoredEntry> out;
+  for (std::size_t k = 0; k < shard_count_; ++k) {
+    Shard& s = shards_[k];
+    std::lock_guard guard(s.lock);
+    Entry* tab = s.t();
+    for (std::uint32_t i = 0; i < s.n(); ++i) {
+      // eraseAt() shifts a later entry into slot i: look at slot i again before moving on.
+      while (!isEmpty(tab[i].key) && slots.test(slotOf(tab[i].key))) {
+        if (!tab[i].state.expiredAt(now_ms)) out.push_back({tab[i].key, tab[i].state});
+        if (!erase) break;
+        s.eraseAt(i);
+      }
+    }
+  }
+  return out;
+}
+
+void Store::merge(const KeyHash& key, const State& state, Time now, MergeFn more_consumed) {
+  if (state.empty()) return;
+  Shard& s = shardFor(key);
+  std::lock_guard guard(s.lock);
+  bool found = false;
+  const std::uint32_t i = s.find(key, found);
+  if (found) {
+    s.t()[i].state = more_consumed(s.t()[i].state, state);
+  } else if (!state.expiredAt(toMs(now))) {
+    s.insert(key, state, toMs(now));
   }
 }
 

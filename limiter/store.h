@@ -14,11 +14,13 @@
 #pragma once
 
 #include <atomic>
+#include <bitset>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "limiter/clock.h"
 #include "limiter/decision.h"
@@ -46,8 +48,26 @@ struct CheckRequest {
   std::uint64_t cost = 1;
 };
 
+// Told of every state a check changed (an admitted check with a cost, or a new entry), after the
+// shard lock is released, on the deciding thread. Must be quick and must not call into the Store.
+// put() and merge() (restores) do not notify.
+class StoreObserver {
+ public:
+  virtual ~StoreObserver() = default;
+  virtual void changed(const KeyHash& key, const State& state) = 0;
+};
+
+using SlotSet = std::bitset<kSlotCount>;
+
+struct StoredEntry {
+  KeyHash key;
+  State state;
+};
+
 class Store {
  public:
+  using MergeFn = State (*)(const State&, const State&);
+
   static Result<std::unique_ptr<Store>> make(const StoreOptions& options);
   ~Store();
   Store(const Store&) = delete;
@@ -67,6 +87,16 @@ class Store {
   // Stores `state` for `key` (restore from a snapshot, handoff). Respects the cap like an insert.
   void put(const KeyHash& key, const State& state, Time now);
 
+  // Stores moreConsumed(current, state) (or `state` if there is none): restoring a snapshot or a
+  // handoff never makes a key less consumed than it is here.
+  void merge(const KeyHash& key, const State& state, Time now, MergeFn more_consumed);
+  // The live entries of `slots` (a full scan: for handoffs and tests, not the hot path); with
+  // `erase`, they (and expired entries of those slots) are removed as they are collected.
+  std::vector<StoredEntry> collect(const SlotSet& slots, Time now, bool erase);
+
+  // May be set once before checks start, or changed while they run (an atomic pointer); null: none.
+  void setObserver(StoreObserver* observer);
+
   StoreStats stats() const;
   std::size_t shardCount() const;
 
@@ -79,6 +109,8 @@ class Store {
   std::size_t shard_count_;          // constant after construction
   int shard_shift_;                  // constant after construction
   std::atomic<std::size_t> sweep_cursor_{0};  // where the next sweep() starts
+  std::atomic<StoreObserver*> observer_{nullptr};
+  void notify(const KeyHash& key, const State& state);
 };
 
 }  // namespace throttlex
