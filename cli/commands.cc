@@ -262,6 +262,73 @@ int runStatus(client::Client& c, const Config& config) {
                           {"keys", std::to_string(info->keys)},
                           {"evictions", std::to_string(info->evictions)},
                           {"rules", std::to_string(info->rules)}});
+  const client::PersistenceInfo& p = info->persistence;
+  const std::string handoffs =
+      std::to_string(p.handoffs_sent) + " sent (" + std::to_string(p.handoff_entries_sent) +
+      " entries), " + std::to_string(p.handoffs_received) + " received (" +
+      std::to_string(p.handoff_entries_received) + " entries), " +
+      std::to_string(p.handoff_failures) + " failed" +
+      (p.drained ? "; drained" : p.draining ? "; draining" : "");
+  printFields(std::cout,
+              {{"redis", p.redis.empty() ? "none (memory only)"
+                                         : p.redis + (p.connected ? " (connected)"
+                                                                  : " (NOT connected)")},
+               {"snapshot", std::to_string(p.pending) + " pending, lag " +
+                                std::to_string(p.lag.count()) + "ms, " +
+                                std::to_string(p.written) + " written, " +
+                                std::to_string(p.write_errors) + " write errors"},
+               {"slots waiting", std::to_string(p.slots_waiting) + " (" +
+                                     std::to_string(p.parked) + " checks parked, " +
+                                     std::to_string(p.recovery_timeouts) +
+                                     " slots opened by deadline)"},
+               {"handoffs", handoffs}});
+  return kExitOk;
+}
+
+int runSnapshot(client::Client& c, const Config& config) {
+  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+    const auto r = node.snapshot();
+    MemberOutcome o;
+    if (!r) {
+      o.error = r.error();
+    } else {
+      o.detail = "wrote " + std::to_string(r->written) + " entries, " +
+                 std::to_string(r->pending) + " pending";
+      o.value = r->written;
+    }
+    return o;
+  });
+  std::uint64_t written = 0;
+  for (const MemberOutcome& o : outcomes) written += o.value;
+  return reportMembers(config, outcomes, {{"written", written}});
+}
+
+int runDrain(client::Client& c, const Config& config, const std::string& node) {
+  const auto info = c.nodeInfo();
+  if (!info) return reportError(info.error());
+  std::string address;
+  for (const client::Member& m : info->members) {
+    if (m.node_id == node || m.rpc_address == node) address = m.rpc_address;
+  }
+  if (address.empty() && (info->node_id == node || info->rpc_address == node)) {
+    address = info->rpc_address;
+  }
+  if (address.empty()) {
+    std::cerr << "throttlectl: no member '" << node << "' (give a node id or RPC address from "
+              << "'throttlectl members')\n";
+    return kExitRefused;
+  }
+  auto options = clientOptions(config, {address});
+  options.route_to_owner = false;
+  auto target = client::Client::connect(options);
+  if (!target) return reportError(target.error());
+  const client::Status s = (*target)->drain();
+  if (!s) return reportError(s.error());
+  if (json(config)) {
+    printJson(std::cout, {{"node", node}, {"rpc_address", address}, {"draining", true}});
+  } else {
+    std::cout << node << " (" << address << "): draining: handing its slots over, then leaving\n";
+  }
   return kExitOk;
 }
 

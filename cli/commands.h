@@ -23,6 +23,10 @@ int runRulesSet(client::Client& c, const Config& config, const client::Rule& rul
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name);
 int runRulesReload(client::Client& c, const Config& config);
 int runStatus(client::Client& c, const Config& config);
+// Flushes pending snapshot entries on every member; exit 0 only when every member wrote them all.
+int runSnapshot(client::Client& c, const Config& config);
+// Asks NODE (a member's id or RPC address) to hand its slots over and leave.
+int runDrain(client::Client& c, const Config& config, const std::string& node);
 int runMembers(client::Client& c, const Config& config);
 int runRing(client::Client& c, const Config& config);
 int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec);

@@ -25,6 +25,7 @@ struct CommandLine {
   TargetArgs check, inspect, reset, owner;
   RuleArgs rule;
   std::string delete_name;
+  std::string drain_node;
 };
 
 struct Subcommands {
@@ -39,6 +40,8 @@ struct Subcommands {
   CLI::App* members = nullptr;
   CLI::App* ring = nullptr;
   CLI::App* owner = nullptr;
+  CLI::App* snapshot = nullptr;
+  CLI::App* drain = nullptr;
 };
 
 CLI::Validator periodValidator() {
@@ -123,6 +126,11 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   s.ring = app.add_subcommand("ring", "Slots owned by each alive member (the hash ring)");
   s.owner = app.add_subcommand("owner", "Which alive member owns KEY (for a rule or inline limit)");
   addTargetOptions(*s.owner, cl.owner, false);
+  s.snapshot = app.add_subcommand(
+      "snapshot", "Write every member's pending state to the snapshot store (Redis) now");
+  s.drain = app.add_subcommand(
+      "drain", "Make NODE hand its slots to the nodes taking them over, leave and exit");
+  s.drain->add_option("node", cl.drain_node, "The member's node id or RPC address")->required();
   return s;
 }
 
@@ -151,6 +159,12 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
     return Action([&](client::Client& c) { return runRulesList(c, config); });
   if (s.rules_reload->parsed()) {
     return Action([&](client::Client& c) { return runRulesReload(c, config); });
+  }
+  if (s.snapshot->parsed()) {
+    return Action([&](client::Client& c) { return runSnapshot(c, config); });
+  }
+  if (s.drain->parsed()) {
+    return Action([&](client::Client& c) { return runDrain(c, config, cl.drain_node); });
   }
   if (s.ring->parsed()) return Action([&](client::Client& c) { return runRing(c, config); });
   if (s.owner->parsed()) return target(cl.owner, runOwner);

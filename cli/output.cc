@@ -56,6 +56,25 @@ nlohmann::json ruleJson(const client::Rule& rule) {
           {"shadow", rule.shadow}};
 }
 
+nlohmann::json persistenceJson(const client::PersistenceInfo& p) {
+  return {{"redis", p.redis},
+          {"connected", p.connected},
+          {"pending", p.pending},
+          {"lag_ms", p.lag.count()},
+          {"written", p.written},
+          {"write_errors", p.write_errors},
+          {"slots_waiting", p.slots_waiting},
+          {"parked", p.parked},
+          {"handoffs_sent", p.handoffs_sent},
+          {"handoffs_received", p.handoffs_received},
+          {"handoff_entries_sent", p.handoff_entries_sent},
+          {"handoff_entries_received", p.handoff_entries_received},
+          {"handoff_failures", p.handoff_failures},
+          {"recovery_timeouts", p.recovery_timeouts},
+          {"draining", p.draining},
+          {"drained", p.drained}};
+}
+
 nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
   return {{"node_id", info.node_id},
           {"version", info.version},
@@ -66,7 +85,8 @@ nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
           {"uptime_ms", info.uptime.count()},
           {"keys", info.keys},
           {"evictions", info.evictions},
-          {"rules", info.rules}};
+          {"rules", info.rules},
+          {"persistence", persistenceJson(info.persistence)}};
 }
 
 nlohmann::json memberJson(const client::Member& m) {

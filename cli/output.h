@@ -24,6 +24,7 @@ std::string formatPeriodMs(std::chrono::milliseconds period);  // "1m", "1500ms"
 
 nlohmann::json checkJson(const client::CheckResult& r);
 nlohmann::json ruleJson(const client::Rule& rule);
+nlohmann::json persistenceJson(const client::PersistenceInfo& p);
 nlohmann::json nodeInfoJson(const client::NodeInfo& info);
 nlohmann::json memberJson(const client::Member& member);
 nlohmann::json inspectionJson(const std::string& key, const client::KeyInspection& ins);

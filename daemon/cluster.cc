@@ -105,6 +105,12 @@ void ClusterNode::publishRing() {
   }
   std::sort(alive.begin(), alive.end());
   if (alive == ring_members_ && ring_published_) return;  // the usual case: nothing changed
+  // Once this node has left, it keeps its last ring: it owns nothing new, and a ring without it
+  // has no place for "self".
+  if (std::none_of(alive.begin(), alive.end(),
+                   [this](const auto& m) { return m.first == options_.node_id; })) {
+    return;
+  }
   ring_members_ = alive;
   ring_published_ = true;
   std::vector<std::string> ids;
@@ -116,7 +122,8 @@ void ClusterNode::publishRing() {
     view->rpc_address[i] = alive[i].second;  // both sorted by id, ids unique
     if (view->ring.members()[i] == options_.node_id) view->self = static_cast<std::uint32_t>(i);
   }
-  options_.ring->publish(std::move(view));
+  options_.ring->publish(view);
+  if (options_.on_ring) options_.on_ring(std::move(view));
   logInfo("ring: " + std::to_string(ids.size()) + " members own the " +
           std::to_string(kSlotCount) + " slots");
 }

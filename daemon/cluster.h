@@ -6,6 +6,7 @@
 #pragma once
 
 #include <asio.hpp>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -31,6 +32,8 @@ struct ClusterOptions {
   gossip::Timing timing = gossip::Timing::lan();
   gossip::NodeMeta meta;
   RingHolder* ring = nullptr;  // where to publish the ring of alive members; may be null
+  // Called on the gossip thread after each new ring was published (must not block).
+  std::function<void(std::shared_ptr<const RingView>)> on_ring;
 };
 
 class ClusterNode {

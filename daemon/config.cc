@@ -58,7 +58,30 @@ void define(CLI::App& app, Options& o) {
                  "Gossip timing: local (one machine), lan, wan (see docs/gossip.md)")
       ->check(CLI::IsMember({"local", "lan", "wan"}))
       ->capture_default_str();
-  app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)");
+  app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)")
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            if (v.empty()) return {};  // memory only
+            const auto colon = v.rfind(':');
+            if (colon == std::string::npos || colon == 0) return "expected host:port, got '" + v + "'";
+            const std::string port = v.substr(colon + 1);
+            if (port.empty() || port.size() > 5 ||
+                port.find_first_not_of("0123456789") != std::string::npos ||
+                std::stoi(port) < 1 || std::stoi(port) > 65535) {
+              return "port must be 1 to 65535 in '" + v + "'";
+            }
+            return {};
+          },
+          "HOST:PORT"));
+  app.add_option("--snapshot-interval-ms", c.snapshot_interval_ms,
+                 "Interval between snapshot writes to Redis (the crash-recovery bound)")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--recovery-timeout-ms", c.recovery_timeout_ms,
+                 "Longest time checks of a slot wait for its state (from Redis or the previous "
+                 "owner) before it is decided with what arrived")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
   app.add_option("--rules", c.rules, "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
   app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
       ->check(CLI::Range(0, 256))

@@ -28,6 +28,8 @@ struct Config {
   int threads = 0;                      // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
   int forward_timeout_ms = 250;         // per batch forwarded to an owner
+  int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
+  int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)
   std::string config_file;
 };
 

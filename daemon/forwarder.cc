@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "daemon/log.h"
+#include "daemon/slot_keeper.h"
 #include "proto/node_connection.h"
 #include "proto/throttlex.capnp.h"
 
@@ -96,6 +97,7 @@ struct Item {
   std::uint8_t hops = 0;
   int attempts = 0;      // owners that failed this check
   bool standin = false;  // sent to the slot's runner-up because its owner is unreachable
+  bool handover = false; // sent to the slot's runner-up because this node handed it over (drain)
 };
 
 struct Submission {
@@ -155,6 +157,7 @@ struct Forwarder::Impl {
   const ForwarderOptions options;
   LimiterService& service;
   const RingHolder& ring;
+  std::atomic<SlotKeeper*> keeper{nullptr};
   const int event_fd;
   std::thread thread;
 
@@ -276,7 +279,25 @@ class Loop {
   void route(Item item) {
     const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
     const std::uint32_t owner = view ? view->peerFor(item.check.slot) : RingView::kNoPeer;
-    if (owner == RingView::kNoPeer) {  // this node owns it now
+    if (closing_) {  // shutting down: nothing is sent any more
+      degrade(item);
+      return;
+    }
+    SlotKeeper* keeper = impl_.keeper.load(std::memory_order_acquire);
+    Quiescence::Guard guard(keeper != nullptr ? &keeper->quiescence() : nullptr);
+    const SlotMode mode = keeper != nullptr ? keeper->mode(item.check.slot) : SlotMode::kOpen;
+    const bool past_limit = item.hops > kMaxHops;  // from a node that handed the slot over
+    if ((mode == SlotMode::kParked && (owner == RingView::kNoPeer || past_limit)) ||
+        (mode == SlotMode::kProxy && item.hops >= kMaxHops)) {  // its state is on the way
+      keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+      return;
+    }
+    if ((mode == SlotMode::kProxy || (mode == SlotMode::kMoved && owner == RingView::kNoPeer)) &&
+        view) {
+      handOver(std::move(item), *view);  // the runner-up decides it
+      return;
+    }
+    if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || past_limit) {
       deliver(item, impl_.service.check(item.check.args()));
       return;
     }
@@ -323,6 +344,11 @@ class Loop {
     item.hops = std::max<std::uint8_t>(item.hops, kMaxHops - 1);
     bump(impl_.standin);
     if (runner == view.self) {
+      SlotKeeper* keeper = impl_.keeper.load(std::memory_order_acquire);
+      if (keeper != nullptr && keeper->standInNeedsRecovery(item.check.slot)) {
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        return;
+      }
       Result<CheckOutcome> r = impl_.service.check(item.check.args());
       if (r) r->route = RouteKind::kDegraded;  // decided without the owner
       deliver(item, std::move(r));
@@ -336,14 +362,37 @@ class Loop {
     enqueue(peer, std::move(item));
   }
 
+  // The slot's runner-up decides it (the check carries the hop limit): this node handed the slot
+  // to it (drain), or it still decides a slot this node gained until it hands it over (proxy).
+  void handOver(Item item, const RingView& view) {
+    const std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+    if (runner == view.self) {
+      deliver(item, impl_.service.check(item.check.args()));
+      return;
+    }
+    if (item.attempts >= opt_.max_attempts) {
+      degrade(item);
+      return;
+    }
+    item.handover = true;
+    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops - 1);
+    Peer& peer = peerOf(view.ring.members()[runner], view.rpc_address[runner]);
+    if (!usable(peer)) {
+      degrade(item);
+      return;
+    }
+    enqueue(peer, std::move(item));
+  }
+
   // Whether a queued check still belongs on `peer`: its slot's owner, or, for a stand-in check,
   // the slot's runner-up (or its owner by now, once the old owner was declared dead).
   static bool belongsTo(const Item& item, const RingView* view, const Peer& peer) {
     if (view == nullptr) return false;
+    if (item.handover) return true;  // to the runner-up this node chose; re-routed on failure
     const std::uint32_t owner = view->peerFor(item.check.slot);
     if (owner == RingView::kNoPeer) return false;
     if (view->ring.members()[owner] == peer.id) return true;
-    return item.standin &&
+    return (item.standin || item.handover) &&
            view->ring.members()[view->ring.runnerUpIndex(item.check.slot)] == peer.id;
   }
 
@@ -651,6 +700,10 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(const ForwarderOptions& opti
 }
 
 Forwarder::~Forwarder() { stop(); }
+
+void Forwarder::setKeeper(SlotKeeper* keeper) {
+  impl_->keeper.store(keeper, std::memory_order_release);
+}
 
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
                        std::shared_ptr<ForwardSink> sink, std::uint8_t hops) {

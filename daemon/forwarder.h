@@ -38,6 +38,8 @@
 
 namespace throttlex {
 
+class SlotKeeper;
+
 // A node forwards a check on only while it has passed fewer nodes than this; the last receiver
 // decides it wherever the ring says it belongs (views of the ring disagree for a moment: never
 // loop). Checks sent to a stand-in carry the limit already, so the stand-in decides them itself.
@@ -117,6 +119,9 @@ class Forwarder {
   // the calling thread (degraded for keys owned elsewhere).
   void submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
               std::shared_ptr<ForwardSink> sink, std::uint8_t hops);
+
+  // Where checks of slots whose state is on the way wait (daemon/slot_keeper.h); null: none.
+  void setKeeper(SlotKeeper* keeper);
 
   // Completes everything pending and joins the thread. Idempotent; any thread but the
   // forwarder's own.

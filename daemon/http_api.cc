@@ -391,7 +391,7 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
     respond(std::move(r));
   };
   if (forwarding.empty()) return finish(outcomes);
-  const std::size_t pending = forwarding.checks.size();
+  const std::size_t pending = forwarding.size();
   router_.forward(std::move(forwarding),
                   std::make_shared<HttpForwardWait>(std::move(outcomes), pending, std::move(finish)));
 }

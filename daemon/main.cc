@@ -7,10 +7,12 @@
 #include <cstdlib>
 #include <pthread.h>
 #include <thread>
+#include <unistd.h>
 
 #include "daemon/cluster.h"
 #include "daemon/config.h"
 #include "daemon/forwarder.h"
+#include "daemon/handoff_client.h"
 #include "daemon/http_api.h"
 #include "daemon/http_server.h"
 #include "daemon/limiter_service.h"
@@ -19,7 +21,10 @@
 #include "daemon/ring_view.h"
 #include "daemon/router.h"
 #include "daemon/rpc_server.h"
+#include "daemon/slot_keeper.h"
 #include "daemon/sweeper.h"
+#include "persistence/redis_store.h"
+#include "persistence/snapshot_writer.h"
 
 using namespace throttlex;
 
@@ -29,6 +34,53 @@ int fail(const std::string& message) {
   logError(message);
   return 1;
 }
+
+// Every state a check changed goes to the snapshot writer (newest wins; no I/O here).
+class SnapshotObserver final : public StoreObserver {
+ public:
+  explicit SnapshotObserver(persistence::SnapshotWriter& writer) : writer_(writer) {}
+  void changed(const KeyHash& key, const State& state) override {
+    writer_.markDirty(slotOf(key), key, state, state.expiryMs());
+  }
+
+ private:
+  persistence::SnapshotWriter& writer_;
+};
+
+// Admin flushes (throttlectl snapshot) run on threads of their own, joined at shutdown.
+class Flushes {
+ public:
+  explicit Flushes(persistence::SnapshotWriter& writer) : writer_(writer) {}
+  ~Flushes() { join(); }
+  void start(std::function<void(Result<SnapshotOutcome>)> done) {
+    std::lock_guard guard(mu_);
+    threads_.emplace_back([this, done = std::move(done)] {
+      const std::uint64_t before = writer_.stats().entries_written;
+      const bool ok = writer_.flushOnce();
+      const auto after = writer_.stats();
+      if (!ok) {
+        done(Error{ErrorCode::kUnavailable,
+                   "the snapshot store did not take every entry (is Redis reachable?); " +
+                       std::to_string(after.pending) + " entries still pending"});
+        return;
+      }
+      done(SnapshotOutcome{after.entries_written - before, after.pending});
+    });
+  }
+  void join() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard guard(mu_);
+      threads.swap(threads_);
+    }
+    for (auto& t : threads) t.join();
+  }
+
+ private:
+  persistence::SnapshotWriter& writer_;
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace
 
@@ -49,16 +101,45 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  if (!config.redis.empty()) {
-    logWarn("--redis given, but snapshots are not built yet: state is kept in memory only");
-  }
-
   auto rules = config.rules.empty() ? RuleSet::make({}) : RuleSet::loadFile(config.rules);
   if (!rules) return fail("--rules: " + rules.error().message);
   auto store = Store::make({config.max_keys, 1024});
   if (!store) return fail("--max-keys: " + store.error().message);
 
   SystemClock clock;
+  // Snapshots (docs/persistence.md): only with --redis. Checks never wait for Redis: the store
+  // tells the writer what changed, the writer's thread writes it behind.
+  std::unique_ptr<persistence::RedisStore> redis;
+  std::unique_ptr<persistence::SnapshotWriter> writer;
+  std::unique_ptr<SnapshotObserver> observer;
+  std::unique_ptr<Flushes> flushes;
+  if (!config.redis.empty()) {
+    persistence::RedisStoreOptions redis_options;
+    const auto colon = config.redis.rfind(':');
+    redis_options.host = config.redis.substr(0, colon);
+    redis_options.port = std::stoi(config.redis.substr(colon + 1));
+    redis_options.cluster = config.cluster_name;
+    redis_options.on_event = [](const std::string& e) { logInfo("redis " + e); };
+    auto made = persistence::RedisStore::make(redis_options, clock);
+    if (!made) return fail("--redis: " + made.error().message);
+    redis = std::move(*made);
+    persistence::SnapshotWriterOptions writer_options;
+    writer_options.interval = std::chrono::milliseconds(config.snapshot_interval_ms);
+    auto w = persistence::SnapshotWriter::make(*redis, writer_options);
+    if (!w) return fail("snapshots: " + w.error().message);
+    writer = std::move(*w);
+    observer = std::make_unique<SnapshotObserver>(*writer);
+    flushes = std::make_unique<Flushes>(*writer);
+    (*store)->setObserver(observer.get());
+    writer->start();
+  }
+  SlotKeeperOptions keeper_options;
+  keeper_options.self_id = config.node_id;
+  keeper_options.snapshots = redis.get();
+  keeper_options.send = &sendHandoff;
+  keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
+  SlotKeeper keeper(keeper_options, **store, clock);
+
   LimiterService service(**store, clock, std::move(*rules), config.rules);
   // The ring (published by the cluster thread once membership is up) and the forwarder that sends
   // checks of keys owned elsewhere to their owners. Until the first ring, everything is local.
@@ -67,7 +148,10 @@ int main(int argc, char** argv) {
   forwarder_options.call_timeout = std::chrono::milliseconds(config.forward_timeout_ms);
   auto forwarder = Forwarder::start(forwarder_options, service, ring);
   if (!forwarder) return fail("forwarder: " + forwarder.error().message);
-  Router router(service, &ring, forwarder->get());
+  (*forwarder)->setKeeper(&keeper);
+  Router router(service, &ring, forwarder->get(), &keeper);
+  keeper.setRouter(&router);
+  keeper.recoverAll();  // with --redis: every slot waits for its snapshot before it is decided
   // Declared before everything that reads it (metrics scrapes, HTTP threads), so it outlives them.
   std::unique_ptr<ClusterNode> cluster;
   std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up
@@ -78,7 +162,15 @@ int main(int argc, char** argv) {
                      ClusterNode* c = clusterNode();
                      return c != nullptr ? c->stats() : ClusterStats{};
                    },
-                   [&forwarder] { return (*forwarder)->stats(); }});
+                   [&forwarder] { return (*forwarder)->stats(); },
+                   [&] {
+                     PersistenceStats p;
+                     p.has_store = redis != nullptr;
+                     if (redis) p.store = redis->stats();
+                     if (writer) p.writer = writer->stats();
+                     p.slots = keeper.stats();
+                     return p;
+                   }});
 
   const auto started = std::chrono::steady_clock::now();
   // The ports actually bound (they differ from the flags when a flag says 0); set as each
@@ -101,7 +193,43 @@ int main(int argc, char** argv) {
     i.evictions = st.evictions;
     i.rules = static_cast<std::uint32_t>(service.rules().size());
     if (ClusterNode* c = clusterNode()) i.members = c->members();
+    PersistenceInfo& p = i.persistence;
+    p.redis = config.redis;
+    if (redis) p.connected = redis->stats().connected;
+    if (writer) {
+      const auto w = writer->stats();
+      p.pending = w.pending;
+      p.lag_ms = static_cast<std::uint64_t>(w.lag.count());
+      p.written = w.entries_written;
+      p.write_errors = w.write_errors;
+    }
+    const SlotKeeperStats k = keeper.stats();
+    p.slots_waiting = static_cast<std::uint32_t>(k.slots_waiting);
+    p.parked = k.parked_now;
+    p.handoffs_sent = k.handoffs_sent;
+    p.handoffs_received = k.handoffs_received;
+    p.handoff_entries_sent = k.handoff_entries_sent;
+    p.handoff_entries_received = k.handoff_entries_received;
+    p.handoff_failures = k.handoff_failures;
+    p.recovery_timeouts = k.recovery_timeouts;
+    p.draining = k.draining;
+    p.drained = k.drained;
     return i;
+  };
+  NodeControl control;
+  control.handoff = [&keeper](const std::string& from, std::span<const std::uint16_t> slots,
+                              std::span<const std::uint8_t> entries) {
+    return keeper.receive(from, slots, entries);
+  };
+  if (flushes) {
+    control.snapshot = [&flushes](std::function<void(Result<SnapshotOutcome>)> done) {
+      flushes->start(std::move(done));
+    };
+  }
+  control.drain = []() -> Status {
+    logInfo("drain requested over RPC");
+    ::kill(::getpid(), SIGTERM);  // the same path as a SIGTERM from outside
+    return Ok{};
   };
 
   auto metrics_bound = metrics.serve(config.bind, config.metrics_port);
@@ -112,6 +240,7 @@ int main(int argc, char** argv) {
   rpc_options.bind_address = config.bind;
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
+  rpc_options.control = &control;
   auto rpc = RpcServer::start(rpc_options, router, info, &metrics);
   if (!rpc) return fail("--rpc-port: " + rpc.error().message);
   rpc_port = (*rpc)->port();
@@ -129,6 +258,9 @@ int main(int argc, char** argv) {
                                                             : gossip::Timing::lan();
   cluster_options.meta.protocol_version = 1;
   cluster_options.ring = &ring;
+  cluster_options.on_ring = [&keeper](std::shared_ptr<const RingView> view) {
+    keeper.onRing(std::move(view));
+  };
   const MembersProvider members = [clusterNode] {
     ClusterNode* c = clusterNode();
     return c != nullptr ? c->members() : std::vector<MemberInfo>{};
@@ -152,6 +284,10 @@ int main(int argc, char** argv) {
   cluster_view.store(cluster.get(), std::memory_order_release);
 
   Sweeper sweeper(**store, clock);
+  if (redis && !keeper.waitStarted(std::chrono::milliseconds(config.recovery_timeout_ms) +
+                                   std::chrono::seconds(1))) {
+    logWarn("recovery from Redis still running; serving what has arrived");
+  }
   api.setReady(true);
   logInfo("throttlexd " + std::string(kVersion) + " node " + config.node_id + " ready: http " +
           config.bind + ":" + std::to_string((*http)->port()) + ", rpc " + config.bind + ":" +
@@ -176,11 +312,22 @@ int main(int argc, char** argv) {
     break;
   }
   api.setReady(false);
-  cluster->leave();  // tell the others first, so they stop sending here
+  // Drain: the slots' state goes to the nodes that take them over, before the others learn that
+  // this node leaves (checks that still arrive here are passed on to them).
+  const std::size_t handed = keeper.drain(std::chrono::seconds(5));
+  if (handed > 0) logInfo("handed " + std::to_string(handed) + " slots over");
+  cluster->leave();  // tell the others, so they stop sending here
   (*http)->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   (*rpc)->stop();
+  keeper.stop();  // decides what still waits for state (through the forwarder)
   (*forwarder)->stop();  // after the APIs: their in-flight forwarded checks were answered
   sweeper.stop();
+  if (flushes) flushes->join();
+  if (writer) {
+    writer->stop();  // one last flush
+    const auto w = writer->stats();
+    if (w.pending > 0) logWarn(std::to_string(w.pending) + " snapshot entries not written");
+  }
   logInfo("stopped");
   return 0;
 }

@@ -165,6 +165,92 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
                  MetricType::Counter, {valued(static_cast<double>(f.rerouted))}});
 }
 
+prometheus::MetricFamily single(const char* name, const char* help, prometheus::MetricType type,
+                                double value) {
+  return {name, help, type, {valued(value)}};
+}
+
+void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
+  if (p.has_store) {
+    const auto& st = p.store;
+    std::array<double, persistence::CommandLatency::kBoundsUs.size()> bounds{};
+    for (std::size_t i = 0; i < bounds.size(); ++i) {
+      bounds[i] = static_cast<double>(persistence::CommandLatency::kBoundsUs[i]) / 1e6;
+    }
+    out.push_back({"throttlex_redis_duration_seconds",
+                   "Redis command latency, send to reply (snapshot writes and reads)",
+                   MetricType::Histogram,
+                   {histogram<bounds.size()>(st.latency.counts, bounds,
+                                             static_cast<double>(st.latency.sum_us) / 1e6)}});
+    out.push_back(single("throttlex_redis_connected", "1 while the snapshot store is reachable",
+                         MetricType::Gauge, st.connected ? 1 : 0));
+    out.push_back(single("throttlex_redis_commands_total", "Redis commands answered",
+                         MetricType::Counter, d(st.commands)));
+    out.push_back(single("throttlex_redis_errors_total",
+                         "Failed Redis commands: refused, error replies, timeouts, I/O",
+                         MetricType::Counter, d(st.errors)));
+    out.push_back(single("throttlex_redis_timeouts_total", "Redis commands past their deadline",
+                         MetricType::Counter, d(st.timeouts)));
+    out.push_back(single("throttlex_redis_reconnects_total", "Redis connections re-established",
+                         MetricType::Counter, d(st.reconnects)));
+    out.push_back(single("throttlex_snapshot_malformed_total",
+                         "Snapshot entries or keys in Redis skipped because they could not be decoded",
+                         MetricType::Counter, d(st.malformed)));
+    const auto& w = p.writer;
+    out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
+                         MetricType::Gauge, d(w.pending)));
+    out.push_back(single("throttlex_snapshot_lag_seconds",
+                         "Age of the oldest change not yet confirmed by the snapshot store",
+                         MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));
+    out.push_back(single("throttlex_snapshot_dropped_total",
+                         "Changed entries not queued because the pending set was full",
+                         MetricType::Counter, d(w.dropped)));
+    out.push_back(single("throttlex_snapshot_entries_written_total",
+                         "Entries the snapshot store confirmed", MetricType::Counter,
+                         d(w.entries_written)));
+    prometheus::MetricFamily flushes{"throttlex_snapshot_flushes_total",
+                                     "Snapshot flushes by result (ok, failed, skipped while "
+                                     "disconnected)",
+                                     MetricType::Counter, {}};
+    flushes.metric.push_back(valued(d(w.flushes), {{"result", "ok"}}));
+    flushes.metric.push_back(valued(d(w.failed_flushes), {{"result", "failed"}}));
+    flushes.metric.push_back(valued(d(w.skipped_flushes), {{"result", "skipped"}}));
+    out.push_back(std::move(flushes));
+  }
+  const auto& k = p.slots;
+  out.push_back(single("throttlex_slots_waiting",
+                       "Slots whose state is on the way (recovery or handoff); their checks wait",
+                       MetricType::Gauge, d(k.slots_waiting)));
+  out.push_back(single("throttlex_parked_checks", "Checks waiting for their slot's state now",
+                       MetricType::Gauge, d(k.parked_now)));
+  out.push_back(single("throttlex_parked_checks_total",
+                       "Checks that waited for their slot's state", MetricType::Counter,
+                       d(k.parked_total)));
+  out.push_back(single("throttlex_recovery_slots_total", "Slots read from the snapshot store",
+                       MetricType::Counter, d(k.recoveries)));
+  out.push_back(single("throttlex_recovery_entries_total",
+                       "Entries read from the snapshot store", MetricType::Counter,
+                       d(k.recovered_entries)));
+  out.push_back(single("throttlex_recovery_timeouts_total",
+                       "Slots opened by their deadline before all their state arrived",
+                       MetricType::Counter, d(k.recovery_timeouts)));
+  prometheus::MetricFamily handoffs{"throttlex_handoffs_total",
+                                    "Completed slot handoffs, by direction", MetricType::Counter, {}};
+  handoffs.metric.push_back(valued(d(k.handoffs_sent), {{"direction", "sent"}}));
+  handoffs.metric.push_back(valued(d(k.handoffs_received), {{"direction", "received"}}));
+  out.push_back(std::move(handoffs));
+  prometheus::MetricFamily entries{"throttlex_handoff_entries_total",
+                                   "Entries moved by handoffs, by direction", MetricType::Counter, {}};
+  entries.metric.push_back(valued(d(k.handoff_entries_sent), {{"direction", "sent"}}));
+  entries.metric.push_back(valued(d(k.handoff_entries_received), {{"direction", "received"}}));
+  out.push_back(std::move(entries));
+  out.push_back(single("throttlex_handoff_failures_total",
+                       "Failed handoff calls (the state stayed on the sender)", MetricType::Counter,
+                       d(k.handoff_failures)));
+}
+
 }  // namespace
 
 std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
@@ -254,6 +340,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
                    {valued(static_cast<double>(c.send_failures))}});
   }
   if (options.forwarding) collectForwarding(options.forwarding(), out);
+  if (options.persistence) collectPersistence(options.persistence(), out);
   out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
                  MetricType::Gauge, {valued(residentBytes())}});
   out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,

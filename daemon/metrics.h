@@ -12,6 +12,8 @@
 
 #include "daemon/forwarder.h"
 #include "daemon/node_info.h"
+#include "daemon/slot_keeper.h"
+#include "persistence/snapshot_writer.h"
 #include "daemon/route.h"
 #include "limiter/clock.h"
 #include "limiter/result.h"
@@ -22,6 +24,14 @@ enum class Api : std::uint8_t { kHttp = 0, kRpc = 1 };
 enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
 
 class Store;
+
+// Snapshots, recovery and handoffs (docs/persistence.md), for /metrics.
+struct PersistenceStats {
+  bool has_store = false;  // a snapshot store is configured: the redis/snapshot families exist
+  persistence::SnapshotStoreStats store;
+  persistence::SnapshotWriterStats writer;
+  SlotKeeperStats slots;
+};
 
 // Latency histogram bounds in seconds (throttlex_request_duration_seconds).
 inline constexpr std::array<double, 12> kLatencyBounds = {
@@ -35,6 +45,7 @@ class Metrics {
     const Store* store = nullptr;  // for throttlex_keys and throttlex_evictions_total
     ClusterStatsProvider cluster;  // may be empty: no gossip metrics
     std::function<ForwarderStats()> forwarding;  // may be empty: no forwarding metrics
+    std::function<PersistenceStats()> persistence;  // may be empty: no persistence metrics
   };
   explicit Metrics(Options options);
   ~Metrics();

@@ -19,6 +19,16 @@ struct MemberInfo {
   std::string state;  // alive, suspect, dead, left
   std::uint64_t incarnation = 0;
 };
+struct PersistenceInfo {
+  std::string redis;  // empty: memory only
+  bool connected = false;
+  std::uint64_t pending = 0, lag_ms = 0, written = 0, write_errors = 0;
+  std::uint32_t slots_waiting = 0;
+  std::uint64_t parked = 0, handoffs_sent = 0, handoffs_received = 0, handoff_entries_sent = 0,
+                handoff_entries_received = 0, handoff_failures = 0, recovery_timeouts = 0;
+  bool draining = false, drained = false;
+};
+
 struct NodeInfo {
   std::string node_id;
   std::string version = kVersion;
@@ -30,6 +40,7 @@ struct NodeInfo {
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
   std::vector<MemberInfo> members;  // empty when the node is not in a cluster
+  PersistenceInfo persistence;
 };
 
 using NodeInfoProvider = std::function<NodeInfo()>;

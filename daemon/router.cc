@@ -2,40 +2,100 @@
 
 namespace throttlex {
 
-Router::Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder)
-    : service_(service), ring_(ring), forwarder_(forwarder) {}
+Router::Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
+               SlotKeeper* keeper)
+    : service_(service), ring_(ring), forwarder_(forwarder), keeper_(keeper) {}
 
-std::uint32_t Router::ownerOf(const CheckArgs& args, const RingView* view,
-                              std::uint32_t& slot) const {
-  if (view == nullptr || view->ring.members().size() <= 1) return RingView::kNoPeer;
-  // Errors every node would give alike are given here (LimiterService::check says which).
-  if (args.key.empty() || args.key.size() > kMaxKeyBytes || args.hits > kMaxCost) {
-    return RingView::kNoPeer;
-  }
-  if (args.rule.empty() && !Limit::make(args.limit)) return RingView::kNoPeer;
+namespace {
+
+// Errors every node would give alike are given here (LimiterService::check says which).
+bool routable(const CheckArgs& args) {
+  if (args.key.empty() || args.key.size() > kMaxKeyBytes || args.hits > kMaxCost) return false;
+  return !args.rule.empty() || static_cast<bool>(Limit::make(args.limit));
+}
+
+}  // namespace
+
+const RingView* Router::viewFor(std::uint8_t hops) const {
+  if (forwarder_ == nullptr || ring_ == nullptr || hops >= kMaxHops) return nullptr;
+  return ring_->current().get();
+}
+
+Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
+                            std::uint32_t& slot) const {
+  const bool multi = view != nullptr && view->ring.members().size() > 1;
+  // At the hop limit the ring is not consulted for routing, but this node may have to read a
+  // snapshot first (it decides for an owner elsewhere: a stand-in), or may have handed the slot
+  // over (then the new owner decides).
+  const bool at_limit = keeper_ != nullptr && hops >= kMaxHops && ring_ != nullptr;
+  const bool keeping = keeper_ != nullptr && (keeper_->active() || at_limit);
+  if (!multi && !keeping) return Where::kHere;
+  if (!routable(args)) return Where::kHere;
   slot = slotOf(args.rule, args.key);
-  return view->peerFor(slot);
+  const std::uint32_t owner = multi ? view->peerFor(slot) : RingView::kNoPeer;
+  if (!keeping) return owner == RingView::kNoPeer ? Where::kHere : Where::kPeer;
+  const SlotMode mode = keeper_->mode(slot);
+  if (hops > kMaxHops) {
+    // Sent on by a node that handed the slot over: decided here, once the state is here.
+    return mode == SlotMode::kParked || mode == SlotMode::kProxy ? Where::kPark : Where::kHere;
+  }
+  if (hops == kMaxHops && mode == SlotMode::kProxy) {
+    // From a node whose ring gives this node the slot: the previous owner handed it over (or is
+    // about to), so its handoff is on the way. Sending it back could find the state gone.
+    return Where::kPark;
+  }
+  switch (mode) {
+    case SlotMode::kParked:
+      return owner == RingView::kNoPeer ? Where::kPark : Where::kPeer;
+    case SlotMode::kClaimed:
+      return Where::kHere;
+    case SlotMode::kMoved:  // the forwarder sends these to the slot's runner-up
+    case SlotMode::kProxy:
+      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
+    case SlotMode::kOpen:
+      break;
+  }
+  if (owner != RingView::kNoPeer) return Where::kPeer;
+  if (at_limit) {
+    const std::shared_ptr<const RingView>& ring = ring_->current();
+    if (ring && ring->peerFor(slot) != RingView::kNoPeer) {
+      // This node's ring gives the slot to another member.
+      if (keeper_->handedOver(slot) && forwarder_ != nullptr) return Where::kPeer;
+      if (keeper_->standInNeedsRecovery(slot)) return Where::kPark;
+    }
+  }
+  return Where::kHere;
 }
 
 std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
                                                   Forwarding& forwarding) {
-  const RingView* view = nullptr;
-  if (forwarder_ != nullptr && ring_ != nullptr && hops < kMaxHops) view = ring_->current().get();
+  Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   std::uint32_t slot = 0;
-  if (ownerOf(args, view, slot) == RingView::kNoPeer) return service_.check(args);
-  forwarding.checks.push_back(ForwardedCheck::from(args, slot));
-  forwarding.indices.push_back(0);
   forwarding.hops = hops;
-  return std::nullopt;
+  switch (where(args, hops, viewFor(hops), slot)) {
+    case Where::kHere:
+      return service_.check(args);
+    case Where::kPeer:
+      forwarding.checks.push_back(ForwardedCheck::from(args, slot));
+      forwarding.indices.push_back(0);
+      return std::nullopt;
+    case Where::kPark:
+      forwarding.parked.push_back(ForwardedCheck::from(args, slot));
+      forwarding.parked_indices.push_back(0);
+      return std::nullopt;
+  }
+  return service_.check(args);
 }
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                               std::vector<Result<CheckOutcome>>& out) {
+  Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   Forwarding forwarding;
   forwarding.hops = hops;
-  const RingView* view = nullptr;
-  if (forwarder_ != nullptr && ring_ != nullptr && hops < kMaxHops) view = ring_->current().get();
-  if (view == nullptr || view->ring.members().size() <= 1) {
+  const RingView* view = viewFor(hops);
+  const bool multi = view != nullptr && view->ring.members().size() > 1;
+  const bool keeping = keeper_ != nullptr && (keeper_->active() || hops >= kMaxHops);
+  if (!multi && !keeping) {
     service_.checkBatch(args, out);
     return forwarding;
   }
@@ -45,13 +105,24 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
   here_index.reserve(args.size());
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::uint32_t slot = 0;
-    if (ownerOf(args[i], view, slot) == RingView::kNoPeer) {
-      here.push_back(args[i]);
-      here_index.push_back(i);
-    } else {
-      forwarding.checks.push_back(ForwardedCheck::from(args[i], slot));
-      forwarding.indices.push_back(i);
+    switch (where(args[i], hops, view, slot)) {
+      case Where::kHere:
+        here.push_back(args[i]);
+        here_index.push_back(i);
+        break;
+      case Where::kPeer:
+        forwarding.checks.push_back(ForwardedCheck::from(args[i], slot));
+        forwarding.indices.push_back(i);
+        break;
+      case Where::kPark:
+        forwarding.parked.push_back(ForwardedCheck::from(args[i], slot));
+        forwarding.parked_indices.push_back(i);
+        break;
     }
+  }
+  if (here.size() == args.size()) {
+    service_.checkBatch(args, out);
+    return forwarding;
   }
   std::vector<Result<CheckOutcome>> decided;
   service_.checkBatch(here, decided);
@@ -60,8 +131,25 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
   return forwarding;
 }
 
+void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
+                     std::uint8_t hops) {
+  Forwarding forwarding;
+  auto decided = this->check(check.args(), hops, forwarding);
+  if (decided) {
+    sink->deliver(index, std::move(*decided));
+    return;
+  }
+  for (auto& i : forwarding.indices) i = index;
+  for (auto& i : forwarding.parked_indices) i = index;
+  forward(std::move(forwarding), std::move(sink));
+}
+
 void Router::forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink) {
-  if (forwarding.empty()) return;
+  for (std::size_t i = 0; i < forwarding.parked.size(); ++i) {
+    keeper_->park(std::move(forwarding.parked[i]), forwarding.parked_indices[i], sink,
+                  forwarding.hops);
+  }
+  if (forwarding.checks.empty()) return;
   forwarder_->submit(std::move(forwarding.checks), std::move(forwarding.indices), std::move(sink),
                      forwarding.hops);
 }

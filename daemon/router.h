@@ -18,6 +18,7 @@
 #include "daemon/forwarder.h"
 #include "daemon/limiter_service.h"
 #include "daemon/ring_view.h"
+#include "daemon/slot_keeper.h"
 
 namespace throttlex {
 
@@ -26,13 +27,19 @@ struct Forwarding {
   std::vector<ForwardedCheck> checks;
   std::vector<std::size_t> indices;  // where each result belongs in the request
   std::uint8_t hops = 0;
-  bool empty() const { return checks.empty(); }
+  // Checks whose slot's state is still on the way (daemon/slot_keeper.h): they wait there.
+  std::vector<ForwardedCheck> parked;
+  std::vector<std::size_t> parked_indices;
+  bool empty() const { return checks.empty() && parked.empty(); }
+  std::size_t size() const { return checks.size() + parked.size(); }  // results still to come
 };
 
 class Router {
  public:
-  // `ring` and `forwarder` may be null: every check is then decided here.
-  Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder);
+  // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
+  // (no recovery or handoff): then every slot is open.
+  Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
+         SlotKeeper* keeper = nullptr);
 
   // One check: decided here (returns the outcome) or, when another node owns it, nullopt and
   // `forwarding` holds it (index 0) for forward().
@@ -45,16 +52,24 @@ class Router {
   // Sends what check()/checkBatch() left over; each result reaches sink->deliver(index, ...),
   // normally on the forwarder thread.
   void forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink);
+  // Routes one check again (a parked check whose slot opened): its result goes to
+  // sink->deliver(index, ...), now or later.
+  void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
+               std::uint8_t hops);
 
   LimiterService& service() { return service_; }
 
  private:
-  // The member index of the owner, or RingView::kNoPeer to decide here.
-  std::uint32_t ownerOf(const CheckArgs& args, const RingView* view, std::uint32_t& slot) const;
+  enum class Where : std::uint8_t { kHere, kPeer, kPark };
+  // Where a check goes; sets `slot` unless kHere. Call inside a Quiescence::Guard.
+  Where where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
+              std::uint32_t& slot) const;
+  const RingView* viewFor(std::uint8_t hops) const;
 
   LimiterService& service_;
   const RingHolder* const ring_;
   Forwarder* const forwarder_;
+  SlotKeeper* const keeper_;
 };
 
 }  // namespace throttlex

@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 
+#include "daemon/node_control.h"
 #include "daemon/node_info.h"
 #include "limiter/result.h"
 
@@ -38,6 +39,9 @@ struct RpcServerOptions {
   std::uint64_t traversal_limit_words = 512 * 1024;
   int nesting_limit = 16;                // our messages nest 4 deep
   std::size_t max_connections = 10'000;  // over all threads; more are accepted and closed at once
+  // handoff, snapshot, drain (daemon/node_control.h); null or empty members: refused as
+  // unavailable. Must outlive the server.
+  const NodeControl* control = nullptr;
 };
 
 struct RpcServerStats {

@@ -143,12 +143,13 @@ std::optional<std::string> unsupportedVersion(std::uint16_t version) {
 }
 
 RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
-                       RpcCounters& counters)
+                       RpcCounters& counters, const NodeControl* control)
     : service_(router.service()),
       router_(router),
       info_(std::move(info)),
       metrics_(metrics),
-      counters_(counters) {}
+      counters_(counters),
+      control_(control) {}
 
 void RpcService::countCall(std::uint64_t checks) {
   // Only this thread writes these counters: load + store, no read-modify-write on the bus.
@@ -278,7 +279,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
     answerBatch(results, errors, outcomes, start, from_peer);
     return kj::READY_NOW;
   }
-  auto wait = std::make_shared<ForwardWait>(std::move(outcomes), forwarding.checks.size());
+  auto wait = std::make_shared<ForwardWait>(std::move(outcomes), forwarding.size());
   auto done = kj::mv(wait->done);
   router_.forward(std::move(forwarding), wait);
   // `args` views into the request, which the context keeps until this promise resolves.
@@ -346,6 +347,24 @@ kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
     w.setHttpAddress(kjText(m.http_address));
     w.setIncarnation(m.incarnation);
   }
+  const PersistenceInfo& p = info.persistence;
+  auto po = out.initPersistence();
+  po.setRedis(kjText(p.redis));
+  po.setConnected(p.connected);
+  po.setPending(p.pending);
+  po.setLagMs(p.lag_ms);
+  po.setWritten(p.written);
+  po.setWriteErrors(p.write_errors);
+  po.setSlotsWaiting(p.slots_waiting);
+  po.setParked(p.parked);
+  po.setHandoffsSent(p.handoffs_sent);
+  po.setHandoffsReceived(p.handoffs_received);
+  po.setHandoffEntriesSent(p.handoff_entries_sent);
+  po.setHandoffEntriesReceived(p.handoff_entries_received);
+  po.setHandoffFailures(p.handoff_failures);
+  po.setRecoveryTimeouts(p.recovery_timeouts);
+  po.setDraining(p.draining);
+  po.setDrained(p.drained);
   return kj::READY_NOW;
 }
 
@@ -468,6 +487,86 @@ kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
   } else {
     setError(results.initError(), existed.error());
   }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::handoff(HandoffContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->handoff) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node takes no handoffs");
+    return kj::READY_NOW;
+  }
+  std::vector<std::uint16_t> slots;
+  for (std::uint16_t s : params.getSlots()) slots.push_back(s);
+  const auto data = params.getEntries();
+  const auto merged = control_->handoff(std::string(params.getFrom().cStr()), slots,
+                                        std::span<const std::uint8_t>(data.begin(), data.size()));
+  if (merged) {
+    results.setMerged(*merged);
+  } else {
+    setError(results.initError(), merged.error());
+  }
+  return kj::READY_NOW;
+}
+
+namespace {
+
+// A flush finishes on the snapshot writer's side; the RPC thread waits for it without blocking.
+struct SnapshotWait {
+  Result<SnapshotOutcome> outcome = Error{ErrorCode::kInternal, "no answer"};
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
+};
+
+}  // namespace
+
+kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->snapshot) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE,
+             "no snapshot store configured (start with --redis host:port)");
+    return kj::READY_NOW;
+  }
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  auto wait = std::make_shared<SnapshotWait>();
+  wait->fulfiller = kj::mv(paf.fulfiller);
+  control_->snapshot([wait](Result<SnapshotOutcome> r) {
+    wait->outcome = std::move(r);
+    wait->fulfiller->fulfill();
+  });
+  return paf.promise.then([context, wait]() mutable {
+    auto out = context.getResults();
+    if (wait->outcome) {
+      out.setWritten(wait->outcome->written);
+      out.setPending(wait->outcome->pending);
+    } else {
+      setError(out.initError(), wait->outcome.error());
+    }
+  });
+}
+
+kj::Promise<void> RpcService::drain(DrainContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->drain) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node cannot drain");
+    return kj::READY_NOW;
+  }
+  if (auto s = control_->drain(); !s) setError(results.initError(), s.error());
   return kj::READY_NOW;
 }
 

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "daemon/limiter_service.h"
+#include "daemon/node_control.h"
 #include "daemon/node_info.h"
 #include "daemon/router.h"
 #include "proto/throttlex.capnp.h"
@@ -43,7 +44,9 @@ struct alignas(64) RpcCounters {
 class RpcService final : public proto::Node::Server {
  public:
   // `router` (and its service), `metrics` (may be null) and `counters` must outlive this object.
-  RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters);
+  // `control` may be null (handoff, snapshot and drain are then refused as unavailable).
+  RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
+             const NodeControl* control = nullptr);
 
  protected:
   kj::Promise<void> check(CheckContext context) override;
@@ -55,6 +58,9 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> reloadRules(ReloadRulesContext context) override;
   kj::Promise<void> inspectKey(InspectKeyContext context) override;
   kj::Promise<void> resetKey(ResetKeyContext context) override;
+  kj::Promise<void> handoff(HandoffContext context) override;
+  kj::Promise<void> snapshot(SnapshotContext context) override;
+  kj::Promise<void> drain(DrainContext context) override;
 
  private:
   using SteadyClock = std::chrono::steady_clock;
@@ -71,6 +77,7 @@ class RpcService final : public proto::Node::Server {
   const NodeInfoProvider info_;
   Metrics* const metrics_;
   RpcCounters& counters_;
+  const NodeControl* const control_;
 };
 #pragma GCC diagnostic pop
 

@@ -78,6 +78,12 @@ interface Limiter {
   # below the hop limit (2), so nodes whose views of the ring disagree never pass checks in circles.
   checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8)
       -> (version :UInt16, error :Error, results :List(CheckResult));
+  # Node to node: the state of slots the sender no longer decides (ring change, drain). `entries`:
+  # 32 bytes each (key hash hi, lo, state w0, w1; little-endian), merged keeping the more consumed
+  # state. A handoff may take several calls; the last one lists the slots, which the receiver then
+  # decides (docs/persistence.md).
+  handoff @2 (version :UInt16, from :Text, slots :List(UInt16), entries :Data)
+      -> (error :Error, merged :UInt64);
 }
 
 # What a node decides when a key's owner cannot be reached (daemon/rules.h).
@@ -116,6 +122,27 @@ struct NodeInfo {
   evictions @8 :UInt64;
   rules @9 :UInt32;
   members @10 :List(Member);   # the cluster as this node sees it (itself included)
+  persistence @11 :Persistence;
+}
+
+# Snapshots, recovery and handoffs of one node (docs/persistence.md).
+struct Persistence {
+  redis @0 :Text;              # host:port of the snapshot store; empty: memory only
+  connected @1 :Bool;
+  pending @2 :UInt64;          # changed entries not yet written
+  lagMs @3 :UInt64;            # age of the oldest of them
+  written @4 :UInt64;          # entries written since start
+  writeErrors @5 :UInt64;
+  slotsWaiting @6 :UInt32;     # slots whose state is on the way (their checks wait)
+  parked @7 :UInt64;           # checks waiting for them right now
+  handoffsSent @8 :UInt64;
+  handoffsReceived @9 :UInt64;
+  handoffEntriesSent @10 :UInt64;
+  handoffEntriesReceived @11 :UInt64;
+  handoffFailures @12 :UInt64;
+  recoveryTimeouts @13 :UInt64; # slots opened by their deadline before all state arrived
+  draining @14 :Bool;
+  drained @15 :Bool;
 }
 
 struct KeyInspection {
@@ -138,6 +165,11 @@ interface Admin {
   reloadRules @4 (version :UInt16) -> (error :Error, count :UInt32);
   inspectKey @5 (version :UInt16, request :CheckRequest) -> (inspection :KeyInspection);
   resetKey @6 (version :UInt16, request :CheckRequest) -> (error :Error, existed :Bool);
+  # Writes every pending snapshot entry now and answers when the store confirmed them.
+  snapshot @7 (version :UInt16) -> (error :Error, written :UInt64, pending :UInt64);
+  # Hands this node's slots to the nodes that take them over, leaves the cluster and exits (as
+  # SIGTERM). Answers once the node has started draining.
+  drain @8 (version :UInt16) -> (error :Error);
 }
 
 # What a node's RPC port bootstraps: cast it to Limiter or Admin.

@@ -323,6 +323,34 @@ Result<std::uint32_t> Client::reloadRules(Deadline deadline) {
       deadline);
 }
 
+Result<SnapshotResult> Client::snapshot(Deadline deadline) {
+  return impl_->admin<SnapshotResult>(
+      [](proto::Node::Client& node) {
+        auto request = node.snapshotRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        return request.send().then([](capnp::Response<proto::Admin::SnapshotResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone
+                     ? Result<SnapshotResult>(SnapshotResult{r.getWritten(), r.getPending()})
+                     : Result<SnapshotResult>(e);
+        });
+      },
+      deadline);
+}
+
+Status Client::drain(Deadline deadline) {
+  return impl_->admin<Ok>(
+      [](proto::Node::Client& node) {
+        auto request = node.drainRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        return request.send().then([](capnp::Response<proto::Admin::DrainResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          return e.code == ErrorCode::kNone ? Status(Ok{}) : Status(e);
+        });
+      },
+      deadline);
+}
+
 Result<KeyInspection> Client::inspect(const CheckSpec& spec, Deadline deadline) {
   return impl_->admin<KeyInspection>(
       [spec](proto::Node::Client& node) {

@@ -160,6 +160,24 @@ NodeInfo fromProto(proto::NodeInfo::Reader info) {
     n.members.push_back({text(m.getNodeId()), text(m.getState()), text(m.getGossipAddress()),
                          text(m.getRpcAddress()), text(m.getHttpAddress()), m.getIncarnation()});
   }
+  const auto p = info.getPersistence();
+  PersistenceInfo& o = n.persistence;
+  o.redis = text(p.getRedis());
+  o.connected = p.getConnected();
+  o.pending = p.getPending();
+  o.lag = fromWireMs(p.getLagMs());
+  o.written = p.getWritten();
+  o.write_errors = p.getWriteErrors();
+  o.slots_waiting = p.getSlotsWaiting();
+  o.parked = p.getParked();
+  o.handoffs_sent = p.getHandoffsSent();
+  o.handoffs_received = p.getHandoffsReceived();
+  o.handoff_entries_sent = p.getHandoffEntriesSent();
+  o.handoff_entries_received = p.getHandoffEntriesReceived();
+  o.handoff_failures = p.getHandoffFailures();
+  o.recovery_timeouts = p.getRecoveryTimeouts();
+  o.draining = p.getDraining();
+  o.drained = p.getDrained();
   return n;
 }
 

@@ -23,7 +23,7 @@ struct Node {
   std::unique_ptr<Store> store = Store::make({100'000, 64}).value();
   std::unique_ptr<LimiterService> service =
       std::make_unique<LimiterService>(*store, clock, RuleSet::make({}).value(), "");
-  Metrics metrics{Metrics::Options{"node-1", "0.1.0", store.get(), {}, {}}};
+  Metrics metrics{Metrics::Options{"node-1", "0.1.0", store.get(), {}, {}, {}}};
   std::unique_ptr<RpcServer> server;
 
   explicit Node(RpcServerOptions options = {}, NodeInfoProvider info = {}) {

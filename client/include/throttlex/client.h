@@ -185,6 +185,29 @@ struct Member {
   std::uint64_t incarnation = 0;
 };
 
+// Snapshots, recovery and handoffs of one node (docs/persistence.md).
+struct PersistenceInfo {
+  std::string redis;             // host:port of the snapshot store; empty: memory only
+  bool connected = false;
+  std::uint64_t pending = 0;     // changed entries not yet written
+  std::chrono::milliseconds lag{0};  // age of the oldest of them
+  std::uint64_t written = 0;
+  std::uint64_t write_errors = 0;
+  std::uint32_t slots_waiting = 0;   // slots whose state is on the way
+  std::uint64_t parked = 0;          // checks waiting for them
+  std::uint64_t handoffs_sent = 0, handoffs_received = 0;
+  std::uint64_t handoff_entries_sent = 0, handoff_entries_received = 0;
+  std::uint64_t handoff_failures = 0;
+  std::uint64_t recovery_timeouts = 0;
+  bool draining = false, drained = false;
+};
+
+// What one flush wrote (Client::snapshot).
+struct SnapshotResult {
+  std::uint64_t written = 0;  // entries confirmed by the snapshot store
+  std::uint64_t pending = 0;  // entries still waiting afterwards
+};
+
 struct NodeInfo {
   std::string node_id;
   std::string version;  // software version
@@ -197,6 +220,7 @@ struct NodeInfo {
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
   std::vector<Member> members;        // the cluster as this node sees it; empty: no cluster
+  PersistenceInfo persistence;
 };
 
 struct KeyInspection {
@@ -253,6 +277,11 @@ class THROTTLEX_CLIENT_API Client {
   Result<std::uint32_t> reloadRules(Deadline deadline = std::nullopt);  // the rule count
   Result<KeyInspection> inspect(const CheckSpec& spec, Deadline deadline = std::nullopt);
   Result<bool> reset(const CheckSpec& spec, Deadline deadline = std::nullopt);  // existed?
+  // Writes the node's pending snapshot entries now; answers when the store confirmed them
+  // (kUnavailable: no snapshot store, or it is unreachable).
+  Result<SnapshotResult> snapshot(Deadline deadline = std::nullopt);
+  // Tells the node to hand its slots over, leave the cluster and exit.
+  Status drain(Deadline deadline = std::nullopt);
 
   ClientStats stats() const;
 
