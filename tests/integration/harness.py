@@ -155,3 +155,64 @@ def wait_until(condition, timeout=10.0, interval=0.05, what="the condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A redis-server of the test's own on a free loopback port, without persistence; stopped by
+    PID. kill() and start() again (same port) simulate an outage."""
+
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-redis-")
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.tmp.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self._ping(), timeout=10, what="redis-server to answer PING")
+
+    def _ping(self):
+        try:
+            return self.cli("PING") == "PONG"
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+    def cli(self, *args):
+        """Runs one command through redis-cli; returns its output without the trailing newline."""
+        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+                           capture_output=True, text=True, timeout=10)
+        if p.returncode != 0:
+            raise OSError(p.stderr)
+        return p.stdout.rstrip("\n")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self):
+        self.kill()
+        self.tmp.cleanup()
+
+
+def metric_value(text, name, labels=None):
+    """The value of one sample in a Prometheus text exposition (0 if absent)."""
+    want = "" if not labels else "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(name + want + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -151,13 +151,22 @@ class ThrottlectlTest(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertEqual(set(doc), {"node_id", "version", "protocol_version", "http_address",
                                     "rpc_address", "metrics_address", "uptime_ms", "keys",
-                                    "evictions", "rules"})
+                                    "evictions", "rules", "persistence"})
         self.assertGreaterEqual(doc["protocol_version"], 1)
         self.assertGreaterEqual(doc["rules"], 1)
+        # Started without --redis: memory only, nothing pending, no handoffs.
+        p = doc["persistence"]
+        self.assertEqual((p["redis"], p["connected"], p["pending"], p["handoffs_sent"],
+                          p["slots_waiting"], p["draining"]), ("", False, 0, 0, 0, False))
         code, out, _ = self.ctl("status")
         self.assertEqual(code, 0)
-        for name in ("node", "version", "protocol", "uptime", "keys", "evictions", "rules"):
+        for name in ("node", "version", "protocol", "uptime", "keys", "evictions", "rules",
+                     "redis", "none (memory only)", "handoffs"):
             self.assertIn(name, out)
+        # snapshot needs a snapshot store: a clear refusal, not a silent success.
+        code, out, err = self.ctl("snapshot")
+        self.assertNotEqual(code, 0)
+        self.assertIn("--redis", out + err)
 
 
 class ThrottlectlRulesTest(unittest.TestCase):
