@@ -284,8 +284,9 @@ int main(int argc, char** argv) {
   cluster_view.store(cluster.get(), std::memory_order_release);
 
   Sweeper sweeper(**store, clock);
-  if (redis && !keeper.waitStarted(std::chrono::milliseconds(config.recovery_timeout_ms) +
-                                   std::chrono::seconds(1))) {
+  if (redis && !keeper.waitStarted(std::max(keeper_options.startup_timeout,
+                                             keeper_options.recovery_timeout) +
+                                    std::chrono::seconds(1))) {
     logWarn("recovery from Redis still running; serving what has arrived");
   }
   api.setReady(true);

@@ -225,7 +225,9 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
 void SlotKeeper::recoverAll() {
   if (options_.snapshots == nullptr) return;
   std::vector<std::uint32_t> all(kSlotCount);
-  const auto deadline = Steady::now() + options_.recovery_timeout;
+  // Every slot at once (about 1 s per million keys here): the node is not ready meanwhile.
+  const auto deadline =
+      Steady::now() + std::max(options_.recovery_timeout, options_.startup_timeout);
   {
     std::lock_guard guard(mu_);
     started_ = false;

@@ -71,6 +71,7 @@ struct SlotKeeperOptions {
   persistence::SnapshotStore* snapshots = nullptr;  // null: no recovery from a snapshot store
   HandoffSender send;                               // null: no handoffs (single node)
   std::chrono::milliseconds recovery_timeout{1000}; // a parked slot opens after this at the latest
+  std::chrono::milliseconds startup_timeout{10'000}; // for reading every slot at start
   std::chrono::milliseconds handoff_timeout{2000};  // per handoff call
   std::chrono::milliseconds claim_ttl{10'000};      // a claim the ring never confirms expires
   std::chrono::milliseconds proxy_timeout{5'000};   // longest wait for a live member's handoff

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <limits>
-#include <unordered_map>
+#include <vector>
 #include <utility>
 
 namespace throttlex::persistence {
@@ -15,15 +15,61 @@ std::int64_t steadyNs() {
       .count();
 }
 
-struct KeyHashHasher {
-  // Key hashes are already uniform: any 64 bits serve.
-  std::size_t operator()(const KeyHash& k) const { return static_cast<std::size_t>(k.hi ^ k.lo); }
-};
-
 struct Pending {
-  std::uint32_t slot;
+  KeyHash key;  // all-zero: an empty place
   State state;
   std::int64_t expiry_ms;
+  std::uint32_t slot;
+};
+
+// The pending entries of one shard: an open-addressing table (linear probing, no per-entry
+// allocation: markDirty() is on the hot path, and a node-based map cost a malloc per new key and
+// a cache miss per lookup). take() empties it and keeps its capacity for the next interval.
+class PendingTable {
+ public:
+  std::size_t size() const { return used_; }
+  bool empty() const { return used_ == 0; }
+
+  Pending* find(const KeyHash& key) {
+    if (places_.empty()) return nullptr;
+    for (std::size_t i = home(key);; i = (i + 1) & mask()) {
+      if (places_[i].key == key) return &places_[i];
+      if (isEmpty(places_[i].key)) return nullptr;
+    }
+  }
+  // `p.key` must not be present.
+  void insert(const Pending& p) {
+    if ((used_ + 1) * 10 > places_.size() * 7) grow();
+    std::size_t i = home(p.key);
+    while (!isEmpty(places_[i].key)) i = (i + 1) & mask();
+    places_[i] = p;
+    ++used_;
+  }
+  // Appends every entry to `out` and empties the table.
+  void take(std::vector<Pending>& out) {
+    if (used_ == 0) return;
+    for (Pending& p : places_) {
+      if (isEmpty(p.key)) continue;
+      out.push_back(p);
+      p = Pending{};
+    }
+    used_ = 0;
+  }
+
+ private:
+  static bool isEmpty(const KeyHash& k) { return k.hi == 0 && k.lo == 0; }
+  std::size_t mask() const { return places_.size() - 1; }
+  std::size_t home(const KeyHash& k) const { return static_cast<std::size_t>(k.hi) & mask(); }
+  void grow() {
+    std::vector<Pending> old(std::max<std::size_t>(64, places_.size() * 2));
+    old.swap(places_);
+    used_ = 0;
+    for (const Pending& p : old) {
+      if (!isEmpty(p.key)) insert(p);
+    }
+  }
+  std::vector<Pending> places_;  // size: a power of two, or 0
+  std::size_t used_ = 0;
 };
 
 constexpr std::int64_t kNone = std::numeric_limits<std::int64_t>::max();
@@ -32,7 +78,7 @@ constexpr std::int64_t kNone = std::numeric_limits<std::int64_t>::max();
 
 struct alignas(64) SnapshotWriter::Shard {
   std::mutex mu;  // State below is protected by mu.
-  std::unordered_map<KeyHash, Pending, KeyHashHasher> pending;
+  PendingTable pending;
   std::int64_t oldest_ns = kNone;  // steady time of the oldest change in `pending`
 };
 
@@ -69,9 +115,10 @@ void SnapshotWriter::markDirty(std::uint32_t slot, const KeyHash& key, const Sta
                                std::int64_t expiry_ms) {
   Shard& shard = shardFor(key);
   std::lock_guard lock(shard.mu);
-  auto it = shard.pending.find(key);
-  if (it != shard.pending.end()) {
-    it->second = Pending{slot, state, expiry_ms};
+  if (Pending* p = shard.pending.find(key)) {
+    p->state = state;
+    p->expiry_ms = expiry_ms;
+    p->slot = slot;
     return;
   }
   if (shard.pending.size() >= shard_cap_) {
@@ -79,22 +126,23 @@ void SnapshotWriter::markDirty(std::uint32_t slot, const KeyHash& key, const Sta
     return;
   }
   if (shard.pending.empty()) shard.oldest_ns = steadyNs();
-  shard.pending.emplace(key, Pending{slot, state, expiry_ms});
+  shard.pending.insert(Pending{key, state, expiry_ms, slot});
 }
 
 void SnapshotWriter::takeAll(Taken& out) {
+  std::vector<Pending> taken;
   for (std::size_t i = 0; i < options_.shards; ++i) {
     Shard& shard = shards_[i];
-    std::unordered_map<KeyHash, Pending, KeyHashHasher> taken;
     std::int64_t oldest = kNone;
+    taken.clear();
     {
       std::lock_guard lock(shard.mu);
       if (shard.pending.empty()) continue;
-      taken.swap(shard.pending);
+      shard.pending.take(taken);
       std::swap(oldest, shard.oldest_ns);
     }
     out.oldest_ns = std::min(out.oldest_ns, oldest);
-    for (const auto& [key, p] : taken) out.entries.push_back({p.slot, key, p.state, p.expiry_ms});
+    for (const Pending& p : taken) out.entries.push_back({p.slot, p.key, p.state, p.expiry_ms});
   }
 }
 
@@ -102,12 +150,12 @@ void SnapshotWriter::putBack(const std::vector<SnapshotEntry>& entries, std::int
   for (const SnapshotEntry& e : entries) {
     Shard& shard = shardFor(e.key);
     std::lock_guard lock(shard.mu);
-    if (shard.pending.contains(e.key)) continue;  // marked again meanwhile: the newer state wins
+    if (shard.pending.find(e.key) != nullptr) continue;  // marked again meanwhile: newer wins
     if (shard.pending.size() >= shard_cap_) {
       dropped_.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    shard.pending.emplace(e.key, Pending{e.slot, e.state, e.expiry_ms});
+    shard.pending.insert(Pending{e.key, e.state, e.expiry_ms, e.slot});
     shard.oldest_ns = std::min(shard.oldest_ns, oldest_ns);
   }
 }
@@ -124,6 +172,9 @@ bool SnapshotWriter::flushOnce() {
   if (taken.entries.empty()) return true;
   inflight_oldest_ns_.store(taken.oldest_ns, std::memory_order_relaxed);
 
+  // By slot: a batch then spans few slots, and the store writes one command per slot and batch.
+  std::sort(taken.entries.begin(), taken.entries.end(),
+            [](const SnapshotEntry& a, const SnapshotEntry& b) { return a.slot < b.slot; });
   std::vector<std::vector<SnapshotEntry>> batches;
   for (std::size_t i = 0; i < taken.entries.size(); i += options_.batch_entries) {
     const std::size_t end = std::min(taken.entries.size(), i + options_.batch_entries);
@@ -132,26 +183,33 @@ bool SnapshotWriter::flushOnce() {
   }
   taken.entries = {};
 
-  // Completion state shared with the callbacks; all batches are sent before any answer is awaited,
-  // so the store can pipeline them.
+  // Completion state shared with the callbacks. Batches go out in waves of kWave: within a wave
+  // the store pipelines them; waiting between waves keeps each command's deadline about its own
+  // work, not the queue of everything before it.
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
     std::size_t remaining = 0;
     std::vector<bool> failed;
   };
+  constexpr std::size_t kWave = 16;
   auto wait = std::make_shared<Wait>();
-  wait->remaining = batches.size();
   wait->failed.assign(batches.size(), false);
-  for (std::size_t i = 0; i < batches.size(); ++i) {
-    store_.write(batches[i], [wait, i](Status status) {
-      std::lock_guard lock(wait->mu);
-      wait->failed[i] = !status.ok();
-      if (--wait->remaining == 0) wait->cv.notify_all();
-    });
-  }
   std::unique_lock lock(wait->mu);
-  wait->cv.wait(lock, [&] { return wait->remaining == 0; });
+  for (std::size_t first = 0; first < batches.size(); first += kWave) {
+    const std::size_t end = std::min(batches.size(), first + kWave);
+    wait->remaining = end - first;
+    lock.unlock();
+    for (std::size_t i = first; i < end; ++i) {
+      store_.write(batches[i], [wait, i](Status status) {
+        std::lock_guard guard(wait->mu);
+        wait->failed[i] = !status.ok();
+        if (--wait->remaining == 0) wait->cv.notify_all();
+      });
+    }
+    lock.lock();
+    wait->cv.wait(lock, [&] { return wait->remaining == 0; });
+  }
 
   bool all_ok = true;
   std::uint64_t written = 0;
