@@ -142,6 +142,7 @@ TEST_CASE("an unreachable snapshot store delays checks at most by the recovery d
   o.self_id = "a";
   o.snapshots = &snapshots;
   o.recovery_timeout = 100ms;
+  o.startup_timeout = 100ms;
   Node n(o, clock);
   n.keeper.recoverAll();
   CHECK(n.keeper.waitStarted(5s));
