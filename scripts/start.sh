@@ -19,8 +19,14 @@
 # $THROTTLEX_START_TIMEOUT s, default 30) until every node's /v1/cluster shows 5 alive members,
 # prints how to reach them, and then waits. Ctrl-C or SIGTERM stops every node with SIGTERM (each
 # leaves the cluster gracefully) and exits 0. A node that dies, on startup or later, stops the
-# others and the script exits non-zero with the end of that node's log.
+# others and the script exits non-zero with the end of that node's log; a node that drains
+# (`throttlectl drain`, exit 0) just leaves.
 # THROTTLEX_NO_BUILD=1 skips setup.sh and the build (a quick restart of what is already built).
+#
+# Snapshots: a redis-server of its own on 127.0.0.1:$THROTTLEX_REDIS_PORT (default 6390; no disk
+# persistence, data in $RUN_DIR/redis) that every node writes its state to (--redis), stopped after
+# the nodes. Restarting the cluster keeps the limits' state as long as that Redis runs; it stops
+# with the script. THROTTLEX_NO_REDIS=1: memory only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +36,9 @@ readonly THREADS=${THROTTLEX_THREADS:-1}
 readonly START_TIMEOUT=${THROTTLEX_START_TIMEOUT:-30}
 readonly STOP_TIMEOUT=15  # seconds a node gets to leave and stop after SIGTERM
 readonly BIN=build/bin
+readonly REDIS_PORT=${THROTTLEX_REDIS_PORT:-6390}
+readonly WITH_REDIS=$([[ ${THROTTLEX_NO_REDIS:-0} == 1 ]] && echo 0 || echo 1)
+redis_pid=""
 
 http_port() { echo $((8079 + $1)); }
 rpc_port() { echo $((7399 + $1)); }
@@ -60,6 +69,9 @@ check_ports_free() {
     p=$(gossip_port "$i")
     [[ -z $(ss -Hlun "sport = :$p") ]] || busy+=("udp/$p: $(ss -Hlunp "sport = :$p" | head -1)")
   done
+  if ((WITH_REDIS)) && [[ -n $(ss -Hltn "sport = :$REDIS_PORT") ]]; then
+    busy+=("tcp/$REDIS_PORT (Redis): $(ss -Hltnp "sport = :$REDIS_PORT" | head -1)")
+  fi
   if ((${#busy[@]} > 0)); then
     log "these ports are in use, so the cluster cannot start (is another one running?):"
     printf '  %s\n' "${busy[@]}" >&2
@@ -94,8 +106,15 @@ stop_nodes() {
   return "$failed"
 }
 
+stop_redis() {
+  [[ -n $redis_pid ]] || return 0
+  kill -TERM "$redis_pid" 2>/dev/null || true
+  wait "$redis_pid" 2>/dev/null || true
+  redis_pid=""
+}
+
 # Any way out (an error under set -e included) stops what was started.
-trap 'stop_nodes || true' EXIT
+trap 'stop_nodes || true; stop_redis' EXIT
 trap 'stop_requested=1' INT TERM HUP
 
 # A node that is gone: say so with the end of its log, stop the others, exit non-zero.
@@ -121,13 +140,29 @@ first_dead_node() {
 
 # ---- start -----------------------------------------------------------------------------------
 mkdir -p "$RUN_DIR"
+redis_args=()
+if ((WITH_REDIS)); then
+  mkdir -p "$RUN_DIR/redis"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --dir "$RUN_DIR/redis" >"$RUN_DIR/redis.log" 2>&1 &
+  redis_pid=$!
+  deadline=$((SECONDS + 10))
+  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do
+    kill -0 "$redis_pid" 2>/dev/null || { log "redis-server did not start:"; tail -5 "$RUN_DIR/redis.log" >&2; exit 1; }
+    ((SECONDS < deadline)) || { log "redis-server did not answer within 10 s"; exit 1; }
+    sleep 0.1
+  done
+  redis_args=(--redis "127.0.0.1:$REDIS_PORT")
+  log "redis-server on 127.0.0.1:$REDIS_PORT (pid $redis_pid) for snapshots"
+fi
 for ((i = 1; i <= NODES; i++)); do
   args=(--node-id "node-$i" --bind 127.0.0.1 --cluster-name throttlex-local --gossip-preset local
         --http-port "$(http_port "$i")" --rpc-port "$(rpc_port "$i")"
         --metrics-port "$(metrics_port "$i")" --gossip-port "$(gossip_port "$i")"
         --threads "$THREADS" --rules docs/examples/rules.yaml)
   ((i == 1)) || args+=(--join "127.0.0.1:$(gossip_port 1)")
-  "$BIN/throttlexd" "${args[@]}" "$@" >"$RUN_DIR/node-$i.log" 2>&1 &
+  "$BIN/throttlexd" "${args[@]}" "${redis_args[@]+"${redis_args[@]}"}" "$@" \
+    >"$RUN_DIR/node-$i.log" 2>&1 &
   pids[i]=$!
 done
 log "started $NODES nodes (pids ${pids[*]}), logs in $RUN_DIR/node-{1..$NODES}.log"
@@ -179,6 +214,9 @@ Try (any node answers for any key):
   $BIN/throttlectl --node 127.0.0.1:7403 check user:1 --rule login
   $BIN/throttlex-bench --node 127.0.0.1:7400 --duration 5s
   curl -s http://127.0.0.1:9464/metrics | grep throttlex_members
+  $BIN/throttlectl --node 127.0.0.1:7400 status      # snapshots, handoffs
+  $BIN/throttlectl --node 127.0.0.1:7400 snapshot    # write every node's state to Redis now
+  $BIN/throttlectl --node 127.0.0.1:7400 drain node-5  # hand node-5's keys over; it leaves
 Stop with Ctrl-C (or SIGTERM to pid $$).
 
 MSG
@@ -191,13 +229,22 @@ while ((stop_requested == 0)); do
   ((stop_requested == 0)) || break
   [[ -n $exited ]] || continue
   for i in "${!pids[@]}"; do
-    [[ ${pids[$i]} != "$exited" ]] || fail_node_died "$i" "$status"
+    [[ ${pids[$i]} == "$exited" ]] || continue
+    if ((status == 0)); then  # it drained and left (throttlectl drain): the others go on
+      log "node-$i left the cluster (exit 0; drained)"
+      unset "pids[$i]"
+    else
+      fail_node_died "$i" "$status"
+    fi
   done
+  ((${#pids[@]} > 0)) || { log "every node has left"; break; }
 done
 
 trap - EXIT
 if stop_nodes; then
+  stop_redis
   log "all nodes stopped"
   exit 0
 fi
+stop_redis
 exit 1
