@@ -7,6 +7,8 @@
 #                                   [-- extra throttlexd flags for every node]
 #   cluster/netns/cluster.sh status [--prefix tx] [--run-dir DIR]
 #   cluster/netns/cluster.sh down   [--prefix tx] [--run-dir DIR]
+#   cluster/netns/cluster.sh kill   node-I|redis SIGNAL [--prefix tx] [--run-dir DIR]
+#   cluster/netns/cluster.sh start  node-I|redis        [--prefix tx] [--run-dir DIR]
 #
 # Layout (prefix P, subnet S = the first three octets of a /24):
 #
@@ -19,7 +21,8 @@
 #
 # The run directory (default /tmp/throttlex-netns; env THROTTLEX_NETNS_RUN_DIR) holds node-i.log,
 # node-i.pid, redis.log, redis.pid and cluster.env (the settings of `up`, which `status` and
-# `down` read, so they need no options). Binaries: $THROTTLEX_BIN (default build/bin).
+# `down` read, so they need no options), and node-i.args (node i's command line, NUL-separated,
+# for `start`). Binaries: $THROTTLEX_BIN (default build/bin).
 #
 # up      refuses to start when anything with the prefix exists already, when the subnet is on an
 #         interface or has a route other than the default one, or when, once the bridge exists,
@@ -31,6 +34,12 @@
 #         throttlexd / redis-server it started, in its namespace): SIGTERM (and SIGCONT, for a
 #         frozen one), SIGKILL after 15 s; then deletes the veths, the bridge and the namespaces
 #         with the prefix — only those. Idempotent: what is already gone is skipped.
+# kill    sends SIGNAL (TERM, KILL, STOP, CONT, ...) to the recorded PID of node I or of Redis,
+#         after checking that it is still the process `up` started in its namespace; fails if not.
+#         It does not wait: the chaos scenarios decide what to wait for.
+# start   starts node I (with exactly the command line `up` gave it: same id, address, flags) or
+#         Redis (same address and options, empty: it has no persistence) again in its namespace,
+#         after a `kill`; refuses while the recorded process still runs. It does not wait either.
 #
 # Nothing outside the prefix is touched: no other interface, no route but the one the kernel
 # adds for the bridge's address, no iptables rule in the root namespace.
@@ -47,12 +56,23 @@ readonly HTTP_PORT=8080 RPC_PORT=7400 METRICS_PORT=9464 GOSSIP_PORT=7946 REDIS_P
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---- options -----------------------------------------------------------------------------------
 cmd=${1:-}
-[[ $cmd == up || $cmd == down || $cmd == status ]] || usage
+[[ $cmd == up || $cmd == down || $cmd == status || $cmd == kill || $cmd == start ]] || usage
 shift
+target="" signal=""
+if [[ $cmd == kill || $cmd == start ]]; then
+  target=${1:-}
+  [[ $target =~ ^(node-[0-9]+|redis)$ ]] || die "$cmd: say node-I or redis"
+  shift
+  if [[ $cmd == kill ]]; then
+    signal=${1:-}
+    [[ $signal =~ ^[A-Z]+[0-9]*$ ]] || die "kill: say which signal (TERM, KILL, STOP, CONT, ...)"
+    shift
+  fi
+fi
 opt_nodes="" opt_prefix="" opt_subnet="" opt_redis="" opt_preset="" opt_threads="" opt_timeout=30
 RUN_DIR=${THROTTLEX_NETNS_RUN_DIR:-/tmp/throttlex-netns}
 extra=()
@@ -166,6 +186,7 @@ make_network() {
   for ((i = 1; i <= NODES; i++)); do add_namespace "$(node_ns "$i")" "$(node_veth "$i")" "$(node_addr "$i")"; done
   if ((REDIS)); then add_namespace "$REDIS_NS" "$REDIS_VETH" "$REDIS_ADDR"; fi
   for ((i = 1; i <= NODES; i++)); do check_route "$(node_addr "$i")"; done
+  if ((REDIS)); then check_route "$REDIS_ADDR"; fi
 }
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -186,15 +207,26 @@ start_redis() {
   echo "$pid" >"$RUN_DIR/redis.pid"
 }
 
+# Node I's command line (throttlexd and its arguments), NUL-separated in node-I.args: `start`
+# runs it again as it was.
+start_node() {
+  local i=$1 pid
+  local -a argv=()
+  mapfile -d '' -t argv <"$RUN_DIR/node-$i.args"
+  ((${#argv[@]} > 0)) || die "$RUN_DIR/node-$i.args is empty"
+  pid=$(start_in "$(node_ns "$i")" "$RUN_DIR/node-$i.log" "${argv[@]}")
+  echo "$pid" >"$RUN_DIR/node-$i.pid"
+}
+
 start_nodes() {
-  local i args pid
+  local i args
   for ((i = 1; i <= NODES; i++)); do
     args=(--node-id "node-$i" --bind "$(node_addr "$i")" --advertise "$(node_addr "$i")"
           --join "$(node_addr 1):$GOSSIP_PORT" --cluster-name "throttlex-$PREFIX"
           --gossip-preset "$PRESET" --threads "$THREADS" --rules "$REPO/docs/examples/rules.yaml")
     if ((REDIS)); then args+=(--redis "$REDIS_ADDR:$REDIS_PORT"); fi
-    pid=$(start_in "$(node_ns "$i")" "$RUN_DIR/node-$i.log" "$BIN/throttlexd" "${args[@]}" "${extra[@]}")
-    echo "$pid" >"$RUN_DIR/node-$i.pid"
+    printf '%s\0' "$BIN/throttlexd" "${args[@]}" "${extra[@]}" >"$RUN_DIR/node-$i.args"
+    start_node "$i"
   done
 }
 
@@ -262,7 +294,7 @@ cmd_down() {
     done
   done
   stop_pids "${triples[@]}"
-  rm -f "$RUN_DIR"/node-*.pid "$RUN_DIR/redis.pid"
+  rm -f "$RUN_DIR"/node-*.pid "$RUN_DIR/redis.pid" "$RUN_DIR"/node-*.args
   local link
   for link in $(our_links); do
     [[ $link == "$(bridge)" ]] || ip link del "$link" 2>/dev/null || true
@@ -359,8 +391,52 @@ cmd_up() {
 MSG
 }
 
+# The recorded PID, process name and namespace of TARGET (node-I or redis), as "PID COMM NS".
+target_process() {
+  if [[ $target == redis ]]; then
+    ((REDIS)) || die "this cluster has no Redis (up --redis)"
+    echo "$(cat "$RUN_DIR/redis.pid" 2>/dev/null || echo none) redis-server $REDIS_NS"
+  else
+    local i=${target#node-}
+    ((i >= 1 && i <= NODES)) || die "$target: the cluster has nodes 1..$NODES"
+    echo "$(node_pid "$i") throttlexd $(node_ns "$i")"
+  fi
+}
+
+cmd_kill() {
+  need_root
+  local pid comm ns
+  read -r pid comm ns <<<"$(target_process)"
+  is_ours "$pid" "$comm" "$ns" || die "$target: pid ${pid:-?} is not the $comm started in $ns"
+  kill -s "$signal" "$pid"
+  log "SIG$signal to $target (pid $pid)"
+}
+
+cmd_start() {
+  need_root
+  [[ -f $STATE ]] || die "no cluster in $RUN_DIR (up first)"
+  local pid comm ns
+  read -r pid comm ns <<<"$(target_process)"
+  ! is_ours "$pid" "$comm" "$ns" || die "$target still runs (pid $pid)"
+  # The old process may still be exiting outside our sight (a zombie of another shell): ours is
+  # gone from the namespace once `ip netns pids` no longer lists a process of that name.
+  local p
+  for p in $(ip netns pids "$ns" 2>/dev/null); do
+    [[ $(cat "/proc/$p/comm" 2>/dev/null) != "$comm" ]] || die "a $comm (pid $p) still runs in $ns"
+  done
+  if [[ $target == redis ]]; then
+    start_redis
+    log "started redis (pid $(cat "$RUN_DIR/redis.pid"))"
+  else
+    start_node "${target#node-}"
+    log "started $target (pid $(node_pid "${target#node-}"))"
+  fi
+}
+
 case $cmd in
   up) cmd_up ;;
+  kill) cmd_kill ;;
+  start) cmd_start ;;
   down) cmd_down ;;
   status) cmd_status ;;
 esac
