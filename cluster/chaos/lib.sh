@@ -14,6 +14,7 @@
 #   --nodes N --prefix P --subnet A.B.C --run-dir DIR   the cluster (cluster.sh's options)
 #   --rate R         offered checks/s of the load (open loop; default 5000)
 #   --max-errors E   client-visible errors (errors + fallbacks) allowed during the scenario
+# A scenario that sets CHAOS_REDIS=1 before chaos_cluster_up gets Redis too (cluster.sh --redis).
 # Environment: THROTTLEX_BIN (default build/bin); THROTTLEX_NETNS_REUSE=1 drives the cluster
 # already up under --prefix/--run-dir instead of bringing one up (it is left running, but every
 # fault the scenario injects is undone).
@@ -28,6 +29,12 @@ BIN=${THROTTLEX_BIN:-$CHAOS_REPO/build/bin}
 readonly HTTP_PORT=8080 RPC_PORT=7400 METRICS_PORT=9464
 
 chaos_log() { echo "chaos: $*" >&2; }
+
+# The interpreter itself rather than a version manager's shim: a pyenv shim costs ~0.5 s per call
+# (seconds on loaded cores), which polls and timings cannot afford. Every `python3` below (and
+# in the scenarios) is this function.
+CHAOS_PYTHON=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)
+if [[ -x $CHAOS_PYTHON ]]; then python3() { "$CHAOS_PYTHON" "$@"; }; fi
 
 # ---- options and the cluster -------------------------------------------------------------------
 # chaos_init SCENARIO DEFAULT_PREFIX DEFAULT_SUBNET DEFAULT_MAX_ERRORS ARGS...
@@ -79,13 +86,23 @@ chaos_cluster_up() {
     # shellcheck disable=SC1090  # written by cluster.sh up: plain NAME=value lines
     source <(grep -E '^(NODES|PREFIX|SUBNET)=[A-Za-z0-9.]*$' "$RUN_DIR/cluster.env")
   else
+    local -a redis=()
+    if ((${CHAOS_REDIS:-0})); then
+      command -v redis-server >/dev/null || { chaos_log "redis-server is missing: skipped"; exit 77; }
+      redis=(--redis)
+    fi
     THROTTLEX_NETNS_RUN_DIR=$RUN_DIR "$CLUSTER_SH" up --nodes "$NODES" --prefix "$PREFIX" \
-      --subnet "$SUBNET" --run-dir "$RUN_DIR" >&2 || { chaos_log "cluster did not come up"; exit 1; }
+      --subnet "$SUBNET" --run-dir "$RUN_DIR" "${redis[@]}" >&2 ||
+      { chaos_log "cluster did not come up"; exit 1; }
     CREATED_CLUSTER=1
   fi
   mkdir -p "$WORK"
   local i
   for ((i = 1; i <= NODES; i++)); do check_route "$(node_addr "$i")"; done
+  if ((${CHAOS_REDIS:-0})); then
+    grep -qx 'REDIS=1' "$RUN_DIR/cluster.env" || { chaos_log "the cluster has no Redis"; exit 2; }
+    check_route "$(redis_addr)"
+  fi
   # shellcheck disable=SC2046
   wait_alive 30 "$NODES" $(all_nodes) >/dev/null ||
     { chaos_log "the cluster is not converged at the start"; exit 1; }
@@ -112,6 +129,10 @@ node_ns() { echo "$PREFIX-n$1"; }
 node_veth() { echo "$PREFIX-v$1"; }
 node_pid() { cat "$RUN_DIR/node-$1.pid"; }
 node_log() { echo "$RUN_DIR/node-$1.log"; }
+redis_addr() { echo "$SUBNET.2"; }
+# cluster_cmd kill|start TARGET [SIGNAL]: cluster.sh's PID-checked signal / restart of node-I or
+# redis in this scenario's cluster.
+cluster_cmd() { "$CLUSTER_SH" "$@" --prefix "$PREFIX" --run-dir "$RUN_DIR" 2>&1 | sed 's/^/  /' >&2; return "${PIPESTATUS[0]}"; }
 
 # Nothing is sent from here to a namespace address unless it leaves through our bridge.
 check_route() {
@@ -120,8 +141,10 @@ check_route() {
   [[ $got == *" dev $PREFIX-br "* ]] || { chaos_log "route to $1 is not through $PREFIX-br ($got): abort"; exit 1; }
 }
 
-now() { date +%s.%N; }
-elapsed_since() { python3 -c "import sys,time; print('%.2f' % (time.time() - float(sys.argv[1])))" "$1"; }
+now() { echo "$EPOCHREALTIME"; }
+# Seconds since T (an epoch from now), read before anything is started (no interpreter's start-up
+# in the figure).
+elapsed_since() { awk -v now="$EPOCHREALTIME" -v t="$1" 'BEGIN { printf "%.2f\n", now - t }'; }
 
 # wait_until TIMEOUT_S WHAT COMMAND...: polls COMMAND every 0.2 s until it succeeds; prints the
 # seconds it took. Returns 1 (and prints nothing) after TIMEOUT_S.
@@ -151,7 +174,7 @@ state_seen_by() { python3 "$VIEWS" state "$2" "$(http_addrs "$1")"; }
 # The members node I sees in STATE, asked from inside I's own namespace (it answers there even
 # when it is cut off from the bridge).
 members_in_state_inside() {
-  ip netns exec "$(node_ns "$1")" python3 "$VIEWS" members "$2" "$(http_addrs "$1")"
+  ip netns exec "$(node_ns "$1")" "${CHAOS_PYTHON:-python3}" "$VIEWS" members "$2" "$(http_addrs "$1")"
 }
 # wait_state TIMEOUT ID STATES I...: until every node I reports ID in one of STATES; prints the
 # seconds it took, returns 1 after TIMEOUT.
@@ -227,6 +250,36 @@ metrics_totals() {
     /^throttlex_forward_standin_total / { s += $NF }
     /^throttlex_degraded_total / { p += $NF }
     END { printf "%d %d %d %d %d\n", d, s, p, f, l }'
+}
+
+# metric_of I NAME: the value of the unlabelled sample NAME in node I's /metrics ("" if the node
+# does not answer or has no such sample).
+metric_of() {
+  curl -fsS --max-time 2 "http://$(node_addr "$1"):$METRICS_PORT/metrics" 2>/dev/null |
+    awk -v name="$2" '$1 == name { print $2; exit }' || true
+}
+# metric_on_all NAME I...: NAME of every node I, space-separated ("-" where it has none).
+metric_on_all() {
+  local name=$1 i v
+  local -a vals=()
+  shift
+  for i in "$@"; do v=$(metric_of "$i" "$name"); vals+=("${v:--}"); done
+  echo "${vals[*]}"
+}
+# metric_all_equal NAME VALUE I...: true when every node I reports NAME == VALUE.
+metric_all_equal() {
+  local name=$1 want=$2 i
+  shift 2
+  for i in "$@"; do
+    awk -v v="$(metric_of "$i" "$name")" -v want="$want" 'BEGIN { exit !(v != "" && v + 0 == want + 0) }' ||
+      return 1
+  done
+}
+# metric_sum NAME I...: NAME summed over nodes I (one that does not answer counts 0).
+metric_sum() {
+  local name=$1
+  shift
+  metric_on_all "$name" "$@" | awk '{ for (i = 1; i <= NF; i++) if ($i != "-") s += $i } END { printf "%.0f\n", s }' 
 }
 
 # metrics_delta "BEFORE" "AFTER": sets FIG[node_*] from two metrics_totals lines.
