@@ -29,6 +29,10 @@ throttlex_chaos_test(cluster_chaos_kill kill.sh txck 10.77.11 150)
 # node-5 cut off for 12 s (it is declared dead after ~5 s), then healed: ~50 s.
 throttlex_chaos_test(cluster_chaos_partition partition.sh txcp 10.77.12 180
                      --duration 12 --seen-bound 10 --after 5)
+# Redis (cluster.sh --redis) SIGKILLed for 10 s under load, then started again: no client error,
+# no slower checks, every node sees it go and come back, snapshots resume and drain: ~45 s.
+# Skipped (77) without redis-server too.
+throttlex_chaos_test(cluster_chaos_redis_down redis_down.sh txcr 10.77.13 150)
 
 get_property(_tx_prefixes GLOBAL PROPERTY THROTTLEX_CHAOS_PREFIXES)
 set(_tx_down "((EUID == 0)) && command -v ip >/dev/null || exit 77\nstatus=0")
