@@ -4,8 +4,9 @@
 
     promql_check.py --bin BUILD/bin [--work-dir DIR] [--dashboard FILE ...] [--nodes 3]
 
-Starts NODES throttlexd on loopback (ports from the kernel; the others join node-1, local gossip
-preset), a Prometheus (Debian package `prometheus`, scripts/setup.sh) on a free loopback port
+Starts a redis-server on a free loopback port (no persistence, its own directory under the work
+dir), NODES throttlexd on loopback snapshotting to it (--redis; ports from the kernel; the others
+join node-1, local gossip preset), so that the Redis panels have data, a Prometheus (Debian package `prometheus`, scripts/setup.sh) on a free loopback port
 that scrapes their /metrics every second into its own storage under the work dir, and
 throttlex-bench entering at every node (--route entry: local and forwarded checks). Then every
 expression of every panel of the dashboards (default cluster/grafana/dashboards/*.json), Grafana
@@ -22,7 +23,8 @@ cluster/prometheus/prometheus.yml.
 
 Every process started here is stopped by its handle (SIGTERM, then SIGKILL), and gets SIGTERM
 if this script dies (PR_SET_PDEATHSIG). Traffic goes to 127.0.0.1 only. Exit status: 0 ok,
-1 a query failed, 2 usage or setup failure, 77 no prometheus here (CTest's skip).
+1 a query failed, 2 usage or setup failure, 77 no prometheus or no redis-server here (CTest's
+skip).
 """
 import argparse
 import contextlib
@@ -195,6 +197,50 @@ class Prometheus:
         return set(self.api("label/__name__/values"))
 
 
+class Redis:
+    """A redis-server on 127.0.0.1 without persistence, its directory and log in WORK."""
+
+    def __init__(self, binary, work):
+        self.binary, self.dir = binary, work / "redis"
+
+    def __enter__(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        for _ in range(3):  # the free port may be taken between our probe and its bind
+            self.port = free_port()
+            self.log_path = self.dir / "redis.log"
+            with open(self.log_path, "w") as log_file:
+                self.proc = subprocess.Popen(
+                    [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                     "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    preexec_fn=die_with_parent)
+            if self._wait_ready(10):
+                return self
+            self.__exit__()
+        raise RuntimeError(f"redis-server did not start; {self.log_path}:\n"
+                           + self.log_path.read_text()[-2000:])
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,6 +298,10 @@ def run(args):
     if not prometheus:
         log("prometheus is not installed (Debian package prometheus, scripts/setup.sh): skipped")
         return 77
+    redis_server = shutil.which("redis-server")
+    if not redis_server:
+        log("redis-server is not installed (scripts/setup.sh): skipped (the Redis panels need it)")
+        return 77
     for tool in ("throttlexd", "throttlex-bench"):
         if not (args.bin / tool).exists():
             log(f"no {tool} in {args.bin}: build first")
@@ -261,6 +311,9 @@ def run(args):
     common = ["--gossip-preset", "local", "--cluster-name", "promql-check", "--threads", "1",
               "--rules", str(ROOT / "docs/examples/rules.yaml")]
     with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(Redis(redis_server, args.work_dir))
+        log(f"redis-server {redis.proc.pid} on 127.0.0.1:{redis.port}")
+        common += ["--redis", f"127.0.0.1:{redis.port}"]
         nodes = [stack.enter_context(RunningNode(args.bin, ["--node-id", "node-1", *common]))]
         for i in range(2, args.nodes + 1):
             nodes.append(stack.enter_context(RunningNode(
