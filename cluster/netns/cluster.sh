@@ -3,7 +3,7 @@
 # partitions are real (for machines without Docker; issue 6). Needs root, iproute2 and curl.
 #
 #   cluster/netns/cluster.sh up     [--nodes 5] [--prefix tx] [--subnet 10.77.0] [--run-dir DIR]
-#                                   [--redis] [--preset local] [--threads 1] [--timeout 30]
+#                                   [--redis] [--seeds 1] [--preset local] [--threads 1] [--timeout 30]
 #                                   [-- extra throttlexd flags for every node]
 #   cluster/netns/cluster.sh status [--prefix tx] [--run-dir DIR]
 #   cluster/netns/cluster.sh down   [--prefix tx] [--run-dir DIR]
@@ -15,7 +15,9 @@
 #   root namespace:  bridge P-br, address S.1/24 (the route to S.0/24 goes through it)
 #   node i:          namespace P-ni, veth P-vi (root side, on the bridge) <-> eth0 (S.(10+i)/24);
 #                    throttlexd --bind/--advertise S.(10+i), default ports (HTTP 8080, RPC 7400,
-#                    metrics 9464, gossip 7946), --join S.11:7946, --node-id node-i
+#                    metrics 9464, gossip 7946), --join S.11:7946, --node-id node-i; with --seeds K
+#                    --join S.11:7946,...,S.(10+K):7946 (a node skips itself: a restarted node-1
+#                    then rejoins through node-2 instead of starting a cluster of its own)
 #   redis (--redis): namespace P-redis, veth P-vr <-> eth0 (S.2/24), redis-server on S.2:6379
 #                    without persistence; every node gets --redis S.2:6379
 #
@@ -73,7 +75,7 @@ if [[ $cmd == kill || $cmd == start ]]; then
     shift
   fi
 fi
-opt_nodes="" opt_prefix="" opt_subnet="" opt_redis="" opt_preset="" opt_threads="" opt_timeout=30
+opt_nodes="" opt_prefix="" opt_subnet="" opt_redis="" opt_seeds=1 opt_preset="" opt_threads="" opt_timeout=30
 RUN_DIR=${THROTTLEX_NETNS_RUN_DIR:-/tmp/throttlex-netns}
 extra=()
 while (($# > 0)); do
@@ -83,6 +85,7 @@ while (($# > 0)); do
     --subnet) opt_subnet=$2; shift 2 ;;
     --run-dir) RUN_DIR=$2; shift 2 ;;
     --redis) opt_redis=1; shift ;;
+    --seeds) opt_seeds=$2; shift 2 ;;
     --preset) opt_preset=$2; shift 2 ;;
     --threads) opt_threads=$2; shift 2 ;;
     --timeout) opt_timeout=$2; shift 2 ;;
@@ -117,6 +120,7 @@ if ! [[ $NODES =~ ^[0-9]+$ ]] || ((NODES < 1 || NODES > MAX_NODES)); then die "-
   die "--subnet must be the first three octets of a private /24 (e.g. 10.77.0)"
 [[ $(tr -cd . <<<"$SUBNET") == .. ]] || die "--subnet must have three octets (e.g. 10.77.0)"
 [[ $opt_timeout =~ ^[0-9]+$ ]] || die "--timeout must be whole seconds"
+if ! [[ $opt_seeds =~ ^[0-9]+$ ]] || ((opt_seeds < 1 || opt_seeds > NODES)); then die "--seeds must be 1..--nodes"; fi
 
 bridge() { echo "$PREFIX-br"; }
 node_ns() { echo "$PREFIX-n$1"; }
@@ -219,10 +223,12 @@ start_node() {
 }
 
 start_nodes() {
-  local i args
+  local i s args seeds
+  seeds="$(node_addr 1):$GOSSIP_PORT"
+  for ((s = 2; s <= opt_seeds; s++)); do seeds+=",$(node_addr "$s"):$GOSSIP_PORT"; done
   for ((i = 1; i <= NODES; i++)); do
     args=(--node-id "node-$i" --bind "$(node_addr "$i")" --advertise "$(node_addr "$i")"
-          --join "$(node_addr 1):$GOSSIP_PORT" --cluster-name "throttlex-$PREFIX"
+          --join "$seeds" --cluster-name "throttlex-$PREFIX"
           --gossip-preset "$PRESET" --threads "$THREADS" --rules "$REPO/docs/examples/rules.yaml")
     if ((REDIS)); then args+=(--redis "$REDIS_ADDR:$REDIS_PORT"); fi
     printf '%s\0' "$BIN/throttlexd" "${args[@]}" "${extra[@]}" >"$RUN_DIR/node-$i.args"
@@ -346,7 +352,8 @@ cmd_up() {
   [[ -x $BIN/throttlexd ]] || die "$BIN/throttlexd is missing: build first (or set THROTTLEX_BIN)"
   command -v python3 >/dev/null || die "python3 is missing"
   local existing
-  existing=$(echo $(our_namespaces) $(our_links))
+  existing=$(our_namespaces; our_links)
+  existing=${existing//$'\n'/ }
   [[ -z ${existing// /} ]] || die "prefix $PREFIX is in use ($existing): run '$0 down --prefix $PREFIX' first"
   check_subnet_free
   mkdir -p "$RUN_DIR"
