@@ -14,7 +14,8 @@
 #   --nodes N --prefix P --subnet A.B.C --run-dir DIR   the cluster (cluster.sh's options)
 #   --rate R         offered checks/s of the load (open loop; default 5000)
 #   --max-errors E   client-visible errors (errors + fallbacks) allowed during the scenario
-# A scenario that sets CHAOS_REDIS=1 before chaos_cluster_up gets Redis too (cluster.sh --redis).
+# A scenario that sets CHAOS_REDIS=1 before chaos_cluster_up gets Redis too (cluster.sh --redis),
+# one that sets CHAOS_SEEDS=K gets K gossip seeds (cluster.sh --seeds; default 1, node-1).
 # Environment: THROTTLEX_BIN (default build/bin); THROTTLEX_NETNS_REUSE=1 drives the cluster
 # already up under --prefix/--run-dir instead of bringing one up (it is left running, but every
 # fault the scenario injects is undone).
@@ -92,7 +93,7 @@ chaos_cluster_up() {
       redis=(--redis)
     fi
     THROTTLEX_NETNS_RUN_DIR=$RUN_DIR "$CLUSTER_SH" up --nodes "$NODES" --prefix "$PREFIX" \
-      --subnet "$SUBNET" --run-dir "$RUN_DIR" "${redis[@]}" >&2 ||
+      --subnet "$SUBNET" --run-dir "$RUN_DIR" --seeds "${CHAOS_SEEDS:-1}" "${redis[@]}" >&2 ||
       { chaos_log "cluster did not come up"; exit 1; }
     CREATED_CLUSTER=1
   fi
