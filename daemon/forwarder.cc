@@ -340,8 +340,8 @@ class Loop {
     }
     item.standin = true;
     // The stand-in must decide it, not pass it on to the owner it cannot reach either (that
-    // would chain one timeout behind another).
-    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops - 1);
+    // would chain one timeout behind another): it arrives past the hop limit.
+    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops);
     bump(impl_.standin);
     if (runner == view.self) {
       SlotKeeper* keeper = impl_.keeper.load(std::memory_order_acquire);

@@ -24,9 +24,8 @@ const RingView* Router::viewFor(std::uint8_t hops) const {
 Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
                             std::uint32_t& slot) const {
   const bool multi = view != nullptr && view->ring.members().size() > 1;
-  // At the hop limit the ring is not consulted for routing, but this node may have to read a
-  // snapshot first (it decides for an owner elsewhere: a stand-in), or may have handed the slot
-  // over (then the new owner decides).
+  // From the hop limit on, the ring is not consulted for ordinary routing (views disagree for a
+  // moment: never loop), but the slot keeper's modes and the ring's owner still matter.
   const bool at_limit = keeper_ != nullptr && hops >= kMaxHops && ring_ != nullptr;
   const bool keeping = keeper_ != nullptr && (keeper_->active() || at_limit);
   if (!multi && !keeping) return Where::kHere;
@@ -35,14 +34,28 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
   const std::uint32_t owner = multi ? view->peerFor(slot) : RingView::kNoPeer;
   if (!keeping) return owner == RingView::kNoPeer ? Where::kHere : Where::kPeer;
   const SlotMode mode = keeper_->mode(slot);
+  // Whether this node's ring gives the slot to another member (only asked at the hop limit).
+  const auto ownedElsewhere = [&] {
+    const std::shared_ptr<const RingView>& ring = ring_->current();
+    return ring && ring->peerFor(slot) != RingView::kNoPeer;
+  };
   if (hops > kMaxHops) {
-    // Sent on by a node that handed the slot over: decided here, once the state is here.
-    return mode == SlotMode::kParked || mode == SlotMode::kProxy ? Where::kPark : Where::kHere;
-  }
-  if (hops == kMaxHops && mode == SlotMode::kProxy) {
-    // From a node whose ring gives this node the slot: the previous owner handed it over (or is
-    // about to), so its handoff is on the way. Sending it back could find the state gone.
-    return Where::kPark;
+    // Past the limit: sent on by a node that did not own the slot, or by one whose owner was
+    // unreachable (a stand-in check). Decided here, once the state is here; a drained node
+    // still passes it to the member holding the state (a bounded number of times).
+    switch (mode) {
+      case SlotMode::kParked:
+      case SlotMode::kProxy:
+        return Where::kPark;
+      case SlotMode::kMoved:
+        return forwarder_ != nullptr && hops < kMaxHops + 3 ? Where::kPeer : Where::kHere;
+      case SlotMode::kClaimed:
+        return Where::kHere;
+      case SlotMode::kOpen:
+        break;
+    }
+    if (ownedElsewhere() && keeper_->standInNeedsRecovery(slot)) return Where::kPark;
+    return Where::kHere;
   }
   switch (mode) {
     case SlotMode::kParked:
@@ -50,20 +63,20 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
     case SlotMode::kClaimed:
       return Where::kHere;
     case SlotMode::kMoved:  // the forwarder sends these to the slot's runner-up
+      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
     case SlotMode::kProxy:
+      // At the limit it comes from a node whose ring gives this node the slot: the previous
+      // owner handed it over or is about to, so its handoff is on the way.
+      if (hops == kMaxHops) return Where::kPark;
       return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
     case SlotMode::kOpen:
       break;
   }
   if (owner != RingView::kNoPeer) return Where::kPeer;
-  if (at_limit) {
-    const std::shared_ptr<const RingView>& ring = ring_->current();
-    if (ring && ring->peerFor(slot) != RingView::kNoPeer) {
-      // This node's ring gives the slot to another member.
-      if (keeper_->handedOver(slot) && forwarder_ != nullptr) return Where::kPeer;
-      if (keeper_->standInNeedsRecovery(slot)) return Where::kPark;
-    }
-  }
+  // At the limit, a slot this node does not own by its ring goes to its owner by this ring, once
+  // more and past the limit, where it is decided: a node that handed the slot over, or a node
+  // that a newcomer with a partial view took for the previous owner, never decides it.
+  if (hops == kMaxHops && forwarder_ != nullptr && ownedElsewhere()) return Where::kPeer;
   return Where::kHere;
 }
 

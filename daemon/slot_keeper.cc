@@ -26,6 +26,11 @@ std::uint64_t getLe(const std::uint8_t* p) {
 
 State mergeStates(const State& a, const State& b) { return persistence::moreConsumed(a, b); }
 
+bool isMember(const RingView& view, const std::string& id) {
+  const auto& m = view.ring.members();
+  return std::find(m.begin(), m.end(), id) != m.end();
+}
+
 }  // namespace
 
 std::int64_t SlotKeeper::steadyMs() {
@@ -192,7 +197,7 @@ void SlotKeeper::expireDeadlines() {
   if (options_.snapshots != nullptr) {
     {
       std::lock_guard guard(mu_);
-      for (std::uint32_t s : expired) waiting_[s] = Waiting{false, true, now + options_.recovery_timeout};
+      for (std::uint32_t s : expired) waiting_[s] = Waiting{false, true, now + options_.recovery_timeout, {}};
     }
     recoverFromSnapshots(expired, now + options_.recovery_timeout);
     return;
@@ -334,7 +339,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   };
 
   std::map<std::uint32_t, std::vector<std::uint32_t>> lost;  // by new owner's index
-  std::vector<std::uint32_t> gained, from_snapshots;
+  std::vector<std::uint32_t> gained, from_snapshots, unproxied;
   const auto deadline = Steady::now() + options_.recovery_timeout;
   {
     std::lock_guard guard(mu_);
@@ -368,12 +373,30 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       // The previous owner goes on deciding the slot until it hands it over: send checks there
       // (it is the runner-up whenever one member joined). Otherwise they wait here.
       const bool proxy = push && next->ring.members()[runner_up] == previous;
-      w.deadline = std::max(w.deadline, proxy ? Steady::now() + options_.proxy_timeout : deadline);
+      w.deadline = proxy ? Steady::time_point::max() : std::max(w.deadline, deadline);
+      w.from = proxy ? previous : std::string();
       setModeLocked(s, proxy ? SlotMode::kProxy : SlotMode::kParked);
       gained.push_back(s);
       if (snapshot) from_snapshots.push_back(s);
     }
   }
+  {
+    // Proxied slots still ours whose previous owner left the ring, or is no longer the one we
+    // proxy to: nobody decides them any more, so they wait for the snapshot store instead.
+    std::lock_guard guard(mu_);
+    for (auto& [s, w] : waiting_) {
+      if (w.from.empty() || !ownsNow(s) || mode(s) != SlotMode::kProxy) continue;
+      if (isMember(w.from) && next->ring.members()[next->ring.runnerUpIndex(s)] == w.from) continue;
+      w.from.clear();
+      w.push = false;
+      w.snapshot = options_.snapshots != nullptr;
+      w.deadline = deadline;
+      setModeLocked(s, SlotMode::kParked);
+      (w.snapshot ? from_snapshots : unproxied).push_back(s);
+      gained.push_back(s);
+    }
+  }
+  openIfReady(unproxied);
   if (!gained.empty() || !lost.empty()) {
     std::size_t lost_count = 0;
     for (const auto& [owner, slots] : lost) lost_count += slots.size();
@@ -504,7 +527,7 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
   }
   wake_.notify_all();
   openIfReady(opened);
-  if (!others.empty()) post([this, others = std::move(others)] { claim(others); });
+  if (!others.empty()) post([this, from, others = std::move(others)] { claim(from, others); });
   logInfo("slots: handoff from " + from + ": " + std::to_string(slots.size()) + " slots, " +
           std::to_string(merged) + " entries in the last part");
   return merged;
@@ -544,7 +567,7 @@ std::size_t SlotKeeper::drain(std::chrono::milliseconds timeout) {
   return future.get();
 }
 
-void SlotKeeper::claim(const std::vector<std::uint32_t>& slots) {
+void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>& slots) {
   const std::shared_ptr<const RingView>& view = last_;
   if (!view || view->ring.members().size() <= 1) return;  // everything is this node's anyway
   std::size_t claimed = 0;
@@ -553,6 +576,11 @@ void SlotKeeper::claim(const std::vector<std::uint32_t>& slots) {
     for (std::uint32_t s : slots) {
       if (view->ring.ownerIndex(s) == view->self) continue;  // ours by the ring: decided here
       if (mode(s) != SlotMode::kOpen && mode(s) != SlotMode::kMoved) continue;
+      // Only the owner by this node's ring (or a sender it does not know yet) hands over what
+      // this ring has not caught up with; anything else (a newcomer's partial view handing back
+      // what it read at start) is merged, not claimed.
+      const std::string& owner = view->ring.ownerOf(s);
+      if (owner != from && isMember(*view, from)) continue;
       // Not (yet) ours by this node's ring: decide it here anyway; the sender forwards it here.
       setModeLocked(s, SlotMode::kClaimed);
       claims_[s] = Steady::now() + options_.claim_ttl;

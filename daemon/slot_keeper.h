@@ -10,7 +10,9 @@
 //  - moved    this node handed the slot over while still in the ring (drain): checks go to the
 //             slot's runner-up, which holds the state now;
 //  - proxy    this node gained the slot from a member that still decides it and has not handed it
-//             over yet: checks go to that member (the slot's runner-up) until its handoff arrives.
+//             over yet: checks go to that member (the slot's runner-up) until its handoff arrives
+//             (no deadline: it decides them meanwhile, however long gossip takes to tell it; if it
+//             leaves the ring first, the slot is read from the snapshot store instead).
 //
 // When state moves:
 //  - start (with a snapshot store): every slot is parked and read from Redis before it is decided.
@@ -74,7 +76,6 @@ struct SlotKeeperOptions {
   std::chrono::milliseconds startup_timeout{10'000}; // for reading every slot at start
   std::chrono::milliseconds handoff_timeout{2000};  // per handoff call
   std::chrono::milliseconds claim_ttl{10'000};      // a claim the ring never confirms expires
-  std::chrono::milliseconds proxy_timeout{5'000};   // longest wait for a live member's handoff
   std::size_t entries_per_call = 20'000;            // 640 KB of entries per handoff call
 };
 
@@ -163,10 +164,11 @@ class SlotKeeper {
     std::shared_ptr<ForwardSink> sink;
     std::uint8_t hops;
   };
-  struct Waiting {  // a parked slot: what it still waits for
+  struct Waiting {  // a parked or proxied slot: what it still waits for
     bool push = false;
     bool snapshot = false;
-    Steady::time_point deadline;
+    Steady::time_point deadline;  // max() while proxied: the previous owner decides meanwhile
+    std::string from;             // proxied: the member expected to hand the slot over
   };
 
   void post(std::function<void()> task);
@@ -186,7 +188,7 @@ class SlotKeeper {
   void openIfReady(const std::vector<std::uint32_t>& slots);
   void release(std::vector<Parked> parked);
   // Claims the slots this node's ring gives to others (their handoff came first). Worker thread.
-  void claim(const std::vector<std::uint32_t>& slots);
+  void claim(const std::string& from, const std::vector<std::uint32_t>& slots);
 
   const SlotKeeperOptions options_;
   Store& store_;

@@ -237,6 +237,11 @@ class PersistenceTest(unittest.TestCase):
               f"{load.over_admitted()}, under-admitted {load.under_admitted()}", file=sys.stderr)
         if load.over_admitted() or load.under_admitted():
             dump(nodes + [newcomer])
+            over = [(k, a) for k, a in load.allowed.items() if a > limit][:8]
+            for k, a in over:
+                _, out, _ = run_tool("throttlectl", "--node", nodes[0].rpc_address, "owner", k,
+                                     "--limit", str(limit), "--period", "1d")
+                print(f"over-admitted {k}: {a} allowed; {out.strip()}", file=sys.stderr)
         self.assertEqual(load.errors[:5], [])
         self.assertEqual(load.over_admitted(), 0, "keys admitted beyond their limit")
         self.assertEqual(load.under_admitted(), 0, "keys denied before their limit")

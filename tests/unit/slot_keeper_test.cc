@@ -171,7 +171,6 @@ TEST_CASE("a ring change hands exactly the lost slots to their new owner, who de
   oa.self_id = "a";
   ob.self_id = "b";
   oa.send = ob.send = sendTo;
-  oa.proxy_timeout = ob.proxy_timeout = 10s;
   a = std::make_unique<Node>(oa, clock);
   b = std::make_unique<Node>(ob, clock);
 
@@ -222,7 +221,7 @@ TEST_CASE("a ring change hands exactly the lost slots to their new owner, who de
   CHECK(b->keeper.stats().handoff_entries_received == moved);
 }
 
-TEST_CASE("a handoff that arrives before the receiver's ring is claimed, not lost") {
+TEST_CASE("a handoff from the owner that arrives before the receiver's ring is claimed") {
   ManualClock clock(kStart);
   SlotKeeperOptions o;
   o.self_id = "b";
@@ -231,20 +230,29 @@ TEST_CASE("a handoff that arrives before the receiver's ring is claimed, not los
   b.keeper.onRing(view({"a", "b", "c"}, "b"));
   // b's first ring hands what it does not own to a and c.
   REQUIRE(eventually([&] { return b.keeper.stats().handoffs_sent == 2; }));
-  // c's ring already gave slot s to b... but b's ring says a owns it: c hands s to b.
   const auto v = view({"a", "b", "c"}, "b");
-  std::uint32_t s = 0;
+  std::uint32_t s = 0, t = 0;
   while (v->ring.ownerOf(s) != "a") ++s;
+  while (t == s || v->ring.ownerOf(t) != "a") ++t;
   State state;
   decide(*Limit::make({Algorithm::kTokenBucket, 10, 1h, 0}), state, 4, kStart);
-  KeyHash key{0x1234, (std::uint64_t{s} << kSlotShift) | 1};
-  const std::vector<StoredEntry> entries{{key, state}};
-  const std::vector<std::uint16_t> slots{static_cast<std::uint16_t>(s)};
-  REQUIRE(b.keeper.receive("c", slots, SlotKeeper::encode(entries)).ok());
+  const KeyHash key{0x1234, (std::uint64_t{s} << kSlotShift) | 1};
+  const KeyHash other{0x5678, (std::uint64_t{t} << kSlotShift) | 1};
+  const std::vector<StoredEntry> entries{{key, state}}, others{{other, state}};
+  const std::vector<std::uint16_t> slot_s{static_cast<std::uint16_t>(s)};
+  const std::vector<std::uint16_t> slot_t{static_cast<std::uint16_t>(t)};
+
+  // c hands over slot t, which b's ring gives to a: c's view is not b's (a newcomer that saw
+  // only part of the cluster). The state is merged, but b does not start deciding t.
+  REQUIRE(b.keeper.receive("c", slot_t, SlotKeeper::encode(others)).ok());
+  // a, the owner by b's ring, hands over s: a's ring already gave s to b. b decides it now.
+  REQUIRE(b.keeper.receive("a", slot_s, SlotKeeper::encode(entries)).ok());
   REQUIRE(eventually([&] { return b.keeper.mode(s) == SlotMode::kClaimed; }));
+  CHECK(b.keeper.mode(t) == SlotMode::kOpen);
+  CHECK(b.keeper.stats().claims == 1);
   REQUIRE(b.store->get(key).has_value());
   CHECK(*b.store->get(key) == state);
-  CHECK(b.keeper.stats().claims == 1);
+  CHECK(b.store->get(other).has_value());
 }
 
 TEST_CASE("malformed handoff data is refused or skipped and counted") {
