@@ -294,7 +294,7 @@ class Loop {
     }
     if ((mode == SlotMode::kProxy || (mode == SlotMode::kMoved && owner == RingView::kNoPeer)) &&
         view) {
-      handOver(std::move(item), *view);  // the runner-up decides it
+      handOver(std::move(item), *view, mode);  // the runner-up (or proxied owner) decides it
       return;
     }
     if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || past_limit) {
@@ -364,8 +364,21 @@ class Loop {
 
   // The slot's runner-up decides it (the check carries the hop limit): this node handed the slot
   // to it (drain), or it still decides a slot this node gained until it hands it over (proxy).
-  void handOver(Item item, const RingView& view) {
-    const std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+  void handOver(Item item, const RingView& view, SlotMode mode) {
+    std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+    if (mode == SlotMode::kProxy) {
+      // To the member that still decides the slot (it was the runner-up when the slot was
+      // gained; another join may have put a member in between since).
+      SlotKeeper* keeper = impl_.keeper.load(std::memory_order_acquire);
+      const std::string from = keeper->proxyTarget(item.check.slot);
+      const auto& members = view.ring.members();
+      const auto it = std::find(members.begin(), members.end(), from);
+      if (it == members.end()) {  // gone: the keeper reads the slot from Redis instead
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        return;
+      }
+      runner = static_cast<std::uint32_t>(it - members.begin());
+    }
     if (runner == view.self) {
       deliver(item, impl_.service.check(item.check.args()));
       return;

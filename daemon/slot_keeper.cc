@@ -370,9 +370,9 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       Waiting& w = waiting_[s];
       w.push = w.push || push;
       w.snapshot = w.snapshot || snapshot;
-      // The previous owner goes on deciding the slot until it hands it over: send checks there
-      // (it is the runner-up whenever one member joined). Otherwise they wait here.
-      const bool proxy = push && next->ring.members()[runner_up] == previous;
+      // The previous owner goes on deciding the slot until it hands it over: checks go there
+      // (proxyTarget()). Without a previous owner to ask, they wait here for the snapshot.
+      const bool proxy = push;
       w.deadline = proxy ? Steady::time_point::max() : std::max(w.deadline, deadline);
       w.from = proxy ? previous : std::string();
       setModeLocked(s, proxy ? SlotMode::kProxy : SlotMode::kParked);
@@ -381,12 +381,13 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
     }
   }
   {
-    // Proxied slots still ours whose previous owner left the ring, or is no longer the one we
-    // proxy to: nobody decides them any more, so they wait for the snapshot store instead.
+    // Proxied slots still ours whose previous owner left the ring: nobody decides them any
+    // more, so they wait for the snapshot store instead. (One that is still a member goes on
+    // deciding them until it hands them over, runner-up or not.)
     std::lock_guard guard(mu_);
     for (auto& [s, w] : waiting_) {
       if (w.from.empty() || !ownsNow(s) || mode(s) != SlotMode::kProxy) continue;
-      if (isMember(w.from) && next->ring.members()[next->ring.runnerUpIndex(s)] == w.from) continue;
+      if (isMember(w.from)) continue;
       w.from.clear();
       w.push = false;
       w.snapshot = options_.snapshots != nullptr;
@@ -588,6 +589,12 @@ void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>
     }
   }
   claims_total_.fetch_add(claimed, std::memory_order_relaxed);
+}
+
+std::string SlotKeeper::proxyTarget(std::uint32_t slot) const {
+  std::lock_guard guard(mu_);
+  const auto w = waiting_.find(slot);
+  return w != waiting_.end() ? w->second.from : std::string();
 }
 
 SlotKeeperStats SlotKeeper::stats() const {

@@ -127,6 +127,8 @@ class SlotKeeper {
   // This node is about to decide `slot` as a stand-in (its owner elsewhere): true when the slot
   // must be read from the snapshot store first (it is parked now; park() the check).
   bool standInNeedsRecovery(std::uint32_t slot);
+  // Proxied slots: the member that still decides `slot` (empty if it is not proxied). Locks.
+  std::string proxyTarget(std::uint32_t slot) const;
   // This node handed `slot` over within the last claim_ttl (checks for it go to the new owner).
   bool handedOver(std::uint32_t slot) const {
     const std::int64_t at = handed_ms_[slot].load(std::memory_order_relaxed);
