@@ -288,7 +288,7 @@ class Loop {
     const SlotMode mode = keeper != nullptr ? keeper->mode(item.check.slot) : SlotMode::kOpen;
     const bool past_limit = item.hops > kMaxHops;  // from a node that handed the slot over
     if ((mode == SlotMode::kParked && (owner == RingView::kNoPeer || past_limit)) ||
-        (mode == SlotMode::kProxy && item.hops >= kMaxHops)) {  // its state is on the way
+        (mode == SlotMode::kProxy && past_limit)) {  // its state is on the way
       keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
       return;
     }
@@ -297,7 +297,9 @@ class Loop {
       handOver(std::move(item), *view, mode);  // the runner-up (or proxied owner) decides it
       return;
     }
-    if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || past_limit) {
+    const bool handed_on = past_limit && owner != RingView::kNoPeer && keeper != nullptr &&
+                           keeper->handedOver(item.check.slot) && item.hops < kMaxHops + 3;
+    if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || (past_limit && !handed_on)) {
       deliver(item, impl_.service.check(item.check.args()));
       return;
     }

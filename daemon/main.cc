@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
   keeper_options.snapshots = redis.get();
   keeper_options.send = &sendHandoff;
   keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
+  // With seeds, wait for the cluster before deciding (a restarted member must not decide its old
+  // keys alone while the others do); seeds that never answer leave it alone after 5 s.
+  if (!config.join.empty()) keeper_options.join_timeout = std::chrono::seconds(5);
   SlotKeeper keeper(keeper_options, **store, clock);
 
   LimiterService service(**store, clock, std::move(*rules), config.rules);
@@ -151,7 +154,7 @@ int main(int argc, char** argv) {
   (*forwarder)->setKeeper(&keeper);
   Router router(service, &ring, forwarder->get(), &keeper);
   keeper.setRouter(&router);
-  keeper.recoverAll();  // with --redis: every slot waits for its snapshot before it is decided
+  keeper.recoverAll();  // with --redis / --join: every slot waits for its snapshot / the cluster
   // Declared before everything that reads it (metrics scrapes, HTTP threads), so it outlives them.
   std::unique_ptr<ClusterNode> cluster;
   std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up

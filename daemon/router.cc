@@ -54,7 +54,13 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
       case SlotMode::kOpen:
         break;
     }
-    if (ownedElsewhere() && keeper_->standInNeedsRecovery(slot)) return Where::kPark;
+    if (ownedElsewhere()) {
+      // Handed over a moment ago: the new owner has the state (or it is on the way there).
+      if (keeper_->handedOver(slot) && forwarder_ != nullptr && hops < kMaxHops + 3) {
+        return Where::kPeer;
+      }
+      if (keeper_->standInNeedsRecovery(slot)) return Where::kPark;
+    }
     return Where::kHere;
   }
   switch (mode) {
@@ -64,10 +70,7 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
       return Where::kHere;
     case SlotMode::kMoved:  // the forwarder sends these to the slot's runner-up
       return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
-    case SlotMode::kProxy:
-      // At the limit it comes from a node whose ring gives this node the slot: the previous
-      // owner handed it over or is about to, so its handoff is on the way.
-      if (hops == kMaxHops) return Where::kPark;
+    case SlotMode::kProxy:  // the forwarder sends these to the member still deciding the slot
       return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
     case SlotMode::kOpen:
       break;

@@ -228,22 +228,27 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
 }
 
 void SlotKeeper::recoverAll() {
-  if (options_.snapshots == nullptr) return;
+  const bool joining = options_.join_timeout.count() > 0;
+  if (options_.snapshots == nullptr && !joining) return;
   std::vector<std::uint32_t> all(kSlotCount);
   // Every slot at once (about 1 s per million keys here): the node is not ready meanwhile.
   const auto deadline =
       Steady::now() + std::max(options_.recovery_timeout, options_.startup_timeout);
   {
     std::lock_guard guard(mu_);
-    started_ = false;
+    started_ = options_.snapshots == nullptr;
     for (std::uint32_t s = 0; s < kSlotCount; ++s) {
       all[s] = s;
       Waiting& w = waiting_[s];
-      w.snapshot = true;
-      w.deadline = deadline;
+      w.snapshot = options_.snapshots != nullptr;
+      // A node that joins a cluster decides nothing before it knows the cluster: alone, it
+      // would take itself for the owner of every slot while the members decide them too.
+      w.push = joining;
+      w.deadline = joining ? Steady::now() + options_.join_timeout : deadline;
       setModeLocked(s, SlotMode::kParked);
     }
   }
+  if (options_.snapshots == nullptr) return;
   post([this, all = std::move(all), deadline] {
     recoverFromSnapshots(all, deadline);
     {
@@ -368,7 +373,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       const bool snapshot = options_.snapshots != nullptr;
       if (!push && !snapshot) continue;
       Waiting& w = waiting_[s];
-      w.push = w.push || push;
+      w.push = push;  // replaces what it waited for before this ring (the join, at start)
       w.snapshot = w.snapshot || snapshot;
       // The previous owner goes on deciding the slot until it hands it over: checks go there
       // (proxyTarget()). Without a previous owner to ask, they wait here for the snapshot.

@@ -74,6 +74,9 @@ struct SlotKeeperOptions {
   HandoffSender send;                               // null: no handoffs (single node)
   std::chrono::milliseconds recovery_timeout{1000}; // a parked slot opens after this at the latest
   std::chrono::milliseconds startup_timeout{10'000}; // for reading every slot at start
+  // Started with --join: at start every slot waits (at most this long) for the first ring with
+  // other members in it. 0: a node on its own decides at once.
+  std::chrono::milliseconds join_timeout{0};
   std::chrono::milliseconds handoff_timeout{2000};  // per handoff call
   std::chrono::milliseconds claim_ttl{10'000};      // a claim the ring never confirms expires
   std::size_t entries_per_call = 20'000;            // 640 KB of entries per handoff call
@@ -135,8 +138,9 @@ class SlotKeeper {
     return at != 0 && steadyMs() - at < options_.claim_ttl.count();
   }
 
-  // Start: parks every slot and reads them all from the snapshot store (no-op without one).
-  // waitStarted() returns once they are open (or their deadline passed).
+  // Start: parks every slot and reads them all from the snapshot store; with join_timeout, slots
+  // also wait for the first ring of a cluster. waitStarted() returns once the snapshot is read
+  // (or its deadline passed).
   void recoverAll();
   bool waitStarted(std::chrono::milliseconds timeout);
 
