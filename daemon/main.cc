@@ -47,39 +47,59 @@ class SnapshotObserver final : public StoreObserver {
   persistence::SnapshotWriter& writer_;
 };
 
-// Admin flushes (throttlectl snapshot) run on threads of their own, joined at shutdown.
+// Admin flushes (throttlectl snapshot) run on threads of their own (a flush waits for Redis),
+// joined once finished or at shutdown.
 class Flushes {
  public:
   explicit Flushes(persistence::SnapshotWriter& writer) : writer_(writer) {}
   ~Flushes() { join(); }
   void start(std::function<void(Result<SnapshotOutcome>)> done) {
     std::lock_guard guard(mu_);
-    threads_.emplace_back([this, done = std::move(done)] {
-      const std::uint64_t before = writer_.stats().entries_written;
-      const bool ok = writer_.flushOnce();
-      const auto after = writer_.stats();
-      if (!ok) {
-        done(Error{ErrorCode::kUnavailable,
-                   "the snapshot store did not take every entry (is Redis reachable?); " +
-                       std::to_string(after.pending) + " entries still pending"});
-        return;
+    // Join the flushes that have finished (each marks itself), so repeated calls hold no threads.
+    for (auto it = threads_.begin(); it != threads_.end();) {
+      if (it->finished->load()) {
+        it->thread.join();
+        it = threads_.erase(it);
+      } else {
+        ++it;
       }
-      done(SnapshotOutcome{after.entries_written - before, after.pending});
-    });
+    }
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    threads_.push_back({std::thread([this, finished, done = std::move(done)] {
+      flush(done);
+      finished->store(true);
+    }), finished});
   }
   void join() {
-    std::vector<std::thread> threads;
+    std::vector<Running> threads;
     {
       std::lock_guard guard(mu_);
       threads.swap(threads_);
     }
-    for (auto& t : threads) t.join();
+    for (auto& t : threads) t.thread.join();
   }
 
  private:
+  struct Running {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  void flush(const std::function<void(Result<SnapshotOutcome>)>& done) {
+    const std::uint64_t before = writer_.stats().entries_written;
+    const bool ok = writer_.flushOnce();
+    const auto after = writer_.stats();
+    if (!ok) {
+      done(Error{ErrorCode::kUnavailable,
+                 "the snapshot store did not take every entry (is Redis reachable?); " +
+                     std::to_string(after.pending) + " entries still pending"});
+      return;
+    }
+    done(SnapshotOutcome{after.entries_written - before, after.pending});
+  }
+
   persistence::SnapshotWriter& writer_;
   std::mutex mu_;
-  std::vector<std::thread> threads_;
+  std::vector<Running> threads_;  // guarded by mu_
 };
 
 }  // namespace
