@@ -77,6 +77,11 @@ void define(CLI::App& app, Options& o) {
                  "Interval between snapshot writes to Redis (the crash-recovery bound)")
       ->check(CLI::Range(10, 60'000))
       ->capture_default_str();
+  app.add_option("--recovery", c.recovery,
+                 "Start-up reads from Redis: eager (every slot before the node is ready) or lazy "
+                 "(a slot when its first check arrives)")
+      ->check(CLI::IsMember({"eager", "lazy"}))
+      ->capture_default_str();
   app.add_option("--recovery-timeout-ms", c.recovery_timeout_ms,
                  "Longest time checks of a slot wait for its state (from Redis or the previous "
                  "owner) before it is decided with what arrived")

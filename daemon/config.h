@@ -30,6 +30,7 @@ struct Config {
   int forward_timeout_ms = 250;         // per batch forwarded to an owner
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
   int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)
+  std::string recovery = "eager";       // start-up reads: eager (every slot) | lazy (on demand)
   std::string config_file;
 };
 

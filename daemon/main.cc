@@ -158,6 +158,7 @@ int main(int argc, char** argv) {
   keeper_options.snapshots = redis.get();
   keeper_options.send = &sendHandoff;
   keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
+  keeper_options.lazy = config.recovery == "lazy";
   // With seeds, wait for the cluster before deciding (a restarted member must not decide its old
   // keys alone while the others do); seeds that never answer leave it alone after 5 s.
   if (!config.join.empty()) keeper_options.join_timeout = std::chrono::seconds(5);

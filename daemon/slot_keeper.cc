@@ -124,9 +124,20 @@ void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<F
     std::lock_guard guard(mu_);
     const SlotMode m = mode(check.slot);
     if ((m == SlotMode::kParked || m == SlotMode::kProxy) && !stopping_) {
-      parked_[check.slot].push_back({std::move(check), index, std::move(sink), hops});
+      const std::uint32_t slot = check.slot;
+      parked_[slot].push_back({std::move(check), index, std::move(sink), hops});
       parked_now_.fetch_add(1, std::memory_order_relaxed);
       parked_total_.fetch_add(1, std::memory_order_relaxed);
+      auto w = waiting_.find(slot);
+      if (w != waiting_.end() && w->second.lazy) {  // its first check: read it now
+        w->second.lazy = false;
+        w->second.deadline = std::min(w->second.deadline, Steady::now() + options_.recovery_timeout);
+        lazy_asked_.push_back(slot);
+        if (!std::exchange(lazy_posted_, true)) {
+          tasks_.push_back([this] { readLazy(); });
+          wake_.notify_all();
+        }
+      }
       return;
     }
   }
@@ -197,7 +208,7 @@ void SlotKeeper::expireDeadlines() {
   if (options_.snapshots != nullptr) {
     {
       std::lock_guard guard(mu_);
-      for (std::uint32_t s : expired) waiting_[s] = Waiting{false, true, now + options_.recovery_timeout, {}};
+      for (std::uint32_t s : expired) waiting_[s] = Waiting{false, true, false, now + options_.recovery_timeout, {}};
     }
     recoverFromSnapshots(expired, now + options_.recovery_timeout);
     return;
@@ -227,28 +238,42 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
   return true;
 }
 
+void SlotKeeper::readLazy() {
+  std::vector<std::uint32_t> slots;
+  {
+    std::lock_guard guard(mu_);
+    slots.swap(lazy_asked_);
+    lazy_posted_ = false;
+  }
+  recoverFromSnapshots(slots, Steady::now() + options_.recovery_timeout);
+}
+
 void SlotKeeper::recoverAll() {
   const bool joining = options_.join_timeout.count() > 0;
   if (options_.snapshots == nullptr && !joining) return;
+  const bool lazy = options_.lazy && options_.snapshots != nullptr;
   std::vector<std::uint32_t> all(kSlotCount);
   // Every slot at once (about 1 s per million keys here): the node is not ready meanwhile.
   const auto deadline =
       Steady::now() + std::max(options_.recovery_timeout, options_.startup_timeout);
   {
     std::lock_guard guard(mu_);
-    started_ = options_.snapshots == nullptr;
+    started_ = options_.snapshots == nullptr || lazy;
     for (std::uint32_t s = 0; s < kSlotCount; ++s) {
       all[s] = s;
       Waiting& w = waiting_[s];
       w.snapshot = options_.snapshots != nullptr;
+      w.lazy = lazy;
       // A node that joins a cluster decides nothing before it knows the cluster: alone, it
       // would take itself for the owner of every slot while the members decide them too.
       w.push = joining;
-      w.deadline = joining ? Steady::now() + options_.join_timeout : deadline;
+      w.deadline = joining ? Steady::now() + options_.join_timeout
+                   : lazy  ? Steady::time_point::max()  // until its first check asks
+                           : deadline;
       setModeLocked(s, SlotMode::kParked);
     }
   }
-  if (options_.snapshots == nullptr) return;
+  if (options_.snapshots == nullptr || lazy) return;
   post([this, all = std::move(all), deadline] {
     recoverFromSnapshots(all, deadline);
     {

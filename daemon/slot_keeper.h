@@ -77,6 +77,9 @@ struct SlotKeeperOptions {
   // Started with --join: at start every slot waits (at most this long) for the first ring with
   // other members in it. 0: a node on its own decides at once.
   std::chrono::milliseconds join_timeout{0};
+  // Start-up recovery: false reads every slot at start (eager); true reads a slot when its first
+  // check arrives (lazy, within recovery_timeout), batching the slots asked for meanwhile.
+  bool lazy = false;
   std::chrono::milliseconds handoff_timeout{2000};  // per handoff call
   std::chrono::milliseconds claim_ttl{10'000};      // a claim the ring never confirms expires
   std::size_t entries_per_call = 20'000;            // 640 KB of entries per handoff call
@@ -173,6 +176,7 @@ class SlotKeeper {
   struct Waiting {  // a parked or proxied slot: what it still waits for
     bool push = false;
     bool snapshot = false;
+    bool lazy = false;  // snapshot not asked for yet: the first check asks (lazy recovery)
     Steady::time_point deadline;  // max() while proxied: the previous owner decides meanwhile
     std::string from;             // proxied: the member expected to hand the slot over
   };
@@ -195,6 +199,7 @@ class SlotKeeper {
   void release(std::vector<Parked> parked);
   // Claims the slots this node's ring gives to others (their handoff came first). Worker thread.
   void claim(const std::string& from, const std::vector<std::uint32_t>& slots);
+  void readLazy();  // worker: reads the slots whose first checks arrived
 
   const SlotKeeperOptions options_;
   Store& store_;
@@ -218,6 +223,8 @@ class SlotKeeper {
   std::condition_variable wake_;
   std::condition_variable started_cv_;
   bool started_ = true;  // guarded by mu_; false while recoverAll() runs
+  std::vector<std::uint32_t> lazy_asked_;  // guarded by mu_; slots whose first check arrived
+  bool lazy_posted_ = false;               // guarded by mu_; a task will read lazy_asked_
 
   // Worker thread only.
   std::shared_ptr<const RingView> last_;

@@ -134,6 +134,41 @@ TEST_CASE("with a snapshot store, checks wait for their slot's snapshot instead 
   CHECK(n.keeper.stats().recovered_entries == 1);
 }
 
+TEST_CASE("lazy recovery reads a slot when its first check arrives, and only that slot") {
+  ManualClock clock(kStart);
+  persistence::FakeSnapshotStore snapshots(clock);
+  State spent;
+  const Limit limit = *Limit::make({Algorithm::kTokenBucket, 10, 1h, 0});
+  decide(limit, spent, 6, kStart);
+  const KeyHash key = hashOf("user:lazy");
+  snapshots.plant({slotOf(key), key, spent, spent.expiryMs()});
+  snapshots.setHold(true);
+
+  SlotKeeperOptions o;
+  o.self_id = "a";
+  o.snapshots = &snapshots;
+  o.lazy = true;
+  o.recovery_timeout = 10s;
+  Node n(o, clock);
+  n.keeper.recoverAll();
+  CHECK(n.keeper.waitStarted(0ms));  // ready at once: nothing is read up front
+  CHECK(snapshots.release() == 0);   // and nothing was asked of the store
+
+  Forwarding forwarding;
+  REQUIRE_FALSE(n.router.check(args("user:lazy"), 0, forwarding).has_value());
+  auto sink = std::make_shared<Sink>();
+  auto answered = sink->result.get_future();
+  n.router.forward(std::move(forwarding), sink);
+  // Exactly one read (of that one slot) reaches the store; the check waits for it.
+  REQUIRE(eventually([&] { return snapshots.release() == 1; }));
+  REQUIRE(answered.wait_for(5s) == std::future_status::ready);
+  const auto outcome = answered.get();
+  REQUIRE(outcome.ok());
+  CHECK(outcome->decision.remaining == 3);  // 10 - 6 - 1
+  CHECK(n.keeper.mode(slotOf(key)) == SlotMode::kOpen);
+  CHECK(n.keeper.stats().slots_waiting == kSlotCount - 1);
+}
+
 TEST_CASE("an unreachable snapshot store delays checks at most by the recovery deadline") {
   ManualClock clock(kStart);
   persistence::FakeSnapshotStore snapshots(clock);
