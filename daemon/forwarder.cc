@@ -215,6 +215,7 @@ class Loop {
     for (auto& [id, peer] : peers_) {
       auto queued = std::move(peer->queue);
       peer->queue.clear();
+      peer->relayed_queued = 0;
       for (Item& item : queued) degrade(item);
       closeConnection(*peer, "the node is shutting down");
     }
@@ -233,6 +234,7 @@ class Loop {
     std::uint64_t generation = 0;  // bumped when the connection is dropped; stale callbacks see it
     std::size_t in_flight = 0;
     std::deque<Item> queue;
+    std::size_t relayed_queued = 0;  // items in `queue` with hops (an upper bound)
     BreakerState breaker = BreakerState::kClosed;
     kj::TimePoint open_until = kj::origin<kj::TimePoint>();
     kj::Duration cooldown = 0 * kj::MILLISECONDS;
@@ -325,6 +327,7 @@ class Loop {
   }
 
   void enqueue(Peer& peer, Item item) {
+    if (item.hops > 0) ++peer.relayed_queued;
     peer.queue.push_back(std::move(item));
     connect(peer);
     scheduleFlush(peer);
@@ -509,6 +512,7 @@ class Loop {
     setBreaker(peer, BreakerState::kOpen, why);
     auto waiting = std::move(peer.queue);
     peer.queue.clear();
+    peer.relayed_queued = 0;
     for (Item& item : waiting) reroute(std::move(item));
   }
 
@@ -532,6 +536,9 @@ class Loop {
   void flush(Peer& peer) {
     if (!peer.conn) return;
     std::vector<Item> moved;  // slots that changed owner while queued
+    if (peer.in_flight > 0 && peer.relayed_queued > 0 && peer.breaker == BreakerState::kClosed) {
+      sendRelayed(peer, moved);
+    }
     while (!peer.queue.empty() &&
            (peer.in_flight == 0 || (peer.queue.size() >= opt_.max_batch &&
                                     peer.breaker == BreakerState::kClosed))) {
@@ -549,9 +556,41 @@ class Loop {
       }
       if (!batch.empty()) send(peer, std::move(batch));
     }
+    if (peer.queue.empty()) peer.relayed_queued = 0;
     for (Item& item : moved) {
       bump(impl_.rerouted);
       route(std::move(item));
+    }
+  }
+
+  // Checks with hops (relayed from another node, or sent on past the hop limit) leave at once,
+  // in batches of their own, even while a batch is in flight: held behind it they could wait on
+  // each other in a cycle (this node's batch waits for the peer, whose relay back here waits
+  // for this node's relay to the peer, queued behind that batch) until the call deadline. They
+  // are rare: ring changes and handoffs.
+  void sendRelayed(Peer& peer, std::vector<Item>& moved) {
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+    std::map<std::uint8_t, std::vector<Item>> by_hops;
+    std::deque<Item> rest;
+    for (Item& item : peer.queue) {
+      if (item.hops == 0) {
+        rest.push_back(std::move(item));
+      } else if (belongsTo(item, view.get(), peer)) {
+        by_hops[item.hops].push_back(std::move(item));
+      } else {
+        moved.push_back(std::move(item));
+      }
+    }
+    peer.queue.swap(rest);
+    peer.relayed_queued = 0;
+    for (auto& [hops, items] : by_hops) {
+      for (std::size_t first = 0; first < items.size(); first += opt_.max_batch) {
+        const std::size_t end = std::min(items.size(), first + opt_.max_batch);
+        const auto at = [&](std::size_t i) {
+          return std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(i));
+        };
+        send(peer, std::vector<Item>(at(first), at(end)));
+      }
     }
   }
 

@@ -355,7 +355,11 @@ void SlotKeeper::onRing(std::shared_ptr<const RingView> next) {
 
 void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   if (!next || next->ring.members().empty() || draining_.load()) return;
-  const std::shared_ptr<const RingView> prev = std::exchange(last_, next);
+  std::shared_ptr<const RingView> prev;
+  {
+    std::lock_guard guard(mu_);  // claim() reads it on RPC threads
+    prev = std::exchange(last_, next);
+  }
   const bool multi = next->ring.members().size() > 1;
   const bool prev_multi = prev && prev->ring.members().size() > 1;
   const std::string& self = options_.self_id;
@@ -558,7 +562,9 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
   }
   wake_.notify_all();
   openIfReady(opened);
-  if (!others.empty()) post([this, from, others = std::move(others)] { claim(from, others); });
+  // Claimed before the answer goes back: the sender passes checks of these slots on to this node
+  // as soon as it has the answer, and they must be decided here, not sent back to it.
+  claim(from, others);
   logInfo("slots: handoff from " + from + ": " + std::to_string(slots.size()) + " slots, " +
           std::to_string(merged) + " entries in the last part");
   return merged;
@@ -599,11 +605,12 @@ std::size_t SlotKeeper::drain(std::chrono::milliseconds timeout) {
 }
 
 void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>& slots) {
-  const std::shared_ptr<const RingView>& view = last_;
-  if (!view || view->ring.members().size() <= 1) return;  // everything is this node's anyway
+  if (slots.empty()) return;
   std::size_t claimed = 0;
   {
     std::lock_guard guard(mu_);
+    const std::shared_ptr<const RingView>& view = last_;
+    if (!view || view->ring.members().size() <= 1) return;  // everything is this node's anyway
     for (std::uint32_t s : slots) {
       if (view->ring.ownerIndex(s) == view->self) continue;  // ours by the ring: decided here
       if (mode(s) != SlotMode::kOpen && mode(s) != SlotMode::kMoved) continue;

@@ -197,7 +197,8 @@ class SlotKeeper {
   // Opens each slot that waits for nothing more and re-routes its parked checks.
   void openIfReady(const std::vector<std::uint32_t>& slots);
   void release(std::vector<Parked> parked);
-  // Claims the slots this node's ring gives to others (their handoff came first). Worker thread.
+  // Claims the slots this node's ring gives to others (their handoff came first). Any thread
+  // (an RPC thread, before the handoff is answered); takes mu_.
   void claim(const std::string& from, const std::vector<std::uint32_t>& slots);
   void readLazy();  // worker: reads the slots whose first checks arrived
 
@@ -226,7 +227,7 @@ class SlotKeeper {
   std::vector<std::uint32_t> lazy_asked_;  // guarded by mu_; slots whose first check arrived
   bool lazy_posted_ = false;               // guarded by mu_; a task will read lazy_asked_
 
-  // Worker thread only.
+  // Written by the worker thread under mu_; read there freely, elsewhere under mu_.
   std::shared_ptr<const RingView> last_;
   std::thread thread_;
 
