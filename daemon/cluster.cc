@@ -128,6 +128,14 @@ void ClusterNode::publishRing() {
           std::to_string(kSlotCount) + " slots");
 }
 
+void ClusterNode::announceLeave() {
+  if (!thread_.joinable()) return;
+  asio::post(io_, [this] {
+    membership_->leave(clock_.now());  // a second call is a no-op
+    publish();
+  });
+}
+
 void ClusterNode::leave() {
   if (!thread_.joinable()) return;
   // Announce on the gossip thread, keep stepping for a moment so the news gets out, then stop.

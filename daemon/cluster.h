@@ -43,7 +43,11 @@ class ClusterNode {
   ~ClusterNode();  // leave()s if still running
 
   std::uint16_t port() const { return port_; }
-  // Announces a voluntary leave, lets it spread for a moment, then stops the thread.
+  // Announces a voluntary leave and keeps gossiping (returns at once; the others stop routing
+  // here when they hear of it).
+  void announceLeave();
+  // Announces a voluntary leave (unless announced already), lets it spread for a moment, then
+  // stops the thread.
   void leave();
   std::vector<MemberInfo> members() const;  // thread-safe snapshot, ordered by id
   ClusterStats stats() const;               // thread-safe snapshot

@@ -3,8 +3,10 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <functional>
 #include <pthread.h>
 #include <thread>
 #include <unistd.h>
@@ -101,6 +103,27 @@ class Flushes {
   std::mutex mu_;
   std::vector<Running> threads_;  // guarded by mu_
 };
+
+// After announcing its leave a node stays while checks still arrive over RPC: peers that have not
+// heard of the leave yet keep forwarding here, and those checks are passed on to the slots' new
+// owners. It goes once none came for kLingerQuiet, after kLingerMax at the latest.
+constexpr auto kLingerQuiet = std::chrono::seconds(1);
+constexpr auto kLingerMax = std::chrono::seconds(10);
+
+void lingerWhileChecksArrive(const std::function<std::uint64_t()>& checks) {
+  using Steady = std::chrono::steady_clock;
+  const auto deadline = Steady::now() + kLingerMax;
+  std::uint64_t seen = checks();
+  auto quiet_since = Steady::now();
+  while (Steady::now() < deadline && Steady::now() - quiet_since < kLingerQuiet) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::uint64_t now_seen = checks();
+    if (now_seen != seen) {
+      seen = now_seen;
+      quiet_since = Steady::now();
+    }
+  }
+}
 
 }  // namespace
 
@@ -341,7 +364,9 @@ int main(int argc, char** argv) {
   // this node leaves (checks that still arrive here are passed on to them).
   const std::size_t handed = keeper.drain(std::chrono::seconds(5));
   if (handed > 0) logInfo("handed " + std::to_string(handed) + " slots over");
-  cluster->leave();  // tell the others, so they stop sending here
+  cluster->announceLeave();  // tell the others, so they stop sending here
+  lingerWhileChecksArrive([&rpc] { return (*rpc)->stats().checks; });
+  cluster->leave();
   (*http)->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   (*rpc)->stop();
   keeper.stop();  // decides what still waits for state (through the forwarder)

@@ -119,6 +119,16 @@ void Membership::leave(Time now) {
   broadcasts_.enqueue(u);
   probe_.reset();
   gossipTick(now);
+  // Gossip alone reaches everyone only after a few rounds, and later still on busy machines; a
+  // node that leaves tells every alive member at once, over the reliable channel, so they stop
+  // routing to it while it is still there to pass checks on.
+  Message m = message(MessageType::kPushPull);
+  m.reply = true;  // nothing to answer: the state of the others no longer matters here
+  m.members = fullState();
+  for (const Member* peer : randomMembers(members_.size(), options_.id, Pick::kLive, now)) {
+    ++counters_.push_pulls;
+    send(peer->address, m, Channel::kStream);
+  }
 }
 
 void Membership::updateMeta(NodeMeta meta, Time now) {
