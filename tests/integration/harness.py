@@ -135,6 +135,11 @@ class Node:
         self._reader.join(10)
         self.proc.stderr.close()
         self.tmp.cleanup()
+        keep = os.environ.get("THROTTLEX_IT_LOG_DIR")  # for reading a failed run afterwards
+        if keep and self.log_lines:
+            name = f"{self.node_id or 'node'}-{self.proc.pid}.log"
+            with open(os.path.join(keep, name), "w") as f:
+                f.writelines(self.log_lines)
 
 
 def run_tool(name, *args, timeout=30):
