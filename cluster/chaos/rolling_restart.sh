@@ -69,32 +69,6 @@ CHAOS_REDIS=1 CHAOS_SEEDS=3 RATE=$LOAD_RATE
 chaos_cluster_up
 mapfile -t nodes < <(all_nodes)
 
-# ---- the load ------------------------------------------------------------------------------------
-exact_start() {
-  local -a cmd=(python3 -u "$CHAOS_REPO/cluster/chaos/exact_load.py" --out "$WORK/exact.json"
-                --keys "$KEYS" --limit "$LIMIT" --period 1d --rate "$LOAD_RATE" --threads 4
-                --batch 50 --deadline 5 --duration "$LOAD_BOUND")
-  local i
-  for i in "${nodes[@]}"; do cmd+=(--node "$(node_addr "$i"):$HTTP_PORT"); done
-  if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then cmd=(setpriv --pdeathsig TERM -- "${cmd[@]}"); fi
-  rm -f "$WORK/exact.json"
-  "${cmd[@]}" 2>"$WORK/exact.err" &
-  EXACT_PID=$!
-  # shellcheck disable=SC2016  # expanded when it runs
-  chaos_on_exit 'kill -KILL "$EXACT_PID" 2>/dev/null || true'
-  chaos_log "exact load: $KEYS keys x $LIMIT/day, $LOAD_RATE checks/s (pid $EXACT_PID)"
-}
-
-# SIGTERM: the loader stops sending, sweeps (bounded: 60 s) and writes its JSON.
-exact_finish() {
-  kill -TERM "$EXACT_PID" 2>/dev/null || true
-  local deadline=$((SECONDS + 90))
-  while kill -0 "$EXACT_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-  kill -KILL "$EXACT_PID" 2>/dev/null || true
-  wait "$EXACT_PID" || FIG[exact_exit]=$?
-  chaos_undone
-}
-
 node_exited() { ! kill -0 "$1" 2>/dev/null; }
 ready() { curl -fsS --max-time 1 -o /dev/null "http://$(node_addr "$1"):$HTTP_PORT/readyz"; }
 
@@ -116,7 +90,7 @@ add_counters() {
 }
 
 # ---- the restarts --------------------------------------------------------------------------------
-exact_start
+exact_start "$LOAD_BOUND"
 sleep "$BEFORE"
 kill -0 "$EXACT_PID" 2>/dev/null || { chaos_log "the loader died:"; tail -5 "$WORK/exact.err" >&2; exit 1; }
 
@@ -153,30 +127,7 @@ for c in "${!COUNTER_FIGS[@]}"; do FIG[${COUNTER_FIGS[$c]}]=${TOTALS[$c]}; done
 exact_finish
 
 # ---- verdict -------------------------------------------------------------------------------------
-if ! python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$WORK/exact.json" 2>/dev/null; then
-  chaos_log "the loader wrote no JSON; its stderr:"
-  tail -n 5 "$WORK/exact.err" | sed 's/^/  | /' >&2
-  echo '{}' >"$WORK/exact.json"
-fi
-while IFS='=' read -r k v; do FIG[$k]=$v; done < <(python3 - "$WORK/exact.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-get = lambda k, d=-1: r.get(k, d)
-for k in ("checks", "errors", "error_batches", "check_errors", "ambiguous_checks", "failovers",
-          "allowed", "expected_allowed", "over_admitted", "over_admitted_keys", "under_admitted",
-          "under_admitted_keys", "sweep_rounds", "sweep_not_denied", "load_seconds", "keys", "limit"):
-    print(f"load_{k}={get(k)}")
-print("load_routes=" + ",".join(f"{k}:{v}" for k, v in sorted(r.get("routes", {}).items())) or "none")
-b = r.get("batch_ms", {})
-print(f"load_batch_p50_ms={b.get('p50')}")
-print(f"load_batch_p99_ms={b.get('p99')}")
-print(f"load_batch_max_ms={b.get('max')}")
-print("load_worst_over=" + (";".join(f"{k}:+{v}" for k, v in r.get("worst_over", [])) or "none"))
-print("load_worst_under=" + (";".join(f"{k}:-{v}" for k, v in r.get("worst_under", [])) or "none"))
-print("load_first_error=" + ((r.get("first_errors") or ["none"])[0].replace(" ", "_").replace("=", ":")[:200]))
-PY
-)
-FIG[client_visible_errors]=${FIG[load_errors]}
+exact_figures
 
 errors=${FIG[client_visible_errors]}
 over=${FIG[load_over_admitted]} under=${FIG[load_under_admitted]}
