@@ -11,20 +11,23 @@ The peers (issue 6, "Peers side by side"), each answering an HTTP GET per check 
   rlf-redis    rate-limiter-flexible RateLimiterRedis (ioredis) behind the same server + redis-server
   redis-lua    a token bucket in a Redis Lua script (bench/peers/token_bucket.lua, EVALSHA through
                ioredis) behind the same server + redis-server: the "central store on the hot path"
-Per peer, in this order, with wrk on the same 2 cores (1 wrk thread):
+Per peer, in this order, with the load generators on the same 2 cores (1 thread each):
   peak         wrk -t1 -c64 -dD --latency, keys uniform over KEYS, limits far above the load:
                requests/s, and every answer that is not 2xx is counted as an error (nothing may
                be throttled at these limits)
-  fixed rate   wrk -t1 -c32 with a pause of 32000/RATE ms before each request on a connection
-               (bench/peers/wrk.lua): about RATE requests/s offered whatever the peer's speed, so
-               the latency percentiles are the peer's, not the queue of a saturated generator
+  latency      bench http-paced (build/bin/http-paced, 64 connections): requests evenly spaced at a
+               fixed offered rate, open loop, latency from each request's due time — first at
+               RATE/s for every peer (the same load), then at half of the peak the peer reached in
+               this round (the target's "half of peak load"). wrk's delay() is not used for this:
+               it paces on millisecond timers per connection, so answers that came together send
+               together, and the percentiles were those of bursts of up to 32 requests
   memory/key   FILL_KEYS new keys, one check each of a limit of 100 per day (nginx: 1 per minute)
                so that the state lasts past the measurement; the growth of the memory that holds the state,
                divided by FILL_KEYS: throttlexd's and Node's RSS, nginx's worker RSS (the shared
                zone's touched pages), Redis's used_memory for the Redis-backed peers
 Rounds alternate the peers; medians over rounds, and ratios peer / throttlex. Writes report.md,
 report.json and, with gnuplot, throughput.png, latency.png, memory.png into --out.
-Needs wrk, nginx, node with bench/peers/node_modules (npm ci --prefix bench/peers), redis-server.
+Needs wrk, build/bin/http-paced, nginx, node with bench/peers/node_modules (npm ci --prefix bench/peers), redis-server.
 Every process started here is stopped by PID; each wrk run is bounded by its duration.
 """
 import argparse
@@ -201,6 +204,21 @@ def wrk(peer, args, duration, connections, env, latency=True):
     return r
 
 
+def paced(peer, args, rate):
+    """Latency at a fixed offered rate (bench/http_paced.cc): evenly spaced, open loop."""
+    cmd = [str(BIN / "http-paced"), "--port", str(peer.port), "--rate", str(round(rate)),
+           "--connections", "64", "--duration", str(args.duration), "--warmup", "1",
+           "--prefix", peer.prefix, "--suffix", peer.suffix, "--keys", str(args.keys), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60)
+    if not out.stdout.strip():
+        raise RuntimeError(f"http-paced failed (rc {out.returncode}): {out.stderr.strip()}")
+    j = json.loads(out.stdout)
+    return {"rate": rate, "rps": j["achieved_rate"], "requests": j["answered"] + j["unsent"],
+            "errors": j["non_2xx"] + j["socket_errors"] + j["unsent"],
+            "p50_ms": j["latency_ms"]["p50"], "p99_ms": j["latency_ms"]["p99"],
+            "late_p99_ms": j["lateness_ms"]["p99"]}
+
+
 def measure(name, args):
     with tempfile.TemporaryDirectory(prefix=f"peers-{name}-") as tmp:
         peer = Peer(name, tmp)
@@ -208,8 +226,8 @@ def measure(name, args):
             peer.start()
             wrk(peer, args, 2, 64, {}, latency=False)  # warm-up: connections, JIT, allocator
             peak = wrk(peer, args, args.duration, 64, {})
-            delay = max(1, round(32 * 1000 / args.rate))
-            fixed = wrk(peer, args, args.duration, 32, {"DELAY_MS": str(delay)})
+            fixed = paced(peer, args, args.rate)
+            half = paced(peer, args, 0.5 * peak["rps"])
             time.sleep(2)  # the load's states (1 s limits) expire first; not synchronisation
             before = peer.memory_bytes()
             # wrk runs for its whole duration even when the script stopped its thread: as long
@@ -225,7 +243,11 @@ def measure(name, args):
                     "peak_errors": peak["errors"], "peak_p50_ms": peak.get("p50_ms"),
                     "peak_p99_ms": peak.get("p99_ms"), "fixed_rps": fixed["rps"],
                     "fixed_requests": fixed["requests"], "fixed_errors": fixed["errors"],
-                    "fixed_p50_ms": fixed.get("p50_ms"), "fixed_p99_ms": fixed.get("p99_ms"),
+                    "fixed_p50_ms": fixed["p50_ms"], "fixed_p99_ms": fixed["p99_ms"],
+                    "fixed_late_p99_ms": fixed["late_p99_ms"], "half_rate": half["rate"],
+                    "half_rps": half["rps"], "half_requests": half["requests"],
+                    "half_errors": half["errors"], "half_p50_ms": half["p50_ms"],
+                    "half_p99_ms": half["p99_ms"], "half_late_p99_ms": half["late_p99_ms"],
                     "fill_requests": fill["requests"], "fill_errors": fill["errors"],
                     "bytes_per_key": None if before is None else (after - before) / args.fill_keys}
         finally:
@@ -244,7 +266,8 @@ def plot(out, summary, names):
     made = []
     for fname, key, title, ylabel in (
             ("throughput.png", "peak_rps", "Peak throughput, 1 core each (wrk -t1 -c64)", "checks/s"),
-            ("latency.png", "fixed_p99_ms", "p99 latency at a fixed offered rate", "ms"),
+            ("latency.png", "fixed_p99_ms", "p99 latency, same offered rate for all", "ms"),
+            ("latency_half.png", "half_p99_ms", "p99 latency at half of each one's peak", "ms"),
             ("memory.png", "bytes_per_key", "Memory per key", "bytes")):
         data = out / (fname + ".dat")
         shown = [n for n in names if summary[n][key] is not None]
@@ -279,8 +302,7 @@ def main():
     if min(args.duration, args.rounds, args.rate, args.keys, args.fill_keys) <= 0:
         p.error("durations, rounds, rates and key counts must be positive")
     missing = [t for t in ("wrk", "nginx", "node", "redis-server", "redis-cli") if not shutil.which(t)]
-    if not (BIN / "throttlexd").exists():
-        missing.append(str(BIN / "throttlexd"))
+    missing += [str(BIN / b) for b in ("throttlexd", "http-paced") if not (BIN / b).exists()]
     if not (PEERS / "node_modules" / "rate-limiter-flexible").exists():
         missing.append("bench/peers/node_modules (npm ci --prefix bench/peers)")
     if missing:
@@ -294,16 +316,20 @@ def main():
             m = measure(n, args)
             rows[n].append(m)
             print(f"round {r + 1} {n}: {m['peak_rps']:,.0f}/s peak ({m['peak_errors']} errors), "
-                  f"{m['fixed_rps']:,.0f}/s fixed p50 {m['fixed_p50_ms']} ms p99 {m['fixed_p99_ms']} ms, "
+                  f"{m['fixed_rps']:,.0f}/s fixed p50 {m['fixed_p50_ms']:.3f} ms p99 {m['fixed_p99_ms']:.3f} ms, "
+                  f"{m['half_rps']:,.0f}/s half p50 {m['half_p50_ms']:.3f} ms p99 {m['half_p99_ms']:.3f} ms, "
                   f"{'–' if m['bytes_per_key'] is None else format(m['bytes_per_key'], '.0f')} B/key",
                   file=sys.stderr, flush=True)
     keys = ["peak_rps", "peak_p50_ms", "peak_p99_ms", "fixed_rps", "fixed_p50_ms", "fixed_p99_ms",
-            "bytes_per_key"]
+            "fixed_late_p99_ms", "half_rate", "half_rps", "half_p50_ms", "half_p99_ms",
+            "half_late_p99_ms", "bytes_per_key"]
     summary = {n: {k: median(rows[n], k) for k in keys} for n in names}
     for n in names:
         s = summary[n]
-        requests = sum(r["peak_requests"] + r["fixed_requests"] + r["fill_requests"] for r in rows[n])
-        errors = sum(r["peak_errors"] + r["fixed_errors"] + r["fill_errors"] for r in rows[n])
+        requests = sum(r["peak_requests"] + r["fixed_requests"] + r["half_requests"] +
+                       r["fill_requests"] for r in rows[n])
+        errors = sum(r["peak_errors"] + r["fixed_errors"] + r["half_errors"] + r["fill_errors"]
+                     for r in rows[n])
         s["requests"], s["errors"] = requests, errors
         s["error_rate"] = errors / requests if requests else None
     base = summary.get("throttlex")
@@ -317,20 +343,30 @@ def main():
     def f(v, fmt):
         return "–" if v is None else format(v, fmt)
     lines = [f"# ThrottleX and its peers ({report['date']}, {report['machine']})", "",
-             f"Medians of {args.rounds} rounds; wrk -t1 on the same cores; fixed rate ≈ "
-             f"{args.rate:,}/s offered; memory per key from {args.fill_keys:,} new keys.", "",
-             "| limiter | peak checks/s | × throttlex | p50 / p99 ms at fixed rate (achieved /s) "
-             "| p99 × throttlex | bytes per key | × throttlex | errors / requests |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"Medians of {args.rounds} rounds, generators on the same cores (1 thread): peak with "
+             f"wrk -t1 -c64; latency with http-paced (evenly spaced, open loop, from each request's "
+             f"due time) at {args.rate:,}/s for all and at half of each one's peak; memory per key "
+             f"from {args.fill_keys:,} new keys.", "",
+             "| limiter | peak checks/s | × throttlex | p50 / p99 ms at "
+             f"{args.rate:,}/s | p99 × throttlex | half of peak: offered /s, p50 / p99 ms "
+             "| bytes per key | × throttlex | errors / requests |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def ratio(s, key):
+        b = base.get(key) if base else None
+        return s[key] / b if b and s[key] is not None and b > 0 else None
     for n in names:
         s = summary[n]
-        ratio = (s["peak_rps"] / base["peak_rps"]) if base and base["peak_rps"] else None
-        lat = (s["fixed_p99_ms"] / base["fixed_p99_ms"]) if base and base.get("fixed_p99_ms") and s["fixed_p99_ms"] else None
-        mem = (s["bytes_per_key"] / base["bytes_per_key"]) if base and s["bytes_per_key"] is not None and base["bytes_per_key"] and base["bytes_per_key"] > 0 else None
-        lines.append(f"| {n} | {f(s['peak_rps'], ',.0f')} | {f(ratio, '.2f')} | "
-                     f"{f(s['fixed_p50_ms'], '.3f')} / {f(s['fixed_p99_ms'], '.3f')} "
-                     f"({f(s['fixed_rps'], ',.0f')}) | {f(lat, '.2f')} | "
-                     f"{f(s['bytes_per_key'], '.0f')} | {f(mem, '.2f')} | {s['errors']} / {s['requests']:,} |")
+        lines.append(f"| {n} | {f(s['peak_rps'], ',.0f')} | {f(ratio(s, 'peak_rps'), '.2f')} | "
+                     f"{f(s['fixed_p50_ms'], '.3f')} / {f(s['fixed_p99_ms'], '.3f')} | "
+                     f"{f(ratio(s, 'fixed_p99_ms'), '.2f')} | {f(s['half_rate'], ',.0f')}: "
+                     f"{f(s['half_p50_ms'], '.3f')} / {f(s['half_p99_ms'], '.3f')} | "
+                     f"{f(s['bytes_per_key'], '.0f')} | {f(ratio(s, 'bytes_per_key'), '.2f')} | "
+                     f"{s['errors']} / {s['requests']:,} |")
+    lines += ["", "Generator lateness (due → sent), p99 at the common rate / at half of peak: " +
+              ", ".join(f"{n} {f(summary[n]['fixed_late_p99_ms'], '.3f')} / "
+                        f"{f(summary[n]['half_late_p99_ms'], '.3f')} ms" for n in names) +
+              " (a late request's wait is in its latency: it is measured from when it was due)."]
     if "nginx" in names:
         lines += ["", "nginx: bytes per key not measured — limit_req's shared zone has a fixed size "
                   "(64 MB here) and filling it shows in no RSS or Shmem figure; nginx documents "
