@@ -201,6 +201,9 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
     const auto& w = p.writer;
     out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
                          MetricType::Gauge, d(w.pending)));
+    out.push_back(single("throttlex_snapshot_pending_bytes",
+                         "Memory held by the pending tables, empty places included",
+                         MetricType::Gauge, d(w.pending_bytes)));
     out.push_back(single("throttlex_snapshot_lag_seconds",
                          "Age of the oldest change not yet confirmed by the snapshot store",
                          MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));

@@ -40,6 +40,7 @@ struct SnapshotWriterOptions {
 
 struct SnapshotWriterStats {
   std::size_t pending = 0;             // entries waiting (not counting a flush in flight)
+  std::size_t pending_bytes = 0;       // memory held by the pending tables (empty places too)
   std::uint64_t dropped = 0;           // new keys refused because pending was full
   std::uint64_t flushes = 0;           // flushes that wrote everything they took
   std::uint64_t failed_flushes = 0;    // flushes with at least one failed batch
@@ -76,7 +77,8 @@ class SnapshotWriter {
   struct Taken;
   SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options);
   Shard& shardFor(const KeyHash& key) const;
-  void takeAll(Taken& out);
+  std::size_t takeAll(Taken& out);  // returns the bytes the pending tables gave back
+  bool flushLocked(std::size_t& given_back);  // flushOnce() under flush_mu_
   void putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns);
   void run();
 

@@ -170,6 +170,35 @@ TEST_CASE("pending entries are capped: new keys are dropped and counted, updates
   CHECK(store.get(kept[0].key)->state.w1 == 99);
 }
 
+TEST_CASE("a burst's pending memory is given back within a few flushes; a steady load keeps its") {
+  ManualClock clock(kNow);
+  FakeSnapshotStore store(clock);
+  auto w = mustMake(store, {.max_pending = 100'000, .shards = 1});
+  std::mt19937_64 rng(11);
+  const std::size_t idle_bytes = w->stats().pending_bytes;
+  for (int i = 0; i < 20'000; ++i) mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
+  const std::size_t burst_bytes = w->stats().pending_bytes;
+  CHECK(burst_bytes >= 20'000 * 40);
+  REQUIRE(w->flushOnce());
+  CHECK(store.size() == 20'000);
+
+  // Steady: the same number marked every interval; the table settles and stays.
+  std::vector<std::size_t> steady;
+  for (int interval = 0; interval < 30; ++interval) {
+    for (int i = 0; i < 500; ++i) mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
+    steady.push_back(w->stats().pending_bytes);
+    REQUIRE(w->flushOnce());
+  }
+  CHECK(steady.back() < burst_bytes / 10);
+  CHECK(steady.back() >= 500 * 40);
+  for (std::size_t i = 20; i < steady.size(); ++i) CHECK(steady[i] == steady.back());
+
+  // Idle: back to the smallest table.
+  for (int interval = 0; interval < 20; ++interval) REQUIRE(w->flushOnce());
+  CHECK(w->stats().pending_bytes <= std::max<std::size_t>(idle_bytes, 64 * 64));
+  CHECK(w->stats().pending == 0);
+}
+
 TEST_CASE("lag is the age of the oldest unwritten change") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
