@@ -8,8 +8,13 @@
 // stalls shows as latency, not as a lower offered rate). The generator's own lateness (due → sent)
 // is reported next to it, so a run where the generator could not keep up is visible.
 //
+// With --rate 0 it is closed-loop instead (each connection sends its next request as soon as the
+// answer is in): the peak, measured with the same client as the latency.
+//
 // One thread, one Asio event loop, keep-alive connections; responses parsed with http_parser.
-// Keys are uniform over 1..KEYS: the path is PREFIX + KEY_PREFIX + n + SUFFIX.
+// With several --host, connection i goes to host i mod N (checks entering a cluster at every
+// node, as behind a load balancer). Keys are uniform over 1..KEYS: the path is
+// PREFIX + KEY_PREFIX + n + SUFFIX.
 //
 // Exit codes: 0 ok; 1 errors above 1% or nothing answered; 2 usage error; 3 cannot connect.
 #include <http_parser.h>
@@ -41,7 +46,7 @@ constexpr int kExitOk = 0, kExitErrors = 1, kExitUsage = 2, kExitUnreachable = 3
 constexpr auto kDrain = std::chrono::seconds(2);  // how long answers may still come after the end
 
 struct Flags {
-  std::string host = "127.0.0.1";
+  std::vector<std::string> hosts{"127.0.0.1"};
   std::uint16_t port = 0;
   double rate = 0;
   std::size_t connections = 32;
@@ -61,8 +66,9 @@ class Generator;
 
 // One keep-alive connection: at most one request outstanding.
 struct Connection {
-  explicit Connection(asio::io_context& io) : socket(io) {}
+  Connection(asio::io_context& io, tcp::endpoint to) : socket(io), endpoint(to) {}
   tcp::socket socket;
+  const tcp::endpoint endpoint;
   http_parser parser{};
   std::string request;
   std::array<char, 16384> buffer{};
@@ -72,9 +78,10 @@ struct Connection {
 
 class Generator {
  public:
-  Generator(const Flags& f, tcp::endpoint endpoint)
-      : flags_(f), endpoint_(endpoint), timer_(io_), keys_(1, f.keys),
-        interval_(nanoseconds(static_cast<std::int64_t>(1e9 / f.rate))) {
+  Generator(const Flags& f, std::vector<tcp::endpoint> endpoints)
+      : flags_(f), endpoints_(std::move(endpoints)), timer_(io_), keys_(1, f.keys),
+        interval_(f.rate > 0 ? nanoseconds(static_cast<std::int64_t>(1e9 / f.rate))
+                             : nanoseconds(0)) {
     http_parser_settings_init(&settings_);
     settings_.on_message_complete = [](http_parser* p) {
       static_cast<Connection*>(p->data)->complete = true;
@@ -85,11 +92,12 @@ class Generator {
   // Connects every connection first (a server that cannot be reached is exit 3, not errors).
   bool connectAll() {
     for (std::size_t i = 0; i < flags_.connections; ++i) {
-      auto c = std::make_unique<Connection>(io_);
+      auto c = std::make_unique<Connection>(io_, endpoints_[i % endpoints_.size()]);
       asio::error_code ec;
-      c->socket.connect(endpoint_, ec);
+      c->socket.connect(c->endpoint, ec);
       if (ec) {
-        std::cerr << "http-paced: cannot connect to " << endpoint_ << ": " << ec.message() << "\n";
+        std::cerr << "http-paced: cannot connect to " << c->endpoint << ": " << ec.message()
+                  << "\n";
         return false;
       }
       prepare(*c);
@@ -104,13 +112,32 @@ class Generator {
     start_ = Clock::now() + std::chrono::milliseconds(10);
     measure_from_ = start_ + toNs(flags_.warmup_s);
     end_ = measure_from_ + toNs(flags_.duration_s);
-    arm();
+    if (closedLoop()) {
+      timer_.expires_at(start_);
+      timer_.async_wait([this](const asio::error_code& ec) {
+        if (ec) return;
+        while (!idle_.empty()) next(*idle_.back());
+      });
+      // Nothing is due after end_: stop waiting for answers kDrain later at most.
+    } else {
+      arm();
+    }
     io_.run_until(end_ + kDrain);
     stats_.unsent += backlog_.size();
     return stats_;
   }
 
  private:
+  bool closedLoop() const { return interval_.count() == 0; }
+
+  // Closed loop: the connection's next request, due now (until the end).
+  void next(Connection& c) {
+    idle_.pop_back();
+    const Clock::time_point now = Clock::now();
+    if (now >= end_) return;
+    send(c, now);
+  }
+
   static nanoseconds toNs(double s) { return nanoseconds(static_cast<std::int64_t>(s * 1e9)); }
 
   void prepare(Connection& c) {
@@ -151,7 +178,8 @@ class Generator {
     c.complete = false;
     c.due = due;
     c.request = "GET " + flags_.prefix + flags_.key_prefix + std::to_string(keys_(rng_)) +
-                flags_.suffix + " HTTP/1.1\r\nHost: " + flags_.host + "\r\n\r\n";
+                flags_.suffix + " HTTP/1.1\r\nHost: " + c.endpoint.address().to_string() +
+                "\r\n\r\n";
     const Clock::time_point now = Clock::now();
     if (due >= measure_from_) stats_.lateness.record(ns(now - due));
     asio::async_write(c.socket, asio::buffer(c.request),
@@ -186,6 +214,7 @@ class Generator {
     c.busy = false;
     if (!http_should_keep_alive(&c.parser)) return reconnect(c);
     idle_.push_back(&c);
+    if (closedLoop()) return next(c);
     dispatch();
   }
 
@@ -200,13 +229,14 @@ class Generator {
     asio::error_code ignored;
     c.socket.close(ignored);
     c.connected = false;
-    c.socket.async_connect(endpoint_, [this, &c](const asio::error_code& ec) {
+    c.socket.async_connect(c.endpoint, [this, &c](const asio::error_code& ec) {
       if (ec) {
         ++stats_.socket_errors;
         return;  // this connection stays out; the others carry on
       }
       prepare(c);
       idle_.push_back(&c);
+      if (closedLoop()) return next(c);
       dispatch();
     });
   }
@@ -217,7 +247,7 @@ class Generator {
   }
 
   const Flags flags_;
-  const tcp::endpoint endpoint_;
+  const std::vector<tcp::endpoint> endpoints_;
   asio::io_context io_;
   asio::steady_timer timer_;
   http_parser_settings settings_{};
@@ -237,7 +267,7 @@ double ms(std::uint64_t ns) { return static_cast<double>(ns) / 1e6; }
 int report(const Flags& f, const Stats& s) {
   const double achieved = static_cast<double>(s.answered) / f.duration_s;
   const std::uint64_t errors = s.non_2xx + s.socket_errors + s.unsent;
-  const double offered = f.rate * f.duration_s;
+  const double offered = f.rate > 0 ? f.rate * f.duration_s : static_cast<double>(s.answered);
   if (f.json) {
     nlohmann::json j = {
         {"offered_rate", f.rate},
@@ -261,9 +291,12 @@ int report(const Flags& f, const Stats& s) {
     };
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("offered %.0f/s, achieved %.0f/s over %.1f s: %llu answered, %llu non-2xx, "
+    const std::string load =
+        f.rate > 0 ? "offered " + std::to_string(static_cast<std::uint64_t>(f.rate)) + "/s"
+                   : std::string("closed loop");
+    std::printf("%s, achieved %.0f/s over %.1f s: %llu answered, %llu non-2xx, "
                 "%llu socket errors, %llu never sent\n",
-                f.rate, achieved, f.duration_s, static_cast<unsigned long long>(s.answered),
+                load.c_str(), achieved, f.duration_s, static_cast<unsigned long long>(s.answered),
                 static_cast<unsigned long long>(s.non_2xx),
                 static_cast<unsigned long long>(s.socket_errors),
                 static_cast<unsigned long long>(s.unsent));
@@ -283,11 +316,13 @@ int main(int argc, char** argv) {
   Flags f;
   CLI::App app{"http-paced: HTTP/1.1 load at a fixed offered rate; latency from each request's "
                "due time"};
-  app.add_option("--host", f.host, "Server address (IPv4 or IPv6 literal)");
+  app.add_option("--host", f.hosts, "Server address (IPv4 or IPv6 literal); repeat for several")
+      ->capture_default_str();
   app.add_option("--port", f.port, "Server port")->required()->check(CLI::Range(1, 65535));
-  app.add_option("--rate", f.rate, "Requests/s offered, evenly spaced")
+  app.add_option("--rate", f.rate,
+                 "Requests/s offered, evenly spaced (0: closed loop, as fast as answers come)")
       ->required()
-      ->check(CLI::Range(1.0, 1e7));
+      ->check(CLI::Range(0.0, 1e7));
   app.add_option("--connections", f.connections, "Keep-alive connections")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000));
@@ -309,13 +344,17 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
-  asio::error_code ec;
-  const asio::ip::address address = asio::ip::make_address(f.host, ec);
-  if (ec) {
-    std::cerr << "http-paced: --host must be an IP address: " << f.host << "\n";
-    return kExitUsage;
+  std::vector<tcp::endpoint> endpoints;
+  for (const std::string& host : f.hosts) {
+    asio::error_code ec;
+    const asio::ip::address address = asio::ip::make_address(host, ec);
+    if (ec) {
+      std::cerr << "http-paced: --host must be an IP address: " << host << "\n";
+      return kExitUsage;
+    }
+    endpoints.emplace_back(address, f.port);
   }
-  Generator generator(f, tcp::endpoint(address, f.port));
+  Generator generator(f, std::move(endpoints));
   if (!generator.connectAll()) return kExitUnreachable;
   return report(f, generator.run());
 }
