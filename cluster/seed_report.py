@@ -2,7 +2,8 @@
 """The seed plan's four tests on a 5-node namespace cluster with Redis: throughput (steady and a
 1.2x burst), latency (request and Redis), memory (per key and per node), error rate. Needs root.
 
-    cluster/seed_report.py [--duration 10] [--keys 1000000] [--out build/seed-report]
+    cluster/seed_report.py [--duration 10] [--keys 1000000] [--memory-keys 1000000]
+                           [--out build/seed-report]
                            [--prefix txsr] [--subnet 10.77.6] [--threads 1]
 
 Brings up `cluster/netns/cluster.sh up --redis` (each node and Redis in its own namespace on a
@@ -14,13 +15,17 @@ uniform over KEYS, inline limit far above the load so that every deny is a wrong
   2. steady    open loop at 0.8 P for DURATION s        } the seed's "1 M RPS, bursts to
   3. burst     open loop at 1.2 x steady for DURATION s } 1.2 M", scaled to this machine
   4. steady    again at 0.8 P (recovery after the burst)
-  5. latency   single checks (no batch), open loop at 0.5 P_single (half of the single-check peak,
-               measured first): request latency p50/p99/p99.9 where the generator does not saturate
+  5. single    single checks over RPC (no batch): their peak, then open loop at half of it
+  6. HTTP      bench/http_paced.cc, 64 connections spread over every node's /v1/check (checks
+               enter anywhere and are forwarded to their owner): closed loop, the HTTP peak H;
+               then at 0.5 H, requests evenly spaced, latency from each one's due time: the
+               request latency at half of peak load
+  7. memory    MEMORY_KEYS new keys of a 100-per-day limit (so that their state lasts), then
+               `throttlectl snapshot`: the nodes' RSS growth and Redis's used_memory growth over
+               the live keys gained
 and reads, per phase, every node's /metrics: Redis command latency (mean and p99 from
-`throttlex_redis_duration_seconds`), live keys, and each node's RSS (/proc). Memory per key is
-the RSS the cluster gained while it went from no keys to the keys of the run, over its live keys.
-Error rate = (errors + fallbacks + wrongly limited) / checks over every phase; the seed's target is
-below 0.001%. Writes report.md, report.json and (with gnuplot) throughput.png, latency.png into
+`throttlex_redis_duration_seconds`). Error rate = (errors + fallbacks + wrongly limited) / checks
+over every phase; the seed's target is below 0.001%. Writes report.md, report.json and (with gnuplot) throughput.png, latency.png into
 --out. Every process is stopped by PID (cluster.sh down); every run is bounded by its duration.
 """
 import argparse
@@ -127,6 +132,100 @@ def bench(nodes, duration, rate, keys, batch, prefix="seed:"):
             "p99_ms": lat.get("p99", 0) / 1000, "p999_ms": lat.get("p99.9", 0) / 1000}
 
 
+HTTP_PORT = 8080
+LOAD_SUFFIX = "&limit=1000000000&period=1s"  # far above the load: every deny is a wrong one
+
+
+def http_load(nodes, duration, rate, keys):
+    """bench/http_paced.cc, 64 connections spread over every node's /v1/check (checks enter at
+    any node, as behind a load balancer, and most are forwarded to their owner): closed loop for
+    the peak (rate 0), else requests evenly spaced at `rate` with latency from each one's due
+    time."""
+    cmd = [str(BIN / "http-paced"), "--port", str(HTTP_PORT), "--rate", str(rate),
+           "--connections", "64", "--duration", str(duration), "--warmup", "1", "--prefix",
+           "/v1/check?key=", "--key-prefix", "seed:", "--suffix", LOAD_SUFFIX, "--keys", str(keys),
+           "--json"]
+    for a in nodes:
+        cmd += ["--host", a]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    try:
+        r = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"http-paced gave no JSON (exit {p.returncode}): {p.stderr[-500:]}")
+    lat = r["latency_ms"]
+    return {"offered": rate, "achieved": r["achieved_rate"], "checks": r["answered"] + r["unsent"],
+            "errors": r["socket_errors"] + r["unsent"], "fallbacks": 0, "limited": r["non_2xx"],
+            "degraded": 0, "mean_ms": lat["mean"], "p50_ms": lat["p50"], "p99_ms": lat["p99"],
+            "p999_ms": lat["p999"], "generator_late_p99_ms": r["lateness_ms"]["p99"]}
+
+
+def redis_used_memory(addr):
+    out = subprocess.run(["redis-cli", "-h", addr, "info", "memory"], capture_output=True,
+                         text=True, timeout=10).stdout
+    m = re.search(r"^used_memory:(\d+)", out, re.M)
+    return int(m.group(1)) if m else None
+
+
+def live_keys(texts):
+    return int(sum(sum(samples(x, "throttlex_keys").values()) for x in texts))
+
+
+def memory_phase(args, nodes, pids, peak_rate, redis_addr):
+    """New keys with a limit that lasts (100 per day, each checked a few times): the growth of the
+    nodes' RSS, and of their store tables, over the growth of their live keys; the growth of Redis's
+    used_memory (the snapshots) over the same keys once `throttlectl snapshot` has written them."""
+    texts = lambda: [metrics(a) for a in nodes]  # noqa: E731
+
+    def total(name):
+        return sum(sum(samples(x, name).values()) for x in texts())
+
+    def snapshot():
+        """Every pending entry written; Redis may lag behind a burst, so a few tries."""
+        for _ in range(10):
+            r = subprocess.run([str(BIN / "throttlectl"), "--node", f"{nodes[0]}:{RPC_PORT}",
+                                "--timeout", "60s", "snapshot"], capture_output=True, timeout=120)
+            if r.returncode == 0:
+                return True
+        return False
+
+    def settled():
+        """The snapshot tables of the burst given back (a few flush intervals), 10 s at most."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(sum(samples(x, "throttlex_snapshot_pending_bytes").values()) <= 256 * 1024
+                   for x in texts()):
+                return
+            time.sleep(0.2)  # polling a condition with a deadline, not waiting for a guess
+
+    snapshot()
+    settled()
+    keys0, store0 = live_keys(texts()), total("throttlex_store_bytes")
+    rss0, redis0 = {a: rss_bytes(pids[a]) for a in nodes}, redis_used_memory(redis_addr)
+    # ~3 checks per key: uniform draws then reach ~95% of the keys.
+    seconds = int(min(120, max(5, 3 * args.memory_keys / max(1.0, peak_rate))))
+    log(f"memory: {args.memory_keys:,} keys of a 100-per-day limit ({seconds} s)")
+    cmd = [str(BIN / "throttlex-bench"), "--json", "--route", "owner", "--connections", "4",
+           "--duration", f"{seconds}s", "--warmup", "0", "--keys", str(args.memory_keys),
+           "--limit", "100", "--period", "1d", "--batch", "100", "--key-prefix", "mem:"]
+    for a in nodes:
+        cmd += ["--node", f"{a}:{RPC_PORT}"]
+    r = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout)
+    flushed = snapshot()
+    settled()
+    keys1, store1 = live_keys(texts()), total("throttlex_store_bytes")
+    rss1, redis1 = {a: rss_bytes(pids[a]) for a in nodes}, redis_used_memory(redis_addr)
+    added = keys1 - keys0
+    growth = sum(rss1[a] - rss0[a] for a in nodes)
+    return {"keys_added": added, "checks": r["checks"], "errors": r["errors"] + r["fallbacks"],
+            "limited": r.get("limited", 0), "rss_growth_bytes": growth,
+            "bytes_per_key": growth / added if added > 0 else None,
+            "store_bytes_per_key": (store1 - store0) / added if added > 0 else None,
+            "redis_bytes_per_key": ((redis1 - redis0) / added
+                                    if added > 0 and redis0 is not None and redis1 is not None
+                                    and flushed else None),
+            "rss_mb_per_node": {a: round(rss1[a] / 2**20, 1) for a in nodes}}
+
+
 def plot(out, phases):
     if not shutil.which("gnuplot"):
         log("gnuplot is missing (apt-get install gnuplot-nox): no plots")
@@ -154,9 +253,8 @@ def plot(out, phases):
     return made
 
 
-def run(args, nodes, pids):
+def run(args, nodes, pids, redis_addr):
     texts = lambda: [metrics(a) for a in nodes]  # noqa: E731
-    rss0 = {a: rss_bytes(pids[a]) for a in nodes}
     phases = []
     log(f"peak with batches of 100 ({args.duration} s)")
     peak = bench(nodes, args.duration, 0, args.keys, 100)
@@ -176,19 +274,25 @@ def run(args, nodes, pids):
     half["redis"] = redis_latency(h0, redis_histogram(texts()))
     phases.append(("single at half", half))
 
-    t = texts()
-    live = sum(sum(samples(x, "throttlex_keys").values()) for x in t)
-    rss1 = {a: rss_bytes(pids[a]) for a in nodes}
-    memory = {"live_keys": int(live), "rss_mb_per_node": {a: round(rss1[a] / 2**20, 1) for a in nodes},
-              "rss_growth_bytes": sum(rss1[a] - rss0[a] for a in nodes)}
-    # The load's limits are far above it, so most states are back to neutral (and dropped) within
-    # milliseconds: with few keys live at the end, growth / live keys says nothing about a key.
-    memory["bytes_per_key"] = (memory["rss_growth_bytes"] / live
-                               if live >= 0.1 * args.keys else None)
-    checks = sum(p["checks"] for _, p in phases)
+    log(f"HTTP peak: 64 connections over the 5 nodes, closed loop ({args.duration} s)")
+    hpeak = http_load(nodes, args.duration, 0, args.keys)
+    phases.append(("HTTP peak", hpeak))
+    log(f"HTTP at half of that, evenly spaced ({args.duration} s)")
+    h0 = redis_histogram(texts())
+    hhalf = http_load(nodes, args.duration, round(0.5 * hpeak["achieved"]), args.keys)
+    hhalf["redis"] = redis_latency(h0, redis_histogram(texts()))
+    phases.append(("HTTP at half", hhalf))
+
+    memory = memory_phase(args, nodes, pids, peak["achieved"], redis_addr)
+    checks = sum(p["checks"] for _, p in phases) + memory["checks"]
     wrong = sum(p["errors"] + p["fallbacks"] + p["limited"] for _, p in phases)
+    wrong += memory["errors"] + memory["limited"]
     return phases, memory, {"checks": checks, "failed_or_wrongly_limited": wrong,
                             "rate": wrong / checks if checks else None}
+
+
+def hhalf_mean(phases):
+    return next((p.get("mean_ms") for name, p in phases if name == "HTTP at half"), None)
 
 
 def report(args, phases, memory, errors):
@@ -210,14 +314,20 @@ def report(args, phases, memory, errors):
         rtxt = "–" if not red or not red["commands"] else (
             f"{f(red['mean_ms'], '.2f')} / ≤{f(red['p99_ms'], '.1f')} ({red['commands']:,})")
         L.append(f"| {name} | {'max' if not p['offered'] else f(p['offered'])} | {f(p['achieved'])} | "
-                 f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} / {p['p999_ms']:.2f} | {rtxt} | "
-                 f"{p['errors'] + p['fallbacks']} | {p['limited']} |")
-    L += ["", f"Memory: {memory['live_keys']:,} live keys; RSS per node (MB): "
-          + ", ".join(f"{v}" for v in memory["rss_mb_per_node"].values())
-          + (f"; growth over the run / live keys = {memory['bytes_per_key']:.1f} B per key."
-             if memory["bytes_per_key"] is not None else
-             "; per-key memory not derived (states of limits far above the load are dropped as "
-             "soon as they are neutral; see docs/benchmarks.md, \"Limiter core\" and \"Peers\")."),
+                 f"{f(p['p50_ms'], '.2f')} / {f(p['p99_ms'], '.2f')} / {f(p['p999_ms'], '.2f')} | "
+                 f"{rtxt} | {p['errors'] + p['fallbacks']} | {p['limited']} |")
+    per_key = memory["bytes_per_key"]
+    L += ["", "HTTP phases: bench/http_paced.cc with 64 keep-alive connections spread over the five "
+          "nodes (checks enter anywhere and ~80% are forwarded to their owner), closed loop for "
+          "the peak, then requests evenly spaced at half of it with latency from each one's due "
+          f"time. Mean request latency at half of peak: {f(hhalf_mean(phases), '.3f')} ms (the seed "
+          "expects ~0.8 ms on average).", "",
+          f"Memory: {memory['keys_added']:,} keys of a 100-per-day limit added "
+          f"({memory['checks']:,} checks): the nodes' RSS grew by "
+          f"{memory['rss_growth_bytes'] / 2**20:.1f} MB = **{f(per_key, '.1f')} B per key** (their "
+          f"store tables: {f(memory['store_bytes_per_key'], '.1f')} B per key); "
+          f"Redis's snapshots of them {f(memory['redis_bytes_per_key'], '.1f')} B per key. "
+          "RSS per node at the end (MB): " + ", ".join(f"{v}" for v in memory["rss_mb_per_node"].values()) + ".",
           "",
           f"Error rate: {errors['failed_or_wrongly_limited']} failed or wrongly limited of "
           f"{errors['checks']:,} checks = {f(errors['rate'] * 100 if errors['rate'] is not None else None, '.5f')} % "
@@ -230,21 +340,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--keys", type=int, default=1_000_000)
+    p.add_argument("--memory-keys", type=int, default=1_000_000)
     p.add_argument("--out", type=Path, default=ROOT / "build" / "seed-report")
     p.add_argument("--prefix", default="txsr")
     p.add_argument("--subnet", default="10.77.6")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    if args.duration <= 0 or args.keys <= 0 or args.threads <= 0:
-        p.error("duration, keys and threads must be positive")
+    if min(args.duration, args.keys, args.memory_keys, args.threads) <= 0:
+        p.error("duration, key counts and threads must be positive")
     if not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}", args.subnet):
         p.error("--subnet takes the first three octets, e.g. 10.77.6")
     if os.geteuid() != 0:
         log("needs root (network namespaces)")
         return 77
-    for b in ("throttlexd", "throttlex-bench"):
+    for b in ("throttlexd", "throttlex-bench", "throttlectl", "http-paced"):
         if not (BIN / b).exists():
             log(f"no {BIN / b}: build first")
+            return 2
+    for t in ("redis-cli",):
+        if not shutil.which(t):
+            log(f"{t} is missing (scripts/setup.sh installs it)")
             return 2
     run_dir = Path(f"/tmp/throttlex-seed-{args.prefix}")
     base = [str(CLUSTER_SH)]
@@ -263,7 +378,7 @@ def main():
                 log(f"route to {a} is not through {args.prefix}-br ({route.strip()}): abort")
                 return 1
         pids = {a: int((run_dir / f"node-{i}.pid").read_text()) for i, a in enumerate(nodes, 1)}
-        phases, memory, errors = run(args, nodes, pids)
+        phases, memory, errors = run(args, nodes, pids, f"{args.subnet}.2")
         report(args, phases, memory, errors)
         log(f"written: {args.out}/report.md, report.json and plots")
         return 0
