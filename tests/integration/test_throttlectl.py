@@ -1,5 +1,6 @@
 """throttlectl and throttlex-bench against a real throttlexd over RPC: exit codes, table and JSON
-output, rules administration, key inspection and reset, node status, and a short load run."""
+output, rules administration, key inspection and reset, node status, and a short load run; and
+http-paced (the fixed-rate HTTP generator of the benchmarks) over HTTP."""
 import json
 import os
 import socket
@@ -272,3 +273,59 @@ class ThrottlexBenchTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HttpPacedTest(unittest.TestCase):
+    """bench/http_paced.cc, the fixed-rate HTTP generator the benchmark reports rely on."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def paced(self, *args):
+        code, out, err = run_tool("http-paced", "--port", str(self.node.http_port), *args,
+                                  "--json", timeout=60)
+        return code, (json.loads(out) if out.strip() else None), err
+
+    def test_every_request_due_in_the_window_is_sent_and_answered(self):
+        code, doc, err = self.paced("--rate", "500", "--duration", "1", "--warmup", "0.2",
+                                    "--keys", "1000", "--suffix", "&limit=1000000&period=1s")
+        self.assertEqual(code, 0, err)
+        # Due every 2 ms for 1 s: exactly 500 in the measured window, whatever the node's speed.
+        self.assertEqual(doc["answered"], 500)
+        self.assertEqual(doc["ok"], 500)
+        self.assertEqual(doc["socket_errors"] + doc["unsent"] + doc["non_2xx"], 0)
+        lat = doc["latency_ms"]
+        self.assertTrue(0 < lat["p50"] <= lat["p99"] <= lat["p999"] <= lat["max"])
+
+    def test_denials_are_counted_and_fail_the_run(self):
+        # 50 keys of 3 per hour: at most 150 of the 600 checks (warm-up included) are allowed.
+        code, doc, err = self.paced("--rate", "500", "--duration", "1", "--warmup", "0.2",
+                                    "--keys", "50", "--key-prefix", "deny:",
+                                    "--suffix", "&limit=3&period=1h")
+        self.assertEqual(code, 1, err)
+        self.assertEqual(doc["ok"] + doc["non_2xx"], doc["answered"])
+        self.assertEqual(doc["answered"], 500)
+        self.assertLessEqual(doc["ok"], 150)
+
+    def test_closed_loop_runs_as_fast_as_answers_come(self):
+        code, doc, err = self.paced("--rate", "0", "--duration", "0.5", "--warmup", "0",
+                                    "--connections", "4", "--suffix", "&limit=1000000&period=1s")
+        self.assertEqual(code, 0, err)
+        self.assertGreater(doc["answered"], 0)
+        self.assertEqual(doc["ok"], doc["answered"])
+
+    def test_unreachable_server_and_bad_flags_exit_non_zero_with_a_message(self):
+        code, out, err = run_tool("http-paced", "--port", str(closed_port()), "--rate", "10")
+        self.assertEqual(code, 3)
+        self.assertIn("cannot connect", err)
+        code, out, err = run_tool("http-paced", "--port", "80", "--host", "not-an-ip", "--rate", "10")
+        self.assertEqual(code, 2)
+        self.assertIn("--host must be an IP address", err)
+        code, out, err = run_tool("http-paced", "--rate", "10")
+        self.assertEqual(code, 2)
+        self.assertIn("--port", err)
