@@ -92,7 +92,8 @@ class Flushes {
     const auto after = writer_.stats();
     if (!ok) {
       done(Error{ErrorCode::kUnavailable,
-                 "the snapshot store did not take every entry (is Redis reachable?); " +
+                 "the snapshot store did not take every entry (Redis unreachable, or slower "
+                 "than the command deadline under this write load: try again); " +
                      std::to_string(after.pending) + " entries still pending"});
       return;
     }
