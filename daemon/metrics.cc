@@ -204,6 +204,10 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
     out.push_back(single("throttlex_snapshot_pending_bytes",
                          "Memory held by the pending tables, empty places included",
                          MetricType::Gauge, d(w.pending_bytes)));
+    out.push_back(single("throttlex_snapshot_wave",
+                         "Snapshot batches the next flush keeps in flight at most (halved after "
+                         "a failed wave, up to 16)",
+                         MetricType::Gauge, d(w.wave)));
     out.push_back(single("throttlex_snapshot_lag_seconds",
                          "Age of the oldest change not yet confirmed by the snapshot store",
                          MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));

@@ -222,21 +222,24 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
   }
   taken.entries = {};
 
-  // Completion state shared with the callbacks. Batches go out in waves of kWave: within a wave
-  // the store pipelines them; waiting between waves keeps each command's deadline about its own
-  // work, not the queue of everything before it.
+  // Completion state shared with the callbacks. Batches go out in waves: within a wave the store
+  // pipelines them; waiting between waves keeps each command's deadline about its own work, not
+  // the queue of everything before it. The wave adapts to what the store keeps up with: a wave
+  // with a failed batch halves the next, one written in full widens it by one (up to kMaxWave).
+  // Several nodes writing a burst into one Redis otherwise queue 16 batches each behind each
+  // other, pass the command deadline, drop their connections and write everything again.
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
     std::size_t remaining = 0;
     std::vector<bool> failed;
   };
-  constexpr std::size_t kWave = 16;
   auto wait = std::make_shared<Wait>();
   wait->failed.assign(batches.size(), false);
   std::unique_lock lock(wait->mu);
-  for (std::size_t first = 0; first < batches.size(); first += kWave) {
-    const std::size_t end = std::min(batches.size(), first + kWave);
+  for (std::size_t first = 0, end = 0; first < batches.size(); first = end) {
+    const std::size_t wave = wave_.load(std::memory_order_relaxed);
+    end = std::min(batches.size(), first + wave);
     wait->remaining = end - first;
     lock.unlock();
     for (std::size_t i = first; i < end; ++i) {
@@ -248,6 +251,11 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
     }
     lock.lock();
     wait->cv.wait(lock, [&] { return wait->remaining == 0; });
+    const bool wave_failed = std::any_of(wait->failed.begin() + static_cast<std::ptrdiff_t>(first),
+                                         wait->failed.begin() + static_cast<std::ptrdiff_t>(end),
+                                         [](bool f) { return f; });
+    wave_.store(wave_failed ? std::max<std::size_t>(1, wave / 2) : std::min(kMaxWave, wave + 1),
+                std::memory_order_relaxed);
   }
 
   bool all_ok = true;
@@ -328,6 +336,7 @@ SnapshotWriterStats SnapshotWriter::stats() const {
   s.skipped_flushes = skipped_flushes_.load(std::memory_order_relaxed);
   s.entries_written = entries_written_.load(std::memory_order_relaxed);
   s.write_errors = write_errors_.load(std::memory_order_relaxed);
+  s.wave = wave_.load(std::memory_order_relaxed);
   return s;
 }
 

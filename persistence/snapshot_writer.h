@@ -48,6 +48,7 @@ struct SnapshotWriterStats {
   std::uint64_t entries_written = 0;   // entries the store confirmed
   std::uint64_t write_errors = 0;      // failed write() batches
   std::chrono::milliseconds lag{0};    // age of the oldest change not yet confirmed; 0 if none
+  std::size_t wave = 0;                // write() calls the next flush has in flight at most
 };
 
 class SnapshotWriter {
@@ -104,6 +105,8 @@ class SnapshotWriter {
   std::atomic<std::uint64_t> skipped_flushes_{0};
   std::atomic<std::uint64_t> entries_written_{0};
   std::atomic<std::uint64_t> write_errors_{0};
+  static constexpr std::size_t kMaxWave = 16;
+  std::atomic<std::size_t> wave_{kMaxWave};  // written by the flushing thread (under flush_mu_)
 };
 
 }  // namespace throttlex::persistence

@@ -199,6 +199,29 @@ TEST_CASE("a burst's pending memory is given back within a few flushes; a steady
   CHECK(w->stats().pending == 0);
 }
 
+TEST_CASE("the batches in flight halve after a failed wave and grow by one after each full one") {
+  ManualClock clock(kNow);
+  FakeSnapshotStore store(clock);
+  auto w = mustMake(store, {.batch_entries = 10, .shards = 1});
+  std::mt19937_64 rng(13);
+  for (int i = 0; i < 400; ++i) {
+    mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));  // 40 batches
+  }
+  CHECK(w->stats().wave == 16);
+
+  store.setFailure(Error{ErrorCode::kDeadlineExceeded, "slow"});  // connected, but too slow
+  CHECK_FALSE(w->flushOnce());  // waves of 16, 8, 4, 2, then 1 at a time
+  CHECK(w->stats().wave == 1);
+  CHECK(w->stats().pending == 400);
+  CHECK(store.writeCalls() == 40);  // every batch was still tried once
+
+  store.setFailure(std::nullopt);
+  CHECK(w->flushOnce());  // waves of 1, 2, ..., 8 (36 batches), then the last 4
+  CHECK(w->stats().wave == 10);
+  CHECK(store.size() == 400);
+  CHECK(store.writeCalls() == 80);
+}
+
 TEST_CASE("lag is the age of the oldest unwritten change") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
