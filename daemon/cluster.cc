@@ -138,10 +138,10 @@ void ClusterNode::announceLeave() {
 
 void ClusterNode::leave() {
   if (!thread_.joinable()) return;
-  // Announce on the gossip thread, keep stepping for a moment so the news gets out, then stop.
+  // Announce on the gossip thread (posted first, so it runs first), keep stepping for a moment so
+  // the news gets out, then stop.
+  announceLeave();
   asio::post(io_, [this] {
-    membership_->leave(clock_.now());
-    publish();
     auto done = std::make_shared<asio::steady_timer>(io_, kLeaveGrace);
     done->async_wait([this, done](const asio::error_code&) {
       timer_.cancel();
