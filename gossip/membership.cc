@@ -209,6 +209,12 @@ void Membership::startProbe(Time now) {
       Message m = message(MessageType::kPing);
       m.seq = probe_->seq;
       m.target_id = it->first;
+      if (it->second.state == MemberState::kSuspect) {
+        // Lifeguard's buddy system: tell the suspect directly, so that it refutes in its ack.
+        Update u = updateOf(it->second);
+        u.from = options_.id;
+        m.updates.push_back(std::move(u));
+      }
       send(it->second.address, std::move(m), Channel::kDatagram);
       return;
     }
@@ -309,7 +315,7 @@ void Membership::receive(const Packet& packet, Time now) {
 }
 
 void Membership::handle(const Message& m, const Packet& packet, Time now) {
-  for (const Update& u : m.updates) apply(u, now);
+  for (const Update& u : m.updates) applyRemote(u, m.sender_id, now);
   switch (m.type) {
     case MessageType::kGossip:
       break;
@@ -335,6 +341,9 @@ void Membership::onPing(const Message& m, const Packet& packet, Time /*now*/) {
   }
   Message ack = message(MessageType::kAck);
   ack.seq = m.seq;
+  // Our own state rides on every ack, so a prober that still suspects us at an incarnation we
+  // have refuted learns of the refutation from us, even if its gossip passed the prober by.
+  ack.updates.push_back(updateOf(self()));
   send(packet.from, std::move(ack), Channel::kDatagram);
 }
 
@@ -362,15 +371,7 @@ void Membership::onAck(const Message& m, Time /*now*/) {
 }
 
 void Membership::onPushPull(const Message& m, Time now) {
-  for (Update u : m.members) {
-    // A remote "dead" is taken as a suspicion: we may still reach the node (memberlist does the
-    // same); "left" is the node's own word and is taken as is.
-    if (u.state == MemberState::kDead) {
-      u.state = MemberState::kSuspect;
-      if (u.from.empty()) u.from = m.sender_id;
-    }
-    apply(u, now);
-  }
+  for (const Update& u : m.members) applyRemote(u, m.sender_id, now);
   if (m.reply) return;
   Message reply = message(MessageType::kPushPull);
   reply.reply = true;
@@ -379,6 +380,20 @@ void Membership::onPushPull(const Message& m, Time now) {
 }
 
 // ---- state changes -----------------------------------------------------------------------------
+
+void Membership::applyRemote(Update u, const std::string& sender, Time now) {
+  // Another node's "dead" is taken as a suspicion of our own (a confirmation if we already
+  // suspect): we may still reach the node, and only our own suspicion running out declares it
+  // dead here. A node cut off by a partition declares everyone on the other side dead and keeps
+  // that news queued; taken as is after the heal, it would kill healthy members among the
+  // majority, which can reach them. As a suspicion it reaches its subject, which refutes it.
+  // "Left" is the node's own word and is taken as is.
+  if (u.state == MemberState::kDead) {
+    u.state = MemberState::kSuspect;
+    if (u.from.empty()) u.from = sender;
+  }
+  apply(u, now);
+}
 
 void Membership::apply(const Update& u, Time now) {
   switch (u.state) {
@@ -453,6 +468,12 @@ void Membership::applySuspect(const Update& u, Time now) {
   if (n < static_cast<std::size_t>(k) + 2) k = 0;
   suspicions_.erase(m.id);
   suspicions_.emplace(m.id, Suspicion(now, min, min * t.suspicion_max_mult, k, u.from));
+  if (u.from != options_.id) {
+    // Heard from another node: probe the member next, rather than whenever the round-robin gets
+    // to it, so that a live member's refutation reaches us through its ack before the suspicion
+    // runs out (the timeout can be shorter than a round of probes).
+    probe_order_.insert(probe_order_.begin() + static_cast<std::ptrdiff_t>(probe_index_), m.id);
+  }
   emit(EventType::kSuspect, m);
   broadcasts_.enqueue(u);
 }
@@ -511,10 +532,13 @@ void Membership::send(const std::string& to, Message m, Channel channel) {
     // Piggy-back what fits; the rest waits for the next packet or gossip round.
     std::size_t used = 96 + m.sender_id.size() + m.sender_address.size() + m.target_id.size() +
                        m.target_address.size() + options_.cluster.size();
+    for (const Update& u : m.updates) used += estimatedSize(u);  // set by the caller: first
     std::size_t budget =
         options_.timing.max_datagram_bytes > used ? options_.timing.max_datagram_bytes - used : 0;
-    m.updates =
+    auto queued =
         broadcasts_.take(budget, retransmitLimit(options_.timing.retransmit_mult, liveCount()));
+    m.updates.insert(m.updates.end(), std::make_move_iterator(queued.begin()),
+                     std::make_move_iterator(queued.end()));
   }
   auto bytes = encode(m, options_.cluster);
   ++counters_.packets_sent;

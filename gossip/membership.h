@@ -126,6 +126,7 @@ class Membership {
   // State changes; each applies one update and re-broadcasts it if it was news.
   void apply(const Update& u, Time now);
   void applyAlive(const Update& u, Time now);
+  void applyRemote(Update u, const std::string& sender, Time now);
   void applySuspect(const Update& u, Time now);
   void applyDeadOrLeft(const Update& u, Time now);
   void refute(std::uint64_t seen_incarnation, Time now);

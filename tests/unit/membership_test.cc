@@ -95,9 +95,13 @@ class Harness {
   }
   std::size_t countEvents(EventType type, const std::string& id) const {
     std::size_t n = 0;
-    for (const auto& list : events_) {
-      for (const auto& e : list) n += e.type == type && e.member.id == id ? 1u : 0u;
-    }
+    for (std::size_t i = 0; i < events_.size(); ++i) n += countEventsAt(i, type, id);
+    return n;
+  }
+  // Events node `observer` has emitted about `id`.
+  std::size_t countEventsAt(std::size_t observer, EventType type, const std::string& id) const {
+    std::size_t n = 0;
+    for (const auto& e : events_[observer]) n += e.type == type && e.member.id == id ? 1u : 0u;
     return n;
   }
 
@@ -263,6 +267,49 @@ TEST_CASE("a partition into two halves heals into one view") {
   h.net().heal();
   // Push/pull towards dead members (every push_pull_interval) finds the healed link.
   CHECK(h.runUntil([&] { return h.converged(); }, minutes(3)));
+}
+
+namespace {
+// The cut-off node declares the other four dead and queues that news for gossip. Once the link is
+// back, its gossip and push/pull must not make the majority declare each other dead: they can
+// still reach each other, so the news is a suspicion at most, which its subject refutes.
+void checkHealWithoutFalseDeath(Timing timing, std::uint64_t seed) {
+  Harness h(5, seed, timing);
+  h.joinAll();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, seconds(30)));
+  std::vector<std::string> majority;
+  for (std::size_t i = 0; i < 4; ++i) majority.push_back(Harness::addressOf(i));
+  h.net().partition({majority, {Harness::addressOf(4)}});
+  REQUIRE(h.runUntil(
+      [&] {
+        return h.node(4).count(MemberState::kDead) == 4 && h.allSee("node-4", MemberState::kDead);
+      },
+      minutes(5)));
+  h.net().heal();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, minutes(3)));
+  h.run(seconds(30));
+  CHECK(h.converged());
+  for (std::size_t i = 0; i < 4; ++i) {
+    std::size_t deaths = 0;
+    for (std::size_t j = 0; j < 4; ++j) {
+      deaths += h.countEventsAt(i, EventType::kDead, Harness::idOf(j));
+    }
+    INFO("node-" << i << " declared members of the majority dead");
+    CHECK(deaths == 0);
+  }
+}
+}  // namespace
+
+TEST_CASE("a node cut off and healed does not get healthy members declared dead") {
+  SUBCASE("lan") {
+    checkHealWithoutFalseDeath(Timing::lan(), 71);
+  }
+  SUBCASE("local") {
+    checkHealWithoutFalseDeath(Timing::local(), 72);
+  }
+  SUBCASE("wan") {
+    checkHealWithoutFalseDeath(Timing::wan(), 73);
+  }
 }
 
 TEST_CASE("a voluntary leave propagates as left, not dead") {
