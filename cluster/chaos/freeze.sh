@@ -17,8 +17,9 @@
 #
 # PASS when: errors_within_bound (client-visible errors <= --max-errors, default 0),
 # others_saw_victim (every other node reports N suspect or dead within --seen-bound s),
-# converged (all nodes see all alive within --converge-bound s of SIGCONT), victim_survived (N is
-# still running after the thaw), load_ran. Figures as in partition.sh.
+# converged (all nodes see all alive within --converge-bound s of SIGCONT), no_false_deaths (no
+# other node declared another one dead), victim_survived (N is still running after the thaw),
+# load_ran. Figures as in partition.sh.
 set -euo pipefail
 # shellcheck source=cluster/chaos/lib.sh
 source "$(dirname "$0")/lib.sh"

@@ -418,6 +418,8 @@ PY
 #                        s of the fault (polled /v1/cluster; SEEN_BOUND < DURATION)
 #   converged            every node sees NODES alive within CONVERGE_BOUND s of the heal, and
 #                        keeps seeing that for STABLE_S s (default 3)
+#   no_false_deaths      no node other than the victim declared another such node dead (their
+#                        logs, from the fault on): a false death moves slots between healthy nodes
 #   load_ran             the load completed checks and gave its JSON
 fault_window() {
   local victim=$1 before=$2 duration=$3 after=$4 seen_bound=$5 converge_bound=$6 inject=$7 heal=$8
@@ -484,6 +486,8 @@ fault_window() {
     "every other node saw $id suspect/dead within ${seen_bound}s (after ${seen}s)"
   check converged "$([[ ${FIG[heal_to_converged_s]} != none ]] && echo 1 || echo 0)" \
     "all see $NODES alive within ${converge_bound}s of the heal (after ${FIG[heal_to_converged_s]}s)"
+  check no_false_deaths "$((FIG[majority_false_deaths] == 0))" \
+    "no node without a fault declared another one dead (${FIG[majority_false_deaths]} such deaths)"
   check load_ran "$((FIG[load_checks] > 0))" "${FIG[load_checks]} checks completed"
 }
 

@@ -24,7 +24,8 @@
 # PASS when: errors_within_bound (client-visible errors <= --max-errors; default 0: every check
 # has a majority node to answer it within the deadline), others_saw_victim (every majority node
 # reports N suspect or dead within --seen-bound s), converged (every node sees all alive within
-# --converge-bound s of the heal), load_ran. Figures: detection times from the daemons' logs
+# --converge-bound s of the heal), no_false_deaths (no majority node declared another majority
+# node dead), load_ran. Figures: detection times from the daemons' logs
 # (first/last suspect, last dead), what N saw just before the heal, heal-to-converged time, load
 # and /metrics figures as in kill.sh.
 set -euo pipefail
