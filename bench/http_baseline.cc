@@ -1,7 +1,7 @@
 // http_baseline: the floor that ThrottleX's HTTP front end is measured against.
 //
 // A trivial HTTP/1.1 server that answers every request with 200 and "{}", built like HttpServer
-// (daemon/http_server.h) in everything but HTTP itself: N threads, an io_context and an
+// (daemon/http/http_server.h) in everything but HTTP itself: N threads, an io_context and an
 // SO_REUSEPORT acceptor per thread, TCP_NODELAY, an 8 KiB read buffer per connection, one plain
 // send per batch of pipelined answers with async_write only for what does not fit. So
 // `wrk` against this versus against the daemon's /v1/check measures the cost of parsing, routing

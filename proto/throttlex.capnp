@@ -86,7 +86,7 @@ interface Limiter {
       -> (error :Error, merged :UInt64);
 }
 
-# What a node decides when a key's owner cannot be reached (daemon/rules.h).
+# What a node decides when a key's owner cannot be reached (daemon/service/rules.h).
 enum DegradedPolicy {
   share @0;
   allow @1;

@@ -1,7 +1,2 @@
-# HTTP server tests. The server library is defined in daemon/http_server.cmake; include it here if
-# the daemon directory has not been added (yet) so this test builds on its own.
-if(NOT TARGET throttlex_http)
-  include(${PROJECT_SOURCE_DIR}/daemon/http_server.cmake)
-endif()
-
+# HTTP server tests: the server library alone (daemon/http/CMakeLists.txt, throttlex_http).
 throttlex_unit_test(http_server_test unit/http_server_test.cc LIBS throttlex_http LABELS concurrency)

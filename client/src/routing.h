@@ -24,7 +24,7 @@ namespace throttlex::client::detail {
 // The key's slot (limiter/key.h slotOf): the namespace is the rule name, "" for inline limits.
 std::uint32_t slotOf(const CheckSpec& spec);
 
-// Whether a member in gossip state `state` is in the ring. As the nodes do (daemon/cluster.cc,
+// Whether a member in gossip state `state` is in the ring. As the nodes do (daemon/node/cluster.cc,
 // publishRing): alive and suspect members own slots, since suspicion is often a slow packet and
 // moving slots back and forth would split keys' state; dead and left ones do not.
 bool ownsSlots(const std::string& state);

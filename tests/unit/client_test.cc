@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/limiter_service.h"
-#include "daemon/rpc_server.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/rpc/rpc_server.h"
 #include "throttlex/client.h"
 
 namespace tc = throttlex::client;

@@ -13,11 +13,11 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/forwarder.h"
-#include "daemon/limiter_service.h"
-#include "daemon/ring_view.h"
-#include "daemon/router.h"
-#include "daemon/rpc_server.h"
+#include "daemon/routing/forwarder.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/routing/ring_view.h"
+#include "daemon/routing/router.h"
+#include "daemon/rpc/rpc_server.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;

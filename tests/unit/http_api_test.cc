@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "daemon/http_api.h"
+#include "daemon/http/http_api.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;

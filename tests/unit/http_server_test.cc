@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/http_server.h"
+#include "daemon/http/http_server.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;

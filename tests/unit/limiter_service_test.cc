@@ -6,7 +6,7 @@
 #include <thread>
 #include <unistd.h>
 
-#include "daemon/limiter_service.h"
+#include "daemon/service/limiter_service.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;

@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <fstream>
 
-#include "daemon/rules.h"
+#include "daemon/service/rules.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;

@@ -1,4 +1,4 @@
-// SlotKeeper (daemon/slot_keeper.h): checks wait for their slot's state instead of being decided
+// SlotKeeper (daemon/slots/slot_keeper.h): checks wait for their slot's state instead of being decided
 // on an empty one, handoffs move exactly the slots that changed owner, and the grace period waits
 // for every decision made on the old view. Runs under TSan in CI (the "concurrency" label).
 #include <doctest/doctest.h>
@@ -7,9 +7,9 @@
 #include <future>
 #include <thread>
 
-#include "daemon/limiter_service.h"
-#include "daemon/router.h"
-#include "daemon/slot_keeper.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/routing/router.h"
+#include "daemon/slots/slot_keeper.h"
 #include "persistence/fake_snapshot_store.h"
 
 using namespace throttlex;

@@ -1,0 +1,469 @@
+#include "daemon/http/http_api.h"
+
+#include <charconv>
+
+#include <nlohmann/json.hpp>
+
+#include "limiter/period.h"
+
+namespace throttlex {
+namespace {
+
+using Steady = std::chrono::steady_clock;  // latency measurement only; decisions use Clock
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+int httpStatus(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument: return 400;
+    case ErrorCode::kNotFound: return 404;
+    case ErrorCode::kResourceExhausted: return 429;
+    case ErrorCode::kUnavailable: return 503;
+    case ErrorCode::kDeadlineExceeded: return 504;
+    case ErrorCode::kInternal: return 500;
+  }
+  return 500;
+}
+
+std::int64_t ceilSeconds(Duration d) {
+  if (d <= Duration(0)) return 0;
+  return (d.count() + 999'999'999) / 1'000'000'000;
+}
+std::int64_t toMs(Duration d) {
+  if (d < Duration(0)) return -1;  // kRetryNever
+  return (d.count() + 999'999) / 1'000'000;
+}
+
+Result<std::uint64_t> parseNumber(std::string_view name, std::string_view text) {
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
+    return invalidArgument("'" + std::string(name) + "' must be a non-negative integer, got '" +
+                           std::string(text) + "'");
+  }
+  return v;
+}
+
+// The fields of one check, as text, from a query string, headers or JSON.
+struct CheckFields {
+  std::string key, rule, algorithm, limit, period, burst, hits;
+};
+
+// Turns the text fields into CheckArgs; `args` views into `fields`.
+Result<CheckArgs> toArgs(const CheckFields& f) {
+  CheckArgs a;
+  a.key = f.key;
+  if (f.key.empty()) return invalidArgument("'key' is required");
+  if (!f.hits.empty()) {
+    auto h = parseNumber("hits", f.hits);
+    if (!h) return h.error();
+    a.hits = *h;
+  }
+  if (!f.rule.empty()) {
+    if (!f.limit.empty() || !f.period.empty() || !f.algorithm.empty() || !f.burst.empty()) {
+      return invalidArgument("give either 'rule' or an inline limit ('limit', 'period', ...), not both");
+    }
+    a.rule = f.rule;
+    return a;
+  }
+  if (f.limit.empty() || f.period.empty()) {
+    return invalidArgument("an inline limit needs 'limit' and 'period' (or give 'rule')");
+  }
+  auto limit = parseNumber("limit", f.limit);
+  if (!limit) return limit.error();
+  auto period = parsePeriod(f.period);
+  if (!period) return period.error();
+  a.limit.limit = *limit;
+  a.limit.period = *period;
+  if (!f.algorithm.empty()) {
+    auto algo = parseAlgorithm(f.algorithm);
+    if (!algo) return algo.error();
+    a.limit.algorithm = *algo;
+  }
+  if (!f.burst.empty()) {
+    auto burst = parseNumber("burst", f.burst);
+    if (!burst) return burst.error();
+    a.limit.burst = *burst;
+  }
+  return a;
+}
+
+Status fromQuery(std::string_view query, CheckFields& f) {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    const std::size_t eq = pair.find('=');
+    const std::string_view name = pair.substr(0, eq);
+    auto value = urlDecode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1));
+    if (!value) return invalidArgument("malformed percent-encoding in '" + std::string(name) + "'");
+    std::string* slot = name == "key"         ? &f.key
+                        : name == "rule"      ? &f.rule
+                        : name == "algorithm" ? &f.algorithm
+                        : name == "limit"     ? &f.limit
+                        : name == "period"    ? &f.period
+                        : name == "burst"     ? &f.burst
+                        : name == "hits"      ? &f.hits
+                                              : nullptr;
+    if (slot != nullptr) *slot = std::move(*value);  // unknown parameters are ignored
+  }
+  return Ok{};
+}
+
+// JSON members may be strings or numbers ("period": "1s" or 1000 for ms).
+Status fromJson(const nlohmann::json& j, CheckFields& f) {
+  if (!j.is_object()) return invalidArgument("each check must be a JSON object");
+  const std::pair<const char*, std::string*> fields[] = {
+      {"key", &f.key},     {"rule", &f.rule},     {"algorithm", &f.algorithm}, {"limit", &f.limit},
+      {"period", &f.period}, {"burst", &f.burst}, {"hits", &f.hits}};
+  for (const auto& [name, slot] : fields) {
+    const auto it = j.find(name);
+    if (it == j.end() || it->is_null()) continue;
+    if (it->is_string()) {
+      *slot = it->get<std::string>();
+    } else if (it->is_number_unsigned()) {
+      *slot = std::to_string(it->get<std::uint64_t>());
+    } else {
+      return invalidArgument(std::string("'") + name + "' must be a string or a non-negative integer");
+    }
+  }
+  return Ok{};
+}
+
+void appendSfString(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += (c >= 0x20 && c <= 0x7e) ? c : '_';
+  }
+  out += '"';
+}
+
+nlohmann::json outcomeJson(const CheckOutcome& o) {
+  return {{"allowed", o.allowed},
+          {"limit", o.decision.limit},
+          {"remaining", o.decision.remaining},
+          {"reset_after_ms", toMs(o.decision.reset_after)},
+          {"retry_after_ms", toMs(o.decision.retry_after)},
+          {"policy", o.policy},
+          {"shadow", o.shadow},
+          {"route", nameOf(o.route)}};
+}
+
+// The hot path's response body, written directly: same fields and order as outcomeJson() (which
+// serves batches), without building a JSON tree per request. Policy names are validated rule names
+// or "default", so they need no escaping beyond the defensive one here.
+std::string outcomeBody(const CheckOutcome& o) {
+  std::string b;
+  b.reserve(160);
+  b += R"({"allowed":)";
+  b += o.allowed ? "true" : "false";
+  b += R"(,"limit":)";
+  b += std::to_string(o.decision.limit);
+  b += R"(,"policy":")";
+  for (char c : o.policy) {
+    if (c == '"' || c == '\\') b += '\\';
+    b += (c >= 0x20 && c != 0x7f) ? c : '_';
+  }
+  b += R"(","remaining":)";
+  b += std::to_string(o.decision.remaining);
+  b += R"(,"reset_after_ms":)";
+  b += std::to_string(toMs(o.decision.reset_after));
+  b += R"(,"retry_after_ms":)";
+  b += std::to_string(toMs(o.decision.retry_after));
+  b += R"(,"shadow":)";
+  b += o.shadow ? "true" : "false";
+  b += R"(,"route":")";
+  b += nameOf(o.route);
+  b += "\"}";
+  return b;
+}
+
+nlohmann::json errorJson(const Error& e) {
+  return {{"error", {{"status", httpStatus(e.code)}, {"detail", e.message}}}};
+}
+
+HttpResponse problemFor(const Error& e) {
+  const int status = httpStatus(e.code);
+  return problemResponse(status, status == 404 ? "Not Found" : "Bad Request", e.message);
+}
+
+}  // namespace
+
+std::optional<std::string> urlDecode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '+') {
+      out += ' ';
+    } else if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      const int hi = hexValue(text[i + 1]), lo = hexValue(text[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      out += static_cast<char>(hi * 16 + lo);
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string rateLimitPolicyHeader(const CheckOutcome& o) {
+  std::string v;
+  appendSfString(v, o.policy);
+  v += ";q=" + std::to_string(std::min<std::uint64_t>(o.decision.limit, 999'999'999'999'999));
+  // w is whole seconds; sub-second and fractional periods are left out rather than misstated.
+  if (o.period.count() % 1'000'000'000 == 0) v += ";w=" + std::to_string(o.period.count() / 1'000'000'000);
+  return v;
+}
+
+std::string rateLimitHeader(const CheckOutcome& o) {
+  std::string v;
+  appendSfString(v, o.policy);
+  v += ";r=" + std::to_string(std::min<std::uint64_t>(o.decision.remaining, 999'999'999'999'999));
+  // t: when more quota is available to this client — the retry time when limited, else the reset.
+  const Duration t = o.decision.allowed ? o.decision.reset_after : o.decision.retry_after;
+  if (t >= Duration(0)) v += ";t=" + std::to_string(ceilSeconds(t));
+  return v;
+}
+
+HttpApi::HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
+                 MembersProvider members, Router* router)
+    : service_(service),
+      own_router_(router == nullptr ? std::make_unique<Router>(service, nullptr, nullptr) : nullptr),
+      router_(router == nullptr ? *own_router_ : *router),
+      metrics_(metrics),
+      info_(std::move(info)),
+      members_(std::move(members)) {}
+
+namespace {
+
+// The owners' answers for the checks of one HTTP request, filled on the forwarder thread; the
+// last one builds and sends the response (HttpRespond may be called from any thread).
+class HttpForwardWait final : public ForwardSink {
+ public:
+  using Finish = std::function<void(std::vector<Result<CheckOutcome>>&)>;
+  HttpForwardWait(std::vector<Result<CheckOutcome>> outcomes, std::size_t pending, Finish finish)
+      : outcomes_(std::move(outcomes)), pending_(pending), finish_(std::move(finish)) {}
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    outcomes_[index] = std::move(outcome);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) finish_(outcomes_);
+  }
+
+ private:
+  std::vector<Result<CheckOutcome>> outcomes_;
+  std::atomic<std::size_t> pending_;
+  Finish finish_;
+};
+
+}  // namespace
+
+void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+                       const HttpRespond& respond) {
+  Forwarding forwarding;
+  if (auto here = router_.check(args, 0, forwarding)) {
+    record(*here, start);
+    return respond(answer(*here, auth_request));
+  }
+  auto wait = std::make_shared<HttpForwardWait>(
+      std::vector<Result<CheckOutcome>>(1, Error{ErrorCode::kInternal, "not decided"}), 1,
+      [this, auth_request, start, respond](std::vector<Result<CheckOutcome>>& outcomes) {
+        record(outcomes[0], start);
+        respond(answer(outcomes[0], auth_request));
+      });
+  router_.forward(std::move(forwarding), std::move(wait));
+}
+
+void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point start) {
+  if (metrics_ == nullptr) return;
+  const Outcome kind = !outcome ? Outcome::kError
+                       : outcome->allowed ? Outcome::kAllowed
+                                          : Outcome::kLimited;
+  if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+  metrics_->recordRequest(Api::kHttp, outcome ? outcome->route : RouteKind::kLocal, kind,
+                          std::chrono::duration_cast<Duration>(Steady::now() - start));
+}
+
+HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_request) {
+  if (!outcome) {
+    return problemFor(outcome.error());
+  }
+  const CheckOutcome& o = *outcome;
+  HttpResponse r;
+  r.headers.emplace_back("RateLimit-Policy", rateLimitPolicyHeader(o));
+  r.headers.emplace_back("RateLimit", rateLimitHeader(o));
+  if (!o.allowed && o.decision.retry_after >= Duration(0)) {
+    r.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(1, ceilSeconds(o.decision.retry_after))));
+  }
+  if (auth_request) {  // nginx auth_request: 2xx allows, 403 denies (nginx maps it to 429)
+    r.status = o.allowed ? 204 : 403;
+    return r;
+  }
+  r.status = o.allowed ? 200 : 429;
+  r.body = outcomeBody(o);
+  return r;
+}
+
+void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond) {
+  const auto start = Steady::now();
+  CheckFields f;
+  if (auto st = fromQuery(request.query, f); !st) return respond(problemFor(st.error()));
+  if (auth_request) {  // headers fill what the query does not give
+    const std::pair<const char*, std::string*> from_headers[] = {
+        {"x-ratelimit-key", &f.key}, {"x-ratelimit-rule", &f.rule}, {"x-ratelimit-hits", &f.hits}};
+    for (const auto& [name, slot] : from_headers) {
+      if (const std::string* h = request.header(name); h != nullptr && slot->empty()) *slot = *h;
+    }
+  }
+  auto args = toArgs(f);
+  if (!args) {
+    record(args.error(), start);
+    return respond(answer(args.error(), auth_request));
+  }
+  checkOne(*args, auth_request, start, respond);
+}
+
+void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) {
+  const auto start = Steady::now();
+  const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return respond(problemResponse(400, "Bad Request", "the body is not valid JSON"));
+  }
+  if (!body.is_object()) {
+    return respond(problemResponse(400, "Bad Request", "the body must be a JSON object"));
+  }
+
+  const auto checks = body.find("checks");
+  if (checks == body.end()) {  // one check
+    CheckFields f;
+    if (auto st = fromJson(body, f); !st) return respond(problemFor(st.error()));
+    auto args = toArgs(f);
+    if (!args) {
+      record(args.error(), start);
+      return respond(answer(args.error(), false));
+    }
+    return checkOne(*args, false, start, respond);
+  }
+
+  // A batch: always 200; each result says allowed or carries its own error.
+  if (!checks->is_array()) {
+    return respond(problemResponse(400, "Bad Request", "'checks' must be an array"));
+  }
+  if (checks->size() > kMaxBatchChecks) {
+    return respond(problemResponse(413, "Payload Too Large", "at most 1000 checks per batch"));
+  }
+  std::vector<CheckFields> fields(checks->size());
+  std::vector<Result<CheckArgs>> parsed;
+  parsed.reserve(checks->size());
+  for (std::size_t i = 0; i < checks->size(); ++i) {
+    auto st = fromJson((*checks)[i], fields[i]);
+    parsed.push_back(st ? toArgs(fields[i]) : Result<CheckArgs>(st.error()));
+  }
+  std::vector<CheckArgs> valid;
+  for (const auto& p : parsed) {
+    if (p) valid.push_back(*p);
+  }
+  std::vector<Result<CheckOutcome>> outcomes;
+  Forwarding forwarding = router_.checkBatch(valid, 0, outcomes);
+  // Which elements were valid; the rest answer with their parse errors.
+  std::vector<std::optional<Error>> errors;
+  errors.reserve(parsed.size());
+  for (const auto& p : parsed) errors.push_back(p ? std::nullopt : std::optional<Error>(p.error()));
+  auto finish = [this, start, respond, errors = std::move(errors)](
+                    std::vector<Result<CheckOutcome>>& decided) {
+    nlohmann::json results = nlohmann::json::array();
+    std::size_t next = 0;
+    for (const auto& e : errors) {
+      const Result<CheckOutcome> o = e ? Result<CheckOutcome>(*e) : decided[next++];
+      record(o, start);
+      results.push_back(o ? outcomeJson(*o) : errorJson(o.error()));
+    }
+    HttpResponse r;
+    r.body = nlohmann::json{{"results", std::move(results)}}.dump();
+    respond(std::move(r));
+  };
+  if (forwarding.empty()) return finish(outcomes);
+  const std::size_t pending = forwarding.size();
+  router_.forward(std::move(forwarding),
+                  std::make_shared<HttpForwardWait>(std::move(outcomes), pending, std::move(finish)));
+}
+
+void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
+  const std::string& path = request.path;
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  auto methodNotAllowed = [&](const char* allow) {
+    HttpResponse r = problemResponse(405, "Method Not Allowed",
+                                     request.method + " is not allowed on " + path);
+    r.headers.emplace_back("Allow", allow);
+    return r;
+  };
+
+  if (path == "/v1/check") {
+    if (get) return checkGet(request, false, respond);
+    if (request.method == "POST") return checkPost(request, respond);
+    return respond(methodNotAllowed("GET, POST"));
+  }
+  if (path == "/v1/auth") return checkGet(request, true, respond);  // nginx sends GET; allow any
+  if (path == "/healthz") {
+    if (!get) return respond(methodNotAllowed("GET"));
+    HttpResponse r;
+    r.body = R"({"status":"ok"})";
+    return respond(std::move(r));
+  }
+  if (path == "/readyz") {
+    if (!get) return respond(methodNotAllowed("GET"));
+    HttpResponse r;
+    const bool ready = ready_.load(std::memory_order_relaxed);
+    r.status = ready ? 200 : 503;
+    r.body = ready ? R"({"status":"ready"})" : R"({"status":"not ready"})";
+    return respond(std::move(r));
+  }
+  if (path == "/v1/info") {
+    if (!get) return respond(methodNotAllowed("GET"));
+    const NodeInfo i = info_ ? info_() : NodeInfo{};
+    HttpResponse r;
+    r.body = nlohmann::json{{"node_id", i.node_id},          {"version", i.version},
+                            {"http_address", i.http_address}, {"rpc_address", i.rpc_address},
+                            {"metrics_address", i.metrics_address}, {"uptime_ms", i.uptime_ms},
+                            {"keys", i.keys}, {"evictions", i.evictions}, {"rules", i.rules}}
+                 .dump();
+    return respond(std::move(r));
+  }
+  if (path == "/v1/cluster") {
+    if (!get) return respond(methodNotAllowed("GET"));
+    const NodeInfo self = info_ ? info_() : NodeInfo{};
+    nlohmann::json list = nlohmann::json::array();
+    std::size_t alive = 0;
+    std::vector<MemberInfo> members;
+    if (members_) members = members_();
+    if (members.empty()) {  // not clustered: this node alone
+      MemberInfo solo;
+      solo.node_id = self.node_id;
+      solo.rpc_address = self.rpc_address;
+      solo.http_address = self.http_address;
+      solo.state = "alive";
+      members.push_back(std::move(solo));
+    }
+    for (const MemberInfo& m : members) {
+      alive += m.state == "alive" ? 1u : 0u;
+      list.push_back({{"node_id", m.node_id}, {"state", m.state},
+                      {"gossip_address", m.gossip_address}, {"rpc_address", m.rpc_address},
+                      {"http_address", m.http_address}, {"incarnation", m.incarnation}});
+    }
+    HttpResponse r;
+    r.body = nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
+                 .dump();
+    return respond(std::move(r));
+  }
+  respond(problemResponse(404, "Not Found", "no route for " + path));
+}
+
+}  // namespace throttlex

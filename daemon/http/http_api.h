@@ -1,0 +1,59 @@
+// The HTTP API's routes (docs/api.md): checks (GET with a query, POST JSON for one or a batch),
+// the nginx auth_request endpoint, health and readiness. Maps LimiterService outcomes to status
+// codes, the IETF RateLimit-Policy / RateLimit headers (draft-ietf-httpapi-ratelimit-headers-10),
+// Retry-After, and problem+json errors.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+#include "daemon/http/http_server.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/metrics/metrics.h"
+#include "daemon/base/node_info.h"
+#include "daemon/routing/router.h"
+
+namespace throttlex {
+
+class HttpApi {
+ public:
+  // `members` may be empty (no cluster): /v1/cluster then lists this node alone. `router` may be
+  // null: every check is decided here.
+  HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
+          MembersProvider members = {}, Router* router = nullptr);
+
+  // The HttpServer handler. Never blocks: answers on the calling thread, or, for checks owned by
+  // another node, when the owner answered (on the forwarder thread).
+  void handle(HttpRequest& request, const HttpRespond& respond);
+
+  // /readyz answers 200 only between setReady(true) and setReady(false) (set during shutdown, so
+  // load balancers stop sending before the node stops answering).
+  void setReady(bool ready) { ready_.store(ready, std::memory_order_relaxed); }
+
+ private:
+  using Steady = std::chrono::steady_clock;
+  void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
+  void checkPost(const HttpRequest& request, const HttpRespond& respond);
+  void checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+                const HttpRespond& respond);
+  HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);
+  void record(const Result<CheckOutcome>& outcome, std::chrono::steady_clock::time_point start);
+
+  LimiterService& service_;
+  const std::unique_ptr<Router> own_router_;  // when none was given
+  Router& router_;
+  Metrics* const metrics_;  // may be null
+  const NodeInfoProvider info_;
+  const MembersProvider members_;
+  std::atomic<bool> ready_{false};
+};
+
+// Exposed for tests.
+// Decodes application/x-www-form-urlencoded text ("%41+b" -> "A b"); nullopt if malformed.
+std::optional<std::string> urlDecode(std::string_view text);
+// RateLimit / RateLimit-Policy header values for one outcome.
+std::string rateLimitPolicyHeader(const CheckOutcome& o);
+std::string rateLimitHeader(const CheckOutcome& o);
+
+}  // namespace throttlex

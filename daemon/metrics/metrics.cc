@@ -1,0 +1,380 @@
+#include "daemon/metrics/metrics.h"
+
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <unistd.h>
+
+#include <prometheus/collectable.h>
+#include <prometheus/exposer.h>
+#include <prometheus/text_serializer.h>
+
+#include "limiter/store.h"
+
+namespace throttlex {
+namespace {
+
+constexpr int kApis = 2, kRoutes = 3, kOutcomes = 3;
+constexpr const char* kApiNames[kApis] = {"http", "rpc"};
+constexpr const char* kRouteNames[kRoutes] = {"local", "forwarded", "degraded"};
+constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error"};
+constexpr std::size_t kBuckets = kLatencyBounds.size() + 1;  // the last is +Inf
+
+// One thread's counters. Only the owning thread writes (relaxed load + store, no lock prefix);
+// scrapes read with relaxed loads. alignas keeps two threads' slots off one cache line.
+struct alignas(64) Slot {
+  std::atomic<std::uint64_t> requests[kApis][kRoutes][kOutcomes] = {};
+  std::atomic<std::uint64_t> buckets[kApis][kBuckets] = {};
+  std::atomic<std::uint64_t> latency_ns[kApis] = {};
+  std::atomic<std::uint64_t> shadow_limited = {};
+};
+
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
+  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+std::atomic<std::uint64_t> next_id{1};
+
+struct SlotCache {
+  std::uint64_t owner = 0;
+  Slot* slot = nullptr;
+};
+thread_local SlotCache tls_slot;
+
+double residentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages_total = 0, pages_resident = 0;
+  statm >> pages_total >> pages_resident;
+  return pages_resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
+prometheus::ClientMetric valued(double v, std::vector<prometheus::ClientMetric::Label> labels = {}) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.counter.value = v;
+  m.gauge.value = v;
+  return m;
+}
+
+}  // namespace
+
+struct Metrics::Impl final : prometheus::Collectable {
+  explicit Impl(Options o) : options(std::move(o)), id(next_id.fetch_add(1)) {}
+
+  Slot& slot() {
+    if (tls_slot.owner != id) {
+      std::lock_guard guard(mu);
+      slots.push_back(std::make_unique<Slot>());
+      tls_slot = {id, slots.back().get()};
+    }
+    return *tls_slot.slot;
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+  const Options options;
+  const std::uint64_t id;
+  mutable std::mutex mu;
+  std::vector<std::unique_ptr<Slot>> slots;  // guarded by mu; slots are never removed
+};
+
+struct Metrics::Exposer {
+  std::unique_ptr<prometheus::Exposer> exposer;
+};
+
+Metrics::Metrics(Options options) : impl_(std::make_shared<Impl>(std::move(options))) {}
+Metrics::~Metrics() = default;
+
+void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency) {
+  Slot& s = impl_->slot();
+  const auto a = static_cast<std::size_t>(api);
+  bump(s.requests[a][static_cast<std::size_t>(route)][static_cast<std::size_t>(outcome)]);
+  const double seconds = std::chrono::duration<double>(latency).count();
+  std::size_t b = 0;
+  while (b < kLatencyBounds.size() && seconds > kLatencyBounds[b]) ++b;
+  bump(s.buckets[a][b]);
+  bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
+}
+
+void Metrics::recordShadowLimited() { bump(impl_->slot().shadow_limited); }
+
+namespace {
+
+template <std::size_t N, typename Bound>
+prometheus::ClientMetric histogram(const std::array<std::uint64_t, N + 1>& counts,
+                                   const std::array<Bound, N>& bounds, double sum) {
+  prometheus::ClientMetric m;
+  std::uint64_t cumulative = 0;
+  for (std::size_t b = 0; b <= N; ++b) {
+    cumulative += counts[b];
+    m.histogram.bucket.push_back({cumulative, b < N ? static_cast<double>(bounds[b])
+                                                    : std::numeric_limits<double>::infinity()});
+  }
+  m.histogram.sample_count = cumulative;
+  m.histogram.sample_sum = sum;
+  return m;
+}
+
+void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  prometheus::MetricFamily calls{"throttlex_forward_calls_total",
+                                 "Batches of checks forwarded to their owners, by peer",
+                                 MetricType::Counter, {}};
+  prometheus::MetricFamily checks{"throttlex_forward_checks_total",
+                                  "Checks forwarded to their owners, by peer", MetricType::Counter, {}};
+  prometheus::MetricFamily failures{"throttlex_forward_failures_total",
+                                    "Failed connects and forward calls, by peer",
+                                    MetricType::Counter, {}};
+  prometheus::MetricFamily breaker{
+      "throttlex_breaker_state",
+      "Circuit breaker per peer: 1 for the state it is in (closed, open, half_open)",
+      MetricType::Gauge, {}};
+  prometheus::MetricFamily opens{"throttlex_breaker_opens_total",
+                                 "Times a peer's breaker opened", MetricType::Counter, {}};
+  for (const PeerStats& p : f.peers) {
+    calls.metric.push_back(valued(static_cast<double>(p.calls), {{"peer", p.node_id}}));
+    checks.metric.push_back(valued(static_cast<double>(p.checks), {{"peer", p.node_id}}));
+    failures.metric.push_back(valued(static_cast<double>(p.failures), {{"peer", p.node_id}}));
+    opens.metric.push_back(valued(static_cast<double>(p.breaker_opens), {{"peer", p.node_id}}));
+    for (auto s : {BreakerState::kClosed, BreakerState::kOpen, BreakerState::kHalfOpen}) {
+      breaker.metric.push_back(valued(p.breaker == s ? 1 : 0,
+                                      {{"peer", p.node_id}, {"state", std::string(nameOf(s))}}));
+    }
+  }
+  out.push_back(std::move(calls));
+  out.push_back(std::move(checks));
+  out.push_back(std::move(failures));
+  out.push_back(std::move(breaker));
+  out.push_back(std::move(opens));
+  out.push_back({"throttlex_forward_batch_size", "Checks per forwarded batch",
+                 MetricType::Histogram,
+                 {histogram<kBatchSizeBounds.size()>(f.batch_sizes, kBatchSizeBounds,
+                                                     static_cast<double>(f.batch_size_sum))}});
+  out.push_back({"throttlex_forward_duration_seconds",
+                 "Time from sending a forwarded batch to its owner's answer", MetricType::Histogram,
+                 {histogram<kForwardLatencyBounds.size()>(f.latency, kForwardLatencyBounds,
+                                                          f.latency_sum_seconds)}});
+  out.push_back({"throttlex_degraded_total",
+                 "Checks decided here by their rule's degraded policy: owner and stand-in unreachable",
+                 MetricType::Counter, {valued(static_cast<double>(f.degraded))}});
+  out.push_back({"throttlex_forward_standin_total",
+                 "Checks of an unreachable owner sent to its stand-in (the slot's runner-up)",
+                 MetricType::Counter, {valued(static_cast<double>(f.standin))}});
+  out.push_back({"throttlex_forward_rerouted_total",
+                 "Forwarded checks sent on to another owner after a failure or a ring change",
+                 MetricType::Counter, {valued(static_cast<double>(f.rerouted))}});
+}
+
+prometheus::MetricFamily single(const char* name, const char* help, prometheus::MetricType type,
+                                double value) {
+  return {name, help, type, {valued(value)}};
+}
+
+void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
+  if (p.has_store) {
+    const auto& st = p.store;
+    std::array<double, persistence::CommandLatency::kBoundsUs.size()> bounds{};
+    for (std::size_t i = 0; i < bounds.size(); ++i) {
+      bounds[i] = static_cast<double>(persistence::CommandLatency::kBoundsUs[i]) / 1e6;
+    }
+    out.push_back({"throttlex_redis_duration_seconds",
+                   "Redis command latency, send to reply (snapshot writes and reads)",
+                   MetricType::Histogram,
+                   {histogram<bounds.size()>(st.latency.counts, bounds,
+                                             static_cast<double>(st.latency.sum_us) / 1e6)}});
+    out.push_back(single("throttlex_redis_connected", "1 while the snapshot store is reachable",
+                         MetricType::Gauge, st.connected ? 1 : 0));
+    out.push_back(single("throttlex_redis_commands_total", "Redis commands answered",
+                         MetricType::Counter, d(st.commands)));
+    out.push_back(single("throttlex_redis_errors_total",
+                         "Failed Redis commands: refused, error replies, timeouts, I/O",
+                         MetricType::Counter, d(st.errors)));
+    out.push_back(single("throttlex_redis_timeouts_total", "Redis commands past their deadline",
+                         MetricType::Counter, d(st.timeouts)));
+    out.push_back(single("throttlex_redis_reconnects_total", "Redis connections re-established",
+                         MetricType::Counter, d(st.reconnects)));
+    out.push_back(single("throttlex_snapshot_malformed_total",
+                         "Snapshot entries or keys in Redis skipped because they could not be decoded",
+                         MetricType::Counter, d(st.malformed)));
+    const auto& w = p.writer;
+    out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
+                         MetricType::Gauge, d(w.pending)));
+    out.push_back(single("throttlex_snapshot_pending_bytes",
+                         "Memory held by the pending tables, empty places included",
+                         MetricType::Gauge, d(w.pending_bytes)));
+    out.push_back(single("throttlex_snapshot_wave",
+                         "Snapshot batches the next flush keeps in flight at most (halved after "
+                         "a failed wave, up to 16)",
+                         MetricType::Gauge, d(w.wave)));
+    out.push_back(single("throttlex_snapshot_lag_seconds",
+                         "Age of the oldest change not yet confirmed by the snapshot store",
+                         MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));
+    out.push_back(single("throttlex_snapshot_dropped_total",
+                         "Changed entries not queued because the pending set was full",
+                         MetricType::Counter, d(w.dropped)));
+    out.push_back(single("throttlex_snapshot_entries_written_total",
+                         "Entries the snapshot store confirmed", MetricType::Counter,
+                         d(w.entries_written)));
+    prometheus::MetricFamily flushes{"throttlex_snapshot_flushes_total",
+                                     "Snapshot flushes by result (ok, failed, skipped while "
+                                     "disconnected)",
+                                     MetricType::Counter, {}};
+    flushes.metric.push_back(valued(d(w.flushes), {{"result", "ok"}}));
+    flushes.metric.push_back(valued(d(w.failed_flushes), {{"result", "failed"}}));
+    flushes.metric.push_back(valued(d(w.skipped_flushes), {{"result", "skipped"}}));
+    out.push_back(std::move(flushes));
+  }
+  const auto& k = p.slots;
+  out.push_back(single("throttlex_slots_waiting",
+                       "Slots whose state is on the way (recovery or handoff); their checks wait",
+                       MetricType::Gauge, d(k.slots_waiting)));
+  out.push_back(single("throttlex_parked_checks", "Checks waiting for their slot's state now",
+                       MetricType::Gauge, d(k.parked_now)));
+  out.push_back(single("throttlex_parked_checks_total",
+                       "Checks that waited for their slot's state", MetricType::Counter,
+                       d(k.parked_total)));
+  out.push_back(single("throttlex_recovery_slots_total", "Slots read from the snapshot store",
+                       MetricType::Counter, d(k.recoveries)));
+  out.push_back(single("throttlex_recovery_entries_total",
+                       "Entries read from the snapshot store", MetricType::Counter,
+                       d(k.recovered_entries)));
+  out.push_back(single("throttlex_recovery_timeouts_total",
+                       "Slots opened by their deadline before all their state arrived",
+                       MetricType::Counter, d(k.recovery_timeouts)));
+  prometheus::MetricFamily handoffs{"throttlex_handoffs_total",
+                                    "Completed slot handoffs, by direction", MetricType::Counter, {}};
+  handoffs.metric.push_back(valued(d(k.handoffs_sent), {{"direction", "sent"}}));
+  handoffs.metric.push_back(valued(d(k.handoffs_received), {{"direction", "received"}}));
+  out.push_back(std::move(handoffs));
+  prometheus::MetricFamily entries{"throttlex_handoff_entries_total",
+                                   "Entries moved by handoffs, by direction", MetricType::Counter, {}};
+  entries.metric.push_back(valued(d(k.handoff_entries_sent), {{"direction", "sent"}}));
+  entries.metric.push_back(valued(d(k.handoff_entries_received), {{"direction", "received"}}));
+  out.push_back(std::move(entries));
+  out.push_back(single("throttlex_handoff_failures_total",
+                       "Failed handoff calls (the state stayed on the sender)", MetricType::Counter,
+                       d(k.handoff_failures)));
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
+  std::uint64_t requests[kApis][kRoutes][kOutcomes] = {};
+  std::uint64_t buckets[kApis][kBuckets] = {};
+  std::uint64_t latency_ns[kApis] = {};
+  std::uint64_t shadow_limited = 0;
+  {
+    std::lock_guard guard(mu);
+    for (const auto& s : slots) {
+      for (int a = 0; a < kApis; ++a) {
+        for (int r = 0; r < kRoutes; ++r)
+          for (int o = 0; o < kOutcomes; ++o)
+            requests[a][r][o] += s->requests[a][r][o].load(std::memory_order_relaxed);
+        for (std::size_t b = 0; b < kBuckets; ++b)
+          buckets[a][b] += s->buckets[a][b].load(std::memory_order_relaxed);
+        latency_ns[a] += s->latency_ns[a].load(std::memory_order_relaxed);
+      }
+      shadow_limited += s->shadow_limited.load(std::memory_order_relaxed);
+    }
+  }
+
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  prometheus::MetricFamily req{"throttlex_requests_total",
+                               "Checks answered, by decision, route and API", MetricType::Counter, {}};
+  for (int a = 0; a < kApis; ++a)
+    for (int r = 0; r < kRoutes; ++r)
+      for (int o = 0; o < kOutcomes; ++o)
+        req.metric.push_back(valued(static_cast<double>(requests[a][r][o]),
+                                    {{"decision", kOutcomeNames[o]},
+                                     {"route", kRouteNames[r]},
+                                     {"api", kApiNames[a]}}));
+  out.push_back(std::move(req));
+
+  prometheus::MetricFamily lat{"throttlex_request_duration_seconds",
+                               "Time from a check's arrival to its answer", MetricType::Histogram, {}};
+  for (int a = 0; a < kApis; ++a) {
+    prometheus::ClientMetric m;
+    m.label = {{"api", kApiNames[a]}};
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kBuckets; ++b) {
+      cumulative += buckets[a][b];
+      m.histogram.bucket.push_back(
+          {cumulative, b < kLatencyBounds.size() ? kLatencyBounds[b]
+                                                 : std::numeric_limits<double>::infinity()});
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = static_cast<double>(latency_ns[a]) / 1e9;
+    lat.metric.push_back(std::move(m));
+  }
+  out.push_back(std::move(lat));
+
+  out.push_back({"throttlex_shadow_limited_total",
+                 "Checks of shadow-mode rules that would have been limited", MetricType::Counter,
+                 {valued(static_cast<double>(shadow_limited))}});
+  if (options.store != nullptr) {
+    const StoreStats st = options.store->stats();
+    out.push_back({"throttlex_keys", "Live keys in the store", MetricType::Gauge,
+                   {valued(static_cast<double>(st.entries))}});
+    out.push_back({"throttlex_evictions_total",
+                   "Live keys dropped because the store was full", MetricType::Counter,
+                   {valued(static_cast<double>(st.evictions))}});
+    out.push_back({"throttlex_store_bytes", "Memory held by the store's tables", MetricType::Gauge,
+                   {valued(static_cast<double>(st.table_bytes))}});
+  }
+  if (options.cluster) {
+    const ClusterStats c = options.cluster();
+    out.push_back({"throttlex_members", "Cluster members this node knows, by state",
+                   MetricType::Gauge,
+                   {valued(static_cast<double>(c.alive), {{"state", "alive"}}),
+                    valued(static_cast<double>(c.suspect), {{"state", "suspect"}}),
+                    valued(static_cast<double>(c.dead), {{"state", "dead"}}),
+                    valued(static_cast<double>(c.left), {{"state", "left"}})}});
+    out.push_back({"throttlex_gossip_packets_total", "Gossip packets, by direction",
+                   MetricType::Counter,
+                   {valued(static_cast<double>(c.packets_sent), {{"direction", "sent"}}),
+                    valued(static_cast<double>(c.packets_received), {{"direction", "received"}})}});
+    out.push_back({"throttlex_gossip_dropped_total",
+                   "Gossip packets received and dropped, by reason", MetricType::Counter,
+                   {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
+                    valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
+                    valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
+                    valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
+    out.push_back({"throttlex_gossip_send_failures_total",
+                   "Gossip sends that failed (unresolvable, refused, timed out)", MetricType::Counter,
+                   {valued(static_cast<double>(c.send_failures))}});
+  }
+  if (options.forwarding) collectForwarding(options.forwarding(), out);
+  if (options.persistence) collectPersistence(options.persistence(), out);
+  out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
+                 MetricType::Gauge, {valued(residentBytes())}});
+  out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,
+                 {valued(1, {{"version", options.version}, {"node_id", options.node_id}})}});
+  return out;
+}
+
+std::string Metrics::render() const {
+  return prometheus::TextSerializer().Serialize(impl_->Collect());
+}
+
+Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) {
+  auto e = std::make_unique<Exposer>();
+  // civetweb wants IPv6 addresses in brackets ("[::]:9464").
+  const bool v6 = bind_address.find(':') != std::string::npos && bind_address.front() != '[';
+  const std::string address =
+      (v6 ? "[" + bind_address + "]" : bind_address) + ":" + std::to_string(port);
+  try {  // civetweb reports a failed bind by exception; turn it into a value here
+    e->exposer = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& ex) {
+    return Error{ErrorCode::kUnavailable, "cannot serve metrics on " + address + ": " + ex.what()};
+  }
+  e->exposer->RegisterCollectable(impl_);
+  const auto ports = e->exposer->GetListeningPorts();
+  exposer_ = std::move(e);
+  if (ports.empty()) return Error{ErrorCode::kUnavailable, "metrics server bound no port"};
+  return ports.front();
+}
+
+}  // namespace throttlex

@@ -1,0 +1,73 @@
+// Request metrics for Prometheus, aggregated per thread: recording a request touches only the
+// calling thread's own cache line (no shared atomic per request); a scrape sums the threads.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/routing/forwarder.h"
+#include "daemon/base/node_info.h"
+#include "daemon/slots/slot_keeper.h"
+#include "persistence/snapshot_writer.h"
+#include "daemon/base/route.h"
+#include "limiter/clock.h"
+#include "limiter/result.h"
+
+namespace throttlex {
+
+enum class Api : std::uint8_t { kHttp = 0, kRpc = 1 };
+enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
+
+class Store;
+
+// Snapshots, recovery and handoffs (docs/persistence.md), for /metrics.
+struct PersistenceStats {
+  bool has_store = false;  // a snapshot store is configured: the redis/snapshot families exist
+  persistence::SnapshotStoreStats store;
+  persistence::SnapshotWriterStats writer;
+  SlotKeeperStats slots;
+};
+
+// Latency histogram bounds in seconds (throttlex_request_duration_seconds).
+inline constexpr std::array<double, 12> kLatencyBounds = {
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1};
+
+class Metrics {
+ public:
+  struct Options {
+    std::string node_id;
+    std::string version;
+    const Store* store = nullptr;  // for throttlex_keys and throttlex_evictions_total
+    ClusterStatsProvider cluster;  // may be empty: no gossip metrics
+    std::function<ForwarderStats()> forwarding;  // may be empty: no forwarding metrics
+    std::function<PersistenceStats()> persistence;  // may be empty: no persistence metrics
+  };
+  explicit Metrics(Options options);
+  ~Metrics();
+
+  // Thread-safe and wait-free: each thread writes its own slot (assigned on first use).
+  void recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency);
+  // Shadow-mode decisions that would have been limited.
+  void recordShadowLimited();
+
+  // The Prometheus text exposition of everything (for tests and the /metrics endpoint).
+  std::string render() const;
+
+  // Starts serving GET /metrics on bind_address:port (prometheus-cpp's Exposer). port 0: any.
+  // Returns the bound port, or an error (address in use, bad address).
+  struct Exposer;
+  Result<int> serve(const std::string& bind_address, std::uint16_t port);
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<Exposer> exposer_;
+};
+
+}  // namespace throttlex

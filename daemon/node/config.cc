@@ -1,0 +1,175 @@
+#include "daemon/node/config.h"
+
+#include <iostream>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+
+#include "daemon/base/node_info.h"
+
+namespace throttlex {
+namespace {
+
+std::string hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+std::vector<std::string> splitList(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) out.push_back(std::move(item));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+struct Options {
+  Config c;
+  std::string join;
+};
+
+void define(CLI::App& app, Options& o) {
+  Config& c = o.c;
+  app.add_option("--config", c.config_file,
+                 "Config file: TOML 'key = value' lines using the long option names");
+  app.add_option("--node-id", c.node_id,
+                 "Unique node id (default: <hostname>:<http-port>, or <hostname>:pid<pid> with "
+                 "--http-port 0)");
+  app.add_option("--bind", c.bind, "Address all listeners bind")->capture_default_str();
+  app.add_option("--advertise", c.advertise,
+                 "Address other nodes and clients reach this node at (default: --bind, or the "
+                 "hostname when binding all addresses)");
+  app.add_option("--http-port", c.http_port, "HTTP API port")->capture_default_str();
+  app.add_option("--rpc-port", c.rpc_port, "Cap'n Proto RPC port (clients, throttlectl)")
+      ->capture_default_str();
+  app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
+  app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")->capture_default_str();
+  app.add_option("--join", o.join, "Comma-separated host:port gossip seeds to join");
+  app.add_option("--cluster-name", c.cluster_name,
+                 "Cluster name: nodes of other clusters on the same network are ignored")
+      ->capture_default_str();
+  app.add_option("--gossip-preset", c.gossip_preset,
+                 "Gossip timing: local (one machine), lan, wan (see docs/gossip.md)")
+      ->check(CLI::IsMember({"local", "lan", "wan"}))
+      ->capture_default_str();
+  app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)")
+      ->check(CLI::Validator(
+          [](const std::string& v) -> std::string {
+            if (v.empty()) return {};  // memory only
+            const auto colon = v.rfind(':');
+            if (colon == std::string::npos || colon == 0) return "expected host:port, got '" + v + "'";
+            const std::string port = v.substr(colon + 1);
+            if (port.empty() || port.size() > 5 ||
+                port.find_first_not_of("0123456789") != std::string::npos ||
+                std::stoi(port) < 1 || std::stoi(port) > 65535) {
+              return "port must be 1 to 65535 in '" + v + "'";
+            }
+            return {};
+          },
+          "HOST:PORT"));
+  app.add_option("--snapshot-interval-ms", c.snapshot_interval_ms,
+                 "Interval between snapshot writes to Redis (the crash-recovery bound)")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--recovery", c.recovery,
+                 "Start-up reads from Redis: eager (every slot before the node is ready) or lazy "
+                 "(a slot when its first check arrives)")
+      ->check(CLI::IsMember({"eager", "lazy"}))
+      ->capture_default_str();
+  app.add_option("--recovery-timeout-ms", c.recovery_timeout_ms,
+                 "Longest time checks of a slot wait for its state (from Redis or the previous "
+                 "owner) before it is decided with what arrived")
+      ->check(CLI::Range(10, 60'000))
+      ->capture_default_str();
+  app.add_option("--rules", c.rules, "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
+  app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
+      ->check(CLI::Range(0, 256))
+      ->capture_default_str();
+  app.add_option("--forward-timeout-ms", c.forward_timeout_ms,
+                 "Deadline of a batch forwarded to a key's owner; past it, the checks are "
+                 "decided here in degraded mode")
+      ->check(CLI::Range(1, 60'000))
+      ->capture_default_str();
+  app.add_option("--max-keys", c.max_keys, "Hard cap on live keys held in memory")
+      ->check(CLI::Range(std::uint64_t{1024}, std::uint64_t{1} << 34))
+      ->capture_default_str();
+  for (CLI::Option* opt : app.get_options()) {
+    opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later sources win
+  }
+}
+
+// THROTTLEX_HTTP_PORT for --http-port, and so on.
+std::string envName(const std::string& long_name) {
+  std::string env = "THROTTLEX_";
+  for (char ch : long_name) env += ch == '-' ? '_' : static_cast<char>(std::toupper(ch));
+  return env;
+}
+
+}  // namespace
+
+std::variant<Config, int> loadConfig(int argc, const char* const* argv, const GetEnv& getenv) {
+  Options o;
+  CLI::App app{"throttlexd: a node of the ThrottleX distributed rate limiter", "throttlexd"};
+  app.set_version_flag("--version", std::string(kVersion));
+  app.get_formatter()->column_width(36);
+  define(app, o);
+
+  // Precedence is built into the argument list: file < environment < flags, with TakeLast.
+  std::vector<std::string> flags(argv + 1, argv + argc);
+  std::string config_file;
+  for (std::size_t i = 0; i < flags.size(); ++i) {
+    if (flags[i] == "--config" && i + 1 < flags.size()) config_file = flags[i + 1];
+    if (flags[i].rfind("--config=", 0) == 0) config_file = flags[i].substr(9);
+  }
+  if (config_file.empty() && getenv("THROTTLEX_CONFIG") != nullptr) config_file = getenv("THROTTLEX_CONFIG");
+
+  std::vector<std::string> args;
+  try {
+    if (!config_file.empty()) {
+      for (const CLI::ConfigItem& item : CLI::ConfigTOML().from_file(config_file)) {
+        std::string value;
+        for (const auto& in : item.inputs) value += (value.empty() ? "" : ",") + in;
+        args.push_back("--" + item.name + "=" + value);
+      }
+    }
+  } catch (const CLI::Error& e) {
+    std::cerr << "throttlexd: cannot read config file '" << config_file << "': " << e.what() << "\n";
+    return 2;
+  }
+  for (const CLI::Option* opt : app.get_options()) {
+    const std::string name = opt->get_single_name();
+    if (name == "help" || name == "version" || name == "config") continue;
+    const char* v = getenv(envName(name).c_str());
+    if (name == "redis" && v == nullptr) v = getenv("REDIS_HOST");
+    if (v != nullptr) args.push_back("--" + name + "=" + v);
+  }
+  args.insert(args.end(), flags.begin(), flags.end());
+
+  std::vector<const char*> all = {argv[0]};
+  for (const std::string& a : args) all.push_back(a.c_str());
+  try {
+    app.parse(static_cast<int>(all.size()), all.data());
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+
+  Config c = o.c;
+  c.join = splitList(o.join);
+  if (c.advertise.empty()) c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
+  if (c.node_id.empty()) {
+    // With --http-port 0 the port is not known yet; the pid keeps ids on one host apart.
+    c.node_id = hostname() + ":" +
+                (c.http_port != 0 ? std::to_string(c.http_port) : "pid" + std::to_string(getpid()));
+  }
+  if (c.threads == 0) c.threads = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  return c;
+}
+
+}  // namespace throttlex

@@ -1,0 +1,820 @@
+#include "daemon/routing/forwarder.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+#include <kj/timer.h>
+
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "daemon/base/log.h"
+#include "daemon/routing/slot_gate.h"
+#include "proto/node_connection.h"
+#include "proto/throttlex.capnp.h"
+
+namespace throttlex {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+kj::Duration toKj(std::chrono::milliseconds ms) { return ms.count() * kj::MILLISECONDS; }
+kj::StringPtr kjText(const std::string& s) { return {s.c_str(), s.size()}; }
+std::string_view view(capnp::Text::Reader t) { return {t.begin(), t.size()}; }
+
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
+  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+ErrorCode fromProto(proto::ErrorCode code) {
+  switch (code) {
+    case proto::ErrorCode::INVALID_ARGUMENT: return ErrorCode::kInvalidArgument;
+    case proto::ErrorCode::NOT_FOUND: return ErrorCode::kNotFound;
+    case proto::ErrorCode::UNAVAILABLE: return ErrorCode::kUnavailable;
+    case proto::ErrorCode::DEADLINE_EXCEEDED: return ErrorCode::kDeadlineExceeded;
+    case proto::ErrorCode::RESOURCE_EXHAUSTED: return ErrorCode::kResourceExhausted;
+    case proto::ErrorCode::UNSUPPORTED_VERSION: return ErrorCode::kInvalidArgument;
+    case proto::ErrorCode::NONE:
+    case proto::ErrorCode::INTERNAL: break;
+  }
+  return ErrorCode::kInternal;
+}
+
+// The owner's answer for one check, as this node reports it.
+Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
+  if (r.hasError() && r.getError().getCode() != proto::ErrorCode::NONE) {
+    return Error{fromProto(r.getError().getCode()), std::string(view(r.getError().getMessage()))};
+  }
+  CheckOutcome o;
+  o.decision.allowed = r.getDecidedAllowed();
+  o.decision.limit = r.getLimit();
+  o.decision.remaining = r.getRemaining();
+  o.decision.reset_after = Duration(r.getResetAfterNs());
+  o.decision.retry_after = Duration(r.getRetryAfterNs());
+  o.allowed = r.getAllowed();
+  o.shadow = r.getShadow();
+  o.policy = std::string(view(r.getPolicy()));
+  o.period = std::chrono::milliseconds(r.getPeriodMs());
+  // The owner decided it (local there); if the owner itself had to fall back, say so.
+  o.route = r.getRoute() == proto::Route::DEGRADED ? RouteKind::kDegraded : RouteKind::kForwarded;
+  return o;
+}
+
+void encode(const ForwardedCheck& c, proto::CheckRequest::Builder out) {
+  out.setKey(kjText(c.key));
+  out.setHits(c.hits);
+  if (!c.rule.empty()) {
+    out.setRule(kjText(c.rule));
+    return;
+  }
+  auto l = out.initLimit();
+  l.setAlgorithm(static_cast<proto::Algorithm>(c.limit.algorithm));
+  l.setLimit(c.limit.limit);
+  l.setPeriodMs(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(c.limit.period).count()));
+  l.setBurst(c.limit.burst);
+}
+
+// Failures that say "this peer cannot answer now" (connection lost, deadline). Anything else is
+// a bug on one side; the checks are still answered (degraded) rather than failed.
+std::string describe(const kj::Exception& e) {
+  if (e.getType() == kj::Exception::Type::OVERLOADED) return "no answer in time";
+  return std::string(e.getDescription().cStr());
+}
+
+struct Item {
+  ForwardedCheck check;
+  std::size_t index = 0;
+  std::shared_ptr<ForwardSink> sink;
+  std::uint8_t hops = 0;
+  int attempts = 0;      // owners that failed this check
+  bool standin = false;  // sent to the slot's runner-up because its owner is unreachable
+  bool handover = false; // sent to the slot's runner-up because this node handed it over (drain)
+};
+
+struct Submission {
+  std::vector<ForwardedCheck> checks;
+  std::vector<std::size_t> indices;
+  std::shared_ptr<ForwardSink> sink;
+  std::uint8_t hops = 0;
+};
+
+}  // namespace
+
+ForwardedCheck ForwardedCheck::from(const CheckArgs& args, std::uint32_t slot) {
+  return {std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
+}
+
+CheckArgs ForwardedCheck::args() const {
+  CheckArgs a;
+  a.key = key;
+  a.rule = rule;
+  a.limit = limit;
+  a.hits = hits;
+  return a;
+}
+
+std::string_view nameOf(BreakerState s) {
+  switch (s) {
+    case BreakerState::kClosed: return "closed";
+    case BreakerState::kOpen: return "open";
+    case BreakerState::kHalfOpen: return "half_open";
+  }
+  return "closed";
+}
+
+// Statistics of one peer, written by the forwarder thread only, read by scrapes.
+struct PeerCounters {
+  std::string node_id;
+  std::string address;  // guarded by Impl::stats_mu
+  std::atomic<std::uint8_t> breaker{0};
+  std::atomic<std::uint64_t> calls{0}, checks{0}, failures{0}, opens{0};
+};
+
+struct Forwarder::Impl {
+  Impl(const ForwarderOptions& o, LimiterService& s, const RingHolder& r)
+      : options(o), service(s), ring(r), event_fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~Impl() {
+    if (event_fd >= 0) ::close(event_fd);
+  }
+
+  void run(std::promise<void> ready);
+  // Decides on the calling thread: locally when this node owns the key, else degraded.
+  void decideHere(const ForwardedCheck& c, std::size_t index, ForwardSink& sink);
+  void wake() {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(event_fd, &one, sizeof one);
+  }
+
+  const ForwarderOptions options;
+  LimiterService& service;
+  const RingHolder& ring;
+  std::atomic<SlotGate*> keeper{nullptr};
+  const int event_fd;
+  std::thread thread;
+
+  std::mutex mu;
+  std::vector<Submission> inbox;  // guarded by mu
+  bool wake_pending = false;      // guarded by mu
+  bool closed = false;            // guarded by mu
+
+  mutable std::mutex stats_mu;
+  std::map<std::string, std::unique_ptr<PeerCounters>> counters;  // guarded by stats_mu; never shrinks
+  std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, batch_size_sum{0},
+      latency_ns_sum{0};
+  std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
+  std::array<std::atomic<std::uint64_t>, kForwardLatencyBounds.size() + 1> latency{};
+
+  PeerCounters& countersFor(const std::string& id, const std::string& address) {
+    std::lock_guard guard(stats_mu);
+    auto& c = counters[id];
+    if (!c) {
+      c = std::make_unique<PeerCounters>();
+      c->node_id = id;
+    }
+    c->address = address;
+    return *c;
+  }
+};
+
+namespace {
+
+// Everything that lives on the forwarder thread's event loop.
+class Loop {
+ public:
+  Loop(Forwarder::Impl& impl, kj::AsyncIoContext& io)
+      : impl_(impl),
+        opt_(impl.options),
+        network_(io.provider->getNetwork()),
+        timer_(io.provider->getTimer()),
+        rng_(std::random_device{}()),
+        tasks_(log_errors_) {
+    reader_options_.traversalLimitInWords = opt_.traversal_limit_words;
+    reader_options_.nestingLimit = 16;
+  }
+  ~Loop() { shutdown(); }
+
+  // Runs submissions until the inbox closes.
+  kj::Promise<void> serve(kj::UnixEventPort::FdObserver& observer) {
+    if (drain()) return kj::READY_NOW;
+    return observer.whenBecomesReadable().then([this, &observer] { return serve(observer); });
+  }
+
+  // Completes everything still pending: queued checks at once, in-flight ones when their
+  // canceled calls come back (the caller polls the loop once more).
+  void shutdown() {
+    closing_ = true;
+    for (auto& [id, peer] : peers_) {
+      auto queued = std::move(peer->queue);
+      peer->queue.clear();
+      peer->relayed_queued = 0;
+      for (Item& item : queued) degrade(item);
+      closeConnection(*peer, "the node is shutting down");
+    }
+  }
+
+ private:
+  using Connection = proto::NodeConnection;
+
+  struct Peer {
+    std::string id;
+    std::string address;
+    PeerCounters* counters = nullptr;
+    kj::Own<Connection> conn;  // null while not connected
+    bool connecting = false;
+    bool flush_scheduled = false;
+    std::uint64_t generation = 0;  // bumped when the connection is dropped; stale callbacks see it
+    std::size_t in_flight = 0;
+    std::deque<Item> queue;
+    std::size_t relayed_queued = 0;  // items in `queue` with hops (an upper bound)
+    BreakerState breaker = BreakerState::kClosed;
+    kj::TimePoint open_until = kj::origin<kj::TimePoint>();
+    kj::Duration cooldown = 0 * kj::MILLISECONDS;
+    kj::Canceler canceler;
+  };
+
+  struct Batch {
+    Peer* peer;
+    std::uint64_t generation;
+    std::vector<Item> items;
+    Steady::time_point sent;
+  };
+
+  bool drain() {
+    std::uint64_t value = 0;
+    while (::read(impl_.event_fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value)) {
+    }
+    std::vector<Submission> work;
+    bool closed = false;
+    {
+      std::lock_guard guard(impl_.mu);
+      work.swap(impl_.inbox);
+      impl_.wake_pending = false;
+      closed = impl_.closed;
+    }
+    for (Submission& s : work) {
+      for (std::size_t i = 0; i < s.checks.size(); ++i) {
+        route(Item{std::move(s.checks[i]), s.indices[i], s.sink, s.hops, 0});
+      }
+    }
+    return closed;
+  }
+
+  void deliver(Item& item, Result<CheckOutcome> outcome) {
+    item.sink->deliver(item.index, std::move(outcome));
+  }
+
+  void degrade(Item& item) {
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+    bump(impl_.degraded);
+    deliver(item, impl_.service.checkDegraded(item.check.args(), view ? view->alive() : 1));
+  }
+
+  void route(Item item) {
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+    const std::uint32_t owner = view ? view->peerFor(item.check.slot) : RingView::kNoPeer;
+    if (closing_) {  // shutting down: nothing is sent any more
+      degrade(item);
+      return;
+    }
+    SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+    Quiescence::Guard guard(keeper != nullptr ? &keeper->quiescence() : nullptr);
+    const SlotMode mode = keeper != nullptr ? keeper->mode(item.check.slot) : SlotMode::kOpen;
+    const bool past_limit = item.hops > kMaxHops;  // from a node that handed the slot over
+    if ((mode == SlotMode::kParked && (owner == RingView::kNoPeer || past_limit)) ||
+        (mode == SlotMode::kProxy && past_limit)) {  // its state is on the way
+      keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+      return;
+    }
+    if ((mode == SlotMode::kProxy || (mode == SlotMode::kMoved && owner == RingView::kNoPeer)) &&
+        view) {
+      handOver(std::move(item), *view, mode);  // the runner-up (or proxied owner) decides it
+      return;
+    }
+    const bool handed_on = past_limit && owner != RingView::kNoPeer && keeper != nullptr &&
+                           keeper->handedOver(item.check.slot) && item.hops < kMaxHops + 3;
+    if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || (past_limit && !handed_on)) {
+      deliver(item, impl_.service.check(item.check.args()));
+      return;
+    }
+    if (closing_ || item.attempts >= opt_.max_attempts) {
+      degrade(item);
+      return;
+    }
+    Peer& peer = peerOf(view->ring.members()[owner], view->rpc_address[owner]);
+    if (!usable(peer)) {
+      standIn(std::move(item), *view, owner);
+      return;
+    }
+    enqueue(peer, std::move(item));
+  }
+
+  // false while the peer's breaker is open; after the cooldown the breaker goes half-open and
+  // the peer is used again (the next batch probes it).
+  bool usable(Peer& peer) {
+    if (peer.breaker != BreakerState::kOpen) return true;
+    if (timer_.now() < peer.open_until) return false;
+    setBreaker(peer, BreakerState::kHalfOpen, "probing");
+    return true;
+  }
+
+  void enqueue(Peer& peer, Item item) {
+    if (item.hops > 0) ++peer.relayed_queued;
+    peer.queue.push_back(std::move(item));
+    connect(peer);
+    scheduleFlush(peer);
+  }
+
+  // The owner is unreachable: send the check to the slot's runner-up, the member that owns the
+  // slot if the owner is declared dead. Every node picks the same one, so the key is still
+  // decided in one place, with its full limit, and the state built meanwhile is where the slot
+  // will move. Only if the runner-up is unreachable too does the rule's degraded policy decide.
+  void standIn(Item item, const RingView& view, std::uint32_t owner) {
+    const std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+    if (item.standin || runner == owner) {
+      degrade(item);
+      return;
+    }
+    item.standin = true;
+    // The stand-in must decide it, not pass it on to the owner it cannot reach either (that
+    // would chain one timeout behind another): it arrives past the hop limit.
+    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops);
+    bump(impl_.standin);
+    if (runner == view.self) {
+      SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+      if (keeper != nullptr && keeper->standInNeedsRecovery(item.check.slot)) {
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        return;
+      }
+      Result<CheckOutcome> r = impl_.service.check(item.check.args());
+      if (r) r->route = RouteKind::kDegraded;  // decided without the owner
+      deliver(item, std::move(r));
+      return;
+    }
+    Peer& peer = peerOf(view.ring.members()[runner], view.rpc_address[runner]);
+    if (!usable(peer)) {
+      degrade(item);
+      return;
+    }
+    enqueue(peer, std::move(item));
+  }
+
+  // The slot's runner-up decides it (the check carries the hop limit): this node handed the slot
+  // to it (drain), or it still decides a slot this node gained until it hands it over (proxy).
+  void handOver(Item item, const RingView& view, SlotMode mode) {
+    std::uint32_t runner = view.ring.runnerUpIndex(item.check.slot);
+    if (mode == SlotMode::kProxy) {
+      // To the member that still decides the slot (it was the runner-up when the slot was
+      // gained; another join may have put a member in between since).
+      SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+      const std::string from = keeper->proxyTarget(item.check.slot);
+      const auto& members = view.ring.members();
+      const auto it = std::find(members.begin(), members.end(), from);
+      if (it == members.end()) {  // gone: the keeper reads the slot from Redis instead
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        return;
+      }
+      runner = static_cast<std::uint32_t>(it - members.begin());
+    }
+    if (runner == view.self) {
+      deliver(item, impl_.service.check(item.check.args()));
+      return;
+    }
+    if (item.attempts >= opt_.max_attempts) {
+      degrade(item);
+      return;
+    }
+    item.handover = true;
+    item.hops = std::max<std::uint8_t>(item.hops, kMaxHops - 1);
+    Peer& peer = peerOf(view.ring.members()[runner], view.rpc_address[runner]);
+    if (!usable(peer)) {
+      degrade(item);
+      return;
+    }
+    enqueue(peer, std::move(item));
+  }
+
+  // Whether a queued check still belongs on `peer`: its slot's owner, or, for a stand-in check,
+  // the slot's runner-up (or its owner by now, once the old owner was declared dead).
+  static bool belongsTo(const Item& item, const RingView* view, const Peer& peer) {
+    if (view == nullptr) return false;
+    if (item.handover) return true;  // to the runner-up this node chose; re-routed on failure
+    const std::uint32_t owner = view->peerFor(item.check.slot);
+    if (owner == RingView::kNoPeer) return false;
+    if (view->ring.members()[owner] == peer.id) return true;
+    return (item.standin || item.handover) &&
+           view->ring.members()[view->ring.runnerUpIndex(item.check.slot)] == peer.id;
+  }
+
+  Peer& peerOf(const std::string& id, const std::string& address) {
+    auto& slot = peers_[id];
+    if (!slot) {
+      slot = std::make_unique<Peer>();
+      slot->id = id;
+      slot->address = address;
+      slot->cooldown = toKj(opt_.cooldown_min);
+      slot->counters = &impl_.countersFor(id, address);
+    } else if (slot->address != address) {  // the node came back elsewhere
+      closeConnection(*slot, "address changed");
+      slot->address = address;
+      slot->counters = &impl_.countersFor(id, address);
+    }
+    return *slot;
+  }
+
+  void setBreaker(Peer& peer, BreakerState state, const std::string& why) {
+    if (peer.breaker == state) return;
+    const BreakerState before = peer.breaker;
+    peer.breaker = state;
+    peer.counters->breaker.store(static_cast<std::uint8_t>(state), std::memory_order_relaxed);
+    if (state == BreakerState::kOpen) {
+      bump(peer.counters->opens);
+      logWarn("forwarding to " + peer.id + " (" + peer.address + "): breaker open for " +
+              std::to_string((peer.open_until - timer_.now()) / kj::MILLISECONDS) + " ms: " + why);
+    } else if (state == BreakerState::kClosed && before != BreakerState::kClosed) {
+      logInfo("forwarding to " + peer.id + " (" + peer.address + "): breaker closed");
+    }
+  }
+
+  void connect(Peer& peer) {
+    if (peer.conn || peer.connecting || closing_) return;
+    peer.connecting = true;
+    const std::uint64_t generation = peer.generation;
+    Peer* p = &peer;
+    auto stream = network_.parseAddress(peer.address).then([](kj::Own<kj::NetworkAddress> a) {
+      auto connected = a->connect();
+      return connected.attach(kj::mv(a));
+    });
+    tasks_.add(peer.canceler.wrap(timer_.timeoutAfter(toKj(opt_.connect_timeout), kj::mv(stream)))
+                   .then(
+                       [this, p, generation](kj::Own<kj::AsyncIoStream> s) {
+                         if (generation != p->generation) return;
+                         p->connecting = false;
+                         p->conn = kj::heap<Connection>(kj::mv(s), reader_options_);
+                         watchDisconnect(*p);
+                         flush(*p);
+                       },
+                       [this, p, generation](kj::Exception&& e) {
+                         if (generation != p->generation) return;
+                         failed(*p, "connect failed: " + describe(e));
+                       }));
+  }
+
+  void watchDisconnect(Peer& peer) {
+    Peer* p = &peer;
+    const std::uint64_t generation = peer.generation;
+    tasks_.add(peer.canceler.wrap(peer.conn->network.onDisconnect())
+                   .then(
+                       [this, p, generation] {
+                         if (generation != p->generation) return;
+                         if (p->in_flight == 0) {
+                           // Closed while idle (a restart, an idle timeout): nothing was lost;
+                           // the next check reconnects.
+                           closeConnection(*p, "connection closed");
+                           if (!p->queue.empty()) connect(*p);
+                           return;
+                         }
+                         failed(*p, "connection closed");
+                       },
+                       [](kj::Exception&&) {}));  // canceled: dropped already
+  }
+
+  void closeConnection(Peer& peer, const std::string& reason) {
+    ++peer.generation;
+    peer.connecting = false;
+    peer.in_flight = 0;
+    peer.canceler.cancel(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                       kj::str("peer ", peer.id.c_str(), ": ", reason.c_str())));
+    // We may be inside a callback of this connection: destroy it on a later turn.
+    if (peer.conn) tasks_.add(kj::evalLater([] {}).attach(kj::mv(peer.conn)));
+  }
+
+  // The peer failed a connect or a call: open its breaker and re-route what waited for it.
+  void failed(Peer& peer, const std::string& why) {
+    bump(peer.counters->failures);
+    closeConnection(peer, why);
+    if (peer.breaker == BreakerState::kHalfOpen) {  // the probe failed: back off further
+      peer.cooldown = std::min(peer.cooldown * 2, toKj(opt_.cooldown_max));
+    } else {
+      peer.cooldown = toKj(opt_.cooldown_min);
+    }
+    // Jitter (0.8x to 1.2x): peers that lost the same node do not all probe it at once.
+    std::uniform_int_distribution<std::int64_t> jitter(80, 120);
+    peer.open_until = timer_.now() + peer.cooldown * jitter(rng_) / 100;
+    setBreaker(peer, BreakerState::kOpen, why);
+    auto waiting = std::move(peer.queue);
+    peer.queue.clear();
+    peer.relayed_queued = 0;
+    for (Item& item : waiting) reroute(std::move(item));
+  }
+
+  void reroute(Item item) {
+    ++item.attempts;
+    bump(impl_.rerouted);
+    route(std::move(item));
+  }
+
+  void scheduleFlush(Peer& peer) {
+    if (!peer.conn || peer.flush_scheduled) return;
+    // Later in this turn of the loop, so that everything routed now leaves together.
+    peer.flush_scheduled = true;
+    Peer* p = &peer;
+    tasks_.add(kj::evalLater([this, p] {
+      p->flush_scheduled = false;
+      flush(*p);
+    }));
+  }
+
+  void flush(Peer& peer) {
+    if (!peer.conn) return;
+    std::vector<Item> moved;  // slots that changed owner while queued
+    if (peer.in_flight > 0 && peer.relayed_queued > 0 && peer.breaker == BreakerState::kClosed) {
+      sendRelayed(peer, moved);
+    }
+    while (!peer.queue.empty() &&
+           (peer.in_flight == 0 || (peer.queue.size() >= opt_.max_batch &&
+                                    peer.breaker == BreakerState::kClosed))) {
+      const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+      std::vector<Item> batch;
+      batch.reserve(std::min(peer.queue.size(), opt_.max_batch));
+      while (!peer.queue.empty() && batch.size() < opt_.max_batch) {
+        Item item = std::move(peer.queue.front());
+        peer.queue.pop_front();
+        if (belongsTo(item, view.get(), peer)) {
+          batch.push_back(std::move(item));
+        } else {
+          moved.push_back(std::move(item));
+        }
+      }
+      if (!batch.empty()) send(peer, std::move(batch));
+    }
+    if (peer.queue.empty()) peer.relayed_queued = 0;
+    for (Item& item : moved) {
+      bump(impl_.rerouted);
+      route(std::move(item));
+    }
+  }
+
+  // Checks with hops (relayed from another node, or sent on past the hop limit) leave at once,
+  // in batches of their own, even while a batch is in flight: held behind it they could wait on
+  // each other in a cycle (this node's batch waits for the peer, whose relay back here waits
+  // for this node's relay to the peer, queued behind that batch) until the call deadline. They
+  // are rare: ring changes and handoffs.
+  void sendRelayed(Peer& peer, std::vector<Item>& moved) {
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+    std::map<std::uint8_t, std::vector<Item>> by_hops;
+    std::deque<Item> rest;
+    for (Item& item : peer.queue) {
+      if (item.hops == 0) {
+        rest.push_back(std::move(item));
+      } else if (belongsTo(item, view.get(), peer)) {
+        by_hops[item.hops].push_back(std::move(item));
+      } else {
+        moved.push_back(std::move(item));
+      }
+    }
+    peer.queue.swap(rest);
+    peer.relayed_queued = 0;
+    for (auto& [hops, items] : by_hops) {
+      for (std::size_t first = 0; first < items.size(); first += opt_.max_batch) {
+        const std::size_t end = std::min(items.size(), first + opt_.max_batch);
+        const auto at = [&](std::size_t i) {
+          return std::make_move_iterator(items.begin() + static_cast<std::ptrdiff_t>(i));
+        };
+        send(peer, std::vector<Item>(at(first), at(end)));
+      }
+    }
+  }
+
+  void send(Peer& peer, std::vector<Item> items) {
+    auto request = peer.conn->node.checkBatchRequest();
+    request.setVersion(proto::PROTOCOL_VERSION);
+    std::uint8_t hops = 0;
+    auto list = request.initChecks(static_cast<unsigned>(items.size()));
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      encode(items[i].check, list[static_cast<unsigned>(i)]);
+      hops = std::max(hops, items[i].hops);
+    }
+    request.setHops(static_cast<std::uint8_t>(hops + 1));
+    ++peer.in_flight;
+    bump(peer.counters->calls);
+    bump(peer.counters->checks, items.size());
+    recordBatchSize(items.size());
+
+    auto batch = kj::heap<Batch>(Batch{&peer, peer.generation, std::move(items), Steady::now()});
+    Batch& b = *batch;
+    kj::Promise<capnp::Response<proto::Limiter::CheckBatchResults>> call = request.send();
+    tasks_.add(peer.canceler
+                   .wrap(timer_.timeoutAfter(toKj(opt_.call_timeout), kj::mv(call)))
+                   .then(
+                       [this, &b](capnp::Response<proto::Limiter::CheckBatchResults>&& answer) {
+                         answered(b, answer);
+                       },
+                       [this, &b](kj::Exception&& e) { callFailed(b, kj::mv(e)); })
+                   .attach(kj::mv(batch)));
+  }
+
+  void answered(Batch& b, capnp::Response<proto::Limiter::CheckBatchResults>& answer) {
+    Peer& peer = *b.peer;
+    const bool current = b.generation == peer.generation;
+    recordLatency(Steady::now() - b.sent);
+    // The peer answered: it is healthy. Said before the checks are delivered, so whoever sees an
+    // answer sees the breaker closed.
+    if (current && peer.breaker != BreakerState::kClosed) {
+      peer.cooldown = toKj(opt_.cooldown_min);
+      setBreaker(peer, BreakerState::kClosed, "");
+    }
+    std::string trouble;
+    // Reading a malformed answer throws (Cap'n Proto's own checks).
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                   if (answer.hasError() && answer.getError().getCode() != proto::ErrorCode::NONE) {
+                     trouble = "refused the batch: " +
+                               std::string(view(answer.getError().getMessage()));
+                     return;
+                   }
+                   const auto results = answer.getResults();
+                   if (results.size() != b.items.size()) {
+                     trouble = "answered " + std::to_string(results.size()) + " results to " +
+                               std::to_string(b.items.size()) + " checks";
+                     return;
+                   }
+                   for (std::size_t i = 0; i < b.items.size(); ++i) {
+                     Result<CheckOutcome> r = decode(results[static_cast<unsigned>(i)]);
+                     if (r && b.items[i].standin) r->route = RouteKind::kDegraded;
+                     deliver(b.items[i], std::move(r));
+                   }
+                 })) {
+      trouble = "unreadable answer: " + describe(*e);
+    }
+    if (!trouble.empty()) {
+      // The peer is up but cannot serve these checks (another protocol version, a bug): decide
+      // them here rather than fail them. Not a breaker matter: the next call may well work.
+      logWarn("forwarding to " + peer.id + ": " + trouble + "; deciding in degraded mode");
+      for (Item& item : b.items) degrade(item);
+    }
+    if (!current) return;
+    --peer.in_flight;
+    flush(peer);
+  }
+
+  void callFailed(Batch& b, kj::Exception&& e) {
+    Peer& peer = *b.peer;
+    if (b.generation == peer.generation) failed(peer, describe(e));
+    for (Item& item : b.items) reroute(std::move(item));
+  }
+
+  void recordBatchSize(std::size_t n) {
+    std::size_t i = 0;
+    while (i < kBatchSizeBounds.size() && n > kBatchSizeBounds[i]) ++i;
+    bump(impl_.batch_sizes[i]);
+    bump(impl_.batch_size_sum, n);
+  }
+
+  void recordLatency(Steady::duration d) {
+    const double s = std::chrono::duration<double>(d).count();
+    std::size_t i = 0;
+    while (i < kForwardLatencyBounds.size() && s > kForwardLatencyBounds[i]) ++i;
+    bump(impl_.latency[i]);
+    bump(impl_.latency_ns_sum,
+         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+  }
+
+  Forwarder::Impl& impl_;
+  const ForwarderOptions& opt_;
+  kj::Network& network_;
+  kj::Timer& timer_;
+  capnp::ReaderOptions reader_options_;
+  std::mt19937_64 rng_;
+  std::map<std::string, std::unique_ptr<Peer>> peers_;
+  bool closing_ = false;
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it
+  struct LogErrors final : kj::TaskSet::ErrorHandler {
+    void taskFailed(kj::Exception&& e) override {
+      logError("forwarder: unexpected task failure: " + std::string(e.getDescription().cStr()));
+    }
+  } log_errors_;
+#pragma GCC diagnostic pop
+  kj::TaskSet tasks_;  // last: destroyed first, while the peers it refers to still exist
+};
+
+}  // namespace
+
+void Forwarder::Impl::decideHere(const ForwardedCheck& c, std::size_t index, ForwardSink& sink) {
+  const auto& view = ring.current();
+  if (!view || view->peerFor(c.slot) == RingView::kNoPeer) {
+    sink.deliver(index, service.check(c.args()));
+    return;
+  }
+  bump(degraded);
+  sink.deliver(index, service.checkDegraded(c.args(), view->alive()));
+}
+
+void Forwarder::Impl::run(std::promise<void> ready) {
+  auto io = kj::setupAsyncIo();
+  Loop loop(*this, io);
+  kj::UnixEventPort::FdObserver observer(io.unixEventPort, event_fd,
+                                         kj::UnixEventPort::FdObserver::OBSERVE_READ);
+  ready.set_value();
+  loop.serve(observer).wait(io.waitScope);
+  // Closed: complete what is queued, then let canceled calls come back and degrade their checks.
+  loop.shutdown();
+  io.waitScope.poll();
+}
+
+Forwarder::Forwarder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<Forwarder>> Forwarder::start(const ForwarderOptions& options,
+                                                     LimiterService& service,
+                                                     const RingHolder& ring) {
+  if (options.max_batch == 0 || options.max_batch > kMaxBatchChecks) {
+    return invalidArgument("forward batch size must be 1 to 1000");
+  }
+  auto impl = std::make_unique<Impl>(options, service, ring);
+  if (impl->event_fd < 0) return Error{ErrorCode::kInternal, "eventfd failed"};
+  std::promise<void> ready;
+  auto started = ready.get_future();
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw, ready = std::move(ready)]() mutable {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { raw->run(std::move(ready)); })) {
+      logError("forwarder thread failed: " + std::string(e->getDescription().cStr()));
+    }
+  });
+  started.wait();
+  return std::unique_ptr<Forwarder>(new Forwarder(std::move(impl)));
+}
+
+Forwarder::~Forwarder() { stop(); }
+
+void Forwarder::setKeeper(SlotGate* keeper) {
+  impl_->keeper.store(keeper, std::memory_order_release);
+}
+
+void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
+                       std::shared_ptr<ForwardSink> sink, std::uint8_t hops) {
+  bool wake = false;
+  {
+    std::lock_guard guard(impl_->mu);
+    if (!impl_->closed) {
+      impl_->inbox.push_back({std::move(checks), std::move(indices), std::move(sink), hops});
+      // Only the first submission after a drain writes the eventfd: a burst costs one syscall.
+      wake = !std::exchange(impl_->wake_pending, true);
+      checks.clear();
+    }
+  }
+  if (wake) impl_->wake();
+  if (!sink) return;  // handed over
+  for (std::size_t i = 0; i < checks.size(); ++i) impl_->decideHere(checks[i], indices[i], *sink);
+}
+
+void Forwarder::stop() {
+  {
+    std::lock_guard guard(impl_->mu);
+    if (impl_->closed) return;
+    impl_->closed = true;
+  }
+  impl_->wake();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+ForwarderStats Forwarder::stats() const {
+  ForwarderStats s;
+  {
+    std::lock_guard guard(impl_->stats_mu);
+    for (const auto& [id, c] : impl_->counters) {
+      PeerStats p;
+      p.node_id = id;
+      p.address = c->address;
+      p.breaker = static_cast<BreakerState>(c->breaker.load(std::memory_order_relaxed));
+      p.calls = c->calls.load(std::memory_order_relaxed);
+      p.checks = c->checks.load(std::memory_order_relaxed);
+      p.failures = c->failures.load(std::memory_order_relaxed);
+      p.breaker_opens = c->opens.load(std::memory_order_relaxed);
+      s.peers.push_back(std::move(p));
+    }
+  }
+  s.degraded = impl_->degraded.load(std::memory_order_relaxed);
+  s.standin = impl_->standin.load(std::memory_order_relaxed);
+  s.rerouted = impl_->rerouted.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
+    s.batch_sizes[i] = impl_->batch_sizes[i].load(std::memory_order_relaxed);
+  }
+  s.batch_size_sum = impl_->batch_size_sum.load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < s.latency.size(); ++i) {
+    s.latency[i] = impl_->latency[i].load(std::memory_order_relaxed);
+  }
+  s.latency_sum_seconds =
+      static_cast<double>(impl_->latency_ns_sum.load(std::memory_order_relaxed)) / 1e9;
+  return s;
+}
+
+}  // namespace throttlex

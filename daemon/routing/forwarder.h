@@ -1,0 +1,139 @@
+// Forwarding checks to the owners of their keys (docs/architecture.md, "The hot path").
+//
+// One thread with its own KJ event loop holds a Cap'n Proto connection to each peer it forwards
+// to. Request threads hand it checks through an eventfd-watched queue (submit()); it routes each
+// by its slot through the current ring (RingHolder), batches per peer and completes each check
+// through its sink, on the forwarder thread.
+//
+// Per peer:
+//  - Adaptive batching: with no call in flight, everything queued leaves at once (no added
+//    latency when idle); while a call is in flight, checks gather and leave together when it
+//    returns, or as soon as a full batch (max_batch) has gathered. No timer.
+//  - Every call and connect has a deadline.
+//  - A circuit breaker: closed (forwarding); open after a failed connect or call (for a jittered
+//    cooldown that doubles while probes keep failing); half-open after the cooldown, when one
+//    batch at a time probes the peer: success closes the breaker, failure opens it again.
+//
+// A check whose owner cannot be reached (breaker open, call failed) is re-routed through the ring
+// as it is now (the owner may have changed: the dead node's slots move), at most max_attempts
+// times. While the owner's breaker is open, its checks go to a stand-in: the slot's runner-up in
+// the ring, i.e. the node that will own the slot if the owner is declared dead — the same node
+// for everyone, so each key is still decided in one place with its full limit. Only when the
+// stand-in is unreachable too is a check decided here by the rule's degraded policy
+// (LimiterService::checkDegraded). Stand-in and policy decisions are both marked degraded (made
+// without the owner). A check whose slot this node now owns is decided here normally. Every submitted check is completed
+// exactly once, also when the forwarder stops (then in degraded mode).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/service/limiter_service.h"
+#include "daemon/routing/ring_view.h"
+
+namespace throttlex {
+
+class SlotGate;
+
+// A node forwards a check on only while it has passed fewer nodes than this; the last receiver
+// decides it wherever the ring says it belongs (views of the ring disagree for a moment: never
+// loop). Checks sent to a stand-in carry the limit already, so the stand-in decides them itself.
+inline constexpr std::uint8_t kMaxHops = 2;
+
+// A check that outlives the request that brought it: what travels to a peer.
+struct ForwardedCheck {
+  std::string key;
+  std::string rule;
+  LimitSpec limit;        // when rule is empty
+  std::uint64_t hits = 1;
+  std::uint32_t slot = 0; // slotOf(rule, key)
+
+  static ForwardedCheck from(const CheckArgs& args, std::uint32_t slot);
+  CheckArgs args() const;  // views into this object
+};
+
+// Where results go; called on the forwarder thread, once per submitted index. Must be quick.
+class ForwardSink {
+ public:
+  virtual ~ForwardSink() = default;
+  virtual void deliver(std::size_t index, Result<CheckOutcome> outcome) = 0;
+};
+
+struct ForwarderOptions {
+  std::chrono::milliseconds call_timeout{250};     // per forwarded batch
+  std::chrono::milliseconds connect_timeout{100};  // per connect attempt
+  std::size_t max_batch = kMaxBatchChecks;
+  std::chrono::milliseconds cooldown_min{200};     // breaker open for this long (jittered) ...
+  std::chrono::milliseconds cooldown_max{5000};    // ... doubling while probes fail, up to this
+  int max_attempts = 3;                            // owners tried per check before degraded mode
+  // Reader limits for answers (a full batch of results is ~20 Ki words).
+  std::uint64_t traversal_limit_words = 1024 * 1024;
+};
+
+enum class BreakerState : std::uint8_t { kClosed = 0, kOpen = 1, kHalfOpen = 2 };
+std::string_view nameOf(BreakerState s);
+
+// Batch sizes of forwarded calls, for a histogram (bounds are upper bounds, the last is +Inf).
+inline constexpr std::array<std::uint64_t, 8> kBatchSizeBounds = {1, 2, 5, 10, 50, 100, 500, 1000};
+// Forward call latency bounds in seconds (the last bucket is +Inf).
+inline constexpr std::array<double, 10> kForwardLatencyBounds = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1};
+
+struct PeerStats {
+  std::string node_id;
+  std::string address;
+  BreakerState breaker = BreakerState::kClosed;
+  std::uint64_t calls = 0;         // batches sent
+  std::uint64_t checks = 0;        // checks sent
+  std::uint64_t failures = 0;      // failed connects and calls
+  std::uint64_t breaker_opens = 0;
+};
+
+struct ForwarderStats {
+  std::vector<PeerStats> peers;  // every peer forwarded to so far, by node id
+  std::uint64_t degraded = 0;    // checks decided here by a rule's degraded policy
+  std::uint64_t standin = 0;     // checks sent to (or decided by this node as) a stand-in owner
+  std::uint64_t rerouted = 0;    // checks re-routed after a failure or a ring change
+  std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
+  std::uint64_t batch_size_sum = 0;
+  std::array<std::uint64_t, kForwardLatencyBounds.size() + 1> latency{};
+  double latency_sum_seconds = 0;
+};
+
+class Forwarder {
+ public:
+  // Starts the thread. `service` and `ring` must outlive the forwarder.
+  static Result<std::unique_ptr<Forwarder>> start(const ForwarderOptions& options,
+                                                  LimiterService& service, const RingHolder& ring);
+  ~Forwarder();  // stop()s
+  Forwarder(const Forwarder&) = delete;
+  Forwarder& operator=(const Forwarder&) = delete;
+
+  // Any thread. Result j goes to sink->deliver(indices[j], ...). `hops`: how many nodes this
+  // check passed already (the calls carry hops + 1). After stop(), checks are decided at once on
+  // the calling thread (degraded for keys owned elsewhere).
+  void submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
+              std::shared_ptr<ForwardSink> sink, std::uint8_t hops);
+
+  // Where checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
+  void setKeeper(SlotGate* keeper);
+
+  // Completes everything pending and joins the thread. Idempotent; any thread but the
+  // forwarder's own.
+  void stop();
+
+  ForwarderStats stats() const;  // any thread
+
+  struct Impl;
+
+ private:
+  explicit Forwarder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace throttlex

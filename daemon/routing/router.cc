@@ -1,0 +1,173 @@
+#include "daemon/routing/router.h"
+
+namespace throttlex {
+
+Router::Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
+               SlotGate* keeper)
+    : service_(service), ring_(ring), forwarder_(forwarder), keeper_(keeper) {}
+
+namespace {
+
+// Errors every node would give alike are given here (LimiterService::check says which).
+bool routable(const CheckArgs& args) {
+  if (args.key.empty() || args.key.size() > kMaxKeyBytes || args.hits > kMaxCost) return false;
+  return !args.rule.empty() || static_cast<bool>(Limit::make(args.limit));
+}
+
+}  // namespace
+
+const RingView* Router::viewFor(std::uint8_t hops) const {
+  if (forwarder_ == nullptr || ring_ == nullptr || hops >= kMaxHops) return nullptr;
+  return ring_->current().get();
+}
+
+Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
+                            std::uint32_t& slot) const {
+  const bool multi = view != nullptr && view->ring.members().size() > 1;
+  // From the hop limit on, the ring is not consulted for ordinary routing (views disagree for a
+  // moment: never loop), but the slot keeper's modes and the ring's owner still matter.
+  const bool at_limit = keeper_ != nullptr && hops >= kMaxHops && ring_ != nullptr;
+  const bool keeping = keeper_ != nullptr && (keeper_->active() || at_limit);
+  if (!multi && !keeping) return Where::kHere;
+  if (!routable(args)) return Where::kHere;
+  slot = slotOf(args.rule, args.key);
+  const std::uint32_t owner = multi ? view->peerFor(slot) : RingView::kNoPeer;
+  if (!keeping) return owner == RingView::kNoPeer ? Where::kHere : Where::kPeer;
+  const SlotMode mode = keeper_->mode(slot);
+  // Whether this node's ring gives the slot to another member (only asked at the hop limit).
+  const auto ownedElsewhere = [&] {
+    const std::shared_ptr<const RingView>& ring = ring_->current();
+    return ring && ring->peerFor(slot) != RingView::kNoPeer;
+  };
+  if (hops > kMaxHops) {
+    // Past the limit: sent on by a node that did not own the slot, or by one whose owner was
+    // unreachable (a stand-in check). Decided here, once the state is here; a drained node
+    // still passes it to the member holding the state (a bounded number of times).
+    switch (mode) {
+      case SlotMode::kParked:
+      case SlotMode::kProxy:
+        return Where::kPark;
+      case SlotMode::kMoved:
+        return forwarder_ != nullptr && hops < kMaxHops + 3 ? Where::kPeer : Where::kHere;
+      case SlotMode::kClaimed:
+        return Where::kHere;
+      case SlotMode::kOpen:
+        break;
+    }
+    if (ownedElsewhere()) {
+      // Handed over a moment ago: the new owner has the state (or it is on the way there).
+      if (keeper_->handedOver(slot) && forwarder_ != nullptr && hops < kMaxHops + 3) {
+        return Where::kPeer;
+      }
+      if (keeper_->standInNeedsRecovery(slot)) return Where::kPark;
+    }
+    return Where::kHere;
+  }
+  switch (mode) {
+    case SlotMode::kParked:
+      return owner == RingView::kNoPeer ? Where::kPark : Where::kPeer;
+    case SlotMode::kClaimed:
+      return Where::kHere;
+    case SlotMode::kMoved:  // the forwarder sends these to the slot's runner-up
+      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
+    case SlotMode::kProxy:  // the forwarder sends these to the member still deciding the slot
+      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
+    case SlotMode::kOpen:
+      break;
+  }
+  if (owner != RingView::kNoPeer) return Where::kPeer;
+  // At the limit, a slot this node does not own by its ring goes to its owner by this ring, once
+  // more and past the limit, where it is decided: a node that handed the slot over, or a node
+  // that a newcomer with a partial view took for the previous owner, never decides it.
+  if (hops == kMaxHops && forwarder_ != nullptr && ownedElsewhere()) return Where::kPeer;
+  return Where::kHere;
+}
+
+std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
+                                                  Forwarding& forwarding) {
+  Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
+  std::uint32_t slot = 0;
+  forwarding.hops = hops;
+  switch (where(args, hops, viewFor(hops), slot)) {
+    case Where::kHere:
+      return service_.check(args);
+    case Where::kPeer:
+      forwarding.checks.push_back(ForwardedCheck::from(args, slot));
+      forwarding.indices.push_back(0);
+      return std::nullopt;
+    case Where::kPark:
+      forwarding.parked.push_back(ForwardedCheck::from(args, slot));
+      forwarding.parked_indices.push_back(0);
+      return std::nullopt;
+  }
+  return service_.check(args);
+}
+
+Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
+                              std::vector<Result<CheckOutcome>>& out) {
+  Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
+  Forwarding forwarding;
+  forwarding.hops = hops;
+  const RingView* view = viewFor(hops);
+  const bool multi = view != nullptr && view->ring.members().size() > 1;
+  const bool keeping = keeper_ != nullptr && (keeper_->active() || hops >= kMaxHops);
+  if (!multi && !keeping) {
+    service_.checkBatch(args, out);
+    return forwarding;
+  }
+  std::vector<CheckArgs> here;
+  std::vector<std::size_t> here_index;
+  here.reserve(args.size());
+  here_index.reserve(args.size());
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::uint32_t slot = 0;
+    switch (where(args[i], hops, view, slot)) {
+      case Where::kHere:
+        here.push_back(args[i]);
+        here_index.push_back(i);
+        break;
+      case Where::kPeer:
+        forwarding.checks.push_back(ForwardedCheck::from(args[i], slot));
+        forwarding.indices.push_back(i);
+        break;
+      case Where::kPark:
+        forwarding.parked.push_back(ForwardedCheck::from(args[i], slot));
+        forwarding.parked_indices.push_back(i);
+        break;
+    }
+  }
+  if (here.size() == args.size()) {
+    service_.checkBatch(args, out);
+    return forwarding;
+  }
+  std::vector<Result<CheckOutcome>> decided;
+  service_.checkBatch(here, decided);
+  out.assign(args.size(), Result<CheckOutcome>(Error{ErrorCode::kInternal, "not decided"}));
+  for (std::size_t j = 0; j < here.size(); ++j) out[here_index[j]] = std::move(decided[j]);
+  return forwarding;
+}
+
+void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
+                     std::uint8_t hops) {
+  Forwarding forwarding;
+  auto decided = this->check(check.args(), hops, forwarding);
+  if (decided) {
+    sink->deliver(index, std::move(*decided));
+    return;
+  }
+  for (auto& i : forwarding.indices) i = index;
+  for (auto& i : forwarding.parked_indices) i = index;
+  forward(std::move(forwarding), std::move(sink));
+}
+
+void Router::forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink) {
+  for (std::size_t i = 0; i < forwarding.parked.size(); ++i) {
+    keeper_->park(std::move(forwarding.parked[i]), forwarding.parked_indices[i], sink,
+                  forwarding.hops);
+  }
+  if (forwarding.checks.empty()) return;
+  forwarder_->submit(std::move(forwarding.checks), std::move(forwarding.indices), std::move(sink),
+                     forwarding.hops);
+}
+
+}  // namespace throttlex

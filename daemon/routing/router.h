@@ -1,0 +1,75 @@
+// Where each check is decided: here when this node owns its key, otherwise by the owner, through
+// the Forwarder. The one entry point of the HTTP API and the RPC server for checks.
+//
+// Thread-safe. Routing reads the ring through RingHolder's per-thread cache: no lock, no shared
+// write per check. A check is decided here, whatever the ring says, when
+//  - there is no forwarder or no cluster (one member),
+//  - it already passed kMaxHops nodes (views of the ring disagree for a moment: never loop),
+//  - it is invalid in a way this node can see (bad key, bad inline limit): the error is the same
+//    everywhere, so there is nothing to ask the owner.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "daemon/routing/forwarder.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/routing/ring_view.h"
+#include "daemon/routing/slot_gate.h"
+
+namespace throttlex {
+
+// The checks of one request that must go to other nodes (empty: all decided).
+struct Forwarding {
+  std::vector<ForwardedCheck> checks;
+  std::vector<std::size_t> indices;  // where each result belongs in the request
+  std::uint8_t hops = 0;
+  // Checks whose slot's state is still on the way (daemon/slots/slot_keeper.h): they wait there.
+  std::vector<ForwardedCheck> parked;
+  std::vector<std::size_t> parked_indices;
+  bool empty() const { return checks.empty() && parked.empty(); }
+  std::size_t size() const { return checks.size() + parked.size(); }  // results still to come
+};
+
+class Router {
+ public:
+  // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
+  // (no recovery or handoff): then every slot is open.
+  Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
+         SlotGate* keeper = nullptr);
+
+  // One check: decided here (returns the outcome) or, when another node owns it, nullopt and
+  // `forwarding` holds it (index 0) for forward().
+  std::optional<Result<CheckOutcome>> check(const CheckArgs& args, std::uint8_t hops,
+                                            Forwarding& forwarding);
+  // A batch: decides what this node owns into `out` (resized to args.size()) and returns the
+  // rest. Per key, order is kept: all checks of one key go the same way.
+  Forwarding checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
+                        std::vector<Result<CheckOutcome>>& out);
+  // Sends what check()/checkBatch() left over; each result reaches sink->deliver(index, ...),
+  // normally on the forwarder thread.
+  void forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink);
+  // Routes one check again (a parked check whose slot opened): its result goes to
+  // sink->deliver(index, ...), now or later.
+  void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
+               std::uint8_t hops);
+
+  LimiterService& service() { return service_; }
+
+ private:
+  enum class Where : std::uint8_t { kHere, kPeer, kPark };
+  // Where a check goes; sets `slot` unless kHere. Call inside a Quiescence::Guard.
+  Where where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
+              std::uint32_t& slot) const;
+  const RingView* viewFor(std::uint8_t hops) const;
+
+  LimiterService& service_;
+  const RingHolder* const ring_;
+  Forwarder* const forwarder_;
+  SlotGate* const keeper_;
+};
+
+}  // namespace throttlex

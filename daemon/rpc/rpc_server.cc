@@ -1,0 +1,375 @@
+#include "daemon/rpc/rpc_server.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "daemon/base/log.h"
+#include "daemon/rpc/rpc_service.h"
+
+namespace throttlex {
+namespace {
+
+std::string errnoText(int err) {
+  return std::strerror(err);
+}
+std::string describe(const kj::Exception& e) {
+  return e.getDescription().cStr();
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = o.release();
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// A bound, listening, non-blocking TCP socket. With reuse_port, several sockets (one per thread)
+// may bind the same port and the kernel spreads incoming connections over them.
+Result<Fd> listenSocket(const std::string& address, std::uint16_t port, bool reuse_port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int rc = ::getaddrinfo(address.c_str(), service.c_str(), &hints, &found); rc != 0) {
+    return invalidArgument("bad RPC bind address '" + address + "': " + ::gai_strerror(rc));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(found, &::freeaddrinfo);
+  Fd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (fd.get() < 0) return Error{ErrorCode::kUnavailable, "socket(): " + errnoText(errno)};
+  const int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuse_port && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    return Error{ErrorCode::kUnavailable, "SO_REUSEPORT: " + errnoText(errno)};
+  }
+  if (::bind(fd.get(), found->ai_addr, found->ai_addrlen) != 0) {
+    return Error{ErrorCode::kUnavailable,
+                 "cannot bind the RPC port " + address + ":" + service + ": " + errnoText(errno)};
+  }
+  if (::listen(fd.get(), SOMAXCONN) != 0) {
+    return Error{ErrorCode::kUnavailable, "listen(): " + errnoText(errno)};
+  }
+  return fd;
+}
+
+Result<std::uint16_t> boundPort(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return Error{ErrorCode::kInternal, "getsockname(): " + errnoText(errno)};
+  }
+  if (addr.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_port);
+  }
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&addr)->sin_port);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it
+struct LogErrors final : kj::TaskSet::ErrorHandler {
+  void taskFailed(kj::Exception&& e) override {
+    // A connection that broke (client gone, unreadable message): nothing to do but note it.
+    if (e.getType() != kj::Exception::Type::DISCONNECTED) logWarn("rpc connection: " + describe(e));
+  }
+};
+#pragma GCC diagnostic pop
+
+// Counts one open connection for max_connections.
+class ConnectionSlot {
+ public:
+  explicit ConnectionSlot(std::atomic<std::size_t>& open) : open_(open) {}
+  ~ConnectionSlot() { open_.fetch_sub(1, std::memory_order_relaxed); }
+  ConnectionSlot(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(const ConnectionSlot&) = delete;
+
+ private:
+  std::atomic<std::size_t>& open_;
+};
+
+// One accepted connection. Member order is destruction order reversed: the RPC system goes
+// before the network, which goes before the stream.
+struct Connection {
+  ConnectionSlot slot;
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+
+  Connection(std::atomic<std::size_t>& open, kj::Own<kj::AsyncIoStream> s,
+             capnp::Capability::Client bootstrap, capnp::ReaderOptions options)
+      : slot(open),
+        stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, options),
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+};
+
+}  // namespace
+
+// One event loop thread with its own listen socket.
+struct Worker {
+  Fd listen_fd;  // handed to the thread's event loop, which then owns it
+  Fd stop_fd;    // eventfd: written once by stop()
+  std::thread thread;
+  RpcCounters counters;
+};
+
+struct RpcServer::Impl {
+  // Constant after start().
+  RpcServerOptions options;
+  std::unique_ptr<Router> own_router;  // when started with a LimiterService only
+  Router& router;
+  NodeInfoProvider info;
+  Metrics* metrics;
+  std::uint16_t port = 0;
+  capnp::ReaderOptions reader_options;
+  std::vector<std::unique_ptr<Worker>> workers;
+
+  std::atomic<std::size_t> open_connections{0};
+  std::atomic<std::uint64_t> rejected_connections{0};
+
+  std::mutex stop_mu;
+  bool stopped = false;  // guarded by stop_mu
+
+  Impl(const RpcServerOptions& o, std::unique_ptr<Router> own, Router& r, NodeInfoProvider i,
+       Metrics* m)
+      : options(o), own_router(std::move(own)), router(r), info(std::move(i)), metrics(m) {
+    reader_options.traversalLimitInWords = o.traversal_limit_words;
+    reader_options.nestingLimit = o.nesting_limit;
+  }
+
+  void run(Worker& worker, std::promise<void>& ready);
+};
+
+namespace {
+
+class Acceptor {
+ public:
+  Acceptor(RpcServer::Impl& server, kj::ConnectionReceiver& listener, kj::Timer& timer,
+           capnp::Capability::Client bootstrap, kj::TaskSet& connections)
+      : server_(server),
+        listener_(listener),
+        timer_(timer),
+        bootstrap_(kj::mv(bootstrap)),
+        connections_(connections) {}
+
+  kj::Promise<void> loop() {
+    return listener_.accept().then(
+        [this](kj::Own<kj::AsyncIoStream> stream) {
+          adopt(kj::mv(stream));
+          return loop();
+        },
+        [this](kj::Exception&& e) -> kj::Promise<void> {
+          // Out of file descriptors and the like: keep serving the connections we have and try
+          // again shortly, instead of ending the accept loop.
+          logWarn("rpc accept failed: " + describe(e));
+          return timer_.afterDelay(100 * kj::MILLISECONDS).then([this] { return loop(); });
+        });
+  }
+
+ private:
+  void adopt(kj::Own<kj::AsyncIoStream> stream) {
+    const std::size_t open = server_.open_connections.fetch_add(1, std::memory_order_relaxed);
+    if (open >= server_.options.max_connections) {
+      server_.open_connections.fetch_sub(1, std::memory_order_relaxed);
+      server_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
+      return;  // dropping the stream closes it
+    }
+    enableKeepAlive(*stream);
+    auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), bootstrap_,
+                                     server_.reader_options);
+    auto gone = conn->network.onDisconnect();
+    connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects
+  }
+
+  // A client host that vanishes (crash, a NAT dropping an idle flow) would otherwise hold its
+  // connection slot forever: the server only ever answers, so it never notices. TCP keepalive
+  // probes after 60 s idle, every 10 s, 6 times: such a connection closes within 2 minutes.
+  static void enableKeepAlive(kj::AsyncIoStream& stream) {
+    KJ_IF_MAYBE (fd, stream.getFd()) {
+      const int on = 1, idle = 60, interval = 10, count = 6;
+      ::setsockopt(*fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+      ::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    }
+  }
+
+  RpcServer::Impl& server_;
+  kj::ConnectionReceiver& listener_;
+  kj::Timer& timer_;
+  capnp::Capability::Client bootstrap_;
+  kj::TaskSet& connections_;
+};
+
+// Resolves once stop_fd has been written.
+kj::Promise<void> whenStopped(kj::UnixEventPort::FdObserver& observer, int stop_fd) {
+  std::uint64_t value = 0;
+  if (::read(stop_fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value)) {
+    return kj::READY_NOW;
+  }
+  return observer.whenBecomesReadable().then(
+      [&observer, stop_fd] { return whenStopped(observer, stop_fd); });
+}
+
+}  // namespace
+
+void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
+  auto io = kj::setupAsyncIo();
+  auto listener = io.lowLevelProvider->wrapListenSocketFd(
+      worker.listen_fd.release(), kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+                                      kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+                                      kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+  // Destroyed before stop_fd is closed (the Worker outlives this thread).
+  kj::UnixEventPort::FdObserver stop_observer(io.unixEventPort, worker.stop_fd.get(),
+                                              kj::UnixEventPort::FdObserver::OBSERVE_READ);
+  LogErrors log_errors;
+  kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
+  Acceptor acceptor(*this, *listener, io.provider->getTimer(),
+                    kj::heap<RpcService>(router, info, metrics, worker.counters, options.control), connections);
+  ready.set_value();
+  whenStopped(stop_observer, worker.stop_fd.get())
+      .exclusiveJoin(acceptor.loop())
+      .wait(io.waitScope);
+}
+
+RpcServer::RpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RpcServer::~RpcServer() {
+  stop();
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options,
+                                                    LimiterService& service, NodeInfoProvider info,
+                                                    Metrics* metrics) {
+  auto router = std::make_unique<Router>(service, nullptr, nullptr);
+  Router& r = *router;
+  return start(options, r, std::move(info), metrics, std::move(router));
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options, Router& router,
+                                                    NodeInfoProvider info, Metrics* metrics) {
+  return start(options, router, std::move(info), metrics, nullptr);
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& options, Router& router,
+                                                    NodeInfoProvider info, Metrics* metrics,
+                                                    std::unique_ptr<Router> own_router) {
+  if (options.threads < 1) return invalidArgument("RPC threads must be at least 1");
+  if (options.traversal_limit_words == 0 || options.nesting_limit < 1) {
+    return invalidArgument("RPC traversal and nesting limits must be positive");
+  }
+  auto impl =
+      std::make_unique<Impl>(options, std::move(own_router), router, std::move(info), metrics);
+
+  // Bind every socket here, so that errors come back from start() and port 0 resolves to one port
+  // shared by all threads.
+  const bool reuse_port = options.threads > 1;
+  std::uint16_t port = options.port;
+  for (int i = 0; i < options.threads; ++i) {
+    auto fd = listenSocket(options.bind_address, port, reuse_port);
+    if (!fd) return fd.error();
+    if (i == 0) {
+      auto bound = boundPort(fd->get());
+      if (!bound) return bound.error();
+      port = *bound;
+    }
+    Fd stop(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (stop.get() < 0) return Error{ErrorCode::kInternal, "eventfd(): " + errnoText(errno)};
+    auto worker = std::make_unique<Worker>();
+    worker->listen_fd = std::move(*fd);
+    worker->stop_fd = std::move(stop);
+    impl->workers.push_back(std::move(worker));
+  }
+  impl->port = port;
+
+  auto server = std::unique_ptr<RpcServer>(new RpcServer(std::move(impl)));
+  for (auto& w : server->impl_->workers) {
+    std::promise<void> ready;
+    auto started = ready.get_future();
+    Impl& self = *server->impl_;
+    Worker& worker = *w;
+    worker.thread = std::thread([&self, &worker, ready = std::move(ready)]() mutable {
+      // A KJ exception here is a bug or resource exhaustion at start-up; report it, don't hang.
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { self.run(worker, ready); })) {
+        logError("rpc thread failed: " + describe(*e));
+        try {
+          ready.set_exception(std::make_exception_ptr(std::runtime_error("rpc thread failed")));
+        } catch (const std::future_error&) {
+          // ready was already set: the loop failed later, the thread simply ends.
+        }
+      }
+    });
+    try {
+      started.get();
+    } catch (const std::runtime_error&) {
+      server->stop();
+      return Error{ErrorCode::kInternal, "an RPC thread failed to start (see the log)"};
+    }
+  }
+  return server;
+}
+
+std::uint16_t RpcServer::port() const {
+  return impl_->port;
+}
+
+void RpcServer::stop() {
+  std::lock_guard guard(impl_->stop_mu);
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  for (auto& w : impl_->workers) {
+    const std::uint64_t one = 1;
+    if (w->stop_fd.get() >= 0) {
+      [[maybe_unused]] const ssize_t n = ::write(w->stop_fd.get(), &one, sizeof one);
+    }
+  }
+  for (auto& w : impl_->workers) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+RpcServerStats RpcServer::stats() const {
+  RpcServerStats s;
+  for (const auto& w : impl_->workers) {
+    s.calls += w->counters.calls.load(std::memory_order_relaxed);
+    s.checks += w->counters.checks.load(std::memory_order_relaxed);
+  }
+  s.connections = impl_->open_connections.load(std::memory_order_relaxed);
+  s.rejected_connections = impl_->rejected_connections.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace throttlex

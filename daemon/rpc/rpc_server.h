@@ -1,0 +1,87 @@
+// The Cap'n Proto RPC front of a node: serves proto/throttlex.capnp's Node (Limiter + Admin) over
+// LimiterService, for the client library, throttlectl and (later) peers.
+//
+// Threads: `threads` KJ event loops, one thread each, each accepting on its own SO_REUSEPORT
+// listen socket bound to the same port (the kernel spreads connections over them); a connection
+// lives on one thread for its whole life. Checks this node owns are answered synchronously on that
+// thread (LimiterService::check never blocks); checks owned by other nodes are answered when the
+// forwarder brings their owners' answers (daemon/routing/router.h). Admin calls run there too
+// (reloadRules reads the rules file: a short block of that one thread, acceptable for an admin
+// call).
+//
+// Bad input never crashes the node: expected failures (bad key, unknown rule, unsupported protocol
+// version, oversize batch) travel as proto Error values; a message that Cap'n Proto itself cannot
+// read (over the traversal or nesting limit, malformed) fails that call or connection with an RPC
+// exception.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "daemon/base/node_control.h"
+#include "daemon/base/node_info.h"
+#include "limiter/result.h"
+
+namespace throttlex {
+
+class LimiterService;
+class Metrics;
+class Router;
+
+struct RpcServerOptions {
+  std::string bind_address = "0.0.0.0";  // an IPv4/IPv6 address or a host name
+  std::uint16_t port = 7400;             // 0: pick a free port (see RpcServer::port())
+  int threads = 1;                       // >= 1 event loop threads
+  // Per received message (Cap'n Proto ReaderOptions). The largest legal message, a batch of 1000
+  // checks with 1 KiB keys and 128-byte rule names, is about 160 Ki words (1.25 MiB); 512 Ki words
+  // (4 MiB) leaves room for that and bounds what one message can make the node read.
+  std::uint64_t traversal_limit_words = 512 * 1024;
+  int nesting_limit = 16;                // our messages nest 4 deep
+  std::size_t max_connections = 10'000;  // over all threads; more are accepted and closed at once
+  // handoff, snapshot, drain (daemon/base/node_control.h); null or empty members: refused as
+  // unavailable. Must outlive the server.
+  const NodeControl* control = nullptr;
+};
+
+struct RpcServerStats {
+  std::uint64_t calls = 0;        // RPC calls answered (check, checkBatch and admin)
+  std::uint64_t checks = 0;       // checks decided or refused, batch elements counted one by one
+  std::uint64_t connections = 0;  // open now
+  std::uint64_t rejected_connections = 0;  // closed at once because of max_connections
+};
+
+class RpcServer {
+ public:
+  // Binds and listens (errors: bad address, address in use), then starts the threads. `info` is
+  // called on the RPC threads (from several at once when threads > 1) and must be thread-safe; it
+  // may be empty. `metrics` may be null. `service` and `metrics` must outlive the server.
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options,
+                                                  LimiterService& service, NodeInfoProvider info,
+                                                  Metrics* metrics);
+  // The same, with checks routed to their owners through `router` (which must outlive it).
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options, Router& router,
+                                                  NodeInfoProvider info, Metrics* metrics);
+  ~RpcServer();  // stop()s
+  RpcServer(const RpcServer&) = delete;
+  RpcServer& operator=(const RpcServer&) = delete;
+
+  std::uint16_t port() const;  // the bound port
+  // Stops accepting, closes every connection (clients see DISCONNECTED and fail over) and joins
+  // the threads. A call still waiting for a forwarded answer is dropped with its connection (its
+  // client retries elsewhere); the forwarder's late answer goes nowhere. Idempotent; thread-safe.
+  void stop();
+
+  RpcServerStats stats() const;  // thread-safe
+
+  struct Impl;
+
+ private:
+  explicit RpcServer(std::unique_ptr<Impl> impl);
+  static Result<std::unique_ptr<RpcServer>> start(const RpcServerOptions& options, Router& router,
+                                                  NodeInfoProvider info, Metrics* metrics,
+                                                  std::unique_ptr<Router> own_router);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace throttlex

@@ -1,0 +1,573 @@
+#include "daemon/rpc/rpc_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <string_view>
+
+#include <kj/debug.h>
+
+#include "daemon/metrics/metrics.h"
+
+namespace throttlex {
+namespace {
+
+// The wire enum and the limiter's share numeric values, so conversion is a cast.
+static_assert(static_cast<int>(proto::Algorithm::TOKEN_BUCKET) ==
+              static_cast<int>(Algorithm::kTokenBucket));
+static_assert(static_cast<int>(proto::Algorithm::LEAKY_BUCKET) ==
+              static_cast<int>(Algorithm::kLeakyBucket));
+static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
+              static_cast<int>(Algorithm::kFixedWindow));
+static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
+              static_cast<int>(Algorithm::kSlidingWindow));
+static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
+static_assert(kAlgorithmCount == 5, "a new algorithm needs its wire value here");
+
+using SteadyClock = std::chrono::steady_clock;
+
+std::string_view view(capnp::Text::Reader text) {
+  return {text.begin(), text.size()};
+}
+kj::StringPtr kjText(const std::string& s) {
+  return {s.c_str(), s.size()};
+}
+
+void setError(proto::Error::Builder out, proto::ErrorCode code, const std::string& message) {
+  out.setCode(code);
+  out.setMessage(kjText(message));
+}
+void setError(proto::Error::Builder out, const Error& error) {
+  setError(out, toProto(error.code), error.message);
+}
+
+void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
+  if (!r) {
+    setError(out.initError(), r.error());
+    return;
+  }
+  // error stays a null pointer: it reads as code none and costs no bytes.
+  const CheckOutcome& o = *r;
+  out.setAllowed(o.allowed);
+  out.setDecidedAllowed(o.decision.allowed);
+  out.setShadow(o.shadow);
+  out.setLimit(o.decision.limit);
+  out.setRemaining(o.decision.remaining);
+  out.setResetAfterNs(o.decision.reset_after.count());
+  out.setRetryAfterNs(o.decision.retry_after.count());  // kRetryNever is -1 ns, as on the wire
+  out.setPolicy(kjText(o.policy));
+  out.setPeriodMs(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(o.period).count()));
+  out.setRoute(static_cast<proto::Route>(o.route));
+}
+
+proto::Algorithm toProto(Algorithm a) {
+  return static_cast<proto::Algorithm>(a);
+}
+
+void encode(const LimitSpec& spec, proto::LimitSpec::Builder out) {
+  out.setAlgorithm(toProto(spec.algorithm));
+  out.setLimit(spec.limit);
+  out.setPeriodMs(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(spec.period).count()));
+  out.setBurst(spec.burst);
+}
+
+Outcome outcomeOf(const Result<CheckOutcome>& r) {
+  if (!r) return Outcome::kError;
+  return r->allowed ? Outcome::kAllowed : Outcome::kLimited;
+}
+
+}  // namespace
+
+proto::ErrorCode toProto(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      return proto::ErrorCode::INVALID_ARGUMENT;
+    case ErrorCode::kNotFound:
+      return proto::ErrorCode::NOT_FOUND;
+    case ErrorCode::kUnavailable:
+      return proto::ErrorCode::UNAVAILABLE;
+    case ErrorCode::kDeadlineExceeded:
+      return proto::ErrorCode::DEADLINE_EXCEEDED;
+    case ErrorCode::kResourceExhausted:
+      return proto::ErrorCode::RESOURCE_EXHAUSTED;
+    case ErrorCode::kInternal:
+      return proto::ErrorCode::INTERNAL;
+  }
+  return proto::ErrorCode::INTERNAL;
+}
+
+Result<LimitSpec> fromProto(proto::LimitSpec::Reader spec) {
+  LimitSpec out;
+  const auto algorithm = static_cast<int>(spec.getAlgorithm());
+  if (algorithm > kAlgorithmCount) {
+    return invalidArgument("unknown algorithm " + std::to_string(algorithm));
+  }
+  // unspecified (0) means the default, as an omitted 'algorithm' does over HTTP.
+  if (algorithm != 0) out.algorithm = static_cast<Algorithm>(algorithm);
+  out.limit = spec.getLimit();
+  out.burst = spec.getBurst();
+  // Clamped just past the maximum so that Limit::make rejects it with its usual message instead
+  // of the conversion to nanoseconds overflowing.
+  constexpr std::uint64_t kMaxPeriodMs =
+      std::chrono::duration_cast<std::chrono::milliseconds>(kMaxPeriod).count() + 1;
+  out.period = std::chrono::milliseconds(std::min(spec.getPeriodMs(), kMaxPeriodMs));
+  return out;
+}
+
+Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
+  CheckArgs args;
+  args.key = view(request.getKey());
+  args.rule = view(request.getRule());
+  args.hits = request.getHits();
+  const auto limit = request.getLimit();
+  if (!args.rule.empty()) {
+    if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
+        limit.getAlgorithm() != proto::Algorithm::UNSPECIFIED) {
+      return invalidArgument("give either 'rule' or an inline limit, not both");
+    }
+    return args;
+  }
+  auto spec = fromProto(limit);
+  if (!spec) return spec.error();
+  args.limit = *spec;
+  return args;
+}
+
+std::optional<std::string> unsupportedVersion(std::uint16_t version) {
+  if (version != 0 && version <= proto::PROTOCOL_VERSION) return std::nullopt;
+  return "protocol version " + std::to_string(version) + " is not supported; this node speaks 1.." +
+         std::to_string(proto::PROTOCOL_VERSION) +
+         (version == 0 ? " (the version field is unset)" : "");
+}
+
+RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
+                       RpcCounters& counters, const NodeControl* control)
+    : service_(router.service()),
+      router_(router),
+      info_(std::move(info)),
+      metrics_(metrics),
+      counters_(counters),
+      control_(control) {}
+
+void RpcService::countCall(std::uint64_t checks) {
+  // Only this thread writes these counters: load + store, no read-modify-write on the bus.
+  counters_.calls.store(counters_.calls.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
+  counters_.checks.store(counters_.checks.load(std::memory_order_relaxed) + checks,
+                         std::memory_order_relaxed);
+}
+
+namespace {
+
+// Results of checks forwarded to their owners, filled on the forwarder thread; the RPC thread
+// answers once the last one is in.
+class ForwardWait final : public ForwardSink {
+ public:
+  ForwardWait(std::vector<Result<CheckOutcome>> decided, std::size_t pending)
+      : outcomes(std::move(decided)), pending_(pending) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    done = kj::mv(paf.promise);
+    fulfiller_ = kj::mv(paf.fulfiller);
+  }
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    outcomes[index] = std::move(outcome);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) fulfiller_->fulfill();
+  }
+  // KJ's members may throw from their destructors in principle; these never do.
+  ~ForwardWait() noexcept override {}
+
+  std::vector<Result<CheckOutcome>> outcomes;
+  kj::Promise<void> done = nullptr;  // taken by the RPC thread before any delivery can happen
+
+ private:
+  std::atomic<std::size_t> pending_;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller_;
+};
+
+}  // namespace
+
+void RpcService::record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start) {
+  if (metrics_ == nullptr) return;
+  if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+  metrics_->recordRequest(Api::kRpc, outcome ? outcome->route : RouteKind::kLocal,
+                          outcomeOf(outcome),
+                          std::chrono::duration_cast<Duration>(SteadyClock::now() - start));
+}
+
+kj::Promise<void> RpcService::check(CheckContext context) {
+  const auto start = SteadyClock::now();
+  countCall(1);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  results.setVersion(proto::PROTOCOL_VERSION);
+
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initResult().initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    record(Error{ErrorCode::kInvalidArgument, *bad}, start);  // for the metrics only
+    return kj::READY_NOW;
+  }
+  auto args = fromProto(params.getRequest());
+  if (!args) {
+    encode(args.error(), results.initResult());
+    record(args.error(), start);
+    return kj::READY_NOW;
+  }
+  Forwarding forwarding;
+  if (auto here = router_.check(*args, 0, forwarding)) {
+    encode(*here, results.initResult());
+    record(*here, start);
+    return kj::READY_NOW;
+  }
+  auto wait = std::make_shared<ForwardWait>(
+      std::vector<Result<CheckOutcome>>(1, Error{ErrorCode::kInternal, "not decided"}), 1);
+  auto done = kj::mv(wait->done);
+  router_.forward(std::move(forwarding), wait);
+  return done.then([this, context, wait, start]() mutable {
+    encode(wait->outcomes[0], context.getResults().initResult());
+    record(wait->outcomes[0], start);
+  });
+}
+
+kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
+  const auto start = SteadyClock::now();
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  results.setVersion(proto::PROTOCOL_VERSION);
+  const auto checks = params.getChecks();
+  countCall(checks.size());
+  // Checks forwarded here by a peer were counted by the node they entered.
+  const std::uint8_t hops = params.getHops();
+  const bool from_peer = hops > 0;
+
+  const auto refuse = [&](proto::ErrorCode code, const std::string& message) {
+    setError(results.initError(), code, message);
+    if (metrics_ == nullptr || from_peer) return;
+    const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+      metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, Outcome::kError, latency);
+    }
+  };
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    refuse(proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (checks.size() > kMaxBatchChecks) {
+    refuse(proto::ErrorCode::INVALID_ARGUMENT, "batch of " + std::to_string(checks.size()) +
+                                                   " checks; the maximum is " +
+                                                   std::to_string(kMaxBatchChecks));
+    return kj::READY_NOW;
+  }
+
+  // Decode everything, decide what this node owns in one batch (it prefetches across the batch),
+  // forward the rest to the owners, then answer in request order.
+  std::vector<CheckArgs> args;
+  args.reserve(checks.size());
+  std::vector<std::optional<Error>> errors(checks.size());
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    auto a = fromProto(checks[static_cast<unsigned>(i)]);
+    if (a) {
+      args.push_back(*a);
+    } else {
+      errors[i] = a.error();
+    }
+  }
+  std::vector<Result<CheckOutcome>> outcomes;
+  Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
+  if (forwarding.empty()) {
+    answerBatch(results, errors, outcomes, start, from_peer);
+    return kj::READY_NOW;
+  }
+  auto wait = std::make_shared<ForwardWait>(std::move(outcomes), forwarding.size());
+  auto done = kj::mv(wait->done);
+  router_.forward(std::move(forwarding), wait);
+  // `args` views into the request, which the context keeps until this promise resolves.
+  return done.then([this, context, wait, errors = std::move(errors), start, from_peer]() mutable {
+    answerBatch(context.getResults(), errors, wait->outcomes, start, from_peer);
+  });
+}
+
+void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
+                             const std::vector<std::optional<Error>>& errors,
+                             const std::vector<Result<CheckOutcome>>& outcomes,
+                             SteadyClock::time_point start, bool from_peer) {
+  auto list = results.initResults(static_cast<unsigned>(errors.size()));
+  const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+  const bool count = metrics_ != nullptr && !from_peer;
+  std::size_t next = 0;
+  for (std::size_t i = 0; i < errors.size(); ++i) {
+    auto out = list[static_cast<unsigned>(i)];
+    Outcome kind = Outcome::kError;
+    RouteKind route = RouteKind::kLocal;
+    if (errors[i]) {
+      setError(out.initError(), *errors[i]);
+    } else {
+      const Result<CheckOutcome>& r = outcomes[next++];
+      encode(r, out);
+      kind = outcomeOf(r);
+      if (r) route = r->route;
+      if (count && r && r->shadow && !r->decision.allowed) metrics_->recordShadowLimited();
+    }
+    // Every element of a batch waited for the whole batch: that is its latency.
+    if (count) metrics_->recordRequest(Api::kRpc, route, kind, latency);
+  }
+}
+
+kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
+  countCall(0);
+  NodeInfo info;
+  if (info_) {
+    info = info_();
+  } else {
+    const StoreStats stats = service_.store().stats();
+    info.keys = stats.entries;
+    info.evictions = stats.evictions;
+    info.rules = static_cast<std::uint32_t>(service_.rules().size());
+  }
+  auto out = context.getResults().initInfo();
+  out.setNodeId(kjText(info.node_id));
+  out.setVersion(kjText(info.version));
+  out.setProtocolVersion(proto::PROTOCOL_VERSION);
+  out.setHttpAddress(kjText(info.http_address));
+  out.setRpcAddress(kjText(info.rpc_address));
+  out.setMetricsAddress(kjText(info.metrics_address));
+  out.setUptimeMs(info.uptime_ms);
+  out.setKeys(info.keys);
+  out.setEvictions(info.evictions);
+  out.setRules(info.rules);
+  auto members = out.initMembers(static_cast<unsigned>(info.members.size()));
+  for (std::size_t i = 0; i < info.members.size(); ++i) {
+    const MemberInfo& m = info.members[i];
+    auto w = members[static_cast<unsigned>(i)];
+    w.setNodeId(kjText(m.node_id));
+    w.setState(kjText(m.state));
+    w.setGossipAddress(kjText(m.gossip_address));
+    w.setRpcAddress(kjText(m.rpc_address));
+    w.setHttpAddress(kjText(m.http_address));
+    w.setIncarnation(m.incarnation);
+  }
+  const PersistenceInfo& p = info.persistence;
+  auto po = out.initPersistence();
+  po.setRedis(kjText(p.redis));
+  po.setConnected(p.connected);
+  po.setPending(p.pending);
+  po.setLagMs(p.lag_ms);
+  po.setWritten(p.written);
+  po.setWriteErrors(p.write_errors);
+  po.setSlotsWaiting(p.slots_waiting);
+  po.setParked(p.parked);
+  po.setHandoffsSent(p.handoffs_sent);
+  po.setHandoffsReceived(p.handoffs_received);
+  po.setHandoffEntriesSent(p.handoff_entries_sent);
+  po.setHandoffEntriesReceived(p.handoff_entries_received);
+  po.setHandoffFailures(p.handoff_failures);
+  po.setRecoveryTimeouts(p.recovery_timeouts);
+  po.setDraining(p.draining);
+  po.setDrained(p.drained);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::listRules(ListRulesContext context) {
+  countCall(0);
+  // The results have no error field; an RPC exception is the only way to refuse.
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    KJ_FAIL_REQUIRE("unsupported protocol version", *bad);
+  }
+  const std::vector<Rule> rules = service_.rules();
+  auto list = context.getResults().initRules(static_cast<unsigned>(rules.size()));
+  for (std::size_t i = 0; i < rules.size(); ++i) {
+    auto out = list[static_cast<unsigned>(i)];
+    out.setName(kjText(rules[i].name));
+    encode(rules[i].spec, out.initLimit());
+    out.setShadow(rules[i].shadow);
+    out.setDegraded(static_cast<proto::DegradedPolicy>(rules[i].degraded));
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::setRule(SetRuleContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto error = [&] { return context.getResults().initError(); };
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(error(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const auto in = params.getRule();
+  auto spec = fromProto(in.getLimit());
+  if (!spec) {
+    setError(error(), spec.error());
+    return kj::READY_NOW;
+  }
+  const auto degraded = static_cast<unsigned>(in.getDegraded());
+  if (degraded > static_cast<unsigned>(DegradedPolicy::kDeny)) {
+    setError(error(), proto::ErrorCode::INVALID_ARGUMENT, "unknown degraded policy " + std::to_string(degraded));
+    return kj::READY_NOW;
+  }
+  Rule rule{std::string(view(in.getName())), *spec, in.getShadow(),
+            static_cast<DegradedPolicy>(degraded)};
+  const Status status = service_.setRule(rule);
+  if (!status) setError(error(), status.error());
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const Result<bool> deleted = service_.deleteRule(view(params.getName()));
+  if (deleted) {
+    results.setDeleted(*deleted);
+  } else {
+    setError(results.initError(), deleted.error());
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  const Result<std::size_t> count = service_.reloadRules();
+  if (count) {
+    results.setCount(static_cast<std::uint32_t>(
+        std::min<std::size_t>(*count, std::numeric_limits<std::uint32_t>::max())));
+  } else {
+    setError(results.initError(), count.error());
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::inspectKey(InspectKeyContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto out = context.getResults().initInspection();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(out.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  auto args = fromProto(params.getRequest());
+  const Result<KeyInspection> ins =
+      args ? service_.inspect(*args) : Result<KeyInspection>(args.error());
+  if (!ins) {
+    setError(out.initError(), ins.error());
+    return kj::READY_NOW;
+  }
+  out.setFound(ins->found);
+  out.setAlgorithm(toProto(ins->found ? ins->state.algorithm : Algorithm{}));
+  out.setLimit(ins->peek.limit);
+  out.setRemaining(ins->peek.remaining);
+  out.setResetAfterNs(ins->peek.reset_after.count());
+  out.setExpiryMs(ins->found ? ins->state.expiry_ms : 0);
+  out.setCount(ins->state.count);
+  out.setPreviousCount(ins->state.prev_count);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  auto args = fromProto(params.getRequest());
+  const Result<bool> existed = args ? service_.reset(*args) : Result<bool>(args.error());
+  if (existed) {
+    results.setExisted(*existed);
+  } else {
+    setError(results.initError(), existed.error());
+  }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::handoff(HandoffContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->handoff) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node takes no handoffs");
+    return kj::READY_NOW;
+  }
+  std::vector<std::uint16_t> slots;
+  for (std::uint16_t s : params.getSlots()) slots.push_back(s);
+  const auto data = params.getEntries();
+  const auto merged = control_->handoff(std::string(params.getFrom().cStr()), slots,
+                                        std::span<const std::uint8_t>(data.begin(), data.size()));
+  if (merged) {
+    results.setMerged(*merged);
+  } else {
+    setError(results.initError(), merged.error());
+  }
+  return kj::READY_NOW;
+}
+
+namespace {
+
+// A flush finishes on the snapshot writer's side; the RPC thread waits for it without blocking.
+struct SnapshotWait {
+  Result<SnapshotOutcome> outcome = Error{ErrorCode::kInternal, "no answer"};
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
+};
+
+}  // namespace
+
+kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->snapshot) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE,
+             "no snapshot store configured (start with --redis host:port)");
+    return kj::READY_NOW;
+  }
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  auto wait = std::make_shared<SnapshotWait>();
+  wait->fulfiller = kj::mv(paf.fulfiller);
+  control_->snapshot([wait](Result<SnapshotOutcome> r) {
+    wait->outcome = std::move(r);
+    wait->fulfiller->fulfill();
+  });
+  return paf.promise.then([context, wait]() mutable {
+    auto out = context.getResults();
+    if (wait->outcome) {
+      out.setWritten(wait->outcome->written);
+      out.setPending(wait->outcome->pending);
+    } else {
+      setError(out.initError(), wait->outcome.error());
+    }
+  });
+}
+
+kj::Promise<void> RpcService::drain(DrainContext context) {
+  countCall(0);
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->drain) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node cannot drain");
+    return kj::READY_NOW;
+  }
+  if (auto s = control_->drain(); !s) setError(results.initError(), s.error());
+  return kj::READY_NOW;
+}
+
+}  // namespace throttlex

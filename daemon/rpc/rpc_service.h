@@ -1,0 +1,93 @@
+// The Node capability (proto/throttlex.capnp: Limiter + Admin) over LimiterService: decodes and
+// validates requests, decides, encodes answers. Internal to the RPC server (daemon/rpc/rpc_server.h).
+//
+// One instance per RPC thread: a capability belongs to the event loop of its thread. Checks are
+// routed (daemon/routing/router.h): those this node owns are answered synchronously, the rest when their
+// owners answered (through the forwarder). Admin methods answer synchronously and never block
+// except reloadRules (reads the rules file).
+//
+// Protocol version: every request carries `version`. 0 is what an unset field reads as, i.e. a
+// client that did not say which protocol it speaks; like a version above proto::PROTOCOL_VERSION
+// it is refused with ErrorCode unsupportedVersion (per check for `check`, for the whole call for
+// `checkBatch` and the admin calls that have an error field). nodeInfo answers any version: it is
+// how a client learns the node's protocolVersion. listRules has no error field in the schema, so
+// it refuses with an RPC exception.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/service/limiter_service.h"
+#include "daemon/base/node_control.h"
+#include "daemon/base/node_info.h"
+#include "daemon/routing/router.h"
+#include "proto/throttlex.capnp.h"
+
+namespace throttlex {
+
+class Metrics;
+
+// Counters of one RPC thread, written only by that thread (relaxed), summed by RpcServer::stats().
+struct alignas(64) RpcCounters {
+  std::atomic<std::uint64_t> calls{0};
+  std::atomic<std::uint64_t> checks{0};
+};
+
+// Generated capability bases and KJ's interfaces have no virtual destructors of their own (they are
+// destroyed through kj::Own with the right type); GCC's -Wnon-virtual-dtor flags every subclass.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
+class RpcService final : public proto::Node::Server {
+ public:
+  // `router` (and its service), `metrics` (may be null) and `counters` must outlive this object.
+  // `control` may be null (handoff, snapshot and drain are then refused as unavailable).
+  RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
+             const NodeControl* control = nullptr);
+
+ protected:
+  kj::Promise<void> check(CheckContext context) override;
+  kj::Promise<void> checkBatch(CheckBatchContext context) override;
+  kj::Promise<void> nodeInfo(NodeInfoContext context) override;
+  kj::Promise<void> listRules(ListRulesContext context) override;
+  kj::Promise<void> setRule(SetRuleContext context) override;
+  kj::Promise<void> deleteRule(DeleteRuleContext context) override;
+  kj::Promise<void> reloadRules(ReloadRulesContext context) override;
+  kj::Promise<void> inspectKey(InspectKeyContext context) override;
+  kj::Promise<void> resetKey(ResetKeyContext context) override;
+  kj::Promise<void> handoff(HandoffContext context) override;
+  kj::Promise<void> snapshot(SnapshotContext context) override;
+  kj::Promise<void> drain(DrainContext context) override;
+
+ private:
+  using SteadyClock = std::chrono::steady_clock;
+  void countCall(std::uint64_t checks);
+  void record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start);
+  void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
+                   const std::vector<std::optional<Error>>& errors,
+                   const std::vector<Result<CheckOutcome>>& outcomes,
+                   SteadyClock::time_point start, bool from_peer);
+
+  // Constant after construction.
+  LimiterService& service_;
+  Router& router_;
+  const NodeInfoProvider info_;
+  Metrics* const metrics_;
+  RpcCounters& counters_;
+  const NodeControl* const control_;
+};
+#pragma GCC diagnostic pop
+
+// Conversions shared with tests. Numeric values of proto::Algorithm equal throttlex::Algorithm's.
+proto::ErrorCode toProto(ErrorCode code);
+// Decodes one check; the result views into `request` (valid while the message is).
+Result<CheckArgs> fromProto(proto::CheckRequest::Reader request);
+Result<LimitSpec> fromProto(proto::LimitSpec::Reader spec);
+// Version check as described above: nullopt when supported, else the error message.
+// (throttlex::ErrorCode has no "unsupported version"; the caller sets the proto code itself.)
+std::optional<std::string> unsupportedVersion(std::uint16_t version);
+
+}  // namespace throttlex

@@ -1,0 +1,188 @@
+#include "daemon/service/limiter_service.h"
+
+#include <algorithm>
+
+namespace throttlex {
+namespace {
+
+constexpr std::string_view kInlinePolicy = "default";
+
+}  // namespace
+
+LimiterService::LimiterService(Store& store, const Clock& clock, RuleSet rules, std::string rules_path)
+    : store_(store),
+      clock_(clock),
+      rules_path_(std::move(rules_path)),
+      rules_(std::make_shared<const RuleSet>(std::move(rules))) {}
+
+void LimiterService::publish(std::shared_ptr<const RuleSet> rules) {
+  rules_.publish(std::move(rules));
+}
+
+Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
+                                                         const RuleSet& rules) const {
+  if (args.key.empty()) return invalidArgument("key must not be empty");
+  if (args.key.size() > kMaxKeyBytes) {
+    return invalidArgument("key is " + std::to_string(args.key.size()) +
+                           " bytes; the maximum is 1024");
+  }
+  if (args.hits > kMaxCost) return invalidArgument("hits must be at most 2^40");
+  if (!args.rule.empty()) {
+    const RuleSet::Entry* e = rules.find(args.rule);
+    if (e == nullptr) {
+      return Error{ErrorCode::kNotFound, "unknown rule '" + std::string(args.rule) + "'"};
+    }
+    return Resolved{e->limit, hashKey(e->rule.name, args.key, e->limit), e->rule.shadow,
+                    e->rule.name, e->rule.degraded};
+  }
+  auto limit = Limit::make(args.limit);
+  if (!limit) return limit.error();
+  return Resolved{*limit, hashKey("", args.key, *limit), false, kInlinePolicy};
+}
+
+namespace {
+
+CheckOutcome outcome(const Decision& d, bool shadow, std::string_view policy, Duration period) {
+  CheckOutcome o;
+  o.decision = d;
+  o.allowed = d.allowed || shadow;
+  o.shadow = shadow;
+  o.policy = std::string(policy);
+  o.period = period;
+  return o;
+}
+
+}  // namespace
+
+Result<CheckOutcome> LimiterService::check(const CheckArgs& args) {
+  // A reference, not a copy: copying would touch the shared reference count on every check.
+  const RuleSet& rules = *currentRules();
+  auto r = resolve(args, rules);
+  if (!r) return r.error();
+  const Decision d = store_.check(r->key, r->limit, args.hits, clock_.now());
+  return outcome(d, r->shadow, r->policy, r->limit.period());
+}
+
+void LimiterService::checkBatch(std::span<const CheckArgs> args,
+                                std::vector<Result<CheckOutcome>>& out) {
+  const RuleSet& rules = *currentRules();
+  std::vector<Result<Resolved>> resolved;
+  resolved.reserve(args.size());
+  std::vector<CheckRequest> requests;
+  requests.reserve(args.size());
+  for (const CheckArgs& a : args) {
+    resolved.push_back(resolve(a, rules));
+    if (resolved.back()) requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits});
+  }
+  std::vector<Decision> decisions(requests.size());
+  store_.checkBatch(requests, clock_.now(), decisions);
+
+  out.clear();
+  out.reserve(args.size());
+  std::size_t next = 0;
+  for (const auto& r : resolved) {
+    if (!r) {
+      out.emplace_back(r.error());
+      continue;
+    }
+    out.emplace_back(outcome(decisions[next++], r->shadow, r->policy, r->limit.period()));
+  }
+}
+
+Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::size_t alive) {
+  const RuleSet& rules = *currentRules();
+  auto r = resolve(args, rules);
+  if (!r) return r.error();
+  const Time now = clock_.now();
+  Decision d;
+  switch (r->degraded) {
+    case DegradedPolicy::kShare: {
+      // This node's share of the limit, in the key's own state: what it consumes here still
+      // counts if it becomes the owner. At least 1, so a small limit is not denied outright.
+      const Limit& full = r->limit;
+      const std::uint64_t n = std::max<std::uint64_t>(1, alive);
+      LimitSpec share;
+      share.algorithm = full.algorithm();
+      share.period = full.period();
+      share.limit = std::max<std::uint64_t>(1, full.limit() / n);
+      // burst 0 means "same as limit" (and is the only value windows accept).
+      if (full.burst() != full.limit()) share.burst = std::max<std::uint64_t>(1, full.burst() / n);
+      auto limit = Limit::make(share);
+      d = store_.check(r->key, limit ? *limit : r->limit, args.hits, now);
+      break;
+    }
+    case DegradedPolicy::kAllow: {
+      State fresh;
+      d = decide(r->limit, fresh, 0, now);  // a full limit's view, nothing consumed
+      d.allowed = true;
+      break;
+    }
+    case DegradedPolicy::kDeny: {
+      State fresh;
+      d = decide(r->limit, fresh, 0, now);
+      d.allowed = false;
+      d.remaining = 0;
+      d.retry_after = std::max(d.reset_after, Duration(1));
+      break;
+    }
+  }
+  CheckOutcome o = outcome(d, r->shadow, r->policy, r->limit.period());
+  o.route = RouteKind::kDegraded;
+  return o;
+}
+
+std::vector<Rule> LimiterService::rules() const { return currentRules()->rules(); }
+
+Status LimiterService::setRule(const Rule& rule) {
+  std::lock_guard admin(admin_mu_);
+  const std::shared_ptr<const RuleSet> rules = currentRules();
+  auto next = rules->with(rule);
+  if (!next) return next.error();
+  publish(std::make_shared<const RuleSet>(std::move(*next)));
+  return Ok{};
+}
+
+Result<bool> LimiterService::deleteRule(std::string_view name) {
+  std::lock_guard admin(admin_mu_);
+  const std::shared_ptr<const RuleSet> rules = currentRules();
+  if (rules->find(name) == nullptr) return false;
+  publish(std::make_shared<const RuleSet>(rules->without(name)));
+  return true;
+}
+
+Result<std::size_t> LimiterService::reloadRules() {
+  std::lock_guard admin(admin_mu_);
+  if (rules_path_.empty()) {
+    return Error{ErrorCode::kNotFound, "no rules file configured (start with --rules FILE)"};
+  }
+  auto loaded = RuleSet::loadFile(rules_path_);
+  if (!loaded) return loaded.error();  // the running rules stay as they were
+  const std::size_t count = loaded->size();
+  publish(std::make_shared<const RuleSet>(std::move(*loaded)));
+  return count;
+}
+
+Result<KeyInspection> LimiterService::inspect(const CheckArgs& args) {
+  const std::shared_ptr<const RuleSet> rules = currentRules();
+  auto r = resolve(args, *rules);
+  if (!r) return r.error();
+  KeyInspection ins;
+  const auto state = store_.get(r->key);
+  State copy;
+  if (state) {
+    ins.found = true;
+    ins.state = view(*state);
+    copy = *state;
+  }
+  ins.peek = decide(r->limit, copy, 0, clock_.now());
+  return ins;
+}
+
+Result<bool> LimiterService::reset(const CheckArgs& args) {
+  const std::shared_ptr<const RuleSet> rules = currentRules();
+  auto r = resolve(args, *rules);
+  if (!r) return r.error();
+  return store_.erase(r->key);
+}
+
+}  // namespace throttlex

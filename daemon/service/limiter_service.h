@@ -1,0 +1,100 @@
+// The decision service of one node: validates a check, resolves its limit (inline or a named rule),
+// decides it in the store and applies shadow mode. Shared by the HTTP API and the RPC server.
+//
+// Thread-safe; every method may be called from any thread at once. check() never blocks: no I/O,
+// no locks beyond the store's shard lock; the rule set is read through a per-thread cache that is
+// refreshed only when the rules change.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/base/published.h"
+#include "daemon/base/route.h"
+#include "daemon/service/rules.h"
+#include "limiter/limiter.h"
+
+namespace throttlex {
+
+inline constexpr std::size_t kMaxKeyBytes = 1024;
+inline constexpr std::size_t kMaxBatchChecks = 1000;
+
+struct CheckArgs {
+  std::string_view key;   // 1..kMaxKeyBytes bytes
+  std::string_view rule;  // a named rule; empty: use `limit`
+  LimitSpec limit;        // the inline limit, when `rule` is empty
+  std::uint64_t hits = 1; // 0 reads without consuming; at most kMaxCost
+};
+
+struct CheckOutcome {
+  Decision decision;   // what the limiter decided
+  bool allowed = false;// what the caller must do: decision.allowed, or true for a shadow rule
+  bool shadow = false; // the rule is in shadow (dry-run) mode
+  std::string policy;  // the rule's name, or "default" for inline limits (RateLimit headers)
+  Duration period{0};  // the limit's period (RateLimit-Policy w=)
+  RouteKind route = RouteKind::kLocal;  // set by whoever decided it (daemon/routing/router.h)
+};
+
+struct KeyInspection {
+  bool found = false;  // the store holds state for this key
+  StateView state;     // decoded state (when found)
+  Decision peek;       // a cost-0 check now: remaining, reset_after
+};
+
+class LimiterService {
+ public:
+  // `rules_path` may be empty (no rules file: reloadRules() then fails with a clear error).
+  LimiterService(Store& store, const Clock& clock, RuleSet rules, std::string rules_path);
+
+  Result<CheckOutcome> check(const CheckArgs& args);
+  // Decides each element in order (validation errors are per element). Prefetches like
+  // Store::checkBatch. `out` must have args.size() elements.
+  void checkBatch(std::span<const CheckArgs> args, std::vector<Result<CheckOutcome>>& out);
+
+  // Decides here although the key's owner is elsewhere and unreachable: by the rule's degraded
+  // policy (daemon/service/rules.h), with `alive` members sharing the limit. route = kDegraded.
+  Result<CheckOutcome> checkDegraded(const CheckArgs& args, std::size_t alive);
+
+  // Admin.
+  std::vector<Rule> rules() const;
+  Status setRule(const Rule& rule);
+  Result<bool> deleteRule(std::string_view name);  // false if there was no such rule
+  Result<std::size_t> reloadRules();               // re-reads the rules file; returns the count
+  Result<KeyInspection> inspect(const CheckArgs& args);  // hits is ignored
+  Result<bool> reset(const CheckArgs& args);             // drops the key's state; false if none
+
+  Store& store() { return store_; }
+  const Clock& clock() const { return clock_; }
+
+ private:
+  struct Resolved {
+    Limit limit;
+    KeyHash key;
+    bool shadow = false;
+    std::string_view policy;
+    DegradedPolicy degraded = DegradedPolicy::kShare;
+  };
+  // The calling thread's current view of the rules. The reference stays valid until this thread's
+  // next call into the service; hold a copy across anything that may call back in.
+  const std::shared_ptr<const RuleSet>& currentRules() const { return rules_.current(); }
+  Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
+  void publish(std::shared_ptr<const RuleSet> rules);
+
+  // Constant after construction.
+  Store& store_;
+  const Clock& clock_;
+  const std::string rules_path_;
+
+  // Writers (admin calls) serialise on admin_mu_; readers use Published's per-thread cache.
+  std::mutex admin_mu_;
+  Published<RuleSet> rules_;
+};
+
+}  // namespace throttlex

@@ -1,0 +1,172 @@
+#include "daemon/service/rules.h"
+
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "limiter/period.h"
+
+namespace throttlex {
+namespace {
+
+Result<std::uint64_t> parseCount(const YAML::Node& node, const std::string& what) {
+  const std::string text = node.as<std::string>();
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+    return invalidArgument(what + " must be a non-negative integer, got '" + text + "'");
+  }
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    return invalidArgument(what + " is too large: " + text);
+  }
+  return value;
+}
+
+// One rule from its YAML mapping. yaml-cpp reports type errors by exception; they are caught by
+// the caller and turned into an error naming the rule.
+Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
+  const std::string where = "rule #" + std::to_string(index + 1);
+  if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
+  static const std::set<std::string> kKnown = {"name", "algorithm", "limit", "period", "burst",
+                                               "shadow", "degraded"};
+  for (const auto& kv : node) {
+    const auto field = kv.first.as<std::string>();
+    if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
+  }
+  for (const char* required : {"name", "limit", "period"}) {
+    if (!node[required]) return invalidArgument(where + ": missing '" + required + "'");
+  }
+  Rule rule;
+  rule.name = node["name"].as<std::string>();
+  const std::string named = "rule '" + rule.name + "'";
+  if (node["algorithm"]) {
+    auto a = parseAlgorithm(node["algorithm"].as<std::string>());
+    if (!a) return invalidArgument(named + ": " + a.error().message);
+    rule.spec.algorithm = *a;
+  }
+  auto limit = parseCount(node["limit"], named + ": limit");
+  if (!limit) return limit.error();
+  rule.spec.limit = *limit;
+  auto period = parsePeriod(node["period"].as<std::string>());
+  if (!period) return invalidArgument(named + ": " + period.error().message);
+  rule.spec.period = *period;
+  if (node["burst"]) {
+    auto burst = parseCount(node["burst"], named + ": burst");
+    if (!burst) return burst.error();
+    rule.spec.burst = *burst;
+  }
+  if (node["shadow"]) rule.shadow = node["shadow"].as<bool>();
+  if (node["degraded"]) {
+    auto p = parseDegradedPolicy(node["degraded"].as<std::string>());
+    if (!p) return invalidArgument(named + ": " + p.error().message);
+    rule.degraded = *p;
+  }
+  return rule;
+}
+
+}  // namespace
+
+std::string_view nameOf(DegradedPolicy p) {
+  switch (p) {
+    case DegradedPolicy::kShare: return "share";
+    case DegradedPolicy::kAllow: return "allow";
+    case DegradedPolicy::kDeny: return "deny";
+  }
+  return "share";
+}
+
+Result<DegradedPolicy> parseDegradedPolicy(std::string_view text) {
+  for (auto p : {DegradedPolicy::kShare, DegradedPolicy::kAllow, DegradedPolicy::kDeny}) {
+    if (text == nameOf(p)) return p;
+  }
+  return invalidArgument("degraded policy must be share, allow or deny, not '" +
+                         std::string(text) + "'");
+}
+
+Status validateRuleName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxRuleNameBytes) {
+    return invalidArgument("rule name must be 1 to 128 bytes");
+  }
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.' || c == ':';
+    if (!ok) {
+      return invalidArgument("rule name '" + std::string(name) +
+                             "' may contain only letters, digits, '_', '-', '.' and ':'");
+    }
+  }
+  return Ok{};
+}
+
+Result<RuleSet> RuleSet::make(std::vector<Rule> rules) {
+  RuleSet set;
+  for (Rule& r : rules) {
+    if (auto st = validateRuleName(r.name); !st) return st.error();
+    auto limit = Limit::make(r.spec);
+    if (!limit) return invalidArgument("rule '" + r.name + "': " + limit.error().message);
+    const std::string name = r.name;
+    if (!set.entries_.emplace(name, Entry{std::move(r), *limit}).second) {
+      return invalidArgument("rule '" + name + "' is defined twice");
+    }
+  }
+  return set;
+}
+
+Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
+  std::vector<Rule> rules;
+  try {
+    const YAML::Node root = YAML::Load(std::string(text));
+    if (root.IsNull()) return make({});
+    if (!root.IsMap() || !root["rules"]) return invalidArgument("expected a top-level 'rules:' list");
+    const YAML::Node list = root["rules"];
+    if (list.IsNull()) return make({});
+    if (!list.IsSequence()) return invalidArgument("'rules' must be a list");
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      auto rule = parseRule(list[i], i);
+      if (!rule) return rule.error();
+      rules.push_back(std::move(*rule));
+    }
+  } catch (const YAML::Exception& e) {
+    return invalidArgument(std::string("invalid YAML: ") + e.what());
+  }
+  return make(std::move(rules));
+}
+
+Result<RuleSet> RuleSet::loadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Error{ErrorCode::kNotFound, "cannot read rules file '" + path + "'"};
+  std::stringstream text;
+  text << in.rdbuf();
+  auto set = parseYaml(text.str());
+  if (!set) return invalidArgument(path + ": " + set.error().message);
+  return set;
+}
+
+const RuleSet::Entry* RuleSet::find(std::string_view name) const {
+  const auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+std::vector<Rule> RuleSet::rules() const {
+  std::vector<Rule> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, e] : entries_) out.push_back(e.rule);
+  return out;
+}
+
+Result<RuleSet> RuleSet::with(const Rule& rule) const {
+  std::vector<Rule> all = without(rule.name).rules();
+  all.push_back(rule);
+  return make(std::move(all));
+}
+
+RuleSet RuleSet::without(std::string_view name) const {
+  RuleSet copy = *this;
+  if (auto it = copy.entries_.find(name); it != copy.entries_.end()) copy.entries_.erase(it);
+  return copy;
+}
+
+}  // namespace throttlex

@@ -1,0 +1,20 @@
+// Sending a handoff (daemon/slots/slot_keeper.h) to a peer's RPC port: blocking, for the slot keeper's
+// worker thread. Each calling thread gets its own KJ event loop on first use; each call opens a
+// fresh connection (handoffs are rare: ring changes and drains) and is bounded by `timeout`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "limiter/result.h"
+#include "limiter/store.h"
+
+namespace throttlex {
+
+Status sendHandoff(const std::string& address, const std::string& from,
+                   std::span<const std::uint16_t> slots, std::span<const StoredEntry> entries,
+                   std::chrono::milliseconds timeout);
+
+}  // namespace throttlex
