@@ -57,7 +57,9 @@ void LoadConnection::runAsync() {
     // measured; closed loop: take the outstanding slot first, then the send time is now.
     if (plan_.interval.count() != 0) {
       if (!nextSlot(intended)) break;
+      recordLateness(wake_lateness_, intended);
       slots_.acquire();
+      recordLateness(send_lateness_, intended);
     } else {
       slots_.acquire();
       if (!nextSlot(intended)) {
@@ -79,6 +81,10 @@ void LoadConnection::runBatch() {
   std::vector<client::CheckSpec> specs;
   SteadyTime intended;
   while (nextSlot(intended)) {
+    if (plan_.interval.count() != 0) {
+      recordLateness(wake_lateness_, intended);
+      recordLateness(send_lateness_, intended);  // nothing else to wait for: the call is sync
+    }
     // checkBatch takes the specs by value: hand them over instead of copying, refill after.
     specs.resize(plan_.batch, plan_.spec);
     for (client::CheckSpec& spec : specs) setNextKey(spec.key);
@@ -111,6 +117,14 @@ void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, S
   if (r.route == client::Route::kDegraded) bump(degraded_);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(done - intended).count();
   latency_.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns)));
+}
+
+void LoadConnection::recordLateness(LatencyHistogram& h, SteadyTime intended) const {
+  if (intended < plan_.measure_from) return;  // warmup
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - intended)
+                      .count();
+  h.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns)));
 }
 
 Tally LoadConnection::tally() const {

@@ -58,6 +58,12 @@ class LoadConnection {
 
   // Safe from any thread at any time; slightly stale while run() is going.
   const LatencyHistogram& latency() const { return latency_; }
+  // Open loop, measured phase: how late after its scheduled time this connection's thread woke
+  // to send (the generator's own scheduling: a late wake on a busy machine is load the system
+  // under test never saw on time), and how late the check was handed to the client (the wake
+  // plus any wait for a free outstanding slot). Both are already inside latency().
+  const LatencyHistogram& wakeLateness() const { return wake_lateness_; }
+  const LatencyHistogram& sendLateness() const { return send_lateness_; }
   std::uint64_t completed() const { return completed_.load(std::memory_order_relaxed); }
   Tally tally() const;
   std::string firstError() const;
@@ -72,6 +78,8 @@ class LoadConnection {
   void setNextKey(std::string& key);
   // Called by the client's thread (async) or run()'s thread (batch): one writer at a time.
   void record(const client::CheckResult& r, SteadyTime intended, SteadyTime done);
+  // run()'s thread, open loop: records `now - intended` in `h` for measured-phase sends.
+  void recordLateness(LatencyHistogram& h, SteadyTime intended) const;
 
   // Constant after construction.
   const LoadPlan& plan_;
@@ -82,6 +90,8 @@ class LoadConnection {
 
   // Written by one thread at a time (see record()), read by anyone.
   LatencyHistogram latency_;
+  // Written by run()'s thread only, read by anyone.
+  LatencyHistogram wake_lateness_, send_lateness_;
   std::atomic<std::uint64_t> completed_{0};
   std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0}, degraded_{0};
   std::atomic<bool> has_error_{false};

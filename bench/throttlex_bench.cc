@@ -187,7 +187,17 @@ double us(std::uint64_t ns) {
   return static_cast<double>(ns) / 1000.0;
 }
 
-nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogram& h) {
+// Open loop only: the generator's lateness (LoadConnection::wakeLateness / sendLateness).
+struct Lateness {
+  LatencyHistogram wake, send;
+};
+
+nlohmann::json latenessJson(const LatencyHistogram& h) {
+  return {{"p50", us(h.quantile(0.5))}, {"p99", us(h.quantile(0.99))}, {"max", us(h.max())}};
+}
+
+nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogram& h,
+                          const Lateness& late) {
   const Tally& y = t.tally;
   const std::uint64_t answered = y.allowed + y.limited;
   const std::uint64_t checks = answered + y.errors + y.fallbacks;
@@ -227,6 +237,11 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
         {"p99.9", us(h.quantile(0.999))},
         {"max", us(h.max())},
         {"mean", h.mean() / 1000.0}}},
+      // Inside latency_us already; large values mean the generator itself could not keep to its
+      // schedule (send) or, with a small wake, that every outstanding slot was busy.
+      {"generator_lateness_us", c.flags.rate > 0 ? nlohmann::json{{"wake", latenessJson(late.wake)},
+                                                                  {"send", latenessJson(late.send)}}
+                                                 : nlohmann::json(nullptr)},
       {"client",
        {{"calls", t.stats.calls},
         {"checks", t.stats.checks},
@@ -246,11 +261,18 @@ void printReport(std::ostream& out, const nlohmann::json& r) {
   out << "checks      " << r["checks"] << " in " << num(r["duration_s"])
       << " s: " << num(r["throughput"]) << " decisions/s\n"
       << "allowed     " << r["allowed"] << "\nlimited     " << r["limited"] << "\nerrors      "
-      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\ndegraded    " << r["degraded"] << "\n"
+      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\ndegraded    " << r["degraded"]
+      << "\n"
       << "latency us  p50 " << num(l["p50"]) << "  p90 " << num(l["p90"]) << "  p99 "
       << num(l["p99"]) << "  p99.9 " << num(l["p99.9"]) << "  max " << num(l["max"]) << "  mean "
-      << num(l["mean"]) << "\n"
-      << "client      " << cl["calls"] << " calls, " << cl["checks"] << " checks, avg batch "
+      << num(l["mean"]) << "\n";
+  if (const auto& g = r["generator_lateness_us"]; !g.is_null()) {
+    out << "generator   late to wake p50 " << num(g["wake"]["p50"]) << "  p99 "
+        << num(g["wake"]["p99"]) << "  max " << num(g["wake"]["max"]) << "; to send p50 "
+        << num(g["send"]["p50"]) << "  p99 " << num(g["send"]["p99"]) << "  max "
+        << num(g["send"]["max"]) << " us\n";
+  }
+  out << "client      " << cl["calls"] << " calls, " << cl["checks"] << " checks, avg batch "
       << std::setprecision(2) << num(cl["avg_batch"]) << ", failovers " << cl["failovers"] << "\n";
   if (!r["first_error"].get<std::string>().empty()) {
     out << "first error " << r["first_error"].get<std::string>() << "\n";
@@ -394,9 +416,13 @@ int run(int argc, char** argv) {
                   after.nodes_marked_down - before.nodes_marked_down};
   totals.seconds = std::chrono::duration<double>(c.duration).count();
 
-  LatencyHistogram latency;
+  // ~18 KB each: not on the stack.
+  auto latency = std::make_unique<LatencyHistogram>();
+  auto late = std::make_unique<Lateness>();
   for (const auto& conn : conns) {
-    latency.merge(conn->latency());
+    latency->merge(conn->latency());
+    late->wake.merge(conn->wakeLateness());
+    late->send.merge(conn->sendLateness());
     const Tally t = conn->tally();
     totals.tally.allowed += t.allowed;
     totals.tally.limited += t.limited;
@@ -405,7 +431,7 @@ int run(int argc, char** argv) {
     totals.tally.degraded += t.degraded;
     if (totals.first_error.empty()) totals.first_error = conn->firstError();
   }
-  const nlohmann::json report = reportJson(c, totals, latency);
+  const nlohmann::json report = reportJson(c, totals, *latency, *late);
   if (c.flags.json) {
     std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {

@@ -9,6 +9,7 @@
 #include <kj/debug.h>
 #include <kj/timer.h>
 
+#include <algorithm>
 #include <deque>
 #include <future>
 #include <map>

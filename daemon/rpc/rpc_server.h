@@ -1,5 +1,5 @@
 // The Cap'n Proto RPC front of a node: serves proto/throttlex.capnp's Node (Limiter + Admin) over
-// LimiterService, for the client library, throttlectl and (later) peers.
+// LimiterService, for the client library, throttlectl and peers (forwarded batches, handoffs).
 //
 // Threads: `threads` KJ event loops, one thread each, each accepting on its own SO_REUSEPORT
 // listen socket bound to the same port (the kernel spreads connections over them); a connection
