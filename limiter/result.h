@@ -18,6 +18,7 @@ enum class ErrorCode {
   kDeadlineExceeded,  // a call ran past its deadline
   kResourceExhausted, // a bound (queue, memory cap) was hit
   kInternal,          // an invariant broke; should not happen
+  kNotDecided,        // a forwarded check came up after its decide-by time: nothing was spent
 };
 
 struct Error {

@@ -29,6 +29,10 @@ enum ErrorCode {
   resourceExhausted @5;
   internal @6;
   unsupportedVersion @7;
+  # Node to node only: a forwarded check was not decided because its decide-by time had passed
+  # when it came up (the sender may already have had it decided elsewhere). Nothing was spent;
+  # the sender routes it again. Clients never see it.
+  notDecided @8;
 }
 
 struct Error {
@@ -76,7 +80,10 @@ interface Limiter {
   # At most 1000 checks per call; results in request order. `hops`: how many nodes forwarded these
   # checks already (0 from clients); a node forwards a check on to its owner only while hops is
   # below the hop limit (2), so nodes whose views of the ring disagree never pass checks in circles.
-  checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8)
+  # `decideByMs` (peers only; 0: none): wall-clock ms since the Unix epoch after which the sender
+  # may have these checks decided elsewhere; a receiver that comes to them later decides none of
+  # them and answers `notDecided` (docs/architecture.md, "Exact whatever the timing").
+  checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8, decideByMs :Int64)
       -> (version :UInt16, error :Error, results :List(CheckResult));
   # Node to node: the state of slots the sender no longer decides (ring change, drain). `entries`:
   # 32 bytes each (key hash hi, lo, state w0, w1; little-endian), merged keeping the more consumed

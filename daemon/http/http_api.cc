@@ -24,7 +24,8 @@ int httpStatus(ErrorCode code) {
     case ErrorCode::kNotFound: return 404;
     case ErrorCode::kResourceExhausted: return 429;
     case ErrorCode::kUnavailable: return 503;
-    case ErrorCode::kDeadlineExceeded: return 504;
+    case ErrorCode::kDeadlineExceeded:
+    case ErrorCode::kNotDecided: return 504;
     case ErrorCode::kInternal: return 500;
   }
   return 500;

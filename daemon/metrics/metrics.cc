@@ -154,15 +154,30 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
                  "Time from sending a forwarded batch to its owner's answer", MetricType::Histogram,
                  {histogram<kForwardLatencyBounds.size()>(f.latency, kForwardLatencyBounds,
                                                           f.latency_sum_seconds)}});
-  out.push_back({"throttlex_degraded_total",
-                 "Checks decided here by their rule's degraded policy: owner and stand-in unreachable",
-                 MetricType::Counter, {valued(static_cast<double>(f.degraded))}});
-  out.push_back({"throttlex_forward_standin_total",
-                 "Checks of an unreachable owner sent to its stand-in (the slot's runner-up)",
-                 MetricType::Counter, {valued(static_cast<double>(f.standin))}});
-  out.push_back({"throttlex_forward_rerouted_total",
-                 "Forwarded checks sent on to another owner after a failure or a ring change",
-                 MetricType::Counter, {valued(static_cast<double>(f.rerouted))}});
+  const struct {
+    const char* name;
+    const char* help;
+    std::uint64_t value;
+  } counters[] = {
+      {"throttlex_degraded_total",
+       "Checks decided here by their rule's degraded policy: owner and stand-in unreachable",
+       f.degraded},
+      {"throttlex_forward_standin_total",
+       "Checks of an unreachable owner sent to its stand-in (the slot's runner-up)", f.standin},
+      {"throttlex_forward_rerouted_total",
+       "Forwarded checks sent on to another owner after a failure or a ring change", f.rerouted},
+      {"throttlex_forward_not_decided_total",
+       "Forwarded checks an owner did not decide because they reached it after their decide-by "
+       "time (sent again)",
+       f.not_decided},
+      {"throttlex_forward_silences_total",
+       "Times a peer answered nothing (batches, heartbeats) for the owner-silence time T and its "
+       "breaker opened",
+       f.silences},
+  };
+  for (const auto& c : counters) {
+    out.push_back({c.name, c.help, MetricType::Counter, {valued(static_cast<double>(c.value))}});
+  }
 }
 
 prometheus::MetricFamily single(const char* name, const char* help, prometheus::MetricType type,

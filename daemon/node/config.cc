@@ -91,10 +91,11 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
-  app.add_option("--forward-timeout-ms", c.forward_timeout_ms,
-                 "Deadline of a batch forwarded to a key's owner; past it, the checks are "
-                 "decided here in degraded mode")
-      ->check(CLI::Range(1, 60'000))
+  app.add_option("--owner-silence-ms,--forward-timeout-ms", c.owner_silence_ms,
+                 "T: an owner that answered nothing for less than this is never decided for "
+                 "elsewhere (its checks wait); past it, its checks go to the stand-in owner or "
+                 "the degraded policy. --forward-timeout-ms is the old name")
+      ->check(CLI::Range(300, 60'000))
       ->capture_default_str();
   app.add_option("--max-keys", c.max_keys, "Hard cap on live keys held in memory")
       ->check(CLI::Range(std::uint64_t{1024}, std::uint64_t{1} << 34))

@@ -27,7 +27,7 @@ struct Config {
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
-  int forward_timeout_ms = 250;         // per batch forwarded to an owner
+  int owner_silence_ms = 500;           // T: owners silent for less are never decided for elsewhere
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
   int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)
   std::string recovery = "eager";       // start-up reads: eager (every slot) | lazy (on demand)

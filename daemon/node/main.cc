@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   // checks of keys owned elsewhere to their owners. Until the first ring, everything is local.
   RingHolder ring;
   ForwarderOptions forwarder_options;
-  forwarder_options.call_timeout = std::chrono::milliseconds(config.forward_timeout_ms);
+  forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
   auto forwarder = Forwarder::start(forwarder_options, service, ring);
   if (!forwarder) return fail("forwarder: " + forwarder.error().message);
   (*forwarder)->setKeeper(&keeper);

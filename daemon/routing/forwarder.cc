@@ -43,6 +43,7 @@ ErrorCode fromProto(proto::ErrorCode code) {
     case proto::ErrorCode::DEADLINE_EXCEEDED: return ErrorCode::kDeadlineExceeded;
     case proto::ErrorCode::RESOURCE_EXHAUSTED: return ErrorCode::kResourceExhausted;
     case proto::ErrorCode::UNSUPPORTED_VERSION: return ErrorCode::kInvalidArgument;
+    case proto::ErrorCode::NOT_DECIDED: return ErrorCode::kNotDecided;
     case proto::ErrorCode::NONE:
     case proto::ErrorCode::INTERNAL: break;
   }
@@ -97,6 +98,7 @@ struct Item {
   std::shared_ptr<ForwardSink> sink;
   std::uint8_t hops = 0;
   int attempts = 0;      // owners that failed this check
+  int not_decided = 0;   // owners that answered kNotDecided for it (it came up too late there)
   bool standin = false;  // sent to the slot's runner-up because its owner is unreachable
   bool handover = false; // sent to the slot's runner-up because this node handed it over (drain)
 };
@@ -106,7 +108,12 @@ struct Submission {
   std::vector<std::size_t> indices;
   std::shared_ptr<ForwardSink> sink;
   std::uint8_t hops = 0;
+  std::int64_t decide_by_ms = 0;
 };
+
+// A check answered kNotDecided this many times (each after waiting out a decide-by time at a
+// live owner) is decided by the degraded policy instead of being sent again.
+constexpr int kMaxNotDecided = 4;
 
 }  // namespace
 
@@ -169,8 +176,8 @@ struct Forwarder::Impl {
 
   mutable std::mutex stats_mu;
   std::map<std::string, std::unique_ptr<PeerCounters>> counters;  // guarded by stats_mu; never shrinks
-  std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, batch_size_sum{0},
-      latency_ns_sum{0};
+  std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, not_decided{0}, silences{0},
+      batch_size_sum{0}, latency_ns_sum{0};
   std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::array<std::atomic<std::uint64_t>, kForwardLatencyBounds.size() + 1> latency{};
 
@@ -200,6 +207,8 @@ class Loop {
         tasks_(log_errors_) {
     reader_options_.traversalLimitInWords = opt_.traversal_limit_words;
     reader_options_.nestingLimit = 16;
+    last_tick_ = timer_.now();
+    tasks_.add(tick());
   }
   ~Loop() { shutdown(); }
 
@@ -231,6 +240,10 @@ class Loop {
     PeerCounters* counters = nullptr;
     kj::Own<Connection> conn;  // null while not connected
     bool connecting = false;
+    bool heartbeat_in_flight = false;
+    // When the peer last answered anything (a batch, a heartbeat), on this loop's clock; moved
+    // on by stalls of this loop (its own silence is not the peer's).
+    kj::TimePoint last_answer = kj::origin<kj::TimePoint>();
     bool flush_scheduled = false;
     std::uint64_t generation = 0;  // bumped when the connection is dropped; stale callbacks see it
     std::size_t in_flight = 0;
@@ -263,6 +276,7 @@ class Loop {
     }
     for (Submission& s : work) {
       for (std::size_t i = 0; i < s.checks.size(); ++i) {
+        if (s.decide_by_ms != 0) s.checks[i].decide_by_ms = s.decide_by_ms;
         route(Item{std::move(s.checks[i]), s.indices[i], s.sink, s.hops, 0});
       }
     }
@@ -284,6 +298,11 @@ class Loop {
     const std::uint32_t owner = view ? view->peerFor(item.check.slot) : RingView::kNoPeer;
     if (closing_) {  // shutting down: nothing is sent any more
       degrade(item);
+      return;
+    }
+    if (pastDecideBy(item.check.decide_by_ms, impl_.service.clock().now())) {
+      // The node that sent it here may have had it decided elsewhere by now.
+      deliver(item, Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});
       return;
     }
     SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
@@ -318,13 +337,121 @@ class Loop {
     enqueue(peer, std::move(item));
   }
 
-  // false while the peer's breaker is open; after the cooldown the breaker goes half-open and
-  // the peer is used again (the next batch probes it).
+  // Whether checks go to the peer: only while its breaker is closed. After the cooldown an open
+  // breaker goes half-open: heartbeats probe the peer, and the first one answered closes it.
+  // Checks keep going to the stand-in meanwhile, so a peer that is still down costs them no T.
   bool usable(Peer& peer) {
-    if (peer.breaker != BreakerState::kOpen) return true;
-    if (timer_.now() < peer.open_until) return false;
-    setBreaker(peer, BreakerState::kHalfOpen, "probing");
-    return true;
+    if (peer.breaker == BreakerState::kClosed) return true;
+    if (peer.breaker == BreakerState::kOpen && timer_.now() >= peer.open_until) {
+      setBreaker(peer, BreakerState::kHalfOpen, "probing");
+      peer.last_answer = timer_.now();  // the probe gets a full T
+    }
+    return false;
+  }
+
+  // Every `heartbeat`: account for a stall of this loop, find silent peers, send heartbeats.
+  kj::Promise<void> tick() {
+    return timer_.afterDelay(toKj(opt_.heartbeat)).then([this]() -> kj::Promise<void> {
+      if (closing_) return kj::READY_NOW;
+      onTick();
+      return tick();
+    });
+  }
+
+  void onTick() {
+    const kj::TimePoint now = timer_.now();
+    forgiveOwnStall(now);
+    const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
+    if (!view) return;
+    const auto& members = view->ring.members();
+    for (std::uint32_t i = 0; i < members.size(); ++i) {
+      if (i == view->self) continue;
+      Peer& peer = peerOf(members[i], view->rpc_address[i]);
+      if (silent(peer, now)) {
+        bump(impl_.silences);
+        failed(peer, "no answer for " + std::to_string(opt_.owner_silence.count()) + " ms");
+        continue;
+      }
+      usable(peer);  // an open breaker goes half-open after its cooldown
+      if (peer.breaker == BreakerState::kOpen) continue;
+      if (!peer.conn) {
+        connect(peer);
+      } else if (!peer.heartbeat_in_flight) {
+        heartbeat(peer);
+      }
+    }
+  }
+
+  // This loop did not run for a while (the process was stopped, or starved of CPU): answers may
+  // be waiting unread, so the time it lost does not count as any peer's silence.
+  void forgiveOwnStall(kj::TimePoint now) {
+    const kj::Duration gap = now - last_tick_;
+    last_tick_ = now;
+    const kj::Duration h = toKj(opt_.heartbeat);
+    if (gap <= 4 * h) return;
+    for (auto& [id, peer] : peers_) peer->last_answer = std::min(now, peer->last_answer + gap - h);
+  }
+
+  // Waiting for the peer (a call, a heartbeat, a connect, queued checks) and nothing heard for T.
+  bool silent(const Peer& peer, kj::TimePoint now) const {
+    if (peer.breaker == BreakerState::kOpen) return false;
+    const bool waiting = peer.in_flight > 0 || peer.heartbeat_in_flight || peer.connecting ||
+                         !peer.queue.empty();
+    return waiting && now - peer.last_answer >= toKj(opt_.owner_silence);
+  }
+
+  // What is left of the time the peer may take to decide a batch sent now (see decideBy()).
+  kj::Duration budget(const Peer& peer) const {
+    return peer.last_answer + toKj(opt_.owner_silence) - toKj(opt_.decide_margin) - timer_.now();
+  }
+
+  // The wall-clock time after which the owner must decide none of a batch sent now: this node
+  // gives up on the peer at (last answer + T) on its own clock at the earliest; the margin covers
+  // the answer's way back and the clocks' offset. Never later than what the checks carry.
+  std::int64_t decideBy(const Peer& peer, const std::vector<Item>& items) const {
+    const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    impl_.service.clock().now().time_since_epoch())
+                                    .count();
+    std::int64_t by = now_ms + budget(peer) / kj::MILLISECONDS;
+    for (const Item& item : items) {
+      if (item.check.decide_by_ms != 0) by = std::min(by, item.check.decide_by_ms);
+    }
+    return by;
+  }
+
+  // Whether a batch sent now leaves the owner time to decide it; if not, checks wait for the
+  // next answer (a heartbeat's) or for the peer to be found silent.
+  bool sendable(const Peer& peer) const { return budget(peer) >= toKj(opt_.heartbeat); }
+
+  void heartbeat(Peer& peer) {
+    auto request = peer.conn->node.checkBatchRequest();
+    request.setVersion(proto::PROTOCOL_VERSION);
+    request.setHops(1);
+    peer.heartbeat_in_flight = true;
+    Peer* p = &peer;
+    const std::uint64_t generation = peer.generation;
+    tasks_.add(peer.canceler.wrap(request.send().ignoreResult())
+                   .then(
+                       [this, p, generation] {
+                         if (generation != p->generation) return;
+                         p->heartbeat_in_flight = false;
+                         heard(*p);
+                       },
+                       [this, p, generation](kj::Exception&& e) {
+                         if (generation != p->generation) return;
+                         p->heartbeat_in_flight = false;
+                         failed(*p, "heartbeat: " + describe(e));
+                       }));
+  }
+
+  // The peer answered something: it is alive and deciding.
+  void heard(Peer& peer) {
+    peer.last_answer = timer_.now();
+    if (peer.breaker != BreakerState::kClosed) {
+      peer.cooldown = toKj(opt_.cooldown_min);
+      setBreaker(peer, BreakerState::kClosed, "");
+    }
+    if (!peer.queue.empty()) flush(peer);
   }
 
   void enqueue(Peer& peer, Item item) {
@@ -422,6 +549,7 @@ class Loop {
       slot->id = id;
       slot->address = address;
       slot->cooldown = toKj(opt_.cooldown_min);
+      slot->last_answer = timer_.now();
       slot->counters = &impl_.countersFor(id, address);
     } else if (slot->address != address) {  // the node came back elsewhere
       closeConnection(*slot, "address changed");
@@ -465,6 +593,13 @@ class Loop {
                        },
                        [this, p, generation](kj::Exception&& e) {
                          if (generation != p->generation) return;
+                         if (e.getType() == kj::Exception::Type::OVERLOADED) {
+                           // No answer to the connect (a partition, a full backlog): silence,
+                           // which the ticks measure; the next tick tries again.
+                           p->connecting = false;
+                           return;
+                         }
+                         // Refused: no process listens there, so nobody decides its keys.
                          failed(*p, "connect failed: " + describe(e));
                        }));
   }
@@ -491,6 +626,7 @@ class Loop {
   void closeConnection(Peer& peer, const std::string& reason) {
     ++peer.generation;
     peer.connecting = false;
+    peer.heartbeat_in_flight = false;
     peer.in_flight = 0;
     peer.canceler.cancel(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
                                        kj::str("peer ", peer.id.c_str(), ": ", reason.c_str())));
@@ -523,6 +659,17 @@ class Loop {
     route(std::move(item));
   }
 
+  // The owner did not decide it (it came up there after its decide-by time): nothing was spent,
+  // so it is routed again, now with a fresh decide-by time.
+  void notDecided(Item item) {
+    bump(impl_.not_decided);
+    if (++item.not_decided > kMaxNotDecided) {
+      degrade(item);
+      return;
+    }
+    route(std::move(item));
+  }
+
   void scheduleFlush(Peer& peer) {
     if (!peer.conn || peer.flush_scheduled) return;
     // Later in this turn of the loop, so that everything routed now leaves together.
@@ -535,7 +682,7 @@ class Loop {
   }
 
   void flush(Peer& peer) {
-    if (!peer.conn) return;
+    if (!peer.conn || !sendable(peer)) return;
     std::vector<Item> moved;  // slots that changed owner while queued
     if (peer.in_flight > 0 && peer.relayed_queued > 0 && peer.breaker == BreakerState::kClosed) {
       sendRelayed(peer, moved);
@@ -605,6 +752,7 @@ class Loop {
       hops = std::max(hops, items[i].hops);
     }
     request.setHops(static_cast<std::uint8_t>(hops + 1));
+    request.setDecideByMs(decideBy(peer, items));
     ++peer.in_flight;
     bump(peer.counters->calls);
     bump(peer.counters->checks, items.size());
@@ -614,7 +762,8 @@ class Loop {
     Batch& b = *batch;
     kj::Promise<capnp::Response<proto::Limiter::CheckBatchResults>> call = request.send();
     tasks_.add(peer.canceler
-                   .wrap(timer_.timeoutAfter(toKj(opt_.call_timeout), kj::mv(call)))
+                   // A backstop only: silence (ticks) gives up on a peer long before.
+                   .wrap(timer_.timeoutAfter(20 * toKj(opt_.owner_silence), kj::mv(call)))
                    .then(
                        [this, &b](capnp::Response<proto::Limiter::CheckBatchResults>&& answer) {
                          answered(b, answer);
@@ -629,13 +778,21 @@ class Loop {
     recordLatency(Steady::now() - b.sent);
     // The peer answered: it is healthy. Said before the checks are delivered, so whoever sees an
     // answer sees the breaker closed.
-    if (current && peer.breaker != BreakerState::kClosed) {
-      peer.cooldown = toKj(opt_.cooldown_min);
-      setBreaker(peer, BreakerState::kClosed, "");
+    if (current) {
+      peer.last_answer = timer_.now();
+      if (peer.breaker != BreakerState::kClosed) {
+        peer.cooldown = toKj(opt_.cooldown_min);
+        setBreaker(peer, BreakerState::kClosed, "");
+      }
     }
     std::string trouble;
     // Reading a malformed answer throws (Cap'n Proto's own checks).
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                   if (answer.hasError() &&
+                       answer.getError().getCode() == proto::ErrorCode::NOT_DECIDED) {
+                     for (Item& item : b.items) notDecided(std::move(item));
+                     return;
+                   }
                    if (answer.hasError() && answer.getError().getCode() != proto::ErrorCode::NONE) {
                      trouble = "refused the batch: " +
                                std::string(view(answer.getError().getMessage()));
@@ -649,6 +806,10 @@ class Loop {
                    }
                    for (std::size_t i = 0; i < b.items.size(); ++i) {
                      Result<CheckOutcome> r = decode(results[static_cast<unsigned>(i)]);
+                     if (!r && r.error().code == ErrorCode::kNotDecided) {
+                       notDecided(std::move(b.items[i]));
+                       continue;
+                     }
                      if (r && b.items[i].standin) r->route = RouteKind::kDegraded;
                      deliver(b.items[i], std::move(r));
                    }
@@ -690,6 +851,7 @@ class Loop {
 
   Forwarder::Impl& impl_;
   const ForwarderOptions& opt_;
+  kj::TimePoint last_tick_ = kj::origin<kj::TimePoint>();
   kj::Network& network_;
   kj::Timer& timer_;
   capnp::ReaderOptions reader_options_;
@@ -761,12 +923,14 @@ void Forwarder::setKeeper(SlotGate* keeper) {
 }
 
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
-                       std::shared_ptr<ForwardSink> sink, std::uint8_t hops) {
+                       std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
+                       std::int64_t decide_by_ms) {
   bool wake = false;
   {
     std::lock_guard guard(impl_->mu);
     if (!impl_->closed) {
-      impl_->inbox.push_back({std::move(checks), std::move(indices), std::move(sink), hops});
+      impl_->inbox.push_back(
+          {std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
       // Only the first submission after a drain writes the eventfd: a burst costs one syscall.
       wake = !std::exchange(impl_->wake_pending, true);
       checks.clear();
@@ -806,6 +970,8 @@ ForwarderStats Forwarder::stats() const {
   s.degraded = impl_->degraded.load(std::memory_order_relaxed);
   s.standin = impl_->standin.load(std::memory_order_relaxed);
   s.rerouted = impl_->rerouted.load(std::memory_order_relaxed);
+  s.not_decided = impl_->not_decided.load(std::memory_order_relaxed);
+  s.silences = impl_->silences.load(std::memory_order_relaxed);
   for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
     s.batch_sizes[i] = impl_->batch_sizes[i].load(std::memory_order_relaxed);
   }

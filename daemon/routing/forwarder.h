@@ -9,10 +9,16 @@
 //  - Adaptive batching: with no call in flight, everything queued leaves at once (no added
 //    latency when idle); while a call is in flight, checks gather and leave together when it
 //    returns, or as soon as a full batch (max_batch) has gathered. No timer.
-//  - Every call and connect has a deadline.
-//  - A circuit breaker: closed (forwarding); open after a failed connect or call (for a jittered
-//    cooldown that doubles while probes keep failing); half-open after the cooldown, when one
-//    batch at a time probes the peer: success closes the breaker, failure opens it again.
+//  - Silence, not one slow call, marks an owner down. Every peer in the ring gets a heartbeat
+//    (an empty batch) every `heartbeat`; an owner that answered nothing for less than
+//    `owner_silence` (T) keeps its checks, however long one call takes. Each batch carries a
+//    decide-by time (last answer + T - margin, wall clock) after which the owner decides none of
+//    it, so checks this node gives up on at T were decided by nobody. A stall of this node's own
+//    loop does not count as the peer's silence.
+//  - A circuit breaker: closed (forwarding); open after T of silence, a refused connect or a lost
+//    connection (for a jittered cooldown that doubles while probes keep failing); half-open
+//    after the cooldown, when one batch at a time probes the peer: success closes the breaker,
+//    failure opens it again.
 //
 // A check whose owner cannot be reached (breaker open, call failed) is re-routed through the ring
 // as it is now (the owner may have changed: the dead node's slots move), at most max_attempts
@@ -21,8 +27,8 @@
 // for everyone, so each key is still decided in one place with its full limit. Only when the
 // stand-in is unreachable too is a check decided here by the rule's degraded policy
 // (LimiterService::checkDegraded). Stand-in and policy decisions are both marked degraded (made
-// without the owner). A check whose slot this node now owns is decided here normally. Every submitted check is completed
-// exactly once, also when the forwarder stops (then in degraded mode).
+// without the owner). A check whose slot this node now owns is decided here normally. Every
+// submitted check is completed exactly once, also when the forwarder stops (then in degraded mode).
 #pragma once
 
 #include <array>
@@ -52,10 +58,20 @@ struct ForwardedCheck {
   LimitSpec limit;        // when rule is empty
   std::uint64_t hits = 1;
   std::uint32_t slot = 0; // slotOf(rule, key)
+  // Wall-clock ms since the Unix epoch after which the node that sent it here may have it decided
+  // elsewhere: past it, it is not decided (kNotDecided) nor sent on. 0: no bound (it entered here).
+  std::int64_t decide_by_ms = 0;
 
   static ForwardedCheck from(const CheckArgs& args, std::uint32_t slot);
   CheckArgs args() const;  // views into this object
 };
+
+// Whether a check bounded by `decide_by_ms` (ForwardedCheck) may no longer be decided at `now`.
+inline bool pastDecideBy(std::int64_t decide_by_ms, Time now) {
+  return decide_by_ms != 0 &&
+         std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() >
+             decide_by_ms;
+}
 
 // Where results go; called on the forwarder thread, once per submitted index. Must be quick.
 class ForwardSink {
@@ -65,7 +81,16 @@ class ForwardSink {
 };
 
 struct ForwarderOptions {
-  std::chrono::milliseconds call_timeout{250};     // per forwarded batch
+  // T: an owner that answered nothing (batches, heartbeats) for less than this is never decided
+  // for elsewhere: its checks wait. Past it, the owner counts as down: its breaker opens and its
+  // checks go to the stand-in (docs/architecture.md, "Exact whatever the timing").
+  std::chrono::milliseconds owner_silence{500};
+  // Every peer in the ring is sent a heartbeat (an empty batch) this often, so silence is known
+  // before a check needs it.
+  std::chrono::milliseconds heartbeat{50};
+  // A forwarded batch tells its owner to decide nothing after (last answer + T - margin): the
+  // margin covers the answer's way back and the offset between the nodes' clocks.
+  std::chrono::milliseconds decide_margin{150};
   std::chrono::milliseconds connect_timeout{100};  // per connect attempt
   std::size_t max_batch = kMaxBatchChecks;
   std::chrono::milliseconds cooldown_min{200};     // breaker open for this long (jittered) ...
@@ -99,6 +124,8 @@ struct ForwarderStats {
   std::uint64_t degraded = 0;    // checks decided here by a rule's degraded policy
   std::uint64_t standin = 0;     // checks sent to (or decided by this node as) a stand-in owner
   std::uint64_t rerouted = 0;    // checks re-routed after a failure or a ring change
+  std::uint64_t not_decided = 0; // checks an owner answered kNotDecided (sent again)
+  std::uint64_t silences = 0;    // peers found silent for owner_silence (breaker opened)
   std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::uint64_t batch_size_sum = 0;
   std::array<std::uint64_t, kForwardLatencyBounds.size() + 1> latency{};
@@ -117,8 +144,10 @@ class Forwarder {
   // Any thread. Result j goes to sink->deliver(indices[j], ...). `hops`: how many nodes this
   // check passed already (the calls carry hops + 1). After stop(), checks are decided at once on
   // the calling thread (degraded for keys owned elsewhere).
+  // `decide_by_ms`: the bound of checks that came from a peer (ForwardedCheck), 0 for none.
   void submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
-              std::shared_ptr<ForwardSink> sink, std::uint8_t hops);
+              std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
+              std::int64_t decide_by_ms = 0);
 
   // Where checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
   void setKeeper(SlotGate* keeper);

@@ -149,7 +149,13 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
 
 void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
                      std::uint8_t hops) {
+  if (pastDecideBy(check.decide_by_ms, service_.clock().now())) {
+    // Parked past the time its sender waits: the sender may have had it decided elsewhere.
+    sink->deliver(index, Error{ErrorCode::kNotDecided, "its decide-by time passed while it waited"});
+    return;
+  }
   Forwarding forwarding;
+  forwarding.decide_by_ms = check.decide_by_ms;
   auto decided = this->check(check.args(), hops, forwarding);
   if (decided) {
     sink->deliver(index, std::move(*decided));
@@ -162,12 +168,13 @@ void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<Fo
 
 void Router::forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink) {
   for (std::size_t i = 0; i < forwarding.parked.size(); ++i) {
+    if (forwarding.decide_by_ms != 0) forwarding.parked[i].decide_by_ms = forwarding.decide_by_ms;
     keeper_->park(std::move(forwarding.parked[i]), forwarding.parked_indices[i], sink,
                   forwarding.hops);
   }
   if (forwarding.checks.empty()) return;
   forwarder_->submit(std::move(forwarding.checks), std::move(forwarding.indices), std::move(sink),
-                     forwarding.hops);
+                     forwarding.hops, forwarding.decide_by_ms);
 }
 
 }  // namespace throttlex

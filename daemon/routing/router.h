@@ -27,6 +27,7 @@ struct Forwarding {
   std::vector<ForwardedCheck> checks;
   std::vector<std::size_t> indices;  // where each result belongs in the request
   std::uint8_t hops = 0;
+  std::int64_t decide_by_ms = 0;  // from a peer: decide none of them after this (ForwardedCheck)
   // Checks whose slot's state is still on the way (daemon/slots/slot_keeper.h): they wait there.
   std::vector<ForwardedCheck> parked;
   std::vector<std::size_t> parked_indices;

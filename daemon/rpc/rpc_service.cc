@@ -94,6 +94,8 @@ proto::ErrorCode toProto(ErrorCode code) {
       return proto::ErrorCode::RESOURCE_EXHAUSTED;
     case ErrorCode::kInternal:
       return proto::ErrorCode::INTERNAL;
+    case ErrorCode::kNotDecided:
+      return proto::ErrorCode::NOT_DECIDED;
   }
   return proto::ErrorCode::INTERNAL;
 }
@@ -236,10 +238,11 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   auto results = context.getResults();
   results.setVersion(proto::PROTOCOL_VERSION);
   const auto checks = params.getChecks();
-  countCall(checks.size());
   // Checks forwarded here by a peer were counted by the node they entered.
   const std::uint8_t hops = params.getHops();
   const bool from_peer = hops > 0;
+  if (from_peer && checks.size() == 0) return kj::READY_NOW;  // a peer's heartbeat
+  countCall(checks.size());
 
   const auto refuse = [&](proto::ErrorCode code, const std::string& message) {
     setError(results.initError(), code, message);
@@ -259,6 +262,12 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
                                                    std::to_string(kMaxBatchChecks));
     return kj::READY_NOW;
   }
+  // The sender may have had these checks decided elsewhere since this time: decide none of them.
+  const std::int64_t decide_by = from_peer ? params.getDecideByMs() : 0;
+  if (pastDecideBy(decide_by, router_.service().clock().now())) {
+    refuse(proto::ErrorCode::NOT_DECIDED, "its decide-by time passed before it came up");
+    return kj::READY_NOW;
+  }
 
   // Decode everything, decide what this node owns in one batch (it prefetches across the batch),
   // forward the rest to the owners, then answer in request order.
@@ -275,6 +284,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   }
   std::vector<Result<CheckOutcome>> outcomes;
   Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
+  forwarding.decide_by_ms = decide_by;
   if (forwarding.empty()) {
     answerBatch(results, errors, outcomes, start, from_peer);
     return kj::READY_NOW;

@@ -13,6 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "daemon/routing/forwarder.h"
 #include "daemon/service/limiter_service.h"
 #include "daemon/routing/ring_view.h"
@@ -122,9 +126,49 @@ void publishRing(const std::vector<TestNode*>& nodes, const std::vector<TestNode
   }
 }
 
+// Publishes, on every node of `nodes`, a ring of `ids` whose members are at `addresses`.
+void publishRingAt(const std::vector<TestNode*>& nodes, const std::vector<std::string>& ids,
+                   const std::vector<std::string>& addresses) {
+  for (TestNode* n : nodes) {
+    auto view = std::make_shared<RingView>();
+    view->ring = Ring(ids);
+    view->rpc_address.resize(ids.size());
+    for (std::size_t i = 0; i < view->ring.members().size(); ++i) {
+      for (std::size_t j = 0; j < ids.size(); ++j) {
+        if (ids[j] == view->ring.members()[i]) view->rpc_address[i] = addresses[j];
+      }
+      if (view->ring.members()[i] == n->id) view->self = static_cast<std::uint32_t>(i);
+    }
+    n->ring.publish(std::move(view));
+  }
+}
+
+// A node that is frozen (SIGSTOP, a stalled loop): the kernel accepts connections and takes their
+// bytes, and nothing ever answers.
+class FrozenListener {
+ public:
+  FrozenListener() : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    REQUIRE(fd_ >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd_, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port_ = ntohs(addr.sin_port);
+  }
+  ~FrozenListener() { ::close(fd_); }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_;
+  std::uint16_t port_ = 0;
+};
+
 ForwarderOptions fastOptions() {
   ForwarderOptions o;
-  o.call_timeout = 2000ms;  // generous: TSan and a loaded CI machine are slow
+  o.owner_silence = 2000ms;  // generous: TSan and a loaded CI machine are slow
   o.connect_timeout = 1000ms;
   o.cooldown_min = 20ms;
   o.cooldown_max = 100ms;
@@ -261,6 +305,63 @@ TEST_CASE("with the owner down, its stand-in decides exactly; the breaker recove
   CHECK(route == RouteKind::kForwarded);
   CHECK(peer(a, "b").breaker == BreakerState::kClosed);
   CHECK(peer(a, "b").breaker_opens >= 1);
+}
+
+TEST_CASE("a frozen owner's keys wait T for it, then its stand-in decides them exactly") {
+  ForwarderOptions options = fastOptions();
+  options.owner_silence = 400ms;
+  TestNode a("a", options), c("c", options);
+  FrozenListener b;
+  publishRingAt({&a, &c}, {"a", "b", "c"}, {a.address(), b.address(), c.address()});
+  const auto b_keys = keysOwnedBy({"a", "b", "c"}, "b", 10);
+  std::vector<CheckArgs> all;
+  for (const auto& k : b_keys) all.push_back(inlineCheck(k, 4));
+
+  // Its connection is accepted and its batches are taken, so only silence tells it is down: the
+  // checks wait at least T (less one heartbeat, when the silence began) before anyone else
+  // decides them, then the stand-in (each slot's runner-up) does.
+  const auto start = std::chrono::steady_clock::now();
+  const auto first = a.check(all);
+  CHECK(std::chrono::steady_clock::now() - start >= options.owner_silence - options.heartbeat);
+  CHECK(a.forwarder->stats().silences >= 1);
+  CHECK(peer(a, "b").breaker != BreakerState::kClosed);
+  // Rounds entering a and c: the stand-in decides each key with its full limit, exactly.
+  std::vector<int> allowed(b_keys.size());
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    REQUIRE(first[i].ok());
+    CHECK(first[i]->route == RouteKind::kDegraded);
+    allowed[i] += first[i]->allowed ? 1 : 0;
+  }
+  TestNode* entries[] = {&c, &a, &c, &a, &c};
+  for (TestNode* entry : entries) {
+    const auto out = entry->check(all);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      REQUIRE(out[i].ok());
+      CHECK(out[i]->route == RouteKind::kDegraded);
+      allowed[i] += out[i]->allowed ? 1 : 0;
+    }
+  }
+  for (int n : allowed) CHECK(n == 4);
+  CHECK(a.forwarder->stats().degraded == 0);  // the stand-in, not a policy, decided
+}
+
+TEST_CASE("an owner that comes to a batch after its decide-by time decides none of it") {
+  // b's clock runs an hour ahead of a's: every batch from a is past its decide-by time there.
+  // b refuses each one (kNotDecided) and spends nothing; a sends each check again a bounded
+  // number of times, then decides it by the degraded policy.
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  b.clock.advance(std::chrono::hours(1));
+  publishRing({&a, &b}, {&a, &b});
+  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 5);
+  std::vector<CheckArgs> args;
+  for (const auto& k : b_keys) args.push_back(inlineCheck(k, 4));
+  for (const auto& r : a.check(args)) {
+    REQUIRE(r.ok());
+    CHECK(r->route == RouteKind::kDegraded);
+  }
+  CHECK(b.store->stats().entries == 0);  // b decided nothing
+  CHECK(a.forwarder->stats().not_decided == 5 * b_keys.size());
+  CHECK(peer(a, "b").breaker == BreakerState::kClosed);  // b answers: it is not down
 }
 
 TEST_CASE("with owner and stand-in down, the share policy decides with limit / members") {

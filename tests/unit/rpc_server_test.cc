@@ -136,6 +136,37 @@ TEST_CASE("a batch answers in request order with errors per element") {
         std::string::npos);
 }
 
+TEST_CASE("a peer's batch that comes up after its decide-by time is decided by nobody") {
+  Node n;
+  Raw c(n.server->port());
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(n.clock.now().time_since_epoch())
+          .count();
+  const auto send = [&](std::uint8_t hops, std::int64_t decide_by) {
+    auto req = c.node.checkBatchRequest();
+    req.setVersion(proto::PROTOCOL_VERSION);
+    req.setHops(hops);
+    req.setDecideByMs(decide_by);
+    inlineLimit(req.initChecks(1)[0], "late", 5);
+    return req.send().wait(c.ws);
+  };
+  // Its sender may have had it decided elsewhere since: refused whole, nothing spent.
+  auto late = send(1, now_ms - 1);
+  CHECK(late.getError().getCode() == proto::ErrorCode::NOT_DECIDED);
+  CHECK(late.getResults().size() == 0);
+  CHECK(n.store->stats().entries == 0);
+  // In time: decided.
+  auto in_time = send(1, now_ms + 1);
+  CHECK(in_time.getError().getCode() == proto::ErrorCode::NONE);
+  REQUIRE(in_time.getResults().size() == 1);
+  CHECK(in_time.getResults()[0].getRemaining() == 4);
+  // The bound is the peers' contract: a client's batch (hops 0) is decided whatever it carries.
+  auto client = send(0, now_ms - 1);
+  CHECK(client.getError().getCode() == proto::ErrorCode::NONE);
+  REQUIRE(client.getResults().size() == 1);
+  CHECK(client.getResults()[0].getRemaining() == 3);
+}
+
 TEST_CASE("a batch above the maximum is refused as a whole") {
   Node n;
   Raw c(n.server->port());
