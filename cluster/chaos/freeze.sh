@@ -10,8 +10,9 @@
 # from the root namespace as kill.sh does, and after --before s stops node N (default: the last)
 # with SIGSTOP for --duration s. A frozen node is the nastiest crash to see: its kernel still
 # accepts TCP connections and queues requests, nothing is refused, calls just never return. The
-# client's calls to it time out (half the deadline) and fail over; the other nodes' forwards to it
-# time out (--forward-timeout-ms, 250 ms), open the breaker and go to the stand-in owner. After
+# client's calls to it time out (half the deadline) and fail over; the other nodes find it silent
+# (no answer to batches or heartbeats for --owner-silence-ms, 500 ms), open the breaker and send
+# its keys to the stand-in owner; batches it takes after their decide-by time it refuses. After
 # SIGCONT (also sent on any exit) N finds itself suspected or dead and refutes with a higher
 # incarnation.
 #

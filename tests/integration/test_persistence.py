@@ -256,21 +256,23 @@ class PersistenceTest(unittest.TestCase):
         nodes = self.start_cluster(5)
         # With a slow newcomer, keys run out while it is slow (10 s of it), so that what it
         # admits then is what is checked.
-        limit = 100 if slow_newcomer else 40
+        limit = 120 if slow_newcomer else 40
         keys = [f"scale-{i}" for i in range(300)]
         # Offered: about 12 checks per key and second; every key runs out during the run.
         load = Load(nodes, keys, limit, batch=50, pause=0.005, max_seconds=90, seed=2).start()
         try:
             wait_until(lambda: load.checks >= 3_000, timeout=30, what="load to run")
+            join_from = time.monotonic()
             newcomer = self.start_node("n6", join=nodes[0])
             wait_for_view(nodes + [newcomer])
             wait_until(lambda: metric_value(newcomer.metrics(), "throttlex_handoffs_total",
                                             {"direction": "received"}) >= 1,
                        timeout=10, what="n6 to receive its slots' state")
+            join_seconds = time.monotonic() - join_from
             bursts = Bursts(newcomer, seed=3, max_seconds=10).start() if slow_newcomer else None
             slow_from = time.monotonic()
             allowed_before = sum(load.allowed.values())
-            before = load.checks
+            before = before_slow = load.checks
             try:
                 wait_until(lambda: load.checks >= before + 3_000, timeout=60,
                            what="load on 6 nodes")
@@ -287,11 +289,17 @@ class PersistenceTest(unittest.TestCase):
                             "".join(newcomer.log_lines[-20:]))
             wait_for_view(nodes)
             before = load.checks
-            wait_until(lambda: load.checks >= before + 6_000, timeout=60, what="load on 5 nodes")
+            try:  # every key runs out (else the assertions below say which were denied early)
+                wait_until(lambda: load.checks >= before + 6_000 and
+                           all(a >= limit for a in load.allowed.values()),
+                           timeout=60, what="every key to reach its limit on 5 nodes")
+            except AssertionError as e:
+                print(e, file=sys.stderr)
         finally:
             load.stop()
         print(f"\nscale 5->6->5: {load.checks} checks, routes {load.routes}, over-admitted "
-              f"{load.over_admitted()}, under-admitted {load.under_admitted()}", file=sys.stderr)
+              f"{load.over_admitted()}, under-admitted {load.under_admitted()}; join took "
+              f"{join_seconds:.1f} s", file=sys.stderr)
         if slow_newcomer:
             during = [d for s, d in load.batch_seconds if slow_from <= s < slow_until]
             print(f"slow newcomer: {len(bursts.frozen)} stops of "
@@ -299,7 +307,8 @@ class PersistenceTest(unittest.TestCase):
                   f"{max(p for _, p in bursts.frozen) * 1000:.0f} ms; batches of 50 meanwhile: "
                   f"{len(during)}, p99 {p99(during) * 1000:.0f} ms, max "
                   f"{max(during, default=0) * 1000:.0f} ms; admitted meanwhile "
-                  f"{allowed_while_slow}", file=sys.stderr)
+                  f"{allowed_while_slow} (of {limit * len(keys)}; {before_slow} checks before)",
+                  file=sys.stderr)
         if load.over_admitted() or load.under_admitted():
             dump(nodes + [newcomer])
             over = [(k, a) for k, a in load.allowed.items() if a > limit][:8]
@@ -310,6 +319,10 @@ class PersistenceTest(unittest.TestCase):
         self.assertEqual(load.errors[:5], [])
         self.assertEqual(load.over_admitted(), 0, "keys admitted beyond their limit")
         self.assertEqual(load.under_admitted(), 0, "keys denied before their limit")
+        if slow_newcomer:
+            # Stopped for at most 300 ms, under T (500 ms): nobody decided for it meanwhile.
+            self.assertEqual(load.routes.get("degraded", 0), 0, "decided without the owner")
+            self.assertGreater(allowed_while_slow, 1_000, "keys ran out before the slow phase")
 
     def test_kill_of_a_node_over_admits_at_most_its_last_snapshot_interval(self):
         nodes = self.start_cluster(5)
