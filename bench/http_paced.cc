@@ -1,4 +1,5 @@
-// http-paced: HTTP/1.1 load at a fixed offered rate, for latency at a given load (docs/benchmarks.md).
+// http-paced: HTTP/1.1 load at a fixed offered rate, for latency at a given load
+// (docs/benchmarks.md).
 //
 // Why not wrk: wrk is closed-loop. Its delay() hook paces each connection on millisecond timers,
 // so connections that answered together wake together and arrive in bursts, and a request that
@@ -79,7 +80,10 @@ struct Connection {
 class Generator {
  public:
   Generator(const Flags& f, std::vector<tcp::endpoint> endpoints)
-      : flags_(f), endpoints_(std::move(endpoints)), timer_(io_), keys_(1, f.keys),
+      : flags_(f),
+        endpoints_(std::move(endpoints)),
+        timer_(io_),
+        keys_(1, f.keys),
         interval_(f.rate > 0 ? nanoseconds(static_cast<std::int64_t>(1e9 / f.rate))
                              : nanoseconds(0)) {
     http_parser_settings_init(&settings_);
@@ -190,14 +194,14 @@ class Generator {
   }
 
   void read(Connection& c) {
-    c.socket.async_read_some(asio::buffer(c.buffer), [this, &c](const asio::error_code& ec,
-                                                                std::size_t n) {
-      if (ec) return fail(c);
-      const std::size_t parsed = http_parser_execute(&c.parser, &settings_, c.buffer.data(), n);
-      if (HTTP_PARSER_ERRNO(&c.parser) != HPE_OK || parsed != n) return fail(c);
-      if (!c.complete) return read(c);
-      answered(c);
-    });
+    c.socket.async_read_some(
+        asio::buffer(c.buffer), [this, &c](const asio::error_code& ec, std::size_t n) {
+          if (ec) return fail(c);
+          const std::size_t parsed = http_parser_execute(&c.parser, &settings_, c.buffer.data(), n);
+          if (HTTP_PARSER_ERRNO(&c.parser) != HPE_OK || parsed != n) return fail(c);
+          if (!c.complete) return read(c);
+          answered(c);
+        });
   }
 
   void answered(Connection& c) {
@@ -242,8 +246,8 @@ class Generator {
   }
 
   static std::uint64_t ns(Clock::duration d) {
-    return static_cast<std::uint64_t>(std::max<std::int64_t>(
-        0, std::chrono::duration_cast<nanoseconds>(d).count()));
+    return static_cast<std::uint64_t>(
+        std::max<std::int64_t>(0, std::chrono::duration_cast<nanoseconds>(d).count()));
   }
 
   const Flags flags_;
@@ -262,7 +266,9 @@ class Generator {
   Stats stats_;
 };
 
-double ms(std::uint64_t ns) { return static_cast<double>(ns) / 1e6; }
+double ms(std::uint64_t ns) {
+  return static_cast<double>(ns) / 1e6;
+}
 
 int report(const Flags& f, const Stats& s) {
   const double achieved = static_cast<double>(s.answered) / f.duration_s;
@@ -294,19 +300,20 @@ int report(const Flags& f, const Stats& s) {
     const std::string load =
         f.rate > 0 ? "offered " + std::to_string(static_cast<std::uint64_t>(f.rate)) + "/s"
                    : std::string("closed loop");
-    std::printf("%s, achieved %.0f/s over %.1f s: %llu answered, %llu non-2xx, "
-                "%llu socket errors, %llu never sent\n",
-                load.c_str(), achieved, f.duration_s, static_cast<unsigned long long>(s.answered),
-                static_cast<unsigned long long>(s.non_2xx),
-                static_cast<unsigned long long>(s.socket_errors),
-                static_cast<unsigned long long>(s.unsent));
-    std::printf("latency ms (due -> answered): mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  "
-                "p99.9 %.3f  max %.3f\n",
-                s.latency.mean() / 1e6, ms(s.latency.quantile(0.5)), ms(s.latency.quantile(0.9)),
-                ms(s.latency.quantile(0.99)), ms(s.latency.quantile(0.999)), ms(s.latency.max()));
+    std::printf(
+        "%s, achieved %.0f/s over %.1f s: %llu answered, %llu non-2xx, "
+        "%llu socket errors, %llu never sent\n",
+        load.c_str(), achieved, f.duration_s, static_cast<unsigned long long>(s.answered),
+        static_cast<unsigned long long>(s.non_2xx),
+        static_cast<unsigned long long>(s.socket_errors),
+        static_cast<unsigned long long>(s.unsent));
+    std::printf(
+        "latency ms (due -> answered): mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  "
+        "p99.9 %.3f  max %.3f\n",
+        s.latency.mean() / 1e6, ms(s.latency.quantile(0.5)), ms(s.latency.quantile(0.9)),
+        ms(s.latency.quantile(0.99)), ms(s.latency.quantile(0.999)), ms(s.latency.max()));
     std::printf("generator lateness ms (due -> sent): p50 %.3f  p99 %.3f  max %.3f\n",
-                ms(s.lateness.quantile(0.5)), ms(s.lateness.quantile(0.99)),
-                ms(s.lateness.max()));
+                ms(s.lateness.quantile(0.5)), ms(s.lateness.quantile(0.99)), ms(s.lateness.max()));
   }
   if (s.answered == 0) return kExitErrors;
   return static_cast<double>(errors) > 0.01 * offered ? kExitErrors : kExitOk;
@@ -314,8 +321,9 @@ int report(const Flags& f, const Stats& s) {
 
 int main(int argc, char** argv) {
   Flags f;
-  CLI::App app{"http-paced: HTTP/1.1 load at a fixed offered rate; latency from each request's "
-               "due time"};
+  CLI::App app{
+      "http-paced: HTTP/1.1 load at a fixed offered rate; latency from each request's "
+      "due time"};
   app.add_option("--host", f.hosts, "Server address (IPv4 or IPv6 literal); repeat for several")
       ->capture_default_str();
   app.add_option("--port", f.port, "Server port")->required()->check(CLI::Range(1, 65535));
@@ -362,4 +370,6 @@ int main(int argc, char** argv) {
 }  // namespace
 }  // namespace throttlex::bench
 
-int main(int argc, char** argv) { return throttlex::bench::main(argc, argv); }
+int main(int argc, char** argv) {
+  return throttlex::bench::main(argc, argv);
+}

@@ -5,10 +5,10 @@
 //   build/bin/limiter_bench --benchmark_filter='BM_Check.*Random'   # a subset
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <unistd.h>
 #include <vector>
 
 #include "limiter/limiter.h"
@@ -76,7 +76,8 @@ void BM_CheckHotKey(benchmark::State& state) {
 void BM_CheckRandomKeys(benchmark::State& state) {
   const auto a = static_cast<Algorithm>(state.range(0));
   Population& p = population(a);
-  std::uint64_t rng = 0x1234567ull + static_cast<std::uint64_t>(static_cast<unsigned>(state.thread_index()));
+  std::uint64_t rng =
+      0x1234567ull + static_cast<std::uint64_t>(static_cast<unsigned>(state.thread_index()));
   const Time now = kStart + 1s;
   for (auto _ : state) {
     const KeyHash& k = p.keys[xorshift(rng) % kLiveKeys];
@@ -90,7 +91,8 @@ void BM_CheckRandomKeys(benchmark::State& state) {
 void BM_CheckBatchRandomKeys(benchmark::State& state) {
   const auto a = static_cast<Algorithm>(state.range(0));
   Population& p = population(a);
-  std::uint64_t rng = 0x7654321ull + static_cast<std::uint64_t>(static_cast<unsigned>(state.thread_index()));
+  std::uint64_t rng =
+      0x7654321ull + static_cast<std::uint64_t>(static_cast<unsigned>(state.thread_index()));
   // Batches are drawn up front (choosing keys is the caller's work): 16384 batches of 64, a million
   // random keys, so the tables' working set is far larger than the caches.
   constexpr std::size_t kBatches = 16384;
@@ -150,6 +152,10 @@ void allAlgorithms(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_CheckHotKey)->Apply(allAlgorithms)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_CheckRandomKeys)->Apply(allAlgorithms)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_CheckBatchRandomKeys)->Apply(allAlgorithms)->Threads(1)->Threads(2)->UseRealTime();
-BENCHMARK(BM_MemoryPerKey)->Arg(1'000'000)->Arg(10'000'000)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MemoryPerKey)
+    ->Arg(1'000'000)
+    ->Arg(10'000'000)
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -1,11 +1,11 @@
 #include "cli/commands.h"
 
 #include <algorithm>
-#include <functional>
-#include <optional>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <iostream>
+#include <optional>
 
 #include "cli/exit_codes.h"
 #include "cli/output.h"
@@ -263,25 +263,25 @@ int runStatus(client::Client& c, const Config& config) {
                           {"evictions", std::to_string(info->evictions)},
                           {"rules", std::to_string(info->rules)}});
   const client::PersistenceInfo& p = info->persistence;
-  const std::string handoffs =
-      std::to_string(p.handoffs_sent) + " sent (" + std::to_string(p.handoff_entries_sent) +
-      " entries), " + std::to_string(p.handoffs_received) + " received (" +
-      std::to_string(p.handoff_entries_received) + " entries), " +
-      std::to_string(p.handoff_failures) + " failed" +
-      (p.drained ? "; drained" : p.draining ? "; draining" : "");
-  printFields(std::cout,
-              {{"redis", p.redis.empty() ? "none (memory only)"
-                                         : p.redis + (p.connected ? " (connected)"
-                                                                  : " (NOT connected)")},
-               {"snapshot", std::to_string(p.pending) + " pending, lag " +
-                                std::to_string(p.lag.count()) + "ms, " +
-                                std::to_string(p.written) + " written, " +
-                                std::to_string(p.write_errors) + " write errors"},
-               {"slots waiting", std::to_string(p.slots_waiting) + " (" +
-                                     std::to_string(p.parked) + " checks parked, " +
-                                     std::to_string(p.recovery_timeouts) +
-                                     " slots opened by deadline)"},
-               {"handoffs", handoffs}});
+  const std::string handoffs = std::to_string(p.handoffs_sent) + " sent (" +
+                               std::to_string(p.handoff_entries_sent) + " entries), " +
+                               std::to_string(p.handoffs_received) + " received (" +
+                               std::to_string(p.handoff_entries_received) + " entries), " +
+                               std::to_string(p.handoff_failures) + " failed" +
+                               (p.drained    ? "; drained"
+                                : p.draining ? "; draining"
+                                             : "");
+  printFields(
+      std::cout,
+      {{"redis", p.redis.empty() ? "none (memory only)"
+                                 : p.redis + (p.connected ? " (connected)" : " (NOT connected)")},
+       {"snapshot", std::to_string(p.pending) + " pending, lag " + std::to_string(p.lag.count()) +
+                        "ms, " + std::to_string(p.written) + " written, " +
+                        std::to_string(p.write_errors) + " write errors"},
+       {"slots waiting", std::to_string(p.slots_waiting) + " (" + std::to_string(p.parked) +
+                             " checks parked, " + std::to_string(p.recovery_timeouts) +
+                             " slots opened by deadline)"},
+       {"handoffs", handoffs}});
   return kExitOk;
 }
 
@@ -292,8 +292,8 @@ int runSnapshot(client::Client& c, const Config& config) {
     if (!r) {
       o.error = r.error();
     } else {
-      o.detail = "wrote " + std::to_string(r->written) + " entries, " +
-                 std::to_string(r->pending) + " pending";
+      o.detail = "wrote " + std::to_string(r->written) + " entries, " + std::to_string(r->pending) +
+                 " pending";
       o.value = r->written;
     }
     return o;
@@ -373,7 +373,8 @@ int runRing(client::Client& c, const Config& config) {
 int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec) {
   const auto info = c.nodeInfo();
   if (!info) return reportError(info.error());
-  // A slot depends on the rule's name and the key only (limiter/key.h): no need to ask for the rule.
+  // A slot depends on the rule's name and the key only (limiter/key.h): no need to ask for the
+  // rule.
   const std::uint32_t slot = slotOf(spec.rule, spec.key);
   const Ring ring = aliveRing(*info);
   const std::string& owner = ring.ownerOf(slot);
@@ -382,10 +383,12 @@ int runOwner(client::Client& c, const Config& config, const client::CheckSpec& s
     if (m.node_id == owner) rpc = m.rpc_address;
   }
   if (json(config)) {
-    printJson(std::cout, {{"key", spec.key}, {"slot", slot}, {"owner", owner}, {"rpc_address", rpc}});
+    printJson(std::cout,
+              {{"key", spec.key}, {"slot", slot}, {"owner", owner}, {"rpc_address", rpc}});
   } else {
-    printFields(std::cout, {{"key", spec.key}, {"slot", std::to_string(slot)}, {"owner", owner},
-                            {"rpc", rpc}});
+    printFields(
+        std::cout,
+        {{"key", spec.key}, {"slot", std::to_string(slot)}, {"owner", owner}, {"rpc", rpc}});
   }
   return kExitOk;
 }
@@ -406,7 +409,8 @@ int runMembers(client::Client& c, const Config& config) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& m : members) {
     rows.push_back({m.node_id, m.state, m.rpc_address, m.http_address,
-                    m.gossip_address.empty() ? "-" : m.gossip_address, std::to_string(m.incarnation)});
+                    m.gossip_address.empty() ? "-" : m.gossip_address,
+                    std::to_string(m.incarnation)});
   }
   printTable(std::cout, {"NODE", "STATE", "RPC", "HTTP", "GOSSIP", "INCARNATION"}, rows);
   return kExitOk;

@@ -90,9 +90,12 @@ nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
 }
 
 nlohmann::json memberJson(const client::Member& m) {
-  return {{"node_id", m.node_id},         {"state", m.state},
-          {"rpc_address", m.rpc_address}, {"http_address", m.http_address},
-          {"gossip_address", m.gossip_address}, {"incarnation", m.incarnation}};
+  return {{"node_id", m.node_id},
+          {"state", m.state},
+          {"rpc_address", m.rpc_address},
+          {"http_address", m.http_address},
+          {"gossip_address", m.gossip_address},
+          {"incarnation", m.incarnation}};
 }
 
 nlohmann::json inspectionJson(const std::string& key, const client::KeyInspection& ins) {

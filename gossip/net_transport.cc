@@ -13,7 +13,8 @@ bool splitAddress(const std::string& address, std::string& host, std::uint16_t& 
   const std::size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon + 1 >= address.size()) return false;
   host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   unsigned long p = 0;
   try {
     p = std::stoul(address.substr(colon + 1));
@@ -42,10 +43,16 @@ struct InboundStream : std::enable_shared_from_this<InboundStream> {
 }  // namespace
 
 NetTransport::NetTransport(asio::io_context& io, std::size_t max_stream_bytes, Receive receive)
-    : io_(io), max_stream_bytes_(max_stream_bytes), receive_(std::move(receive)), udp_(io), tcp_(io),
+    : io_(io),
+      max_stream_bytes_(max_stream_bytes),
+      receive_(std::move(receive)),
+      udp_(io),
+      tcp_(io),
       datagram_(kMaxDatagram) {}
 
-NetTransport::~NetTransport() { *alive_ = false; }
+NetTransport::~NetTransport() {
+  *alive_ = false;
+}
 
 Result<std::unique_ptr<NetTransport>> NetTransport::open(asio::io_context& io,
                                                          const std::string& bind_address,
@@ -62,12 +69,16 @@ Result<std::unique_ptr<NetTransport>> NetTransport::open(asio::io_context& io,
   if (!ec) t->tcp_.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) t->tcp_.bind(tcp_ep, ec);
   if (!ec) t->tcp_.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return Error{ErrorCode::kUnavailable, "gossip TCP " + formatEndpoint(ip, port) + ": " + ec.message()};
+  if (ec)
+    return Error{ErrorCode::kUnavailable,
+                 "gossip TCP " + formatEndpoint(ip, port) + ": " + ec.message()};
   t->port_ = t->tcp_.local_endpoint().port();
   const asio::ip::udp::endpoint udp_ep(ip, t->port_);
   t->udp_.open(udp_ep.protocol(), ec);
   if (!ec) t->udp_.bind(udp_ep, ec);
-  if (ec) return Error{ErrorCode::kUnavailable, "gossip UDP " + formatEndpoint(ip, t->port_) + ": " + ec.message()};
+  if (ec)
+    return Error{ErrorCode::kUnavailable,
+                 "gossip UDP " + formatEndpoint(ip, t->port_) + ": " + ec.message()};
   t->receiveDatagram();
   t->acceptStream();
   return t;
@@ -88,7 +99,8 @@ void NetTransport::receiveDatagram() {
                               Packet p;
                               p.from = formatEndpoint(sender_.address(), sender_.port());
                               p.channel = Channel::kDatagram;
-                              p.bytes.assign(datagram_.begin(), datagram_.begin() + static_cast<std::ptrdiff_t>(n));
+                              p.bytes.assign(datagram_.begin(),
+                                             datagram_.begin() + static_cast<std::ptrdiff_t>(n));
                               receive_(std::move(p));
                             }
                             receiveDatagram();
@@ -107,30 +119,32 @@ void NetTransport::acceptStream() {
           in->socket.close(ignore);
         }
       });
-      asio::async_read(in->socket, asio::buffer(in->header),
-                       [this, alive, in](const asio::error_code& e1, std::size_t) {
-        if (e1 || !*alive) return;
-        const std::size_t len = (std::size_t{in->header[0]} << 24) | (std::size_t{in->header[1]} << 16) |
-                                (std::size_t{in->header[2]} << 8) | std::size_t{in->header[3]};
-        if (len > max_stream_bytes_) {
-          stats_.oversized_dropped.fetch_add(1, std::memory_order_relaxed);
-          in->timer.cancel();
-          return;
-        }
-        in->body.resize(len);
-        asio::async_read(in->socket, asio::buffer(in->body),
-                         [this, alive, in](const asio::error_code& e2, std::size_t) {
-          in->timer.cancel();
-          if (e2 || !*alive) return;
-          asio::error_code ignore;
-          const auto remote = in->socket.remote_endpoint(ignore);
-          Packet p;
-          p.from = formatEndpoint(remote.address(), remote.port());
-          p.channel = Channel::kStream;
-          p.bytes = std::move(in->body);
-          receive_(std::move(p));
-        });
-      });
+      asio::async_read(
+          in->socket, asio::buffer(in->header),
+          [this, alive, in](const asio::error_code& e1, std::size_t) {
+            if (e1 || !*alive) return;
+            const std::size_t len = (std::size_t{in->header[0]} << 24) |
+                                    (std::size_t{in->header[1]} << 16) |
+                                    (std::size_t{in->header[2]} << 8) | std::size_t{in->header[3]};
+            if (len > max_stream_bytes_) {
+              stats_.oversized_dropped.fetch_add(1, std::memory_order_relaxed);
+              in->timer.cancel();
+              return;
+            }
+            in->body.resize(len);
+            asio::async_read(in->socket, asio::buffer(in->body),
+                             [this, alive, in](const asio::error_code& e2, std::size_t) {
+                               in->timer.cancel();
+                               if (e2 || !*alive) return;
+                               asio::error_code ignore;
+                               const auto remote = in->socket.remote_endpoint(ignore);
+                               Packet p;
+                               p.from = formatEndpoint(remote.address(), remote.port());
+                               p.channel = Channel::kStream;
+                               p.bytes = std::move(in->body);
+                               receive_(std::move(p));
+                             });
+          });
     }
     acceptStream();
   });
@@ -165,7 +179,8 @@ void NetTransport::sendTo(const asio::ip::address& ip, std::uint16_t port, Chann
                           std::shared_ptr<std::vector<std::uint8_t>> bytes) {
   if (channel == Channel::kDatagram) {
     asio::error_code ec;
-    udp_.send_to(asio::buffer(*bytes), asio::ip::udp::endpoint(ip, port), 0, ec);  // non-blocking in practice
+    udp_.send_to(asio::buffer(*bytes), asio::ip::udp::endpoint(ip, port), 0,
+                 ec);  // non-blocking in practice
     if (ec) stats_.send_failures.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -186,20 +201,24 @@ void NetTransport::sendTo(const asio::ip::address& ip, std::uint16_t port, Chann
       out->socket.close(ignore);
     }
   });
-  out->socket.async_connect(asio::ip::tcp::endpoint(ip, port), [this, alive = alive_, out, bytes](const asio::error_code& e) {
+  out->socket.async_connect(asio::ip::tcp::endpoint(ip, port), [this, alive = alive_, out,
+                                                                bytes](const asio::error_code& e) {
     if (e) {
       out->timer.cancel();
       if (*alive) stats_.send_failures.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    const std::array<asio::const_buffer, 2> buffers = {asio::buffer(out->header), asio::buffer(*bytes)};
-    asio::async_write(out->socket, buffers, [this, alive, out, bytes](const asio::error_code& we, std::size_t) {
-      out->timer.cancel();
-      asio::error_code ignore;
-      out->socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignore);
-      out->socket.close(ignore);
-      if (we && *alive) stats_.send_failures.fetch_add(1, std::memory_order_relaxed);
-    });
+    const std::array<asio::const_buffer, 2> buffers = {asio::buffer(out->header),
+                                                       asio::buffer(*bytes)};
+    asio::async_write(out->socket, buffers,
+                      [this, alive, out, bytes](const asio::error_code& we, std::size_t) {
+                        out->timer.cancel();
+                        asio::error_code ignore;
+                        out->socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignore);
+                        out->socket.close(ignore);
+                        if (we && *alive)
+                          stats_.send_failures.fetch_add(1, std::memory_order_relaxed);
+                      });
   });
 }
 

@@ -18,8 +18,8 @@
 namespace throttlex::gossip {
 
 struct NetTransportStats {
-  std::atomic<std::uint64_t> send_failures{0};     // unresolvable, refused, timed out
-  std::atomic<std::uint64_t> oversized_dropped{0}; // inbound stream over max_stream_bytes
+  std::atomic<std::uint64_t> send_failures{0};      // unresolvable, refused, timed out
+  std::atomic<std::uint64_t> oversized_dropped{0};  // inbound stream over max_stream_bytes
 };
 
 class NetTransport final : public Transport {

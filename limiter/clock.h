@@ -24,7 +24,8 @@ class Clock {
 // A clock that moves only when told to. Thread-safe, so concurrent tests can share one.
 class ManualClock final : public Clock {
  public:
-  explicit ManualClock(Time start = Time(std::chrono::seconds(1'700'000'000))) : ns_(count(start)) {}
+  explicit ManualClock(Time start = Time(std::chrono::seconds(1'700'000'000)))
+      : ns_(count(start)) {}
   Time now() const override { return Time(Duration(ns_.load(std::memory_order_acquire))); }
   void set(Time t) { ns_.store(count(t), std::memory_order_release); }
   void advance(Duration d) { ns_.fetch_add(d.count(), std::memory_order_acq_rel); }

@@ -17,14 +17,20 @@ struct Header {
   std::uint8_t algorithm;
 };
 
+// Copies `s` to `at` and returns the end. An empty view may hold a null pointer, which memcpy must
+// not be given, even for 0 bytes (UBSan reports it).
+char* append(char* at, std::string_view s) {
+  if (!s.empty()) std::memcpy(at, s.data(), s.size());
+  return at + s.size();
+}
+
 // Length-prefixed like Header, so ("ab", "c") and ("a", "bc") land apart.
 std::uint64_t slotHash(std::string_view ns, std::string_view key) {
   const auto ns_len = static_cast<std::uint32_t>(ns.size());
   std::array<char, 256> buf;
   if (4 + ns.size() + key.size() <= buf.size()) {
     std::memcpy(buf.data(), &ns_len, 4);
-    std::memcpy(buf.data() + 4, ns.data(), ns.size());
-    std::memcpy(buf.data() + 4 + ns.size(), key.data(), key.size());
+    append(append(buf.data() + 4, ns), key);
     return XXH3_64bits(buf.data(), 4 + ns.size() + key.size());
   }
   XXH3_state_t st;
@@ -59,8 +65,7 @@ KeyHash hashKey(std::string_view ns, std::string_view key, Algorithm algorithm, 
     std::memcpy(buf.data() + 4, &hdr.key_len, 4);
     std::memcpy(buf.data() + 8, &hdr.period_ns, 8);
     std::memcpy(buf.data() + 16, &hdr.algorithm, 1);
-    std::memcpy(buf.data() + kHdr, ns.data(), ns.size());
-    std::memcpy(buf.data() + kHdr + ns.size(), key.data(), key.size());
+    append(append(buf.data() + kHdr, ns), key);
     return finish(XXH3_128bits(buf.data(), kHdr + ns.size() + key.size()), slot);
   }
   XXH3_state_t st;

@@ -33,6 +33,8 @@ inline KeyHash hashKey(std::string_view ns, std::string_view key, const Limit& l
 inline constexpr std::uint32_t kSlotCount = 4096;
 inline constexpr int kSlotShift = 52;  // 64 - log2(kSlotCount)
 std::uint32_t slotOf(std::string_view ns, std::string_view key);
-inline std::uint32_t slotOf(const KeyHash& k) { return static_cast<std::uint32_t>(k.lo >> kSlotShift); }
+inline std::uint32_t slotOf(const KeyHash& k) {
+  return static_cast<std::uint32_t>(k.lo >> kSlotShift);
+}
 
 }  // namespace throttlex

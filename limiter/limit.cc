@@ -60,14 +60,15 @@ Result<Limit> Limit::make(const LimitSpec& spec) {
   l.limit_ = spec.limit;
   l.burst_ = spec.burst != 0 ? spec.burst : spec.limit;
   l.period_ns_ = spec.period.count();
-  l.capacity_scaled_ = static_cast<unsigned __int128>(l.burst_) *
-                       static_cast<unsigned __int128>(l.period_ns_);
+  l.capacity_scaled_ =
+      static_cast<unsigned __int128>(l.burst_) * static_cast<unsigned __int128>(l.period_ns_);
   if (bucket && l.limit_ != 0) {
     // Refill time = burst * period / limit, compared without division.
     const auto horizon = static_cast<unsigned __int128>(kMaxRefillTime.count()) * l.limit_;
     if (l.capacity_scaled_ > horizon) {
-      return invalidArgument("burst * period / limit must be at most 10 years (the bucket would "
-                             "take longer than that to refill)");
+      return invalidArgument(
+          "burst * period / limit must be at most 10 years (the bucket would "
+          "take longer than that to refill)");
     }
   }
   return l;

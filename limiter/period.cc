@@ -11,15 +11,16 @@ struct Unit {
   std::int64_t ms;
 };
 // Longest suffixes first so "ms" is not read as "m" + "s".
-constexpr std::array<Unit, 5> kUnits = {{{"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000},
-                                         {"d", 86'400'000}}};
+constexpr std::array<Unit, 5> kUnits = {
+    {{"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}, {"d", 86'400'000}}};
 
 }  // namespace
 
 Result<Duration> parsePeriod(std::string_view text) {
   const auto bad = [&] {
-    return invalidArgument("invalid period '" + std::string(text) +
-                           "' (expected a positive integer with a unit: ms, s, m, h or d, e.g. 60s)");
+    return invalidArgument(
+        "invalid period '" + std::string(text) +
+        "' (expected a positive integer with a unit: ms, s, m, h or d, e.g. 60s)");
   };
   std::size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;

@@ -12,13 +12,13 @@
 namespace throttlex {
 
 enum class ErrorCode {
-  kInvalidArgument,   // the caller sent something out of range or malformed
-  kNotFound,          // a named thing (rule, key, member) does not exist
-  kUnavailable,       // a dependency (peer, Redis) cannot be reached right now
-  kDeadlineExceeded,  // a call ran past its deadline
-  kResourceExhausted, // a bound (queue, memory cap) was hit
-  kInternal,          // an invariant broke; should not happen
-  kNotDecided,        // a forwarded check came up after its decide-by time: nothing was spent
+  kInvalidArgument,    // the caller sent something out of range or malformed
+  kNotFound,           // a named thing (rule, key, member) does not exist
+  kUnavailable,        // a dependency (peer, Redis) cannot be reached right now
+  kDeadlineExceeded,   // a call ran past its deadline
+  kResourceExhausted,  // a bound (queue, memory cap) was hit
+  kInternal,           // an invariant broke; should not happen
+  kNotDecided,         // a forwarded check came up after its decide-by time: nothing was spent
 };
 
 struct Error {
@@ -33,21 +33,33 @@ inline Error invalidArgument(std::string message) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}   // NOLINT: implicit by design, like expected
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design, like expected
   Result(Error error) : v_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   explicit operator bool() const { return ok(); }
 
-  const T& value() const& { assert(ok()); return std::get<T>(v_); }
-  T& value() & { assert(ok()); return std::get<T>(v_); }
-  T&& value() && { assert(ok()); return std::get<T>(std::move(v_)); }
+  const T& value() const& {
+    assert(ok());
+    return std::get<T>(v_);
+  }
+  T& value() & {
+    assert(ok());
+    return std::get<T>(v_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<T>(std::move(v_));
+  }
   const T& operator*() const& { return value(); }
   T& operator*() & { return value(); }
   const T* operator->() const { return &value(); }
   T* operator->() { return &value(); }
 
-  const Error& error() const { assert(!ok()); return std::get<Error>(v_); }
+  const Error& error() const {
+    assert(!ok());
+    return std::get<Error>(v_);
+  }
 
  private:
   std::variant<T, Error> v_;

@@ -23,8 +23,12 @@ inline u128 ceilDiv(u128 a, std::uint64_t b) {
   const u128 q = div(a, b);
   return q * b == a ? q : q + 1;
 }
-inline Duration ns(u128 v) { return Duration(static_cast<std::int64_t>(v)); }
-inline std::uint64_t u64(u128 v) { return static_cast<std::uint64_t>(v); }
+inline Duration ns(u128 v) {
+  return Duration(static_cast<std::int64_t>(v));
+}
+inline std::uint64_t u64(u128 v) {
+  return static_cast<std::uint64_t>(v);
+}
 
 std::uint64_t header(Algorithm a, std::int64_t expiry_ms) {
   assert(expiry_ms >= 0 && static_cast<std::uint64_t>(expiry_ms) <= State::kExpiryMask);
@@ -49,7 +53,8 @@ Decision decideBucket(const Limit& limit, State& state, std::uint64_t cost, std:
 
   u128 debt = 0;  // D
   if (!state.empty()) {
-    const std::int64_t tat_ns = state.expiryMs() * kNsPerMs + static_cast<std::int64_t>(state.w1 >> 40);
+    const std::int64_t tat_ns =
+        state.expiryMs() * kNsPerMs + static_cast<std::int64_t>(state.w1 >> 40);
     // The fraction is stored over `limit`; if the rule's limit has since been lowered it can be
     // out of range, and rounding it up to a whole ns never grants extra.
     const std::uint64_t frac = state.w1 & kFracMask;
@@ -173,7 +178,8 @@ Decision decideSliding(const Limit& limit, State& state, std::uint64_t cost, std
 }  // namespace
 
 Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now_tp) {
-  const std::int64_t now = std::clamp<std::int64_t>(now_tp.time_since_epoch().count(), 0, kMaxTimeNs);
+  const std::int64_t now =
+      std::clamp<std::int64_t>(now_tp.time_since_epoch().count(), 0, kMaxTimeNs);
   if (!state.empty() && state.tag() != limit.algorithm()) state = State{};  // foreign state
   if (limit.limit() == 0) return never(limit, 0, Duration(0));
   switch (limit.algorithm()) {

@@ -44,8 +44,8 @@ inline constexpr std::int64_t kMaxTimeNs =
 
 // Decides one request. `state` must be empty or hold state of limit.algorithm() written by this
 // function. When the request is admitted, `state` is updated; a denied request or a cost-0 read
-// changes nothing that matters (the state may be normalised). Cost 0 reads: allowed = remaining > 0.
-// Pure: no clock, no allocation, no locks.
+// changes nothing that matters (the state may be normalised). Cost 0 reads: allowed = remaining >
+// 0. Pure: no clock, no allocation, no locks.
 Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now);
 
 // Decoded view of a state, for inspection (throttlectl inspect) and tests.

@@ -60,9 +60,15 @@ TablePtr allocateTable(std::uint32_t slots) {
   return TablePtr(static_cast<Entry*>(p), TableDeleter{bytes});
 }
 
-bool isEmpty(const KeyHash& k) { return k.hi == 0 && k.lo == 0; }
-std::uint32_t roundUp8(std::uint64_t n) { return static_cast<std::uint32_t>((n + 7) & ~std::uint64_t{7}); }
-std::int64_t toMs(Time t) { return t.time_since_epoch().count() / 1'000'000; }
+bool isEmpty(const KeyHash& k) {
+  return k.hi == 0 && k.lo == 0;
+}
+std::uint32_t roundUp8(std::uint64_t n) {
+  return static_cast<std::uint32_t>((n + 7) & ~std::uint64_t{7});
+}
+std::int64_t toMs(Time t) {
+  return t.time_since_epoch().count() / 1'000'000;
+}
 
 }  // namespace
 
@@ -97,8 +103,14 @@ struct alignas(64) Store::Shard {
   std::uint32_t find(const KeyHash& key, bool& found) const {
     Entry* tab = t();
     for (std::uint32_t i = home(key, n());; i = next(i)) {
-      if (tab[i].key == key) { found = true; return i; }
-      if (isEmpty(tab[i].key)) { found = false; return i; }
+      if (tab[i].key == key) {
+        found = true;
+        return i;
+      }
+      if (isEmpty(tab[i].key)) {
+        found = false;
+        return i;
+      }
     }
   }
 
@@ -141,7 +153,10 @@ struct alignas(64) Store::Shard {
     const std::uint32_t old_n = n();
     for (std::uint32_t i = 0; i < old_n; ++i) {
       if (isEmpty(old[i].key)) continue;
-      if (old[i].state.expiredAt(now_ms)) { ++dropped; continue; }
+      if (old[i].state.expiredAt(now_ms)) {
+        ++dropped;
+        continue;
+      }
       std::uint32_t j = home(old[i].key, new_slots);
       while (!isEmpty(fresh[j].key)) j = j + 1 == new_slots ? 0 : j + 1;
       fresh[j] = old[i];
@@ -166,17 +181,21 @@ struct alignas(64) Store::Shard {
   // Evicts the sampled entry that recovers soonest; recovered entries (expired) sort first.
   void evictOne(std::int64_t now_ms) {
     Entry* tab = t();
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
     std::uint32_t i = static_cast<std::uint32_t>(rng % n());
     std::uint32_t victim = n();
     int seen = 0;
-    for (int scanned = 0; scanned < kEvictionScan && seen < kEvictionSample; ++scanned, i = next(i)) {
+    for (int scanned = 0; scanned < kEvictionScan && seen < kEvictionSample;
+         ++scanned, i = next(i)) {
       if (isEmpty(tab[i].key)) continue;
       ++seen;
       if (victim == n() || tab[i].state.expiryMs() < tab[victim].state.expiryMs()) victim = i;
     }
     if (victim == n()) {  // a sparse stretch; cannot happen at the cap (load >= 68%), but be safe
-      for (i = 0; isEmpty(tab[i].key); ++i) {}
+      for (i = 0; isEmpty(tab[i].key); ++i) {
+      }
       victim = i;
     }
     if (!tab[victim].state.expiredAt(now_ms)) ++evictions;
@@ -194,8 +213,8 @@ struct alignas(64) Store::Shard {
 
   // Decides under the lock. When the stored state changed (not only normalised: a new entry or a
   // different state), `*changed` gets the new state and the function returns true in `did_change`.
-  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now,
-                 State& after, bool& did_change) {
+  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now, State& after,
+                 bool& did_change) {
     const std::int64_t now_ms = toMs(now);
     std::lock_guard guard(lock);
     bool found = false;
@@ -401,6 +420,8 @@ StoreStats Store::stats() const {
   return st;
 }
 
-std::size_t Store::shardCount() const { return shard_count_; }
+std::size_t Store::shardCount() const {
+  return shard_count_;
+}
 
 }  // namespace throttlex

@@ -6,11 +6,11 @@
 //    global lock. Calls never block on I/O and never allocate except when a shard's table grows,
 //    shrinks or is rebuilt by sweep() (no per-entry allocation).
 //  - Entries whose state has recovered (full bucket, finished window) carry no information: the
-//    store drops them when it meets them (on lookup, on insert, in sweep()). Memory follows the keys
-//    that are being limited right now.
+//    store drops them when it meets them (on lookup, on insert, in sweep()). Memory follows the
+//    keys that are being limited right now.
 //  - At most `max_entries` entries are held. Inserting into a full shard evicts first: among a
-//    sample of the shard's entries, the one that will recover soonest (already-recovered ones first).
-//    Evicting live state can over-admit that key later, so evictions are counted.
+//    sample of the shard's entries, the one that will recover soonest (already-recovered ones
+//    first). Evicting live state can over-admit that key later, so evictions are counted.
 #pragma once
 
 #include <atomic>
@@ -105,9 +105,9 @@ class Store {
   explicit Store(const StoreOptions& options);
   Shard& shardFor(const KeyHash& key) const;
 
-  std::unique_ptr<Shard[]> shards_;  // constant after construction
-  std::size_t shard_count_;          // constant after construction
-  int shard_shift_;                  // constant after construction
+  std::unique_ptr<Shard[]> shards_;           // constant after construction
+  std::size_t shard_count_;                   // constant after construction
+  int shard_shift_;                           // constant after construction
   std::atomic<std::size_t> sweep_cursor_{0};  // where the next sweep() starts
   std::atomic<StoreObserver*> observer_{nullptr};
   void notify(const KeyHash& key, const State& state);

@@ -1,10 +1,10 @@
 // An in-memory SnapshotStore for tests, with switchable faults: failures, held completions (to
 // control exactly when a call finishes) and latency.
 //
-// Every call becomes an operation that runs at delivery: by default at once, inside the call, on the
-// caller's thread; while held (setHold), when release() is called, on the releasing thread; with a
-// latency, after that long on the fake's own delivery thread. A failure set with setFailure() applies
-// to operations delivered while it is set. Thread-safe.
+// Every call becomes an operation that runs at delivery: by default at once, inside the call, on
+// the caller's thread; while held (setHold), when release() is called, on the releasing thread;
+// with a latency, after that long on the fake's own delivery thread. A failure set with
+// setFailure() applies to operations delivered while it is set. Thread-safe.
 #pragma once
 
 #include <chrono>

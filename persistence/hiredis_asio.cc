@@ -20,9 +20,15 @@ class Adapter : public std::enable_shared_from_this<Adapter> {
     return !ec;
   }
 
-  void addRead() { want_read_ = true; armRead(); }
+  void addRead() {
+    want_read_ = true;
+    armRead();
+  }
   void delRead() { want_read_ = false; }
-  void addWrite() { want_write_ = true; armWrite(); }
+  void addWrite() {
+    want_write_ = true;
+    armWrite();
+  }
   void delWrite() { want_write_ = false; }
 
   void cleanup() {
@@ -71,7 +77,9 @@ class Adapter : public std::enable_shared_from_this<Adapter> {
 };
 
 using Holder = std::shared_ptr<Adapter>;
-Adapter& adapterOf(void* data) { return **static_cast<Holder*>(data); }
+Adapter& adapterOf(void* data) {
+  return **static_cast<Holder*>(data);
+}
 
 }  // namespace
 

@@ -13,7 +13,9 @@ constexpr std::uint64_t kPrevLowMask = (std::uint64_t{1} << 23) - 1;
 constexpr std::uint64_t kPrevHighMask = (std::uint64_t{1} << 18) - 1;
 
 // The header bits of w0 (tag and expiry) with the payload bits cleared.
-std::uint64_t headerOf(const State& s) { return s.w0 & ~kPrevHighMask; }
+std::uint64_t headerOf(const State& s) {
+  return s.w0 & ~kPrevHighMask;
+}
 
 State sliding(const State& base, std::uint64_t cur, std::uint64_t prev) {
   State s;

@@ -3,9 +3,9 @@
 //
 // Limit-agnostic, because a State alone says how far it is from neutral in its own units:
 //  - bucket algorithms (token, leaky, GCRA): the later "theoretical arrival time" (TAT) is the more
-//    consumed state; TAT is (expiry ms, sub-ms ns, fraction over the limit), compared in that order.
-//    The fraction compares exactly when both states were written under the same limit; if the
-//    rule's limit changed in between, the order can be wrong by less than 1 ns of refill.
+//    consumed state; TAT is (expiry ms, sub-ms ns, fraction over the limit), compared in that
+//    order. The fraction compares exactly when both states were written under the same limit; if
+//    the rule's limit changed in between, the order can be wrong by less than 1 ns of refill.
 //  - fixed window: the later window is the current one (an earlier window has ended, or will never
 //    be consulted again); in the same window the larger count wins.
 //  - sliding window: the later window wins, and its previous-window count is raised to the other

@@ -38,7 +38,8 @@ struct Value {
   State state;
   std::int64_t expiry_ms = 0;
 };
-std::string encodeValue(const State& state, std::int64_t expiry_ms);  // version, w0, w1, expiry (LE)
+std::string encodeValue(const State& state,
+                        std::int64_t expiry_ms);  // version, w0, w1, expiry (LE)
 // nullopt for anything that is not a value this version wrote: wrong size or version, an empty
 // state, or a negative expiry.
 std::optional<Value> decodeValue(std::string_view value);

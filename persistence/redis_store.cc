@@ -28,7 +28,9 @@ using SteadyClock = std::chrono::steady_clock;
 // Exactly one of `reply` and `error` is set. `reply` lives only during the call.
 using ReplyFn = std::function<void(const redisReply* reply, const Error* error)>;
 
-Error unavailable(std::string message) { return {ErrorCode::kUnavailable, std::move(message)}; }
+Error unavailable(std::string message) {
+  return {ErrorCode::kUnavailable, std::move(message)};
+}
 
 std::int64_t unixMs(const Clock& clock) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock.now().time_since_epoch())
@@ -202,7 +204,8 @@ class RedisStore::Impl {
     if (closing_) return;
     std::uniform_real_distribution<double> jitter(0.8, 1.2);
     const auto delay = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::duration<double, std::milli>(static_cast<double>(backoff_.count()) * jitter(rng_)));
+        std::chrono::duration<double, std::milli>(static_cast<double>(backoff_.count()) *
+                                                  jitter(rng_)));
     backoff_ = std::min(backoff_ * 2, options_.reconnect_max);
     reconnect_timer_.expires_after(delay);
     reconnect_timer_.async_wait([this](const std::error_code& ec) {
@@ -223,8 +226,9 @@ class RedisStore::Impl {
     Impl* impl = self(ac);
     if (ac != impl->ac_) return;
     impl->ac_ = nullptr;
-    impl->connectionLost(unavailable(status == REDIS_OK ? std::string("redis disconnected")
-                                                        : std::string("redis I/O error: ") + ac->errstr));
+    impl->connectionLost(unavailable(status == REDIS_OK
+                                         ? std::string("redis disconnected")
+                                         : std::string("redis I/O error: ") + ac->errstr));
   }
 
   static void onReply(redisAsyncContext* ac, void* reply, void* privdata) {
@@ -260,8 +264,9 @@ class RedisStore::Impl {
       lens.push_back(a.size());
     }
     const std::uint64_t id = ++next_id_;
-    if (redisAsyncCommandArgv(ac_, &Impl::onReply, reinterpret_cast<void*>(static_cast<std::uintptr_t>(id)),
-                              static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
+    if (redisAsyncCommandArgv(
+            ac_, &Impl::onReply, reinterpret_cast<void*>(static_cast<std::uintptr_t>(id)),
+            static_cast<int>(argv.size()), argv.data(), lens.data()) != REDIS_OK) {
       errors_.fetch_add(1, std::memory_order_relaxed);
       const Error e = unavailable("redis connection is closing");
       done(nullptr, &e);
@@ -313,17 +318,23 @@ class RedisStore::Impl {
       return;
     }
     // Stable: a key written twice in one call keeps its last state (the script runs in order).
-    std::stable_sort(entries.begin(), entries.end(),
-                     [](const SnapshotEntry& a, const SnapshotEntry& b) { return a.slot < b.slot; });
+    std::stable_sort(
+        entries.begin(), entries.end(),
+        [](const SnapshotEntry& a, const SnapshotEntry& b) { return a.slot < b.slot; });
     const std::string now = std::to_string(unixMs(clock_));
     std::vector<std::vector<std::string>> commands;
     std::size_t count = 0;
     for (std::size_t i = 0; i < entries.size();) {
       const std::uint32_t slot = entries[i].slot;
-      std::vector<std::string> args{"EVALSHA", sha_, "2", layout::hashKey(options_.cluster, slot),
-                                    layout::indexKey(options_.cluster, slot), now};
+      std::vector<std::string> args{"EVALSHA",
+                                    sha_,
+                                    "2",
+                                    layout::hashKey(options_.cluster, slot),
+                                    layout::indexKey(options_.cluster, slot),
+                                    now};
       std::size_t in_command = 0;
-      for (; i < entries.size() && entries[i].slot == slot && in_command < options_.entries_per_command;
+      for (; i < entries.size() && entries[i].slot == slot &&
+             in_command < options_.entries_per_command;
            ++i) {
         const SnapshotEntry& e = entries[i];
         if (e.slot >= kSlotCount || slotOf(e.key) != e.slot || e.expiry_ms < 0) {
@@ -361,7 +372,8 @@ class RedisStore::Impl {
           errors_.fetch_add(1, std::memory_order_relaxed);
           if (startsWith(r, "NOSCRIPT")) loadScript();  // Redis lost its script cache
           if (!op->error) {
-            const std::string why = r->type == REDIS_REPLY_ERROR ? std::string(text(r)) : "bad reply";
+            const std::string why =
+                r->type == REDIS_REPLY_ERROR ? std::string(text(r)) : "bad reply";
             op->error = unavailable("redis write failed: " + why);
           }
         }
@@ -384,8 +396,9 @@ class RedisStore::Impl {
     }
     std::sort(slots.begin(), slots.end());
     slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
-    slots.erase(std::remove_if(slots.begin(), slots.end(), [](std::uint32_t s) { return s >= kSlotCount; }),
-                slots.end());
+    slots.erase(
+        std::remove_if(slots.begin(), slots.end(), [](std::uint32_t s) { return s >= kSlotCount; }),
+        slots.end());
     if (slots.empty()) {
       done(std::vector<SnapshotEntry>{});
       return;
@@ -502,7 +515,9 @@ Result<std::unique_ptr<RedisStore>> RedisStore::make(const RedisStoreOptions& op
 }
 
 RedisStore::RedisStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-RedisStore::~RedisStore() { impl_->shutdown(); }
+RedisStore::~RedisStore() {
+  impl_->shutdown();
+}
 
 void RedisStore::write(std::vector<SnapshotEntry> entries, WriteCallback done) {
   impl_->write(std::move(entries), std::move(done));
@@ -510,6 +525,8 @@ void RedisStore::write(std::vector<SnapshotEntry> entries, WriteCallback done) {
 void RedisStore::readSlots(std::vector<std::uint32_t> slots, ReadCallback done) {
   impl_->readSlots(std::move(slots), std::move(done));
 }
-SnapshotStoreStats RedisStore::stats() const { return impl_->stats(); }
+SnapshotStoreStats RedisStore::stats() const {
+  return impl_->stats();
+}
 
 }  // namespace throttlex::persistence

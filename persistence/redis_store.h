@@ -8,9 +8,10 @@
 //  - While not connected, write() and readSlots() fail at once with kUnavailable, on the caller's
 //    thread, without touching the store's thread. Callers keep what they need (SnapshotWriter).
 //  - Deadlines: connect (TCP + script load) within connect_timeout; every command within
-//    command_timeout of being sent. hiredis 0.14 has neither, so Asio timers enforce both: a command
-//    past its deadline fails with kDeadlineExceeded and the connection is dropped (replies come in
-//    order, so a late reply would delay every command behind it) and re-established with backoff.
+//    command_timeout of being sent. hiredis 0.14 has neither, so Asio timers enforce both: a
+//    command past its deadline fails with kDeadlineExceeded and the connection is dropped (replies
+//    come in order, so a late reply would delay every command behind it) and re-established with
+//    backoff.
 //  - Commands are pipelined: a write() becomes one script call per slot and entries_per_command
 //    entries, all sent at once; a readSlots() one HGETALL per slot.
 //  - Callbacks run on the store's thread (or inline on a fast failure) and must not block it.
@@ -37,7 +38,7 @@ struct RedisStoreOptions {
   std::chrono::milliseconds reconnect_min{50};
   std::chrono::milliseconds reconnect_max{2'000};
   std::size_t entries_per_command = 256;  // entries per script call (bounds Redis' time per call)
-  std::size_t max_inflight = 10'000;      // commands in flight; beyond, calls fail kResourceExhausted
+  std::size_t max_inflight = 10'000;  // commands in flight; beyond, calls fail kResourceExhausted
   // Connection events ("connected", "connection lost: ..."), from the store's thread. Optional.
   std::function<void(const std::string&)> on_event;
 };
@@ -46,7 +47,8 @@ class RedisStore final : public SnapshotStore {
  public:
   // Validates the options and starts connecting; does not wait for the connection. `clock` (Unix
   // time for expiry decisions) must outlive the store.
-  static Result<std::unique_ptr<RedisStore>> make(const RedisStoreOptions& options, const Clock& clock);
+  static Result<std::unique_ptr<RedisStore>> make(const RedisStoreOptions& options,
+                                                  const Clock& clock);
   ~RedisStore() override;
   RedisStore(const RedisStore&) = delete;
   RedisStore& operator=(const RedisStore&) = delete;

@@ -17,7 +17,8 @@ void CommandLatency::record(std::chrono::nanoseconds d) {
 
 CommandLatency::Snapshot CommandLatency::snapshot() const {
   Snapshot s;
-  for (std::size_t i = 0; i < kBuckets; ++i) s.counts[i] = counts_[i].load(std::memory_order_relaxed);
+  for (std::size_t i = 0; i < kBuckets; ++i)
+    s.counts[i] = counts_[i].load(std::memory_order_relaxed);
   s.count = count_.load(std::memory_order_relaxed);
   s.sum_us = sum_us_.load(std::memory_order_relaxed);
   return s;

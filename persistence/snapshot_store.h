@@ -1,11 +1,12 @@
-// The snapshot store: where owners write their state behind, and where a node that gains slots reads
-// it back (docs/persistence.md). Redis is the real implementation (redis_store.h); FakeSnapshotStore
-// (fake_snapshot_store.h) is the in-memory one for tests.
+// The snapshot store: where owners write their state behind, and where a node that gains slots
+// reads it back (docs/persistence.md). Redis is the real implementation (redis_store.h);
+// FakeSnapshotStore (fake_snapshot_store.h) is the in-memory one for tests.
 //
 // Contracts, for every implementation:
 //  - write() and readSlots() never block on I/O: they hand the work to the store and return at once
 //    (microseconds). A store that cannot reach its backend fails the call through its callback.
-//  - `done` is called exactly once per call, on a thread of the store's choosing, possibly before the
+//  - `done` is called exactly once per call, on a thread of the store's choosing, possibly before
+//  the
 //    call returns (a fake, or a fast failure). It must not block; it may call into the store again.
 //  - Entries are fixed size and carry no key strings: the slot, the 128-bit key hash, the 16-byte
 //    limiter State and the time (Unix ms) after which the state carries no information. An entry is
@@ -47,8 +48,8 @@ using ReadCallback = std::function<void(Result<std::vector<SnapshotEntry>>)>;
 class CommandLatency {
  public:
   static constexpr std::array<std::uint64_t, 14> kBoundsUs = {
-      100, 250, 500, 1'000, 2'500, 5'000, 10'000, 25'000, 50'000, 100'000, 250'000, 500'000,
-      1'000'000, 2'500'000};
+      100,    250,    500,     1'000,   2'500,   5'000,     10'000,
+      25'000, 50'000, 100'000, 250'000, 500'000, 1'000'000, 2'500'000};
   static constexpr std::size_t kBuckets = kBoundsUs.size() + 1;
 
   struct Snapshot {
@@ -67,12 +68,12 @@ class CommandLatency {
 };
 
 struct SnapshotStoreStats {
-  bool connected = false;          // the backend is reachable right now
-  std::uint64_t commands = 0;      // backend commands answered (any outcome)
-  std::uint64_t errors = 0;        // failed calls' commands: refused, error replies, timeouts, I/O
-  std::uint64_t timeouts = 0;      // of which: deadline exceeded
-  std::uint64_t reconnects = 0;    // connections established after the first one
-  std::uint64_t malformed = 0;     // entries or keys skipped because they could not be decoded
+  bool connected = false;        // the backend is reachable right now
+  std::uint64_t commands = 0;    // backend commands answered (any outcome)
+  std::uint64_t errors = 0;      // failed calls' commands: refused, error replies, timeouts, I/O
+  std::uint64_t timeouts = 0;    // of which: deadline exceeded
+  std::uint64_t reconnects = 0;  // connections established after the first one
+  std::uint64_t malformed = 0;   // entries or keys skipped because they could not be decoded
   std::uint64_t entries_written = 0;
   std::uint64_t entries_read = 0;
   CommandLatency::Snapshot latency;  // per backend command, send to reply

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <bit>
 #include <limits>
-#include <vector>
 #include <utility>
+#include <vector>
 
 namespace throttlex::persistence {
 namespace {
@@ -113,7 +113,7 @@ struct SnapshotWriter::Taken {
 };
 
 Result<std::unique_ptr<SnapshotWriter>> SnapshotWriter::make(SnapshotStore& store,
-                                                            const SnapshotWriterOptions& options) {
+                                                             const SnapshotWriterOptions& options) {
   if (options.interval.count() <= 0) return invalidArgument("snapshot interval must be positive");
   if (options.max_pending == 0) return invalidArgument("max_pending must be positive");
   if (options.batch_entries == 0) return invalidArgument("batch_entries must be positive");
@@ -126,10 +126,13 @@ Result<std::unique_ptr<SnapshotWriter>> SnapshotWriter::make(SnapshotStore& stor
 SnapshotWriter::SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options)
     : store_(store),
       options_(options),
-      shard_cap_(std::max<std::size_t>(1, (options.max_pending + options.shards - 1) / options.shards)),
+      shard_cap_(
+          std::max<std::size_t>(1, (options.max_pending + options.shards - 1) / options.shards)),
       shards_(std::make_unique<Shard[]>(options.shards)) {}
 
-SnapshotWriter::~SnapshotWriter() { stop(); }
+SnapshotWriter::~SnapshotWriter() {
+  stop();
+}
 
 SnapshotWriter::Shard& SnapshotWriter::shardFor(const KeyHash& key) const {
   // The top bits of `hi`: independent of the ownership slot (top bits of `lo`).

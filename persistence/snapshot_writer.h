@@ -39,16 +39,16 @@ struct SnapshotWriterOptions {
 };
 
 struct SnapshotWriterStats {
-  std::size_t pending = 0;             // entries waiting (not counting a flush in flight)
-  std::size_t pending_bytes = 0;       // memory held by the pending tables (empty places too)
-  std::uint64_t dropped = 0;           // new keys refused because pending was full
-  std::uint64_t flushes = 0;           // flushes that wrote everything they took
-  std::uint64_t failed_flushes = 0;    // flushes with at least one failed batch
-  std::uint64_t skipped_flushes = 0;   // flushes not tried because the store was disconnected
-  std::uint64_t entries_written = 0;   // entries the store confirmed
-  std::uint64_t write_errors = 0;      // failed write() batches
-  std::chrono::milliseconds lag{0};    // age of the oldest change not yet confirmed; 0 if none
-  std::size_t wave = 0;                // write() calls the next flush has in flight at most
+  std::size_t pending = 0;            // entries waiting (not counting a flush in flight)
+  std::size_t pending_bytes = 0;      // memory held by the pending tables (empty places too)
+  std::uint64_t dropped = 0;          // new keys refused because pending was full
+  std::uint64_t flushes = 0;          // flushes that wrote everything they took
+  std::uint64_t failed_flushes = 0;   // flushes with at least one failed batch
+  std::uint64_t skipped_flushes = 0;  // flushes not tried because the store was disconnected
+  std::uint64_t entries_written = 0;  // entries the store confirmed
+  std::uint64_t write_errors = 0;     // failed write() batches
+  std::chrono::milliseconds lag{0};   // age of the oldest change not yet confirmed; 0 if none
+  std::size_t wave = 0;               // write() calls the next flush has in flight at most
 };
 
 class SnapshotWriter {
@@ -60,10 +60,11 @@ class SnapshotWriter {
   SnapshotWriter(const SnapshotWriter&) = delete;
   SnapshotWriter& operator=(const SnapshotWriter&) = delete;
 
-  void markDirty(std::uint32_t slot, const KeyHash& key, const State& state, std::int64_t expiry_ms);
+  void markDirty(std::uint32_t slot, const KeyHash& key, const State& state,
+                 std::int64_t expiry_ms);
 
-  void start();  // starts the flush thread; at most once
-  void stop();   // stops the flush thread after one last flush; idempotent
+  void start();         // starts the flush thread; at most once
+  void stop();          // stops the flush thread after one last flush; idempotent
   void requestFlush();  // wakes the flush thread now (throttlectl snapshot)
 
   // One flush on this thread: takes everything pending, writes it, waits for the answers, puts
@@ -78,7 +79,7 @@ class SnapshotWriter {
   struct Taken;
   SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options);
   Shard& shardFor(const KeyHash& key) const;
-  std::size_t takeAll(Taken& out);  // returns the bytes the pending tables gave back
+  std::size_t takeAll(Taken& out);            // returns the bytes the pending tables gave back
   bool flushLocked(std::size_t& given_back);  // flushOnce() under flush_mu_
   void putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns);
   void run();

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (as root), builds, and runs the whole test suite:
-#   1. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
-#   2. every test in the Release build (build/). The last line is CTest's summary.
+#   0. the formatting check (clang-format, .clang-format) and the Release build with -Werror,
+#   1. the unit tests under ASan+UBSan (build-asan/),
+#   2. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
+#   3. every test in the Release build (build/). The last line is CTest's summary.
 # This is the README's test command and exactly what .ci/run runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
-echo "== build (Release)"
+echo "== format (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' | head -1))"
+mapfile -t sources < <(git ls-files '*.cc' '*.h')
+if ! clang-format --dry-run --Werror "${sources[@]}"; then
+  echo "format: the files above differ from .clang-format; run: git ls-files '*.cc' '*.h' | xargs clang-format -i" >&2
+  exit 1
+fi
+
+echo "== build (Release, warnings are errors)"
 cmake --preset release >/dev/null
 cmake --build build
+
+echo "== unit tests under ASan+UBSan"
+cmake --preset asan >/dev/null
+mapfile -t asan_targets < <(ctest --test-dir build-asan -L unit -N | awk '/Test +#/ {print $3}')
+cmake --build build-asan --target "${asan_targets[@]}"
+ctest --test-dir build-asan -L unit --output-on-failure
 
 echo "== concurrency tests under ThreadSanitizer"
 cmake --preset tsan >/dev/null

@@ -125,10 +125,11 @@ struct Client::Impl {
   void submit(std::vector<CheckSpec> specs, std::shared_ptr<CheckSink> sink, Deadline deadline) {
     const std::size_t n = specs.size();
     const auto d = deadline.value_or(options.deadline);
-    if (d <= std::chrono::milliseconds(0)) {  // it could only time out, and mark a healthy node down
+    if (d <=
+        std::chrono::milliseconds(0)) {  // it could only time out, and mark a healthy node down
       for (std::size_t i = 0; i < n; ++i) {
-        sink->deliver(i, detail::errorResult(ErrorCode::kInvalidArgument,
-                                             "a deadline must be positive"));
+        sink->deliver(
+            i, detail::errorResult(ErrorCode::kInvalidArgument, "a deadline must be positive"));
       }
       return;
     }

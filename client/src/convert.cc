@@ -125,9 +125,15 @@ CheckResult fromProto(proto::CheckResult::Reader result) {
   r.period = fromWireMs(result.getPeriodMs());
   r.policy = text(result.getPolicy());
   switch (result.getRoute()) {
-    case proto::Route::FORWARDED: r.route = Route::kForwarded; break;
-    case proto::Route::DEGRADED: r.route = Route::kDegraded; break;
-    default: r.route = Route::kLocal; break;
+    case proto::Route::FORWARDED:
+      r.route = Route::kForwarded;
+      break;
+    case proto::Route::DEGRADED:
+      r.route = Route::kDegraded;
+      break;
+    default:
+      r.route = Route::kLocal;
+      break;
   }
   return r;
 }

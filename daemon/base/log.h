@@ -10,8 +10,14 @@ namespace throttlex {
 enum class LogLevel { kInfo, kWarn, kError };
 
 void log(LogLevel level, const std::string& message);
-inline void logInfo(const std::string& m) { log(LogLevel::kInfo, m); }
-inline void logWarn(const std::string& m) { log(LogLevel::kWarn, m); }
-inline void logError(const std::string& m) { log(LogLevel::kError, m); }
+inline void logInfo(const std::string& m) {
+  log(LogLevel::kInfo, m);
+}
+inline void logWarn(const std::string& m) {
+  log(LogLevel::kWarn, m);
+}
+inline void logError(const std::string& m) {
+  log(LogLevel::kError, m);
+}
 
 }  // namespace throttlex

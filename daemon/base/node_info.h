@@ -49,7 +49,8 @@ using MembersProvider = std::function<std::vector<MemberInfo>()>;
 
 // Gossip counters for /metrics.
 struct ClusterStats {
-  std::uint64_t alive = 0, suspect = 0, dead = 0, left = 0;  // members by state (this node included)
+  std::uint64_t alive = 0, suspect = 0, dead = 0,
+                left = 0;  // members by state (this node included)
   std::uint64_t packets_sent = 0, packets_received = 0;
   std::uint64_t dropped_malformed = 0, dropped_foreign_cluster = 0, dropped_version = 0,
                 dropped_misdirected = 0;

@@ -59,7 +59,7 @@ class Published {
   mutable std::mutex mu_;
   std::shared_ptr<const T> value_;  // guarded by mu_
   std::atomic<std::uint64_t> version_{1};
-  const std::uint64_t instance_;    // tells the caches of two instances apart
+  const std::uint64_t instance_;  // tells the caches of two instances apart
 };
 
 }  // namespace throttlex

@@ -14,9 +14,12 @@ enum class RouteKind : std::uint8_t {
 
 inline std::string_view nameOf(RouteKind r) {
   switch (r) {
-    case RouteKind::kLocal: return "local";
-    case RouteKind::kForwarded: return "forwarded";
-    case RouteKind::kDegraded: return "degraded";
+    case RouteKind::kLocal:
+      return "local";
+    case RouteKind::kForwarded:
+      return "forwarded";
+    case RouteKind::kDegraded:
+      return "degraded";
   }
   return "local";
 }

@@ -20,13 +20,19 @@ int hexValue(char c) {
 
 int httpStatus(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return 400;
-    case ErrorCode::kNotFound: return 404;
-    case ErrorCode::kResourceExhausted: return 429;
-    case ErrorCode::kUnavailable: return 503;
+    case ErrorCode::kInvalidArgument:
+      return 400;
+    case ErrorCode::kNotFound:
+      return 404;
+    case ErrorCode::kResourceExhausted:
+      return 429;
+    case ErrorCode::kUnavailable:
+      return 503;
     case ErrorCode::kDeadlineExceeded:
-    case ErrorCode::kNotDecided: return 504;
-    case ErrorCode::kInternal: return 500;
+    case ErrorCode::kNotDecided:
+      return 504;
+    case ErrorCode::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -67,7 +73,8 @@ Result<CheckArgs> toArgs(const CheckFields& f) {
   }
   if (!f.rule.empty()) {
     if (!f.limit.empty() || !f.period.empty() || !f.algorithm.empty() || !f.burst.empty()) {
-      return invalidArgument("give either 'rule' or an inline limit ('limit', 'period', ...), not both");
+      return invalidArgument(
+          "give either 'rule' or an inline limit ('limit', 'period', ...), not both");
     }
     a.rule = f.rule;
     return a;
@@ -121,8 +128,9 @@ Status fromQuery(std::string_view query, CheckFields& f) {
 Status fromJson(const nlohmann::json& j, CheckFields& f) {
   if (!j.is_object()) return invalidArgument("each check must be a JSON object");
   const std::pair<const char*, std::string*> fields[] = {
-      {"key", &f.key},     {"rule", &f.rule},     {"algorithm", &f.algorithm}, {"limit", &f.limit},
-      {"period", &f.period}, {"burst", &f.burst}, {"hits", &f.hits}};
+      {"key", &f.key},     {"rule", &f.rule},     {"algorithm", &f.algorithm},
+      {"limit", &f.limit}, {"period", &f.period}, {"burst", &f.burst},
+      {"hits", &f.hits}};
   for (const auto& [name, slot] : fields) {
     const auto it = j.find(name);
     if (it == j.end() || it->is_null()) continue;
@@ -131,7 +139,8 @@ Status fromJson(const nlohmann::json& j, CheckFields& f) {
     } else if (it->is_number_unsigned()) {
       *slot = std::to_string(it->get<std::uint64_t>());
     } else {
-      return invalidArgument(std::string("'") + name + "' must be a string or a non-negative integer");
+      return invalidArgument(std::string("'") + name +
+                             "' must be a string or a non-negative integer");
     }
   }
   return Ok{};
@@ -222,7 +231,8 @@ std::string rateLimitPolicyHeader(const CheckOutcome& o) {
   appendSfString(v, o.policy);
   v += ";q=" + std::to_string(std::min<std::uint64_t>(o.decision.limit, 999'999'999'999'999));
   // w is whole seconds; sub-second and fractional periods are left out rather than misstated.
-  if (o.period.count() % 1'000'000'000 == 0) v += ";w=" + std::to_string(o.period.count() / 1'000'000'000);
+  if (o.period.count() % 1'000'000'000 == 0)
+    v += ";w=" + std::to_string(o.period.count() / 1'000'000'000);
   return v;
 }
 
@@ -239,7 +249,8 @@ std::string rateLimitHeader(const CheckOutcome& o) {
 HttpApi::HttpApi(LimiterService& service, Metrics* metrics, NodeInfoProvider info,
                  MembersProvider members, Router* router)
     : service_(service),
-      own_router_(router == nullptr ? std::make_unique<Router>(service, nullptr, nullptr) : nullptr),
+      own_router_(router == nullptr ? std::make_unique<Router>(service, nullptr, nullptr)
+                                    : nullptr),
       router_(router == nullptr ? *own_router_ : *router),
       metrics_(metrics),
       info_(std::move(info)),
@@ -285,7 +296,7 @@ void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Steady::time_po
 
 void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point start) {
   if (metrics_ == nullptr) return;
-  const Outcome kind = !outcome ? Outcome::kError
+  const Outcome kind = !outcome           ? Outcome::kError
                        : outcome->allowed ? Outcome::kAllowed
                                           : Outcome::kLimited;
   if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
@@ -302,7 +313,8 @@ HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_requ
   r.headers.emplace_back("RateLimit-Policy", rateLimitPolicyHeader(o));
   r.headers.emplace_back("RateLimit", rateLimitHeader(o));
   if (!o.allowed && o.decision.retry_after >= Duration(0)) {
-    r.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(1, ceilSeconds(o.decision.retry_after))));
+    r.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(
+                                              1, ceilSeconds(o.decision.retry_after))));
   }
   if (auth_request) {  // nginx auth_request: 2xx allows, 403 denies (nginx maps it to 429)
     r.status = o.allowed ? 204 : 403;
@@ -378,8 +390,8 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   std::vector<std::optional<Error>> errors;
   errors.reserve(parsed.size());
   for (const auto& p : parsed) errors.push_back(p ? std::nullopt : std::optional<Error>(p.error()));
-  auto finish = [this, start, respond, errors = std::move(errors)](
-                    std::vector<Result<CheckOutcome>>& decided) {
+  auto finish = [this, start, respond,
+                 errors = std::move(errors)](std::vector<Result<CheckOutcome>>& decided) {
     nlohmann::json results = nlohmann::json::array();
     std::size_t next = 0;
     for (const auto& e : errors) {
@@ -393,16 +405,16 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   };
   if (forwarding.empty()) return finish(outcomes);
   const std::size_t pending = forwarding.size();
-  router_.forward(std::move(forwarding),
-                  std::make_shared<HttpForwardWait>(std::move(outcomes), pending, std::move(finish)));
+  router_.forward(std::move(forwarding), std::make_shared<HttpForwardWait>(
+                                             std::move(outcomes), pending, std::move(finish)));
 }
 
 void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
   const std::string& path = request.path;
   const bool get = request.method == "GET" || request.method == "HEAD";
   auto methodNotAllowed = [&](const char* allow) {
-    HttpResponse r = problemResponse(405, "Method Not Allowed",
-                                     request.method + " is not allowed on " + path);
+    HttpResponse r =
+        problemResponse(405, "Method Not Allowed", request.method + " is not allowed on " + path);
     r.headers.emplace_back("Allow", allow);
     return r;
   };
@@ -431,10 +443,15 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     if (!get) return respond(methodNotAllowed("GET"));
     const NodeInfo i = info_ ? info_() : NodeInfo{};
     HttpResponse r;
-    r.body = nlohmann::json{{"node_id", i.node_id},          {"version", i.version},
-                            {"http_address", i.http_address}, {"rpc_address", i.rpc_address},
-                            {"metrics_address", i.metrics_address}, {"uptime_ms", i.uptime_ms},
-                            {"keys", i.keys}, {"evictions", i.evictions}, {"rules", i.rules}}
+    r.body = nlohmann::json{{"node_id", i.node_id},
+                            {"version", i.version},
+                            {"http_address", i.http_address},
+                            {"rpc_address", i.rpc_address},
+                            {"metrics_address", i.metrics_address},
+                            {"uptime_ms", i.uptime_ms},
+                            {"keys", i.keys},
+                            {"evictions", i.evictions},
+                            {"rules", i.rules}}
                  .dump();
     return respond(std::move(r));
   }
@@ -455,13 +472,17 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     }
     for (const MemberInfo& m : members) {
       alive += m.state == "alive" ? 1u : 0u;
-      list.push_back({{"node_id", m.node_id}, {"state", m.state},
-                      {"gossip_address", m.gossip_address}, {"rpc_address", m.rpc_address},
-                      {"http_address", m.http_address}, {"incarnation", m.incarnation}});
+      list.push_back({{"node_id", m.node_id},
+                      {"state", m.state},
+                      {"gossip_address", m.gossip_address},
+                      {"rpc_address", m.rpc_address},
+                      {"http_address", m.http_address},
+                      {"incarnation", m.incarnation}});
     }
     HttpResponse r;
-    r.body = nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
-                 .dump();
+    r.body =
+        nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
+            .dump();
     return respond(std::move(r));
   }
   respond(problemResponse(404, "Not Found", "no route for " + path));

@@ -8,11 +8,11 @@
 #include <chrono>
 #include <memory>
 
-#include "daemon/http/http_server.h"
-#include "daemon/service/limiter_service.h"
-#include "daemon/metrics/metrics.h"
 #include "daemon/base/node_info.h"
+#include "daemon/http/http_server.h"
+#include "daemon/metrics/metrics.h"
 #include "daemon/routing/router.h"
+#include "daemon/service/limiter_service.h"
 
 namespace throttlex {
 

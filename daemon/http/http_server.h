@@ -36,7 +36,8 @@ struct HttpRequest {
 
 struct HttpResponse {
   int status = 200;
-  std::vector<std::pair<std::string, std::string>> headers;  // Content-Length, Date, Connection are added
+  std::vector<std::pair<std::string, std::string>>
+      headers;  // Content-Length, Date, Connection are added
   std::string body;
   std::string content_type = "application/json";
 };
@@ -49,14 +50,14 @@ using HttpHandler = std::function<void(HttpRequest&, HttpRespond)>;
 
 struct HttpServerOptions {
   std::string bind_address = "0.0.0.0";
-  std::uint16_t port = 8080;             // 0: pick a free port (see HttpServer::port())
+  std::uint16_t port = 8080;  // 0: pick a free port (see HttpServer::port())
   int threads = 1;
-  std::size_t max_header_bytes = 16 * 1024;   // request line + headers; more: 431
-  std::size_t max_headers = 64;               // more: 431
-  std::size_t max_body_bytes = 1024 * 1024;   // more: 413
+  std::size_t max_header_bytes = 16 * 1024;        // request line + headers; more: 431
+  std::size_t max_headers = 64;                    // more: 431
+  std::size_t max_body_bytes = 1024 * 1024;        // more: 413
   std::chrono::milliseconds idle_timeout{60'000};  // keep-alive connection with no request: closed
   std::chrono::milliseconds request_timeout{10'000};  // a request must arrive whole within this
-  std::size_t max_connections = 10'000;       // per server; more are accepted and closed at once
+  std::size_t max_connections = 10'000;  // per server; more are accepted and closed at once
 };
 
 class HttpServer {

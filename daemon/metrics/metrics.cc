@@ -1,9 +1,9 @@
 #include "daemon/metrics/metrics.h"
 
+#include <unistd.h>
 #include <fstream>
 #include <limits>
 #include <mutex>
-#include <unistd.h>
 
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
@@ -48,7 +48,8 @@ double residentBytes() {
   return pages_resident * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
-prometheus::ClientMetric valued(double v, std::vector<prometheus::ClientMetric::Label> labels = {}) {
+prometheus::ClientMetric valued(double v,
+                                std::vector<prometheus::ClientMetric::Label> labels = {}) {
   prometheus::ClientMetric m;
   m.label = std::move(labels);
   m.counter.value = v;
@@ -96,7 +97,9 @@ void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration 
   bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
 }
 
-void Metrics::recordShadowLimited() { bump(impl_->slot().shadow_limited); }
+void Metrics::recordShadowLimited() {
+  bump(impl_->slot().shadow_limited);
+}
 
 namespace {
 
@@ -119,26 +122,31 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
   using prometheus::MetricType;
   prometheus::MetricFamily calls{"throttlex_forward_calls_total",
                                  "Batches of checks forwarded to their owners, by peer",
-                                 MetricType::Counter, {}};
+                                 MetricType::Counter,
+                                 {}};
   prometheus::MetricFamily checks{"throttlex_forward_checks_total",
-                                  "Checks forwarded to their owners, by peer", MetricType::Counter, {}};
+                                  "Checks forwarded to their owners, by peer",
+                                  MetricType::Counter,
+                                  {}};
   prometheus::MetricFamily failures{"throttlex_forward_failures_total",
                                     "Failed connects and forward calls, by peer",
-                                    MetricType::Counter, {}};
+                                    MetricType::Counter,
+                                    {}};
   prometheus::MetricFamily breaker{
       "throttlex_breaker_state",
       "Circuit breaker per peer: 1 for the state it is in (closed, open, half_open)",
-      MetricType::Gauge, {}};
-  prometheus::MetricFamily opens{"throttlex_breaker_opens_total",
-                                 "Times a peer's breaker opened", MetricType::Counter, {}};
+      MetricType::Gauge,
+      {}};
+  prometheus::MetricFamily opens{
+      "throttlex_breaker_opens_total", "Times a peer's breaker opened", MetricType::Counter, {}};
   for (const PeerStats& p : f.peers) {
     calls.metric.push_back(valued(static_cast<double>(p.calls), {{"peer", p.node_id}}));
     checks.metric.push_back(valued(static_cast<double>(p.checks), {{"peer", p.node_id}}));
     failures.metric.push_back(valued(static_cast<double>(p.failures), {{"peer", p.node_id}}));
     opens.metric.push_back(valued(static_cast<double>(p.breaker_opens), {{"peer", p.node_id}}));
     for (auto s : {BreakerState::kClosed, BreakerState::kOpen, BreakerState::kHalfOpen}) {
-      breaker.metric.push_back(valued(p.breaker == s ? 1 : 0,
-                                      {{"peer", p.node_id}, {"state", std::string(nameOf(s))}}));
+      breaker.metric.push_back(
+          valued(p.breaker == s ? 1 : 0, {{"peer", p.node_id}, {"state", std::string(nameOf(s))}}));
     }
   }
   out.push_back(std::move(calls));
@@ -146,12 +154,14 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
   out.push_back(std::move(failures));
   out.push_back(std::move(breaker));
   out.push_back(std::move(opens));
-  out.push_back({"throttlex_forward_batch_size", "Checks per forwarded batch",
+  out.push_back({"throttlex_forward_batch_size",
+                 "Checks per forwarded batch",
                  MetricType::Histogram,
                  {histogram<kBatchSizeBounds.size()>(f.batch_sizes, kBatchSizeBounds,
                                                      static_cast<double>(f.batch_size_sum))}});
   out.push_back({"throttlex_forward_duration_seconds",
-                 "Time from sending a forwarded batch to its owner's answer", MetricType::Histogram,
+                 "Time from sending a forwarded batch to its owner's answer",
+                 MetricType::Histogram,
                  {histogram<kForwardLatencyBounds.size()>(f.latency, kForwardLatencyBounds,
                                                           f.latency_sum_seconds)}});
   const struct {
@@ -210,9 +220,10 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
                          MetricType::Counter, d(st.timeouts)));
     out.push_back(single("throttlex_redis_reconnects_total", "Redis connections re-established",
                          MetricType::Counter, d(st.reconnects)));
-    out.push_back(single("throttlex_snapshot_malformed_total",
-                         "Snapshot entries or keys in Redis skipped because they could not be decoded",
-                         MetricType::Counter, d(st.malformed)));
+    out.push_back(
+        single("throttlex_snapshot_malformed_total",
+               "Snapshot entries or keys in Redis skipped because they could not be decoded",
+               MetricType::Counter, d(st.malformed)));
     const auto& w = p.writer;
     out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
                          MetricType::Gauge, d(w.pending)));
@@ -235,7 +246,8 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
     prometheus::MetricFamily flushes{"throttlex_snapshot_flushes_total",
                                      "Snapshot flushes by result (ok, failed, skipped while "
                                      "disconnected)",
-                                     MetricType::Counter, {}};
+                                     MetricType::Counter,
+                                     {}};
     flushes.metric.push_back(valued(d(w.flushes), {{"result", "ok"}}));
     flushes.metric.push_back(valued(d(w.failed_flushes), {{"result", "failed"}}));
     flushes.metric.push_back(valued(d(w.skipped_flushes), {{"result", "skipped"}}));
@@ -247,24 +259,24 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
                        MetricType::Gauge, d(k.slots_waiting)));
   out.push_back(single("throttlex_parked_checks", "Checks waiting for their slot's state now",
                        MetricType::Gauge, d(k.parked_now)));
-  out.push_back(single("throttlex_parked_checks_total",
-                       "Checks that waited for their slot's state", MetricType::Counter,
-                       d(k.parked_total)));
+  out.push_back(single("throttlex_parked_checks_total", "Checks that waited for their slot's state",
+                       MetricType::Counter, d(k.parked_total)));
   out.push_back(single("throttlex_recovery_slots_total", "Slots read from the snapshot store",
                        MetricType::Counter, d(k.recoveries)));
-  out.push_back(single("throttlex_recovery_entries_total",
-                       "Entries read from the snapshot store", MetricType::Counter,
-                       d(k.recovered_entries)));
+  out.push_back(single("throttlex_recovery_entries_total", "Entries read from the snapshot store",
+                       MetricType::Counter, d(k.recovered_entries)));
   out.push_back(single("throttlex_recovery_timeouts_total",
                        "Slots opened by their deadline before all their state arrived",
                        MetricType::Counter, d(k.recovery_timeouts)));
-  prometheus::MetricFamily handoffs{"throttlex_handoffs_total",
-                                    "Completed slot handoffs, by direction", MetricType::Counter, {}};
+  prometheus::MetricFamily handoffs{
+      "throttlex_handoffs_total", "Completed slot handoffs, by direction", MetricType::Counter, {}};
   handoffs.metric.push_back(valued(d(k.handoffs_sent), {{"direction", "sent"}}));
   handoffs.metric.push_back(valued(d(k.handoffs_received), {{"direction", "received"}}));
   out.push_back(std::move(handoffs));
   prometheus::MetricFamily entries{"throttlex_handoff_entries_total",
-                                   "Entries moved by handoffs, by direction", MetricType::Counter, {}};
+                                   "Entries moved by handoffs, by direction",
+                                   MetricType::Counter,
+                                   {}};
   entries.metric.push_back(valued(d(k.handoff_entries_sent), {{"direction", "sent"}}));
   entries.metric.push_back(valued(d(k.handoff_entries_received), {{"direction", "received"}}));
   out.push_back(std::move(entries));
@@ -298,27 +310,30 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
   using prometheus::MetricType;
   std::vector<prometheus::MetricFamily> out;
   prometheus::MetricFamily req{"throttlex_requests_total",
-                               "Checks answered, by decision, route and API", MetricType::Counter, {}};
+                               "Checks answered, by decision, route and API",
+                               MetricType::Counter,
+                               {}};
   for (int a = 0; a < kApis; ++a)
     for (int r = 0; r < kRoutes; ++r)
       for (int o = 0; o < kOutcomes; ++o)
-        req.metric.push_back(valued(static_cast<double>(requests[a][r][o]),
-                                    {{"decision", kOutcomeNames[o]},
-                                     {"route", kRouteNames[r]},
-                                     {"api", kApiNames[a]}}));
+        req.metric.push_back(valued(
+            static_cast<double>(requests[a][r][o]),
+            {{"decision", kOutcomeNames[o]}, {"route", kRouteNames[r]}, {"api", kApiNames[a]}}));
   out.push_back(std::move(req));
 
   prometheus::MetricFamily lat{"throttlex_request_duration_seconds",
-                               "Time from a check's arrival to its answer", MetricType::Histogram, {}};
+                               "Time from a check's arrival to its answer",
+                               MetricType::Histogram,
+                               {}};
   for (int a = 0; a < kApis; ++a) {
     prometheus::ClientMetric m;
     m.label = {{"api", kApiNames[a]}};
     std::uint64_t cumulative = 0;
     for (std::size_t b = 0; b < kBuckets; ++b) {
       cumulative += buckets[a][b];
-      m.histogram.bucket.push_back(
-          {cumulative, b < kLatencyBounds.size() ? kLatencyBounds[b]
-                                                 : std::numeric_limits<double>::infinity()});
+      m.histogram.bucket.push_back({cumulative, b < kLatencyBounds.size()
+                                                    ? kLatencyBounds[b]
+                                                    : std::numeric_limits<double>::infinity()});
     }
     m.histogram.sample_count = cumulative;
     m.histogram.sample_sum = static_cast<double>(latency_ns[a]) / 1e9;
@@ -327,45 +342,60 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
   out.push_back(std::move(lat));
 
   out.push_back({"throttlex_shadow_limited_total",
-                 "Checks of shadow-mode rules that would have been limited", MetricType::Counter,
+                 "Checks of shadow-mode rules that would have been limited",
+                 MetricType::Counter,
                  {valued(static_cast<double>(shadow_limited))}});
   if (options.store != nullptr) {
     const StoreStats st = options.store->stats();
-    out.push_back({"throttlex_keys", "Live keys in the store", MetricType::Gauge,
+    out.push_back({"throttlex_keys",
+                   "Live keys in the store",
+                   MetricType::Gauge,
                    {valued(static_cast<double>(st.entries))}});
     out.push_back({"throttlex_evictions_total",
-                   "Live keys dropped because the store was full", MetricType::Counter,
+                   "Live keys dropped because the store was full",
+                   MetricType::Counter,
                    {valued(static_cast<double>(st.evictions))}});
-    out.push_back({"throttlex_store_bytes", "Memory held by the store's tables", MetricType::Gauge,
+    out.push_back({"throttlex_store_bytes",
+                   "Memory held by the store's tables",
+                   MetricType::Gauge,
                    {valued(static_cast<double>(st.table_bytes))}});
   }
   if (options.cluster) {
     const ClusterStats c = options.cluster();
-    out.push_back({"throttlex_members", "Cluster members this node knows, by state",
+    out.push_back({"throttlex_members",
+                   "Cluster members this node knows, by state",
                    MetricType::Gauge,
                    {valued(static_cast<double>(c.alive), {{"state", "alive"}}),
                     valued(static_cast<double>(c.suspect), {{"state", "suspect"}}),
                     valued(static_cast<double>(c.dead), {{"state", "dead"}}),
                     valued(static_cast<double>(c.left), {{"state", "left"}})}});
-    out.push_back({"throttlex_gossip_packets_total", "Gossip packets, by direction",
+    out.push_back({"throttlex_gossip_packets_total",
+                   "Gossip packets, by direction",
                    MetricType::Counter,
                    {valued(static_cast<double>(c.packets_sent), {{"direction", "sent"}}),
                     valued(static_cast<double>(c.packets_received), {{"direction", "received"}})}});
-    out.push_back({"throttlex_gossip_dropped_total",
-                   "Gossip packets received and dropped, by reason", MetricType::Counter,
-                   {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
-                    valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
-                    valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
-                    valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
+    out.push_back(
+        {"throttlex_gossip_dropped_total",
+         "Gossip packets received and dropped, by reason",
+         MetricType::Counter,
+         {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
+          valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
+          valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
+          valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
     out.push_back({"throttlex_gossip_send_failures_total",
-                   "Gossip sends that failed (unresolvable, refused, timed out)", MetricType::Counter,
+                   "Gossip sends that failed (unresolvable, refused, timed out)",
+                   MetricType::Counter,
                    {valued(static_cast<double>(c.send_failures))}});
   }
   if (options.forwarding) collectForwarding(options.forwarding(), out);
   if (options.persistence) collectPersistence(options.persistence(), out);
-  out.push_back({"process_resident_memory_bytes", "Resident memory of the process",
-                 MetricType::Gauge, {valued(residentBytes())}});
-  out.push_back({"throttlex_build_info", "Version and node id (always 1)", MetricType::Gauge,
+  out.push_back({"process_resident_memory_bytes",
+                 "Resident memory of the process",
+                 MetricType::Gauge,
+                 {valued(residentBytes())}});
+  out.push_back({"throttlex_build_info",
+                 "Version and node id (always 1)",
+                 MetricType::Gauge,
                  {valued(1, {{"version", options.version}, {"node_id", options.node_id}})}});
   return out;
 }

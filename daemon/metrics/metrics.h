@@ -10,13 +10,13 @@
 #include <string>
 #include <vector>
 
-#include "daemon/routing/forwarder.h"
 #include "daemon/base/node_info.h"
-#include "daemon/slots/slot_keeper.h"
-#include "persistence/snapshot_writer.h"
 #include "daemon/base/route.h"
+#include "daemon/routing/forwarder.h"
+#include "daemon/slots/slot_keeper.h"
 #include "limiter/clock.h"
 #include "limiter/result.h"
+#include "persistence/snapshot_writer.h"
 
 namespace throttlex {
 
@@ -42,8 +42,8 @@ class Metrics {
   struct Options {
     std::string node_id;
     std::string version;
-    const Store* store = nullptr;  // for throttlex_keys and throttlex_evictions_total
-    ClusterStatsProvider cluster;  // may be empty: no gossip metrics
+    const Store* store = nullptr;                // for throttlex_keys and throttlex_evictions_total
+    ClusterStatsProvider cluster;                // may be empty: no gossip metrics
     std::function<ForwarderStats()> forwarding;  // may be empty: no forwarding metrics
     std::function<PersistenceStats()> persistence;  // may be empty: no persistence metrics
   };

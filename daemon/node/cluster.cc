@@ -14,15 +14,16 @@ constexpr auto kLeaveGrace = std::chrono::milliseconds(500);
 ClusterNode::ClusterNode(ClusterOptions options, const Clock& clock)
     : options_(std::move(options)), clock_(clock) {}
 
-Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options, const Clock& clock) {
+Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options,
+                                                        const Clock& clock) {
   std::unique_ptr<ClusterNode> node(new ClusterNode(std::move(options), clock));
   ClusterNode* self = node.get();
-  auto transport = gossip::NetTransport::open(
-      node->io_, node->options_.bind_address, node->options_.port,
-      node->options_.timing.max_stream_bytes, [self](gossip::Packet p) {
-        self->membership_->receive(p, self->clock_.now());
-        self->publish();
-      });
+  auto transport =
+      gossip::NetTransport::open(node->io_, node->options_.bind_address, node->options_.port,
+                                 node->options_.timing.max_stream_bytes, [self](gossip::Packet p) {
+                                   self->membership_->receive(p, self->clock_.now());
+                                   self->publish();
+                                 });
   if (!transport) return transport.error();
   node->transport_ = std::move(*transport);
   node->port_ = node->transport_->port();
@@ -33,7 +34,8 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options, 
   mo.address = node->options_.advertise_host + ":" + std::to_string(node->port_);
   mo.meta = node->options_.meta;
   mo.timing = node->options_.timing;
-  mo.seed = std::hash<std::string>{}(mo.id) ^ static_cast<std::uint64_t>(clock.now().time_since_epoch().count());
+  mo.seed = std::hash<std::string>{}(mo.id) ^
+            static_cast<std::uint64_t>(clock.now().time_since_epoch().count());
   auto membership = gossip::Membership::create(mo, *node->transport_, clock.now());
   if (!membership) return membership.error();
   node->membership_ = std::move(*membership);
@@ -44,7 +46,9 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options, 
   return node;
 }
 
-ClusterNode::~ClusterNode() { leave(); }
+ClusterNode::~ClusterNode() {
+  leave();
+}
 
 void ClusterNode::scheduleTick() {
   timer_.expires_after(kTick);
@@ -64,10 +68,18 @@ void ClusterNode::publish() {
     members.push_back({m.id, m.address, m.meta.rpc_address, m.meta.http_address,
                        gossip::nameOf(m.state), m.incarnation});
     switch (m.state) {
-      case gossip::MemberState::kAlive: ++st.alive; break;
-      case gossip::MemberState::kSuspect: ++st.suspect; break;
-      case gossip::MemberState::kDead: ++st.dead; break;
-      case gossip::MemberState::kLeft: ++st.left; break;
+      case gossip::MemberState::kAlive:
+        ++st.alive;
+        break;
+      case gossip::MemberState::kSuspect:
+        ++st.suspect;
+        break;
+      case gossip::MemberState::kDead:
+        ++st.dead;
+        break;
+      case gossip::MemberState::kLeft:
+        ++st.left;
+        break;
     }
   }
   publishRing();
@@ -124,8 +136,8 @@ void ClusterNode::publishRing() {
   }
   options_.ring->publish(view);
   if (options_.on_ring) options_.on_ring(std::move(view));
-  logInfo("ring: " + std::to_string(ids.size()) + " members own the " +
-          std::to_string(kSlotCount) + " slots");
+  logInfo("ring: " + std::to_string(ids.size()) + " members own the " + std::to_string(kSlotCount) +
+          " slots");
 }
 
 void ClusterNode::announceLeave() {

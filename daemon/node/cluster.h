@@ -1,8 +1,9 @@
 // This node's membership in the cluster: the SWIM core (gossip/membership.h) on its real transport,
 // on a thread of its own. Other threads read a snapshot of the member list.
 //
-// Whenever the set of alive members changes, it publishes the ring they form (daemon/routing/ring_view.h)
-// for the request threads, which route checks by it (daemon/routing/router.h).
+// Whenever the set of alive members changes, it publishes the ring they form
+// (daemon/routing/ring_view.h) for the request threads, which route checks by it
+// (daemon/routing/router.h).
 #pragma once
 
 #include <asio.hpp>
@@ -27,7 +28,7 @@ struct ClusterOptions {
   std::string node_id;
   std::string bind_address = "0.0.0.0";
   std::string advertise_host;  // what other nodes send to
-  std::uint16_t port = 7946;    // 0: any free port
+  std::uint16_t port = 7946;   // 0: any free port
   std::vector<std::string> seeds;
   gossip::Timing timing = gossip::Timing::lan();
   gossip::NodeMeta meta;
@@ -55,7 +56,7 @@ class ClusterNode {
  private:
   ClusterNode(ClusterOptions options, const Clock& clock);
   void scheduleTick();
-  void publish();  // after every step: events to the log, members to the snapshot
+  void publish();      // after every step: events to the log, members to the snapshot
   void publishRing();  // a new RingView when the alive members changed
 
   const ClusterOptions options_;

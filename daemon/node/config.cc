@@ -1,7 +1,7 @@
 #include "daemon/node/config.h"
 
-#include <iostream>
 #include <unistd.h>
+#include <iostream>
 
 #include <CLI/CLI.hpp>
 
@@ -21,7 +21,8 @@ std::vector<std::string> splitList(const std::string& text) {
   std::size_t start = 0;
   while (start <= text.size()) {
     const std::size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     if (!item.empty()) out.push_back(std::move(item));
     if (comma == std::string::npos) break;
     start = comma + 1;
@@ -49,7 +50,8 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--rpc-port", c.rpc_port, "Cap'n Proto RPC port (clients, throttlectl)")
       ->capture_default_str();
   app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
-  app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")->capture_default_str();
+  app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")
+      ->capture_default_str();
   app.add_option("--join", o.join, "Comma-separated host:port gossip seeds to join");
   app.add_option("--cluster-name", c.cluster_name,
                  "Cluster name: nodes of other clusters on the same network are ignored")
@@ -63,11 +65,12 @@ void define(CLI::App& app, Options& o) {
           [](const std::string& v) -> std::string {
             if (v.empty()) return {};  // memory only
             const auto colon = v.rfind(':');
-            if (colon == std::string::npos || colon == 0) return "expected host:port, got '" + v + "'";
+            if (colon == std::string::npos || colon == 0)
+              return "expected host:port, got '" + v + "'";
             const std::string port = v.substr(colon + 1);
             if (port.empty() || port.size() > 5 ||
-                port.find_first_not_of("0123456789") != std::string::npos ||
-                std::stoi(port) < 1 || std::stoi(port) > 65535) {
+                port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) < 1 ||
+                std::stoi(port) > 65535) {
               return "port must be 1 to 65535 in '" + v + "'";
             }
             return {};
@@ -87,7 +90,8 @@ void define(CLI::App& app, Options& o) {
                  "owner) before it is decided with what arrived")
       ->check(CLI::Range(10, 60'000))
       ->capture_default_str();
-  app.add_option("--rules", c.rules, "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
+  app.add_option("--rules", c.rules,
+                 "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
   app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
@@ -128,7 +132,8 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
     if (flags[i] == "--config" && i + 1 < flags.size()) config_file = flags[i + 1];
     if (flags[i].rfind("--config=", 0) == 0) config_file = flags[i].substr(9);
   }
-  if (config_file.empty() && getenv("THROTTLEX_CONFIG") != nullptr) config_file = getenv("THROTTLEX_CONFIG");
+  if (config_file.empty() && getenv("THROTTLEX_CONFIG") != nullptr)
+    config_file = getenv("THROTTLEX_CONFIG");
 
   std::vector<std::string> args;
   try {
@@ -140,7 +145,8 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
       }
     }
   } catch (const CLI::Error& e) {
-    std::cerr << "throttlexd: cannot read config file '" << config_file << "': " << e.what() << "\n";
+    std::cerr << "throttlexd: cannot read config file '" << config_file << "': " << e.what()
+              << "\n";
     return 2;
   }
   for (const CLI::Option* opt : app.get_options()) {
@@ -163,7 +169,17 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
 
   Config c = o.c;
   c.join = splitList(o.join);
-  if (c.advertise.empty()) c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
+  c.gossip_timing = c.gossip_preset == "local" ? gossip::Timing::local()
+                    : c.gossip_preset == "wan" ? gossip::Timing::wan()
+                                               : gossip::Timing::lan();
+  if (!c.redis.empty()) {  // validated above: host:port, port 1 to 65535
+    const auto colon = c.redis.rfind(':');
+    c.redis_host = c.redis.substr(0, colon);
+    c.redis_port = static_cast<std::uint16_t>(std::stoi(c.redis.substr(colon + 1)));
+  }
+  c.lazy_recovery = c.recovery == "lazy";
+  if (c.advertise.empty())
+    c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
   if (c.node_id.empty()) {
     // With --http-port 0 the port is not known yet; the pid keeps ids on one host apart.
     c.node_id = hostname() + ":" +

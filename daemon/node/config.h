@@ -10,20 +10,25 @@
 #include <variant>
 #include <vector>
 
+#include "gossip/timing.h"
+
 namespace throttlex {
 
 struct Config {
-  std::string node_id;                  // default: <hostname>:<http port>
-  std::string bind = "0.0.0.0";         // address every listener binds
-  std::string advertise;                // address peers and clients use; default: bind, or hostname
+  std::string node_id;           // default: <hostname>:<http port>
+  std::string bind = "0.0.0.0";  // address every listener binds
+  std::string advertise;         // address peers and clients use; default: bind, or hostname
   std::uint16_t http_port = 8080;
   std::uint16_t rpc_port = 7400;
   std::uint16_t gossip_port = 7946;
   std::uint16_t metrics_port = 9464;
-  std::vector<std::string> join;        // seed host:port list (gossip)
+  std::vector<std::string> join;           // seed host:port list (gossip)
   std::string cluster_name = "throttlex";  // gossip packets of other clusters are dropped
-  std::string gossip_preset = "lan";    // local | lan | wan timing
-  std::string redis;                    // host:port of the snapshot store; empty: memory only
+  std::string gossip_preset = "lan";       // local | lan | wan timing, as given
+  gossip::Timing gossip_timing = gossip::Timing::lan();  // the preset's timing
+  std::string redis;       // host:port of the snapshot store; empty: memory only
+  std::string redis_host;  // parsed from `redis` (validated)
+  std::uint16_t redis_port = 0;
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
@@ -31,6 +36,7 @@ struct Config {
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
   int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)
   std::string recovery = "eager";       // start-up reads: eager (every slot) | lazy (on demand)
+  bool lazy_recovery = false;           // recovery == "lazy"
   std::string config_file;
 };
 

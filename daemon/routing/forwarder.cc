@@ -27,9 +27,15 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-kj::Duration toKj(std::chrono::milliseconds ms) { return ms.count() * kj::MILLISECONDS; }
-kj::StringPtr kjText(const std::string& s) { return {s.c_str(), s.size()}; }
-std::string_view view(capnp::Text::Reader t) { return {t.begin(), t.size()}; }
+kj::Duration toKj(std::chrono::milliseconds ms) {
+  return ms.count() * kj::MILLISECONDS;
+}
+kj::StringPtr kjText(const std::string& s) {
+  return {s.c_str(), s.size()};
+}
+std::string_view view(capnp::Text::Reader t) {
+  return {t.begin(), t.size()};
+}
 
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
   c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
@@ -37,15 +43,23 @@ void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
 
 ErrorCode fromProto(proto::ErrorCode code) {
   switch (code) {
-    case proto::ErrorCode::INVALID_ARGUMENT: return ErrorCode::kInvalidArgument;
-    case proto::ErrorCode::NOT_FOUND: return ErrorCode::kNotFound;
-    case proto::ErrorCode::UNAVAILABLE: return ErrorCode::kUnavailable;
-    case proto::ErrorCode::DEADLINE_EXCEEDED: return ErrorCode::kDeadlineExceeded;
-    case proto::ErrorCode::RESOURCE_EXHAUSTED: return ErrorCode::kResourceExhausted;
-    case proto::ErrorCode::UNSUPPORTED_VERSION: return ErrorCode::kInvalidArgument;
-    case proto::ErrorCode::NOT_DECIDED: return ErrorCode::kNotDecided;
+    case proto::ErrorCode::INVALID_ARGUMENT:
+      return ErrorCode::kInvalidArgument;
+    case proto::ErrorCode::NOT_FOUND:
+      return ErrorCode::kNotFound;
+    case proto::ErrorCode::UNAVAILABLE:
+      return ErrorCode::kUnavailable;
+    case proto::ErrorCode::DEADLINE_EXCEEDED:
+      return ErrorCode::kDeadlineExceeded;
+    case proto::ErrorCode::RESOURCE_EXHAUSTED:
+      return ErrorCode::kResourceExhausted;
+    case proto::ErrorCode::UNSUPPORTED_VERSION:
+      return ErrorCode::kInvalidArgument;
+    case proto::ErrorCode::NOT_DECIDED:
+      return ErrorCode::kNotDecided;
     case proto::ErrorCode::NONE:
-    case proto::ErrorCode::INTERNAL: break;
+    case proto::ErrorCode::INTERNAL:
+      break;
   }
   return ErrorCode::kInternal;
 }
@@ -97,10 +111,10 @@ struct Item {
   std::size_t index = 0;
   std::shared_ptr<ForwardSink> sink;
   std::uint8_t hops = 0;
-  int attempts = 0;      // owners that failed this check
-  int not_decided = 0;   // owners that answered kNotDecided for it (it came up too late there)
-  bool standin = false;  // sent to the slot's runner-up because its owner is unreachable
-  bool handover = false; // sent to the slot's runner-up because this node handed it over (drain)
+  int attempts = 0;       // owners that failed this check
+  int not_decided = 0;    // owners that answered kNotDecided for it (it came up too late there)
+  bool standin = false;   // sent to the slot's runner-up because its owner is unreachable
+  bool handover = false;  // sent to the slot's runner-up because this node handed it over (drain)
 };
 
 struct Submission {
@@ -132,9 +146,12 @@ CheckArgs ForwardedCheck::args() const {
 
 std::string_view nameOf(BreakerState s) {
   switch (s) {
-    case BreakerState::kClosed: return "closed";
-    case BreakerState::kOpen: return "open";
-    case BreakerState::kHalfOpen: return "half_open";
+    case BreakerState::kClosed:
+      return "closed";
+    case BreakerState::kOpen:
+      return "open";
+    case BreakerState::kHalfOpen:
+      return "half_open";
   }
   return "closed";
 }
@@ -175,7 +192,8 @@ struct Forwarder::Impl {
   bool closed = false;            // guarded by mu
 
   mutable std::mutex stats_mu;
-  std::map<std::string, std::unique_ptr<PeerCounters>> counters;  // guarded by stats_mu; never shrinks
+  std::map<std::string, std::unique_ptr<PeerCounters>>
+      counters;  // guarded by stats_mu; never shrinks
   std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, not_decided{0}, silences{0},
       batch_size_sum{0}, latency_ns_sum{0};
   std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
@@ -302,7 +320,8 @@ class Loop {
     }
     if (pastDecideBy(item.check.decide_by_ms, impl_.service.clock().now())) {
       // The node that sent it here may have had it decided elsewhere by now.
-      deliver(item, Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});
+      deliver(item,
+              Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});
       return;
     }
     SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
@@ -395,8 +414,8 @@ class Loop {
   // Waiting for the peer (a call, a heartbeat, a connect, queued checks) and nothing heard for T.
   bool silent(const Peer& peer, kj::TimePoint now) const {
     if (peer.breaker == BreakerState::kOpen) return false;
-    const bool waiting = peer.in_flight > 0 || peer.heartbeat_in_flight || peer.connecting ||
-                         !peer.queue.empty();
+    const bool waiting =
+        peer.in_flight > 0 || peer.heartbeat_in_flight || peer.connecting || !peer.queue.empty();
     return waiting && now - peer.last_answer >= toKj(opt_.owner_silence);
   }
 
@@ -688,8 +707,8 @@ class Loop {
       sendRelayed(peer, moved);
     }
     while (!peer.queue.empty() &&
-           (peer.in_flight == 0 || (peer.queue.size() >= opt_.max_batch &&
-                                    peer.breaker == BreakerState::kClosed))) {
+           (peer.in_flight == 0 ||
+            (peer.queue.size() >= opt_.max_batch && peer.breaker == BreakerState::kClosed))) {
       const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
       std::vector<Item> batch;
       batch.reserve(std::min(peer.queue.size(), opt_.max_batch));
@@ -794,8 +813,8 @@ class Loop {
                      return;
                    }
                    if (answer.hasError() && answer.getError().getCode() != proto::ErrorCode::NONE) {
-                     trouble = "refused the batch: " +
-                               std::string(view(answer.getError().getMessage()));
+                     trouble =
+                         "refused the batch: " + std::string(view(answer.getError().getMessage()));
                      return;
                    }
                    const auto results = answer.getResults();
@@ -846,7 +865,8 @@ class Loop {
     while (i < kForwardLatencyBounds.size() && s > kForwardLatencyBounds[i]) ++i;
     bump(impl_.latency[i]);
     bump(impl_.latency_ns_sum,
-         static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+         static_cast<std::uint64_t>(
+             std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
   }
 
   Forwarder::Impl& impl_;
@@ -897,8 +917,8 @@ void Forwarder::Impl::run(std::promise<void> ready) {
 Forwarder::Forwarder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Result<std::unique_ptr<Forwarder>> Forwarder::start(const ForwarderOptions& options,
-                                                     LimiterService& service,
-                                                     const RingHolder& ring) {
+                                                    LimiterService& service,
+                                                    const RingHolder& ring) {
   if (options.max_batch == 0 || options.max_batch > kMaxBatchChecks) {
     return invalidArgument("forward batch size must be 1 to 1000");
   }
@@ -916,7 +936,9 @@ Result<std::unique_ptr<Forwarder>> Forwarder::start(const ForwarderOptions& opti
   return std::unique_ptr<Forwarder>(new Forwarder(std::move(impl)));
 }
 
-Forwarder::~Forwarder() { stop(); }
+Forwarder::~Forwarder() {
+  stop();
+}
 
 void Forwarder::setKeeper(SlotGate* keeper) {
   impl_->keeper.store(keeper, std::memory_order_release);

@@ -39,8 +39,8 @@
 #include <string>
 #include <vector>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/routing/ring_view.h"
+#include "daemon/service/limiter_service.h"
 
 namespace throttlex {
 
@@ -55,9 +55,9 @@ inline constexpr std::uint8_t kMaxHops = 2;
 struct ForwardedCheck {
   std::string key;
   std::string rule;
-  LimitSpec limit;        // when rule is empty
+  LimitSpec limit;  // when rule is empty
   std::uint64_t hits = 1;
-  std::uint32_t slot = 0; // slotOf(rule, key)
+  std::uint32_t slot = 0;  // slotOf(rule, key)
   // Wall-clock ms since the Unix epoch after which the node that sent it here may have it decided
   // elsewhere: past it, it is not decided (kNotDecided) nor sent on. 0: no bound (it entered here).
   std::int64_t decide_by_ms = 0;
@@ -93,9 +93,9 @@ struct ForwarderOptions {
   std::chrono::milliseconds decide_margin{150};
   std::chrono::milliseconds connect_timeout{100};  // per connect attempt
   std::size_t max_batch = kMaxBatchChecks;
-  std::chrono::milliseconds cooldown_min{200};     // breaker open for this long (jittered) ...
-  std::chrono::milliseconds cooldown_max{5000};    // ... doubling while probes fail, up to this
-  int max_attempts = 3;                            // owners tried per check before degraded mode
+  std::chrono::milliseconds cooldown_min{200};   // breaker open for this long (jittered) ...
+  std::chrono::milliseconds cooldown_max{5000};  // ... doubling while probes fail, up to this
+  int max_attempts = 3;                          // owners tried per check before degraded mode
   // Reader limits for answers (a full batch of results is ~20 Ki words).
   std::uint64_t traversal_limit_words = 1024 * 1024;
 };
@@ -113,19 +113,19 @@ struct PeerStats {
   std::string node_id;
   std::string address;
   BreakerState breaker = BreakerState::kClosed;
-  std::uint64_t calls = 0;         // batches sent
-  std::uint64_t checks = 0;        // checks sent
-  std::uint64_t failures = 0;      // failed connects and calls
+  std::uint64_t calls = 0;     // batches sent
+  std::uint64_t checks = 0;    // checks sent
+  std::uint64_t failures = 0;  // failed connects and calls
   std::uint64_t breaker_opens = 0;
 };
 
 struct ForwarderStats {
-  std::vector<PeerStats> peers;  // every peer forwarded to so far, by node id
-  std::uint64_t degraded = 0;    // checks decided here by a rule's degraded policy
-  std::uint64_t standin = 0;     // checks sent to (or decided by this node as) a stand-in owner
-  std::uint64_t rerouted = 0;    // checks re-routed after a failure or a ring change
-  std::uint64_t not_decided = 0; // checks an owner answered kNotDecided (sent again)
-  std::uint64_t silences = 0;    // peers found silent for owner_silence (breaker opened)
+  std::vector<PeerStats> peers;   // every peer forwarded to so far, by node id
+  std::uint64_t degraded = 0;     // checks decided here by a rule's degraded policy
+  std::uint64_t standin = 0;      // checks sent to (or decided by this node as) a stand-in owner
+  std::uint64_t rerouted = 0;     // checks re-routed after a failure or a ring change
+  std::uint64_t not_decided = 0;  // checks an owner answered kNotDecided (sent again)
+  std::uint64_t silences = 0;     // peers found silent for owner_silence (breaker opened)
   std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::uint64_t batch_size_sum = 0;
   std::array<std::uint64_t, kForwardLatencyBounds.size() + 1> latency{};
@@ -146,8 +146,7 @@ class Forwarder {
   // the calling thread (degraded for keys owned elsewhere).
   // `decide_by_ms`: the bound of checks that came from a peer (ForwardedCheck), 0 for none.
   void submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
-              std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
-              std::int64_t decide_by_ms = 0);
+              std::shared_ptr<ForwardSink> sink, std::uint8_t hops, std::int64_t decide_by_ms = 0);
 
   // Where checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
   void setKeeper(SlotGate* keeper);

@@ -151,7 +151,8 @@ void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<Fo
                      std::uint8_t hops) {
   if (pastDecideBy(check.decide_by_ms, service_.clock().now())) {
     // Parked past the time its sender waits: the sender may have had it decided elsewhere.
-    sink->deliver(index, Error{ErrorCode::kNotDecided, "its decide-by time passed while it waited"});
+    sink->deliver(index,
+                  Error{ErrorCode::kNotDecided, "its decide-by time passed while it waited"});
     return;
   }
   Forwarding forwarding;

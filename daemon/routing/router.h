@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "daemon/routing/forwarder.h"
-#include "daemon/service/limiter_service.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/slot_gate.h"
+#include "daemon/service/limiter_service.h"
 
 namespace throttlex {
 

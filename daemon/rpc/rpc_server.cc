@@ -258,7 +258,8 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   LogErrors log_errors;
   kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
   Acceptor acceptor(*this, *listener, io.provider->getTimer(),
-                    kj::heap<RpcService>(router, info, metrics, worker.counters, options.control), connections);
+                    kj::heap<RpcService>(router, info, metrics, worker.counters, options.control),
+                    connections);
   ready.set_value();
   whenStopped(stop_observer, worker.stop_fd.get())
       .exclusiveJoin(acceptor.loop())

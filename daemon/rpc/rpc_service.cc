@@ -412,7 +412,8 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
   }
   const auto degraded = static_cast<unsigned>(in.getDegraded());
   if (degraded > static_cast<unsigned>(DegradedPolicy::kDeny)) {
-    setError(error(), proto::ErrorCode::INVALID_ARGUMENT, "unknown degraded policy " + std::to_string(degraded));
+    setError(error(), proto::ErrorCode::INVALID_ARGUMENT,
+             "unknown degraded policy " + std::to_string(degraded));
     return kj::READY_NOW;
   }
   Rule rule{std::string(view(in.getName())), *spec, in.getShadow(),

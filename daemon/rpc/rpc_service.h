@@ -1,9 +1,10 @@
 // The Node capability (proto/throttlex.capnp: Limiter + Admin) over LimiterService: decodes and
-// validates requests, decides, encodes answers. Internal to the RPC server (daemon/rpc/rpc_server.h).
+// validates requests, decides, encodes answers. Internal to the RPC server
+// (daemon/rpc/rpc_server.h).
 //
 // One instance per RPC thread: a capability belongs to the event loop of its thread. Checks are
-// routed (daemon/routing/router.h): those this node owns are answered synchronously, the rest when their
-// owners answered (through the forwarder). Admin methods answer synchronously and never block
+// routed (daemon/routing/router.h): those this node owns are answered synchronously, the rest when
+// their owners answered (through the forwarder). Admin methods answer synchronously and never block
 // except reloadRules (reads the rules file).
 //
 // Protocol version: every request carries `version`. 0 is what an unset field reads as, i.e. a
@@ -21,10 +22,10 @@
 #include <string>
 #include <vector>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
 #include "daemon/routing/router.h"
+#include "daemon/service/limiter_service.h"
 #include "proto/throttlex.capnp.h"
 
 namespace throttlex {
@@ -68,8 +69,8 @@ class RpcService final : public proto::Node::Server {
   void record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start);
   void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                    const std::vector<std::optional<Error>>& errors,
-                   const std::vector<Result<CheckOutcome>>& outcomes,
-                   SteadyClock::time_point start, bool from_peer);
+                   const std::vector<Result<CheckOutcome>>& outcomes, SteadyClock::time_point start,
+                   bool from_peer);
 
   // Constant after construction.
   LimiterService& service_;

@@ -9,7 +9,8 @@ constexpr std::string_view kInlinePolicy = "default";
 
 }  // namespace
 
-LimiterService::LimiterService(Store& store, const Clock& clock, RuleSet rules, std::string rules_path)
+LimiterService::LimiterService(Store& store, const Clock& clock, RuleSet rules,
+                               std::string rules_path)
     : store_(store),
       clock_(clock),
       rules_path_(std::move(rules_path)),
@@ -72,7 +73,8 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
   requests.reserve(args.size());
   for (const CheckArgs& a : args) {
     resolved.push_back(resolve(a, rules));
-    if (resolved.back()) requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits});
+    if (resolved.back())
+      requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits});
   }
   std::vector<Decision> decisions(requests.size());
   store_.checkBatch(requests, clock_.now(), decisions);
@@ -131,7 +133,9 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
   return o;
 }
 
-std::vector<Rule> LimiterService::rules() const { return currentRules()->rules(); }
+std::vector<Rule> LimiterService::rules() const {
+  return currentRules()->rules();
+}
 
 Status LimiterService::setRule(const Rule& rule) {
   std::lock_guard admin(admin_mu_);

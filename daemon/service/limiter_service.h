@@ -27,18 +27,18 @@ inline constexpr std::size_t kMaxKeyBytes = 1024;
 inline constexpr std::size_t kMaxBatchChecks = 1000;
 
 struct CheckArgs {
-  std::string_view key;   // 1..kMaxKeyBytes bytes
-  std::string_view rule;  // a named rule; empty: use `limit`
-  LimitSpec limit;        // the inline limit, when `rule` is empty
-  std::uint64_t hits = 1; // 0 reads without consuming; at most kMaxCost
+  std::string_view key;    // 1..kMaxKeyBytes bytes
+  std::string_view rule;   // a named rule; empty: use `limit`
+  LimitSpec limit;         // the inline limit, when `rule` is empty
+  std::uint64_t hits = 1;  // 0 reads without consuming; at most kMaxCost
 };
 
 struct CheckOutcome {
-  Decision decision;   // what the limiter decided
-  bool allowed = false;// what the caller must do: decision.allowed, or true for a shadow rule
-  bool shadow = false; // the rule is in shadow (dry-run) mode
-  std::string policy;  // the rule's name, or "default" for inline limits (RateLimit headers)
-  Duration period{0};  // the limit's period (RateLimit-Policy w=)
+  Decision decision;     // what the limiter decided
+  bool allowed = false;  // what the caller must do: decision.allowed, or true for a shadow rule
+  bool shadow = false;   // the rule is in shadow (dry-run) mode
+  std::string policy;    // the rule's name, or "default" for inline limits (RateLimit headers)
+  Duration period{0};    // the limit's period (RateLimit-Policy w=)
   RouteKind route = RouteKind::kLocal;  // set by whoever decided it (daemon/routing/router.h)
 };
 

@@ -30,8 +30,8 @@ Result<std::uint64_t> parseCount(const YAML::Node& node, const std::string& what
 Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   const std::string where = "rule #" + std::to_string(index + 1);
   if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
-  static const std::set<std::string> kKnown = {"name", "algorithm", "limit", "period", "burst",
-                                               "shadow", "degraded"};
+  static const std::set<std::string> kKnown = {"name",  "algorithm", "limit",   "period",
+                                               "burst", "shadow",    "degraded"};
   for (const auto& kv : node) {
     const auto field = kv.first.as<std::string>();
     if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
@@ -71,9 +71,12 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
 
 std::string_view nameOf(DegradedPolicy p) {
   switch (p) {
-    case DegradedPolicy::kShare: return "share";
-    case DegradedPolicy::kAllow: return "allow";
-    case DegradedPolicy::kDeny: return "deny";
+    case DegradedPolicy::kShare:
+      return "share";
+    case DegradedPolicy::kAllow:
+      return "allow";
+    case DegradedPolicy::kDeny:
+      return "deny";
   }
   return "share";
 }
@@ -82,8 +85,8 @@ Result<DegradedPolicy> parseDegradedPolicy(std::string_view text) {
   for (auto p : {DegradedPolicy::kShare, DegradedPolicy::kAllow, DegradedPolicy::kDeny}) {
     if (text == nameOf(p)) return p;
   }
-  return invalidArgument("degraded policy must be share, allow or deny, not '" +
-                         std::string(text) + "'");
+  return invalidArgument("degraded policy must be share, allow or deny, not '" + std::string(text) +
+                         "'");
 }
 
 Status validateRuleName(std::string_view name) {
@@ -120,7 +123,8 @@ Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
   try {
     const YAML::Node root = YAML::Load(std::string(text));
     if (root.IsNull()) return make({});
-    if (!root.IsMap() || !root["rules"]) return invalidArgument("expected a top-level 'rules:' list");
+    if (!root.IsMap() || !root["rules"])
+      return invalidArgument("expected a top-level 'rules:' list");
     const YAML::Node list = root["rules"];
     if (list.IsNull()) return make({});
     if (!list.IsSequence()) return invalidArgument("'rules' must be a list");

@@ -4,12 +4,11 @@
 // Rules file (YAML; see docs/api.md):
 //   rules:
 //     - name: api-per-user        # [A-Za-z0-9_.:-], at most 128 bytes
-//       algorithm: token_bucket   # token_bucket | leaky_bucket | fixed_window | sliding_window | gcra
-//       limit: 100
-//       period: 60s               # ms, s, m, h, d
-//       burst: 150                # optional, bucket algorithms only
-//       shadow: false             # optional: decide and count, but always allow (dry run)
-//       degraded: share           # optional: share (default) | allow | deny, when the key's
+//       algorithm: token_bucket   # token_bucket | leaky_bucket | fixed_window | sliding_window |
+//       gcra limit: 100 period: 60s               # ms, s, m, h, d burst: 150                #
+//       optional, bucket algorithms only shadow: false             # optional: decide and count,
+//       but always allow (dry run) degraded: share           # optional: share (default) | allow |
+//       deny, when the key's
 //                                 # owner cannot be reached (docs/architecture.md)
 #pragma once
 

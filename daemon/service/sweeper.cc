@@ -9,7 +9,9 @@ constexpr std::chrono::milliseconds kTick{10};
 Sweeper::Sweeper(Store& store, const Clock& clock, std::chrono::milliseconds full_pass)
     : store_(store), clock_(clock), full_pass_(full_pass), thread_([this] { run(); }) {}
 
-Sweeper::~Sweeper() { stop(); }
+Sweeper::~Sweeper() {
+  stop();
+}
 
 void Sweeper::stop() {
   {

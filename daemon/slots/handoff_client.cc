@@ -28,7 +28,7 @@ Status sendHandoff(const std::string& address, const std::string& from,
   const std::vector<std::uint8_t> data = SlotKeeper::encode(entries);
   capnp::ReaderOptions reader;
   reader.traversalLimitInWords = 64 * 1024;  // the answer is an error and a count
-  kj::Own<proto::NodeConnection> conn;  // outlives the promise chain that uses it
+  kj::Own<proto::NodeConnection> conn;       // outlives the promise chain that uses it
   Status result = Ok{};
   auto failed = kj::runCatchingExceptions([&] {
     // The loop may have idled since its last call: its timer's "now" is only refreshed when the

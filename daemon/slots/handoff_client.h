@@ -1,6 +1,7 @@
-// Sending a handoff (daemon/slots/slot_keeper.h) to a peer's RPC port: blocking, for the slot keeper's
-// worker thread. Each calling thread gets its own KJ event loop on first use; each call opens a
-// fresh connection (handoffs are rare: ring changes and drains) and is bounded by `timeout`.
+// Sending a handoff (daemon/slots/slot_keeper.h) to a peer's RPC port: blocking, for the slot
+// keeper's worker thread. Each calling thread gets its own KJ event loop on first use; each call
+// opens a fresh connection (handoffs are rare: ring changes and drains) and is bounded by
+// `timeout`.
 #pragma once
 
 #include <chrono>

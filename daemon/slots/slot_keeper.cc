@@ -24,7 +24,9 @@ std::uint64_t getLe(const std::uint8_t* p) {
   return v;
 }
 
-State mergeStates(const State& a, const State& b) { return persistence::moreConsumed(a, b); }
+State mergeStates(const State& a, const State& b) {
+  return persistence::moreConsumed(a, b);
+}
 
 bool isMember(const RingView& view, const std::string& id) {
   const auto& m = view.ring.members();
@@ -44,7 +46,9 @@ SlotKeeper::SlotKeeper(SlotKeeperOptions options, Store& store, const Clock& clo
   thread_ = std::thread([this] { run(); });
 }
 
-SlotKeeper::~SlotKeeper() { stop(); }
+SlotKeeper::~SlotKeeper() {
+  stop();
+}
 
 void SlotKeeper::stop() {
   std::vector<Parked> left;
@@ -131,7 +135,8 @@ void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<F
       auto w = waiting_.find(slot);
       if (w != waiting_.end() && w->second.lazy) {  // its first check: read it now
         w->second.lazy = false;
-        w->second.deadline = std::min(w->second.deadline, Steady::now() + options_.recovery_timeout);
+        w->second.deadline =
+            std::min(w->second.deadline, Steady::now() + options_.recovery_timeout);
         lazy_asked_.push_back(slot);
         if (!std::exchange(lazy_posted_, true)) {
           tasks_.push_back([this] { readLazy(); });
@@ -208,7 +213,8 @@ void SlotKeeper::expireDeadlines() {
   if (options_.snapshots != nullptr) {
     {
       std::lock_guard guard(mu_);
-      for (std::uint32_t s : expired) waiting_[s] = Waiting{false, true, false, now + options_.recovery_timeout, {}};
+      for (std::uint32_t s : expired)
+        waiting_[s] = Waiting{false, true, false, now + options_.recovery_timeout, {}};
     }
     recoverFromSnapshots(expired, now + options_.recovery_timeout);
     return;
@@ -232,9 +238,7 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
     w.deadline = Steady::now() + options_.recovery_timeout;
     setModeLocked(slot, SlotMode::kParked);
   }
-  post([this, slot] {
-    recoverFromSnapshots({slot}, Steady::now() + options_.recovery_timeout);
-  });
+  post([this, slot] { recoverFromSnapshots({slot}, Steady::now() + options_.recovery_timeout); });
   return true;
 }
 
@@ -295,12 +299,13 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots,
   if (snapshots == nullptr || slots.empty()) return;
   std::size_t entries = 0;
   for (std::size_t first = 0; first < slots.size(); first += kSlotsPerRead) {
-    std::vector<std::uint32_t> chunk(slots.begin() + static_cast<std::ptrdiff_t>(first),
-                                     slots.begin() + static_cast<std::ptrdiff_t>(
-                                                         std::min(slots.size(), first + kSlotsPerRead)));
+    std::vector<std::uint32_t> chunk(
+        slots.begin() + static_cast<std::ptrdiff_t>(first),
+        slots.begin() + static_cast<std::ptrdiff_t>(std::min(slots.size(), first + kSlotsPerRead)));
     bool done = false;
     while (!done && Steady::now() < deadline) {
-      auto answer = std::make_shared<std::promise<Result<std::vector<persistence::SnapshotEntry>>>>();
+      auto answer =
+          std::make_shared<std::promise<Result<std::vector<persistence::SnapshotEntry>>>>();
       auto future = answer->get_future();
       snapshots->readSlots(chunk, [answer](Result<std::vector<persistence::SnapshotEntry>> r) {
         answer->set_value(std::move(r));
@@ -397,8 +402,8 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       const std::string& previous =
           prev_multi ? prev->ring.ownerOf(s) : next->ring.members()[runner_up];
       const bool pushed = received_.count(s) != 0;  // its handoff came before this ring
-      const bool push = !pushed && previous != self && isMember(previous) &&
-                        options_.send != nullptr;
+      const bool push =
+          !pushed && previous != self && isMember(previous) && options_.send != nullptr;
       const bool snapshot = options_.snapshots != nullptr;
       if (!push && !snapshot) continue;
       Waiting& w = waiting_[s];
@@ -484,14 +489,14 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
     // deadline passes), and merging makes a repeated part harmless.
     Status sent = Ok{};
     for (int attempt = 1; attempt <= kHandoffAttempts; ++attempt) {
-      sent = options_.send(address, options_.self_id,
-                           last ? std::span<const std::uint16_t>(slot_list)
-                                : std::span<const std::uint16_t>(),
-                           part, options_.handoff_timeout);
+      sent = options_.send(
+          address, options_.self_id,
+          last ? std::span<const std::uint16_t>(slot_list) : std::span<const std::uint16_t>(), part,
+          options_.handoff_timeout);
       if (sent) break;
       handoff_failures_.fetch_add(1, std::memory_order_relaxed);
-      logWarn("slots: handoff of " + std::to_string(slots.size()) + " slots to " + to_id +
-              " at " + address + " failed (try " + std::to_string(attempt) + " of " +
+      logWarn("slots: handoff of " + std::to_string(slots.size()) + " slots to " + to_id + " at " +
+              address + " failed (try " + std::to_string(attempt) + " of " +
               std::to_string(kHandoffAttempts) + "): " + sent.error().message);
     }
     ok = static_cast<bool>(sent);

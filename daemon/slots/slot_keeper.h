@@ -50,10 +50,10 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/routing/forwarder.h"
-#include "daemon/routing/slot_gate.h"
 #include "daemon/base/quiescence.h"
+#include "daemon/routing/forwarder.h"
 #include "daemon/routing/ring_view.h"
+#include "daemon/routing/slot_gate.h"
 #include "limiter/store.h"
 #include "persistence/snapshot_store.h"
 
@@ -69,10 +69,10 @@ using HandoffSender = std::function<Status(
 
 struct SlotKeeperOptions {
   std::string self_id;
-  persistence::SnapshotStore* snapshots = nullptr;  // null: no recovery from a snapshot store
-  HandoffSender send;                               // null: no handoffs (single node)
-  std::chrono::milliseconds recovery_timeout{1000}; // a parked slot opens after this at the latest
-  std::chrono::milliseconds startup_timeout{10'000}; // for reading every slot at start
+  persistence::SnapshotStore* snapshots = nullptr;   // null: no recovery from a snapshot store
+  HandoffSender send;                                // null: no handoffs (single node)
+  std::chrono::milliseconds recovery_timeout{1000};  // a parked slot opens after this at the latest
+  std::chrono::milliseconds startup_timeout{10'000};  // for reading every slot at start
   // Started with --join: at start every slot waits (at most this long) for the first ring with
   // other members in it. 0: a node on its own decides at once.
   std::chrono::milliseconds join_timeout{0};
@@ -85,20 +85,20 @@ struct SlotKeeperOptions {
 };
 
 struct SlotKeeperStats {
-  std::uint64_t parked_now = 0;         // checks waiting for their slot's state
+  std::uint64_t parked_now = 0;  // checks waiting for their slot's state
   std::uint64_t parked_total = 0;
   std::uint64_t slots_waiting = 0;      // slots parked right now
   std::uint64_t recoveries = 0;         // slots read from the snapshot store
   std::uint64_t recovery_errors = 0;    // failed snapshot reads (retried until the deadline)
   std::uint64_t recovery_timeouts = 0;  // slots opened by their deadline, state incomplete
   std::uint64_t recovered_entries = 0;
-  std::uint64_t handoffs_sent = 0;      // completed handoffs (calls that listed slots)
+  std::uint64_t handoffs_sent = 0;  // completed handoffs (calls that listed slots)
   std::uint64_t handoff_entries_sent = 0;
-  std::uint64_t handoff_failures = 0;   // failed handoff calls (the entries stay here)
+  std::uint64_t handoff_failures = 0;  // failed handoff calls (the entries stay here)
   std::uint64_t handoffs_received = 0;
   std::uint64_t handoff_entries_received = 0;
   std::uint64_t malformed_received = 0;
-  std::uint64_t claims = 0;             // slots decided here before the ring said so
+  std::uint64_t claims = 0;  // slots decided here before the ring said so
   bool draining = false;
   bool drained = false;
 };
@@ -210,19 +210,19 @@ class SlotKeeper final : public SlotGate {
   std::array<std::atomic<std::uint8_t>, kSlotCount> modes_{};  // written under mu_
   std::atomic<int> not_open_{0};
   std::array<std::atomic<std::int64_t>, kSlotCount> standin_read_ms_{};  // steady ms
-  std::array<std::atomic<std::int64_t>, kSlotCount> handed_ms_{};       // steady ms; 0: never
+  std::array<std::atomic<std::int64_t>, kSlotCount> handed_ms_{};        // steady ms; 0: never
 
   mutable std::mutex mu_;
-  std::map<std::uint32_t, std::vector<Parked>> parked_;        // guarded by mu_
-  std::map<std::uint32_t, Waiting> waiting_;                   // guarded by mu_
-  std::map<std::uint32_t, Steady::time_point> claims_;         // guarded by mu_
+  std::map<std::uint32_t, std::vector<Parked>> parked_;  // guarded by mu_
+  std::map<std::uint32_t, Waiting> waiting_;             // guarded by mu_
+  std::map<std::uint32_t, Steady::time_point> claims_;   // guarded by mu_
   // Handoffs received per slot, when (an early one must not be waited for again).
-  std::map<std::uint32_t, Steady::time_point> received_;       // guarded by mu_
-  std::deque<std::function<void()>> tasks_;                    // guarded by mu_
-  bool stopping_ = false;                                      // guarded by mu_
+  std::map<std::uint32_t, Steady::time_point> received_;  // guarded by mu_
+  std::deque<std::function<void()>> tasks_;               // guarded by mu_
+  bool stopping_ = false;                                 // guarded by mu_
   std::condition_variable wake_;
   std::condition_variable started_cv_;
-  bool started_ = true;  // guarded by mu_; false while recoverAll() runs
+  bool started_ = true;                    // guarded by mu_; false while recoverAll() runs
   std::vector<std::uint32_t> lazy_asked_;  // guarded by mu_; slots whose first check arrived
   bool lazy_posted_ = false;               // guarded by mu_; a task will read lazy_asked_
 
@@ -230,10 +230,10 @@ class SlotKeeper final : public SlotGate {
   std::shared_ptr<const RingView> last_;
   std::thread thread_;
 
-  std::atomic<std::uint64_t> parked_now_{0}, parked_total_{0}, recoveries_{0},
-      recovery_errors_{0}, recovery_timeouts_{0}, recovered_entries_{0}, handoffs_sent_{0},
-      handoff_entries_sent_{0}, handoff_failures_{0}, handoffs_received_{0},
-      handoff_entries_received_{0}, malformed_received_{0}, claims_total_{0};
+  std::atomic<std::uint64_t> parked_now_{0}, parked_total_{0}, recoveries_{0}, recovery_errors_{0},
+      recovery_timeouts_{0}, recovered_entries_{0}, handoffs_sent_{0}, handoff_entries_sent_{0},
+      handoff_failures_{0}, handoffs_received_{0}, handoff_entries_received_{0},
+      malformed_received_{0}, claims_total_{0};
   std::atomic<bool> draining_{false}, drained_{false};
 };
 

@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/service/limiter_service.h"
 #include "gossip/ring.h"
 #include "limiter/key.h"
 #include "throttlex/client.h"

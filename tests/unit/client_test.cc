@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/service/limiter_service.h"
 #include "throttlex/client.h"
 
 namespace tc = throttlex::client;

@@ -18,10 +18,10 @@
 #include <unistd.h>
 
 #include "daemon/routing/forwarder.h"
-#include "daemon/service/limiter_service.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/service/limiter_service.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;
@@ -397,13 +397,16 @@ TEST_CASE("with owner and stand-in down, the share policy decides with limit / m
 }
 
 TEST_CASE("degraded policies allow and deny are per rule") {
-  Rule open{"open", {Algorithm::kFixedWindow, 1, std::chrono::hours(1), 0}, false,
+  Rule open{"open",
+            {Algorithm::kFixedWindow, 1, std::chrono::hours(1), 0},
+            false,
             DegradedPolicy::kAllow};
-  Rule closed{"closed", {Algorithm::kFixedWindow, 100, std::chrono::hours(1), 0}, false,
+  Rule closed{"closed",
+              {Algorithm::kFixedWindow, 100, std::chrono::hours(1), 0},
+              false,
               DegradedPolicy::kDeny};
   const RuleSet rules = RuleSet::make({open, closed}).value();
-  TestNode a("a", fastOptions(), rules), b("b", fastOptions(), rules),
-      c("c", fastOptions(), rules);
+  TestNode a("a", fastOptions(), rules), b("b", fastOptions(), rules), c("c", fastOptions(), rules);
   publishRing({&a, &b, &c}, {&a, &b, &c});
   b.rpc->stop();  // owner and stand-in both down
   b.rpc.reset();
@@ -472,7 +475,8 @@ TEST_CASE("a ring change re-routes: the new owner decides, and the hop limit sto
   CHECK(peer(b, "a").checks + peer(b, "z").checks == b_keys.size());
 }
 
-TEST_CASE("concurrent checks from many threads through one node: the owner admits exactly the limit") {
+TEST_CASE(
+    "concurrent checks from many threads through one node: the owner admits exactly the limit") {
   TestNode a("a", fastOptions()), b("b", fastOptions());
   publishRing({&a, &b}, {&a, &b});
   const auto hot = keysOwnedBy({"a", "b"}, "b", 1)[0];
@@ -494,13 +498,29 @@ TEST_CASE("concurrent checks from many threads through one node: the owner admit
 }
 
 TEST_CASE("stopping the forwarder answers what it holds and decides later checks at once") {
-  TestNode a("a", fastOptions()), b("b", fastOptions());
-  publishRing({&a, &b}, {&a, &b});
+  TestNode a("a", fastOptions());
+  FrozenListener b;  // takes the batch and never answers: its checks stay in flight
+  publishRingAt({&a}, {"a", "b"}, {a.address(), b.address()});
   const auto b_keys = keysOwnedBy({"a", "b"}, "b", 3);
-  a.forwarder->stop();
   std::vector<CheckArgs> args;
   for (const auto& k : b_keys) args.push_back(inlineCheck(k, 4));
-  for (const auto& r : a.check(args)) {
+  std::vector<Result<CheckOutcome>> out;
+  Forwarding held = a.router->checkBatch(args, 0, out);
+  REQUIRE(held.checks.size() == args.size());
+  auto sink = std::make_shared<Collect>(args.size());
+  a.router->forward(std::move(held), sink);
+  const auto until = std::chrono::steady_clock::now() + 10s;  // a bound, not a pause
+  while (peer(a, "b").checks < args.size() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  REQUIRE(peer(a, "b").checks == args.size());  // sent, and unanswered (T is 2 s here)
+
+  a.forwarder->stop();  // answers each held check once, by the degraded policy
+  for (const auto& r : sink->wait(args.size())) {
+    REQUIRE(r.ok());
+    CHECK(r->route == RouteKind::kDegraded);
+  }
+  for (const auto& r : a.check(args)) {  // and later ones at once, on the calling thread
     REQUIRE(r.ok());
     CHECK(r->route == RouteKind::kDegraded);
   }

@@ -14,9 +14,9 @@ namespace {
 struct Fixture {
   ManualClock clock{Time(std::chrono::seconds(1'700'000'000))};
   std::unique_ptr<Store> store = Store::make({100'000, 64}).value();
-  LimiterService service{*store, clock,
-                         RuleSet::parseYaml("rules:\n  - {name: api, limit: 2, period: 1m}\n").value(),
-                         ""};
+  LimiterService service{
+      *store, clock, RuleSet::parseYaml("rules:\n  - {name: api, limit: 2, period: 1m}\n").value(),
+      ""};
   HttpApi api{service, nullptr, nullptr};
 
   HttpResponse call(const std::string& method, const std::string& target,
@@ -134,8 +134,9 @@ TEST_CASE("POST takes one check or a batch with per-element results") {
   CHECK(r.status == 200);
   r = f.call("POST", "/v1/check", R"({"key":"a","limit":1,"period":60000})");
   CHECK(r.status == 429);
-  r = f.call("POST", "/v1/check",
-             R"({"checks":[{"key":"b","rule":"api"},{"key":"b","rule":"api","hits":"x"},{"key":"b","limit":true}]})");
+  r = f.call(
+      "POST", "/v1/check",
+      R"({"checks":[{"key":"b","rule":"api"},{"key":"b","rule":"api","hits":"x"},{"key":"b","limit":true}]})");
   CHECK(r.status == 200);
   const auto results = nlohmann::json::parse(r.body)["results"];
   REQUIRE(results.size() == 3);

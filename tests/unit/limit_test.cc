@@ -57,5 +57,5 @@ TEST_CASE("the bounds themselves are accepted") {
   CHECK(Limit::make({Algorithm::kGcra, 1, kMaxPeriod, 10}).ok());
   CHECK(Limit::make({Algorithm::kSlidingWindow, kMaxLimit, kMaxPeriod}).ok());
   CHECK(Limit::make({Algorithm::kFixedWindow, 10, 1s, 10}).ok());  // burst == limit is harmless
-  CHECK(Limit::make({Algorithm::kLeakyBucket, 0, 1s}).ok());        // 0 denies everything
+  CHECK(Limit::make({Algorithm::kLeakyBucket, 0, 1s}).ok());       // 0 denies everything
 }

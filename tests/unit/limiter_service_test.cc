@@ -1,10 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <unistd.h>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <thread>
-#include <unistd.h>
 
 #include "daemon/service/limiter_service.h"
 
@@ -68,7 +68,8 @@ TEST_CASE("invalid checks are errors, not decisions") {
   const std::string long_key(1025, 'k');
   CHECK(f.service->check(inlineCheck(long_key)).error().message.find("1024") != std::string::npos);
   CHECK(f.service->check(inlineCheck(std::string(1024, 'k'))).ok());
-  CHECK(f.service->check(inlineCheck("k", kMaxLimit + 1)).error().code == ErrorCode::kInvalidArgument);
+  CHECK(f.service->check(inlineCheck("k", kMaxLimit + 1)).error().code ==
+        ErrorCode::kInvalidArgument);
   CheckArgs too_many = inlineCheck("k");
   too_many.hits = kMaxCost + 1;
   CHECK_FALSE(f.service->check(too_many).ok());
@@ -103,8 +104,9 @@ TEST_CASE("rules reload from the file without a restart; a bad file keeps the ol
   CHECK(f.service->check(ruleCheck("u", "api"))->allowed);
   CHECK_FALSE(f.service->check(ruleCheck("u", "api"))->allowed);
 
-  f.writeRules("rules:\n  - {name: api, algorithm: fixed_window, limit: 3, period: 1m}\n"
-               "  - {name: new, limit: 1, period: 1s}\n");
+  f.writeRules(
+      "rules:\n  - {name: api, algorithm: fixed_window, limit: 3, period: 1m}\n"
+      "  - {name: new, limit: 1, period: 1s}\n");
   auto reloaded = f.service->reloadRules();
   REQUIRE(reloaded.ok());
   CHECK(*reloaded == 2);
@@ -182,8 +184,14 @@ TEST_CASE("rules change while other threads check: every check sees a whole rule
     });
   }
   for (int i = 0; i < 200; ++i) {
-    REQUIRE(f.service->setRule({"r", {Algorithm::kTokenBucket, 1'000'000 + static_cast<std::uint64_t>(i), 60s}, false}).ok());
-    REQUIRE(f.service->setRule({"other" + std::to_string(i % 5), {Algorithm::kGcra, 5, 1s}, false}).ok());
+    REQUIRE(
+        f.service
+            ->setRule({"r",
+                       {Algorithm::kTokenBucket, 1'000'000 + static_cast<std::uint64_t>(i), 60s},
+                       false})
+            .ok());
+    REQUIRE(f.service->setRule({"other" + std::to_string(i % 5), {Algorithm::kGcra, 5, 1s}, false})
+                .ok());
   }
   stop = true;
   for (auto& th : checkers) th.join();

@@ -25,7 +25,9 @@ State consume(const Limit& limit, State s, int n, Time at) {
 }
 
 // Units a state still admits at `at` (cost-0 read: remaining).
-std::uint64_t remaining(const Limit& limit, State s, Time at) { return decide(limit, s, 0, at).remaining; }
+std::uint64_t remaining(const Limit& limit, State s, Time at) {
+  return decide(limit, s, 0, at).remaining;
+}
 
 }  // namespace
 
@@ -64,7 +66,8 @@ TEST_CASE("fixed window: the later window, then the larger count") {
   CHECK(moreConsumed(same, early) == early);
 }
 
-TEST_CASE("sliding window: same window takes the larger counts; later window carries the earlier count") {
+TEST_CASE(
+    "sliding window: same window takes the larger counts; later window carries the earlier count") {
   const Limit l = mustMake(Algorithm::kSlidingWindow, 10, 1s);
   const State a = consume(l, {}, 4, kStart);
   const State b = consume(l, {}, 6, kStart);

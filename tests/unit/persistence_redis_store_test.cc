@@ -42,7 +42,8 @@ std::unique_ptr<RedisStore> connectedStore(const RedisStoreOptions& o, const Clo
   return store;
 }
 
-std::map<std::pair<std::uint64_t, std::uint64_t>, SnapshotEntry> byKey(const std::vector<SnapshotEntry>& v) {
+std::map<std::pair<std::uint64_t, std::uint64_t>, SnapshotEntry> byKey(
+    const std::vector<SnapshotEntry>& v) {
   std::map<std::pair<std::uint64_t, std::uint64_t>, SnapshotEntry> m;
   for (const auto& e : v) m[{e.key.hi, e.key.lo}] = e;
   return m;
@@ -71,7 +72,8 @@ TEST_CASE("writes of many slots read back exactly, per slot") {
   const std::int64_t exp = nowMs() + 60'000;
   std::vector<SnapshotEntry> all;
   for (int i = 0; i < 3000; ++i) {
-    all.push_back(entry(static_cast<std::uint32_t>(i % 40), rng, exp, static_cast<std::uint64_t>(i)));
+    all.push_back(
+        entry(static_cast<std::uint32_t>(i % 40), rng, exp, static_cast<std::uint64_t>(i)));
   }
   REQUIRE(writeSync(*store, all).ok());
   CHECK(store->stats().entries_written == 3000);
@@ -79,7 +81,8 @@ TEST_CASE("writes of many slots read back exactly, per slot") {
   auto r = readSync(*store, {0, 1, 2});
   REQUIRE(r.ok());
   std::vector<SnapshotEntry> want;
-  std::copy_if(all.begin(), all.end(), std::back_inserter(want), [](const auto& e) { return e.slot <= 2; });
+  std::copy_if(all.begin(), all.end(), std::back_inserter(want),
+               [](const auto& e) { return e.slot <= 2; });
   CHECK(r->size() == want.size());
   CHECK(byKey(*r) == byKey(want));
 
@@ -90,8 +93,8 @@ TEST_CASE("writes of many slots read back exactly, per slot") {
   r = readSync(*store, {0, 4000});
   REQUIRE(r.ok());
   CHECK(byKey(*r).at({changed.key.hi, changed.key.lo}) == changed);
-  CHECK(r->size() == static_cast<std::size_t>(
-                        std::count_if(all.begin(), all.end(), [](const auto& e) { return e.slot == 0; })));
+  CHECK(r->size() == static_cast<std::size_t>(std::count_if(
+                         all.begin(), all.end(), [](const auto& e) { return e.slot == 0; })));
   CHECK(store->stats().malformed == 0);
   CHECK(store->stats().latency.count == store->stats().commands);
 }
@@ -155,7 +158,8 @@ TEST_CASE("malformed and foreign data in Redis is skipped and counted") {
   cli.command({"HSET", h20, "short-field", layout::encodeValue(good.state, exp)});
   cli.command({"HSET", h20, layout::encodeField(keyInSlot(20, rng)), "not a value"});
   cli.command({"HSET", h20, layout::encodeField(keyInSlot(20, rng)), std::string(25, '\x07')});
-  cli.command({"HSET", h20, layout::encodeField(other_slot.key), layout::encodeValue(other_slot.state, exp)});
+  cli.command({"HSET", h20, layout::encodeField(other_slot.key),
+               layout::encodeValue(other_slot.state, exp)});
   cli.command({"SET", layout::hashKey("test", 22), "a string where a hash belongs"});
   cli.command({"LPUSH", layout::indexKey("test", 23), "a list where a zset belongs"});
 
@@ -202,7 +206,8 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   RedisServer redis;
   SystemClock clock;
   auto store = connectedStore(optionsFor(redis.port()), clock);
-  auto made = SnapshotWriter::make(*store, {.interval = 20ms, .max_pending = 2'000, .batch_entries = 500, .shards = 16});
+  auto made = SnapshotWriter::make(
+      *store, {.interval = 20ms, .max_pending = 2'000, .batch_entries = 500, .shards = 16});
   REQUIRE(made.ok());
   auto writer = std::move(made).value();
   writer->start();
@@ -210,7 +215,8 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   const std::int64_t exp = nowMs() + 120'000;
 
   std::vector<SnapshotEntry> first;
-  for (int i = 0; i < 500; ++i) first.push_back(entry(static_cast<std::uint32_t>(i % 50), rng, exp));
+  for (int i = 0; i < 500; ++i)
+    first.push_back(entry(static_cast<std::uint32_t>(i % 50), rng, exp));
   for (const auto& e : first) writer->markDirty(e.slot, e.key, e.state, e.expiry_ms);
   REQUIRE(eventually([&] { return writer->stats().entries_written >= 500; }));
 
@@ -230,7 +236,8 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   std::vector<SnapshotEntry> updates = first;
   for (auto& e : updates) e.state.w1 = 77;
   std::vector<SnapshotEntry> fresh;
-  for (int i = 0; i < 5'000; ++i) fresh.push_back(entry(static_cast<std::uint32_t>(i % 50), rng, exp));
+  for (int i = 0; i < 5'000; ++i)
+    fresh.push_back(entry(static_cast<std::uint32_t>(i % 50), rng, exp));
   std::chrono::nanoseconds total_mark{0};
   std::chrono::nanoseconds worst_mark{0};
   for (const auto* batch : {&updates, &fresh}) {
@@ -243,8 +250,9 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
     }
   }
   const double mean_mark_ns = static_cast<double>(total_mark.count()) / 5'500.0;
-  MESSAGE("while Redis is down: worst write() " << worst_write.count() / 1000 << " us, markDirty mean "
-          << mean_mark_ns << " ns, worst " << worst_mark.count() / 1000 << " us");
+  MESSAGE("while Redis is down: worst write() "
+          << worst_write.count() / 1000 << " us, markDirty mean " << mean_mark_ns << " ns, worst "
+          << worst_mark.count() / 1000 << " us");
   CHECK(worst_write < 5ms);  // microseconds in practice; generous for loaded CI machines
   CHECK(mean_mark_ns < 20'000.0);
   const SnapshotWriterStats down = writer->stats();
@@ -296,10 +304,12 @@ TEST_CASE("Redis memory per live entry") {
     REQUIRE(cli.command({"FLUSHALL"}));
     const long long before = cli.usedMemory();
     std::vector<SnapshotEntry> all;
-    for (int i = 0; i < kEntries; ++i) all.push_back(entry(static_cast<std::uint32_t>(i) % slots, rng, exp));
+    for (int i = 0; i < kEntries; ++i)
+      all.push_back(entry(static_cast<std::uint32_t>(i) % slots, rng, exp));
     for (std::size_t i = 0; i < all.size(); i += 10'000) {
-      REQUIRE(writeSync(*store, std::vector<SnapshotEntry>(all.begin() + static_cast<std::ptrdiff_t>(i),
-                                                           all.begin() + static_cast<std::ptrdiff_t>(i + 10'000)))
+      REQUIRE(writeSync(*store, std::vector<SnapshotEntry>(
+                                    all.begin() + static_cast<std::ptrdiff_t>(i),
+                                    all.begin() + static_cast<std::ptrdiff_t>(i + 10'000)))
                   .ok());
     }
     const long long after = cli.usedMemory();

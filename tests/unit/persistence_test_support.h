@@ -3,13 +3,13 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include <chrono>
 #include <cstdint>
@@ -106,9 +106,7 @@ inline int freePort() {
 // A synchronous hiredis connection, to inspect and corrupt what the store wrote.
 class RedisClient {
  public:
-  explicit RedisClient(int port) {
-    c_ = redisConnectWithTimeout("127.0.0.1", port, timeval{1, 0});
-  }
+  explicit RedisClient(int port) { c_ = redisConnectWithTimeout("127.0.0.1", port, timeval{1, 0}); }
   ~RedisClient() {
     if (c_ != nullptr) redisFree(c_);
   }
@@ -152,7 +150,8 @@ class RedisServer {
       port_ = freePort();
       if (!start()) stop();
     }
-    REQUIRE_MESSAGE(pid_ > 0, "could not start redis-server (is the redis-server package installed?)");
+    REQUIRE_MESSAGE(pid_ > 0,
+                    "could not start redis-server (is the redis-server package installed?)");
   }
   ~RedisServer() { stop(); }
   RedisServer(const RedisServer&) = delete;
@@ -174,15 +173,16 @@ class RedisServer {
       ::_exit(127);
     }
     return eventually([&] {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return true;  // exited: give up below
-      }
-      RedisClient c(port_);
-      auto r = c.command({"PING"});
-      return r && r->type == REDIS_REPLY_STATUS;
-    }) && pid_ > 0;
+             int status = 0;
+             if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+               pid_ = -1;
+               return true;  // exited: give up below
+             }
+             RedisClient c(port_);
+             auto r = c.command({"PING"});
+             return r && r->type == REDIS_REPLY_STATUS;
+           }) &&
+           pid_ > 0;
   }
 
   // kill -9, as in a crash.

@@ -27,7 +27,9 @@ std::unique_ptr<SnapshotWriter> mustMake(SnapshotStore& store, SnapshotWriterOpt
   return std::move(w).value();
 }
 
-void mark(SnapshotWriter& w, const SnapshotEntry& e) { w.markDirty(e.slot, e.key, e.state, e.expiry_ms); }
+void mark(SnapshotWriter& w, const SnapshotEntry& e) {
+  w.markDirty(e.slot, e.key, e.state, e.expiry_ms);
+}
 
 }  // namespace
 
@@ -46,7 +48,8 @@ TEST_CASE("a flush writes every pending entry and empties the pending set") {
   auto w = mustMake(store);
   std::mt19937_64 rng(1);
   std::vector<SnapshotEntry> entries;
-  for (int i = 0; i < 100; ++i) entries.push_back(entry(static_cast<std::uint32_t>(i % 7), rng, kNowMs + 1000));
+  for (int i = 0; i < 100; ++i)
+    entries.push_back(entry(static_cast<std::uint32_t>(i % 7), rng, kNowMs + 1000));
   for (const auto& e : entries) mark(*w, e);
   CHECK(w->stats().pending == 100);
   CHECK(w->flushOnce());
@@ -137,7 +140,7 @@ TEST_CASE("a key marked while its failed write was in flight keeps the newer sta
   std::thread flusher([&] { CHECK_FALSE(w->flushOnce()); });
   REQUIRE(eventually([&] { return w->stats().pending == 0; }));  // taken by the flush
   e.state.w1 = 2;
-  mark(*w, e);                                                   // newer, during the flush
+  mark(*w, e);  // newer, during the flush
   REQUIRE(eventually([&] {
     store.release();
     return w->stats().failed_flushes == 1;
@@ -176,7 +179,8 @@ TEST_CASE("a burst's pending memory is given back within a few flushes; a steady
   auto w = mustMake(store, {.max_pending = 100'000, .shards = 1});
   std::mt19937_64 rng(11);
   const std::size_t idle_bytes = w->stats().pending_bytes;
-  for (int i = 0; i < 20'000; ++i) mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
+  for (int i = 0; i < 20'000; ++i)
+    mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
   const std::size_t burst_bytes = w->stats().pending_bytes;
   CHECK(burst_bytes >= 20'000 * 40);
   REQUIRE(w->flushOnce());
@@ -185,7 +189,8 @@ TEST_CASE("a burst's pending memory is given back within a few flushes; a steady
   // Steady: the same number marked every interval; the table settles and stays.
   std::vector<std::size_t> steady;
   for (int interval = 0; interval < 30; ++interval) {
-    for (int i = 0; i < 500; ++i) mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
+    for (int i = 0; i < 500; ++i)
+      mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
     steady.push_back(w->stats().pending_bytes);
     REQUIRE(w->flushOnce());
   }
@@ -273,7 +278,8 @@ TEST_CASE("markDirty from many threads while flushing loses no newest state") {
     threads.emplace_back([&, t] {
       std::mt19937_64 rng(static_cast<std::uint64_t>(100 + t));
       std::vector<SnapshotEntry> keys;
-      for (int i = 0; i < kKeys; ++i) keys.push_back(entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
+      for (int i = 0; i < kKeys; ++i)
+        keys.push_back(entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));
       for (std::uint64_t round = 1; round <= 20; ++round) {
         for (auto& e : keys) {
           e.state.w1 = round;

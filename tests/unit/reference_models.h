@@ -21,7 +21,10 @@ inline std::int64_t firstTrue(std::int64_t hi, const std::function<bool(std::int
   std::int64_t lo = 0;
   while (lo < hi) {
     const std::int64_t mid = lo + (hi - lo) / 2;
-    if (pred(mid)) hi = mid; else lo = mid + 1;
+    if (pred(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   return lo;
 }
@@ -49,12 +52,14 @@ class TokenBucketModel : public ReferenceModel {
     const bool allowed = L_ > 0 && i128(want) * P_ <= tokens_x_p_;
     if (allowed && cost > 0) tokens_x_p_ -= i128(cost) * P_;
     Decision d{allowed, L_, static_cast<std::uint64_t>(tokens_x_p_ / P_), Duration(0), Duration(0)};
-    if (L_ == 0) { d.retry_after = kRetryNever; return d; }
+    if (L_ == 0) {
+      d.retry_after = kRetryNever;
+      return d;
+    }
     const i128 full = i128(C_) * P_;
     const std::int64_t horizon = static_cast<std::int64_t>(full / L_) + 2;
-    d.reset_after = Duration(firstTrue(horizon, [&](std::int64_t t) {
-      return tokens_x_p_ + i128(t) * L_ >= full;
-    }));
+    d.reset_after = Duration(
+        firstTrue(horizon, [&](std::int64_t t) { return tokens_x_p_ + i128(t) * L_ >= full; }));
     if (!allowed) {
       d.retry_after = want > C_ ? kRetryNever : Duration(firstTrue(horizon, [&](std::int64_t t) {
         return tokens_x_p_ + i128(t) * L_ >= i128(want) * P_;
@@ -79,7 +84,8 @@ class LeakyBucketModel : public ReferenceModel {
   explicit LeakyBucketModel(const Limit& l) : L_(l.limit()), P_(l.periodNs()), C_(l.burst()) {}
 
   Decision request(std::uint64_t cost, std::int64_t now) override {
-    if (started_ && now > last_) water_x_p_ = std::max<i128>(0, water_x_p_ - i128(now - last_) * L_);
+    if (started_ && now > last_)
+      water_x_p_ = std::max<i128>(0, water_x_p_ - i128(now - last_) * L_);
     started_ = true;
     last_ = now;
     const std::uint64_t want = cost == 0 ? 1 : cost;
@@ -88,11 +94,13 @@ class LeakyBucketModel : public ReferenceModel {
     if (allowed && cost > 0) water_x_p_ += i128(cost) * P_;
     Decision d{allowed, L_, static_cast<std::uint64_t>((cap - water_x_p_) / P_), Duration(0),
                Duration(0)};
-    if (L_ == 0) { d.retry_after = kRetryNever; return d; }
+    if (L_ == 0) {
+      d.retry_after = kRetryNever;
+      return d;
+    }
     const std::int64_t horizon = static_cast<std::int64_t>(cap / L_) + 2;
-    d.reset_after = Duration(firstTrue(horizon, [&](std::int64_t t) {
-      return water_x_p_ - i128(t) * L_ <= 0;
-    }));
+    d.reset_after = Duration(
+        firstTrue(horizon, [&](std::int64_t t) { return water_x_p_ - i128(t) * L_ <= 0; }));
     if (!allowed) {
       d.retry_after = want > C_ ? kRetryNever : Duration(firstTrue(horizon, [&](std::int64_t t) {
         return std::max<i128>(0, water_x_p_ - i128(t) * L_) + i128(want) * P_ <= cap;
@@ -130,8 +138,13 @@ class GcraModel : public ReferenceModel {
     const i128 next = dvt - (kept_tat - now);
     Decision d{allowed, L_, static_cast<std::uint64_t>(next > 0 ? next / T : 0), Duration(0),
                Duration(0)};
-    if (L_ == 0) { d.retry_after = kRetryNever; return d; }
-    auto ceil_ns = [&](i128 scaled) { return Duration(static_cast<std::int64_t>((scaled + L_ - 1) / L_)); };
+    if (L_ == 0) {
+      d.retry_after = kRetryNever;
+      return d;
+    }
+    auto ceil_ns = [&](i128 scaled) {
+      return Duration(static_cast<std::int64_t>((scaled + L_ - 1) / L_));
+    };
     d.reset_after = ceil_ns(kept_tat - now);
     if (!allowed) d.retry_after = want > C_ ? kRetryNever : ceil_ns(allow_at - now);
     return d;
@@ -151,13 +164,20 @@ class FixedWindowModel : public ReferenceModel {
 
   Decision request(std::uint64_t cost, std::int64_t now) override {
     const std::uint64_t want = cost == 0 ? 1 : cost;
-    auto count_at = [&](std::int64_t t) { auto it = counts_.find(t / P_); return it == counts_.end() ? 0 : it->second; };
+    auto count_at = [&](std::int64_t t) {
+      auto it = counts_.find(t / P_);
+      return it == counts_.end() ? 0 : it->second;
+    };
     const bool allowed = count_at(now) + want <= L_;
     if (allowed && cost > 0) counts_[now / P_] += cost;
     const std::uint64_t used = count_at(now);
     Decision d{allowed, L_, L_ - used, Duration(0), Duration(0)};
-    if (L_ == 0) { d.retry_after = kRetryNever; return d; }
-    d.reset_after = Duration(firstTrue(2 * P_, [&](std::int64_t t) { return count_at(now + t) == 0; }));
+    if (L_ == 0) {
+      d.retry_after = kRetryNever;
+      return d;
+    }
+    d.reset_after =
+        Duration(firstTrue(2 * P_, [&](std::int64_t t) { return count_at(now + t) == 0; }));
     if (!allowed) {
       d.retry_after = want > L_ ? kRetryNever : Duration(firstTrue(2 * P_, [&](std::int64_t t) {
         return count_at(now + t) + want <= L_;
@@ -185,8 +205,12 @@ class SlidingWindowModel : public ReferenceModel {
     const i128 used = usedTimesP(now);
     Decision d{allowed, L_, static_cast<std::uint64_t>(used >= quota ? 0 : (quota - used) / P_),
                Duration(0), Duration(0)};
-    if (L_ == 0) { d.retry_after = kRetryNever; return d; }
-    d.reset_after = Duration(firstTrue(3 * P_, [&](std::int64_t t) { return usedTimesP(now + t) == 0; }));
+    if (L_ == 0) {
+      d.retry_after = kRetryNever;
+      return d;
+    }
+    d.reset_after =
+        Duration(firstTrue(3 * P_, [&](std::int64_t t) { return usedTimesP(now + t) == 0; }));
     if (!allowed) {
       d.retry_after = want > L_ ? kRetryNever : Duration(firstTrue(3 * P_, [&](std::int64_t t) {
         return usedTimesP(now + t) + i128(want) * P_ <= quota;

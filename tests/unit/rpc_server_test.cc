@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/service/limiter_service.h"
 #include "proto/throttlex.capnp.h"
 
 using namespace throttlex;

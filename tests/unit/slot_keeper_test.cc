@@ -1,14 +1,14 @@
-// SlotKeeper (daemon/slots/slot_keeper.h): checks wait for their slot's state instead of being decided
-// on an empty one, handoffs move exactly the slots that changed owner, and the grace period waits
-// for every decision made on the old view. Runs under TSan in CI (the "concurrency" label).
+// SlotKeeper (daemon/slots/slot_keeper.h): checks wait for their slot's state instead of being
+// decided on an empty one, handoffs move exactly the slots that changed owner, and the grace period
+// waits for every decision made on the old view. Runs under TSan in CI (the "concurrency" label).
 #include <doctest/doctest.h>
 
 #include <atomic>
 #include <future>
 #include <thread>
 
-#include "daemon/service/limiter_service.h"
 #include "daemon/routing/router.h"
+#include "daemon/service/limiter_service.h"
 #include "daemon/slots/slot_keeper.h"
 #include "persistence/fake_snapshot_store.h"
 
@@ -89,7 +89,8 @@ std::shared_ptr<RingView> view(std::vector<std::string> ids, const std::string& 
 
 }  // namespace
 
-TEST_CASE("with a snapshot store, checks wait for their slot's snapshot instead of starting empty") {
+TEST_CASE(
+    "with a snapshot store, checks wait for their slot's snapshot instead of starting empty") {
   ManualClock clock(kStart);
   persistence::FakeSnapshotStore snapshots(clock);
   // The key spent 7 of 10 before the restart.
@@ -169,7 +170,7 @@ TEST_CASE("lazy recovery reads a slot when its first check arrives, and only tha
   CHECK(n.keeper.stats().slots_waiting == kSlotCount - 1);
 }
 
-TEST_CASE("an unreachable snapshot store delays checks at most by the recovery deadline") {
+TEST_CASE("with Redis unreachable, recovery gives up and checks are decided from empty state") {
   ManualClock clock(kStart);
   persistence::FakeSnapshotStore snapshots(clock);
   snapshots.setFailure(Error{ErrorCode::kUnavailable, "redis down"});
@@ -366,9 +367,8 @@ TEST_CASE("store: collect takes a slot's entries out, merge keeps the more consu
   store->merge(k, more, kStart, [](const State& a, const State& b) {
     return a.w0 >= b.w0 ? a : b;  // stands in for moreConsumed (tested in persistence_merge_test)
   });
-  store->merge(k, less, kStart, [](const State& a, const State& b) {
-    return a.w0 >= b.w0 ? a : b;
-  });
+  store->merge(k, less, kStart,
+               [](const State& a, const State& b) { return a.w0 >= b.w0 ? a : b; });
   CHECK(*store->get(k) == more);
 }
 
@@ -383,9 +383,9 @@ TEST_CASE("store: the observer hears of admitted changes only") {
   store->setObserver(&seen);
   const Limit limit = *Limit::make({Algorithm::kTokenBucket, 2, 1h, 0});
   const KeyHash k = hashOf("obs");
-  CHECK(store->check(k, limit, 1, kStart).allowed);   // new entry
-  CHECK(store->check(k, limit, 0, kStart).allowed);   // a read
-  CHECK(store->check(k, limit, 1, kStart).allowed);   // spent
+  CHECK(store->check(k, limit, 1, kStart).allowed);        // new entry
+  CHECK(store->check(k, limit, 0, kStart).allowed);        // a read
+  CHECK(store->check(k, limit, 1, kStart).allowed);        // spent
   CHECK_FALSE(store->check(k, limit, 1, kStart).allowed);  // denied: nothing changed
   REQUIRE(seen.changes.size() == 2);
   CHECK(seen.changes.back().second == *store->get(k));

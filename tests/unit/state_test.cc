@@ -23,11 +23,16 @@ Limit mustMake(Algorithm a, std::uint64_t limit, Duration period, std::uint64_t 
 
 std::unique_ptr<ReferenceModel> modelFor(const Limit& l) {
   switch (l.algorithm()) {
-    case Algorithm::kTokenBucket: return std::make_unique<throttlex::testing::TokenBucketModel>(l);
-    case Algorithm::kLeakyBucket: return std::make_unique<throttlex::testing::LeakyBucketModel>(l);
-    case Algorithm::kGcra: return std::make_unique<throttlex::testing::GcraModel>(l);
-    case Algorithm::kFixedWindow: return std::make_unique<throttlex::testing::FixedWindowModel>(l);
-    case Algorithm::kSlidingWindow: return std::make_unique<throttlex::testing::SlidingWindowModel>(l);
+    case Algorithm::kTokenBucket:
+      return std::make_unique<throttlex::testing::TokenBucketModel>(l);
+    case Algorithm::kLeakyBucket:
+      return std::make_unique<throttlex::testing::LeakyBucketModel>(l);
+    case Algorithm::kGcra:
+      return std::make_unique<throttlex::testing::GcraModel>(l);
+    case Algorithm::kFixedWindow:
+      return std::make_unique<throttlex::testing::FixedWindowModel>(l);
+    case Algorithm::kSlidingWindow:
+      return std::make_unique<throttlex::testing::SlidingWindowModel>(l);
   }
   return nullptr;
 }
@@ -58,7 +63,8 @@ Limit randomLimit(std::mt19937_64& rng, Algorithm a) {
   if (isBucketAlgorithm(a) && rng() % 2 == 0) {
     // Any burst whose refill time stays within the 10-year horizon.
     const auto max_burst = static_cast<std::uint64_t>(std::min<__int128>(
-        kMaxLimit, static_cast<__int128>(kMaxRefillTime.count()) * limit / (period_ms * 1'000'000)));
+        kMaxLimit,
+        static_cast<__int128>(kMaxRefillTime.count()) * limit / (period_ms * 1'000'000)));
     burst = 1 + rng() % std::max<std::uint64_t>(1, std::min<std::uint64_t>(max_burst, 3 * limit));
   }
   return mustMake(a, limit, std::chrono::milliseconds(period_ms), burst);
@@ -66,23 +72,31 @@ Limit randomLimit(std::mt19937_64& rng, Algorithm a) {
 
 std::uint64_t randomCost(std::mt19937_64& rng, const Limit& l) {
   switch (rng() % 10) {
-    case 0: return 0;                                // read only
-    case 1: return 1 + rng() % (l.burst() + 2);      // anything up to just above capacity
-    case 2: return 1 + rng() % 3;
-    default: return 1;
+    case 0:
+      return 0;  // read only
+    case 1:
+      return 1 + rng() % (l.burst() + 2);  // anything up to just above capacity
+    case 2:
+      return 1 + rng() % 3;
+    default:
+      return 1;
   }
 }
 
 std::int64_t randomStep(std::mt19937_64& rng, const Limit& l) {
   const std::int64_t P = l.periodNs();
   // About two emission intervals: the regime where decisions flip between allowed and denied.
-  const auto interval = static_cast<std::uint64_t>(
-      std::max<std::int64_t>(1, P / static_cast<std::int64_t>(std::max<std::uint64_t>(1, l.limit())) * 2));
+  const auto interval = static_cast<std::uint64_t>(std::max<std::int64_t>(
+      1, P / static_cast<std::int64_t>(std::max<std::uint64_t>(1, l.limit())) * 2));
   switch (rng() % 12) {
-    case 0: return 0;                                              // same instant
-    case 1: return static_cast<std::int64_t>(rng() % 1000);        // ns apart
-    case 2: return static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(3 * P));  // idle gap
-    case 3: return P - static_cast<std::int64_t>(rng() % 3);       // near a window boundary
+    case 0:
+      return 0;  // same instant
+    case 1:
+      return static_cast<std::int64_t>(rng() % 1000);  // ns apart
+    case 2:
+      return static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(3 * P));  // idle gap
+    case 3:
+      return P - static_cast<std::int64_t>(rng() % 3);  // near a window boundary
     default:
       return static_cast<std::int64_t>(rng() % interval);
   }
@@ -269,7 +283,8 @@ TEST_CASE("time going backwards never grants extra capacity") {
       Time now = kStart;
       for (int i = 0; i < 100; ++i) {
         if (rng() % 4 == 0) {
-          now -= Duration(static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(2 * l.periodNs())));
+          now -= Duration(
+              static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(2 * l.periodNs())));
         } else {
           now = latest + Duration(randomStep(rng, l));
         }

@@ -29,7 +29,9 @@ Limit mustMake(Algorithm a, std::uint64_t limit, Duration period, std::uint64_t 
   return *l;
 }
 
-KeyHash key(int i) { return hashKey("", "k" + std::to_string(i), Algorithm::kTokenBucket, 1s); }
+KeyHash key(int i) {
+  return hashKey("", "k" + std::to_string(i), Algorithm::kTokenBucket, 1s);
+}
 
 }  // namespace
 

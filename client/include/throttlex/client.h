@@ -99,9 +99,9 @@ enum class Algorithm : std::uint8_t {
   kGcra = 5,
 };
 
-inline constexpr std::size_t kMaxKeyBytes = 1024;  // longer keys are refused without a call
+inline constexpr std::size_t kMaxKeyBytes = 1024;      // longer keys are refused without a call
 inline constexpr std::size_t kMaxRuleNameBytes = 128;  // longer rule names, likewise
-inline constexpr std::size_t kMaxBatch = 1000;     // the protocol's most checks per call
+inline constexpr std::size_t kMaxBatch = 1000;         // the protocol's most checks per call
 
 // One check: a key and either a named rule configured on the node or an inline limit.
 struct CheckSpec {
@@ -130,7 +130,7 @@ struct CheckResult {
   std::chrono::nanoseconds reset_after{0};  // until the key is back to its neutral state
   std::chrono::nanoseconds retry_after{0};  // 0 when allowed; negative: never (hits > capacity)
   std::chrono::milliseconds period{0};
-  std::string policy;  // the rule's name, or "default" for inline limits
+  std::string policy;           // the rule's name, or "default" for inline limits
   Route route = Route::kLocal;  // meaningful when ok() and not a fallback
 
   bool ok() const { return error.code == ErrorCode::kNone; }
@@ -187,14 +187,14 @@ struct Member {
 
 // Snapshots, recovery and handoffs of one node (docs/persistence.md).
 struct PersistenceInfo {
-  std::string redis;             // host:port of the snapshot store; empty: memory only
+  std::string redis;  // host:port of the snapshot store; empty: memory only
   bool connected = false;
-  std::uint64_t pending = 0;     // changed entries not yet written
+  std::uint64_t pending = 0;         // changed entries not yet written
   std::chrono::milliseconds lag{0};  // age of the oldest of them
   std::uint64_t written = 0;
   std::uint64_t write_errors = 0;
-  std::uint32_t slots_waiting = 0;   // slots whose state is on the way
-  std::uint64_t parked = 0;          // checks waiting for them
+  std::uint32_t slots_waiting = 0;  // slots whose state is on the way
+  std::uint64_t parked = 0;         // checks waiting for them
   std::uint64_t handoffs_sent = 0, handoffs_received = 0;
   std::uint64_t handoff_entries_sent = 0, handoff_entries_received = 0;
   std::uint64_t handoff_failures = 0;
@@ -219,7 +219,7 @@ struct NodeInfo {
   std::uint64_t keys = 0;
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
-  std::vector<Member> members;        // the cluster as this node sees it; empty: no cluster
+  std::vector<Member> members;  // the cluster as this node sees it; empty: no cluster
   PersistenceInfo persistence;
 };
 

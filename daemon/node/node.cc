@@ -1,0 +1,413 @@
+#include "daemon/node/node.h"
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/base/log.h"
+#include "daemon/http/http_api.h"
+#include "daemon/http/http_server.h"
+#include "daemon/metrics/metrics.h"
+#include "daemon/node/cluster.h"
+#include "daemon/routing/forwarder.h"
+#include "daemon/routing/ring_view.h"
+#include "daemon/routing/router.h"
+#include "daemon/rpc/rpc_server.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/service/sweeper.h"
+#include "daemon/slots/handoff_client.h"
+#include "daemon/slots/slot_keeper.h"
+#include "persistence/redis_store.h"
+#include "persistence/snapshot_writer.h"
+
+namespace throttlex {
+namespace {
+
+// Every state a check changed goes to the snapshot writer (newest wins; no I/O here).
+class SnapshotObserver final : public StoreObserver {
+ public:
+  explicit SnapshotObserver(persistence::SnapshotWriter& writer) : writer_(writer) {}
+  void changed(const KeyHash& key, const State& state) override {
+    writer_.markDirty(slotOf(key), key, state, state.expiryMs());
+  }
+
+ private:
+  persistence::SnapshotWriter& writer_;
+};
+
+// Admin flushes (throttlectl snapshot) run on threads of their own (a flush waits for Redis),
+// joined once finished or at shutdown.
+class Flushes {
+ public:
+  explicit Flushes(persistence::SnapshotWriter& writer) : writer_(writer) {}
+  ~Flushes() { join(); }
+  void start(std::function<void(Result<SnapshotOutcome>)> done) {
+    std::lock_guard guard(mu_);
+    // Join the flushes that have finished (each marks itself), so repeated calls hold no threads.
+    for (auto it = threads_.begin(); it != threads_.end();) {
+      if (it->finished->load()) {
+        it->thread.join();
+        it = threads_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    threads_.push_back({std::thread([this, finished, done = std::move(done)] {
+                          flush(done);
+                          finished->store(true);
+                        }),
+                        finished});
+  }
+  void join() {
+    std::vector<Running> threads;
+    {
+      std::lock_guard guard(mu_);
+      threads.swap(threads_);
+    }
+    for (auto& t : threads) t.thread.join();
+  }
+
+ private:
+  struct Running {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  void flush(const std::function<void(Result<SnapshotOutcome>)>& done) {
+    const std::uint64_t before = writer_.stats().entries_written;
+    const bool ok = writer_.flushOnce();
+    const auto after = writer_.stats();
+    if (!ok) {
+      done(Error{ErrorCode::kUnavailable,
+                 "the snapshot store did not take every entry (Redis unreachable, or slower "
+                 "than the command deadline under this write load: try again); " +
+                     std::to_string(after.pending) + " entries still pending"});
+      return;
+    }
+    done(SnapshotOutcome{after.entries_written - before, after.pending});
+  }
+
+  persistence::SnapshotWriter& writer_;
+  std::mutex mu_;
+  std::vector<Running> threads_;  // guarded by mu_
+};
+
+// After announcing its leave a node stays while checks still arrive over RPC: peers that have not
+// heard of the leave yet keep forwarding here, and those checks are passed on to the slots' new
+// owners. It goes once none came for kLingerQuiet, after kLingerMax at the latest.
+constexpr auto kLingerQuiet = std::chrono::seconds(1);
+constexpr auto kLingerMax = std::chrono::seconds(10);
+
+void lingerWhileChecksArrive(const std::function<std::uint64_t()>& checks) {
+  using Steady = std::chrono::steady_clock;
+  const auto deadline = Steady::now() + kLingerMax;
+  std::uint64_t seen = checks();
+  auto quiet_since = Steady::now();
+  while (Steady::now() < deadline && Steady::now() - quiet_since < kLingerQuiet) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const std::uint64_t now_seen = checks();
+    if (now_seen != seen) {
+      seen = now_seen;
+      quiet_since = Steady::now();
+    }
+  }
+}
+
+}  // namespace
+
+struct Node::Parts {
+  Parts(const Config& c, const Clock& k, std::function<void()> stop)
+      : config(c), clock(k), request_stop(std::move(stop)) {}
+
+  // Steps of start(), in order; each fails with a message naming the flag at fault.
+  Status startSnapshots();
+  Status startRouting(RuleSet rules);
+  Status startApis();
+  Status startCluster();
+  NodeInfo info() const;
+  PersistenceStats persistenceStats() const;
+  ClusterNode* clusterNode() const { return cluster_view.load(std::memory_order_acquire); }
+  std::string address(const std::atomic<int>& port) const {
+    return config.advertise + ":" + std::to_string(port.load(std::memory_order_relaxed));
+  }
+
+  // Constant after construction.
+  const Config config;
+  const Clock& clock;
+  const std::function<void()> request_stop;
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  // The components, in construction order (destroyed in reverse).
+  std::unique_ptr<Store> store;
+  std::unique_ptr<persistence::RedisStore> redis;  // with --redis only, as the three below
+  std::unique_ptr<persistence::SnapshotWriter> writer;
+  std::unique_ptr<SnapshotObserver> observer;
+  std::unique_ptr<Flushes> flushes;
+  SlotKeeperOptions keeper_options;
+  std::unique_ptr<SlotKeeper> keeper;
+  std::unique_ptr<LimiterService> service;
+  RingHolder ring;  // published by the cluster thread once membership is up
+  std::unique_ptr<Forwarder> forwarder;
+  std::unique_ptr<Router> router;
+  std::unique_ptr<ClusterNode> cluster;
+  std::atomic<ClusterNode*> cluster_view{nullptr};  // set once membership is up
+  std::unique_ptr<Metrics> metrics;
+  // The ports actually bound (they differ from the flags when a flag says 0); set as each
+  // listener comes up, read by the RPC and HTTP threads.
+  std::atomic<int> http_port{0}, rpc_port{0}, metrics_port{0};
+  NodeControl control;
+  std::unique_ptr<RpcServer> rpc;
+  std::unique_ptr<HttpApi> api;
+  std::unique_ptr<HttpServer> http;
+  std::unique_ptr<Sweeper> sweeper;
+};
+
+// Snapshots (docs/persistence.md): only with --redis. Checks never wait for Redis: the store
+// tells the writer what changed, the writer's thread writes it behind.
+Status Node::Parts::startSnapshots() {
+  if (config.redis.empty()) return Ok{};
+  persistence::RedisStoreOptions redis_options;
+  redis_options.host = config.redis_host;
+  redis_options.port = config.redis_port;
+  redis_options.cluster = config.cluster_name;
+  redis_options.on_event = [](const std::string& e) { logInfo("redis " + e); };
+  auto made = persistence::RedisStore::make(redis_options, clock);
+  if (!made) return Error{made.error().code, "--redis: " + made.error().message};
+  redis = std::move(*made);
+  persistence::SnapshotWriterOptions writer_options;
+  writer_options.interval = std::chrono::milliseconds(config.snapshot_interval_ms);
+  auto w = persistence::SnapshotWriter::make(*redis, writer_options);
+  if (!w) return Error{w.error().code, "snapshots: " + w.error().message};
+  writer = std::move(*w);
+  observer = std::make_unique<SnapshotObserver>(*writer);
+  flushes = std::make_unique<Flushes>(*writer);
+  store->setObserver(observer.get());
+  writer->start();
+  return Ok{};
+}
+
+// The slot keeper, the limiter service, and the forwarder and router that send checks of keys
+// owned elsewhere to their owners. Until the first ring, everything is local.
+Status Node::Parts::startRouting(RuleSet rules) {
+  keeper_options.self_id = config.node_id;
+  keeper_options.snapshots = redis.get();
+  keeper_options.send = &sendHandoff;
+  keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
+  keeper_options.lazy = config.lazy_recovery;
+  // With seeds, wait for the cluster before deciding (a restarted member must not decide its old
+  // keys alone while the others do); seeds that never answer leave it alone after 5 s.
+  if (!config.join.empty()) keeper_options.join_timeout = std::chrono::seconds(5);
+  keeper = std::make_unique<SlotKeeper>(keeper_options, *store, clock);
+  service = std::make_unique<LimiterService>(*store, clock, std::move(rules), config.rules);
+  ForwarderOptions forwarder_options;
+  forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
+  auto f = Forwarder::start(forwarder_options, *service, ring);
+  if (!f) return Error{f.error().code, "forwarder: " + f.error().message};
+  forwarder = std::move(*f);
+  forwarder->setKeeper(keeper.get());
+  router = std::make_unique<Router>(*service, &ring, forwarder.get(), keeper.get());
+  keeper->setRouter(router.get());
+  keeper->recoverAll();  // with --redis / --join: every slot waits for its snapshot / the cluster
+  return Ok{};
+}
+
+PersistenceStats Node::Parts::persistenceStats() const {
+  PersistenceStats p;
+  p.has_store = redis != nullptr;
+  if (redis) p.store = redis->stats();
+  if (writer) p.writer = writer->stats();
+  p.slots = keeper->stats();
+  return p;
+}
+
+NodeInfo Node::Parts::info() const {
+  NodeInfo i;
+  i.node_id = config.node_id;
+  i.http_address = address(http_port);
+  i.rpc_address = address(rpc_port);
+  i.metrics_address = address(metrics_port);
+  i.uptime_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               std::chrono::steady_clock::now() - started)
+                                               .count());
+  const StoreStats st = store->stats();
+  i.keys = st.entries;
+  i.evictions = st.evictions;
+  i.rules = static_cast<std::uint32_t>(service->rules().size());
+  if (ClusterNode* c = clusterNode()) i.members = c->members();
+  PersistenceInfo& p = i.persistence;
+  p.redis = config.redis;
+  if (redis) p.connected = redis->stats().connected;
+  if (writer) {
+    const auto w = writer->stats();
+    p.pending = w.pending;
+    p.lag_ms = static_cast<std::uint64_t>(w.lag.count());
+    p.written = w.entries_written;
+    p.write_errors = w.write_errors;
+  }
+  const SlotKeeperStats k = keeper->stats();
+  p.slots_waiting = static_cast<std::uint32_t>(k.slots_waiting);
+  p.parked = k.parked_now;
+  p.handoffs_sent = k.handoffs_sent;
+  p.handoffs_received = k.handoffs_received;
+  p.handoff_entries_sent = k.handoff_entries_sent;
+  p.handoff_entries_received = k.handoff_entries_received;
+  p.handoff_failures = k.handoff_failures;
+  p.recovery_timeouts = k.recovery_timeouts;
+  p.draining = k.draining;
+  p.drained = k.drained;
+  return i;
+}
+
+// Metrics, RPC and HTTP, bound in that order.
+Status Node::Parts::startApis() {
+  metrics = std::make_unique<Metrics>(Metrics::Options{
+      config.node_id, kVersion, store.get(),
+      [this] {
+        ClusterNode* c = clusterNode();
+        return c != nullptr ? c->stats() : ClusterStats{};
+      },
+      [this] { return forwarder->stats(); }, [this] { return persistenceStats(); }});
+  auto metrics_bound = metrics->serve(config.bind, config.metrics_port);
+  if (!metrics_bound)
+    return Error{metrics_bound.error().code, "--metrics-port: " + metrics_bound.error().message};
+  metrics_port = *metrics_bound;
+
+  control.handoff = [this](const std::string& from, std::span<const std::uint16_t> slots,
+                           std::span<const std::uint8_t> entries) {
+    return keeper->receive(from, slots, entries);
+  };
+  if (flushes) {
+    control.snapshot = [this](std::function<void(Result<SnapshotOutcome>)> done) {
+      flushes->start(std::move(done));
+    };
+  }
+  control.drain = [this]() -> Status {
+    logInfo("drain requested over RPC");
+    request_stop();  // the same path as a SIGTERM from outside
+    return Ok{};
+  };
+  const NodeInfoProvider node_info = [this] { return info(); };
+  RpcServerOptions rpc_options;
+  rpc_options.bind_address = config.bind;
+  rpc_options.port = config.rpc_port;
+  rpc_options.threads = config.threads;
+  rpc_options.control = &control;
+  auto r = RpcServer::start(rpc_options, *router, node_info, metrics.get());
+  if (!r) return Error{r.error().code, "--rpc-port: " + r.error().message};
+  rpc = std::move(*r);
+  rpc_port = rpc->port();
+
+  const MembersProvider members = [this] {
+    ClusterNode* c = clusterNode();
+    return c != nullptr ? c->members() : std::vector<MemberInfo>{};
+  };
+  api = std::make_unique<HttpApi>(*service, metrics.get(), node_info, members, router.get());
+  HttpServerOptions http_options;
+  http_options.bind_address = config.bind;
+  http_options.port = config.http_port;
+  http_options.threads = config.threads;
+  HttpApi* handler = api.get();
+  auto h = HttpServer::start(http_options, [handler](HttpRequest& req, HttpRespond respond) {
+    handler->handle(req, respond);
+  });
+  if (!h) return Error{h.error().code, "--http-port: " + h.error().message};
+  http = std::move(*h);
+  http_port = http->port();
+  return Ok{};
+}
+
+// Membership comes up after the APIs, so it can announce their bound addresses.
+Status Node::Parts::startCluster() {
+  ClusterOptions cluster_options;
+  cluster_options.cluster_name = config.cluster_name;
+  cluster_options.node_id = config.node_id;
+  cluster_options.bind_address = config.bind;
+  cluster_options.advertise_host = config.advertise;
+  cluster_options.port = config.gossip_port;
+  cluster_options.seeds = config.join;
+  cluster_options.timing = config.gossip_timing;
+  cluster_options.meta.protocol_version = 1;
+  cluster_options.ring = &ring;
+  cluster_options.on_ring = [this](std::shared_ptr<const RingView> view) {
+    keeper->onRing(std::move(view));
+  };
+  cluster_options.meta.rpc_address = address(rpc_port);
+  cluster_options.meta.http_address = address(http_port);
+  auto joined = ClusterNode::start(cluster_options, clock);
+  if (!joined) return Error{joined.error().code, "--gossip-port: " + joined.error().message};
+  cluster = std::move(*joined);
+  cluster_view.store(cluster.get(), std::memory_order_release);
+  return Ok{};
+}
+
+Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clock,
+                                          std::function<void()> request_stop) {
+  auto rules = config.rules.empty() ? RuleSet::make({}) : RuleSet::loadFile(config.rules);
+  if (!rules) return Error{rules.error().code, "--rules: " + rules.error().message};
+  auto store = Store::make({config.max_keys, 1024});
+  if (!store) return Error{store.error().code, "--max-keys: " + store.error().message};
+
+  auto parts = std::make_unique<Parts>(config, clock, std::move(request_stop));
+  parts->store = std::move(*store);
+  parts->http_port = config.http_port;
+  parts->rpc_port = config.rpc_port;
+  parts->metrics_port = config.metrics_port;
+  if (Status s = parts->startSnapshots(); !s) return s.error();
+  if (Status s = parts->startRouting(std::move(*rules)); !s) return s.error();
+  if (Status s = parts->startApis(); !s) return s.error();
+  if (Status s = parts->startCluster(); !s) return s.error();
+  parts->sweeper = std::make_unique<Sweeper>(*parts->store, clock);
+
+  const auto& k = parts->keeper_options;
+  if (parts->redis && !parts->keeper->waitStarted(std::max(k.startup_timeout, k.recovery_timeout) +
+                                                  std::chrono::seconds(1))) {
+    logWarn("recovery from Redis still running; serving what has arrived");
+  }
+  parts->api->setReady(true);
+  logInfo("throttlexd " + std::string(kVersion) + " node " + config.node_id + " ready: http " +
+          config.bind + ":" + std::to_string(parts->http->port()) + ", rpc " + config.bind + ":" +
+          std::to_string(parts->rpc->port()) + ", metrics " + config.bind + ":" +
+          std::to_string(parts->metrics_port.load()) + ", gossip " + config.bind + ":" +
+          std::to_string(parts->cluster->port()) + ", " + std::to_string(config.threads) +
+          " threads, " + std::to_string(parts->service->rules().size()) + " rules");
+  return std::unique_ptr<Node>(new Node(std::move(parts)));
+}
+
+Node::Node(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
+
+Node::~Node() {
+  stop();
+}
+
+Result<std::size_t> Node::reloadRules() {
+  return parts_->service->reloadRules();
+}
+
+void Node::stop() {
+  if (std::exchange(stopped_, true)) return;
+  Parts& p = *parts_;
+  p.api->setReady(false);
+  // Drain: the slots' state goes to the nodes that take them over, before the others learn that
+  // this node leaves (checks that still arrive here are passed on to them).
+  const std::size_t handed = p.keeper->drain(std::chrono::seconds(5));
+  if (handed > 0) logInfo("handed " + std::to_string(handed) + " slots over");
+  p.cluster->announceLeave();  // tell the others, so they stop sending here
+  lingerWhileChecksArrive([&p] { return p.rpc->stats().checks; });
+  p.cluster->leave();
+  p.http->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
+  p.rpc->stop();
+  p.keeper->stop();     // decides what still waits for state (through the forwarder)
+  p.forwarder->stop();  // after the APIs: their in-flight forwarded checks were answered
+  p.sweeper->stop();
+  if (p.flushes) p.flushes->join();
+  if (p.writer) {
+    p.writer->stop();  // one last flush
+    const auto w = p.writer->stats();
+    if (w.pending > 0) logWarn(std::to_string(w.pending) + " snapshot entries not written");
+  }
+}
+
+}  // namespace throttlex
