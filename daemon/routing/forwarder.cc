@@ -19,6 +19,7 @@
 
 #include "daemon/base/log.h"
 #include "daemon/routing/slot_gate.h"
+#include "daemon/routing/wire.h"
 #include "proto/node_connection.h"
 #include "proto/throttlex.capnp.h"
 
@@ -30,73 +31,8 @@ using Steady = std::chrono::steady_clock;
 kj::Duration toKj(std::chrono::milliseconds ms) {
   return ms.count() * kj::MILLISECONDS;
 }
-kj::StringPtr kjText(const std::string& s) {
-  return {s.c_str(), s.size()};
-}
-std::string_view view(capnp::Text::Reader t) {
-  return {t.begin(), t.size()};
-}
-
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
   c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
-}
-
-ErrorCode fromProto(proto::ErrorCode code) {
-  switch (code) {
-    case proto::ErrorCode::INVALID_ARGUMENT:
-      return ErrorCode::kInvalidArgument;
-    case proto::ErrorCode::NOT_FOUND:
-      return ErrorCode::kNotFound;
-    case proto::ErrorCode::UNAVAILABLE:
-      return ErrorCode::kUnavailable;
-    case proto::ErrorCode::DEADLINE_EXCEEDED:
-      return ErrorCode::kDeadlineExceeded;
-    case proto::ErrorCode::RESOURCE_EXHAUSTED:
-      return ErrorCode::kResourceExhausted;
-    case proto::ErrorCode::UNSUPPORTED_VERSION:
-      return ErrorCode::kInvalidArgument;
-    case proto::ErrorCode::NOT_DECIDED:
-      return ErrorCode::kNotDecided;
-    case proto::ErrorCode::NONE:
-    case proto::ErrorCode::INTERNAL:
-      break;
-  }
-  return ErrorCode::kInternal;
-}
-
-// The owner's answer for one check, as this node reports it.
-Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
-  if (r.hasError() && r.getError().getCode() != proto::ErrorCode::NONE) {
-    return Error{fromProto(r.getError().getCode()), std::string(view(r.getError().getMessage()))};
-  }
-  CheckOutcome o;
-  o.decision.allowed = r.getDecidedAllowed();
-  o.decision.limit = r.getLimit();
-  o.decision.remaining = r.getRemaining();
-  o.decision.reset_after = Duration(r.getResetAfterNs());
-  o.decision.retry_after = Duration(r.getRetryAfterNs());
-  o.allowed = r.getAllowed();
-  o.shadow = r.getShadow();
-  o.policy = std::string(view(r.getPolicy()));
-  o.period = std::chrono::milliseconds(r.getPeriodMs());
-  // The owner decided it (local there); if the owner itself had to fall back, say so.
-  o.route = r.getRoute() == proto::Route::DEGRADED ? RouteKind::kDegraded : RouteKind::kForwarded;
-  return o;
-}
-
-void encode(const ForwardedCheck& c, proto::CheckRequest::Builder out) {
-  out.setKey(kjText(c.key));
-  out.setHits(c.hits);
-  if (!c.rule.empty()) {
-    out.setRule(kjText(c.rule));
-    return;
-  }
-  auto l = out.initLimit();
-  l.setAlgorithm(static_cast<proto::Algorithm>(c.limit.algorithm));
-  l.setLimit(c.limit.limit);
-  l.setPeriodMs(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(c.limit.period).count()));
-  l.setBurst(c.limit.burst);
 }
 
 // Failures that say "this peer cannot answer now" (connection lost, deadline). Anything else is
@@ -318,7 +254,8 @@ class Loop {
       degrade(item);
       return;
     }
-    if (pastDecideBy(item.check.decide_by_ms, impl_.service.clock().now())) {
+    if (item.check.decide_by_ms != 0 &&  // (no clock read for checks that entered here)
+        pastDecideBy(item.check.decide_by_ms, impl_.service.clock().now())) {
       // The node that sent it here may have had it decided elsewhere by now.
       deliver(item,
               Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});
@@ -767,7 +704,7 @@ class Loop {
     std::uint8_t hops = 0;
     auto list = request.initChecks(static_cast<unsigned>(items.size()));
     for (std::size_t i = 0; i < items.size(); ++i) {
-      encode(items[i].check, list[static_cast<unsigned>(i)]);
+      encode(items[i].check.args(), list[static_cast<unsigned>(i)]);
       hops = std::max(hops, items[i].hops);
     }
     request.setHops(static_cast<std::uint8_t>(hops + 1));

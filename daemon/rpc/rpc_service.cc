@@ -8,70 +8,12 @@
 #include <kj/debug.h>
 
 #include "daemon/metrics/metrics.h"
+#include "daemon/routing/wire.h"
 
 namespace throttlex {
 namespace {
 
-// The wire enum and the limiter's share numeric values, so conversion is a cast.
-static_assert(static_cast<int>(proto::Algorithm::TOKEN_BUCKET) ==
-              static_cast<int>(Algorithm::kTokenBucket));
-static_assert(static_cast<int>(proto::Algorithm::LEAKY_BUCKET) ==
-              static_cast<int>(Algorithm::kLeakyBucket));
-static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
-              static_cast<int>(Algorithm::kFixedWindow));
-static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
-              static_cast<int>(Algorithm::kSlidingWindow));
-static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
-static_assert(kAlgorithmCount == 5, "a new algorithm needs its wire value here");
-
 using SteadyClock = std::chrono::steady_clock;
-
-std::string_view view(capnp::Text::Reader text) {
-  return {text.begin(), text.size()};
-}
-kj::StringPtr kjText(const std::string& s) {
-  return {s.c_str(), s.size()};
-}
-
-void setError(proto::Error::Builder out, proto::ErrorCode code, const std::string& message) {
-  out.setCode(code);
-  out.setMessage(kjText(message));
-}
-void setError(proto::Error::Builder out, const Error& error) {
-  setError(out, toProto(error.code), error.message);
-}
-
-void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
-  if (!r) {
-    setError(out.initError(), r.error());
-    return;
-  }
-  // error stays a null pointer: it reads as code none and costs no bytes.
-  const CheckOutcome& o = *r;
-  out.setAllowed(o.allowed);
-  out.setDecidedAllowed(o.decision.allowed);
-  out.setShadow(o.shadow);
-  out.setLimit(o.decision.limit);
-  out.setRemaining(o.decision.remaining);
-  out.setResetAfterNs(o.decision.reset_after.count());
-  out.setRetryAfterNs(o.decision.retry_after.count());  // kRetryNever is -1 ns, as on the wire
-  out.setPolicy(kjText(o.policy));
-  out.setPeriodMs(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(o.period).count()));
-  out.setRoute(static_cast<proto::Route>(o.route));
-}
-
-proto::Algorithm toProto(Algorithm a) {
-  return static_cast<proto::Algorithm>(a);
-}
-
-void encode(const LimitSpec& spec, proto::LimitSpec::Builder out) {
-  out.setAlgorithm(toProto(spec.algorithm));
-  out.setLimit(spec.limit);
-  out.setPeriodMs(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(spec.period).count()));
-  out.setBurst(spec.burst);
-}
 
 Outcome outcomeOf(const Result<CheckOutcome>& r) {
   if (!r) return Outcome::kError;
@@ -79,63 +21,6 @@ Outcome outcomeOf(const Result<CheckOutcome>& r) {
 }
 
 }  // namespace
-
-proto::ErrorCode toProto(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::kInvalidArgument:
-      return proto::ErrorCode::INVALID_ARGUMENT;
-    case ErrorCode::kNotFound:
-      return proto::ErrorCode::NOT_FOUND;
-    case ErrorCode::kUnavailable:
-      return proto::ErrorCode::UNAVAILABLE;
-    case ErrorCode::kDeadlineExceeded:
-      return proto::ErrorCode::DEADLINE_EXCEEDED;
-    case ErrorCode::kResourceExhausted:
-      return proto::ErrorCode::RESOURCE_EXHAUSTED;
-    case ErrorCode::kInternal:
-      return proto::ErrorCode::INTERNAL;
-    case ErrorCode::kNotDecided:
-      return proto::ErrorCode::NOT_DECIDED;
-  }
-  return proto::ErrorCode::INTERNAL;
-}
-
-Result<LimitSpec> fromProto(proto::LimitSpec::Reader spec) {
-  LimitSpec out;
-  const auto algorithm = static_cast<int>(spec.getAlgorithm());
-  if (algorithm > kAlgorithmCount) {
-    return invalidArgument("unknown algorithm " + std::to_string(algorithm));
-  }
-  // unspecified (0) means the default, as an omitted 'algorithm' does over HTTP.
-  if (algorithm != 0) out.algorithm = static_cast<Algorithm>(algorithm);
-  out.limit = spec.getLimit();
-  out.burst = spec.getBurst();
-  // Clamped just past the maximum so that Limit::make rejects it with its usual message instead
-  // of the conversion to nanoseconds overflowing.
-  constexpr std::uint64_t kMaxPeriodMs =
-      std::chrono::duration_cast<std::chrono::milliseconds>(kMaxPeriod).count() + 1;
-  out.period = std::chrono::milliseconds(std::min(spec.getPeriodMs(), kMaxPeriodMs));
-  return out;
-}
-
-Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
-  CheckArgs args;
-  args.key = view(request.getKey());
-  args.rule = view(request.getRule());
-  args.hits = request.getHits();
-  const auto limit = request.getLimit();
-  if (!args.rule.empty()) {
-    if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
-        limit.getAlgorithm() != proto::Algorithm::UNSPECIFIED) {
-      return invalidArgument("give either 'rule' or an inline limit, not both");
-    }
-    return args;
-  }
-  auto spec = fromProto(limit);
-  if (!spec) return spec.error();
-  args.limit = *spec;
-  return args;
-}
 
 std::optional<std::string> unsupportedVersion(std::uint16_t version) {
   if (version != 0 && version <= proto::PROTOCOL_VERSION) return std::nullopt;

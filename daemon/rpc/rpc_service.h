@@ -82,11 +82,6 @@ class RpcService final : public proto::Node::Server {
 };
 #pragma GCC diagnostic pop
 
-// Conversions shared with tests. Numeric values of proto::Algorithm equal throttlex::Algorithm's.
-proto::ErrorCode toProto(ErrorCode code);
-// Decodes one check; the result views into `request` (valid while the message is).
-Result<CheckArgs> fromProto(proto::CheckRequest::Reader request);
-Result<LimitSpec> fromProto(proto::LimitSpec::Reader spec);
 // Version check as described above: nullopt when supported, else the error message.
 // (throttlex::ErrorCode has no "unsupported version"; the caller sets the proto code itself.)
 std::optional<std::string> unsupportedVersion(std::uint16_t version);

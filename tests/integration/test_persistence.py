@@ -314,7 +314,7 @@ class PersistenceTest(unittest.TestCase):
                   f"{max(p for _, p in bursts.frozen) * 1000:.0f} ms; batches of 50 meanwhile: "
                   f"{len(during)}, p99 {p99(during) * 1000:.0f} ms, max "
                   f"{max(during, default=0) * 1000:.0f} ms; admitted meanwhile "
-                  f"{allowed_while_slow} (of {limit * len(keys)}; {before_slow} checks before)",
+                  f"{allowed_while_slow} (of {limit * len(load.keys)}; {before_slow} checks before)",
                   file=sys.stderr)
         if load.over_admitted() or load.under_admitted():
             dump(nodes + [newcomer])
