@@ -6,6 +6,8 @@
 #include <limits>
 #include <optional>
 
+#include "proto/text.h"
+
 namespace throttlex::client::detail {
 namespace {
 
@@ -28,11 +30,9 @@ static_assert(static_cast<int>(proto::ErrorCode::INTERNAL) ==
 static_assert(static_cast<int>(proto::ErrorCode::UNSUPPORTED_VERSION) ==
               static_cast<int>(ErrorCode::kUnsupportedVersion));
 
-kj::StringPtr kjText(const std::string& s) {
-  return {s.c_str(), s.size()};
-}
+using proto::kjText;
 std::string text(capnp::Text::Reader t) {
-  return {t.begin(), t.size()};
+  return std::string(proto::view(t));
 }
 
 std::uint64_t wireMs(std::chrono::milliseconds ms) {

@@ -6,20 +6,14 @@
 #include <string>
 #include <string_view>
 
-#include <capnp/blob.h>
-#include <kj/string.h>
-
 #include "daemon/service/limiter_service.h"
+#include "proto/text.h"
 #include "proto/throttlex.capnp.h"
 
 namespace throttlex {
 
-inline std::string_view view(capnp::Text::Reader text) {
-  return {text.begin(), text.size()};
-}
-inline kj::StringPtr kjText(const std::string& s) {
-  return {s.c_str(), s.size()};
-}
+using proto::kjText;
+using proto::view;
 
 // Algorithms share their numeric values with the wire enum (checked in wire.cc).
 inline proto::Algorithm toProto(Algorithm a) {
