@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config git
-  clang-format  # scripts/test.sh checks the formatting (.clang-format)
+  clang-format clang-tidy  # scripts/test.sh checks formatting and .clang-tidy
   # libraries (see docs/architecture.md, "Dependencies")
   libasio-dev capnproto libcapnp-dev libhiredis-dev libconcurrentqueue-dev
   prometheus-cpp-dev libcli11-dev doctest-dev libxxhash-dev libbenchmark-dev

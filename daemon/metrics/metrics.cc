@@ -72,6 +72,7 @@ struct Metrics::Impl final : prometheus::Collectable {
   }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
+  void collectRequests(std::vector<prometheus::MetricFamily>& out) const;
 
   const Options options;
   const std::uint64_t id;
@@ -195,65 +196,116 @@ prometheus::MetricFamily single(const char* name, const char* help, prometheus::
   return {name, help, type, {valued(value)}};
 }
 
-void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {
+void collectStore(const StoreStats& st, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  out.push_back({"throttlex_keys",
+                 "Live keys in the store",
+                 MetricType::Gauge,
+                 {valued(static_cast<double>(st.entries))}});
+  out.push_back({"throttlex_evictions_total",
+                 "Live keys dropped because the store was full",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(st.evictions))}});
+  out.push_back({"throttlex_store_bytes",
+                 "Memory held by the store's tables",
+                 MetricType::Gauge,
+                 {valued(static_cast<double>(st.table_bytes))}});
+}
+
+void collectCluster(const ClusterStats& c, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  out.push_back({"throttlex_members",
+                 "Cluster members this node knows, by state",
+                 MetricType::Gauge,
+                 {valued(static_cast<double>(c.alive), {{"state", "alive"}}),
+                  valued(static_cast<double>(c.suspect), {{"state", "suspect"}}),
+                  valued(static_cast<double>(c.dead), {{"state", "dead"}}),
+                  valued(static_cast<double>(c.left), {{"state", "left"}})}});
+  out.push_back({"throttlex_gossip_packets_total",
+                 "Gossip packets, by direction",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(c.packets_sent), {{"direction", "sent"}}),
+                  valued(static_cast<double>(c.packets_received), {{"direction", "received"}})}});
+  out.push_back(
+      {"throttlex_gossip_dropped_total",
+       "Gossip packets received and dropped, by reason",
+       MetricType::Counter,
+       {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
+        valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
+        valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
+        valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
+  out.push_back({"throttlex_gossip_send_failures_total",
+                 "Gossip sends that failed (unresolvable, refused, timed out)",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(c.send_failures))}});
+}
+
+void collectRedis(const persistence::SnapshotStoreStats& st,
+                  std::vector<prometheus::MetricFamily>& out) {
   using prometheus::MetricType;
   const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
-  if (p.has_store) {
-    const auto& st = p.store;
-    std::array<double, persistence::CommandLatency::kBoundsUs.size()> bounds{};
-    for (std::size_t i = 0; i < bounds.size(); ++i) {
-      bounds[i] = static_cast<double>(persistence::CommandLatency::kBoundsUs[i]) / 1e6;
-    }
-    out.push_back({"throttlex_redis_duration_seconds",
-                   "Redis command latency, send to reply (snapshot writes and reads)",
-                   MetricType::Histogram,
-                   {histogram<bounds.size()>(st.latency.counts, bounds,
-                                             static_cast<double>(st.latency.sum_us) / 1e6)}});
-    out.push_back(single("throttlex_redis_connected", "1 while the snapshot store is reachable",
-                         MetricType::Gauge, st.connected ? 1 : 0));
-    out.push_back(single("throttlex_redis_commands_total", "Redis commands answered",
-                         MetricType::Counter, d(st.commands)));
-    out.push_back(single("throttlex_redis_errors_total",
-                         "Failed Redis commands: refused, error replies, timeouts, I/O",
-                         MetricType::Counter, d(st.errors)));
-    out.push_back(single("throttlex_redis_timeouts_total", "Redis commands past their deadline",
-                         MetricType::Counter, d(st.timeouts)));
-    out.push_back(single("throttlex_redis_reconnects_total", "Redis connections re-established",
-                         MetricType::Counter, d(st.reconnects)));
-    out.push_back(
-        single("throttlex_snapshot_malformed_total",
-               "Snapshot entries or keys in Redis skipped because they could not be decoded",
-               MetricType::Counter, d(st.malformed)));
-    const auto& w = p.writer;
-    out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
-                         MetricType::Gauge, d(w.pending)));
-    out.push_back(single("throttlex_snapshot_pending_bytes",
-                         "Memory held by the pending tables, empty places included",
-                         MetricType::Gauge, d(w.pending_bytes)));
-    out.push_back(single("throttlex_snapshot_wave",
-                         "Snapshot batches the next flush keeps in flight at most (halved after "
-                         "a failed wave, up to 16)",
-                         MetricType::Gauge, d(w.wave)));
-    out.push_back(single("throttlex_snapshot_lag_seconds",
-                         "Age of the oldest change not yet confirmed by the snapshot store",
-                         MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));
-    out.push_back(single("throttlex_snapshot_dropped_total",
-                         "Changed entries not queued because the pending set was full",
-                         MetricType::Counter, d(w.dropped)));
-    out.push_back(single("throttlex_snapshot_entries_written_total",
-                         "Entries the snapshot store confirmed", MetricType::Counter,
-                         d(w.entries_written)));
-    prometheus::MetricFamily flushes{"throttlex_snapshot_flushes_total",
-                                     "Snapshot flushes by result (ok, failed, skipped while "
-                                     "disconnected)",
-                                     MetricType::Counter,
-                                     {}};
-    flushes.metric.push_back(valued(d(w.flushes), {{"result", "ok"}}));
-    flushes.metric.push_back(valued(d(w.failed_flushes), {{"result", "failed"}}));
-    flushes.metric.push_back(valued(d(w.skipped_flushes), {{"result", "skipped"}}));
-    out.push_back(std::move(flushes));
+  std::array<double, persistence::CommandLatency::kBoundsUs.size()> bounds{};
+  for (std::size_t i = 0; i < bounds.size(); ++i) {
+    bounds[i] = static_cast<double>(persistence::CommandLatency::kBoundsUs[i]) / 1e6;
   }
-  const auto& k = p.slots;
+  out.push_back({"throttlex_redis_duration_seconds",
+                 "Redis command latency, send to reply (snapshot writes and reads)",
+                 MetricType::Histogram,
+                 {histogram<bounds.size()>(st.latency.counts, bounds,
+                                           static_cast<double>(st.latency.sum_us) / 1e6)}});
+  out.push_back(single("throttlex_redis_connected", "1 while the snapshot store is reachable",
+                       MetricType::Gauge, st.connected ? 1 : 0));
+  out.push_back(single("throttlex_redis_commands_total", "Redis commands answered",
+                       MetricType::Counter, d(st.commands)));
+  out.push_back(single("throttlex_redis_errors_total",
+                       "Failed Redis commands: refused, error replies, timeouts, I/O",
+                       MetricType::Counter, d(st.errors)));
+  out.push_back(single("throttlex_redis_timeouts_total", "Redis commands past their deadline",
+                       MetricType::Counter, d(st.timeouts)));
+  out.push_back(single("throttlex_redis_reconnects_total", "Redis connections re-established",
+                       MetricType::Counter, d(st.reconnects)));
+  out.push_back(
+      single("throttlex_snapshot_malformed_total",
+             "Snapshot entries or keys in Redis skipped because they could not be decoded",
+             MetricType::Counter, d(st.malformed)));
+}
+
+void collectSnapshots(const persistence::SnapshotWriterStats& w,
+                      std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
+  out.push_back(single("throttlex_snapshot_pending", "Changed entries waiting to be written",
+                       MetricType::Gauge, d(w.pending)));
+  out.push_back(single("throttlex_snapshot_pending_bytes",
+                       "Memory held by the pending tables, empty places included",
+                       MetricType::Gauge, d(w.pending_bytes)));
+  out.push_back(single("throttlex_snapshot_wave",
+                       "Snapshot batches the next flush keeps in flight at most (halved after "
+                       "a failed wave, up to 16)",
+                       MetricType::Gauge, d(w.wave)));
+  out.push_back(single("throttlex_snapshot_lag_seconds",
+                       "Age of the oldest change not yet confirmed by the snapshot store",
+                       MetricType::Gauge, std::chrono::duration<double>(w.lag).count()));
+  out.push_back(single("throttlex_snapshot_dropped_total",
+                       "Changed entries not queued because the pending set was full",
+                       MetricType::Counter, d(w.dropped)));
+  out.push_back(single("throttlex_snapshot_entries_written_total",
+                       "Entries the snapshot store confirmed", MetricType::Counter,
+                       d(w.entries_written)));
+  prometheus::MetricFamily flushes{"throttlex_snapshot_flushes_total",
+                                   "Snapshot flushes by result (ok, failed, skipped while "
+                                   "disconnected)",
+                                   MetricType::Counter,
+                                   {}};
+  flushes.metric.push_back(valued(d(w.flushes), {{"result", "ok"}}));
+  flushes.metric.push_back(valued(d(w.failed_flushes), {{"result", "failed"}}));
+  flushes.metric.push_back(valued(d(w.skipped_flushes), {{"result", "skipped"}}));
+  out.push_back(std::move(flushes));
+}
+
+void collectSlots(const SlotKeeperStats& k, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
   out.push_back(single("throttlex_slots_waiting",
                        "Slots whose state is on the way (recovery or handoff); their checks wait",
                        MetricType::Gauge, d(k.slots_waiting)));
@@ -285,9 +337,20 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
                        d(k.handoff_failures)));
 }
 
+void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {
+  if (p.has_store) {
+    collectRedis(p.store, out);
+    collectSnapshots(p.writer, out);
+  }
+  collectSlots(p.slots, out);
+}
+
 }  // namespace
 
-std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
+// Sums the threads' slots: checks by API, route and decision, their latency histogram, and
+// shadow-mode limits.
+void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) const {
+  using prometheus::MetricType;
   std::uint64_t requests[kApis][kRoutes][kOutcomes] = {};
   std::uint64_t buckets[kApis][kBuckets] = {};
   std::uint64_t latency_ns[kApis] = {};
@@ -307,8 +370,6 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
     }
   }
 
-  using prometheus::MetricType;
-  std::vector<prometheus::MetricFamily> out;
   prometheus::MetricFamily req{"throttlex_requests_total",
                                "Checks answered, by decision, route and API",
                                MetricType::Counter,
@@ -345,48 +406,14 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
                  "Checks of shadow-mode rules that would have been limited",
                  MetricType::Counter,
                  {valued(static_cast<double>(shadow_limited))}});
-  if (options.store != nullptr) {
-    const StoreStats st = options.store->stats();
-    out.push_back({"throttlex_keys",
-                   "Live keys in the store",
-                   MetricType::Gauge,
-                   {valued(static_cast<double>(st.entries))}});
-    out.push_back({"throttlex_evictions_total",
-                   "Live keys dropped because the store was full",
-                   MetricType::Counter,
-                   {valued(static_cast<double>(st.evictions))}});
-    out.push_back({"throttlex_store_bytes",
-                   "Memory held by the store's tables",
-                   MetricType::Gauge,
-                   {valued(static_cast<double>(st.table_bytes))}});
-  }
-  if (options.cluster) {
-    const ClusterStats c = options.cluster();
-    out.push_back({"throttlex_members",
-                   "Cluster members this node knows, by state",
-                   MetricType::Gauge,
-                   {valued(static_cast<double>(c.alive), {{"state", "alive"}}),
-                    valued(static_cast<double>(c.suspect), {{"state", "suspect"}}),
-                    valued(static_cast<double>(c.dead), {{"state", "dead"}}),
-                    valued(static_cast<double>(c.left), {{"state", "left"}})}});
-    out.push_back({"throttlex_gossip_packets_total",
-                   "Gossip packets, by direction",
-                   MetricType::Counter,
-                   {valued(static_cast<double>(c.packets_sent), {{"direction", "sent"}}),
-                    valued(static_cast<double>(c.packets_received), {{"direction", "received"}})}});
-    out.push_back(
-        {"throttlex_gossip_dropped_total",
-         "Gossip packets received and dropped, by reason",
-         MetricType::Counter,
-         {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
-          valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
-          valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
-          valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
-    out.push_back({"throttlex_gossip_send_failures_total",
-                   "Gossip sends that failed (unresolvable, refused, timed out)",
-                   MetricType::Counter,
-                   {valued(static_cast<double>(c.send_failures))}});
-  }
+}
+
+std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  collectRequests(out);
+  if (options.store != nullptr) collectStore(options.store->stats(), out);
+  if (options.cluster) collectCluster(options.cluster(), out);
   if (options.forwarding) collectForwarding(options.forwarding(), out);
   if (options.persistence) collectPersistence(options.persistence(), out);
   out.push_back({"process_resident_memory_bytes",

@@ -687,7 +687,8 @@ class Loop {
     }
     peer.queue.swap(rest);
     peer.relayed_queued = 0;
-    for (auto& [hops, items] : by_hops) {
+    for (auto& entry : by_hops) {
+      std::vector<Item>& items = entry.second;
       for (std::size_t first = 0; first < items.size(); first += opt_.max_batch) {
         const std::size_t end = std::min(items.size(), first + opt_.max_batch);
         const auto at = [&](std::size_t i) {
@@ -884,20 +885,18 @@ void Forwarder::setKeeper(SlotGate* keeper) {
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
                        std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
                        std::int64_t decide_by_ms) {
-  bool wake = false;
-  {
-    std::lock_guard guard(impl_->mu);
-    if (!impl_->closed) {
-      impl_->inbox.push_back(
-          {std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
-      // Only the first submission after a drain writes the eventfd: a burst costs one syscall.
-      wake = !std::exchange(impl_->wake_pending, true);
-      checks.clear();
-    }
+  std::unique_lock lock(impl_->mu);
+  if (impl_->closed) {  // stopped: decided at once on this thread
+    lock.unlock();
+    for (std::size_t i = 0; i < checks.size(); ++i) impl_->decideHere(checks[i], indices[i], *sink);
+    return;
   }
+  // Only the first submission after a drain writes the eventfd: a burst costs one syscall.
+  const bool wake = !std::exchange(impl_->wake_pending, true);
+  impl_->inbox.push_back(
+      {std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
+  lock.unlock();
   if (wake) impl_->wake();
-  if (!sink) return;  // handed over
-  for (std::size_t i = 0; i < checks.size(); ++i) impl_->decideHere(checks[i], indices[i], *sink);
 }
 
 void Forwarder::stop() {

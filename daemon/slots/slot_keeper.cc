@@ -368,17 +368,13 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   const bool multi = next->ring.members().size() > 1;
   const bool prev_multi = prev && prev->ring.members().size() > 1;
   const std::string& self = options_.self_id;
-  const auto isMember = [&](const std::string& id) {
-    const auto& m = next->ring.members();
-    return std::find(m.begin(), m.end(), id) != m.end();
-  };
   const auto ownsNow = [&](std::uint32_t s) { return !multi || next->ring.ownerOf(s) == self; };
   const auto ownedBefore = [&](std::uint32_t s) {
     return !prev_multi || prev->ring.ownerOf(s) == self;
   };
 
   std::map<std::uint32_t, std::vector<std::uint32_t>> lost;  // by new owner's index
-  std::vector<std::uint32_t> gained, from_snapshots, unproxied;
+  std::vector<std::uint32_t> gained, from_snapshots;
   const auto deadline = Steady::now() + options_.recovery_timeout;
   {
     std::lock_guard guard(mu_);
@@ -403,7 +399,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
           prev_multi ? prev->ring.ownerOf(s) : next->ring.members()[runner_up];
       const bool pushed = received_.count(s) != 0;  // its handoff came before this ring
       const bool push =
-          !pushed && previous != self && isMember(previous) && options_.send != nullptr;
+          !pushed && previous != self && isMember(*next, previous) && options_.send != nullptr;
       const bool snapshot = options_.snapshots != nullptr;
       if (!push && !snapshot) continue;
       Waiting& w = waiting_[s];
@@ -419,23 +415,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       if (snapshot) from_snapshots.push_back(s);
     }
   }
-  {
-    // Proxied slots still ours whose previous owner left the ring: nobody decides them any
-    // more, so they wait for the snapshot store instead. (One that is still a member goes on
-    // deciding them until it hands them over, runner-up or not.)
-    std::lock_guard guard(mu_);
-    for (auto& [s, w] : waiting_) {
-      if (w.from.empty() || !ownsNow(s) || mode(s) != SlotMode::kProxy) continue;
-      if (isMember(w.from)) continue;
-      w.from.clear();
-      w.push = false;
-      w.snapshot = options_.snapshots != nullptr;
-      w.deadline = deadline;
-      setModeLocked(s, SlotMode::kParked);
-      (w.snapshot ? from_snapshots : unproxied).push_back(s);
-      gained.push_back(s);
-    }
-  }
+  const std::vector<std::uint32_t> unproxied = unproxyGone(*next, deadline, gained, from_snapshots);
   openIfReady(unproxied);
   if (!gained.empty() || !lost.empty()) {
     std::size_t lost_count = 0;
@@ -443,20 +423,47 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
     logInfo("slots: ring of " + std::to_string(next->ring.members().size()) + " members: gained " +
             std::to_string(gained.size()) + ", handing off " + std::to_string(lost_count));
   }
-  // Hand off first: the new owners are waiting (parked) for it.
+  sendLost(lost, *next);  // first: the new owners are waiting (parked) for it
+  recoverFromSnapshots(from_snapshots, deadline);
+}
+
+std::vector<std::uint32_t> SlotKeeper::unproxyGone(const RingView& next,
+                                                   Steady::time_point deadline,
+                                                   std::vector<std::uint32_t>& gained,
+                                                   std::vector<std::uint32_t>& from_snapshots) {
+  const bool multi = next.ring.members().size() > 1;
+  std::vector<std::uint32_t> unproxied;  // nothing to wait for: open at once
+  std::lock_guard guard(mu_);
+  for (auto& [s, w] : waiting_) {
+    if (w.from.empty() || mode(s) != SlotMode::kProxy) continue;
+    if (multi && next.ring.ownerOf(s) != options_.self_id) continue;  // not ours any more
+    if (isMember(next, w.from)) continue;
+    w.from.clear();
+    w.push = false;
+    w.snapshot = options_.snapshots != nullptr;
+    w.deadline = deadline;
+    setModeLocked(s, SlotMode::kParked);
+    (w.snapshot ? from_snapshots : unproxied).push_back(s);
+    gained.push_back(s);
+  }
+  return unproxied;
+}
+
+void SlotKeeper::sendLost(const std::map<std::uint32_t, std::vector<std::uint32_t>>& lost,
+                          const RingView& next) {
   if (options_.send != nullptr) {
     for (const auto& [owner, slots] : lost) {
-      handOff(slots, next->ring.members()[owner], next->rpc_address[owner], false);
+      handOff(slots, next.ring.members()[owner], next.rpc_address[owner], false);
     }
-  } else if (multi) {
-    // No handoffs configured: what this node no longer owns only takes memory.
-    SlotSet set;
-    for (const auto& [owner, slots] : lost) {
-      for (std::uint32_t s : slots) set.set(s);
-    }
-    store_.collect(set, clock_.now(), true);
+    return;
   }
-  recoverFromSnapshots(from_snapshots, deadline);
+  if (next.ring.members().size() < 2) return;
+  // No handoffs configured: what this node no longer owns only takes memory.
+  SlotSet set;
+  for (const auto& [owner, slots] : lost) {
+    for (std::uint32_t s : slots) set.set(s);
+  }
+  store_.collect(set, clock_.now(), true);
 }
 
 std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const std::string& to_id,

@@ -183,6 +183,17 @@ class SlotKeeper final : public SlotGate {
   void post(std::function<void()> task);
   void run();
   void handleRing(std::shared_ptr<const RingView> next);
+  // Proxied slots still this node's whose previous owner left the ring: nobody decides them any
+  // more, so they wait for the snapshot store instead (added to `gained` and `from_snapshots`),
+  // or, with none, open at once (returned). A previous owner still in the ring goes on deciding
+  // them until it hands them over, runner-up or not. Worker thread; takes mu_.
+  std::vector<std::uint32_t> unproxyGone(const RingView& next, Steady::time_point deadline,
+                                         std::vector<std::uint32_t>& gained,
+                                         std::vector<std::uint32_t>& from_snapshots);
+  // Hands the `lost` slots (by the new owner's index in `next`) to their new owners; without
+  // handoffs configured, drops their state. Worker thread.
+  void sendLost(const std::map<std::uint32_t, std::vector<std::uint32_t>>& lost,
+                const RingView& next);
   // Reads `slots` from the snapshot store into the store, retrying until `deadline`; marks them
   // as no longer waiting for a snapshot. Worker thread.
   void recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Steady::time_point deadline);
