@@ -254,8 +254,7 @@ class Loop {
       degrade(item);
       return;
     }
-    if (item.check.decide_by_ms != 0 &&  // (no clock read for checks that entered here)
-        pastDecideBy(item.check.decide_by_ms, impl_.service.clock().now())) {
+    if (pastDecideBy(item.check.decide_by_ms, impl_.service.clock())) {
       // The node that sent it here may have had it decided elsewhere by now.
       deliver(item,
               Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});

@@ -66,11 +66,12 @@ struct ForwardedCheck {
   CheckArgs args() const;  // views into this object
 };
 
-// Whether a check bounded by `decide_by_ms` (ForwardedCheck) may no longer be decided at `now`.
-inline bool pastDecideBy(std::int64_t decide_by_ms, Time now) {
+// Whether a check bounded by `decide_by_ms` (ForwardedCheck) may no longer be decided now. Reads
+// `clock` only for a bounded check: checks that entered here (0) cost nothing.
+inline bool pastDecideBy(std::int64_t decide_by_ms, const Clock& clock) {
   return decide_by_ms != 0 &&
-         std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() >
-             decide_by_ms;
+         std::chrono::duration_cast<std::chrono::milliseconds>(clock.now().time_since_epoch())
+                 .count() > decide_by_ms;
 }
 
 // Where results go; called on the forwarder thread, once per submitted index. Must be quick.

@@ -149,7 +149,7 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
 
 void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
                      std::uint8_t hops) {
-  if (pastDecideBy(check.decide_by_ms, service_.clock().now())) {
+  if (pastDecideBy(check.decide_by_ms, service_.clock())) {
     // Parked past the time its sender waits: the sender may have had it decided elsewhere.
     sink->deliver(index,
                   Error{ErrorCode::kNotDecided, "its decide-by time passed while it waited"});

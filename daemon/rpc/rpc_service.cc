@@ -149,7 +149,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   }
   // The sender may have had these checks decided elsewhere since this time: decide none of them.
   const std::int64_t decide_by = from_peer ? params.getDecideByMs() : 0;
-  if (pastDecideBy(decide_by, router_.service().clock().now())) {
+  if (pastDecideBy(decide_by, router_.service().clock())) {
     refuse(proto::ErrorCode::NOT_DECIDED, "its decide-by time passed before it came up");
     return kj::READY_NOW;
   }
