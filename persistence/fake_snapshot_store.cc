@@ -95,14 +95,25 @@ SnapshotStoreStats FakeSnapshotStore::stats() const {
 }
 
 void FakeSnapshotStore::submit(Op op) {
+  // Every operation counts as delivered once it ran, callback included.
+  op = [this, op = std::move(op)] {
+    op();
+    {
+      std::lock_guard lock(mu_);
+      ++delivered_;
+    }
+    changed_.notify_all();
+  };
   {
     std::unique_lock lock(mu_);
     if (hold_) {
       held_.push_back(std::move(op));
+      lock.unlock();
+      changed_.notify_all();
       return;
     }
     if (latency_.count() > 0) {
-      delayed_.emplace_back(std::chrono::steady_clock::now() + latency_, std::move(op));
+      delayed_.emplace_back(real_.monotonic() + latency_, std::move(op));
       lock.unlock();
       delivery_cv_.notify_all();
       return;
@@ -119,8 +130,8 @@ void FakeSnapshotStore::deliveryLoop() {
       continue;
     }
     const auto due = delayed_.front().first;
-    if (!stopping_ && std::chrono::steady_clock::now() < due) {
-      delivery_cv_.wait_until(lock, due);
+    if (const Duration left = due - real_.monotonic(); !stopping_ && left > Duration(0)) {
+      delivery_cv_.wait_for(lock, left);
       continue;
     }
     Op op = std::move(delayed_.front().second);
@@ -129,6 +140,16 @@ void FakeSnapshotStore::deliveryLoop() {
     op();  // operations complete even during destruction: every callback runs exactly once
     lock.lock();
   }
+}
+
+bool FakeSnapshotStore::waitHeld(std::size_t n, std::chrono::milliseconds bound) const {
+  std::unique_lock lock(mu_);
+  return changed_.wait_for(lock, bound, [&] { return held_.size() >= n; });
+}
+
+bool FakeSnapshotStore::waitDelivered(std::uint64_t n, std::chrono::milliseconds bound) const {
+  std::unique_lock lock(mu_);
+  return changed_.wait_for(lock, bound, [&] { return delivered_ >= n; });
 }
 
 void FakeSnapshotStore::setFailure(std::optional<Error> error) {

@@ -47,6 +47,12 @@ class FakeSnapshotStore final : public SnapshotStore {
   std::size_t size() const;  // entries held, expired or not
   void plant(const SnapshotEntry& entry);
   std::uint64_t writeCalls() const;  // write() operations delivered
+
+  // Synchronisation for tests (a bound, not a pause): true once at least `n` operations are held
+  // (setHold), or once at least `n` operations were delivered in all, callbacks included;
+  // false after `bound`.
+  bool waitHeld(std::size_t n, std::chrono::milliseconds bound) const;
+  bool waitDelivered(std::uint64_t n, std::chrono::milliseconds bound) const;
   std::size_t largestWrite() const;  // most entries in one write() call
 
  private:
@@ -60,6 +66,9 @@ class FakeSnapshotStore final : public SnapshotStore {
   };
 
   const Clock& clock_;  // constant after construction
+  // setLatency() delays are real time (completions then arrive from another thread, as from a
+  // real store), whatever `clock_` is.
+  const SystemClock real_;
 
   mutable std::mutex mu_;  // State below is protected by mu_.
   std::map<std::uint32_t, std::map<KeyHash, SnapshotEntry, KeyLess>> slots_;
@@ -67,9 +76,11 @@ class FakeSnapshotStore final : public SnapshotStore {
   bool hold_ = false;
   std::chrono::nanoseconds latency_{0};
   std::deque<Op> held_;
-  std::deque<std::pair<std::chrono::steady_clock::time_point, Op>> delayed_;
+  std::deque<std::pair<Instant, Op>> delayed_;
   bool stopping_ = false;
   std::condition_variable delivery_cv_;
+  mutable std::condition_variable changed_;  // held_ grew or delivered_ moved
+  std::uint64_t delivered_ = 0;
   std::thread delivery_;  // started on the first setLatency() > 0
   SnapshotStoreStats stats_;
   std::size_t largest_write_ = 0;

@@ -24,7 +24,6 @@ namespace throttlex::persistence {
 namespace {
 
 namespace layout = redis_layout;
-using SteadyClock = std::chrono::steady_clock;
 // Exactly one of `reply` and `error` is set. `reply` lives only during the call.
 using ReplyFn = std::function<void(const redisReply* reply, const Error* error)>;
 
@@ -117,8 +116,8 @@ class RedisStore::Impl {
   enum class Conn { kDown, kConnecting, kReady };
   struct InFlight {
     std::uint64_t id;
-    SteadyClock::time_point sent;
-    SteadyClock::time_point deadline;
+    Instant sent;  // on the clock's monotonic reading
+    Instant deadline;
     ReplyFn done;
   };
 
@@ -272,7 +271,7 @@ class RedisStore::Impl {
       done(nullptr, &e);
       return;
     }
-    const auto now = SteadyClock::now();
+    const Instant now = clock_.monotonic();
     const bool was_empty = inflight_.empty();
     inflight_.push_back({id, now, now + options_.command_timeout, std::move(done)});
     if (was_empty) watchDeadline();
@@ -280,10 +279,10 @@ class RedisStore::Impl {
 
   // Replies come in order, so the oldest command in flight has the earliest deadline.
   void watchDeadline() {
-    deadline_timer_.expires_at(inflight_.front().deadline);
+    deadline_timer_.expires_after(inflight_.front().deadline - clock_.monotonic());
     deadline_timer_.async_wait([this](const std::error_code& ec) {
       if (ec || inflight_.empty()) return;
-      if (inflight_.front().deadline > SteadyClock::now()) {
+      if (inflight_.front().deadline > clock_.monotonic()) {
         watchDeadline();
         return;
       }
@@ -298,7 +297,7 @@ class RedisStore::Impl {
     if (it == inflight_.end()) return;  // already failed by connectionLost()
     InFlight f = std::move(*it);
     inflight_.erase(it);
-    latency_.record(SteadyClock::now() - f.sent);
+    latency_.record(clock_.monotonic() - f.sent);
     commands_.fetch_add(1, std::memory_order_relaxed);
     if (reply == nullptr) {
       errors_.fetch_add(1, std::memory_order_relaxed);

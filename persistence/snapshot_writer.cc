@@ -13,12 +13,6 @@
 namespace throttlex::persistence {
 namespace {
 
-std::int64_t steadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 struct Pending {
   KeyHash key;  // all-zero: an empty place
   State state;
@@ -104,7 +98,7 @@ void releaseFreeMemory() {
 struct alignas(64) SnapshotWriter::Shard {
   std::mutex mu;  // State below is protected by mu.
   PendingTable pending;
-  std::int64_t oldest_ns = kNone;  // steady time of the oldest change in `pending`
+  std::int64_t oldest_ns = kNone;  // monotonic time of the oldest change in `pending`
 };
 
 struct SnapshotWriter::Taken {
@@ -113,6 +107,7 @@ struct SnapshotWriter::Taken {
 };
 
 Result<std::unique_ptr<SnapshotWriter>> SnapshotWriter::make(SnapshotStore& store,
+                                                             const Clock& clock,
                                                              const SnapshotWriterOptions& options) {
   if (options.interval.count() <= 0) return invalidArgument("snapshot interval must be positive");
   if (options.max_pending == 0) return invalidArgument("max_pending must be positive");
@@ -120,15 +115,21 @@ Result<std::unique_ptr<SnapshotWriter>> SnapshotWriter::make(SnapshotStore& stor
   if (options.shards == 0 || !std::has_single_bit(options.shards)) {
     return invalidArgument("shards must be a power of two");
   }
-  return std::unique_ptr<SnapshotWriter>(new SnapshotWriter(store, options));
+  return std::unique_ptr<SnapshotWriter>(new SnapshotWriter(store, clock, options));
 }
 
-SnapshotWriter::SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options)
+SnapshotWriter::SnapshotWriter(SnapshotStore& store, const Clock& clock,
+                               const SnapshotWriterOptions& options)
     : store_(store),
+      clock_(clock),
       options_(options),
       shard_cap_(
           std::max<std::size_t>(1, (options.max_pending + options.shards - 1) / options.shards)),
       shards_(std::make_unique<Shard[]>(options.shards)) {}
+
+std::int64_t SnapshotWriter::monotonicNs() const {
+  return clock_.monotonic().time_since_epoch().count();
+}
 
 SnapshotWriter::~SnapshotWriter() {
   stop();
@@ -153,7 +154,7 @@ void SnapshotWriter::markDirty(std::uint32_t slot, const KeyHash& key, const Sta
     dropped_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (shard.pending.empty()) shard.oldest_ns = steadyNs();
+  if (shard.pending.empty()) shard.oldest_ns = monotonicNs();
   shard.pending.insert(Pending{key, state, expiry_ms, slot});
 }
 
@@ -305,15 +306,16 @@ void SnapshotWriter::requestFlush() {
 }
 
 void SnapshotWriter::run() {
-  auto next = std::chrono::steady_clock::now() + options_.interval;
+  Instant next = clock_.monotonic() + options_.interval;
   for (;;) {
     {
       std::unique_lock lock(thread_mu_);
-      wake_.wait_until(lock, next, [&] { return stopping_ || flush_requested_; });
+      wake_.wait_for(lock, next - clock_.monotonic(),
+                     [&] { return stopping_ || flush_requested_; });
       flush_requested_ = false;
       if (stopping_) break;
     }
-    next = std::chrono::steady_clock::now() + options_.interval;
+    next = clock_.monotonic() + options_.interval;
     flushOnce();
   }
   flushOnce();  // the last changes, if the store is there to take them
@@ -331,7 +333,7 @@ SnapshotWriterStats SnapshotWriter::stats() const {
   }
   if (oldest != kNone) {
     s.lag = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::nanoseconds(std::max<std::int64_t>(0, steadyNs() - oldest)));
+        std::chrono::nanoseconds(std::max<std::int64_t>(0, monotonicNs() - oldest)));
   }
   s.dropped = dropped_.load(std::memory_order_relaxed);
   s.flushes = flushes_.load(std::memory_order_relaxed);

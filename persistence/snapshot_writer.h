@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "limiter/clock.h"
 #include "limiter/result.h"
 #include "persistence/snapshot_store.h"
 
@@ -53,8 +54,9 @@ struct SnapshotWriterStats {
 
 class SnapshotWriter {
  public:
-  // `store` must outlive the writer.
-  static Result<std::unique_ptr<SnapshotWriter>> make(SnapshotStore& store,
+  // `store` and `clock` (its monotonic reading: the flush interval and the lag) must outlive the
+  // writer.
+  static Result<std::unique_ptr<SnapshotWriter>> make(SnapshotStore& store, const Clock& clock,
                                                       const SnapshotWriterOptions& options);
   ~SnapshotWriter();  // stop()
   SnapshotWriter(const SnapshotWriter&) = delete;
@@ -77,7 +79,8 @@ class SnapshotWriter {
  private:
   struct Shard;
   struct Taken;
-  SnapshotWriter(SnapshotStore& store, const SnapshotWriterOptions& options);
+  SnapshotWriter(SnapshotStore& store, const Clock& clock, const SnapshotWriterOptions& options);
+  std::int64_t monotonicNs() const;
   Shard& shardFor(const KeyHash& key) const;
   std::size_t takeAll(Taken& out);            // returns the bytes the pending tables gave back
   bool flushLocked(std::size_t& given_back);  // flushOnce() under flush_mu_
@@ -86,6 +89,7 @@ class SnapshotWriter {
 
   // Constant after construction.
   SnapshotStore& store_;
+  const Clock& clock_;
   const SnapshotWriterOptions options_;
   std::size_t shard_cap_;
   std::unique_ptr<Shard[]> shards_;

@@ -36,9 +36,9 @@ echo "clang-tidy: ${#tidy_sources[@]} files clean"
 
 echo "== unit tests under ASan+UBSan"
 cmake --preset asan >/dev/null
-mapfile -t asan_targets < <(ctest --test-dir build-asan -L unit -N | awk '/Test +#/ {print $3}')
+mapfile -t asan_targets < <(ctest --test-dir build-asan -L '^(unit|adapter)$' -N | awk '/Test +#/ {print $3}')
 cmake --build build-asan --target "${asan_targets[@]}"
-ctest --test-dir build-asan -L unit --output-on-failure
+ctest --test-dir build-asan -L '^(unit|adapter)$' --output-on-failure
 
 echo "== concurrency tests under ThreadSanitizer"
 cmake --preset tsan >/dev/null

@@ -1,5 +1,5 @@
-// Minimal structured logging to stderr: one line per event, "ts level msg". Thread-safe (one
-// fprintf per line). Kept tiny on purpose; the daemon logs events, not requests.
+// Minimal structured logging to stderr: one line per event, "ts level msg" (UTC, milliseconds).
+// Thread-safe (one fprintf per line). Kept tiny on purpose; the daemon logs events, not requests.
 #pragma once
 
 #include <cstdio>
@@ -8,6 +8,11 @@
 namespace throttlex {
 
 enum class LogLevel { kInfo, kWarn, kError };
+
+class Clock;
+// Where lines take their timestamp from (main sets the system clock once, before any thread
+// starts; it must outlive logging). Unset, lines carry "-" instead of a time.
+void setLogClock(const Clock* clock);
 
 void log(LogLevel level, const std::string& message);
 inline void logInfo(const std::string& m) {

@@ -9,8 +9,6 @@
 namespace throttlex {
 namespace {
 
-using Steady = std::chrono::steady_clock;  // latency measurement only; decisions use Clock
-
 int hexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -278,7 +276,7 @@ class HttpForwardWait final : public ForwardSink {
 
 }  // namespace
 
-void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Instant start,
                        const HttpRespond& respond) {
   Forwarding forwarding;
   if (auto here = router_.check(args, 0, forwarding)) {
@@ -294,14 +292,14 @@ void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Steady::time_po
   router_.forward(std::move(forwarding), std::move(wait));
 }
 
-void HttpApi::record(const Result<CheckOutcome>& outcome, Steady::time_point start) {
+void HttpApi::record(const Result<CheckOutcome>& outcome, Instant start) {
   if (metrics_ == nullptr) return;
   const Outcome kind = !outcome           ? Outcome::kError
                        : outcome->allowed ? Outcome::kAllowed
                                           : Outcome::kLimited;
   if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
   metrics_->recordRequest(Api::kHttp, outcome ? outcome->route : RouteKind::kLocal, kind,
-                          std::chrono::duration_cast<Duration>(Steady::now() - start));
+                          service_.clock().monotonic() - start);
 }
 
 HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_request) {
@@ -326,7 +324,7 @@ HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_requ
 }
 
 void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond) {
-  const auto start = Steady::now();
+  const Instant start = service_.clock().monotonic();
   CheckFields f;
   if (auto st = fromQuery(request.query, f); !st) return respond(problemFor(st.error()));
   if (auth_request) {  // headers fill what the query does not give
@@ -345,7 +343,7 @@ void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const Http
 }
 
 void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) {
-  const auto start = Steady::now();
+  const Instant start = service_.clock().monotonic();
   const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     return respond(problemResponse(400, "Bad Request", "the body is not valid JSON"));

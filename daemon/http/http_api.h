@@ -32,13 +32,12 @@ class HttpApi {
   void setReady(bool ready) { ready_.store(ready, std::memory_order_relaxed); }
 
  private:
-  using Steady = std::chrono::steady_clock;
   void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
   void checkPost(const HttpRequest& request, const HttpRespond& respond);
-  void checkOne(const CheckArgs& args, bool auth_request, Steady::time_point start,
+  void checkOne(const CheckArgs& args, bool auth_request, Instant start,
                 const HttpRespond& respond);
   HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);
-  void record(const Result<CheckOutcome>& outcome, std::chrono::steady_clock::time_point start);
+  void record(const Result<CheckOutcome>& outcome, Instant start);
 
   LimiterService& service_;
   const std::unique_ptr<Router> own_router_;  // when none was given

@@ -57,7 +57,7 @@ void ServerShared::connectionClosed() {
 
 Worker::Worker(ServerShared& shared)
     : shared_(shared),
-      now_(std::chrono::steady_clock::now()),
+      now_(shared.clock->monotonic()),
       inbox_(std::make_shared<Inbox>(io_)),
       acceptor_(io_),
       sweep_timer_(io_),
@@ -173,10 +173,11 @@ void Worker::sweep() {
 }
 
 void Worker::refreshClock() {
-  now_ = std::chrono::steady_clock::now();
-  // The Date header is the one use of wall-clock time here; it decides nothing, so it is read
-  // directly instead of through the injected Clock (which the HTTP layer does not otherwise need).
-  const std::time_t second = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  now_ = shared_.clock->monotonic();
+  // The Date header is the one use of wall-clock time here.
+  const std::time_t second = static_cast<std::time_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(shared_.clock->now().time_since_epoch())
+          .count());
   if (second != date_second_) {
     date_second_ = second;
     formatDateLine(second, date_line_);
@@ -226,7 +227,7 @@ struct HttpServer::Impl {
 };
 
 Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& options,
-                                                      HttpHandler handler) {
+                                                      const Clock& clock, HttpHandler handler) {
   if (Status s = validate(options); !s.ok()) return s.error();
   if (!handler) return invalidArgument("http handler is empty");
   asio::error_code ec;
@@ -235,6 +236,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerOptions& o
 
   auto impl = std::make_unique<Impl>();
   impl->shared.options = options;
+  impl->shared.clock = &clock;
   impl->shared.handler = std::move(handler);
   const auto shortest = std::min(options.idle_timeout, options.request_timeout);
   impl->shared.sweep_interval =

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "limiter/clock.h"
 #include "limiter/result.h"
 
 namespace throttlex {
@@ -62,9 +63,10 @@ struct HttpServerOptions {
 
 class HttpServer {
  public:
-  // Binds and listens (errors: address in use, bad address) and starts the threads.
+  // Binds and listens (errors: address in use, bad address) and starts the threads. `clock`
+  // (timeouts on its monotonic reading, the Date header on its wall one) must outlive the server.
   static Result<std::unique_ptr<HttpServer>> start(const HttpServerOptions& options,
-                                                   HttpHandler handler);
+                                                   const Clock& clock, HttpHandler handler);
   ~HttpServer();  // stop()s
 
   std::uint16_t port() const;  // the bound port

@@ -62,7 +62,7 @@ void Connection::close() {
 
 void Connection::setPhase(Phase phase, std::chrono::milliseconds timeout) {
   phase_ = phase;
-  deadline_ = timeout.count() > 0 ? worker_.now() + timeout : SteadyTime::max();
+  deadline_ = timeout.count() > 0 ? worker_.now() + timeout : Instant::max();
 }
 
 // ---- Driving the connection -----------------------------------------------------------------
@@ -270,7 +270,7 @@ void Connection::onWritten(const asio::error_code& ec) {
   writing_ = false;
   writing_buffer_.clear();
   releaseIfLarge(writing_buffer_);
-  write_deadline_ = SteadyTime::max();
+  write_deadline_ = Instant::max();
   if (closed_) return;
   if (ec) return close();
   pump();
@@ -319,11 +319,11 @@ void Connection::onPeerGone() {
 
 // ---- Timers and stopping (called by the worker's sweep and drain) ----------------------------
 
-bool Connection::expired(SteadyTime now) const {
+bool Connection::expired(Instant now) const {
   return !closed_ && (now >= deadline_ || (writing_ && now >= write_deadline_));
 }
 
-void Connection::onExpired(SteadyTime now) {
+void Connection::onExpired(Instant now) {
   if (closed_) return;
   if (writing_ && now >= write_deadline_) return close();  // the client does not read
   if (now < deadline_) return;

@@ -31,7 +31,6 @@
 
 namespace throttlex::http_internal {
 
-using SteadyTime = std::chrono::steady_clock::time_point;
 using asio::ip::tcp;
 
 class Connection;
@@ -40,6 +39,7 @@ class Connection;
 struct ServerShared {
   // Constant after start.
   HttpServerOptions options;
+  const Clock* clock = nullptr;  // never null
   HttpHandler handler;
   std::chrono::milliseconds sweep_interval{0};  // how often each worker checks its deadlines
 
@@ -105,7 +105,7 @@ class Worker {
   void finish();      // close every connection and let the thread end
   void add(Connection* connection) { connections_.insert(connection); }
   void remove(Connection* connection);
-  SteadyTime now() const { return now_; }
+  Instant now() const { return now_; }
   std::string_view dateLine() const { return date_line_; }  // "Date: ...\r\n"
   bool draining() const { return draining_; }
   ServerShared& shared() { return shared_; }
@@ -127,7 +127,7 @@ class Worker {
   // Declared before io_ so that connections destroyed by ~io_context still find it.
   std::unordered_set<Connection*> connections_;
   std::vector<std::shared_ptr<Connection>> scratch_;  // reused by sweep and drain
-  SteadyTime now_;                                    // cached; refreshed every sweep
+  Instant now_;                                       // cached; refreshed every sweep
   std::time_t date_second_ = 0;
   std::string date_line_;
   bool draining_ = false;
@@ -154,8 +154,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // All on the worker's thread; callers hold a shared_ptr (close() drops self_).
   void start();
   void deliver(std::uint64_t seq, HttpResponse&& response);
-  bool expired(SteadyTime now) const;
-  void onExpired(SteadyTime now);
+  bool expired(Instant now) const;
+  void onExpired(Instant now);
   void onDrain();
   void close();
 
@@ -225,8 +225,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const char* chunk_begin_ = nullptr;     // the data of this execute() call
 
   Phase phase_ = Phase::kIdle;
-  SteadyTime deadline_ = SteadyTime::max();
-  SteadyTime write_deadline_ = SteadyTime::max();
+  Instant deadline_ = Instant::max();
+  Instant write_deadline_ = Instant::max();
   std::size_t linger_bytes_ = 0;
   bool reading_ = false;
   bool writing_ = false;

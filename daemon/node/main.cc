@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   // thread; glibc's default trim hands such memory back to the kernel on each free (madvise,
   // page faults, TLB shootdowns). Keep up to 64 MiB per arena instead.
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  SystemClock clock;
+  setLogClock(&clock);
   auto loaded = loadConfig(argc, argv, [](const char* name) { return std::getenv(name); });
   if (const int* code = std::get_if<int>(&loaded)) return *code;
   const Config config = std::get<Config>(std::move(loaded));
@@ -32,7 +34,6 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  SystemClock clock;
   // throttlectl drain takes the same path as a SIGTERM from outside.
   auto node = Node::start(config, clock, [] { ::kill(::getpid(), SIGTERM); });
   if (!node) {

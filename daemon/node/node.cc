@@ -101,17 +101,16 @@ class Flushes {
 constexpr auto kLingerQuiet = std::chrono::seconds(1);
 constexpr auto kLingerMax = std::chrono::seconds(10);
 
-void lingerWhileChecksArrive(const std::function<std::uint64_t()>& checks) {
-  using Steady = std::chrono::steady_clock;
-  const auto deadline = Steady::now() + kLingerMax;
+void lingerWhileChecksArrive(const Clock& clock, const std::function<std::uint64_t()>& checks) {
+  const Instant deadline = clock.monotonic() + kLingerMax;
   std::uint64_t seen = checks();
-  auto quiet_since = Steady::now();
-  while (Steady::now() < deadline && Steady::now() - quiet_since < kLingerQuiet) {
+  Instant quiet_since = clock.monotonic();
+  while (clock.monotonic() < deadline && clock.monotonic() - quiet_since < kLingerQuiet) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     const std::uint64_t now_seen = checks();
     if (now_seen != seen) {
       seen = now_seen;
-      quiet_since = Steady::now();
+      quiet_since = clock.monotonic();
     }
   }
 }
@@ -138,7 +137,7 @@ struct Node::Parts {
   const Config config;
   const Clock& clock;
   const std::function<void()> request_stop;
-  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  const Instant started = clock.monotonic();
 
   // The components, in construction order (destroyed in reverse).
   std::unique_ptr<Store> store;
@@ -179,7 +178,7 @@ Status Node::Parts::startSnapshots() {
   redis = std::move(*made);
   persistence::SnapshotWriterOptions writer_options;
   writer_options.interval = std::chrono::milliseconds(config.snapshot_interval_ms);
-  auto w = persistence::SnapshotWriter::make(*redis, writer_options);
+  auto w = persistence::SnapshotWriter::make(*redis, clock, writer_options);
   if (!w) return Error{w.error().code, "snapshots: " + w.error().message};
   writer = std::move(*w);
   observer = std::make_unique<SnapshotObserver>(*writer);
@@ -229,9 +228,8 @@ NodeInfo Node::Parts::info() const {
   i.http_address = address(http_port);
   i.rpc_address = address(rpc_port);
   i.metrics_address = address(metrics_port);
-  i.uptime_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               std::chrono::steady_clock::now() - started)
-                                               .count());
+  i.uptime_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock.monotonic() - started).count());
   const StoreStats st = store->stats();
   i.keys = st.entries;
   i.evictions = st.evictions;
@@ -310,7 +308,7 @@ Status Node::Parts::startApis() {
   http_options.port = config.http_port;
   http_options.threads = config.threads;
   HttpApi* handler = api.get();
-  auto h = HttpServer::start(http_options, [handler](HttpRequest& req, HttpRespond respond) {
+  auto h = HttpServer::start(http_options, clock, [handler](HttpRequest& req, HttpRespond respond) {
     handler->handle(req, respond);
   });
   if (!h) return Error{h.error().code, "--http-port: " + h.error().message};
@@ -395,7 +393,7 @@ void Node::stop() {
   const std::size_t handed = p.keeper->drain(std::chrono::seconds(5));
   if (handed > 0) logInfo("handed " + std::to_string(handed) + " slots over");
   p.cluster->announceLeave();  // tell the others, so they stop sending here
-  lingerWhileChecksArrive([&p] { return p.rpc->stats().checks; });
+  lingerWhileChecksArrive(p.clock, [&p] { return p.rpc->stats().checks; });
   p.cluster->leave();
   p.http->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   p.rpc->stop();

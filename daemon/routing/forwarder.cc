@@ -26,8 +26,6 @@
 namespace throttlex {
 namespace {
 
-using Steady = std::chrono::steady_clock;
-
 kj::Duration toKj(std::chrono::milliseconds ms) {
   return ms.count() * kj::MILLISECONDS;
 }
@@ -213,7 +211,7 @@ class Loop {
     Peer* peer;
     std::uint64_t generation;
     std::vector<Item> items;
-    Steady::time_point sent;
+    Instant sent;  // on the injected clock's monotonic reading
   };
 
   bool drain() {
@@ -714,7 +712,8 @@ class Loop {
     bump(peer.counters->checks, items.size());
     recordBatchSize(items.size());
 
-    auto batch = kj::heap<Batch>(Batch{&peer, peer.generation, std::move(items), Steady::now()});
+    auto batch = kj::heap<Batch>(
+        Batch{&peer, peer.generation, std::move(items), impl_.service.clock().monotonic()});
     Batch& b = *batch;
     kj::Promise<capnp::Response<proto::Limiter::CheckBatchResults>> call = request.send();
     tasks_.add(peer.canceler
@@ -731,7 +730,7 @@ class Loop {
   void answered(Batch& b, capnp::Response<proto::Limiter::CheckBatchResults>& answer) {
     Peer& peer = *b.peer;
     const bool current = b.generation == peer.generation;
-    recordLatency(Steady::now() - b.sent);
+    recordLatency(impl_.service.clock().monotonic() - b.sent);
     // The peer answered: it is healthy. Said before the checks are delivered, so whoever sees an
     // answer sees the breaker closed.
     if (current) {
@@ -796,7 +795,7 @@ class Loop {
     bump(impl_.batch_size_sum, n);
   }
 
-  void recordLatency(Steady::duration d) {
+  void recordLatency(Duration d) {
     const double s = std::chrono::duration<double>(d).count();
     std::size_t i = 0;
     while (i < kForwardLatencyBounds.size() && s > kForwardLatencyBounds[i]) ++i;

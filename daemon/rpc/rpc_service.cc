@@ -13,8 +13,6 @@
 namespace throttlex {
 namespace {
 
-using SteadyClock = std::chrono::steady_clock;
-
 Outcome outcomeOf(const Result<CheckOutcome>& r) {
   if (!r) return Outcome::kError;
   return r->allowed ? Outcome::kAllowed : Outcome::kLimited;
@@ -75,16 +73,19 @@ class ForwardWait final : public ForwardSink {
 
 }  // namespace
 
-void RpcService::record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start) {
+Duration RpcService::elapsedSince(Instant start) const {
+  return router_.service().clock().monotonic() - start;
+}
+
+void RpcService::record(const Result<CheckOutcome>& outcome, Instant start) {
   if (metrics_ == nullptr) return;
   if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
   metrics_->recordRequest(Api::kRpc, outcome ? outcome->route : RouteKind::kLocal,
-                          outcomeOf(outcome),
-                          std::chrono::duration_cast<Duration>(SteadyClock::now() - start));
+                          outcomeOf(outcome), elapsedSince(start));
 }
 
 kj::Promise<void> RpcService::check(CheckContext context) {
-  const auto start = SteadyClock::now();
+  const Instant start = router_.service().clock().monotonic();
   countCall(1);
   const auto params = context.getParams();
   auto results = context.getResults();
@@ -118,7 +119,7 @@ kj::Promise<void> RpcService::check(CheckContext context) {
 }
 
 kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
-  const auto start = SteadyClock::now();
+  const Instant start = router_.service().clock().monotonic();
   const auto params = context.getParams();
   auto results = context.getResults();
   results.setVersion(proto::PROTOCOL_VERSION);
@@ -132,7 +133,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   const auto refuse = [&](proto::ErrorCode code, const std::string& message) {
     setError(results.initError(), code, message);
     if (metrics_ == nullptr || from_peer) return;
-    const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+    const auto latency = elapsedSince(start);
     for (std::size_t i = 0; i < checks.size(); ++i) {
       metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, Outcome::kError, latency);
     }
@@ -185,10 +186,10 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
 
 void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                              const std::vector<std::optional<Error>>& errors,
-                             const std::vector<Result<CheckOutcome>>& outcomes,
-                             SteadyClock::time_point start, bool from_peer) {
+                             const std::vector<Result<CheckOutcome>>& outcomes, Instant start,
+                             bool from_peer) {
   auto list = results.initResults(static_cast<unsigned>(errors.size()));
-  const auto latency = std::chrono::duration_cast<Duration>(SteadyClock::now() - start);
+  const auto latency = elapsedSince(start);
   const bool count = metrics_ != nullptr && !from_peer;
   std::size_t next = 0;
   for (std::size_t i = 0; i < errors.size(); ++i) {

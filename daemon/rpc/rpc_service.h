@@ -64,12 +64,12 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> drain(DrainContext context) override;
 
  private:
-  using SteadyClock = std::chrono::steady_clock;
   void countCall(std::uint64_t checks);
-  void record(const Result<CheckOutcome>& outcome, SteadyClock::time_point start);
+  Duration elapsedSince(Instant start) const;  // on the service's monotonic clock
+  void record(const Result<CheckOutcome>& outcome, Instant start);
   void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                    const std::vector<std::optional<Error>>& errors,
-                   const std::vector<Result<CheckOutcome>>& outcomes, SteadyClock::time_point start,
+                   const std::vector<Result<CheckOutcome>>& outcomes, Instant start,
                    bool from_peer);
 
   // Constant after construction.

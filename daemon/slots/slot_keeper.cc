@@ -35,9 +35,9 @@ bool isMember(const RingView& view, const std::string& id) {
 
 }  // namespace
 
-std::int64_t SlotKeeper::steadyMs() {
+std::int64_t SlotKeeper::monotonicMs() const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
+             clock_.monotonic().time_since_epoch())
       .count();
 }
 
@@ -91,6 +91,13 @@ void SlotKeeper::post(std::function<void()> task) {
   wake_.notify_all();
 }
 
+bool SlotKeeper::waitIdle(std::chrono::milliseconds bound) {
+  auto reached = std::make_shared<std::promise<void>>();
+  auto future = reached->get_future();
+  post([reached] { reached->set_value(); });
+  return future.wait_for(bound) == std::future_status::ready;
+}
+
 void SlotKeeper::run() {
   std::unique_lock lock(mu_);
   while (!stopping_) {
@@ -136,7 +143,7 @@ void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<F
       if (w != waiting_.end() && w->second.lazy) {  // its first check: read it now
         w->second.lazy = false;
         w->second.deadline =
-            std::min(w->second.deadline, Steady::now() + options_.recovery_timeout);
+            std::min(w->second.deadline, clock_.monotonic() + options_.recovery_timeout);
         lazy_asked_.push_back(slot);
         if (!std::exchange(lazy_posted_, true)) {
           tasks_.push_back([this] { readLazy(); });
@@ -183,7 +190,7 @@ void SlotKeeper::openIfReady(const std::vector<std::uint32_t>& slots) {
 }
 
 void SlotKeeper::expireDeadlines() {
-  const auto now = Steady::now();
+  const auto now = clock_.monotonic();
   std::vector<std::uint32_t> expired;
   {
     std::lock_guard guard(mu_);
@@ -224,7 +231,7 @@ void SlotKeeper::expireDeadlines() {
 
 bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
   if (options_.snapshots == nullptr) return false;
-  const std::int64_t now = steadyMs();
+  const std::int64_t now = monotonicMs();
   std::int64_t last = standin_read_ms_[slot].load(std::memory_order_relaxed);
   if (last != 0 && now - last < kStandInRefresh.count()) return mode(slot) == SlotMode::kParked;
   if (!standin_read_ms_[slot].compare_exchange_strong(last, now)) {
@@ -235,10 +242,12 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
     if (mode(slot) != SlotMode::kOpen) return mode(slot) == SlotMode::kParked;
     Waiting& w = waiting_[slot];
     w.snapshot = true;
-    w.deadline = Steady::now() + options_.recovery_timeout;
+    w.deadline = clock_.monotonic() + options_.recovery_timeout;
     setModeLocked(slot, SlotMode::kParked);
   }
-  post([this, slot] { recoverFromSnapshots({slot}, Steady::now() + options_.recovery_timeout); });
+  post([this, slot] {
+    recoverFromSnapshots({slot}, clock_.monotonic() + options_.recovery_timeout);
+  });
   return true;
 }
 
@@ -249,7 +258,7 @@ void SlotKeeper::readLazy() {
     slots.swap(lazy_asked_);
     lazy_posted_ = false;
   }
-  recoverFromSnapshots(slots, Steady::now() + options_.recovery_timeout);
+  recoverFromSnapshots(slots, clock_.monotonic() + options_.recovery_timeout);
 }
 
 void SlotKeeper::recoverAll() {
@@ -259,7 +268,7 @@ void SlotKeeper::recoverAll() {
   std::vector<std::uint32_t> all(kSlotCount);
   // Every slot at once (about 1 s per million keys here): the node is not ready meanwhile.
   const auto deadline =
-      Steady::now() + std::max(options_.recovery_timeout, options_.startup_timeout);
+      clock_.monotonic() + std::max(options_.recovery_timeout, options_.startup_timeout);
   {
     std::lock_guard guard(mu_);
     started_ = options_.snapshots == nullptr || lazy;
@@ -271,8 +280,8 @@ void SlotKeeper::recoverAll() {
       // A node that joins a cluster decides nothing before it knows the cluster: alone, it
       // would take itself for the owner of every slot while the members decide them too.
       w.push = joining;
-      w.deadline = joining ? Steady::now() + options_.join_timeout
-                   : lazy  ? Steady::time_point::max()  // until its first check asks
+      w.deadline = joining ? clock_.monotonic() + options_.join_timeout
+                   : lazy  ? Instant::max()  // until its first check asks
                            : deadline;
       setModeLocked(s, SlotMode::kParked);
     }
@@ -293,8 +302,7 @@ bool SlotKeeper::waitStarted(std::chrono::milliseconds timeout) {
   return started_cv_.wait_for(lock, timeout, [this] { return started_ || stopping_; });
 }
 
-void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots,
-                                      Steady::time_point deadline) {
+void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Instant deadline) {
   persistence::SnapshotStore* snapshots = options_.snapshots;
   if (snapshots == nullptr || slots.empty()) return;
   std::size_t entries = 0;
@@ -303,14 +311,15 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots,
         slots.begin() + static_cast<std::ptrdiff_t>(first),
         slots.begin() + static_cast<std::ptrdiff_t>(std::min(slots.size(), first + kSlotsPerRead)));
     bool done = false;
-    while (!done && Steady::now() < deadline) {
+    while (!done && clock_.monotonic() < deadline) {
       auto answer =
           std::make_shared<std::promise<Result<std::vector<persistence::SnapshotEntry>>>>();
       auto future = answer->get_future();
       snapshots->readSlots(chunk, [answer](Result<std::vector<persistence::SnapshotEntry>> r) {
         answer->set_value(std::move(r));
       });
-      if (future.wait_until(deadline) != std::future_status::ready) break;  // store's deadline
+      // The store's own deadline ends the wait; this is the bound behind it.
+      if (future.wait_for(deadline - clock_.monotonic()) != std::future_status::ready) break;
       auto r = future.get();
       if (!r) {
         recovery_errors_.fetch_add(1, std::memory_order_relaxed);
@@ -375,7 +384,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
 
   std::map<std::uint32_t, std::vector<std::uint32_t>> lost;  // by new owner's index
   std::vector<std::uint32_t> gained, from_snapshots;
-  const auto deadline = Steady::now() + options_.recovery_timeout;
+  const auto deadline = clock_.monotonic() + options_.recovery_timeout;
   {
     std::lock_guard guard(mu_);
     for (std::uint32_t s = 0; s < kSlotCount; ++s) {
@@ -408,7 +417,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
       // The previous owner goes on deciding the slot until it hands it over: checks go there
       // (proxyTarget()). Without a previous owner to ask, they wait here for the snapshot.
       const bool proxy = push;
-      w.deadline = proxy ? Steady::time_point::max() : std::max(w.deadline, deadline);
+      w.deadline = proxy ? Instant::max() : std::max(w.deadline, deadline);
       w.from = proxy ? previous : std::string();
       setModeLocked(s, proxy ? SlotMode::kProxy : SlotMode::kParked);
       gained.push_back(s);
@@ -427,8 +436,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   recoverFromSnapshots(from_snapshots, deadline);
 }
 
-std::vector<std::uint32_t> SlotKeeper::unproxyGone(const RingView& next,
-                                                   Steady::time_point deadline,
+std::vector<std::uint32_t> SlotKeeper::unproxyGone(const RingView& next, Instant deadline,
                                                    std::vector<std::uint32_t>& gained,
                                                    std::vector<std::uint32_t>& from_snapshots) {
   const bool multi = next.ring.members().size() > 1;
@@ -483,7 +491,7 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
   for (std::uint32_t s : slots) set.set(s);
   const std::vector<StoredEntry> entries = store_.collect(set, clock_.now(), true);
   std::vector<std::uint16_t> slot_list(slots.begin(), slots.end());
-  const std::int64_t handed_at = steadyMs();
+  const std::int64_t handed_at = monotonicMs();
   for (std::uint32_t s : slots) handed_ms_[s].store(handed_at, std::memory_order_relaxed);
 
   bool ok = true;
@@ -558,7 +566,7 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
   std::vector<std::uint32_t> opened, others;
   {
     std::lock_guard guard(mu_);
-    const auto at = Steady::now();
+    const auto at = clock_.monotonic();
     for (std::uint16_t s16 : slots) {
       const std::uint32_t s = s16;
       if (s >= kSlotCount) continue;
@@ -633,7 +641,7 @@ void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>
       if (owner != from && isMember(*view, from)) continue;
       // Not (yet) ours by this node's ring: decide it here anyway; the sender forwards it here.
       setModeLocked(s, SlotMode::kClaimed);
-      claims_[s] = Steady::now() + options_.claim_ttl;
+      claims_[s] = clock_.monotonic() + options_.claim_ttl;
       ++claimed;
     }
   }

@@ -137,7 +137,7 @@ class SlotKeeper final : public SlotGate {
   // This node handed `slot` over within the last claim_ttl (checks for it go to the new owner).
   bool handedOver(std::uint32_t slot) const override {
     const std::int64_t at = handed_ms_[slot].load(std::memory_order_relaxed);
-    return at != 0 && steadyMs() - at < options_.claim_ttl.count();
+    return at != 0 && monotonicMs() - at < options_.claim_ttl.count();
   }
 
   // Start: parks every slot and reads them all from the snapshot store; with join_timeout, slots
@@ -159,13 +159,15 @@ class SlotKeeper final : public SlotGate {
   std::size_t drain(std::chrono::milliseconds timeout);
 
   SlotKeeperStats stats() const;
+  // Returns once the worker has done everything queued before the call (what that work queues
+  // in turn may still be pending); false if that took longer than `bound` or the keeper stopped.
+  bool waitIdle(std::chrono::milliseconds bound);
   void stop();
 
   static std::vector<std::uint8_t> encode(std::span<const StoredEntry> entries);
-  static std::int64_t steadyMs();
 
  private:
-  using Steady = std::chrono::steady_clock;
+  std::int64_t monotonicMs() const;  // the clock's monotonic reading, in ms
   struct Parked {
     ForwardedCheck check;
     std::size_t index;
@@ -176,8 +178,8 @@ class SlotKeeper final : public SlotGate {
     bool push = false;
     bool snapshot = false;
     bool lazy = false;  // snapshot not asked for yet: the first check asks (lazy recovery)
-    Steady::time_point deadline;  // max() while proxied: the previous owner decides meanwhile
-    std::string from;             // proxied: the member expected to hand the slot over
+    Instant deadline;   // max() while proxied: the previous owner decides meanwhile
+    std::string from;   // proxied: the member expected to hand the slot over
   };
 
   void post(std::function<void()> task);
@@ -187,7 +189,7 @@ class SlotKeeper final : public SlotGate {
   // more, so they wait for the snapshot store instead (added to `gained` and `from_snapshots`),
   // or, with none, open at once (returned). A previous owner still in the ring goes on deciding
   // them until it hands them over, runner-up or not. Worker thread; takes mu_.
-  std::vector<std::uint32_t> unproxyGone(const RingView& next, Steady::time_point deadline,
+  std::vector<std::uint32_t> unproxyGone(const RingView& next, Instant deadline,
                                          std::vector<std::uint32_t>& gained,
                                          std::vector<std::uint32_t>& from_snapshots);
   // Hands the `lost` slots (by the new owner's index in `next`) to their new owners; without
@@ -196,7 +198,7 @@ class SlotKeeper final : public SlotGate {
                 const RingView& next);
   // Reads `slots` from the snapshot store into the store, retrying until `deadline`; marks them
   // as no longer waiting for a snapshot. Worker thread.
-  void recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Steady::time_point deadline);
+  void recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Instant deadline);
   // Parks `slots`, waits out the grace period, takes their state out of the store and sends it to
   // `address`; `mark_moved` sets the slots moved afterwards (drain). Worker thread.
   std::size_t handOff(const std::vector<std::uint32_t>& slots, const std::string& to_id,
@@ -220,17 +222,17 @@ class SlotKeeper final : public SlotGate {
 
   std::array<std::atomic<std::uint8_t>, kSlotCount> modes_{};  // written under mu_
   std::atomic<int> not_open_{0};
-  std::array<std::atomic<std::int64_t>, kSlotCount> standin_read_ms_{};  // steady ms
-  std::array<std::atomic<std::int64_t>, kSlotCount> handed_ms_{};        // steady ms; 0: never
+  std::array<std::atomic<std::int64_t>, kSlotCount> standin_read_ms_{};  // monotonic ms
+  std::array<std::atomic<std::int64_t>, kSlotCount> handed_ms_{};        // monotonic ms; 0: never
 
   mutable std::mutex mu_;
   std::map<std::uint32_t, std::vector<Parked>> parked_;  // guarded by mu_
   std::map<std::uint32_t, Waiting> waiting_;             // guarded by mu_
-  std::map<std::uint32_t, Steady::time_point> claims_;   // guarded by mu_
+  std::map<std::uint32_t, Instant> claims_;              // guarded by mu_
   // Handoffs received per slot, when (an early one must not be waited for again).
-  std::map<std::uint32_t, Steady::time_point> received_;  // guarded by mu_
-  std::deque<std::function<void()>> tasks_;               // guarded by mu_
-  bool stopping_ = false;                                 // guarded by mu_
+  std::map<std::uint32_t, Instant> received_;  // guarded by mu_
+  std::deque<std::function<void()>> tasks_;    // guarded by mu_
+  bool stopping_ = false;                      // guarded by mu_
   std::condition_variable wake_;
   std::condition_variable started_cv_;
   bool started_ = true;                    // guarded by mu_; false while recoverAll() runs

@@ -27,11 +27,18 @@
 #include <vector>
 
 #include "daemon/http/http_server.h"
+#include "limiter/clock.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;
 
 namespace {
+
+// Real sockets and asio's timers: the server's timeouts run on real time here.
+const Clock& testClock() {
+  static const SystemClock clock;
+  return clock;
+}
 
 constexpr auto kClientTimeout = 5s;
 
@@ -165,7 +172,7 @@ HttpServerOptions testOptions() {
 }
 
 std::unique_ptr<HttpServer> startServer(HttpServerOptions o = testOptions(), HttpHandler h = echo) {
-  auto s = HttpServer::start(o, std::move(h));
+  auto s = HttpServer::start(o, testClock(), std::move(h));
   REQUIRE(s.ok());
   return std::move(*s);
 }
@@ -540,15 +547,15 @@ TEST_CASE("connections over max_connections are closed at once") {
 TEST_CASE("start() reports bad options and ports in use") {
   HttpServerOptions bad = testOptions();
   bad.bind_address = "not-an-address";
-  CHECK_FALSE(HttpServer::start(bad, echo).ok());
+  CHECK_FALSE(HttpServer::start(bad, testClock(), echo).ok());
   bad = testOptions();
   bad.threads = 0;
-  CHECK_FALSE(HttpServer::start(bad, echo).ok());
+  CHECK_FALSE(HttpServer::start(bad, testClock(), echo).ok());
 
   auto server = startServer();
   HttpServerOptions same = testOptions();
   same.port = server->port();
-  auto second = HttpServer::start(same, echo);
+  auto second = HttpServer::start(same, testClock(), echo);
   REQUIRE_FALSE(second.ok());
   CHECK(second.error().code == ErrorCode::kUnavailable);
 }

@@ -21,8 +21,9 @@ namespace {
 const Time kNow = Time(std::chrono::milliseconds(1'700'000'000'000));
 constexpr std::int64_t kNowMs = 1'700'000'000'000;
 
-std::unique_ptr<SnapshotWriter> mustMake(SnapshotStore& store, SnapshotWriterOptions o = {}) {
-  auto w = SnapshotWriter::make(store, o);
+std::unique_ptr<SnapshotWriter> mustMake(SnapshotStore& store, const Clock& clock,
+                                         SnapshotWriterOptions o = {}) {
+  auto w = SnapshotWriter::make(store, clock, o);
   REQUIRE(w.ok());
   return std::move(w).value();
 }
@@ -36,16 +37,16 @@ void mark(SnapshotWriter& w, const SnapshotEntry& e) {
 TEST_CASE("options are validated") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  CHECK_FALSE(SnapshotWriter::make(store, {.interval = 0ms}).ok());
-  CHECK_FALSE(SnapshotWriter::make(store, {.max_pending = 0}).ok());
-  CHECK_FALSE(SnapshotWriter::make(store, {.batch_entries = 0}).ok());
-  CHECK_FALSE(SnapshotWriter::make(store, {.shards = 3}).ok());
+  CHECK_FALSE(SnapshotWriter::make(store, clock, {.interval = 0ms}).ok());
+  CHECK_FALSE(SnapshotWriter::make(store, clock, {.max_pending = 0}).ok());
+  CHECK_FALSE(SnapshotWriter::make(store, clock, {.batch_entries = 0}).ok());
+  CHECK_FALSE(SnapshotWriter::make(store, clock, {.shards = 3}).ok());
 }
 
 TEST_CASE("a flush writes every pending entry and empties the pending set") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store);
+  auto w = mustMake(store, clock);
   std::mt19937_64 rng(1);
   std::vector<SnapshotEntry> entries;
   for (int i = 0; i < 100; ++i)
@@ -63,7 +64,7 @@ TEST_CASE("a flush writes every pending entry and empties the pending set") {
 TEST_CASE("marking a key again keeps only the newest state") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store);
+  auto w = mustMake(store, clock);
   std::mt19937_64 rng(2);
   SnapshotEntry e = entry(5, rng, kNowMs + 1000, 1);
   mark(*w, e);
@@ -80,7 +81,7 @@ TEST_CASE("marking a key again keeps only the newest state") {
 TEST_CASE("entries are sent in batches of batch_entries") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.batch_entries = 10});
+  auto w = mustMake(store, clock, {.batch_entries = 10});
   std::mt19937_64 rng(3);
   for (int i = 0; i < 95; ++i) mark(*w, entry(1, rng, kNowMs + 1000));
   CHECK(w->flushOnce());
@@ -92,7 +93,7 @@ TEST_CASE("entries are sent in batches of batch_entries") {
 TEST_CASE("failed writes stay pending and are written after the store recovers") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.batch_entries = 7});
+  auto w = mustMake(store, clock, {.batch_entries = 7});
   std::mt19937_64 rng(4);
   std::vector<SnapshotEntry> entries;
   for (int i = 0; i < 50; ++i) entries.push_back(entry(2, rng, kNowMs + 1000));
@@ -114,7 +115,7 @@ TEST_CASE("failed writes stay pending and are written after the store recovers")
 TEST_CASE("while the store is disconnected, flushes are skipped and entries wait") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store);
+  auto w = mustMake(store, clock);
   std::mt19937_64 rng(5);
   mark(*w, entry(3, rng, kNowMs + 1000));
   store.setFailure(Error{ErrorCode::kUnavailable, "down"});
@@ -130,7 +131,7 @@ TEST_CASE("while the store is disconnected, flushes are skipped and entries wait
 TEST_CASE("a key marked while its failed write was in flight keeps the newer state") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store);
+  auto w = mustMake(store, clock);
   std::mt19937_64 rng(6);
   SnapshotEntry e = entry(4, rng, kNowMs + 1000, 1);
   mark(*w, e);
@@ -138,14 +139,13 @@ TEST_CASE("a key marked while its failed write was in flight keeps the newer sta
   store.setHold(true);
   store.setFailure(Error{ErrorCode::kDeadlineExceeded, "slow"});
   std::thread flusher([&] { CHECK_FALSE(w->flushOnce()); });
-  REQUIRE(eventually([&] { return w->stats().pending == 0; }));  // taken by the flush
+  REQUIRE(store.waitHeld(1, 5s));  // the flush took the entry and is writing it
+  CHECK(w->stats().pending == 0);
   e.state.w1 = 2;
   mark(*w, e);  // newer, during the flush
-  REQUIRE(eventually([&] {
-    store.release();
-    return w->stats().failed_flushes == 1;
-  }));
+  CHECK(store.release() == 1);
   flusher.join();
+  CHECK(w->stats().failed_flushes == 1);
   store.setHold(false);
   store.setFailure(std::nullopt);
   CHECK(w->stats().pending == 1);
@@ -156,7 +156,7 @@ TEST_CASE("a key marked while its failed write was in flight keeps the newer sta
 TEST_CASE("pending entries are capped: new keys are dropped and counted, updates never") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.max_pending = 100, .shards = 1});
+  auto w = mustMake(store, clock, {.max_pending = 100, .shards = 1});
   std::mt19937_64 rng(7);
   std::vector<SnapshotEntry> kept;
   for (int i = 0; i < 100; ++i) {
@@ -176,7 +176,7 @@ TEST_CASE("pending entries are capped: new keys are dropped and counted, updates
 TEST_CASE("a burst's pending memory is given back within a few flushes; a steady load keeps its") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.max_pending = 100'000, .shards = 1});
+  auto w = mustMake(store, clock, {.max_pending = 100'000, .shards = 1});
   std::mt19937_64 rng(11);
   const std::size_t idle_bytes = w->stats().pending_bytes;
   for (int i = 0; i < 20'000; ++i)
@@ -207,7 +207,7 @@ TEST_CASE("a burst's pending memory is given back within a few flushes; a steady
 TEST_CASE("the batches in flight halve after a failed wave and grow by one after each full one") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.batch_entries = 10, .shards = 1});
+  auto w = mustMake(store, clock, {.batch_entries = 10, .shards = 1});
   std::mt19937_64 rng(13);
   for (int i = 0; i < 400; ++i) {
     mark(*w, entry(static_cast<std::uint32_t>(i % 64), rng, kNowMs + 1000));  // 40 batches
@@ -230,15 +230,18 @@ TEST_CASE("the batches in flight halve after a failed wave and grow by one after
 TEST_CASE("lag is the age of the oldest unwritten change") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store);
+  auto w = mustMake(store, clock);
   std::mt19937_64 rng(8);
   CHECK(w->stats().lag == 0ms);
   mark(*w, entry(1, rng, kNowMs + 1000));
-  std::this_thread::sleep_for(20ms);  // lag is measured on the steady clock: let some pass
-  CHECK(w->stats().lag >= 20ms);
+  clock.advance(20ms);
+  CHECK(w->stats().lag == 20ms);
+  mark(*w, entry(2, rng, kNowMs + 1000));  // a younger change does not make the lag younger
+  clock.advance(5ms);
+  CHECK(w->stats().lag == 25ms);
   store.setFailure(Error{ErrorCode::kDeadlineExceeded, "slow"});
   CHECK_FALSE(w->flushOnce());
-  CHECK(w->stats().lag >= 20ms);  // a failed write keeps the original age
+  CHECK(w->stats().lag == 25ms);  // a failed write keeps the original age
   store.setFailure(std::nullopt);
   CHECK(w->flushOnce());
   CHECK(w->stats().lag == 0ms);
@@ -248,17 +251,19 @@ TEST_CASE("the flush thread writes every interval, on request, and on stop") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
   store.setLatency(1ms);  // completions arrive from another thread
-  auto w = mustMake(store, {.interval = 10ms});
+  auto w = mustMake(store, clock, {.interval = 10ms});
   w->start();
   std::mt19937_64 rng(9);
   mark(*w, entry(1, rng, kNowMs + 1000));
-  CHECK(eventually([&] { return store.size() == 1; }));
+  REQUIRE(store.waitDelivered(1, 5s));  // the first interval's flush
+  CHECK(store.size() == 1);
 
-  auto slow = mustMake(store, {.interval = 1h});
+  auto slow = mustMake(store, clock, {.interval = 1h});
   slow->start();
   mark(*slow, entry(2, rng, kNowMs + 1000));
   slow->requestFlush();
-  CHECK(eventually([&] { return store.size() == 2; }));
+  REQUIRE(store.waitDelivered(2, 5s));  // at once, not after an hour
+  CHECK(store.size() == 2);
   mark(*slow, entry(2, rng, kNowMs + 1000));
   slow->stop();  // flushes what is left
   CHECK(store.size() == 3);
@@ -268,7 +273,7 @@ TEST_CASE("the flush thread writes every interval, on request, and on stop") {
 TEST_CASE("markDirty from many threads while flushing loses no newest state") {
   ManualClock clock(kNow);
   FakeSnapshotStore store(clock);
-  auto w = mustMake(store, {.interval = 1ms, .batch_entries = 64});
+  auto w = mustMake(store, clock, {.interval = 1ms, .batch_entries = 64});
   w->start();
   constexpr int kThreads = 4;
   constexpr int kKeys = 500;

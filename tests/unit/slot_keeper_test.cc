@@ -19,17 +19,6 @@ namespace {
 
 const Time kStart = Time(std::chrono::seconds(1'700'000'000));
 
-// Polls `done` (written by another thread) until it holds; fails after `limit`.
-template <typename Pred>
-bool eventually(Pred done, std::chrono::milliseconds limit = 5000ms) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 std::unique_ptr<Store> makeStore(std::size_t max_entries = 100'000) {
   auto s = Store::make({max_entries, 16});
   REQUIRE(s.ok());
@@ -118,19 +107,19 @@ TEST_CASE(
   CHECK(answered.wait_for(50ms) == std::future_status::timeout);
   CHECK(n.keeper.stats().parked_now == 1);
 
-  // Redis answers, one read (256 slots) at a time.
-  REQUIRE(eventually([&] {
-    snapshots.release();
-    return answered.wait_for(0s) == std::future_status::ready;
-  }));
+  // Redis answers, one read (256 slots) at a time: each is asked once the last one answered.
+  std::size_t reads = 0;
+  while (reads < kSlotCount / 256) {
+    REQUIRE(snapshots.waitHeld(1, 5s));
+    reads += snapshots.release();
+  }
+  CHECK(reads == kSlotCount / 256);
+  REQUIRE(answered.wait_for(5s) == std::future_status::ready);
   const auto outcome = answered.get();
   REQUIRE(outcome.ok());
   CHECK(outcome->decision.allowed);
   CHECK(outcome->decision.remaining == 2);  // 10 - 7 - 1: the snapshot was merged first
-  REQUIRE(eventually([&] {
-    snapshots.release();
-    return n.keeper.waitStarted(0ms);
-  }));
+  REQUIRE(n.keeper.waitStarted(5s));
   CHECK(n.keeper.stats().parked_now == 0);
   CHECK(n.keeper.stats().recovered_entries == 1);
 }
@@ -161,7 +150,8 @@ TEST_CASE("lazy recovery reads a slot when its first check arrives, and only tha
   auto answered = sink->result.get_future();
   n.router.forward(std::move(forwarding), sink);
   // Exactly one read (of that one slot) reaches the store; the check waits for it.
-  REQUIRE(eventually([&] { return snapshots.release() == 1; }));
+  REQUIRE(snapshots.waitHeld(1, 5s));
+  CHECK(snapshots.release() == 1);
   REQUIRE(answered.wait_for(5s) == std::future_status::ready);
   const auto outcome = answered.get();
   REQUIRE(outcome.ok());
@@ -181,6 +171,10 @@ TEST_CASE("with Redis unreachable, recovery gives up and checks are decided from
   o.startup_timeout = 100ms;
   Node n(o, clock);
   n.keeper.recoverAll();
+  // Reads fail and are retried until the deadline: the node is not started before it passes.
+  REQUIRE(snapshots.waitDelivered(2, 5s));
+  CHECK_FALSE(n.keeper.waitStarted(0ms));
+  clock.advance(100ms);
   CHECK(n.keeper.waitStarted(5s));
   CHECK_FALSE(n.keeper.active());
   CHECK(n.keeper.stats().recovery_errors > 0);
@@ -228,13 +222,13 @@ TEST_CASE("a ring change hands exactly the lost slots to their new owner, who de
     if (both_b->ring.ownerIndex(s) == both_b->self) ++b_slots;
   }
   // b waits for its slots, and has handed a's slots (empty) back to a.
-  REQUIRE(eventually([&] {
-    return b->keeper.stats().slots_waiting == b_slots && b->keeper.stats().handoffs_sent == 1;
-  }));
+  REQUIRE(b->keeper.waitIdle(5s));
+  CHECK(b->keeper.stats().slots_waiting == b_slots);
+  CHECK(b->keeper.stats().handoffs_sent == 1);
   a->keeper.onRing(both);  // a learns it: hands b's slots over
-  REQUIRE(eventually([&] {
-    return b->keeper.stats().slots_waiting == 0 && a->keeper.stats().handoffs_sent == 1;
-  }));
+  REQUIRE(a->keeper.waitIdle(5s));
+  CHECK(b->keeper.stats().slots_waiting == 0);
+  CHECK(a->keeper.stats().handoffs_sent == 1);
   CHECK(b->keeper.stats().handoffs_received == 1);
   CHECK_FALSE(b->keeper.active());
 
@@ -265,7 +259,8 @@ TEST_CASE("a handoff from the owner that arrives before the receiver's ring is c
   Node b(o, clock);
   b.keeper.onRing(view({"a", "b", "c"}, "b"));
   // b's first ring hands what it does not own to a and c.
-  REQUIRE(eventually([&] { return b.keeper.stats().handoffs_sent == 2; }));
+  REQUIRE(b.keeper.waitIdle(5s));
+  CHECK(b.keeper.stats().handoffs_sent == 2);
   const auto v = view({"a", "b", "c"}, "b");
   std::uint32_t s = 0, t = 0;
   while (v->ring.ownerOf(s) != "a") ++s;
@@ -310,13 +305,14 @@ TEST_CASE("malformed handoff data is refused or skipped and counted") {
 
 TEST_CASE("the grace period waits for a decision that started before the slot's mode changed") {
   Quiescence q;
-  std::atomic<bool> inside{false}, leave{false}, waited{false};
+  std::atomic<bool> leave{false}, waited{false};
+  std::promise<void> inside;
   std::thread decider([&] {
     Quiescence::Guard g(&q);
-    inside = true;
+    inside.set_value();
     while (!leave) std::this_thread::yield();
   });
-  REQUIRE(eventually([&] { return inside.load(); }));
+  REQUIRE(inside.get_future().wait_for(5s) == std::future_status::ready);
   std::thread waiter([&] {
     q.wait();
     waited = true;

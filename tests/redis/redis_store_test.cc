@@ -13,7 +13,7 @@
 #include "persistence/redis_layout.h"
 #include "persistence/redis_store.h"
 #include "persistence/snapshot_writer.h"
-#include "tests/unit/persistence_test_support.h"
+#include "tests/redis/redis_server.h"
 
 using namespace throttlex;
 using namespace throttlex::persistence;
@@ -185,9 +185,9 @@ TEST_CASE("a Redis that stops answering fails commands by their deadline, then r
   auto store = connectedStore(optionsFor(redis.port()), clock);
   std::mt19937_64 rng(4);
   redis.pause();  // SIGSTOP: the socket stays open, nothing answers
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = clock.monotonic();
   const Status s = writeSync(*store, {entry(30, rng, nowMs() + 60'000)});
-  const auto took = std::chrono::steady_clock::now() - t0;
+  const auto took = clock.monotonic() - t0;
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().code == ErrorCode::kDeadlineExceeded);
   CHECK(took >= 250ms);
@@ -207,7 +207,7 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   SystemClock clock;
   auto store = connectedStore(optionsFor(redis.port()), clock);
   auto made = SnapshotWriter::make(
-      *store, {.interval = 20ms, .max_pending = 2'000, .batch_entries = 500, .shards = 16});
+      *store, clock, {.interval = 20ms, .max_pending = 2'000, .batch_entries = 500, .shards = 16});
   REQUIRE(made.ok());
   auto writer = std::move(made).value();
   writer->start();
@@ -227,9 +227,9 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   std::chrono::nanoseconds worst_write{0};
   for (int i = 0; i < 200; ++i) {
     bool failed = false;
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = clock.monotonic();
     store->write({entry(1, rng, exp)}, [&](Status st) { failed = !st.ok(); });
-    worst_write = std::max(worst_write, std::chrono::steady_clock::now() - t0);
+    worst_write = std::max(worst_write, clock.monotonic() - t0);
     CHECK(failed);
   }
   // markDirty: updates of the first keys plus many new keys, past the cap.
@@ -242,9 +242,9 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   std::chrono::nanoseconds worst_mark{0};
   for (const auto* batch : {&updates, &fresh}) {
     for (const auto& e : *batch) {
-      const auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = clock.monotonic();
       writer->markDirty(e.slot, e.key, e.state, e.expiry_ms);
-      const auto d = std::chrono::steady_clock::now() - t0;
+      const auto d = clock.monotonic() - t0;
       total_mark += d;
       worst_mark = std::max(worst_mark, d);
     }
@@ -253,7 +253,10 @@ TEST_CASE("Redis killed mid-run: callers never block, pending stays bounded, wri
   MESSAGE("while Redis is down: worst write() "
           << worst_write.count() / 1000 << " us, markDirty mean " << mean_mark_ns << " ns, worst "
           << worst_mark.count() / 1000 << " us");
-  CHECK(worst_write < 5ms);  // microseconds in practice; generous for loaded CI machines
+  // Microseconds in practice (the figure is for docs/benchmarks.md); what is asserted is that no
+  // call waits for Redis: a blocked call would take the command timeout (300 ms) at least. A
+  // loaded 2-core machine can stall any thread for milliseconds, so no tighter bound here.
+  CHECK(worst_write < 250ms);
   CHECK(mean_mark_ns < 20'000.0);
   const SnapshotWriterStats down = writer->stats();
   CHECK(down.pending <= 2'000);
