@@ -82,7 +82,6 @@ void ClusterNode::publish() {
         break;
     }
   }
-  publishRing();
   const gossip::Counters& c = membership_->counters();
   st.packets_sent = c.packets_sent;
   st.packets_received = c.packets_received;
@@ -96,6 +95,8 @@ void ClusterNode::publish() {
     snapshot_ = std::move(members);
     stats_ = st;
   }
+  // After the snapshot: whoever on_ring wakes reads members() that include the ring's members.
+  publishRing();
   // Logged after the snapshot is published: whoever sees the line sees the state in /v1/cluster.
   for (const gossip::Event& e : events) {
     logInfo(std::string("member ") + e.member.id + " " + gossip::nameOf(e.type) + " (" +

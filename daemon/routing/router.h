@@ -4,7 +4,10 @@
 // Thread-safe. Routing reads the ring through RingHolder's per-thread cache: no lock, no shared
 // write per check. A check is decided here, whatever the ring says, when
 //  - there is no forwarder or no cluster (one member),
-//  - it already passed kMaxHops nodes (views of the ring disagree for a moment: never loop),
+//  - it already passed kMaxHops nodes (views of the ring disagree for a moment: never loop) —
+//    with a slot gate (SlotKeeper), a check at the limit still goes once to its owner by this
+//    node's ring, and past the limit to the member that holds its slot's state (a slot moved or
+//    just handed over), up to kMaxHops + 3 hops; it waits here while the state is on the way,
 //  - it is invalid in a way this node can see (bad key, bad inline limit): the error is the same
 //    everywhere, so there is nothing to ask the owner.
 #pragma once
