@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "daemon/base/slot_stats.h"
+
 namespace throttlex {
 
 inline constexpr const char* kVersion = "0.1.0";
@@ -23,10 +25,7 @@ struct PersistenceInfo {
   std::string redis;  // empty: memory only
   bool connected = false;
   std::uint64_t pending = 0, lag_ms = 0, written = 0, write_errors = 0;
-  std::uint32_t slots_waiting = 0;
-  std::uint64_t parked = 0, handoffs_sent = 0, handoffs_received = 0, handoff_entries_sent = 0,
-                handoff_entries_received = 0, handoff_failures = 0, recovery_timeouts = 0;
-  bool draining = false, drained = false;
+  SlotKeeperStats slots;  // recovery, parked checks, handoffs (daemon/base/slot_stats.h)
 };
 
 struct NodeInfo {

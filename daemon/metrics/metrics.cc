@@ -1,6 +1,7 @@
 #include "daemon/metrics/metrics.h"
 
 #include <unistd.h>
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <mutex>
@@ -303,38 +304,30 @@ void collectSnapshots(const persistence::SnapshotWriterStats& w,
   out.push_back(std::move(flushes));
 }
 
+// Every row of THROTTLEX_SLOT_STATS (daemon/base/slot_stats.h); rows sharing a name form one
+// family, told apart by their label.
 void collectSlots(const SlotKeeperStats& k, std::vector<prometheus::MetricFamily>& out) {
-  using prometheus::MetricType;
-  const auto d = [](std::uint64_t v) { return static_cast<double>(v); };
-  out.push_back(single("throttlex_slots_waiting",
-                       "Slots whose state is on the way (recovery or handoff); their checks wait",
-                       MetricType::Gauge, d(k.slots_waiting)));
-  out.push_back(single("throttlex_parked_checks", "Checks waiting for their slot's state now",
-                       MetricType::Gauge, d(k.parked_now)));
-  out.push_back(single("throttlex_parked_checks_total", "Checks that waited for their slot's state",
-                       MetricType::Counter, d(k.parked_total)));
-  out.push_back(single("throttlex_recovery_slots_total", "Slots read from the snapshot store",
-                       MetricType::Counter, d(k.recoveries)));
-  out.push_back(single("throttlex_recovery_entries_total", "Entries read from the snapshot store",
-                       MetricType::Counter, d(k.recovered_entries)));
-  out.push_back(single("throttlex_recovery_timeouts_total",
-                       "Slots opened by their deadline before all their state arrived",
-                       MetricType::Counter, d(k.recovery_timeouts)));
-  prometheus::MetricFamily handoffs{
-      "throttlex_handoffs_total", "Completed slot handoffs, by direction", MetricType::Counter, {}};
-  handoffs.metric.push_back(valued(d(k.handoffs_sent), {{"direction", "sent"}}));
-  handoffs.metric.push_back(valued(d(k.handoffs_received), {{"direction", "received"}}));
-  out.push_back(std::move(handoffs));
-  prometheus::MetricFamily entries{"throttlex_handoff_entries_total",
-                                   "Entries moved by handoffs, by direction",
-                                   MetricType::Counter,
-                                   {}};
-  entries.metric.push_back(valued(d(k.handoff_entries_sent), {{"direction", "sent"}}));
-  entries.metric.push_back(valued(d(k.handoff_entries_received), {{"direction", "received"}}));
-  out.push_back(std::move(entries));
-  out.push_back(single("throttlex_handoff_failures_total",
-                       "Failed handoff calls (the state stayed on the sender)", MetricType::Counter,
-                       d(k.handoff_failures)));
+  const std::size_t first = out.size();
+  const auto add = [&](const char* name, StatKind kind, const char* help, const char* label,
+                       const char* label_value, std::uint64_t value) {
+    auto family = std::find_if(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
+                               [&](const prometheus::MetricFamily& f) { return f.name == name; });
+    if (family == out.end()) {
+      out.push_back({name,
+                     help,
+                     kind == StatKind::kGauge ? prometheus::MetricType::Gauge
+                                              : prometheus::MetricType::Counter,
+                     {}});
+      family = out.end() - 1;
+    }
+    std::vector<prometheus::ClientMetric::Label> labels;
+    if (*label != '\0') labels.push_back({label, label_value});
+    family->metric.push_back(valued(static_cast<double>(value), std::move(labels)));
+  };
+#define THROTTLEX_SLOT_METRIC(field, name, kind, help, label, label_value) \
+  add(name, StatKind::kind, help, label, label_value, k.field);
+  THROTTLEX_SLOT_STATS(THROTTLEX_SLOT_METRIC)
+#undef THROTTLEX_SLOT_METRIC
 }
 
 void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {

@@ -245,17 +245,7 @@ NodeInfo Node::Parts::info() const {
     p.written = w.entries_written;
     p.write_errors = w.write_errors;
   }
-  const SlotKeeperStats k = keeper->stats();
-  p.slots_waiting = static_cast<std::uint32_t>(k.slots_waiting);
-  p.parked = k.parked_now;
-  p.handoffs_sent = k.handoffs_sent;
-  p.handoffs_received = k.handoffs_received;
-  p.handoff_entries_sent = k.handoff_entries_sent;
-  p.handoff_entries_received = k.handoff_entries_received;
-  p.handoff_failures = k.handoff_failures;
-  p.recovery_timeouts = k.recovery_timeouts;
-  p.draining = k.draining;
-  p.drained = k.drained;
+  p.slots = keeper->stats();
   return i;
 }
 

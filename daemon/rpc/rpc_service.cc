@@ -251,16 +251,18 @@ kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
   po.setLagMs(p.lag_ms);
   po.setWritten(p.written);
   po.setWriteErrors(p.write_errors);
-  po.setSlotsWaiting(p.slots_waiting);
-  po.setParked(p.parked);
-  po.setHandoffsSent(p.handoffs_sent);
-  po.setHandoffsReceived(p.handoffs_received);
-  po.setHandoffEntriesSent(p.handoff_entries_sent);
-  po.setHandoffEntriesReceived(p.handoff_entries_received);
-  po.setHandoffFailures(p.handoff_failures);
-  po.setRecoveryTimeouts(p.recovery_timeouts);
-  po.setDraining(p.draining);
-  po.setDrained(p.drained);
+  // The wire's subset of the slot stats (proto/throttlex.capnp, PersistenceInfo).
+  const SlotKeeperStats& k = p.slots;
+  po.setSlotsWaiting(static_cast<std::uint32_t>(k.slots_waiting));
+  po.setParked(k.parked_now);
+  po.setHandoffsSent(k.handoffs_sent);
+  po.setHandoffsReceived(k.handoffs_received);
+  po.setHandoffEntriesSent(k.handoff_entries_sent);
+  po.setHandoffEntriesReceived(k.handoff_entries_received);
+  po.setHandoffFailures(k.handoff_failures);
+  po.setRecoveryTimeouts(k.recovery_timeouts);
+  po.setDraining(k.draining);
+  po.setDrained(k.drained);
   return kj::READY_NOW;
 }
 

@@ -137,8 +137,8 @@ void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<F
     if ((m == SlotMode::kParked || m == SlotMode::kProxy) && !stopping_) {
       const std::uint32_t slot = check.slot;
       parked_[slot].push_back({std::move(check), index, std::move(sink), hops});
-      parked_now_.fetch_add(1, std::memory_order_relaxed);
-      parked_total_.fetch_add(1, std::memory_order_relaxed);
+      counters_.parked_now.fetch_add(1, std::memory_order_relaxed);
+      counters_.parked_total.fetch_add(1, std::memory_order_relaxed);
       auto w = waiting_.find(slot);
       if (w != waiting_.end() && w->second.lazy) {  // its first check: read it now
         w->second.lazy = false;
@@ -181,7 +181,7 @@ void SlotKeeper::openIfReady(const std::vector<std::uint32_t>& slots) {
       }
       auto p = parked_.find(s);
       if (p == parked_.end()) continue;
-      parked_now_.fetch_sub(p->second.size(), std::memory_order_relaxed);
+      counters_.parked_now.fetch_sub(p->second.size(), std::memory_order_relaxed);
       for (Parked& c : p->second) ready.push_back(std::move(c));
       parked_.erase(p);
     }
@@ -212,7 +212,7 @@ void SlotKeeper::expireDeadlines() {
     }
   }
   if (expired.empty()) return;
-  recovery_timeouts_.fetch_add(expired.size(), std::memory_order_relaxed);
+  counters_.recovery_timeouts.fetch_add(expired.size(), std::memory_order_relaxed);
   logWarn("slots: " + std::to_string(expired.size()) +
           " slots opened by their deadline before all their state arrived");
   // The previous owner went on deciding them until now: its latest snapshot is fresher than
@@ -322,7 +322,7 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
       if (future.wait_for(deadline - clock_.monotonic()) != std::future_status::ready) break;
       auto r = future.get();
       if (!r) {
-        recovery_errors_.fetch_add(1, std::memory_order_relaxed);
+        counters_.recovery_errors.fetch_add(1, std::memory_order_relaxed);
         std::unique_lock lock(mu_);  // a pause that stop() can cut short
         wake_.wait_for(lock, kRetryPause, [this] { return stopping_; });
         if (stopping_) return;
@@ -344,13 +344,13 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
           if (w != waiting_.end()) w->second.snapshot = false;
         }
       }
-      recovery_timeouts_.fetch_add(rest.size(), std::memory_order_relaxed);
+      counters_.recovery_timeouts.fetch_add(rest.size(), std::memory_order_relaxed);
       logWarn("slots: " + std::to_string(rest.size()) +
               " slots not read from the snapshot store by their deadline");
       openIfReady(rest);
       break;
     }
-    recoveries_.fetch_add(chunk.size(), std::memory_order_relaxed);
+    counters_.recoveries.fetch_add(chunk.size(), std::memory_order_relaxed);
     {
       std::lock_guard guard(mu_);
       for (std::uint32_t s : chunk) {
@@ -360,7 +360,7 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
     }
     openIfReady(chunk);
   }
-  recovered_entries_.fetch_add(entries, std::memory_order_relaxed);
+  counters_.recovered_entries.fetch_add(entries, std::memory_order_relaxed);
 }
 
 void SlotKeeper::onRing(std::shared_ptr<const RingView> next) {
@@ -509,7 +509,7 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
           last ? std::span<const std::uint16_t>(slot_list) : std::span<const std::uint16_t>(), part,
           options_.handoff_timeout);
       if (sent) break;
-      handoff_failures_.fetch_add(1, std::memory_order_relaxed);
+      counters_.handoff_failures.fetch_add(1, std::memory_order_relaxed);
       logWarn("slots: handoff of " + std::to_string(slots.size()) + " slots to " + to_id + " at " +
               address + " failed (try " + std::to_string(attempt) + " of " +
               std::to_string(kHandoffAttempts) + "): " + sent.error().message);
@@ -518,8 +518,8 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
     if (last) break;
   }
   if (ok) {
-    handoffs_sent_.fetch_add(1, std::memory_order_relaxed);
-    handoff_entries_sent_.fetch_add(entries.size(), std::memory_order_relaxed);
+    counters_.handoffs_sent.fetch_add(1, std::memory_order_relaxed);
+    counters_.handoff_entries_sent.fetch_add(entries.size(), std::memory_order_relaxed);
   } else {
     // Keep the state here: the new owner recovers from the snapshot store, and if the slots come
     // back, nothing was lost.
@@ -558,11 +558,11 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
     store_.merge(key, state, now, &mergeStates);
     ++merged;
   }
-  handoff_entries_received_.fetch_add(merged, std::memory_order_relaxed);
-  malformed_received_.fetch_add(malformed, std::memory_order_relaxed);
+  counters_.handoff_entries_received.fetch_add(merged, std::memory_order_relaxed);
+  counters_.malformed_received.fetch_add(malformed, std::memory_order_relaxed);
   if (slots.empty()) return merged;
 
-  handoffs_received_.fetch_add(1, std::memory_order_relaxed);
+  counters_.handoffs_received.fetch_add(1, std::memory_order_relaxed);
   std::vector<std::uint32_t> opened, others;
   {
     std::lock_guard guard(mu_);
@@ -645,7 +645,7 @@ void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>
       ++claimed;
     }
   }
-  claims_total_.fetch_add(claimed, std::memory_order_relaxed);
+  counters_.claims.fetch_add(claimed, std::memory_order_relaxed);
 }
 
 std::string SlotKeeper::proxyTarget(std::uint32_t slot) const {
@@ -656,23 +656,13 @@ std::string SlotKeeper::proxyTarget(std::uint32_t slot) const {
 
 SlotKeeperStats SlotKeeper::stats() const {
   SlotKeeperStats s;
-  s.parked_now = parked_now_.load(std::memory_order_relaxed);
-  s.parked_total = parked_total_.load(std::memory_order_relaxed);
+#define THROTTLEX_SLOT_READ(field, ...) s.field = counters_.field.load(std::memory_order_relaxed);
+  THROTTLEX_SLOT_STATS(THROTTLEX_SLOT_READ)
+#undef THROTTLEX_SLOT_READ
   {
     std::lock_guard guard(mu_);
     s.slots_waiting = waiting_.size();
   }
-  s.recoveries = recoveries_.load(std::memory_order_relaxed);
-  s.recovery_errors = recovery_errors_.load(std::memory_order_relaxed);
-  s.recovery_timeouts = recovery_timeouts_.load(std::memory_order_relaxed);
-  s.recovered_entries = recovered_entries_.load(std::memory_order_relaxed);
-  s.handoffs_sent = handoffs_sent_.load(std::memory_order_relaxed);
-  s.handoff_entries_sent = handoff_entries_sent_.load(std::memory_order_relaxed);
-  s.handoff_failures = handoff_failures_.load(std::memory_order_relaxed);
-  s.handoffs_received = handoffs_received_.load(std::memory_order_relaxed);
-  s.handoff_entries_received = handoff_entries_received_.load(std::memory_order_relaxed);
-  s.malformed_received = malformed_received_.load(std::memory_order_relaxed);
-  s.claims = claims_total_.load(std::memory_order_relaxed);
   s.draining = draining_.load();
   s.drained = drained_.load();
   return s;

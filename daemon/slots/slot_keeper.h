@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "daemon/base/quiescence.h"
+#include "daemon/base/slot_stats.h"
 #include "daemon/routing/forwarder.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/slot_gate.h"
@@ -82,25 +83,6 @@ struct SlotKeeperOptions {
   std::chrono::milliseconds handoff_timeout{2000};  // per handoff call
   std::chrono::milliseconds claim_ttl{10'000};      // a claim the ring never confirms expires
   std::size_t entries_per_call = 20'000;            // 640 KB of entries per handoff call
-};
-
-struct SlotKeeperStats {
-  std::uint64_t parked_now = 0;  // checks waiting for their slot's state
-  std::uint64_t parked_total = 0;
-  std::uint64_t slots_waiting = 0;      // slots parked right now
-  std::uint64_t recoveries = 0;         // slots read from the snapshot store
-  std::uint64_t recovery_errors = 0;    // failed snapshot reads (retried until the deadline)
-  std::uint64_t recovery_timeouts = 0;  // slots opened by their deadline, state incomplete
-  std::uint64_t recovered_entries = 0;
-  std::uint64_t handoffs_sent = 0;  // completed handoffs (calls that listed slots)
-  std::uint64_t handoff_entries_sent = 0;
-  std::uint64_t handoff_failures = 0;  // failed handoff calls (the entries stay here)
-  std::uint64_t handoffs_received = 0;
-  std::uint64_t handoff_entries_received = 0;
-  std::uint64_t malformed_received = 0;
-  std::uint64_t claims = 0;  // slots decided here before the ring said so
-  bool draining = false;
-  bool drained = false;
 };
 
 class SlotKeeper final : public SlotGate {
@@ -243,10 +225,13 @@ class SlotKeeper final : public SlotGate {
   std::shared_ptr<const RingView> last_;
   std::thread thread_;
 
-  std::atomic<std::uint64_t> parked_now_{0}, parked_total_{0}, recoveries_{0}, recovery_errors_{0},
-      recovery_timeouts_{0}, recovered_entries_{0}, handoffs_sent_{0}, handoff_entries_sent_{0},
-      handoff_failures_{0}, handoffs_received_{0}, handoff_entries_received_{0},
-      malformed_received_{0}, claims_total_{0};
+  // One atomic per row of THROTTLEX_SLOT_STATS (slots_waiting is the size of waiting_ instead).
+  struct Counters {
+#define THROTTLEX_SLOT_ATOMIC(field, ...) std::atomic<std::uint64_t> field{0};
+    THROTTLEX_SLOT_STATS(THROTTLEX_SLOT_ATOMIC)
+#undef THROTTLEX_SLOT_ATOMIC
+  };
+  Counters counters_;
   std::atomic<bool> draining_{false}, drained_{false};
 };
 

@@ -301,6 +301,37 @@ TEST_CASE("without providers, no store, cluster, forwarding or persistence famil
   CHECK(text.value("throttlex_build_info", {{"node_id", "node-7"}, {"version", "9.9.9"}}) == 1);
 }
 
+TEST_CASE(
+    "every slot stat is rendered with its own value, and the snapshot families only with a store") {
+  PersistenceStats p;  // has_store false: slots only (a node without --redis still hands off)
+  std::uint64_t next = 1;
+#define TEST_SLOT_SET(field, ...) p.slots.field = next++;
+  THROTTLEX_SLOT_STATS(TEST_SLOT_SET)
+#undef TEST_SLOT_SET
+  Metrics::Options o = named();
+  o.persistence = [&p] { return p; };
+  const std::string rendered = Metrics(o).render();
+  const Scrape text(rendered);
+  std::uint64_t expected = 1;
+  std::size_t rows = 0;
+#define TEST_SLOT_CHECK(field, name, kind, help, label, label_value)                     \
+  {                                                                                      \
+    CAPTURE(#field);                                                                     \
+    Labels labels;                                                                       \
+    if (*(label) != '\0') labels[label] = label_value;                                   \
+    CHECK(text.value(name, labels) == static_cast<double>(expected++));                  \
+    CHECK(rendered.find(std::string("# TYPE ") + (name) +                                \
+                        (StatKind::kind == StatKind::kGauge ? " gauge" : " counter")) != \
+          std::string::npos);                                                            \
+    ++rows;                                                                              \
+  }
+  THROTTLEX_SLOT_STATS(TEST_SLOT_CHECK)
+#undef TEST_SLOT_CHECK
+  CHECK(rows == 14);
+  CHECK(rendered.find("throttlex_snapshot_") == std::string::npos);
+  CHECK(rendered.find("throttlex_redis_") == std::string::npos);
+}
+
 TEST_CASE("with a store, its live keys are rendered") {
   ManualClock clock;
   auto store = Store::make({100'000, 16}).value();
