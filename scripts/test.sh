@@ -2,7 +2,8 @@
 # Sets up a fresh Debian 12 machine (as root), builds, and runs the whole test suite:
 #   0. the formatting check (clang-format, .clang-format), the Release build with -Werror and
 #      clang-tidy (.clang-tidy),
-#   1. the unit tests under ASan+UBSan (build-asan/),
+#   1. the unit tests under ASan+UBSan (build-asan/), then the integration tests against the
+#      ASan+UBSan throttlexd and throttlectl,
 #   2. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
 #   3. every test in the Release build (build/). The last line is CTest's summary.
 # This is the README's test command and exactly what .ci/run runs.
@@ -39,6 +40,13 @@ cmake --preset asan >/dev/null
 mapfile -t asan_targets < <(ctest --test-dir build-asan -L '^(unit|adapter)$' -N | awk '/Test +#/ {print $3}')
 cmake --build build-asan --target "${asan_targets[@]}"
 ctest --test-dir build-asan -L '^(unit|adapter)$' --output-on-failure
+
+echo "== integration tests against the ASan+UBSan binaries"
+# The nodes and throttlectl are the sanitizer build (a leak or UB fails the node's exit code);
+# the load generators stay the Release build's. The chaos scenarios run in the Release stage.
+cmake --build build-asan --target throttlexd throttlectl
+THROTTLEX_TOOLS_BIN="$PWD/build/bin" \
+  ctest --test-dir build-asan -L integration -E '^cluster_' --output-on-failure
 
 echo "== concurrency tests under ThreadSanitizer"
 cmake --preset tsan >/dev/null

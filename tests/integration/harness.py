@@ -16,6 +16,15 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("THROTTLEX_BIN", ROOT / "build" / "bin"))
+# The load generators (throttlex-bench, http-paced): a Release build even when the nodes under test
+# are a sanitizer build (scripts/test.sh runs the integration tests against ASan binaries too).
+LOAD_TOOLS = ("throttlex-bench", "http-paced")
+TOOLS_BIN = pathlib.Path(os.environ.get("THROTTLEX_TOOLS_BIN", BIN))
+
+
+def tool_path(name):
+    """Where build/bin's `name` is: the load generators may come from another build."""
+    return (TOOLS_BIN if name in LOAD_TOOLS else BIN) / name
 READY = re.compile(r"ready: http [^:]+:(\d+), rpc [^:]+:(\d+), metrics [^:]+:(\d+), gossip [^:]+:(\d+)")
 START_TIMEOUT = 20.0
 
@@ -144,7 +153,8 @@ class Node:
 
 def run_tool(name, *args, timeout=30):
     """Runs a build/bin tool; returns (exit code, stdout, stderr)."""
-    p = subprocess.run([str(BIN / name), *args], capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run([str(tool_path(name)), *args], capture_output=True, text=True,
+                       timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
 

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import unittest
 
-from harness import BIN, Node, run_tool
+from harness import Node, run_tool, tool_path
 
 
 class ClientFailoverTest(unittest.TestCase):
@@ -13,7 +13,7 @@ class ClientFailoverTest(unittest.TestCase):
         a, b = Node(), Node()
         try:
             bench = subprocess.Popen(
-                [str(BIN / "throttlex-bench"), "--node", a.rpc_address, "--node", b.rpc_address,
+                [str(tool_path("throttlex-bench")), "--node", a.rpc_address, "--node", b.rpc_address,
                  "--connections", "2", "--concurrency", "8", "--keys", "1000",
                  "--duration", "3s", "--warmup", "0", "--deadline", "1s",
                  "--on-unavailable", "error", "--json"],
