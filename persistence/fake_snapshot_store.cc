@@ -1,4 +1,5 @@
 #include "persistence/fake_snapshot_store.h"
+#include "limiter/mutex.h"
 
 #include <algorithm>
 
@@ -14,7 +15,7 @@ std::int64_t unixMs(const Clock& clock) {
 
 FakeSnapshotStore::~FakeSnapshotStore() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   delivery_cv_.notify_all();
@@ -23,13 +24,13 @@ FakeSnapshotStore::~FakeSnapshotStore() {
 
 void FakeSnapshotStore::write(std::vector<SnapshotEntry> entries, WriteCallback done) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     largest_write_ = std::max(largest_write_, entries.size());
   }
   submit([this, entries = std::move(entries), done = std::move(done)]() {
     Status status = Ok{};
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ++stats_.commands;
       ++write_calls_;
       if (failure_) {
@@ -57,7 +58,7 @@ void FakeSnapshotStore::readSlots(std::vector<std::uint32_t> slots, ReadCallback
     std::optional<Error> error;
     std::vector<SnapshotEntry> out;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ++stats_.commands;
       if (failure_) {
         ++stats_.errors;
@@ -87,7 +88,7 @@ void FakeSnapshotStore::readSlots(std::vector<std::uint32_t> slots, ReadCallback
 }
 
 SnapshotStoreStats FakeSnapshotStore::stats() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   SnapshotStoreStats s = stats_;
   s.connected = !failure_ || failure_->code != ErrorCode::kUnavailable;
   s.latency = latency_hist_.snapshot();
@@ -99,13 +100,13 @@ void FakeSnapshotStore::submit(Op op) {
   op = [this, op = std::move(op)] {
     op();
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       ++delivered_;
     }
     changed_.notify_all();
   };
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     if (hold_) {
       held_.push_back(std::move(op));
       lock.unlock();
@@ -123,15 +124,15 @@ void FakeSnapshotStore::submit(Op op) {
 }
 
 void FakeSnapshotStore::deliveryLoop() {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   while (!stopping_ || !delayed_.empty()) {
     if (delayed_.empty()) {
-      delivery_cv_.wait(lock);
+      delivery_cv_.wait(lock.native());
       continue;
     }
     const auto due = delayed_.front().first;
     if (const Duration left = due - real_.monotonic(); !stopping_ && left > Duration(0)) {
-      delivery_cv_.wait_for(lock, left);
+      delivery_cv_.wait_for(lock.native(), left);
       continue;
     }
     Op op = std::move(delayed_.front().second);
@@ -143,29 +144,29 @@ void FakeSnapshotStore::deliveryLoop() {
 }
 
 bool FakeSnapshotStore::waitHeld(std::size_t n, std::chrono::milliseconds bound) const {
-  std::unique_lock lock(mu_);
-  return changed_.wait_for(lock, bound, [&] { return held_.size() >= n; });
+  MutexLock lock(mu_);
+  return changed_.wait_for(lock.native(), bound, [&]() REQUIRES(mu_) { return held_.size() >= n; });
 }
 
 bool FakeSnapshotStore::waitDelivered(std::uint64_t n, std::chrono::milliseconds bound) const {
-  std::unique_lock lock(mu_);
-  return changed_.wait_for(lock, bound, [&] { return delivered_ >= n; });
+  MutexLock lock(mu_);
+  return changed_.wait_for(lock.native(), bound, [&]() REQUIRES(mu_) { return delivered_ >= n; });
 }
 
 void FakeSnapshotStore::setFailure(std::optional<Error> error) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   failure_ = std::move(error);
 }
 
 void FakeSnapshotStore::setHold(bool hold) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   hold_ = hold;
 }
 
 std::size_t FakeSnapshotStore::release() {
   std::deque<Op> ops;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ops.swap(held_);
   }
   for (Op& op : ops) op();
@@ -173,7 +174,7 @@ std::size_t FakeSnapshotStore::release() {
 }
 
 void FakeSnapshotStore::setLatency(std::chrono::nanoseconds latency) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   latency_ = latency;
   if (latency.count() > 0 && !delivery_.joinable()) {
     delivery_ = std::thread([this] { deliveryLoop(); });
@@ -181,7 +182,7 @@ void FakeSnapshotStore::setLatency(std::chrono::nanoseconds latency) {
 }
 
 std::optional<SnapshotEntry> FakeSnapshotStore::get(const KeyHash& key) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& [slot, entries] : slots_) {
     auto it = entries.find(key);
     if (it != entries.end()) return it->second;
@@ -190,24 +191,24 @@ std::optional<SnapshotEntry> FakeSnapshotStore::get(const KeyHash& key) const {
 }
 
 std::size_t FakeSnapshotStore::size() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::size_t n = 0;
   for (const auto& [slot, entries] : slots_) n += entries.size();
   return n;
 }
 
 void FakeSnapshotStore::plant(const SnapshotEntry& entry) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   slots_[entry.slot][entry.key] = entry;
 }
 
 std::uint64_t FakeSnapshotStore::writeCalls() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return write_calls_;
 }
 
 std::size_t FakeSnapshotStore::largestWrite() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return largest_write_;
 }
 

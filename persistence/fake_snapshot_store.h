@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "limiter/clock.h"
+#include "limiter/mutex.h"
 #include "persistence/snapshot_store.h"
 
 namespace throttlex::persistence {
@@ -70,21 +71,21 @@ class FakeSnapshotStore final : public SnapshotStore {
   // real store), whatever `clock_` is.
   const SystemClock real_;
 
-  mutable std::mutex mu_;  // State below is protected by mu_.
-  std::map<std::uint32_t, std::map<KeyHash, SnapshotEntry, KeyLess>> slots_;
-  std::optional<Error> failure_;
-  bool hold_ = false;
-  std::chrono::nanoseconds latency_{0};
-  std::deque<Op> held_;
-  std::deque<std::pair<Instant, Op>> delayed_;
-  bool stopping_ = false;
+  mutable Mutex mu_;
+  std::map<std::uint32_t, std::map<KeyHash, SnapshotEntry, KeyLess>> slots_ GUARDED_BY(mu_);
+  std::optional<Error> failure_ GUARDED_BY(mu_);
+  bool hold_ GUARDED_BY(mu_) = false;
+  std::chrono::nanoseconds latency_ GUARDED_BY(mu_){0};
+  std::deque<Op> held_ GUARDED_BY(mu_);
+  std::deque<std::pair<Instant, Op>> delayed_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::condition_variable delivery_cv_;
   mutable std::condition_variable changed_;  // held_ grew or delivered_ moved
-  std::uint64_t delivered_ = 0;
-  std::thread delivery_;  // started on the first setLatency() > 0
-  SnapshotStoreStats stats_;
-  std::size_t largest_write_ = 0;
-  std::uint64_t write_calls_ = 0;
+  std::uint64_t delivered_ GUARDED_BY(mu_) = 0;
+  std::thread delivery_;  // started on the first setLatency() > 0 (under mu_)
+  SnapshotStoreStats stats_ GUARDED_BY(mu_);
+  std::size_t largest_write_ GUARDED_BY(mu_) = 0;
+  std::uint64_t write_calls_ GUARDED_BY(mu_) = 0;
   CommandLatency latency_hist_;
 };
 

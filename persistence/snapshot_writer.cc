@@ -1,4 +1,5 @@
 #include "persistence/snapshot_writer.h"
+#include "limiter/mutex.h"
 
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -96,9 +97,10 @@ void releaseFreeMemory() {
 }  // namespace
 
 struct alignas(64) SnapshotWriter::Shard {
-  std::mutex mu;  // State below is protected by mu.
-  PendingTable pending;
-  std::int64_t oldest_ns = kNone;  // monotonic time of the oldest change in `pending`
+  Mutex mu;
+  PendingTable pending GUARDED_BY(mu);
+  std::int64_t oldest_ns GUARDED_BY(mu) =
+      kNone;  // monotonic time of the oldest change in `pending`
 };
 
 struct SnapshotWriter::Taken {
@@ -143,7 +145,7 @@ SnapshotWriter::Shard& SnapshotWriter::shardFor(const KeyHash& key) const {
 void SnapshotWriter::markDirty(std::uint32_t slot, const KeyHash& key, const State& state,
                                std::int64_t expiry_ms) {
   Shard& shard = shardFor(key);
-  std::lock_guard lock(shard.mu);
+  MutexLock lock(shard.mu);
   if (Pending* p = shard.pending.find(key)) {
     p->state = state;
     p->expiry_ms = expiry_ms;
@@ -166,7 +168,7 @@ std::size_t SnapshotWriter::takeAll(Taken& out) {
     std::int64_t oldest = kNone;
     taken.clear();
     {
-      std::lock_guard lock(shard.mu);
+      MutexLock lock(shard.mu);
       const std::size_t bytes = shard.pending.bytes();
       shard.pending.take(taken);  // also when empty: an idle shard's table shrinks too
       given_back += bytes - shard.pending.bytes();
@@ -182,7 +184,7 @@ std::size_t SnapshotWriter::takeAll(Taken& out) {
 void SnapshotWriter::putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns) {
   for (const SnapshotEntry& e : entries) {
     Shard& shard = shardFor(e.key);
-    std::lock_guard lock(shard.mu);
+    MutexLock lock(shard.mu);
     if (shard.pending.find(e.key) != nullptr) continue;  // marked again meanwhile: newer wins
     if (shard.pending.size() >= shard_cap_) {
       dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -194,7 +196,7 @@ void SnapshotWriter::putBack(const std::vector<SnapshotEntry>& entries, std::int
 }
 
 bool SnapshotWriter::flushOnce() {
-  std::lock_guard flush_lock(flush_mu_);
+  MutexLock flush_lock(flush_mu_);
   std::size_t given_back = 0;
   const bool ok = flushLocked(given_back);
   // The tables, the batches and the store's buffers of a burst were freed but glibc keeps such
@@ -233,14 +235,14 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
   // Several nodes writing a burst into one Redis otherwise queue 16 batches each behind each
   // other, pass the command deadline, drop their connections and write everything again.
   struct Wait {
-    std::mutex mu;
+    Mutex mu;
     std::condition_variable cv;
     std::size_t remaining = 0;
     std::vector<bool> failed;
   };
   auto wait = std::make_shared<Wait>();
   wait->failed.assign(batches.size(), false);
-  std::unique_lock lock(wait->mu);
+  MutexLock lock(wait->mu);
   for (std::size_t first = 0, end = 0; first < batches.size(); first = end) {
     const std::size_t wave = wave_.load(std::memory_order_relaxed);
     end = std::min(batches.size(), first + wave);
@@ -248,13 +250,13 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
     lock.unlock();
     for (std::size_t i = first; i < end; ++i) {
       store_.write(batches[i], [wait, i](Status status) {
-        std::lock_guard guard(wait->mu);
+        MutexLock guard(wait->mu);
         wait->failed[i] = !status.ok();
         if (--wait->remaining == 0) wait->cv.notify_all();
       });
     }
     lock.lock();
-    wait->cv.wait(lock, [&] { return wait->remaining == 0; });
+    wait->cv.wait(lock.native(), [&] { return wait->remaining == 0; });
     const bool wave_failed = std::any_of(wait->failed.begin() + static_cast<std::ptrdiff_t>(first),
                                          wait->failed.begin() + static_cast<std::ptrdiff_t>(end),
                                          [](bool f) { return f; });
@@ -281,7 +283,7 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
 }
 
 void SnapshotWriter::start() {
-  std::lock_guard lock(thread_mu_);
+  MutexLock lock(thread_mu_);
   if (thread_.joinable() || stopping_) return;
   thread_ = std::thread([this] { run(); });
 }
@@ -289,7 +291,7 @@ void SnapshotWriter::start() {
 void SnapshotWriter::stop() {
   std::thread thread;
   {
-    std::lock_guard lock(thread_mu_);
+    MutexLock lock(thread_mu_);
     stopping_ = true;
     thread.swap(thread_);
   }
@@ -299,7 +301,7 @@ void SnapshotWriter::stop() {
 
 void SnapshotWriter::requestFlush() {
   {
-    std::lock_guard lock(thread_mu_);
+    MutexLock lock(thread_mu_);
     flush_requested_ = true;
   }
   wake_.notify_all();
@@ -309,9 +311,9 @@ void SnapshotWriter::run() {
   Instant next = clock_.monotonic() + options_.interval;
   for (;;) {
     {
-      std::unique_lock lock(thread_mu_);
-      wake_.wait_for(lock, next - clock_.monotonic(),
-                     [&] { return stopping_ || flush_requested_; });
+      MutexLock lock(thread_mu_);
+      wake_.wait_for(lock.native(), next - clock_.monotonic(),
+                     [&]() REQUIRES(thread_mu_) { return stopping_ || flush_requested_; });
       flush_requested_ = false;
       if (stopping_) break;
     }
@@ -326,7 +328,7 @@ SnapshotWriterStats SnapshotWriter::stats() const {
   std::int64_t oldest = inflight_oldest_ns_.load(std::memory_order_relaxed);
   if (oldest == 0) oldest = kNone;
   for (std::size_t i = 0; i < options_.shards; ++i) {
-    std::lock_guard lock(shards_[i].mu);
+    MutexLock lock(shards_[i].mu);
     s.pending += shards_[i].pending.size();
     s.pending_bytes += shards_[i].pending.bytes();
     oldest = std::min(oldest, shards_[i].oldest_ns);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "limiter/clock.h"
+#include "limiter/mutex.h"
 #include "limiter/result.h"
 #include "persistence/snapshot_store.h"
 
@@ -94,16 +95,16 @@ class SnapshotWriter {
   std::size_t shard_cap_;
   std::unique_ptr<Shard[]> shards_;
 
-  std::mutex flush_mu_;  // one flush at a time
+  Mutex flush_mu_;  // one flush at a time
 
-  std::mutex thread_mu_;  // State below is protected by thread_mu_.
+  Mutex thread_mu_;
   std::condition_variable wake_;
-  bool stopping_ = false;
-  bool flush_requested_ = false;
+  bool stopping_ GUARDED_BY(thread_mu_) = false;
+  bool flush_requested_ GUARDED_BY(thread_mu_) = false;
   std::thread thread_;
 
   // Counters: written by the flusher (or, for dropped_, by markDirty on the rare drop path).
-  std::atomic<std::int64_t> inflight_oldest_ns_{0};  // steady ns of the oldest change in flight
+  std::atomic<std::int64_t> inflight_oldest_ns_{0};  // monotonic ns of the oldest change in flight
   std::atomic<std::uint64_t> dropped_{0};
   std::atomic<std::uint64_t> flushes_{0};
   std::atomic<std::uint64_t> failed_flushes_{0};

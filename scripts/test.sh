@@ -23,11 +23,11 @@ echo "== build (Release, warnings are errors)"
 cmake --preset release >/dev/null
 cmake --build build
 
-echo "== clang-tidy (.clang-tidy: function size, use after move, ...)"
+echo "== clang-tidy (.clang-tidy: function size, use after move, thread safety, ...)"
 mapfile -t tidy_sources < <(git ls-files 'daemon/*.cc' 'gossip/*.cc' 'persistence/*.cc' \
                                          'client/*.cc' 'limiter/*.cc' 'cli/*.cc')
 # GCC-only warning flags in the compile database are not clang's business.
-run-clang-tidy -p build -quiet -j "$(nproc)" -extra-arg=-Wno-unknown-warning-option \
+run-clang-tidy -p build -quiet -j "$(nproc)" -extra-arg=-Wno-unknown-warning-option -extra-arg=-Wthread-safety \
   "${tidy_sources[@]}" >build/clang-tidy.log 2>&1 || {
   grep -E 'warning:|error:' build/clang-tidy.log | sort -u >&2
   echo "clang-tidy: the findings above fail the build (see .clang-tidy)" >&2

@@ -16,7 +16,7 @@ Inbox::~Inbox() {
 bool Inbox::post(std::unique_ptr<Job> job) {
   bool wake = false;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     if (closed_) return false;
     queue_.push_back(std::move(job));
     // Only the first post after a drain writes the eventfd: a burst costs one syscall.
@@ -31,7 +31,7 @@ bool Inbox::post(std::unique_ptr<Job> job) {
 
 void Inbox::close() {
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     if (closed_) return;
     closed_ = true;
   }
@@ -48,7 +48,7 @@ bool Inbox::drain(Core& core) {
   std::vector<std::unique_ptr<Job>> jobs;
   bool closed = false;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     jobs.swap(queue_);
     wake_pending_ = false;
     closed = closed_;

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "limiter/mutex.h"
+
 namespace throttlex::client::detail {
 
 class Core;
@@ -55,10 +57,10 @@ class Inbox {
   bool drain(Core& core);  // true once closed
 
   const int fd_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Job>> queue_;  // guarded by mu_
-  bool wake_pending_ = false;  // guarded by mu_: the eventfd was written, not yet read
-  bool closed_ = false;        // guarded by mu_
+  Mutex mu_;
+  std::vector<std::unique_ptr<Job>> queue_ GUARDED_BY(mu_);
+  bool wake_pending_ GUARDED_BY(mu_) = false;  // the eventfd was written, not yet read
+  bool closed_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace throttlex::client::detail

@@ -9,6 +9,8 @@
 #include <memory>
 #include <mutex>
 
+#include "limiter/mutex.h"
+
 namespace throttlex {
 
 inline std::atomic<std::uint64_t> published_instances{1};
@@ -21,7 +23,7 @@ class Published {
 
   // Any thread. Replaces the value; readers see it at their next current().
   void publish(std::shared_ptr<const T> value) {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     value_ = std::move(value);
     version_.fetch_add(1, std::memory_order_release);
   }
@@ -32,7 +34,7 @@ class Published {
     Cache& c = cache();
     const std::uint64_t v = version_.load(std::memory_order_acquire);
     if (c.instance != instance_ || c.version != v) {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       c.value = value_;
       c.version = version_.load(std::memory_order_relaxed);
       c.instance = instance_;
@@ -41,7 +43,7 @@ class Published {
   }
 
   std::shared_ptr<const T> snapshot() const {  // a copy, any thread
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     return value_;
   }
 
@@ -56,8 +58,8 @@ class Published {
     return c;
   }
 
-  mutable std::mutex mu_;
-  std::shared_ptr<const T> value_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::shared_ptr<const T> value_ GUARDED_BY(mu_);
   std::atomic<std::uint64_t> version_{1};
   const std::uint64_t instance_;  // tells the caches of two instances apart
 };

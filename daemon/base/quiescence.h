@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "limiter/mutex.h"
+
 namespace throttlex {
 
 class Quiescence {
@@ -50,7 +52,7 @@ class Quiescence {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     std::vector<std::pair<std::atomic<std::uint64_t>*, std::uint64_t>> inside;
     {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       for (auto& c : counters_) {
         const std::uint64_t v = c->value.load(std::memory_order_acquire);
         if (v % 2 == 1) inside.emplace_back(&c->value, v);
@@ -74,7 +76,7 @@ class Quiescence {
     for (auto& [owner, counter] : cache) {
       if (owner == id_) return *counter;
     }
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     counters_.push_back(std::make_unique<Counter>());
     cache.emplace_back(id_, &counters_.back()->value);
     return counters_.back()->value;
@@ -82,8 +84,8 @@ class Quiescence {
 
   static inline std::atomic<std::uint64_t> instances_{1};
   const std::uint64_t id_ = instances_.fetch_add(1);
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Counter>> counters_;  // guarded by mu_; never shrinks
+  Mutex mu_;
+  std::vector<std::unique_ptr<Counter>> counters_ GUARDED_BY(mu_);  // never shrinks
 };
 
 }  // namespace throttlex

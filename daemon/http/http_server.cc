@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "daemon/http/http_server_internal.h"
+#include "limiter/mutex.h"
 
 namespace throttlex::http_internal {
 
@@ -48,7 +49,7 @@ bool ServerShared::tryAddConnection() {
 void ServerShared::connectionClosed() {
   if (connections.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     // Lock so that stop() cannot miss the wake-up between its check and its wait.
-    std::lock_guard<std::mutex> lock(drain_mutex);
+    MutexLock lock(drain_mutex);
     drained.notify_all();
   }
 }
@@ -220,8 +221,8 @@ struct HttpServer::Impl {
   std::vector<std::unique_ptr<Worker>> workers;  // constant after start
   std::uint16_t port = 0;
 
-  std::mutex stop_mutex;  // serialises stop()
-  bool stopped = false;   // GUARDED_BY(stop_mutex)
+  Mutex stop_mutex;  // serialises stop()
+  bool stopped GUARDED_BY(stop_mutex) = false;
 
   void stop(std::chrono::milliseconds grace);
 };
@@ -283,15 +284,16 @@ void HttpServer::stop(std::chrono::milliseconds grace) {
 // Must not be called from a handler (it joins the thread the handler runs on).
 void HttpServer::Impl::stop(std::chrono::milliseconds grace) {
   for ([[maybe_unused]] auto& worker : workers) assert(!worker->inbox()->onOwnThread());
-  std::lock_guard<std::mutex> stop_lock(stop_mutex);
+  MutexLock stop_lock(stop_mutex);
   if (stopped) return;
   stopped = true;
   for (auto& worker : workers) {
     worker->post([w = worker.get()] { w->beginDrain(); });
   }
   {
-    std::unique_lock<std::mutex> lock(shared.drain_mutex);
-    shared.drained.wait_for(lock, grace, [this] { return shared.connections.load() == 0; });
+    MutexLock lock(shared.drain_mutex);
+    shared.drained.wait_for(lock.native(), grace,
+                            [this] { return shared.connections.load() == 0; });
   }
   for (auto& worker : workers) {
     worker->post([w = worker.get()] { w->finish(); });

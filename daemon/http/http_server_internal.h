@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "daemon/http/http_server.h"
+#include "limiter/mutex.h"
 
 namespace throttlex::http_internal {
 
@@ -46,7 +47,7 @@ struct ServerShared {
   std::atomic<std::size_t> connections{0};  // open connections over all workers
 
   // stop() waits on `drained` (with `drain_mutex`) for `connections` to reach 0.
-  std::mutex drain_mutex;
+  Mutex drain_mutex;
   std::condition_variable drained;
 
   bool tryAddConnection();  // false when max_connections are open
@@ -64,11 +65,11 @@ class Inbox {
   // Runs `fn` on the worker's thread; dropped once the worker has stopped.
   template <typename Fn>
   void post(Fn&& fn) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     if (io_ != nullptr) asio::post(*io_, std::forward<Fn>(fn));
   }
   void close() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(mutex_);
     io_ = nullptr;
   }
 
@@ -76,8 +77,8 @@ class Inbox {
   friend class Worker;
   static inline thread_local const Inbox* current_ = nullptr;
 
-  std::mutex mutex_;
-  asio::io_context* io_;  // GUARDED_BY(mutex_); null after the worker thread ended
+  Mutex mutex_;
+  asio::io_context* io_ GUARDED_BY(mutex_);  // null after the worker thread ended
 };
 
 // One thread, one io_context, one SO_REUSEPORT acceptor, and the connections it accepted.

@@ -10,6 +10,7 @@
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 
+#include "limiter/mutex.h"
 #include "limiter/store.h"
 
 namespace throttlex {
@@ -65,7 +66,7 @@ struct Metrics::Impl final : prometheus::Collectable {
 
   Slot& slot() {
     if (tls_slot.owner != id) {
-      std::lock_guard guard(mu);
+      MutexLock guard(mu);
       slots.push_back(std::make_unique<Slot>());
       tls_slot = {id, slots.back().get()};
     }
@@ -77,8 +78,8 @@ struct Metrics::Impl final : prometheus::Collectable {
 
   const Options options;
   const std::uint64_t id;
-  mutable std::mutex mu;
-  std::vector<std::unique_ptr<Slot>> slots;  // guarded by mu; slots are never removed
+  mutable Mutex mu;
+  std::vector<std::unique_ptr<Slot>> slots GUARDED_BY(mu);  // slots are never removed
 };
 
 struct Metrics::Exposer {
@@ -349,7 +350,7 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
   std::uint64_t latency_ns[kApis] = {};
   std::uint64_t shadow_limited = 0;
   {
-    std::lock_guard guard(mu);
+    MutexLock guard(mu);
     for (const auto& s : slots) {
       for (int a = 0; a < kApis; ++a) {
         for (int r = 0; r < kRoutes; ++r)

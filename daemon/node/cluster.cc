@@ -1,6 +1,7 @@
 #include "daemon/node/cluster.h"
 
 #include "daemon/base/log.h"
+#include "limiter/mutex.h"
 
 #include <algorithm>
 
@@ -91,7 +92,7 @@ void ClusterNode::publish() {
   st.dropped_misdirected = c.dropped_misdirected;
   st.send_failures = transport_->stats().send_failures.load(std::memory_order_relaxed);
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     snapshot_ = std::move(members);
     stats_ = st;
   }
@@ -166,12 +167,12 @@ void ClusterNode::leave() {
 }
 
 ClusterStats ClusterNode::stats() const {
-  std::lock_guard guard(mu_);
+  MutexLock guard(mu_);
   return stats_;
 }
 
 std::vector<MemberInfo> ClusterNode::members() const {
-  std::lock_guard guard(mu_);
+  MutexLock guard(mu_);
   return snapshot_;
 }
 

@@ -20,6 +20,7 @@
 #include "gossip/net_transport.h"
 #include "gossip/ring.h"
 #include "limiter/clock.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 
@@ -68,10 +69,9 @@ class ClusterNode {
   std::uint16_t port_ = 0;
   std::thread thread_;
 
-  mutable std::mutex mu_;
-  std::vector<MemberInfo> snapshot_;  // guarded by mu_
-  ClusterStats stats_;                // guarded by mu_
-
+  mutable Mutex mu_;
+  std::vector<MemberInfo> snapshot_ GUARDED_BY(mu_);
+  ClusterStats stats_ GUARDED_BY(mu_);
   // Gossip thread only.
   std::vector<std::pair<std::string, std::string>> ring_members_;  // last published: id, rpc
   bool ring_published_ = false;

@@ -20,6 +20,7 @@
 #include "daemon/service/sweeper.h"
 #include "daemon/slots/handoff_client.h"
 #include "daemon/slots/slot_keeper.h"
+#include "limiter/mutex.h"
 #include "persistence/redis_store.h"
 #include "persistence/snapshot_writer.h"
 
@@ -45,7 +46,7 @@ class Flushes {
   explicit Flushes(persistence::SnapshotWriter& writer) : writer_(writer) {}
   ~Flushes() { join(); }
   void start(std::function<void(Result<SnapshotOutcome>)> done) {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     // Join the flushes that have finished (each marks itself), so repeated calls hold no threads.
     for (auto it = threads_.begin(); it != threads_.end();) {
       if (it->finished->load()) {
@@ -65,7 +66,7 @@ class Flushes {
   void join() {
     std::vector<Running> threads;
     {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       threads.swap(threads_);
     }
     for (auto& t : threads) t.thread.join();
@@ -91,8 +92,8 @@ class Flushes {
   }
 
   persistence::SnapshotWriter& writer_;
-  std::mutex mu_;
-  std::vector<Running> threads_;  // guarded by mu_
+  Mutex mu_;
+  std::vector<Running> threads_ GUARDED_BY(mu_);
 };
 
 // After announcing its leave a node stays while checks still arrive over RPC: peers that have not

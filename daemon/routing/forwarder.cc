@@ -20,6 +20,7 @@
 #include "daemon/base/log.h"
 #include "daemon/routing/slot_gate.h"
 #include "daemon/routing/wire.h"
+#include "limiter/mutex.h"
 #include "proto/node_connection.h"
 #include "proto/throttlex.capnp.h"
 
@@ -93,7 +94,7 @@ std::string_view nameOf(BreakerState s) {
 // Statistics of one peer, written by the forwarder thread only, read by scrapes.
 struct PeerCounters {
   std::string node_id;
-  std::string address;  // guarded by Impl::stats_mu
+  std::string address;  // read and written under Impl::stats_mu
   std::atomic<std::uint8_t> breaker{0};
   std::atomic<std::uint64_t> calls{0}, checks{0}, failures{0}, opens{0};
 };
@@ -120,21 +121,20 @@ struct Forwarder::Impl {
   const int event_fd;
   std::thread thread;
 
-  std::mutex mu;
-  std::vector<Submission> inbox;  // guarded by mu
-  bool wake_pending = false;      // guarded by mu
-  bool closed = false;            // guarded by mu
-
-  mutable std::mutex stats_mu;
-  std::map<std::string, std::unique_ptr<PeerCounters>>
-      counters;  // guarded by stats_mu; never shrinks
+  Mutex mu;
+  std::vector<Submission> inbox GUARDED_BY(mu);
+  bool wake_pending GUARDED_BY(mu) = false;
+  bool closed GUARDED_BY(mu) = false;
+  mutable Mutex stats_mu;
+  std::map<std::string, std::unique_ptr<PeerCounters>> counters
+      GUARDED_BY(stats_mu);  // never shrinks
   std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, not_decided{0}, silences{0},
       batch_size_sum{0}, latency_ns_sum{0};
   std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::array<std::atomic<std::uint64_t>, kForwardLatencyBounds.size() + 1> latency{};
 
   PeerCounters& countersFor(const std::string& id, const std::string& address) {
-    std::lock_guard guard(stats_mu);
+    MutexLock guard(stats_mu);
     auto& c = counters[id];
     if (!c) {
       c = std::make_unique<PeerCounters>();
@@ -221,7 +221,7 @@ class Loop {
     std::vector<Submission> work;
     bool closed = false;
     {
-      std::lock_guard guard(impl_.mu);
+      MutexLock guard(impl_.mu);
       work.swap(impl_.inbox);
       impl_.wake_pending = false;
       closed = impl_.closed;
@@ -883,7 +883,7 @@ void Forwarder::setKeeper(SlotGate* keeper) {
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
                        std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
                        std::int64_t decide_by_ms) {
-  std::unique_lock lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   if (impl_->closed) {  // stopped: decided at once on this thread
     lock.unlock();
     for (std::size_t i = 0; i < checks.size(); ++i) impl_->decideHere(checks[i], indices[i], *sink);
@@ -899,7 +899,7 @@ void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size
 
 void Forwarder::stop() {
   {
-    std::lock_guard guard(impl_->mu);
+    MutexLock guard(impl_->mu);
     if (impl_->closed) return;
     impl_->closed = true;
   }
@@ -910,7 +910,7 @@ void Forwarder::stop() {
 ForwarderStats Forwarder::stats() const {
   ForwarderStats s;
   {
-    std::lock_guard guard(impl_->stats_mu);
+    MutexLock guard(impl_->stats_mu);
     for (const auto& [id, c] : impl_->counters) {
       PeerStats p;
       p.node_id = id;

@@ -22,6 +22,7 @@
 
 #include "daemon/base/log.h"
 #include "daemon/rpc/rpc_service.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 namespace {
@@ -160,9 +161,8 @@ struct RpcServer::Impl {
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::uint64_t> rejected_connections{0};
 
-  std::mutex stop_mu;
-  bool stopped = false;  // guarded by stop_mu
-
+  Mutex stop_mu;
+  bool stopped GUARDED_BY(stop_mu) = false;
   Impl(const RpcServerOptions& o, std::unique_ptr<Router> own, Router& r, NodeInfoProvider i,
        Metrics* m)
       : options(o), own_router(std::move(own)), router(r), info(std::move(i)), metrics(m) {
@@ -348,7 +348,7 @@ std::uint16_t RpcServer::port() const {
 }
 
 void RpcServer::stop() {
-  std::lock_guard guard(impl_->stop_mu);
+  MutexLock guard(impl_->stop_mu);
   if (impl_->stopped) return;
   impl_->stopped = true;
   for (auto& w : impl_->workers) {

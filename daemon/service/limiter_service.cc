@@ -1,4 +1,5 @@
 #include "daemon/service/limiter_service.h"
+#include "limiter/mutex.h"
 
 #include <algorithm>
 
@@ -138,7 +139,7 @@ std::vector<Rule> LimiterService::rules() const {
 }
 
 Status LimiterService::setRule(const Rule& rule) {
-  std::lock_guard admin(admin_mu_);
+  MutexLock admin(admin_mu_);
   const std::shared_ptr<const RuleSet> rules = currentRules();
   auto next = rules->with(rule);
   if (!next) return next.error();
@@ -147,7 +148,7 @@ Status LimiterService::setRule(const Rule& rule) {
 }
 
 Result<bool> LimiterService::deleteRule(std::string_view name) {
-  std::lock_guard admin(admin_mu_);
+  MutexLock admin(admin_mu_);
   const std::shared_ptr<const RuleSet> rules = currentRules();
   if (rules->find(name) == nullptr) return false;
   publish(std::make_shared<const RuleSet>(rules->without(name)));
@@ -155,7 +156,7 @@ Result<bool> LimiterService::deleteRule(std::string_view name) {
 }
 
 Result<std::size_t> LimiterService::reloadRules() {
-  std::lock_guard admin(admin_mu_);
+  MutexLock admin(admin_mu_);
   if (rules_path_.empty()) {
     return Error{ErrorCode::kNotFound, "no rules file configured (start with --rules FILE)"};
   }

@@ -20,6 +20,7 @@
 #include "daemon/base/route.h"
 #include "daemon/service/rules.h"
 #include "limiter/limiter.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 
@@ -85,7 +86,7 @@ class LimiterService {
   // next call into the service; hold a copy across anything that may call back in.
   const std::shared_ptr<const RuleSet>& currentRules() const { return rules_.current(); }
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
-  void publish(std::shared_ptr<const RuleSet> rules);
+  void publish(std::shared_ptr<const RuleSet> rules) REQUIRES(admin_mu_);
 
   // Constant after construction.
   Store& store_;
@@ -93,7 +94,7 @@ class LimiterService {
   const std::string rules_path_;
 
   // Writers (admin calls) serialise on admin_mu_; readers use Published's per-thread cache.
-  std::mutex admin_mu_;
+  Mutex admin_mu_;
   Published<RuleSet> rules_;
 };
 

@@ -1,4 +1,5 @@
 #include "daemon/service/sweeper.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 
@@ -15,7 +16,7 @@ Sweeper::~Sweeper() {
 
 void Sweeper::stop() {
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
@@ -26,8 +27,8 @@ void Sweeper::run() {
   const auto ticks = std::max<std::int64_t>(1, full_pass_ / kTick);
   const std::size_t per_tick =
       std::max<std::size_t>(1, store_.shardCount() / static_cast<std::size_t>(ticks));
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, kTick, [this] { return stopping_; })) {
+  MutexLock lock(mu_);
+  while (!cv_.wait_for(lock.native(), kTick, [this]() REQUIRES(mu_) { return stopping_; })) {
     lock.unlock();
     store_.sweep(clock_.now(), per_tick);
     lock.lock();

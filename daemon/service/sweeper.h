@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "limiter/clock.h"
+#include "limiter/mutex.h"
 #include "limiter/store.h"
 
 namespace throttlex {
@@ -24,9 +25,9 @@ class Sweeper {
   Store& store_;
   const Clock& clock_;
   const std::chrono::milliseconds full_pass_;
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;  // guarded by mu_
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

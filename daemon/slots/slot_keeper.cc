@@ -6,6 +6,7 @@
 
 #include "daemon/base/log.h"
 #include "daemon/routing/router.h"
+#include "limiter/mutex.h"
 #include "persistence/merge.h"
 
 namespace throttlex {
@@ -53,7 +54,7 @@ SlotKeeper::~SlotKeeper() {
 void SlotKeeper::stop() {
   std::vector<Parked> left;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     if (stopping_) return;
     stopping_ = true;
   }
@@ -62,7 +63,7 @@ void SlotKeeper::stop() {
   // Whatever still waits is decided now, on the state there is.
   std::vector<std::uint32_t> slots;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (const auto& [slot, w] : waiting_) slots.push_back(slot);
     waiting_.clear();
   }
@@ -84,7 +85,7 @@ std::vector<std::uint8_t> SlotKeeper::encode(std::span<const StoredEntry> entrie
 
 void SlotKeeper::post(std::function<void()> task) {
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     if (stopping_) return;
     tasks_.push_back(std::move(task));
   }
@@ -99,7 +100,7 @@ bool SlotKeeper::waitIdle(std::chrono::milliseconds bound) {
 }
 
 void SlotKeeper::run() {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   while (!stopping_) {
     if (!tasks_.empty()) {
       auto task = std::move(tasks_.front());
@@ -111,9 +112,9 @@ void SlotKeeper::run() {
     }
     // Deadlines of parked slots and claims are checked every few tens of ms while there are any.
     if (waiting_.empty() && claims_.empty() && received_.empty()) {
-      wake_.wait(lock);
+      wake_.wait(lock.native());
     } else {
-      wake_.wait_for(lock, std::chrono::milliseconds(20));
+      wake_.wait_for(lock.native(), std::chrono::milliseconds(20));
     }
     lock.unlock();
     expireDeadlines();
@@ -132,7 +133,7 @@ void SlotKeeper::setModeLocked(std::uint32_t slot, SlotMode mode) {
 void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
                       std::uint8_t hops) {
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     const SlotMode m = mode(check.slot);
     if ((m == SlotMode::kParked || m == SlotMode::kProxy) && !stopping_) {
       const std::uint32_t slot = check.slot;
@@ -171,7 +172,7 @@ void SlotKeeper::release(std::vector<Parked> parked) {
 void SlotKeeper::openIfReady(const std::vector<std::uint32_t>& slots) {
   std::vector<Parked> ready;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (std::uint32_t s : slots) {
       auto w = waiting_.find(s);
       if (w != waiting_.end() && (w->second.push || w->second.snapshot)) continue;
@@ -193,7 +194,7 @@ void SlotKeeper::expireDeadlines() {
   const auto now = clock_.monotonic();
   std::vector<std::uint32_t> expired;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (auto& [slot, w] : waiting_) {
       if (now < w.deadline) continue;
       w.push = w.snapshot = false;
@@ -219,7 +220,7 @@ void SlotKeeper::expireDeadlines() {
   // the one read when the slots were gained.
   if (options_.snapshots != nullptr) {
     {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       for (std::uint32_t s : expired)
         waiting_[s] = Waiting{false, true, false, now + options_.recovery_timeout, {}};
     }
@@ -238,7 +239,7 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
     return mode(slot) == SlotMode::kParked;
   }
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     if (mode(slot) != SlotMode::kOpen) return mode(slot) == SlotMode::kParked;
     Waiting& w = waiting_[slot];
     w.snapshot = true;
@@ -254,7 +255,7 @@ bool SlotKeeper::standInNeedsRecovery(std::uint32_t slot) {
 void SlotKeeper::readLazy() {
   std::vector<std::uint32_t> slots;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     slots.swap(lazy_asked_);
     lazy_posted_ = false;
   }
@@ -270,7 +271,7 @@ void SlotKeeper::recoverAll() {
   const auto deadline =
       clock_.monotonic() + std::max(options_.recovery_timeout, options_.startup_timeout);
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     started_ = options_.snapshots == nullptr || lazy;
     for (std::uint32_t s = 0; s < kSlotCount; ++s) {
       all[s] = s;
@@ -290,7 +291,7 @@ void SlotKeeper::recoverAll() {
   post([this, all = std::move(all), deadline] {
     recoverFromSnapshots(all, deadline);
     {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       started_ = true;
     }
     started_cv_.notify_all();
@@ -298,8 +299,9 @@ void SlotKeeper::recoverAll() {
 }
 
 bool SlotKeeper::waitStarted(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  return started_cv_.wait_for(lock, timeout, [this] { return started_ || stopping_; });
+  MutexLock lock(mu_);
+  return started_cv_.wait_for(lock.native(), timeout,
+                              [this]() REQUIRES(mu_) { return started_ || stopping_; });
 }
 
 void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Instant deadline) {
@@ -323,8 +325,8 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
       auto r = future.get();
       if (!r) {
         counters_.recovery_errors.fetch_add(1, std::memory_order_relaxed);
-        std::unique_lock lock(mu_);  // a pause that stop() can cut short
-        wake_.wait_for(lock, kRetryPause, [this] { return stopping_; });
+        MutexLock lock(mu_);  // a pause that stop() can cut short
+        wake_.wait_for(lock.native(), kRetryPause, [this]() REQUIRES(mu_) { return stopping_; });
         if (stopping_) return;
         continue;
       }
@@ -338,7 +340,7 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
       std::vector<std::uint32_t> rest(slots.begin() + static_cast<std::ptrdiff_t>(first),
                                       slots.end());
       {
-        std::lock_guard guard(mu_);
+        MutexLock guard(mu_);
         for (std::uint32_t s : rest) {
           auto w = waiting_.find(s);
           if (w != waiting_.end()) w->second.snapshot = false;
@@ -352,7 +354,7 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
     }
     counters_.recoveries.fetch_add(chunk.size(), std::memory_order_relaxed);
     {
-      std::lock_guard guard(mu_);
+      MutexLock guard(mu_);
       for (std::uint32_t s : chunk) {
         auto w = waiting_.find(s);
         if (w != waiting_.end()) w->second.snapshot = false;
@@ -371,7 +373,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   if (!next || next->ring.members().empty() || draining_.load()) return;
   std::shared_ptr<const RingView> prev;
   {
-    std::lock_guard guard(mu_);  // claim() reads it on RPC threads
+    MutexLock guard(mu_);  // claim() reads it on RPC threads
     prev = std::exchange(last_, next);
   }
   const bool multi = next->ring.members().size() > 1;
@@ -386,7 +388,7 @@ void SlotKeeper::handleRing(std::shared_ptr<const RingView> next) {
   std::vector<std::uint32_t> gained, from_snapshots;
   const auto deadline = clock_.monotonic() + options_.recovery_timeout;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (std::uint32_t s = 0; s < kSlotCount; ++s) {
       const bool now_mine = ownsNow(s);
       if (ownedBefore(s) && !now_mine) {
@@ -441,7 +443,7 @@ std::vector<std::uint32_t> SlotKeeper::unproxyGone(const RingView& next, Instant
                                                    std::vector<std::uint32_t>& from_snapshots) {
   const bool multi = next.ring.members().size() > 1;
   std::vector<std::uint32_t> unproxied;  // nothing to wait for: open at once
-  std::lock_guard guard(mu_);
+  MutexLock guard(mu_);
   for (auto& [s, w] : waiting_) {
     if (w.from.empty() || mode(s) != SlotMode::kProxy) continue;
     if (multi && next.ring.ownerOf(s) != options_.self_id) continue;  // not ours any more
@@ -478,7 +480,7 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
                                 const std::string& address, bool mark_moved) {
   if (slots.empty()) return 0;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (std::uint32_t s : slots) {
       if (mode(s) != SlotMode::kMoved) setModeLocked(s, SlotMode::kParked);
       claims_.erase(s);
@@ -528,7 +530,7 @@ std::size_t SlotKeeper::handOff(const std::vector<std::uint32_t>& slots, const s
     for (std::uint32_t s : slots) handed_ms_[s].store(0, std::memory_order_relaxed);
   }
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     for (std::uint32_t s : slots) {
       if (mode(s) == SlotMode::kParked) {
         setModeLocked(s, mark_moved && ok ? SlotMode::kMoved : SlotMode::kOpen);
@@ -565,7 +567,7 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
   counters_.handoffs_received.fetch_add(1, std::memory_order_relaxed);
   std::vector<std::uint32_t> opened, others;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     const auto at = clock_.monotonic();
     for (std::uint16_t s16 : slots) {
       const std::uint32_t s = s16;
@@ -628,7 +630,7 @@ void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>
   if (slots.empty()) return;
   std::size_t claimed = 0;
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     const std::shared_ptr<const RingView>& view = last_;
     if (!view || view->ring.members().size() <= 1) return;  // everything is this node's anyway
     for (std::uint32_t s : slots) {
@@ -649,7 +651,7 @@ void SlotKeeper::claim(const std::string& from, const std::vector<std::uint32_t>
 }
 
 std::string SlotKeeper::proxyTarget(std::uint32_t slot) const {
-  std::lock_guard guard(mu_);
+  MutexLock guard(mu_);
   const auto w = waiting_.find(slot);
   return w != waiting_.end() ? w->second.from : std::string();
 }
@@ -660,7 +662,7 @@ SlotKeeperStats SlotKeeper::stats() const {
   THROTTLEX_SLOT_STATS(THROTTLEX_SLOT_READ)
 #undef THROTTLEX_SLOT_READ
   {
-    std::lock_guard guard(mu_);
+    MutexLock guard(mu_);
     s.slots_waiting = waiting_.size();
   }
   s.draining = draining_.load();

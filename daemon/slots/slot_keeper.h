@@ -55,6 +55,7 @@
 #include "daemon/routing/forwarder.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/slot_gate.h"
+#include "limiter/mutex.h"
 #include "limiter/store.h"
 #include "persistence/snapshot_store.h"
 
@@ -207,19 +208,19 @@ class SlotKeeper final : public SlotGate {
   std::array<std::atomic<std::int64_t>, kSlotCount> standin_read_ms_{};  // monotonic ms
   std::array<std::atomic<std::int64_t>, kSlotCount> handed_ms_{};        // monotonic ms; 0: never
 
-  mutable std::mutex mu_;
-  std::map<std::uint32_t, std::vector<Parked>> parked_;  // guarded by mu_
-  std::map<std::uint32_t, Waiting> waiting_;             // guarded by mu_
-  std::map<std::uint32_t, Instant> claims_;              // guarded by mu_
+  mutable Mutex mu_;
+  std::map<std::uint32_t, std::vector<Parked>> parked_ GUARDED_BY(mu_);
+  std::map<std::uint32_t, Waiting> waiting_ GUARDED_BY(mu_);
+  std::map<std::uint32_t, Instant> claims_ GUARDED_BY(mu_);
   // Handoffs received per slot, when (an early one must not be waited for again).
-  std::map<std::uint32_t, Instant> received_;  // guarded by mu_
-  std::deque<std::function<void()>> tasks_;    // guarded by mu_
-  bool stopping_ = false;                      // guarded by mu_
+  std::map<std::uint32_t, Instant> received_ GUARDED_BY(mu_);
+  std::deque<std::function<void()>> tasks_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::condition_variable wake_;
   std::condition_variable started_cv_;
-  bool started_ = true;                    // guarded by mu_; false while recoverAll() runs
-  std::vector<std::uint32_t> lazy_asked_;  // guarded by mu_; slots whose first check arrived
-  bool lazy_posted_ = false;               // guarded by mu_; a task will read lazy_asked_
+  bool started_ GUARDED_BY(mu_) = true;                    // false while recoverAll() runs
+  std::vector<std::uint32_t> lazy_asked_ GUARDED_BY(mu_);  // slots whose first check arrived
+  bool lazy_posted_ GUARDED_BY(mu_) = false;               // a task will read lazy_asked_
 
   // Written by the worker thread under mu_; read there freely, elsewhere under mu_.
   std::shared_ptr<const RingView> last_;
