@@ -16,12 +16,19 @@
 #include "daemon/rpc/rpc_server.h"
 #include "daemon/service/limiter_service.h"
 #include "gossip/ring.h"
+#include "limiter/clock.h"
 #include "limiter/key.h"
 #include "throttlex/client.h"
 
 namespace tc = throttlex::client;
 using namespace std::chrono_literals;
-using SteadyClock = std::chrono::steady_clock;
+// Real time (these tests run real sockets and threads), read through the clock adapter.
+struct SteadyClock {
+  static throttlex::Instant now() {
+    static const throttlex::SystemClock real;
+    return real.monotonic();
+  }
+};
 
 namespace {
 

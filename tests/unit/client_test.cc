@@ -17,11 +17,18 @@
 
 #include "daemon/rpc/rpc_server.h"
 #include "daemon/service/limiter_service.h"
+#include "limiter/clock.h"
 #include "throttlex/client.h"
 
 namespace tc = throttlex::client;
 using namespace std::chrono_literals;
-using SteadyClock = std::chrono::steady_clock;
+// Real time (these tests run real sockets and threads), read through the clock adapter.
+struct SteadyClock {
+  static throttlex::Instant now() {
+    static const throttlex::SystemClock real;
+    return real.monotonic();
+  }
+};
 
 namespace {
 

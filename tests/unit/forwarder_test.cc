@@ -22,11 +22,20 @@
 #include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_server.h"
 #include "daemon/service/limiter_service.h"
+#include "limiter/clock.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;
 
 namespace {
+
+// Real time (these tests run real sockets and threads), read through the clock adapter.
+struct SteadyClock {
+  static Instant now() {
+    static const SystemClock real;
+    return real.monotonic();
+  }
+};
 
 // Collects the results of one routed request (HTTP and RPC do the same with their own sinks).
 class Collect final : public ForwardSink {
@@ -295,9 +304,9 @@ TEST_CASE("with the owner down, its stand-in decides exactly; the breaker recove
 
   // b comes back on its port: after the cooldown a probe succeeds and forwarding resumes.
   b.startRpc(b_port);
-  const auto until = std::chrono::steady_clock::now() + 10s;
+  const auto until = SteadyClock::now() + 10s;
   std::optional<RouteKind> route;
-  while (std::chrono::steady_clock::now() < until) {
+  while (SteadyClock::now() < until) {
     route = a.check({inlineCheck(b_keys[0], 10, 0)})[0]->route;
     if (route == RouteKind::kForwarded) break;
     std::this_thread::yield();
@@ -320,9 +329,9 @@ TEST_CASE("a frozen owner's keys wait T for it, then its stand-in decides them e
   // Its connection is accepted and its batches are taken, so only silence tells it is down: the
   // checks wait at least T (less one heartbeat, when the silence began) before anyone else
   // decides them, then the stand-in (each slot's runner-up) does.
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = SteadyClock::now();
   const auto first = a.check(all);
-  CHECK(std::chrono::steady_clock::now() - start >= options.owner_silence - options.heartbeat);
+  CHECK(SteadyClock::now() - start >= options.owner_silence - options.heartbeat);
   CHECK(a.forwarder->stats().silences >= 1);
   CHECK(peer(a, "b").breaker != BreakerState::kClosed);
   // Rounds entering a and c: the stand-in decides each key with its full limit, exactly.
@@ -509,8 +518,8 @@ TEST_CASE("stopping the forwarder answers what it holds and decides later checks
   REQUIRE(held.checks.size() == args.size());
   auto sink = std::make_shared<Collect>(args.size());
   a.router->forward(std::move(held), sink);
-  const auto until = std::chrono::steady_clock::now() + 10s;  // a bound, not a pause
-  while (peer(a, "b").checks < args.size() && std::chrono::steady_clock::now() < until) {
+  const auto until = SteadyClock::now() + 10s;  // a bound, not a pause
+  while (peer(a, "b").checks < args.size() && SteadyClock::now() < until) {
     std::this_thread::yield();
   }
   REQUIRE(peer(a, "b").checks == args.size());  // sent, and unanswered (T is 2 s here)
