@@ -304,6 +304,17 @@ bool SlotKeeper::waitStarted(std::chrono::milliseconds timeout) {
                               [this]() REQUIRES(mu_) { return started_ || stopping_; });
 }
 
+template <typename Future>
+bool SlotKeeper::answeredBy(Future& future, Instant deadline) const {
+  for (Instant now = clock_.monotonic(); now < deadline; now = clock_.monotonic()) {
+    const Duration slice = std::min<Duration>(deadline - now, kRetryPause);
+    if (future.wait_for(slice) == std::future_status::ready) return true;
+    MutexLock lock(mu_);
+    if (stopping_) return false;  // stop() does not wait for the store's deadline
+  }
+  return future.wait_for(Duration(0)) == std::future_status::ready;
+}
+
 void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, Instant deadline) {
   persistence::SnapshotStore* snapshots = options_.snapshots;
   if (snapshots == nullptr || slots.empty()) return;
@@ -320,8 +331,9 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
       snapshots->readSlots(chunk, [answer](Result<std::vector<persistence::SnapshotEntry>> r) {
         answer->set_value(std::move(r));
       });
-      // The store's own deadline ends the wait; this is the bound behind it.
-      if (future.wait_for(deadline - clock_.monotonic()) != std::future_status::ready) break;
+      // The store's own deadline ends the wait; this is the bound behind it, watched on the
+      // injected clock a slice at a time.
+      if (!answeredBy(future, deadline)) break;
       auto r = future.get();
       if (!r) {
         counters_.recovery_errors.fetch_add(1, std::memory_order_relaxed);

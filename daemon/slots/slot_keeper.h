@@ -151,6 +151,9 @@ class SlotKeeper final : public SlotGate {
 
  private:
   std::int64_t monotonicMs() const;  // the clock's monotonic reading, in ms
+  // Waits for `future` until `deadline` on the clock's monotonic reading.
+  template <typename Future>
+  bool answeredBy(Future& future, Instant deadline) const;
   struct Parked {
     ForwardedCheck check;
     std::size_t index;

@@ -124,6 +124,39 @@ TEST_CASE(
   CHECK(n.keeper.stats().recovered_entries == 1);
 }
 
+TEST_CASE("a check waits for its slot's snapshot until the recovery deadline, not longer") {
+  ManualClock clock(kStart);
+  persistence::FakeSnapshotStore snapshots(clock);
+  snapshots.setHold(true);  // Redis never answers
+  SlotKeeperOptions o;
+  o.self_id = "a";
+  o.snapshots = &snapshots;
+  o.recovery_timeout = 10s;
+  o.startup_timeout = 10s;
+  Node n(o, clock);
+  n.keeper.recoverAll();
+  REQUIRE(snapshots.waitHeld(1, 5s));  // the first read is out
+
+  Forwarding forwarding;
+  REQUIRE_FALSE(n.router.check(args("user:late"), 0, forwarding).has_value());
+  REQUIRE(forwarding.parked.size() == 1);
+  auto sink = std::make_shared<Sink>();
+  auto answered = sink->result.get_future();
+  n.router.forward(std::move(forwarding), sink);  // parked on this thread
+  clock.advance(10s - 1ms);                       // just before the deadline: still waiting
+  CHECK(answered.wait_for(0s) == std::future_status::timeout);
+  CHECK(n.keeper.stats().parked_now == 1);
+
+  clock.advance(1ms);  // the deadline: decided without the snapshot, from empty state
+  REQUIRE(answered.wait_for(5s) == std::future_status::ready);
+  const auto outcome = answered.get();
+  REQUIRE(outcome.ok());
+  CHECK(outcome->decision.remaining == 9);
+  CHECK(n.keeper.stats().parked_now == 0);
+  CHECK(n.keeper.stats().recovery_timeouts > 0);
+  CHECK(n.keeper.waitStarted(5s));
+}
+
 TEST_CASE("lazy recovery reads a slot when its first check arrives, and only that slot") {
   ManualClock clock(kStart);
   persistence::FakeSnapshotStore snapshots(clock);
