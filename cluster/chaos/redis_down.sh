@@ -4,7 +4,7 @@
 #
 #   cluster/chaos/redis_down.sh [--before 8] [--down 8] [--after 8] [--detect-bound 5]
 #                               [--reconnect-bound 6] [--drain-bound 15]
-#                               [--p50-factor 1.5] [--p99-factor 3] [--slack-us 500]
+#                               [--p50-factor 1.5] [--p99-factor 3] [--slack-us 1500]
 #                               [--nodes 5] [--prefix txr] [--subnet 10.77.3] [--run-dir DIR]
 #                               [--rate 5000] [--max-errors 0]
 #
@@ -25,7 +25,10 @@
 #   latency_p50, _p99    the down phase's median and p99 check latency are at most factor x
 #                        those of the phases with Redis around it (the larger of before and
 #                        after: the noise of two shared cores, see cluster/README.md for the
-#                        spread between runs) + --slack-us.
+#                        spread between runs) + --slack-us. The slack is 1.5 ms: a check that
+#                        waited for Redis would wait for its timeouts (hundreds of ms); with 0.5 ms
+#                        the check failed once (p50 1.77 ms against a bound of 1.68 ms) while the
+#                        machine's two cores also ran builds and other tests.
 #   saw_redis_down       every node exports throttlex_redis_connected 0 within --detect-bound s of
 #                        the kill, and still 0 at the end of the down phase.
 #   reconnected          every node exports throttlex_redis_connected 1 within --reconnect-bound s
@@ -45,7 +48,7 @@ source "$(dirname "$0")/lib.sh"
 chaos_init redis_down txr 10.77.3 0 "$@"
 
 BEFORE=8 DOWN=8 AFTER=8 DETECT_BOUND=5 RECONNECT_BOUND=6 DRAIN_BOUND=15
-P50_FACTOR=1.5 P99_FACTOR=3 SLACK_US=500
+P50_FACTOR=1.5 P99_FACTOR=3 SLACK_US=1500
 set -- "${CHAOS_ARGS[@]+"${CHAOS_ARGS[@]}"}"
 while (($# > 0)); do
   case $1 in
