@@ -25,8 +25,11 @@ capnp::ReaderOptions readerOptions() {
 kj::StringPtr text(const std::string& s) {
   return kj::StringPtr(s.c_str(), s.size());
 }
-std::string str(capnp::Text::Reader t) {
-  return std::string(t.cStr(), t.size());
+// A text field within `max` bytes, copied into `out`; false (malformed) when longer.
+bool bounded(capnp::Text::Reader t, std::size_t max, std::string& out) {
+  if (t.size() > max) return false;
+  out.assign(t.cStr(), t.size());
+  return true;
 }
 
 void fill(wire::MemberUpdate::Builder b, const Update& u) {
@@ -49,19 +52,21 @@ bool read(wire::MemberUpdate::Reader r, Update& u) {
   auto state = static_cast<std::uint16_t>(r.getState());
   if (state > static_cast<std::uint16_t>(MemberState::kLeft)) return false;
   u.state = static_cast<MemberState>(state);
-  u.id = str(r.getId());
-  if (u.id.empty()) return false;
-  u.address = str(r.getAddress());
-  u.incarnation = r.getIncarnation();
   auto meta = r.getMeta();
-  u.meta.rpc_address = str(meta.getRpcAddress());
-  u.meta.http_address = str(meta.getHttpAddress());
+  if (!bounded(r.getId(), kMaxIdBytes, u.id) || u.id.empty() ||
+      !bounded(r.getAddress(), kMaxAddressBytes, u.address) ||
+      !bounded(meta.getRpcAddress(), kMaxAddressBytes, u.meta.rpc_address) ||
+      !bounded(meta.getHttpAddress(), kMaxAddressBytes, u.meta.http_address) ||
+      !bounded(r.getFrom(), kMaxIdBytes, u.from)) {
+    return false;
+  }
+  u.incarnation = r.getIncarnation();
   u.meta.protocol_version = meta.getProtocolVersion();
-  u.from = str(r.getFrom());
   return true;
 }
 
 bool readList(capnp::List<wire::MemberUpdate>::Reader list, std::vector<Update>& out) {
+  if (list.size() > kMaxListEntries) return false;  // before any allocation
   out.resize(list.size());
   for (unsigned i = 0; i < list.size(); ++i) {
     if (!read(list[i], out[i])) return false;
@@ -111,9 +116,10 @@ void encodeBody(wire::Body::Builder b, const Message& m) {
 }
 
 DecodeStatus decodeBody(wire::Body::Reader b, Message& m) {
-  m.sender_id = str(b.getSenderId());
-  m.sender_address = str(b.getSenderAddress());
-  if (m.sender_id.empty()) return DecodeStatus::kMalformed;
+  if (!bounded(b.getSenderId(), kMaxIdBytes, m.sender_id) || m.sender_id.empty() ||
+      !bounded(b.getSenderAddress(), kMaxAddressBytes, m.sender_address)) {
+    return DecodeStatus::kMalformed;
+  }
   switch (b.which()) {
     case wire::Body::GOSSIP:
       m.type = MessageType::kGossip;
@@ -121,14 +127,18 @@ DecodeStatus decodeBody(wire::Body::Reader b, Message& m) {
     case wire::Body::PING:
       m.type = MessageType::kPing;
       m.seq = b.getPing().getSeq();
-      m.target_id = str(b.getPing().getTargetId());
+      if (!bounded(b.getPing().getTargetId(), kMaxIdBytes, m.target_id)) {
+        return DecodeStatus::kMalformed;
+      }
       break;
     case wire::Body::PING_REQ:
       m.type = MessageType::kPingReq;
       m.seq = b.getPingReq().getSeq();
-      m.target_id = str(b.getPingReq().getTargetId());
-      m.target_address = str(b.getPingReq().getTargetAddress());
-      if (m.target_address.empty()) return DecodeStatus::kMalformed;
+      if (!bounded(b.getPingReq().getTargetId(), kMaxIdBytes, m.target_id) ||
+          !bounded(b.getPingReq().getTargetAddress(), kMaxAddressBytes, m.target_address) ||
+          m.target_address.empty()) {
+        return DecodeStatus::kMalformed;
+      }
       break;
     case wire::Body::ACK:
       m.type = MessageType::kAck;

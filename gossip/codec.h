@@ -23,6 +23,13 @@ enum class DecodeStatus : std::uint8_t {
 
 const char* nameOf(DecodeStatus status);
 
+// Bounds a decoded message must keep (more: kMalformed), checked before anything is copied out
+// of the packet: a list's length is read from the packet, so without a bound a few bytes could
+// claim a million members. Far above a real cluster's needs.
+inline constexpr std::size_t kMaxListEntries = 4096;  // members of a push/pull, updates
+inline constexpr std::size_t kMaxIdBytes = 255;       // a node id
+inline constexpr std::size_t kMaxAddressBytes = 255;  // host:port (gossip, RPC, HTTP)
+
 std::vector<std::uint8_t> encode(const Message& message, std::string_view cluster);
 
 // `out` is valid only when kOk is returned. `max_bytes` bounds the input before any parsing.

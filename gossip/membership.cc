@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <limits>
 #include <utility>
 
 #include "gossip/codec.h"
@@ -505,7 +506,10 @@ void Membership::applyDeadOrLeft(const Update& u, Time now) {
 
 void Membership::refute(std::uint64_t seen_incarnation, Time now) {
   Member& me = members_.at(options_.id);
-  me.incarnation = std::max(me.incarnation, seen_incarnation) + 1;
+  // Saturates: an incarnation of 2^64-1 (only a forged update can carry it) must not wrap this
+  // node to 0, where every other node would take it for older than anything.
+  const std::uint64_t seen = std::max(me.incarnation, seen_incarnation);
+  me.incarnation = seen == std::numeric_limits<std::uint64_t>::max() ? seen : seen + 1;
   setState(me, MemberState::kAlive, now);
   ++counters_.refutations;
   broadcasts_.enqueue(updateOf(me));

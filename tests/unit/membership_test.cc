@@ -1,6 +1,8 @@
 // Membership (SWIM + Lifeguard) driven through the in-memory network in virtual time.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <cstdlib>
 #include <functional>
 #include <memory>
@@ -433,6 +435,60 @@ TEST_CASE("encode and decode round-trip every message type") {
   CHECK(out.updates[0].meta == u.meta);
   CHECK(out.updates[0].from == "a");
   CHECK(decode(bytes, "c", bytes.size() - 1, out) == DecodeStatus::kTooLarge);
+}
+
+TEST_CASE("decode refuses lists and names past their bounds before copying them") {
+  Message m;
+  m.sender_id = "a";
+  m.sender_address = "h:1";
+  m.type = MessageType::kPushPull;
+  Update u;
+  u.state = MemberState::kAlive;
+  u.address = "h:2";
+  for (std::size_t i = 0; i < kMaxListEntries; ++i) {
+    u.id = "n" + std::to_string(i);
+    m.members.push_back(u);
+  }
+  Message out;
+  const std::size_t any = 64u << 20;
+  REQUIRE(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kOk);
+  CHECK(out.members.size() == kMaxListEntries);
+  m.members.push_back(u);  // one more than a message may list
+  CHECK(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kMalformed);
+  m.members.resize(1);
+  m.updates = {u};
+  m.updates[0].id = std::string(kMaxIdBytes, 'x');
+  CHECK(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kOk);
+  m.updates[0].id += 'x';
+  CHECK(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kMalformed);
+  m.updates[0].id = "b";
+  m.updates[0].meta.rpc_address = std::string(kMaxAddressBytes + 1, '1');
+  CHECK(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kMalformed);
+  m.updates.clear();
+  m.sender_id = std::string(kMaxIdBytes + 1, 's');
+  CHECK(decode(encode(m, "c"), "c", any, out) == DecodeStatus::kMalformed);
+}
+
+TEST_CASE("an alive update at the highest incarnation cannot wrap the refuting node to 0") {
+  Harness h(3, 97);
+  h.joinAll();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, seconds(10)));
+  // A forged "node-1 is alive at 2^64-1, here" from an address that is not a member.
+  Message forged;
+  forged.sender_id = "intruder";
+  forged.sender_address = "10.0.0.99:7946";
+  forged.type = MessageType::kGossip;
+  Update u;
+  u.state = MemberState::kAlive;
+  u.id = Harness::idOf(1);
+  u.address = "10.0.0.99:7946";
+  u.incarnation = std::numeric_limits<std::uint64_t>::max();
+  forged.updates = {u};
+  h.net()
+      .transport("10.0.0.99:7946")
+      .send(Harness::addressOf(1), Channel::kDatagram, encode(forged, kCluster));
+  REQUIRE(h.runUntil([&] { return h.node(1).counters().refutations > 0; }, seconds(5)));
+  CHECK(h.node(1).self().incarnation == std::numeric_limits<std::uint64_t>::max());
 }
 
 TEST_CASE("the suspicion timeout shrinks with confirmations down to its minimum") {
