@@ -32,12 +32,21 @@ std::string formatEndpoint(const asio::ip::address& ip, std::uint16_t port) {
 }
 
 // One inbound push/pull: a 4-byte big-endian length, then the message.
+constexpr auto kAcceptRetry = std::chrono::milliseconds(100);
+
 struct InboundStream : std::enable_shared_from_this<InboundStream> {
-  InboundStream(asio::ip::tcp::socket s, asio::io_context& io) : socket(std::move(s)), timer(io) {}
+  InboundStream(asio::ip::tcp::socket s, asio::io_context& io, std::shared_ptr<int> open)
+      : socket(std::move(s)), timer(io), open_streams(std::move(open)) {
+    ++*open_streams;
+  }
+  ~InboundStream() { --*open_streams; }
+  InboundStream(const InboundStream&) = delete;
+  InboundStream& operator=(const InboundStream&) = delete;
   asio::ip::tcp::socket socket;
   asio::steady_timer timer;
   std::array<std::uint8_t, 4> header{};
   std::vector<std::uint8_t> body;
+  std::shared_ptr<int> open_streams;  // the transport's count (io thread only)
 };
 
 }  // namespace
@@ -48,6 +57,7 @@ NetTransport::NetTransport(asio::io_context& io, std::size_t max_stream_bytes, R
       receive_(std::move(receive)),
       udp_(io),
       tcp_(io),
+      accept_retry_(io),
       datagram_(kMaxDatagram) {}
 
 NetTransport::~NetTransport() {
@@ -89,6 +99,7 @@ void NetTransport::close() {
   asio::error_code ec;
   udp_.close(ec);
   tcp_.close(ec);
+  accept_retry_.cancel();
 }
 
 void NetTransport::receiveDatagram() {
@@ -110,8 +121,18 @@ void NetTransport::receiveDatagram() {
 void NetTransport::acceptStream() {
   tcp_.async_accept([this, alive = alive_](const asio::error_code& ec, asio::ip::tcp::socket s) {
     if (!*alive || ec == asio::error::operation_aborted) return;
-    if (!ec) {
-      auto in = std::make_shared<InboundStream>(std::move(s), io_);
+    if (ec) {  // out of descriptors and the like: keep what is open, try again later
+      stats_.accept_errors.fetch_add(1, std::memory_order_relaxed);
+      accept_retry_.expires_after(kAcceptRetry);
+      accept_retry_.async_wait([this, alive](const asio::error_code& e) {
+        if (!e && *alive) acceptStream();
+      });
+      return;
+    }
+    if (*inbound_ >= kMaxInboundStreams) {
+      stats_.streams_refused.fetch_add(1, std::memory_order_relaxed);  // `s` closes here
+    } else {
+      auto in = std::make_shared<InboundStream>(std::move(s), io_, inbound_);
       in->timer.expires_after(kStreamDeadline);
       in->timer.async_wait([in](const asio::error_code& e) {
         if (!e) {

@@ -20,11 +20,16 @@ namespace throttlex::gossip {
 struct NetTransportStats {
   std::atomic<std::uint64_t> send_failures{0};      // unresolvable, refused, timed out
   std::atomic<std::uint64_t> oversized_dropped{0};  // inbound stream over max_stream_bytes
+  std::atomic<std::uint64_t> streams_refused{0};    // inbound streams over kMaxInboundStreams
+  std::atomic<std::uint64_t> accept_errors{0};      // failed accepts (out of descriptors, ...)
 };
 
 class NetTransport final : public Transport {
  public:
   using Receive = std::function<void(Packet)>;
+  // Inbound push/pull streams read at once; more are closed at accept. Each may buffer up to
+  // max_stream_bytes, so this bounds what slow or hostile senders can make the node hold.
+  static constexpr int kMaxInboundStreams = 8;
 
   // Binds UDP and TCP on bind_address:port (port 0: any free port, the same for both).
   static Result<std::unique_ptr<NetTransport>> open(asio::io_context& io,
@@ -50,6 +55,8 @@ class NetTransport final : public Transport {
   const Receive receive_;
   asio::ip::udp::socket udp_;
   asio::ip::tcp::acceptor tcp_;
+  asio::steady_timer accept_retry_;  // after a failed accept: try again later, never spin
+  std::shared_ptr<int> inbound_ = std::make_shared<int>(0);  // streams being read now
   asio::ip::udp::endpoint sender_;
   std::vector<std::uint8_t> datagram_;
   std::uint16_t port_ = 0;

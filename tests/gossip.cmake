@@ -1,2 +1,3 @@
 throttlex_unit_test(membership_test unit/membership_test.cc LIBS throttlex_gossip)
 throttlex_unit_test(ring_test unit/ring_test.cc LIBS throttlex_gossip)
+throttlex_unit_test(net_transport_test unit/net_transport_test.cc LIBS throttlex_gossip)

@@ -235,11 +235,17 @@ void collectCluster(const ClusterStats& c, std::vector<prometheus::MetricFamily>
        {valued(static_cast<double>(c.dropped_malformed), {{"reason", "malformed"}}),
         valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
         valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
-        valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}})}});
+        valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}}),
+        valued(static_cast<double>(c.dropped_oversized), {{"reason", "oversized"}}),
+        valued(static_cast<double>(c.dropped_stream_limit), {{"reason", "stream_limit"}})}});
   out.push_back({"throttlex_gossip_send_failures_total",
                  "Gossip sends that failed (unresolvable, refused, timed out)",
                  MetricType::Counter,
                  {valued(static_cast<double>(c.send_failures))}});
+  out.push_back({"throttlex_gossip_accept_errors_total",
+                 "Failed accepts of gossip streams (out of descriptors, ...), retried after 100 ms",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(c.accept_errors))}});
 }
 
 void collectRedis(const persistence::SnapshotStoreStats& st,

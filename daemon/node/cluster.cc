@@ -90,7 +90,11 @@ void ClusterNode::publish() {
   st.dropped_foreign_cluster = c.dropped_foreign_cluster;
   st.dropped_version = c.dropped_version;
   st.dropped_misdirected = c.dropped_misdirected;
-  st.send_failures = transport_->stats().send_failures.load(std::memory_order_relaxed);
+  const gossip::NetTransportStats& t = transport_->stats();
+  st.send_failures = t.send_failures.load(std::memory_order_relaxed);
+  st.dropped_oversized = t.oversized_dropped.load(std::memory_order_relaxed);
+  st.dropped_stream_limit = t.streams_refused.load(std::memory_order_relaxed);
+  st.accept_errors = t.accept_errors.load(std::memory_order_relaxed);
   {
     MutexLock guard(mu_);
     snapshot_ = std::move(members);
