@@ -431,6 +431,9 @@ std::string Metrics::render() const {
   return prometheus::TextSerializer().Serialize(impl_->Collect());
 }
 
+// Connections the metrics endpoint serves at once (each holds a civetweb thread).
+constexpr int kMetricsThreads = 8;
+
 Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) {
   auto e = std::make_unique<Exposer>();
   // civetweb wants IPv6 addresses in brackets ("[::]:9464").
@@ -438,7 +441,12 @@ Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) 
   const std::string address =
       (v6 ? "[" + bind_address + "]" : bind_address) + ":" + std::to_string(port);
   try {  // civetweb reports a failed bind by exception; turn it into a value here
-    e->exposer = std::make_unique<prometheus::Exposer>(address);
+    // civetweb serves one connection per thread, and a connection that sends nothing holds its
+    // thread until the request timeout (30 s by default): two idle connections blocked every
+    // scrape. More threads, and a connection must send its request within 2 s.
+    e->exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", address, "num_threads", std::to_string(kMetricsThreads),
+        "request_timeout_ms", "2000", "enable_keep_alive", "no"});
   } catch (const std::exception& ex) {
     return Error{ErrorCode::kUnavailable, "cannot serve metrics on " + address + ": " + ex.what()};
   }

@@ -6,6 +6,7 @@
 #include <array>
 #include <latch>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -375,6 +376,25 @@ class Listener {
   std::uint16_t port_ = 0;
 };
 
+// A connection to 127.0.0.1:port that sends nothing, open for its scope.
+class IdleConnection {
+ public:
+  explicit IdleConnection(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    REQUIRE(fd_ >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~IdleConnection() { ::close(fd_); }
+  IdleConnection(const IdleConnection&) = delete;
+  IdleConnection& operator=(const IdleConnection&) = delete;
+
+ private:
+  int fd_;
+};
+
 // GET /metrics from 127.0.0.1:port over HTTP/1.0; the whole response (reads bounded by 10 s).
 std::string get(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -424,6 +444,10 @@ TEST_CASE("serve on port 0 binds a free port and serves the scrape; a taken port
   CHECK(refused.error().code == ErrorCode::kUnavailable);
   CHECK(refused.error().message.find("127.0.0.1:" + std::to_string(taken.port())) !=
         std::string::npos);
+  // Idle connections (opened, nothing sent) do not block the scrape.
+  std::vector<std::unique_ptr<IdleConnection>> idle;
+  for (int i = 0; i < 4; ++i) idle.push_back(std::make_unique<IdleConnection>(*port));
+  CHECK(get(*port).find(" 200 ") != std::string::npos);
   // The port the first one holds is taken too.
   const Result<int> again = Metrics(named()).serve("127.0.0.1", static_cast<std::uint16_t>(*port));
   CHECK_FALSE(again.ok());
