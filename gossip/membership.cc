@@ -53,6 +53,7 @@ Status validate(const Options& o) {
   if (o.cluster.empty()) return invalidArgument("gossip: cluster name is empty");
   if (o.id.empty()) return invalidArgument("gossip: node id is empty");
   if (o.address.empty()) return invalidArgument("gossip: address is empty");
+  if (o.max_members < 1) return invalidArgument("gossip: max_members must be at least 1");
   const Timing& t = o.timing;
   if (t.protocol_period <= Duration::zero() || t.probe_timeout <= Duration::zero() ||
       t.probe_timeout >= t.protocol_period) {
@@ -419,6 +420,10 @@ void Membership::applyAlive(const Update& u, Time now) {
   }
   auto it = members_.find(u.id);
   if (it == members_.end()) {
+    if (members_.size() >= options_.max_members) {
+      ++counters_.dropped_member_cap;
+      return;
+    }
     Member m{u.id, u.address, u.meta, u.incarnation, MemberState::kAlive, now};
     members_.emplace(m.id, m);
     // A newcomer goes to a random place in the probe order, so it is probed within a round.

@@ -44,6 +44,9 @@ struct Options {
   NodeMeta meta;
   Timing timing = Timing::lan();
   std::uint64_t seed = 0;  // the only source of randomness
+  // Members known at most (this node included); news of more is dropped and counted, so a flood
+  // of invented members cannot grow the table or the ring without bound.
+  std::size_t max_members = 1024;
 };
 
 struct Counters {
@@ -54,6 +57,7 @@ struct Counters {
   std::uint64_t dropped_foreign_cluster = 0;
   std::uint64_t dropped_version = 0;
   std::uint64_t dropped_misdirected = 0;  // a ping for another node id
+  std::uint64_t dropped_member_cap = 0;   // news of a new member while max_members are known
   std::uint64_t probes = 0;
   std::uint64_t indirect_probes = 0;
   std::uint64_t probe_failures = 0;  // probes that ended in a suspicion

@@ -53,6 +53,7 @@ struct ClusterStats {
   std::uint64_t packets_sent = 0, packets_received = 0;
   std::uint64_t dropped_malformed = 0, dropped_foreign_cluster = 0, dropped_version = 0,
                 dropped_misdirected = 0;
+  std::uint64_t dropped_member_cap = 0;    // news of members past the member cap (1024)
   std::uint64_t dropped_oversized = 0;     // push/pull streams over the size bound
   std::uint64_t dropped_stream_limit = 0;  // push/pull streams over the concurrent-stream bound
   std::uint64_t send_failures = 0;

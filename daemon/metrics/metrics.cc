@@ -236,6 +236,7 @@ void collectCluster(const ClusterStats& c, std::vector<prometheus::MetricFamily>
         valued(static_cast<double>(c.dropped_foreign_cluster), {{"reason", "foreign_cluster"}}),
         valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
         valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}}),
+        valued(static_cast<double>(c.dropped_member_cap), {{"reason", "member_cap"}}),
         valued(static_cast<double>(c.dropped_oversized), {{"reason", "oversized"}}),
         valued(static_cast<double>(c.dropped_stream_limit), {{"reason", "stream_limit"}})}});
   out.push_back({"throttlex_gossip_send_failures_total",

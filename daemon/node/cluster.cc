@@ -90,6 +90,7 @@ void ClusterNode::publish() {
   st.dropped_foreign_cluster = c.dropped_foreign_cluster;
   st.dropped_version = c.dropped_version;
   st.dropped_misdirected = c.dropped_misdirected;
+  st.dropped_member_cap = c.dropped_member_cap;
   const gossip::NetTransportStats& t = transport_->stats();
   st.send_failures = t.send_failures.load(std::memory_order_relaxed);
   st.dropped_oversized = t.oversized_dropped.load(std::memory_order_relaxed);

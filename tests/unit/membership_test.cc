@@ -491,6 +491,35 @@ TEST_CASE("an alive update at the highest incarnation cannot wrap the refuting n
   CHECK(h.node(1).self().incarnation == std::numeric_limits<std::uint64_t>::max());
 }
 
+TEST_CASE("news of members past max_members is dropped and counted, the known ones stay") {
+  Harness h(3, 101);
+  h.joinAll();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, seconds(10)));
+  // One push/pull that invents 3,000 members (the decoder takes 4096 per message).
+  Message flood;
+  flood.sender_id = "intruder";
+  flood.sender_address = "10.0.0.99:7946";
+  flood.type = MessageType::kPushPull;
+  for (int i = 0; i < 3000; ++i) {
+    Update u;
+    u.state = MemberState::kAlive;
+    u.id = "invented-" + std::to_string(i);
+    u.address = "10.9." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ":7946";
+    flood.members.push_back(u);
+  }
+  h.net()
+      .transport("10.0.0.99:7946")
+      .send(Harness::addressOf(1), Channel::kStream, encode(flood, kCluster));
+  REQUIRE(h.runUntil([&] { return h.node(1).counters().dropped_member_cap > 0; }, seconds(5)));
+  CHECK(h.node(1).members().size() == 1024);
+  CHECK(h.node(1).counters().dropped_member_cap == 3 + 3000 - 1024);
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    const auto m = h.node(1).member(Harness::idOf(i));
+    REQUIRE(m.has_value());
+    CHECK(m->state == MemberState::kAlive);
+  }
+}
+
 TEST_CASE("the suspicion timeout shrinks with confirmations down to its minimum") {
   Time t0(seconds(100));
   Suspicion s(t0, seconds(4), seconds(24), 2, "a");
