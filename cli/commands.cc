@@ -416,4 +416,26 @@ int runMembers(client::Client& c, const Config& config) {
   return kExitOk;
 }
 
+int runKeyring(client::Client& c, const Config& config, client::KeyringOp op,
+               const std::string& key) {
+  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+    const auto keys = node.keyring(op, key);
+    MemberOutcome o;
+    if (!keys) {
+      o.error = keys.error();
+      return o;
+    }
+    for (const client::KeyringKey& k : *keys) {
+      o.detail += (o.detail.empty() ? "" : " ") + k.id + (k.primary ? " (primary)" : "");
+    }
+    o.value = keys->size();
+    return o;
+  });
+  const char* op_name = op == client::KeyringOp::kInstall  ? "install"
+                        : op == client::KeyringOp::kUse    ? "use"
+                        : op == client::KeyringOp::kRemove ? "remove"
+                                                           : "list";
+  return reportMembers(config, outcomes, {{"op", op_name}});
+}
+
 }  // namespace throttlex::cli

@@ -27,6 +27,11 @@ int runStatus(client::Client& c, const Config& config);
 int runSnapshot(client::Client& c, const Config& config);
 // Asks NODE (a member's id or RPC address) to hand its slots over and leave.
 int runDrain(client::Client& c, const Config& config, const std::string& node);
+// Lists or changes the gossip keyring on every member (one line each: the key ids afterwards,
+// the primary marked); exit 0 only when every member applied it. A rotation: install the new key,
+// use it, remove the old one (docs/security.md).
+int runKeyring(client::Client& c, const Config& config, client::KeyringOp op,
+               const std::string& key);
 int runMembers(client::Client& c, const Config& config);
 int runRing(client::Client& c, const Config& config);
 int runOwner(client::Client& c, const Config& config, const client::CheckSpec& spec);

@@ -11,6 +11,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/exit_codes.h"
+#include "gossip/keyring.h"
 
 namespace throttlex::cli {
 namespace {
@@ -26,6 +27,7 @@ struct CommandLine {
   RuleArgs rule;
   std::string delete_name;
   std::string drain_node;
+  std::string keyring_key;
 };
 
 struct Subcommands {
@@ -42,6 +44,11 @@ struct Subcommands {
   CLI::App* owner = nullptr;
   CLI::App* snapshot = nullptr;
   CLI::App* drain = nullptr;
+  CLI::App* keyring_generate = nullptr;
+  CLI::App* keyring_list = nullptr;
+  CLI::App* keyring_install = nullptr;
+  CLI::App* keyring_use = nullptr;
+  CLI::App* keyring_remove = nullptr;
 };
 
 CLI::Validator periodValidator() {
@@ -80,8 +87,7 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
                  "comma-separated)")
       ->envname("THROTTLEX_NODE")
       ->delimiter(',')
-      ->allow_extra_args(false)
-      ->required();
+      ->allow_extra_args(false);  // required by every command that connects (chooseAction)
   app.add_option("-o,--output", cl.output, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));
   app.add_option("--timeout", cl.timeout, "Deadline of each call (default 2s)")
@@ -131,6 +137,22 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   s.drain = app.add_subcommand(
       "drain", "Make NODE hand its slots to the nodes taking them over, leave and exit");
   s.drain->add_option("node", cl.drain_node, "The member's node id or RPC address")->required();
+
+  CLI::App* keyring = app.add_subcommand(
+      "keyring", "The gossip keyring of every member (docs/security.md: rotating keys)");
+  keyring->require_subcommand(1);
+  s.keyring_generate =
+      keyring->add_subcommand("generate", "Print a new random key (base64); connects nowhere");
+  s.keyring_list = keyring->add_subcommand("list", "The key ids each member holds");
+  s.keyring_install = keyring->add_subcommand("install", "Add KEY to every member's keyring");
+  s.keyring_install->add_option("key", cl.keyring_key, "A key from 'keyring generate'")->required();
+  s.keyring_use =
+      keyring->add_subcommand("use", "Seal with KEY from now on (installed everywhere first)");
+  s.keyring_use->add_option("key", cl.keyring_key, "The key, or its id (8 hex digits)")->required();
+  s.keyring_remove =
+      keyring->add_subcommand("remove", "Remove KEY from every member (not the primary)");
+  s.keyring_remove->add_option("key", cl.keyring_key, "The key, or its id (8 hex digits)")
+      ->required();
   return s;
 }
 
@@ -166,6 +188,13 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
   if (s.drain->parsed()) {
     return Action([&](client::Client& c) { return runDrain(c, config, cl.drain_node); });
   }
+  const auto keyring = [&](client::KeyringOp op) {
+    return Action([&, op](client::Client& c) { return runKeyring(c, config, op, cl.keyring_key); });
+  };
+  if (s.keyring_list->parsed()) return keyring(client::KeyringOp::kList);
+  if (s.keyring_install->parsed()) return keyring(client::KeyringOp::kInstall);
+  if (s.keyring_use->parsed()) return keyring(client::KeyringOp::kUse);
+  if (s.keyring_remove->parsed()) return keyring(client::KeyringOp::kRemove);
   if (s.ring->parsed()) return Action([&](client::Client& c) { return runRing(c, config); });
   if (s.owner->parsed()) return target(cl.owner, runOwner);
   if (s.members->parsed()) {
@@ -201,6 +230,15 @@ int run(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
 
+  if (subcommands.keyring_generate->parsed()) {
+    std::cout << gossip::formatKey(gossip::generateKey()) << "\n";
+    return kExitOk;
+  }
+  if (cl.nodes.empty()) {
+    std::cerr << "throttlectl: --node is required (or THROTTLEX_NODE)\nRun with --help for more "
+                 "information.\n";
+    return kExitUsage;
+  }
   Config config;
   config.nodes = cl.nodes;
   config.output = cl.output == "json" ? OutputFormat::kJson : OutputFormat::kTable;

@@ -159,22 +159,45 @@ DecodeStatus decodeBody(wire::Body::Reader b, Message& m) {
   return DecodeStatus::kOk;
 }
 
+// What a sealed envelope authenticates besides its body: version and cluster name (the keyring
+// adds the key id).
+std::vector<std::uint8_t> associatedData(std::uint16_t version, std::string_view cluster) {
+  std::vector<std::uint8_t> aad;
+  aad.reserve(2 + cluster.size());
+  aad.push_back(static_cast<std::uint8_t>(version >> 8));
+  aad.push_back(static_cast<std::uint8_t>(version));
+  aad.insert(aad.end(), cluster.begin(), cluster.end());
+  return aad;
+}
+
+DecodeStatus decodeBodyBytes(kj::ArrayPtr<const kj::byte> body_bytes, Message& out) {
+  kj::ArrayInputStream body_in(body_bytes);
+  capnp::PackedMessageReader body_reader(body_in, readerOptions());
+  return decodeBody(body_reader.getRoot<wire::Body>(), out);
+}
+
 DecodeStatus decodeUnchecked(std::span<const std::uint8_t> bytes, std::string_view cluster,
-                             Message& out) {
+                             const Security& security, Message& out) {
   kj::ArrayInputStream in(kj::arrayPtr(bytes.data(), bytes.size()));
   capnp::PackedMessageReader envelope_reader(in, readerOptions());
   auto envelope = envelope_reader.getRoot<wire::Envelope>();
   if (envelope.getVersion() != wire::PROTOCOL_VERSION) return DecodeStatus::kVersion;
   auto name = envelope.getCluster();
   if (std::string_view(name.cStr(), name.size()) != cluster) return DecodeStatus::kForeignCluster;
-  // keyId/auth: verified here once cluster keys exist; until then a keyed packet is foreign.
-  if (envelope.getKeyId() != 0 || envelope.getAuth().size() != 0) {
-    return DecodeStatus::kForeignCluster;
+  std::uint32_t key_id = envelope.getKeyId();
+  auto body = envelope.getBody();
+  if (key_id == 0) {
+    if (envelope.getAuth().size() != 0) return DecodeStatus::kMalformed;
+    if (security.keyed() && security.verify_incoming) return DecodeStatus::kUnauthenticated;
+    return decodeBodyBytes(body, out);
   }
-  auto body_bytes = envelope.getBody();
-  kj::ArrayInputStream body_in(body_bytes);
-  capnp::PackedMessageReader body_reader(body_in, readerOptions());
-  return decodeBody(body_reader.getRoot<wire::Body>(), out);
+  if (!security.keyed()) return DecodeStatus::kUnauthenticated;
+  auto auth = envelope.getAuth();
+  auto plain = security.keyring->open(key_id, std::span(auth.begin(), auth.size()),
+                                      std::span(body.begin(), body.size()),
+                                      associatedData(envelope.getVersion(), cluster));
+  if (!plain) return DecodeStatus::kAuthFailed;
+  return decodeBodyBytes(kj::arrayPtr(plain->data(), plain->size()), out);
 }
 
 }  // namespace
@@ -193,11 +216,16 @@ const char* nameOf(DecodeStatus status) {
       return "foreign cluster";
     case DecodeStatus::kUnknownType:
       return "unknown message type";
+    case DecodeStatus::kUnauthenticated:
+      return "unauthenticated";
+    case DecodeStatus::kAuthFailed:
+      return "authentication failed";
   }
   return "?";
 }
 
-std::vector<std::uint8_t> encode(const Message& message, std::string_view cluster) {
+std::vector<std::uint8_t> encode(const Message& message, std::string_view cluster,
+                                 const Security& security) {
   capnp::MallocMessageBuilder body_builder;
   encodeBody(body_builder.initRoot<wire::Body>(), message);
   auto body = packed(body_builder);
@@ -206,19 +234,31 @@ std::vector<std::uint8_t> encode(const Message& message, std::string_view cluste
   auto envelope = envelope_builder.initRoot<wire::Envelope>();
   envelope.setVersion(wire::PROTOCOL_VERSION);
   envelope.setCluster(kj::StringPtr(std::string(cluster).c_str()));
-  envelope.setBody(kj::arrayPtr(body.data(), body.size()));
+  std::optional<Sealed> sealed;
+  if (security.keyed() && security.verify_outgoing) {
+    sealed = security.keyring->seal(body, associatedData(wire::PROTOCOL_VERSION, cluster));
+    // Never fall back to plain text when sealing was asked for: send nothing instead.
+    if (!sealed) return {};
+  }
+  if (sealed) {
+    envelope.setKeyId(sealed->key_id);
+    envelope.setAuth(kj::arrayPtr(sealed->auth.data(), sealed->auth.size()));
+    envelope.setBody(kj::arrayPtr(sealed->ciphertext.data(), sealed->ciphertext.size()));
+  } else {
+    envelope.setBody(kj::arrayPtr(body.data(), body.size()));
+  }
   return packed(envelope_builder);
 }
 
 DecodeStatus decode(std::span<const std::uint8_t> bytes, std::string_view cluster,
-                    std::size_t max_bytes, Message& out) {
+                    std::size_t max_bytes, Message& out, const Security& security) {
   if (bytes.size() > max_bytes) return DecodeStatus::kTooLarge;
   if (bytes.empty()) return DecodeStatus::kMalformed;
   // Cap'n Proto reports malformed input by throwing kj::Exception; this is the one place where
   // that is caught and turned into a status (the network is not trusted, see STYLE.md §6).
   DecodeStatus status = DecodeStatus::kMalformed;
   KJ_IF_MAYBE (exception, kj::runCatchingExceptions(
-                              [&]() { status = decodeUnchecked(bytes, cluster, out); })) {
+                              [&]() { status = decodeUnchecked(bytes, cluster, security, out); })) {
     (void)exception;
     return DecodeStatus::kMalformed;
   }

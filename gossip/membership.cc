@@ -298,7 +298,7 @@ void Membership::receive(const Packet& packet, Time now) {
   std::size_t bound = packet.channel == Channel::kStream ? options_.timing.max_stream_bytes
                                                          : options_.timing.max_datagram_bytes;
   Message m;
-  switch (decode(packet.bytes, options_.cluster, bound, m)) {
+  switch (decode(packet.bytes, options_.cluster, bound, m, security())) {
     case DecodeStatus::kOk:
       handle(m, packet, now);
       return;
@@ -307,6 +307,10 @@ void Membership::receive(const Packet& packet, Time now) {
       return;
     case DecodeStatus::kVersion:
       ++counters_.dropped_version;
+      return;
+    case DecodeStatus::kUnauthenticated:
+    case DecodeStatus::kAuthFailed:
+      ++counters_.dropped_unauthenticated;
       return;
     case DecodeStatus::kTooLarge:
     case DecodeStatus::kMalformed:
@@ -539,8 +543,9 @@ Message Membership::message(MessageType type) const {
 void Membership::send(const std::string& to, Message m, Channel channel) {
   if (channel == Channel::kDatagram) {
     // Piggy-back what fits; the rest waits for the next packet or gossip round.
-    std::size_t used = 96 + m.sender_id.size() + m.sender_address.size() + m.target_id.size() +
-                       m.target_address.size() + options_.cluster.size();
+    std::size_t used = 96 + (security().keyed() ? kAuthBytes + 16 : 0) + m.sender_id.size() +
+                       m.sender_address.size() + m.target_id.size() + m.target_address.size() +
+                       options_.cluster.size();
     for (const Update& u : m.updates) used += estimatedSize(u);  // set by the caller: first
     std::size_t budget =
         options_.timing.max_datagram_bytes > used ? options_.timing.max_datagram_bytes - used : 0;
@@ -549,7 +554,8 @@ void Membership::send(const std::string& to, Message m, Channel channel) {
     m.updates.insert(m.updates.end(), std::make_move_iterator(queued.begin()),
                      std::make_move_iterator(queued.end()));
   }
-  auto bytes = encode(m, options_.cluster);
+  auto bytes = encode(m, options_.cluster, security());
+  if (bytes.empty()) return;  // sealing failed (OpenSSL); never sent in the clear
   ++counters_.packets_sent;
   counters_.bytes_sent += bytes.size();
   transport_.send(to, channel, std::move(bytes));

@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "gossip/broadcast_queue.h"
+#include "gossip/codec.h"
+#include "gossip/keyring.h"
 #include "gossip/member.h"
 #include "gossip/message.h"
 #include "gossip/suspicion.h"
@@ -47,6 +49,11 @@ struct Options {
   // Members known at most (this node included); news of more is dropped and counted, so a flood
   // of invented members cannot grow the table or the ring without bound.
   std::size_t max_members = 1024;
+  // The cluster keyring (gossip/keyring.h), shared with whoever rotates keys; null or empty: plain
+  // packets. The switches are for turning keys on in a running cluster (see gossip/codec.h).
+  std::shared_ptr<const Keyring> keyring;
+  bool verify_incoming = true;
+  bool verify_outgoing = true;
 };
 
 struct Counters {
@@ -56,8 +63,9 @@ struct Counters {
   std::uint64_t dropped_malformed = 0;  // undecodable, too large, unknown type
   std::uint64_t dropped_foreign_cluster = 0;
   std::uint64_t dropped_version = 0;
-  std::uint64_t dropped_misdirected = 0;  // a ping for another node id
-  std::uint64_t dropped_member_cap = 0;   // news of a new member while max_members are known
+  std::uint64_t dropped_misdirected = 0;      // a ping for another node id
+  std::uint64_t dropped_member_cap = 0;       // news of a new member while max_members are known
+  std::uint64_t dropped_unauthenticated = 0;  // not sealed, or not by a key we hold
   std::uint64_t probes = 0;
   std::uint64_t indirect_probes = 0;
   std::uint64_t probe_failures = 0;  // probes that ended in a suspicion
@@ -99,6 +107,9 @@ class Membership {
   const Options& options() const { return options_; }
 
  private:
+  Security security() const {
+    return {options_.keyring.get(), options_.verify_incoming, options_.verify_outgoing};
+  }
   struct Probe {
     std::string target;
     std::uint32_t seq = 0;

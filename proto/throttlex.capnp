@@ -177,6 +177,23 @@ interface Admin {
   # Hands this node's slots to the nodes that take them over, leaves the cluster and exits (as
   # SIGTERM). Answers once the node has started draining.
   drain @8 (version :UInt16) -> (error :Error);
+  # The gossip keyring (docs/security.md): list it, or install / make primary / remove one key,
+  # on this node only (throttlectl applies a change to every member). `key` is a base64 key for
+  # install, a key id (8 hex digits) or the key for use and remove. `keys` is the keyring after
+  # the call. Refused (unavailable) on a node started without --gossip-keyring.
+  keyring @9 (version :UInt16, op :KeyringOp, key :Text) -> (error :Error, keys :List(KeyringKey));
+}
+
+enum KeyringOp {
+  list @0;
+  install @1;
+  use @2;
+  remove @3;
+}
+
+struct KeyringKey {
+  id @0 :Text;        # 8 hex digits, derived from the key; the key itself never leaves the node
+  primary @1 :Bool;   # the key that seals this node's packets
 }
 
 # What a node's RPC port bootstraps: cast it to Limiter or Admin.

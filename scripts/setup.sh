@@ -11,6 +11,7 @@ packages=(
   libasio-dev capnproto libcapnp-dev libhiredis-dev libconcurrentqueue-dev
   prometheus-cpp-dev libcli11-dev doctest-dev libxxhash-dev libbenchmark-dev
   libhttp-parser-dev libyaml-cpp-dev nlohmann-json3-dev
+  libssl-dev  # libcrypto: the gossip keyring (AES-256-GCM)
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
   docker-compose python3-yaml  # cluster/validate.sh: compose config, Kubernetes YAML

@@ -23,6 +23,11 @@
 # (`throttlectl drain`, exit 0) just leaves.
 # THROTTLEX_NO_BUILD=1 skips setup.sh and the build (a quick restart of what is already built).
 #
+# Gossip is sealed with a cluster keyring (docs/security.md): on first start the script creates
+# one key in $RUN_DIR/keys/keyring (mode 600) and gives each node a copy of its own
+# ($RUN_DIR/keys/node-N.keyring, which `throttlectl keyring` rewrites); later starts reuse them.
+# THROTTLEX_INSECURE_GOSSIP=1: no keyring (unauthenticated gossip).
+#
 # Snapshots: a redis-server of its own on 127.0.0.1:$THROTTLEX_REDIS_PORT (default 6390; no disk
 # persistence, data in $RUN_DIR/redis) that every node writes its state to (--redis), stopped after
 # the nodes. Restarting the cluster keeps the limits' state as long as that Redis runs; it stops
@@ -155,8 +160,22 @@ if ((WITH_REDIS)); then
   redis_args=(--redis "127.0.0.1:$REDIS_PORT")
   log "redis-server on 127.0.0.1:$REDIS_PORT (pid $redis_pid) for snapshots"
 fi
+secure_gossip=$([[ ${THROTTLEX_INSECURE_GOSSIP:-0} == 1 ]] && echo 0 || echo 1)
+if ((secure_gossip)); then
+  (umask 077 && mkdir -p "$RUN_DIR/keys")
+  if [[ ! -s $RUN_DIR/keys/keyring ]]; then
+    (umask 077 && "$BIN/throttlectl" keyring generate >"$RUN_DIR/keys/keyring")
+    log "created the cluster's gossip key in $RUN_DIR/keys/keyring"
+  fi
+  for ((i = 1; i <= NODES; i++)); do
+    [[ -s $RUN_DIR/keys/node-$i.keyring ]] ||
+      (umask 077 && cp "$RUN_DIR/keys/keyring" "$RUN_DIR/keys/node-$i.keyring")
+  done
+fi
 for ((i = 1; i <= NODES; i++)); do
-  args=(--node-id "node-$i" --bind 127.0.0.1 --cluster-name throttlex-local --gossip-preset local
+  args=()
+  ((secure_gossip == 0)) || args+=(--gossip-keyring "$RUN_DIR/keys/node-$i.keyring")
+  args+=(--node-id "node-$i" --bind 127.0.0.1 --cluster-name throttlex-local --gossip-preset local
         --http-port "$(http_port "$i")" --rpc-port "$(rpc_port "$i")"
         --metrics-port "$(metrics_port "$i")" --gossip-port "$(gossip_port "$i")"
         --threads "$THREADS" --rules docs/examples/rules.yaml)
@@ -217,6 +236,7 @@ Try (any node answers for any key):
   $BIN/throttlectl --node 127.0.0.1:7400 status      # snapshots, handoffs
   $BIN/throttlectl --node 127.0.0.1:7400 snapshot    # write every node's state to Redis now
   $BIN/throttlectl --node 127.0.0.1:7400 drain node-5  # hand node-5's keys over; it leaves
+  $BIN/throttlectl --node 127.0.0.1:7400 keyring list  # gossip keys (docs/security.md)
 Stop with Ctrl-C (or SIGTERM to pid $$).
 
 MSG

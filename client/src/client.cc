@@ -352,6 +352,29 @@ Status Client::drain(Deadline deadline) {
       deadline);
 }
 
+Result<std::vector<KeyringKey>> Client::keyring(KeyringOp op, const std::string& key,
+                                                Deadline deadline) {
+  using Keys = std::vector<KeyringKey>;
+  return impl_->admin<Keys>(
+      [op, key](proto::Node::Client& node) {
+        auto request = node.keyringRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        request.setOp(op == KeyringOp::kInstall  ? proto::KeyringOp::INSTALL
+                      : op == KeyringOp::kUse    ? proto::KeyringOp::USE
+                      : op == KeyringOp::kRemove ? proto::KeyringOp::REMOVE
+                                                 : proto::KeyringOp::LIST);
+        request.setKey(key);
+        return request.send().then([](capnp::Response<proto::Admin::KeyringResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          if (e.code != ErrorCode::kNone) return Result<Keys>(e);
+          Keys keys;
+          for (auto k : r.getKeys()) keys.push_back({k.getId().cStr(), k.getPrimary()});
+          return Result<Keys>(std::move(keys));
+        });
+      },
+      deadline);
+}
+
 Result<KeyInspection> Client::inspect(const CheckSpec& spec, Deadline deadline) {
   return impl_->admin<KeyInspection>(
       [spec](proto::Node::Client& node) {

@@ -6,7 +6,9 @@
 Exit status 0 when everything holds, 1 with every problem listed otherwise.
 """
 import argparse
+import os
 import pathlib
+import subprocess
 import sys
 
 import yaml
@@ -32,6 +34,19 @@ def run_compose_node(problems, bin_dir, services):
     rules = flag_values(args).get("--rules", [""])[-1]
     source = compose_check.mounts_of(svc).get(rules, str(EXAMPLE_RULES))
     args = [f"--rules={source}" if a.startswith("--rules") else a for a in args]
+    # The keyring lives in a volume keygen fills: here a fresh key in a file of our own.
+    key = subprocess.run([str(bin_dir / "throttlectl"), "keyring", "generate"], check=True,
+                         capture_output=True, text=True).stdout
+    problems.check(any(a.startswith("--gossip-keyring=") for a in args), "compose node-1",
+                   "no --gossip-keyring: the default cluster must run with gossip sealed")
+    with temp_file(key, ".keyring") as keyring:
+        os.chmod(keyring.name, 0o600)
+        args = [f"--gossip-keyring={keyring.name}" if a.startswith("--gossip-keyring") else a
+                for a in args]
+        return run_node(problems, bin_dir, args, source)
+
+
+def run_node(problems, bin_dir, args, source):
     try:
         with RunningNode(bin_dir, args) as node:
             want = rule_count(pathlib.Path(source).read_text())

@@ -53,9 +53,12 @@ struct ClusterStats {
   std::uint64_t packets_sent = 0, packets_received = 0;
   std::uint64_t dropped_malformed = 0, dropped_foreign_cluster = 0, dropped_version = 0,
                 dropped_misdirected = 0;
-  std::uint64_t dropped_member_cap = 0;    // news of members past the member cap (1024)
-  std::uint64_t dropped_oversized = 0;     // push/pull streams over the size bound
-  std::uint64_t dropped_stream_limit = 0;  // push/pull streams over the concurrent-stream bound
+  std::uint64_t dropped_member_cap = 0;       // news of members past the member cap (1024)
+  std::uint64_t dropped_unauthenticated = 0;  // not sealed, or not by a key in the keyring
+  bool keyring = false;                       // gossip sealed and verified (--gossip-keyring)
+  std::uint32_t primary_key_id = 0;           // the key that seals (0: none)
+  std::uint64_t dropped_oversized = 0;        // push/pull streams over the size bound
+  std::uint64_t dropped_stream_limit = 0;     // push/pull streams over the concurrent-stream bound
   std::uint64_t send_failures = 0;
   std::uint64_t accept_errors = 0;  // failed accepts of push/pull streams (retried after 100 ms)
 };

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 #include <algorithm>
+#include <array>
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <mutex>
@@ -214,6 +216,14 @@ void collectStore(const StoreStats& st, std::vector<prometheus::MetricFamily>& o
                  {valued(static_cast<double>(st.table_bytes))}});
 }
 
+// The primary key's id as `throttlectl keyring list` prints it (8 hex digits), or "".
+std::string keyIdLabel(const ClusterStats& c) {
+  if (!c.keyring) return "";
+  std::array<char, 9> out{};
+  std::snprintf(out.data(), out.size(), "%08x", c.primary_key_id);
+  return std::string(out.data(), 8);
+}
+
 void collectCluster(const ClusterStats& c, std::vector<prometheus::MetricFamily>& out) {
   using prometheus::MetricType;
   out.push_back({"throttlex_members",
@@ -237,8 +247,13 @@ void collectCluster(const ClusterStats& c, std::vector<prometheus::MetricFamily>
         valued(static_cast<double>(c.dropped_version), {{"reason", "version"}}),
         valued(static_cast<double>(c.dropped_misdirected), {{"reason", "misdirected"}}),
         valued(static_cast<double>(c.dropped_member_cap), {{"reason", "member_cap"}}),
+        valued(static_cast<double>(c.dropped_unauthenticated), {{"reason", "unauthenticated"}}),
         valued(static_cast<double>(c.dropped_oversized), {{"reason", "oversized"}}),
         valued(static_cast<double>(c.dropped_stream_limit), {{"reason", "stream_limit"}})}});
+  out.push_back({"throttlex_gossip_encrypted",
+                 "1 when gossip is sealed with a keyring (--gossip-keyring); key_id: the primary",
+                 MetricType::Gauge,
+                 {valued(c.keyring ? 1.0 : 0.0, {{"key_id", keyIdLabel(c)}})}});
   out.push_back({"throttlex_gossip_send_failures_total",
                  "Gossip sends that failed (unresolvable, refused, timed out)",
                  MetricType::Counter,

@@ -35,6 +35,9 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(ClusterOptions options,
   mo.address = node->options_.advertise_host + ":" + std::to_string(node->port_);
   mo.meta = node->options_.meta;
   mo.timing = node->options_.timing;
+  mo.keyring = node->options_.keyring;
+  mo.verify_incoming = node->options_.verify_incoming;
+  mo.verify_outgoing = node->options_.verify_outgoing;
   mo.seed = std::hash<std::string>{}(mo.id) ^
             static_cast<std::uint64_t>(clock.now().time_since_epoch().count());
   auto membership = gossip::Membership::create(mo, *node->transport_, clock.now());
@@ -91,6 +94,12 @@ void ClusterNode::publish() {
   st.dropped_version = c.dropped_version;
   st.dropped_misdirected = c.dropped_misdirected;
   st.dropped_member_cap = c.dropped_member_cap;
+  st.dropped_unauthenticated = c.dropped_unauthenticated;
+  if (options_.keyring) {
+    const auto keys = options_.keyring->list();
+    st.keyring = !keys.empty();
+    st.primary_key_id = keys.empty() ? 0 : keys.front().id;
+  }
   const gossip::NetTransportStats& t = transport_->stats();
   st.send_failures = t.send_failures.load(std::memory_order_relaxed);
   st.dropped_oversized = t.oversized_dropped.load(std::memory_order_relaxed);

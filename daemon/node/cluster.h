@@ -33,6 +33,10 @@ struct ClusterOptions {
   std::vector<std::string> seeds;
   gossip::Timing timing = gossip::Timing::lan();
   gossip::NodeMeta meta;
+  // The gossip keyring (null: unauthenticated gossip) and its switches (gossip/codec.h).
+  std::shared_ptr<const gossip::Keyring> keyring;
+  bool verify_incoming = true;
+  bool verify_outgoing = true;
   RingHolder* ring = nullptr;  // where to publish the ring of alive members; may be null
   // Called on the gossip thread after each new ring was published (must not block).
   std::function<void(std::shared_ptr<const RingView>)> on_ring;

@@ -60,6 +60,17 @@ void define(CLI::App& app, Options& o) {
                  "Gossip timing: local (one machine), lan, wan (see docs/gossip.md)")
       ->check(CLI::IsMember({"local", "lan", "wan"}))
       ->capture_default_str();
+  app.add_option("--gossip-keyring", c.gossip_keyring,
+                 "Keyring file (one base64 key per line, the first seals): every gossip packet "
+                 "and stream is sealed with AES-256-GCM; 'throttlectl keyring' rotates it. "
+                 "Without it gossip is unauthenticated (docs/security.md)");
+  app.add_option("--gossip-verify-incoming", c.gossip_verify_incoming,
+                 "With a keyring: refuse gossip that is not sealed (false only while turning "
+                 "keys on in a running cluster)")
+      ->capture_default_str();
+  app.add_option("--gossip-verify-outgoing", c.gossip_verify_outgoing,
+                 "With a keyring: seal outgoing gossip (false only while turning keys on)")
+      ->capture_default_str();
   app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)")
       ->check(CLI::Validator(
           [](const std::string& v) -> std::string {

@@ -26,8 +26,11 @@ struct Config {
   std::string cluster_name = "throttlex";  // gossip packets of other clusters are dropped
   std::string gossip_preset = "lan";       // local | lan | wan timing, as given
   gossip::Timing gossip_timing = gossip::Timing::lan();  // the preset's timing
-  std::string redis;       // host:port of the snapshot store; empty: memory only
-  std::string redis_host;  // parsed from `redis` (validated)
+  std::string gossip_keyring;  // keyring file (docs/security.md); empty: gossip unauthenticated
+  bool gossip_verify_incoming = true;  // with a keyring: refuse unsealed packets
+  bool gossip_verify_outgoing = true;  // with a keyring: seal every packet
+  std::string redis;                   // host:port of the snapshot store; empty: memory only
+  std::string redis_host;              // parsed from `redis` (validated)
   std::uint16_t redis_port = 0;
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core

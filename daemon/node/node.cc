@@ -12,6 +12,7 @@
 #include "daemon/http/http_server.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/node/cluster.h"
+#include "daemon/node/keyring_file.h"
 #include "daemon/routing/forwarder.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/router.h"
@@ -141,6 +142,7 @@ struct Node::Parts {
   const Instant started = clock.monotonic();
 
   // The components, in construction order (destroyed in reverse).
+  std::unique_ptr<KeyringFile> keyring;  // with --gossip-keyring only
   std::unique_ptr<Store> store;
   std::unique_ptr<persistence::RedisStore> redis;  // with --redis only, as the three below
   std::unique_ptr<persistence::SnapshotWriter> writer;
@@ -273,6 +275,11 @@ Status Node::Parts::startApis() {
       flushes->start(std::move(done));
     };
   }
+  if (keyring) {
+    control.keyring = [this](KeyringOp op, const std::string& key) {
+      return keyring->apply(op, key);
+    };
+  }
   control.drain = [this]() -> Status {
     logInfo("drain requested over RPC");
     request_stop();  // the same path as a SIGTERM from outside
@@ -318,6 +325,9 @@ Status Node::Parts::startCluster() {
   cluster_options.port = config.gossip_port;
   cluster_options.seeds = config.join;
   cluster_options.timing = config.gossip_timing;
+  if (keyring) cluster_options.keyring = keyring->keyring();
+  cluster_options.verify_incoming = config.gossip_verify_incoming;
+  cluster_options.verify_outgoing = config.gossip_verify_outgoing;
   cluster_options.meta.protocol_version = 1;
   cluster_options.ring = &ring;
   cluster_options.on_ring = [this](std::shared_ptr<const RingView> view) {
@@ -340,6 +350,22 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
   if (!store) return Error{store.error().code, "--max-keys: " + store.error().message};
 
   auto parts = std::make_unique<Parts>(config, clock, std::move(request_stop));
+  if (!config.gossip_keyring.empty()) {
+    auto keyring = KeyringFile::load(config.gossip_keyring);
+    if (!keyring)
+      return Error{keyring.error().code, "--gossip-keyring: " + keyring.error().message};
+    parts->keyring = std::move(*keyring);
+    if (!config.gossip_verify_incoming || !config.gossip_verify_outgoing) {
+      logWarn("gossip keyring loaded with verification off (incoming " +
+              std::string(config.gossip_verify_incoming ? "on" : "off") + ", outgoing " +
+              std::string(config.gossip_verify_outgoing ? "on" : "off") +
+              "): only for turning keys on in a running cluster (docs/security.md)");
+    }
+  } else {
+    logWarn(
+        "no --gossip-keyring: gossip is unauthenticated, anyone who can reach the gossip port "
+        "can change membership (docs/security.md; 'throttlectl keyring generate')");
+  }
   parts->store = std::move(*store);
   parts->http_port = config.http_port;
   parts->rpc_port = config.rpc_port;

@@ -469,4 +469,47 @@ kj::Promise<void> RpcService::drain(DrainContext context) {
   return kj::READY_NOW;
 }
 
+kj::Promise<void> RpcService::keyring(KeyringContext context) {
+  countCall(0);
+  auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (control_ == nullptr || !control_->keyring) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE,
+             "this node has no gossip keyring (start it with --gossip-keyring FILE)");
+    return kj::READY_NOW;
+  }
+  KeyringOp op = KeyringOp::kList;
+  switch (params.getOp()) {
+    case proto::KeyringOp::LIST:
+      break;
+    case proto::KeyringOp::INSTALL:
+      op = KeyringOp::kInstall;
+      break;
+    case proto::KeyringOp::USE:
+      op = KeyringOp::kUse;
+      break;
+    case proto::KeyringOp::REMOVE:
+      op = KeyringOp::kRemove;
+      break;
+    default:
+      setError(results.initError(), proto::ErrorCode::INVALID_ARGUMENT, "unknown keyring op");
+      return kj::READY_NOW;
+  }
+  auto keys = control_->keyring(op, std::string(view(params.getKey())));
+  if (!keys) {
+    setError(results.initError(), keys.error());
+    return kj::READY_NOW;
+  }
+  auto out = results.initKeys(static_cast<unsigned>(keys->size()));
+  for (unsigned i = 0; i < keys->size(); ++i) {
+    out[i].setId(kjText((*keys)[i].id));
+    out[i].setPrimary((*keys)[i].primary);
+  }
+  return kj::READY_NOW;
+}
+
 }  // namespace throttlex

@@ -45,7 +45,8 @@ struct alignas(64) RpcCounters {
 class RpcService final : public proto::Node::Server {
  public:
   // `router` (and its service), `metrics` (may be null) and `counters` must outlive this object.
-  // `control` may be null (handoff, snapshot and drain are then refused as unavailable).
+  // `control` may be null (handoff, snapshot, drain and keyring are then refused as
+  // unavailable).
   RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
              const NodeControl* control = nullptr);
 
@@ -62,6 +63,7 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> handoff(HandoffContext context) override;
   kj::Promise<void> snapshot(SnapshotContext context) override;
   kj::Promise<void> drain(DrainContext context) override;
+  kj::Promise<void> keyring(KeyringContext context) override;
 
  private:
   void countCall(std::uint64_t checks);

@@ -98,6 +98,21 @@ TEST_CASE("--forward-timeout-ms is the old name of --owner-silence-ms") {
   CHECK(ok({}, env).owner_silence_ms == 700);
 }
 
+TEST_CASE("gossip keys: a keyring file, verification on unless turned off for a migration") {
+  const Config plain = ok({});
+  CHECK(plain.gossip_keyring.empty());
+  const Config keyed = ok({"--gossip-keyring", "/etc/throttlex/keyring"});
+  CHECK(keyed.gossip_keyring == "/etc/throttlex/keyring");
+  CHECK(keyed.gossip_verify_incoming);
+  CHECK(keyed.gossip_verify_outgoing);
+  Env env;
+  env.vars["THROTTLEX_GOSSIP_VERIFY_INCOMING"] = "false";
+  const Config migrating = ok({"--gossip-keyring", "k", "--gossip-verify-outgoing=false"}, env);
+  CHECK_FALSE(migrating.gossip_verify_incoming);
+  CHECK_FALSE(migrating.gossip_verify_outgoing);
+  CHECK(usageError({"--gossip-verify-incoming", "maybe"}) == 2);
+}
+
 TEST_CASE("bad values are usage errors (exit 2), not crashes") {
   CHECK(usageError({"--redis", "no-port"}) == 2);
   CHECK(usageError({"--redis", "host:99999"}) == 2);

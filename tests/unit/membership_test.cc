@@ -33,9 +33,14 @@ std::uint64_t seedOffset() {
 // N nodes on one SimNetwork, driven by a virtual-time loop.
 class Harness {
  public:
+  // `keyrings[i]`, where given, is node i's gossip keyring.
   Harness(std::size_t n, std::uint64_t seed, Timing timing = Timing::lan(),
-          SimNetwork::LinkFaults faults = {})
-      : net_(seed + seedOffset(), faults), timing_(timing), now_(seconds(1'700'000'000)) {
+          SimNetwork::LinkFaults faults = {},
+          std::vector<std::shared_ptr<const Keyring>> keyrings = {})
+      : net_(seed + seedOffset(), faults),
+        timing_(timing),
+        now_(seconds(1'700'000'000)),
+        keyrings_(std::move(keyrings)) {
     for (std::size_t i = 0; i < n; ++i) add((seed + seedOffset()) * 1000 + i);
   }
 
@@ -123,6 +128,7 @@ class Harness {
                       "10.0.0." + std::to_string(i) + ":8080", 1};
     o.timing = timing_;
     o.seed = seed;
+    if (i < keyrings_.size()) o.keyring = keyrings_[i];
     auto created = Membership::create(o, net_.transport(o.address), now_);
     REQUIRE(created.ok());
     nodes_.push_back(std::move(created.value()));
@@ -135,6 +141,7 @@ class Harness {
   SimNetwork net_;
   Timing timing_;
   Time now_;
+  std::vector<std::shared_ptr<const Keyring>> keyrings_;
   std::vector<std::unique_ptr<Membership>> nodes_;
   std::vector<bool> crashed_;
   std::vector<std::vector<Event>> events_;
@@ -489,6 +496,88 @@ TEST_CASE("an alive update at the highest incarnation cannot wrap the refuting n
       .send(Harness::addressOf(1), Channel::kDatagram, encode(forged, kCluster));
   REQUIRE(h.runUntil([&] { return h.node(1).counters().refutations > 0; }, seconds(5)));
   CHECK(h.node(1).self().incarnation == std::numeric_limits<std::uint64_t>::max());
+}
+
+TEST_CASE("with a keyring, spoofed alive, suspect and left from a node without it change nothing") {
+  auto ring = std::make_shared<Keyring>();
+  REQUIRE(ring->install(generateKey()).ok());
+  Harness h(3, 103, Timing::lan(), {}, {ring, ring, ring});
+  h.joinAll();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, seconds(10)));
+  // The attacker knows the protocol and the cluster name, but holds another key, or none.
+  Keyring wrong;
+  REQUIRE(wrong.install(generateKey()).ok());
+  auto send = [&](MemberState state, std::uint64_t incarnation, const Security& security) {
+    Message forged;
+    forged.sender_id = "intruder";
+    forged.sender_address = "10.0.0.99:7946";
+    forged.type = MessageType::kPing;
+    forged.target_id = Harness::idOf(0);
+    Update u;
+    u.state = state;
+    u.id = Harness::idOf(1);
+    u.address = "10.0.0.99:7946";
+    u.incarnation = incarnation;
+    u.meta = NodeMeta{"10.0.0.99:7400", "10.0.0.99:8080", 1};
+    u.from = "intruder";
+    forged.updates = {u};
+    h.net()
+        .transport("10.0.0.99:7946")
+        .send(Harness::addressOf(0), Channel::kDatagram, encode(forged, kCluster, security));
+  };
+  std::size_t replies = 0;
+  h.net().attach("10.0.0.99:7946", [&](const Packet&, Time) { ++replies; });
+  for (const Security& security : {Security{}, Security{&wrong}}) {
+    send(MemberState::kAlive, std::numeric_limits<std::uint64_t>::max(), security);
+    send(MemberState::kSuspect, 1000, security);
+    send(MemberState::kLeft, 1000, security);
+  }
+  h.run(milliseconds(100));
+  CHECK(h.node(0).counters().dropped_unauthenticated == 6);
+  auto m = h.node(0).member(Harness::idOf(1));
+  REQUIRE(m);
+  CHECK(m->state == MemberState::kAlive);
+  CHECK(m->address == Harness::addressOf(1));
+  CHECK(m->meta.rpc_address == "10.0.0.1:7400");
+  CHECK_FALSE(h.node(0).member("intruder"));
+  CHECK(replies == 0);  // nothing answers a packet that does not authenticate
+  h.run(seconds(10));
+  CHECK(h.converged());
+  CHECK(h.countEvents(EventType::kLeft, Harness::idOf(1)) == 0);
+}
+
+TEST_CASE("keys rotate across five nodes without losing a member") {
+  Key old_key = generateKey();
+  Key new_key = generateKey();
+  std::vector<std::shared_ptr<Keyring>> rings;
+  std::vector<std::shared_ptr<const Keyring>> shared;
+  for (int i = 0; i < 5; ++i) {
+    rings.push_back(std::make_shared<Keyring>());
+    REQUIRE(rings.back()->install(old_key).ok());
+    shared.push_back(rings.back());
+  }
+  Harness h(5, 107, Timing::lan(), {}, shared);
+  h.joinAll();
+  REQUIRE(h.runUntil([&] { return h.converged(); }, seconds(10)));
+  // Step by step, one node at a time, with gossip running between steps (as an operator would).
+  for (auto& r : rings) {
+    REQUIRE(r->install(new_key).ok());
+    h.run(seconds(1));
+  }
+  for (auto& r : rings) {
+    REQUIRE(r->use(keyIdOf(new_key)).ok());
+    h.run(seconds(1));
+  }
+  for (auto& r : rings) {
+    REQUIRE(r->remove(keyIdOf(old_key)).ok());
+    h.run(seconds(1));
+  }
+  h.run(seconds(10));
+  CHECK(h.converged());
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    CHECK(h.node(i).counters().dropped_unauthenticated == 0);
+    CHECK(h.countEvents(EventType::kSuspect, Harness::idOf(i)) == 0);
+  }
 }
 
 TEST_CASE("news of members past max_members is dropped and counted, the known ones stay") {

@@ -208,6 +208,13 @@ struct SnapshotResult {
   std::uint64_t pending = 0;  // entries still waiting afterwards
 };
 
+// The gossip keyring (Client::keyring, docs/security.md).
+enum class KeyringOp : std::uint8_t { kList, kInstall, kUse, kRemove };
+struct KeyringKey {
+  std::string id;  // 8 hex digits; keys themselves never leave a node
+  bool primary = false;
+};
+
 struct NodeInfo {
   std::string node_id;
   std::string version;  // software version
@@ -282,6 +289,11 @@ class THROTTLEX_CLIENT_API Client {
   Result<SnapshotResult> snapshot(Deadline deadline = std::nullopt);
   // Tells the node to hand its slots over, leave the cluster and exit.
   Status drain(Deadline deadline = std::nullopt);
+  // Lists the node's gossip keyring, or installs (`key`: base64), makes primary or removes
+  // (`key`: id or key) one key on that node; the keyring afterwards. kUnavailable: the node
+  // runs without a keyring.
+  Result<std::vector<KeyringKey>> keyring(KeyringOp op, const std::string& key = {},
+                                          Deadline deadline = std::nullopt);
 
   ClientStats stats() const;
 
