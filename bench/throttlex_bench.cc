@@ -35,6 +35,7 @@ constexpr double kMaxErrorRate = 0.01;
 // The flags as typed.
 struct Flags {
   std::vector<std::string> nodes;
+  std::string tls_ca, tls_cert, tls_key;
   std::size_t connections = 4;
   std::size_t concurrency = 16;
   std::size_t batch = 0;
@@ -92,6 +93,11 @@ void defineFlags(CLI::App& app, Flags& f) {
       ->delimiter(',')
       ->allow_extra_args(false)
       ->required();
+  app.add_option("--tls-ca", f.tls_ca, "RPC TLS: the cluster CA certificate (PEM)")
+      ->envname("THROTTLEX_TLS_CA");
+  app.add_option("--tls-cert", f.tls_cert, "RPC TLS: the client certificate (PEM)")
+      ->envname("THROTTLEX_TLS_CERT");
+  app.add_option("--tls-key", f.tls_key, "RPC TLS: its key (PEM)")->envname("THROTTLEX_TLS_KEY");
   app.add_option("--connections", f.connections, "Independent clients (connection + thread)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
@@ -369,6 +375,9 @@ int run(int argc, char** argv) {
   options.deadline = c.deadline;
   options.route_to_owner = c.flags.route == "owner";
   options.on_unavailable = c.on_unavailable;
+  options.tls_ca = c.flags.tls_ca;
+  options.tls_cert = c.flags.tls_cert;
+  options.tls_key = c.flags.tls_key;
   std::vector<std::unique_ptr<client::Client>> clients;
   for (std::size_t i = 0; i < c.flags.connections; ++i) {
     // Connection i enters the cluster at node i (mod the list): load spreads over the nodes.

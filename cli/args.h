@@ -24,6 +24,7 @@ struct Config {
   std::vector<std::string> nodes;              // --node, or THROTTLEX_NODE (comma-separated)
   OutputFormat output = OutputFormat::kTable;  // -o
   std::chrono::milliseconds timeout{2000};     // --timeout: the deadline of each call
+  std::string tls_ca, tls_cert, tls_key;       // --tls-*, or THROTTLEX_TLS_*: PEM files
 };
 
 // KEY with either --rule or an inline limit: what check, inspect and reset take.

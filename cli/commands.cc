@@ -124,6 +124,9 @@ client::ClientOptions clientOptions(const Config& config, std::vector<std::strin
   // A CLI waits for a slow link rather than failing at the library's 100 ms default.
   options.connect_timeout = std::min(config.timeout, std::chrono::milliseconds(1000));
   options.on_unavailable = client::OnUnavailable::kReturnError;  // never fail open silently
+  options.tls_ca = config.tls_ca;
+  options.tls_cert = config.tls_cert;
+  options.tls_key = config.tls_key;
   return options;
 }
 

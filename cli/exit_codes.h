@@ -23,7 +23,7 @@ inline constexpr std::string_view kExitCodeHelp =
     "  2  usage error: bad flags, period, algorithm or --node address; nothing was sent\n"
     "  3  node unreachable: no node answered within --timeout\n"
     "  4  the node refused the request: invalid argument, unknown rule, unsupported protocol\n"
-    "     version, internal error\n"
+    "     version, permission denied (TLS role), internal error\n"
     "Errors go to stderr as 'throttlectl: <message>'; -o json prints one JSON document to\n"
     "stdout on exit codes 0 and 1 and nothing on the others.";
 

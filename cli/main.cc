@@ -28,6 +28,7 @@ struct CommandLine {
   std::string delete_name;
   std::string drain_node;
   std::string keyring_key;
+  std::string tls_ca, tls_cert, tls_key;
 };
 
 struct Subcommands {
@@ -88,6 +89,13 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
       ->envname("THROTTLEX_NODE")
       ->delimiter(',')
       ->allow_extra_args(false);  // required by every command that connects (chooseAction)
+  app.add_option("--tls-ca", cl.tls_ca, "RPC TLS: the cluster CA certificate (PEM)")
+      ->envname("THROTTLEX_TLS_CA");
+  app.add_option("--tls-cert", cl.tls_cert,
+                 "RPC TLS: this operator's certificate (PEM; admin:NAME to change things)")
+      ->envname("THROTTLEX_TLS_CERT");
+  app.add_option("--tls-key", cl.tls_key, "RPC TLS: the key of --tls-cert (PEM)")
+      ->envname("THROTTLEX_TLS_KEY");
   app.add_option("-o,--output", cl.output, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));
   app.add_option("--timeout", cl.timeout, "Deadline of each call (default 2s)")
@@ -241,6 +249,9 @@ int run(int argc, char** argv) {
   }
   Config config;
   config.nodes = cl.nodes;
+  config.tls_ca = cl.tls_ca;
+  config.tls_cert = cl.tls_cert;
+  config.tls_key = cl.tls_key;
   config.output = cl.output == "json" ? OutputFormat::kJson : OutputFormat::kTable;
   auto timeout = parseMillis(cl.timeout);
   auto action = chooseAction(subcommands, cl, config);

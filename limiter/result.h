@@ -19,6 +19,7 @@ enum class ErrorCode {
   kResourceExhausted,  // a bound (queue, memory cap) was hit
   kInternal,           // an invariant broke; should not happen
   kNotDecided,         // a forwarded check came up after its decide-by time: nothing was spent
+  kPermissionDenied,   // the caller's credentials do not allow the call
 };
 
 struct Error {

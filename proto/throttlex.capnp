@@ -33,6 +33,9 @@ enum ErrorCode {
   # when it came up (the sender may already have had it decided elsewhere). Nothing was spent;
   # the sender routes it again. Clients never see it.
   notDecided @8;
+  # The connection's certificate does not grant this call (docs/security.md: roles). Nothing
+  # was done.
+  permissionDenied @9;
 }
 
 struct Error {

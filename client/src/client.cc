@@ -87,10 +87,16 @@ Status validate(const ClientOptions& o) {
 }  // namespace
 
 std::string_view errorCodeName(ErrorCode code) {
-  static constexpr std::array<std::string_view, 8> kNames = {
-      "none",        "invalid_argument",   "not_found",
-      "unavailable", "deadline_exceeded",  "resource_exhausted",
-      "internal",    "unsupported_version"};
+  static constexpr std::array<std::string_view, 10> kNames = {"none",
+                                                              "invalid_argument",
+                                                              "not_found",
+                                                              "unavailable",
+                                                              "deadline_exceeded",
+                                                              "resource_exhausted",
+                                                              "internal",
+                                                              "unsupported_version",
+                                                              "unknown",
+                                                              "permission_denied"};
   const auto i = static_cast<std::size_t>(code);
   return i < kNames.size() ? kNames[i] : std::string_view("unknown");
 }
@@ -98,6 +104,7 @@ std::string_view errorCodeName(ErrorCode code) {
 struct Client::Impl {
   // Constant after construction.
   const ClientOptions options;
+  std::shared_ptr<const proto::TlsConfig> tls;  // loaded by connect(); null without TLS
   std::thread::id loop_thread;
 
   detail::Inbox inbox;
@@ -114,7 +121,7 @@ struct Client::Impl {
 
   void run(std::promise<void>& started) {
     auto io = kj::setupAsyncIo();
-    Core core(options, io, stats);
+    Core core(options, io, stats, tls.get());
     kj::UnixEventPort::FdObserver observer(io.unixEventPort, inbox.fd(),
                                            kj::UnixEventPort::FdObserver::OBSERVE_READ);
     started.set_value();
@@ -179,6 +186,12 @@ Result<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   if (Status s = validate(options); !s) return s.error();
   auto impl = std::make_unique<Impl>(std::move(options));
   if (!impl->inbox.ok()) return Error{ErrorCode::kInternal, "eventfd() failed"};
+  const proto::TlsFiles tls{impl->options.tls_ca, impl->options.tls_cert, impl->options.tls_key};
+  if (tls.enabled()) {
+    auto loaded = proto::TlsConfig::load(tls);
+    if (!loaded) return Error{ErrorCode::kInvalidArgument, "TLS: " + loaded.error().message};
+    impl->tls = std::move(*loaded);
+  }
 
   std::promise<void> started;
   auto ready = started.get_future();

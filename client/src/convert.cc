@@ -29,6 +29,8 @@ static_assert(static_cast<int>(proto::ErrorCode::INTERNAL) ==
               static_cast<int>(ErrorCode::kInternal));
 static_assert(static_cast<int>(proto::ErrorCode::UNSUPPORTED_VERSION) ==
               static_cast<int>(ErrorCode::kUnsupportedVersion));
+static_assert(static_cast<int>(proto::ErrorCode::PERMISSION_DENIED) ==
+              static_cast<int>(ErrorCode::kPermissionDenied));
 
 using proto::kjText;
 std::string text(capnp::Text::Reader t) {
@@ -104,6 +106,9 @@ void toProto(const Rule& rule, proto::Rule::Builder out) {
 
 Error fromProto(proto::Error::Reader error) {
   const auto code = static_cast<int>(error.getCode());
+  if (code == static_cast<int>(ErrorCode::kPermissionDenied)) {
+    return {ErrorCode::kPermissionDenied, text(error.getMessage())};
+  }
   if (code > static_cast<int>(ErrorCode::kUnsupportedVersion)) {
     return {ErrorCode::kInternal,
             "error code " + std::to_string(code) + " from the node: " + text(error.getMessage())};

@@ -136,7 +136,8 @@ void Core::LogErrors::taskFailed(kj::Exception&& e) {
   KJ_LOG(ERROR, "throttlex client: unexpected task failure", e);
 }
 
-Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats)
+Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats,
+           const proto::TlsConfig* tls)
     : policy_(options.on_unavailable),
       max_batch_(options.max_batch),
       connect_timeout_(toKj(options.connect_timeout)),
@@ -149,6 +150,7 @@ Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& st
       network_(io.provider->getNetwork()),
       timer_(io.provider->getTimer()),
       stats_(stats),
+      tls_(tls != nullptr ? tls->clientContext() : kj::Own<kj::TlsContext>()),
       tasks_(log_errors_) {
   // Answers are small (a full batch of results is ~20 Ki words); 1 Mi words bounds a bad node.
   reader_options_.traversalLimitInWords = 1024 * 1024;
@@ -285,10 +287,7 @@ void Core::connect(std::size_t index) {
   const std::uint64_t generation = node.generation;
   // parseAddress may resolve a name (KJ does that on a helper thread); both steps count against
   // connect_timeout. Cap'n Proto has no connect timeout of its own.
-  auto stream = network_.parseAddress(node.address).then([](kj::Own<kj::NetworkAddress> address) {
-    auto connected = address->connect();
-    return connected.attach(kj::mv(address));
-  });
+  auto stream = proto::connectNode(network_, node.address, tls_.get());
   tasks_.add(node.canceler.wrap(timer_.timeoutAfter(connect_timeout_, kj::mv(stream)))
                  .then(
                      [this, index, generation](kj::Own<kj::AsyncIoStream> s) {

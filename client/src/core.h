@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "client/src/routing.h"
+#include "proto/rpc_tls.h"
 #include "proto/throttlex.capnp.h"
 #include "throttlex/client.h"
 
@@ -209,7 +210,9 @@ class NodeInfoCall final : public AdminPending {
 
 class Core {
  public:
-  Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats);
+  // `tls`: null for plain TCP; must outlive the Core.
+  Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& stats,
+       const proto::TlsConfig* tls = nullptr);
   ~Core();
   Core(const Core&) = delete;
   Core& operator=(const Core&) = delete;
@@ -274,6 +277,7 @@ class Core {
   kj::Network& network_;
   kj::Timer& timer_;
   AtomicStats& stats_;
+  kj::Own<kj::TlsContext> tls_;  // null without TLS; outlives the nodes' connections
 
   std::vector<std::unique_ptr<Node>> nodes_;
   std::size_t preferred_ = 0;  // where failover starts: the last node that did not fail

@@ -29,6 +29,8 @@ int httpStatus(ErrorCode code) {
     case ErrorCode::kDeadlineExceeded:
     case ErrorCode::kNotDecided:
       return 504;
+    case ErrorCode::kPermissionDenied:
+      return 403;
     case ErrorCode::kInternal:
       return 500;
   }

@@ -35,6 +35,28 @@ struct Options {
   std::string join;
 };
 
+// Gossip keys and RPC TLS (docs/security.md).
+void defineSecurity(CLI::App& app, Config& c) {
+  app.add_option("--gossip-keyring", c.gossip_keyring,
+                 "Keyring file (one base64 key per line, the first seals): every gossip packet "
+                 "and stream is sealed with AES-256-GCM; 'throttlectl keyring' rotates it. "
+                 "Without it gossip is unauthenticated (docs/security.md)");
+  app.add_option("--gossip-verify-incoming", c.gossip_verify_incoming,
+                 "With a keyring: refuse gossip that is not sealed (false only while turning "
+                 "keys on in a running cluster)")
+      ->capture_default_str();
+  app.add_option("--gossip-verify-outgoing", c.gossip_verify_outgoing,
+                 "With a keyring: seal outgoing gossip (false only while turning keys on)")
+      ->capture_default_str();
+  app.add_option("--tls-ca", c.tls_ca,
+                 "RPC TLS: the cluster CA certificate (PEM); with --tls-cert and --tls-key every "
+                 "RPC connection needs a certificate of this CA whose name gives its role");
+  app.add_option("--tls-cert", c.tls_cert,
+                 "RPC TLS: this node's certificate (PEM, common name peer:NAME, DNS name "
+                 "throttlex-node), presented to clients and to other nodes");
+  app.add_option("--tls-key", c.tls_key, "RPC TLS: the private key of --tls-cert (PEM)");
+}
+
 void define(CLI::App& app, Options& o) {
   Config& c = o.c;
   app.add_option("--config", c.config_file,
@@ -59,17 +81,6 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--gossip-preset", c.gossip_preset,
                  "Gossip timing: local (one machine), lan, wan (see docs/gossip.md)")
       ->check(CLI::IsMember({"local", "lan", "wan"}))
-      ->capture_default_str();
-  app.add_option("--gossip-keyring", c.gossip_keyring,
-                 "Keyring file (one base64 key per line, the first seals): every gossip packet "
-                 "and stream is sealed with AES-256-GCM; 'throttlectl keyring' rotates it. "
-                 "Without it gossip is unauthenticated (docs/security.md)");
-  app.add_option("--gossip-verify-incoming", c.gossip_verify_incoming,
-                 "With a keyring: refuse gossip that is not sealed (false only while turning "
-                 "keys on in a running cluster)")
-      ->capture_default_str();
-  app.add_option("--gossip-verify-outgoing", c.gossip_verify_outgoing,
-                 "With a keyring: seal outgoing gossip (false only while turning keys on)")
       ->capture_default_str();
   app.add_option("--redis", c.redis, "Redis host:port for snapshots (env also: REDIS_HOST)")
       ->check(CLI::Validator(
@@ -115,6 +126,7 @@ void define(CLI::App& app, Options& o) {
   app.add_option("--max-keys", c.max_keys, "Hard cap on live keys held in memory")
       ->check(CLI::Range(std::uint64_t{1024}, std::uint64_t{1} << 34))
       ->capture_default_str();
+  defineSecurity(app, c);
   for (CLI::Option* opt : app.get_options()) {
     opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // later sources win
   }

@@ -29,8 +29,10 @@ struct Config {
   std::string gossip_keyring;  // keyring file (docs/security.md); empty: gossip unauthenticated
   bool gossip_verify_incoming = true;  // with a keyring: refuse unsealed packets
   bool gossip_verify_outgoing = true;  // with a keyring: seal every packet
-  std::string redis;                   // host:port of the snapshot store; empty: memory only
-  std::string redis_host;              // parsed from `redis` (validated)
+  // TLS on the RPC port, to peers and for handoffs (docs/security.md); all three or none.
+  std::string tls_ca, tls_cert, tls_key;
+  std::string redis;       // host:port of the snapshot store; empty: memory only
+  std::string redis_host;  // parsed from `redis` (validated)
   std::uint16_t redis_port = 0;
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core

@@ -142,7 +142,8 @@ struct Node::Parts {
   const Instant started = clock.monotonic();
 
   // The components, in construction order (destroyed in reverse).
-  std::unique_ptr<KeyringFile> keyring;  // with --gossip-keyring only
+  std::unique_ptr<KeyringFile> keyring;         // with --gossip-keyring only
+  std::shared_ptr<const proto::TlsConfig> tls;  // with --tls-* only
   std::unique_ptr<Store> store;
   std::unique_ptr<persistence::RedisStore> redis;  // with --redis only, as the three below
   std::unique_ptr<persistence::SnapshotWriter> writer;
@@ -196,7 +197,12 @@ Status Node::Parts::startSnapshots() {
 Status Node::Parts::startRouting(RuleSet rules) {
   keeper_options.self_id = config.node_id;
   keeper_options.snapshots = redis.get();
-  keeper_options.send = &sendHandoff;
+  keeper_options.send = [tls = tls](const std::string& address, const std::string& from,
+                                    std::span<const std::uint16_t> slots,
+                                    std::span<const StoredEntry> entries,
+                                    std::chrono::milliseconds timeout) {
+    return sendHandoff(address, from, slots, entries, timeout, tls.get());
+  };
   keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
   keeper_options.lazy = config.lazy_recovery;
   // With seeds, wait for the cluster before deciding (a restarted member must not decide its old
@@ -206,6 +212,7 @@ Status Node::Parts::startRouting(RuleSet rules) {
   service = std::make_unique<LimiterService>(*store, clock, std::move(rules), config.rules);
   ForwarderOptions forwarder_options;
   forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
+  forwarder_options.tls = tls;
   auto f = Forwarder::start(forwarder_options, *service, ring);
   if (!f) return Error{f.error().code, "forwarder: " + f.error().message};
   forwarder = std::move(*f);
@@ -291,6 +298,7 @@ Status Node::Parts::startApis() {
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
   rpc_options.control = &control;
+  rpc_options.tls = tls;
   auto r = RpcServer::start(rpc_options, *router, node_info, metrics.get());
   if (!r) return Error{r.error().code, "--rpc-port: " + r.error().message};
   rpc = std::move(*r);
@@ -365,6 +373,17 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
     logWarn(
         "no --gossip-keyring: gossip is unauthenticated, anyone who can reach the gossip port "
         "can change membership (docs/security.md; 'throttlectl keyring generate')");
+  }
+  const proto::TlsFiles tls_files{config.tls_ca, config.tls_cert, config.tls_key};
+  if (tls_files.enabled()) {
+    auto tls = proto::TlsConfig::load(tls_files);
+    if (!tls)
+      return Error{tls.error().code, "--tls-ca/--tls-cert/--tls-key: " + tls.error().message};
+    parts->tls = std::move(*tls);
+  } else {
+    logWarn(
+        "no --tls-cert: RPC is plain TCP and unauthenticated, anyone who can reach the RPC "
+        "port may call Admin and hand off state (docs/security.md)");
   }
   parts->store = std::move(*store);
   parts->http_port = config.http_port;

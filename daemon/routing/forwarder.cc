@@ -156,6 +156,7 @@ class Loop {
         network_(io.provider->getNetwork()),
         timer_(io.provider->getTimer()),
         rng_(std::random_device{}()),
+        tls_(opt_.tls ? opt_.tls->clientContext() : kj::Own<kj::TlsContext>()),
         tasks_(log_errors_) {
     reader_options_.traversalLimitInWords = opt_.traversal_limit_words;
     reader_options_.nestingLimit = 16;
@@ -531,10 +532,7 @@ class Loop {
     peer.connecting = true;
     const std::uint64_t generation = peer.generation;
     Peer* p = &peer;
-    auto stream = network_.parseAddress(peer.address).then([](kj::Own<kj::NetworkAddress> a) {
-      auto connected = a->connect();
-      return connected.attach(kj::mv(a));
-    });
+    auto stream = proto::connectNode(network_, peer.address, tls_.get());
     tasks_.add(peer.canceler.wrap(timer_.timeoutAfter(toKj(opt_.connect_timeout), kj::mv(stream)))
                    .then(
                        [this, p, generation](kj::Own<kj::AsyncIoStream> s) {
@@ -812,6 +810,7 @@ class Loop {
   kj::Timer& timer_;
   capnp::ReaderOptions reader_options_;
   std::mt19937_64 rng_;
+  kj::Own<kj::TlsContext> tls_;  // null without TLS; outlives the peers' connections
   std::map<std::string, std::unique_ptr<Peer>> peers_;
   bool closing_ = false;
 

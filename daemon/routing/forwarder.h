@@ -41,6 +41,7 @@
 
 #include "daemon/routing/ring_view.h"
 #include "daemon/service/limiter_service.h"
+#include "proto/rpc_tls.h"
 
 namespace throttlex {
 
@@ -99,6 +100,8 @@ struct ForwarderOptions {
   int max_attempts = 3;                          // owners tried per check before degraded mode
   // Reader limits for answers (a full batch of results is ~20 Ki words).
   std::uint64_t traversal_limit_words = 1024 * 1024;
+  // TLS to the owners (proto/rpc_tls.h): this node's peer certificate; null: plain TCP.
+  std::shared_ptr<const proto::TlsConfig> tls;
 };
 
 enum class BreakerState : std::uint8_t { kClosed = 0, kOpen = 1, kHalfOpen = 2 };

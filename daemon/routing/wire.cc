@@ -72,6 +72,8 @@ proto::ErrorCode toProto(ErrorCode code) {
       return proto::ErrorCode::INTERNAL;
     case ErrorCode::kNotDecided:
       return proto::ErrorCode::NOT_DECIDED;
+    case ErrorCode::kPermissionDenied:
+      return proto::ErrorCode::PERMISSION_DENIED;
   }
   return proto::ErrorCode::INTERNAL;
 }
@@ -129,6 +131,8 @@ ErrorCode fromProto(proto::ErrorCode code) {
       return ErrorCode::kInvalidArgument;
     case proto::ErrorCode::NOT_DECIDED:
       return ErrorCode::kNotDecided;
+    case proto::ErrorCode::PERMISSION_DENIED:
+      return ErrorCode::kPermissionDenied;
     case proto::ErrorCode::NONE:
     case proto::ErrorCode::INTERNAL:
       break;

@@ -160,6 +160,7 @@ struct RpcServer::Impl {
 
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::uint64_t> rejected_connections{0};
+  std::atomic<std::uint64_t> tls_refused{0};
 
   Mutex stop_mu;
   bool stopped GUARDED_BY(stop_mu) = false;
@@ -175,40 +176,78 @@ struct RpcServer::Impl {
 
 namespace {
 
+// A connection's capability, made for the role its certificate grants (kAdmin without TLS).
+using ServiceFactory = std::function<capnp::Capability::Client(proto::Role)>;
+
 class Acceptor {
  public:
+  // `tls` null: plain TCP.
   Acceptor(RpcServer::Impl& server, kj::ConnectionReceiver& listener, kj::Timer& timer,
-           capnp::Capability::Client bootstrap, kj::TaskSet& connections)
+           kj::TlsContext* tls, ServiceFactory services, kj::TaskSet& connections)
       : server_(server),
         listener_(listener),
         timer_(timer),
-        bootstrap_(kj::mv(bootstrap)),
+        tls_(tls),
+        services_(std::move(services)),
+        plain_(tls == nullptr ? services_(proto::Role::kAdmin) : nullptr),
         connections_(connections) {}
 
   kj::Promise<void> loop() {
+    if (tls_ != nullptr) {
+      return listener_.acceptAuthenticated().then(
+          [this](kj::AuthenticatedStream stream) {
+            handshake(kj::mv(stream));
+            return loop();
+          },
+          [this](kj::Exception&& e) { return retry(kj::mv(e)); });
+    }
     return listener_.accept().then(
         [this](kj::Own<kj::AsyncIoStream> stream) {
-          adopt(kj::mv(stream));
+          enableKeepAlive(*stream);
+          adopt(kj::mv(stream), plain_);
           return loop();
         },
-        [this](kj::Exception&& e) -> kj::Promise<void> {
-          // Out of file descriptors and the like: keep serving the connections we have and try
-          // again shortly, instead of ending the accept loop.
-          logWarn("rpc accept failed: " + describe(e));
-          return timer_.afterDelay(100 * kj::MILLISECONDS).then([this] { return loop(); });
-        });
+        [this](kj::Exception&& e) { return retry(kj::mv(e)); });
   }
 
  private:
-  void adopt(kj::Own<kj::AsyncIoStream> stream) {
+  // Out of file descriptors and the like: keep serving the connections we have and try again
+  // shortly, instead of ending the accept loop.
+  kj::Promise<void> retry(kj::Exception&& e) {
+    logWarn("rpc accept failed: " + describe(e));
+    return timer_.afterDelay(100 * kj::MILLISECONDS).then([this] { return loop(); });
+  }
+
+  // The TLS handshake runs beside the accept loop (bounded by the context's accept timeout);
+  // the certificate's common name gives the role.
+  void handshake(kj::AuthenticatedStream stream) {
+    enableKeepAlive(*stream.stream);
+    connections_.add(tls_->wrapServer(kj::mv(stream))
+                         .then([this](kj::AuthenticatedStream secured) {
+                           auto& peer = kj::downcast<kj::TlsPeerIdentity>(*secured.peerIdentity);
+                           auto role = proto::roleOf(peer.getCommonName().cStr());
+                           if (!role) {
+                             refuse(role.error().message);
+                             return;
+                           }
+                           adopt(kj::mv(secured.stream), services_(*role));
+                         })
+                         .catch_([this](kj::Exception&& e) { refuse(describe(e)); }));
+  }
+
+  void refuse(const std::string& why) {
+    server_.tls_refused.fetch_add(1, std::memory_order_relaxed);
+    logWarn("rpc connection refused: " + why);
+  }
+
+  void adopt(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap) {
     const std::size_t open = server_.open_connections.fetch_add(1, std::memory_order_relaxed);
     if (open >= server_.options.max_connections) {
       server_.open_connections.fetch_sub(1, std::memory_order_relaxed);
       server_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
       return;  // dropping the stream closes it
     }
-    enableKeepAlive(*stream);
-    auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), bootstrap_,
+    auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), kj::mv(bootstrap),
                                      server_.reader_options);
     auto gone = conn->network.onDisconnect();
     connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects
@@ -230,7 +269,9 @@ class Acceptor {
   RpcServer::Impl& server_;
   kj::ConnectionReceiver& listener_;
   kj::Timer& timer_;
-  capnp::Capability::Client bootstrap_;
+  kj::TlsContext* tls_;
+  ServiceFactory services_;
+  capnp::Capability::Client plain_;  // without TLS: one capability for every connection
   kj::TaskSet& connections_;
 };
 
@@ -257,8 +298,12 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
                                               kj::UnixEventPort::FdObserver::OBSERVE_READ);
   LogErrors log_errors;
   kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
-  Acceptor acceptor(*this, *listener, io.provider->getTimer(),
-                    kj::heap<RpcService>(router, info, metrics, worker.counters, options.control),
+  kj::Own<kj::TlsContext> tls;
+  if (options.tls) tls = options.tls->serverContext(io.provider->getTimer());
+  ServiceFactory services = [this, &worker](proto::Role role) -> capnp::Capability::Client {
+    return kj::heap<RpcService>(router, info, metrics, worker.counters, options.control, role);
+  };
+  Acceptor acceptor(*this, *listener, io.provider->getTimer(), tls.get(), std::move(services),
                     connections);
   ready.set_value();
   whenStopped(stop_observer, worker.stop_fd.get())
@@ -370,6 +415,7 @@ RpcServerStats RpcServer::stats() const {
   }
   s.connections = impl_->open_connections.load(std::memory_order_relaxed);
   s.rejected_connections = impl_->rejected_connections.load(std::memory_order_relaxed);
+  s.tls_refused = impl_->tls_refused.load(std::memory_order_relaxed);
   return s;
 }
 

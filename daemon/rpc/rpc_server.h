@@ -22,6 +22,7 @@
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
 #include "limiter/result.h"
+#include "proto/rpc_tls.h"
 
 namespace throttlex {
 
@@ -42,6 +43,9 @@ struct RpcServerOptions {
   // handoff, snapshot, drain (daemon/base/node_control.h); null or empty members: refused as
   // unavailable. Must outlive the server.
   const NodeControl* control = nullptr;
+  // TLS (proto/rpc_tls.h): every connection must present a certificate of the cluster's CA, whose
+  // common name gives its role. Null: plain TCP, every connection may do everything.
+  std::shared_ptr<const proto::TlsConfig> tls;
 };
 
 struct RpcServerStats {
@@ -49,6 +53,7 @@ struct RpcServerStats {
   std::uint64_t checks = 0;       // checks decided or refused, batch elements counted one by one
   std::uint64_t connections = 0;  // open now
   std::uint64_t rejected_connections = 0;  // closed at once because of max_connections
+  std::uint64_t tls_refused = 0;  // TLS handshakes that failed, or certificates granting no role
 };
 
 class RpcServer {

@@ -28,13 +28,21 @@ std::optional<std::string> unsupportedVersion(std::uint16_t version) {
 }
 
 RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
-                       RpcCounters& counters, const NodeControl* control)
+                       RpcCounters& counters, const NodeControl* control, proto::Role role)
     : service_(router.service()),
       router_(router),
       info_(std::move(info)),
       metrics_(metrics),
       counters_(counters),
-      control_(control) {}
+      control_(control),
+      role_(role) {}
+
+std::optional<Error> RpcService::denied(proto::Role needed, const char* call) const {
+  if (role_ >= needed) return std::nullopt;
+  return Error{ErrorCode::kPermissionDenied, std::string(call) + " needs a certificate with role " +
+                                                 nameOf(needed) + "; this connection's role is " +
+                                                 nameOf(role_)};
+}
 
 void RpcService::countCall(std::uint64_t checks) {
   // Only this thread writes these counters: load + store, no read-modify-write on the bus.
@@ -125,7 +133,9 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   results.setVersion(proto::PROTOCOL_VERSION);
   const auto checks = params.getChecks();
   // Checks forwarded here by a peer were counted by the node they entered.
-  const std::uint8_t hops = params.getHops();
+  // Only peers forward: a client's call counts as entering here, whatever it claims (a non-owner
+  // deciding a key because the caller said it was forwarded would admit it N times).
+  const std::uint8_t hops = role_ >= proto::Role::kPeer ? params.getHops() : 0;
   const bool from_peer = hops > 0;
   if (from_peer && checks.size() == 0) return kj::READY_NOW;  // a peer's heartbeat
   countCall(checks.size());
@@ -292,6 +302,10 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
     setError(error(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
     return kj::READY_NOW;
   }
+  if (auto no = denied(proto::Role::kAdmin, "setRule")) {
+    setError(error(), *no);
+    return kj::READY_NOW;
+  }
   const auto in = params.getRule();
   auto spec = fromProto(in.getLimit());
   if (!spec) {
@@ -319,6 +333,10 @@ kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
     return kj::READY_NOW;
   }
+  if (auto no = denied(proto::Role::kAdmin, "deleteRule")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
   const Result<bool> deleted = service_.deleteRule(view(params.getName()));
   if (deleted) {
     results.setDeleted(*deleted);
@@ -333,6 +351,10 @@ kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
   auto results = context.getResults();
   if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (auto no = denied(proto::Role::kAdmin, "reloadRules")) {
+    setError(results.initError(), *no);
     return kj::READY_NOW;
   }
   const Result<std::size_t> count = service_.reloadRules();
@@ -379,6 +401,10 @@ kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
     return kj::READY_NOW;
   }
+  if (auto no = denied(proto::Role::kAdmin, "resetKey")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
   auto args = fromProto(params.getRequest());
   const Result<bool> existed = args ? service_.reset(*args) : Result<bool>(args.error());
   if (existed) {
@@ -395,6 +421,10 @@ kj::Promise<void> RpcService::handoff(HandoffContext context) {
   auto results = context.getResults();
   if (auto bad = unsupportedVersion(params.getVersion())) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (auto no = denied(proto::Role::kPeer, "handoff")) {
+    setError(results.initError(), *no);
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->handoff) {
@@ -431,6 +461,10 @@ kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
     return kj::READY_NOW;
   }
+  if (auto no = denied(proto::Role::kAdmin, "snapshot")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
   if (control_ == nullptr || !control_->snapshot) {
     setError(results.initError(), proto::ErrorCode::UNAVAILABLE,
              "no snapshot store configured (start with --redis host:port)");
@@ -461,6 +495,10 @@ kj::Promise<void> RpcService::drain(DrainContext context) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
     return kj::READY_NOW;
   }
+  if (auto no = denied(proto::Role::kAdmin, "drain")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
   if (control_ == nullptr || !control_->drain) {
     setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node cannot drain");
     return kj::READY_NOW;
@@ -475,6 +513,10 @@ kj::Promise<void> RpcService::keyring(KeyringContext context) {
   auto results = context.getResults();
   if (auto bad = unsupportedVersion(params.getVersion())) {
     setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (auto no = denied(proto::Role::kAdmin, "keyring")) {
+    setError(results.initError(), *no);
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->keyring) {

@@ -2,7 +2,8 @@
 // validates requests, decides, encodes answers. Internal to the RPC server
 // (daemon/rpc/rpc_server.h).
 //
-// One instance per RPC thread: a capability belongs to the event loop of its thread. Checks are
+// One instance per RPC thread (with TLS: per connection, for its role): a capability belongs to
+// the event loop of its thread. Checks are
 // routed (daemon/routing/router.h): those this node owns are answered synchronously, the rest when
 // their owners answered (through the forwarder). Admin methods answer synchronously and never block
 // except reloadRules (reads the rules file).
@@ -26,6 +27,7 @@
 #include "daemon/base/node_info.h"
 #include "daemon/routing/router.h"
 #include "daemon/service/limiter_service.h"
+#include "proto/rpc_tls.h"
 #include "proto/throttlex.capnp.h"
 
 namespace throttlex {
@@ -47,8 +49,10 @@ class RpcService final : public proto::Node::Server {
   // `router` (and its service), `metrics` (may be null) and `counters` must outlive this object.
   // `control` may be null (handoff, snapshot, drain and keyring are then refused as
   // unavailable).
+  // `role` is what the connection's certificate grants (proto/rpc_tls.h); without TLS every
+  // connection is kAdmin, as before roles existed.
   RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
-             const NodeControl* control = nullptr);
+             const NodeControl* control = nullptr, proto::Role role = proto::Role::kAdmin);
 
  protected:
   kj::Promise<void> check(CheckContext context) override;
@@ -66,6 +70,8 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> keyring(KeyringContext context) override;
 
  private:
+  // permissionDenied unless this connection's role is at least `needed`.
+  std::optional<Error> denied(proto::Role needed, const char* call) const;
   void countCall(std::uint64_t checks);
   Duration elapsedSince(Instant start) const;  // on the service's monotonic clock
   void record(const Result<CheckOutcome>& outcome, Instant start);
@@ -81,6 +87,7 @@ class RpcService final : public proto::Node::Server {
   Metrics* const metrics_;
   RpcCounters& counters_;
   const NodeControl* const control_;
+  const proto::Role role_;
 };
 #pragma GCC diagnostic pop
 

@@ -15,13 +15,15 @@ namespace {
 
 struct Loop {
   kj::AsyncIoContext io = kj::setupAsyncIo();
+  const proto::TlsConfig* tls_config = nullptr;  // what `tls` was made from
+  kj::Own<kj::TlsContext> tls;
 };
 
 }  // namespace
 
 Status sendHandoff(const std::string& address, const std::string& from,
                    std::span<const std::uint16_t> slots, std::span<const StoredEntry> entries,
-                   std::chrono::milliseconds timeout) {
+                   std::chrono::milliseconds timeout, const proto::TlsConfig* tls) {
   thread_local std::unique_ptr<Loop> loop;
   if (!loop) loop = std::make_unique<Loop>();
   kj::AsyncIoContext& io = loop->io;
@@ -34,9 +36,12 @@ Status sendHandoff(const std::string& address, const std::string& from,
     // The loop may have idled since its last call: its timer's "now" is only refreshed when the
     // loop polls, and a stale "now" would make the deadline below expire at once.
     io.waitScope.poll();
-    auto call = io.provider->getNetwork()
-                    .parseAddress(kj::StringPtr(address.c_str()))
-                    .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
+    if (tls != loop->tls_config) {
+      loop->tls = tls != nullptr ? tls->clientContext() : kj::Own<kj::TlsContext>();
+      loop->tls_config = tls;
+    }
+    auto call = proto::connectNode(io.provider->getNetwork(), kj::StringPtr(address.c_str()),
+                                   loop->tls.get())
                     .then([&](kj::Own<kj::AsyncIoStream> stream) {
                       conn = kj::heap<proto::NodeConnection>(kj::mv(stream), reader);
                       auto req = conn->node.castAs<proto::Limiter>().handoffRequest();

@@ -11,11 +11,13 @@
 
 #include "limiter/result.h"
 #include "limiter/store.h"
+#include "proto/rpc_tls.h"
 
 namespace throttlex {
 
+// `tls`: this node's peer certificate (proto/rpc_tls.h); null: plain TCP.
 Status sendHandoff(const std::string& address, const std::string& from,
                    std::span<const std::uint16_t> slots, std::span<const StoredEntry> entries,
-                   std::chrono::milliseconds timeout);
+                   std::chrono::milliseconds timeout, const proto::TlsConfig* tls = nullptr);
 
 }  // namespace throttlex

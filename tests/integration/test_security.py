@@ -1,7 +1,11 @@
-"""The gossip keyring between real nodes (docs/security.md): the attacks of issue 16 replayed with
-gossip-forge — spoofed alive, suspect, dead and left from a sender without the key change no member
-and no owner; a node without the key cannot join; keys rotate across five nodes under load with no
-member lost and no check failed."""
+"""Security between real nodes (docs/security.md), the attacks of issue 16 replayed.
+
+Gossip keyring (gossip-forge): spoofed alive, suspect, dead and left from a sender without the key
+change no member and no owner; a node without the key cannot join; keys rotate across five nodes
+under load with no member lost and no check failed.
+RPC TLS and roles (rpc-forge, throttlectl): no certificate, no connection; a client certificate
+may check but not change rules, reset, drain or hand off, and cannot make a non-owner decide a key
+by marking its checks as forwarded; state is unchanged after every refusal."""
 import json
 import os
 import subprocess
@@ -10,7 +14,7 @@ import threading
 import unittest
 import urllib.parse
 
-from harness import BIN, Node, run_tool, wait_until
+from harness import BIN, ROOT, Node, run_tool, wait_until
 
 CLUSTER = "sec"
 COMMON = ("--gossip-preset", "local", "--cluster-name", CLUSTER)
@@ -48,9 +52,9 @@ def forge(node, *args, key=None):
     assert code == 0, err
 
 
-def owner(node, key):
-    code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "-o", "json", "owner",
-                              key, "--limit", "10", "--period", "1m")
+def owner(node, key, *flags, limit="10"):
+    code, out, err = run_tool("throttlectl", "--node", node.rpc_address, *flags, "-o", "json",
+                              "owner", key, "--limit", limit, "--period", "1m")
     assert code == 0, err
     return json.loads(out)["owner"]
 
@@ -244,6 +248,117 @@ class GossipKeyringTest(unittest.TestCase):
         finally:
             for n in nodes:
                 n.kill()
+
+
+
+class Certificates:
+    """scripts/cluster-init.sh's output in a temporary directory."""
+
+    def __init__(self, test, nodes):
+        self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-certs-")
+        test.addCleanup(self.tmp.cleanup)
+        p = subprocess.run([str(ROOT / "scripts/cluster-init.sh"), self.tmp.name, str(nodes)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def node_flags(self, i):
+        return ("--tls-ca", self.path("ca.crt"), "--tls-cert", self.path(f"node-{i}.crt"),
+                "--tls-key", self.path(f"node-{i}.key"), "--gossip-keyring", self.path("keyring"))
+
+    def tool_flags(self, who):
+        return ("--tls-ca", self.path("ca.crt"), "--tls-cert", self.path(f"{who}.crt"),
+                "--tls-key", self.path(f"{who}.key"))
+
+
+def ctl(node, certs, who, *args):
+    flags = certs.tool_flags(who) if who else ()
+    return run_tool("throttlectl", "--node", node.rpc_address, *flags, *args)
+
+
+def forge_rpc(node, certs, who, *args):
+    code, out, err = run_tool("rpc-forge", "--node", node.rpc_address, *certs.tool_flags(who),
+                              *args)
+    assert code == 0, err
+    return dict(field.split("=") for field in out.split())
+
+
+class RpcTlsTest(unittest.TestCase):
+    def start(self, certs, count):
+        nodes = []
+        for i in range(1, count + 1):
+            seed = ("--join", nodes[0].gossip_address) if nodes else ()
+            nodes.append(Node("--node-id", f"n{i}", *seed, *COMMON, *certs.node_flags(i)))
+            self.addCleanup(nodes[-1].kill)
+        for n in nodes:
+            for other in nodes:
+                if other is not n:
+                    n.wait_for_log(rf"member {other.node_id} joined", timeout=30)
+        return nodes
+
+    def test_the_certificate_decides_what_a_connection_may_do(self):
+        certs = Certificates(self, 2)
+        nodes = self.start(certs, 2)
+        # No certificate: no connection at all.
+        code, _, err = ctl(nodes[0], certs, None, "members")
+        self.assertEqual(code, 3, err)
+        nodes[0].wait_for_log(r"rpc connection refused")
+        # A client may check and read.
+        code, out, err = ctl(nodes[0], certs, "client", "-o", "json", "members")
+        self.assertEqual(code, 0, err)
+        self.assertEqual({m["node_id"] for m in json.loads(out)}, {"n1", "n2"})
+        code, _, err = ctl(nodes[0], certs, "client", "check", "tls:1", "--limit", "1",
+                           "--period", "1m")
+        self.assertEqual(code, 0, err)
+        # ... but change nothing: each refusal names the role, and nothing changed.
+        for args in (("rules", "set", "blocked", "--limit", "1", "--period", "1s"),
+                     ("reset", "tls:1", "--limit", "1", "--period", "1m"),
+                     ("keyring", "install", generate_key()),
+                     ("drain", "n2")):
+            code, _, err = ctl(nodes[0], certs, "client", *args)
+            self.assertEqual(code, 4, f"{args}: {err}")
+            self.assertIn("permission_denied", err)
+        code, out, err = ctl(nodes[0], certs, "admin", "-o", "json", "rules", "list")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("blocked", out)
+        code, _, _ = ctl(nodes[0], certs, "client", "check", "tls:1", "--limit", "1",
+                         "--period", "1m")
+        self.assertEqual(code, 1)  # still spent: the reset was refused
+        self.assertIsNone(nodes[1].proc.poll())  # the drain was refused
+        code, out, err = ctl(nodes[0], certs, "admin", "-o", "json", "keyring", "list")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(all(n["detail"].count(" ") == 1 for n in json.loads(out)["nodes"]), out)
+        # A handoff (one entry claiming a spent state) needs a peer's certificate.
+        self.assertEqual(forge_rpc(nodes[0], certs, "client", "handoff", "--slot", "7"),
+                         {"error": "permission_denied", "merged": "0"})
+        self.assertEqual(forge_rpc(nodes[0], certs, "node-2", "handoff", "--slot", "7"),
+                         {"error": "none", "merged": "1"})  # the control: a peer may
+        # An admin may change things.
+        code, _, err = ctl(nodes[0], certs, "admin", "rules", "set", "allowed", "--limit", "1",
+                           "--period", "1s")
+        self.assertEqual(code, 0, err)
+
+    def test_a_client_cannot_make_a_non_owner_decide_by_marking_checks_forwarded(self):
+        certs = Certificates(self, 2)
+        nodes = self.start(certs, 2)
+        by_id = {n.node_id: n for n in nodes}
+        key = next(f"hops:{i}" for i in range(1000)
+                   if owner(nodes[0], f"hops:{i}", *certs.tool_flags("client"), limit="3") == "n1")
+        non_owner = by_id["n2"]
+        # hops 5: past the hop limit (2) and the moves a drained slot may take (3 more), where a
+        # node decides a check itself whoever owns it (docs/architecture.md).
+        args = ("checks", "--key", key, "--limit", "3", "--period-ms", "60000", "--count", "5",
+                "--hops", "5")
+        # A client's hops are ignored: the checks go to the owner, which admits exactly 3.
+        self.assertEqual(forge_rpc(non_owner, certs, "client", *args),
+                         {"allowed": "3", "denied": "2", "errors": "0"})
+        self.assertEqual(forge_rpc(non_owner, certs, "client", *args),
+                         {"allowed": "0", "denied": "5", "errors": "0"})
+        # The control: a peer's hops are honoured, and so the non-owner decides itself (3 more
+        # admitted) — which is why only peers may say so.
+        self.assertEqual(forge_rpc(non_owner, certs, "node-1", *args)["allowed"], "3")
 
 
 if __name__ == "__main__":

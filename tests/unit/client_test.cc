@@ -532,3 +532,20 @@ TEST_CASE("a rule name too long for any node is refused locally") {
   CHECK(client->check(s).error.code == tc::ErrorCode::kInvalidArgument);
   CHECK(client->stats().calls == 1);  // only connect()'s nodeInfo reached the node
 }
+
+TEST_CASE("TLS options must name three readable PEM files, or none") {
+  tc::ClientOptions options;
+  options.nodes = {"127.0.0.1:1"};
+  options.lazy_connect = true;
+  options.tls_ca = "/nonexistent/ca.crt";
+  auto partial = tc::Client::connect(options);
+  REQUIRE_FALSE(partial);
+  CHECK(partial.error().code == tc::ErrorCode::kInvalidArgument);
+  CHECK(partial.error().message.find("all three") != std::string::npos);
+  options.tls_cert = "/nonexistent/app.crt";
+  options.tls_key = "/nonexistent/app.key";
+  auto missing = tc::Client::connect(options);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == tc::ErrorCode::kInvalidArgument);
+  CHECK(missing.error().message.find("/nonexistent/ca.crt") != std::string::npos);
+}

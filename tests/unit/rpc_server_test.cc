@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "daemon/metrics/metrics.h"
+#include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/rpc/rpc_service.h"
 #include "daemon/service/limiter_service.h"
 #include "proto/throttlex.capnp.h"
 
@@ -393,4 +395,76 @@ TEST_CASE("start reports a port in use; stop is idempotent") {
 
   n.server->stop();
   n.server->stop();
+}
+
+TEST_CASE("a connection's role limits its calls, and a refused call changes nothing") {
+  Node n;
+  kj::EventLoop loop;
+  kj::WaitScope ws(loop);
+  Router router(*n.service, nullptr, nullptr);
+  RpcCounters counters;
+  bool drained = false;
+  std::uint64_t handed = 0;
+  NodeControl control;
+  control.drain = [&]() -> Status {
+    drained = true;
+    return Ok{};
+  };
+  control.handoff = [&](const std::string&, std::span<const std::uint16_t>,
+                        std::span<const std::uint8_t>) -> Result<std::uint64_t> {
+    return ++handed;
+  };
+  const auto as = [&](proto::Role role) {
+    return proto::Node::Client(
+        kj::heap<RpcService>(router, NodeInfoProvider{}, nullptr, counters, &control, role));
+  };
+  const auto setRule = [&](proto::Node::Client& node) {
+    auto req = node.setRuleRequest();
+    req.setVersion(proto::PROTOCOL_VERSION);
+    auto rule = req.initRule();
+    rule.setName("api");
+    rule.initLimit().setLimit(3);
+    rule.getLimit().setPeriodMs(1000);
+    return req.send().wait(ws).getError().getCode();
+  };
+  const auto drain = [&](proto::Node::Client& node) {
+    auto req = node.drainRequest();
+    req.setVersion(proto::PROTOCOL_VERSION);
+    return req.send().wait(ws).getError().getCode();
+  };
+  const auto handoff = [&](proto::Node::Client& node) {
+    auto req = node.handoffRequest();
+    req.setVersion(proto::PROTOCOL_VERSION);
+    req.setFrom("x");
+    return req.send().wait(ws).getError().getCode();
+  };
+
+  auto client = as(proto::Role::kClient);
+  CHECK(setRule(client) == proto::ErrorCode::PERMISSION_DENIED);
+  CHECK(drain(client) == proto::ErrorCode::PERMISSION_DENIED);
+  CHECK(handoff(client) == proto::ErrorCode::PERMISSION_DENIED);
+  CHECK(n.service->rules().empty());
+  CHECK_FALSE(drained);
+  CHECK(handed == 0);
+  // A client's checks are decided as entering here, whatever hops and decide-by it claims: a
+  // "forwarded" batch past its decide-by time is still decided, not refused as notDecided.
+  auto batch = client.checkBatchRequest();
+  batch.setVersion(proto::PROTOCOL_VERSION);
+  batch.setHops(5);
+  batch.setDecideByMs(1);
+  inlineLimit(batch.initChecks(1)[0], "k", 5);
+  auto answer = batch.send().wait(ws);
+  CHECK(answer.getError().getCode() == proto::ErrorCode::NONE);
+  REQUIRE(answer.getResults().size() == 1);
+  CHECK(answer.getResults()[0].getAllowed());
+
+  auto peer = as(proto::Role::kPeer);
+  CHECK(handoff(peer) == proto::ErrorCode::NONE);
+  CHECK(handed == 1);
+  CHECK(setRule(peer) == proto::ErrorCode::PERMISSION_DENIED);
+  auto admin = as(proto::Role::kAdmin);
+  CHECK(setRule(admin) == proto::ErrorCode::NONE);
+  CHECK(n.service->rules().size() == 1);
+  CHECK(drain(admin) == proto::ErrorCode::NONE);
+  CHECK(drained);
 }

@@ -58,6 +58,7 @@ enum class ErrorCode : std::uint8_t {
   kResourceExhausted = 5,
   kInternal = 6,
   kUnsupportedVersion = 7,  // the node does not speak this client's protocol version
+  kPermissionDenied = 9,    // this client's certificate does not allow the call (TLS roles)
 };
 THROTTLEX_CLIENT_API std::string_view errorCodeName(ErrorCode code);  // "unavailable", ...
 
@@ -165,6 +166,10 @@ struct ClientOptions {
   // How often the client asks a node for the members (> 0); also soon after a node is marked
   // down. Asking never delays a check; a failed ask keeps the ring it had.
   std::chrono::milliseconds ring_refresh{1000};
+  // TLS (docs/security.md): PEM files of the cluster's CA and of this client's certificate and
+  // key; all three or none. The certificate's common name is its role (client:NAME for checks,
+  // admin:NAME for throttlectl's changes). The node's certificate is verified against the CA.
+  std::string tls_ca, tls_cert, tls_key;
 };
 
 struct Rule {

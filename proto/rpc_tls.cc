@@ -1,0 +1,110 @@
+#include "proto/rpc_tls.h"
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace throttlex::proto {
+namespace {
+
+Result<std::string> readFile(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return Error{ErrorCode::kInvalidArgument, std::string(what) + ": cannot read " + path};
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+const char* nameOf(Role role) {
+  switch (role) {
+    case Role::kClient:
+      return "client";
+    case Role::kPeer:
+      return "peer";
+    case Role::kAdmin:
+      return "admin";
+  }
+  return "?";
+}
+
+Result<Role> roleOf(std::string_view common_name) {
+  for (Role role : {Role::kClient, Role::kPeer, Role::kAdmin}) {
+    const std::string prefix = std::string(nameOf(role)) + ":";
+    if (common_name.size() > prefix.size() && common_name.substr(0, prefix.size()) == prefix) {
+      return role;
+    }
+  }
+  return invalidArgument("certificate common name '" + std::string(common_name) +
+                         "' grants no role (want client:NAME, peer:NAME or admin:NAME)");
+}
+
+struct TlsConfig::Material {
+  std::vector<kj::TlsCertificate> trusted;
+  kj::Own<kj::TlsKeypair> keypair;
+};
+
+TlsConfig::~TlsConfig() = default;
+
+Result<std::shared_ptr<const TlsConfig>> TlsConfig::load(const TlsFiles& files) {
+  if (files.ca.empty() || files.cert.empty() || files.key.empty()) {
+    return invalidArgument(
+        "TLS needs all three of the CA certificate, the certificate and its key");
+  }
+  auto ca = readFile(files.ca, "CA certificate");
+  if (!ca) return ca.error();
+  auto cert = readFile(files.cert, "certificate");
+  if (!cert) return cert.error();
+  auto key = readFile(files.key, "private key");
+  if (!key) return key.error();
+  std::shared_ptr<TlsConfig> config(new TlsConfig());
+  config->material_ = std::make_unique<Material>();
+  Material& m = *config->material_;
+  std::string problem;
+  auto failed = kj::runCatchingExceptions([&] {
+    problem = "CA certificate " + files.ca;
+    m.trusted.emplace_back(kj::StringPtr(ca->c_str(), ca->size()));
+    problem = "certificate " + files.cert + " or key " + files.key;
+    m.keypair = kj::heap<kj::TlsKeypair>(
+        kj::TlsKeypair{kj::TlsPrivateKey(kj::StringPtr(key->c_str(), key->size())),
+                       kj::TlsCertificate(kj::StringPtr(cert->c_str(), cert->size()))});
+  });
+  KJ_IF_MAYBE (e, failed) {
+    return invalidArgument(problem + " does not parse: " + std::string(e->getDescription().cStr()));
+  }
+  return std::shared_ptr<const TlsConfig>(std::move(config));
+}
+
+kj::Own<kj::TlsContext> TlsConfig::serverContext(kj::Timer& timer) const {
+  kj::TlsContext::Options options;
+  options.useSystemTrustStore = false;
+  options.verifyClients = true;
+  options.trustedCertificates = kj::arrayPtr(material_->trusted.data(), material_->trusted.size());
+  options.defaultKeypair = *material_->keypair;
+  options.timer = timer;
+  options.acceptTimeout = 5 * kj::SECONDS;
+  return kj::heap<kj::TlsContext>(kj::mv(options));
+}
+
+kj::Own<kj::TlsContext> TlsConfig::clientContext() const {
+  kj::TlsContext::Options options;
+  options.useSystemTrustStore = false;
+  options.trustedCertificates = kj::arrayPtr(material_->trusted.data(), material_->trusted.size());
+  options.defaultKeypair = *material_->keypair;
+  return kj::heap<kj::TlsContext>(kj::mv(options));
+}
+
+kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,
+                                                    kj::TlsContext* tls) {
+  return network.parseAddress(address).then(
+      [tls](kj::Own<kj::NetworkAddress> a) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
+        auto connected = a->connect().attach(kj::mv(a));
+        if (tls == nullptr) return connected;
+        return connected.then([tls](kj::Own<kj::AsyncIoStream> stream) {
+          return tls->wrapClient(kj::mv(stream), kNodeServerName);
+        });
+      });
+}
+
+}  // namespace throttlex::proto

@@ -1,0 +1,66 @@
+// TLS for the RPC port (docs/security.md): certificates loaded once, one kj::TlsContext per event
+// loop, and the role a peer's certificate grants.
+//
+// Every party presents a certificate signed by the cluster's CA; the server requires one. The
+// certificate's common name says the role: "admin:<name>", "peer:<name>" (nodes) or
+// "client:<name>". Nodes' certificates also carry the DNS name kNodeServerName, which is what a
+// client verifies (nodes are reached by IP address; the CA is the cluster's own, so "signed by our
+// CA and a node" is the identity that matters).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <kj/async-io.h>
+#include <kj/compat/tls.h>
+#include <kj/timer.h>
+
+#include "limiter/result.h"
+
+namespace throttlex::proto {
+
+// What a connection may do. Each role may do what the ones before it may.
+enum class Role : std::uint8_t {
+  kClient,  // checks (decided as entering at this node: hops forced to 0), read-only Admin calls
+  kPeer,    // also forwarded checks (hops > 0) and handoffs: other nodes
+  kAdmin,   // also every Admin call that changes something (rules, reset, drain, keyring, ...)
+};
+const char* nameOf(Role role);
+// The role a certificate's common name grants ("peer:node-1" → kPeer); an error for any other.
+Result<Role> roleOf(std::string_view common_name);
+
+inline constexpr const char* kNodeServerName = "throttlex-node";
+
+struct TlsFiles {
+  std::string ca;    // PEM: the cluster's CA certificate
+  std::string cert;  // PEM: this party's certificate (chain)
+  std::string key;   // PEM: its private key
+  bool enabled() const { return !ca.empty() || !cert.empty() || !key.empty(); }
+};
+
+class TlsConfig {
+ public:
+  // Reads the three files (all are required); errors name the file.
+  static Result<std::shared_ptr<const TlsConfig>> load(const TlsFiles& files);
+
+  // A server context: client certificates required; a handshake must finish within 5 s.
+  kj::Own<kj::TlsContext> serverContext(kj::Timer& timer) const;
+  // A client context that presents this party's certificate.
+  kj::Own<kj::TlsContext> clientContext() const;
+
+  ~TlsConfig();
+
+ private:
+  TlsConfig() = default;
+  struct Material;
+  std::unique_ptr<Material> material_;
+};
+
+// Connects to `address` ("host:port"); over TLS when `tls` is not null (the node's certificate
+// is verified against the CA and kNodeServerName).
+kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,
+                                                    kj::TlsContext* tls);
+
+}  // namespace throttlex::proto

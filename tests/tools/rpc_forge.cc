@@ -1,0 +1,126 @@
+// rpc-forge: calls a node's RPC port the way only a peer should, so integration tests can show
+// what a connection's certificate allows (docs/security.md, roles).
+//
+//   rpc-forge --node HOST:PORT [--tls-ca F --tls-cert F --tls-key F] checks --key K --limit N
+//             --period-ms P --count C --hops H       prints: allowed=A denied=D errors=E
+//   rpc-forge --node HOST:PORT [...] handoff --slot S  prints: error=<code> merged=M
+//
+// `checks` sends C single-check batches marked as forwarded H times (a peer's batches carry
+// hops > 0; at the hop limit the receiver decides them itself). `handoff` sends one entry for
+// slot S that claims a fully spent state.
+#include <cstdint>
+#include <iostream>
+#include <string>
+
+#include <capnp/message.h>
+#include <kj/async-io.h>
+#include <CLI/CLI.hpp>
+
+#include "proto/node_connection.h"
+#include "proto/rpc_tls.h"
+#include "proto/throttlex.capnp.h"
+
+using namespace throttlex;
+
+namespace {
+
+const char* codeName(proto::ErrorCode code) {
+  switch (code) {
+    case proto::ErrorCode::NONE:
+      return "none";
+    case proto::ErrorCode::PERMISSION_DENIED:
+      return "permission_denied";
+    case proto::ErrorCode::UNAVAILABLE:
+      return "unavailable";
+    case proto::ErrorCode::INVALID_ARGUMENT:
+      return "invalid_argument";
+    default:
+      return "other";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rpc-forge: peer-only RPC calls, for tests"};
+  std::string node, key = "forged", tls_ca, tls_cert, tls_key;
+  std::uint64_t limit = 3, period_ms = 60'000, count = 5;
+  unsigned hops = 2, slot = 0;
+  app.add_option("--node", node, "RPC host:port")->required();
+  app.add_option("--tls-ca", tls_ca);
+  app.add_option("--tls-cert", tls_cert);
+  app.add_option("--tls-key", tls_key);
+  auto* checks = app.add_subcommand("checks", "forwarded-looking checks");
+  checks->add_option("--key", key);
+  checks->add_option("--limit", limit);
+  checks->add_option("--period-ms", period_ms);
+  checks->add_option("--count", count);
+  checks->add_option("--hops", hops)->check(CLI::Range(0, 255));
+  auto* handoff = app.add_subcommand("handoff", "one crafted handoff entry");
+  handoff->add_option("--slot", slot)->check(CLI::Range(0, 4095));
+  app.require_subcommand(1);
+  CLI11_PARSE(app, argc, argv);
+
+  std::shared_ptr<const proto::TlsConfig> tls;
+  const proto::TlsFiles files{tls_ca, tls_cert, tls_key};
+  if (files.enabled()) {
+    auto loaded = proto::TlsConfig::load(files);
+    if (!loaded) {
+      std::cerr << "rpc-forge: " << loaded.error().message << "\n";
+      return 2;
+    }
+    tls = *loaded;
+  }
+  auto io = kj::setupAsyncIo();
+  kj::Own<kj::TlsContext> context = tls ? tls->clientContext() : kj::Own<kj::TlsContext>();
+  capnp::ReaderOptions reader;
+  auto failed = kj::runCatchingExceptions([&] {
+    auto stream =
+        proto::connectNode(io.provider->getNetwork(), node, context.get()).wait(io.waitScope);
+    proto::NodeConnection conn(kj::mv(stream), reader);
+    auto limiter = conn.node.castAs<proto::Limiter>();
+    if (checks->parsed()) {
+      std::uint64_t allowed = 0, denied = 0, errors = 0;
+      for (std::uint64_t i = 0; i < count; ++i) {
+        auto req = limiter.checkBatchRequest();
+        req.setVersion(proto::PROTOCOL_VERSION);
+        req.setHops(static_cast<std::uint8_t>(hops));
+        auto c = req.initChecks(1)[0];
+        c.setKey(key);
+        auto l = c.initLimit();
+        l.setLimit(limit);
+        l.setPeriodMs(period_ms);
+        auto r = req.send().wait(io.waitScope);
+        if (r.hasError() && r.getError().getCode() != proto::ErrorCode::NONE) {
+          ++errors;
+          continue;
+        }
+        auto result = r.getResults()[0];
+        if (result.getError().getCode() != proto::ErrorCode::NONE) {
+          ++errors;
+        } else if (result.getAllowed()) {
+          ++allowed;
+        } else {
+          ++denied;
+        }
+      }
+      std::cout << "allowed=" << allowed << " denied=" << denied << " errors=" << errors << "\n";
+    } else {
+      auto req = limiter.handoffRequest();
+      req.setVersion(proto::PROTOCOL_VERSION);
+      req.setFrom("rpc-forge");
+      req.initSlots(1).set(0, static_cast<std::uint16_t>(slot));
+      kj::byte entry[32];
+      for (auto& b : entry) b = 0xff;
+      req.setEntries(kj::arrayPtr(entry, sizeof entry));
+      auto r = req.send().wait(io.waitScope);
+      std::cout << "error=" << codeName(r.getError().getCode()) << " merged=" << r.getMerged()
+                << "\n";
+    }
+  });
+  KJ_IF_MAYBE (e, failed) {
+    std::cerr << "rpc-forge: " << e->getDescription().cStr() << "\n";
+    return 1;
+  }
+  return 0;
+}
