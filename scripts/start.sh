@@ -23,10 +23,11 @@
 # (`throttlectl drain`, exit 0) just leaves.
 # THROTTLEX_NO_BUILD=1 skips setup.sh and the build (a quick restart of what is already built).
 #
-# Gossip is sealed with a cluster keyring (docs/security.md): on first start the script creates
-# one key in $RUN_DIR/keys/keyring (mode 600) and gives each node a copy of its own
-# ($RUN_DIR/keys/node-N.keyring, which `throttlectl keyring` rewrites); later starts reuse them.
-# THROTTLEX_INSECURE_GOSSIP=1: no keyring (unauthenticated gossip).
+# Secured by default (docs/security.md): on first start scripts/cluster-init.sh creates a gossip
+# key, a CA and node, admin and client certificates in $RUN_DIR/keys (later starts reuse them);
+# every node seals gossip with its own copy of the keyring ($RUN_DIR/keys/node-N.keyring, which
+# `throttlectl keyring` rewrites) and serves RPC over TLS. throttlectl and throttlex-bench then
+# need the THROTTLEX_TLS_* variables the script prints. THROTTLEX_INSECURE=1: neither.
 #
 # Snapshots: a redis-server of its own on 127.0.0.1:$THROTTLEX_REDIS_PORT (default 6390; no disk
 # persistence, data in $RUN_DIR/redis) that every node writes its state to (--redis), stopped after
@@ -160,13 +161,10 @@ if ((WITH_REDIS)); then
   redis_args=(--redis "127.0.0.1:$REDIS_PORT")
   log "redis-server on 127.0.0.1:$REDIS_PORT (pid $redis_pid) for snapshots"
 fi
-secure_gossip=$([[ ${THROTTLEX_INSECURE_GOSSIP:-0} == 1 ]] && echo 0 || echo 1)
-if ((secure_gossip)); then
-  (umask 077 && mkdir -p "$RUN_DIR/keys")
-  if [[ ! -s $RUN_DIR/keys/keyring ]]; then
-    (umask 077 && "$BIN/throttlectl" keyring generate >"$RUN_DIR/keys/keyring")
-    log "created the cluster's gossip key in $RUN_DIR/keys/keyring"
-  fi
+readonly KEYS=$RUN_DIR/keys
+secure=$([[ ${THROTTLEX_INSECURE:-0} == 1 ]] && echo 0 || echo 1)
+if ((secure)); then
+  ./scripts/cluster-init.sh "$KEYS" "$NODES" | sed 's/^/start.sh: /' >&2
   for ((i = 1; i <= NODES; i++)); do
     [[ -s $RUN_DIR/keys/node-$i.keyring ]] ||
       (umask 077 && cp "$RUN_DIR/keys/keyring" "$RUN_DIR/keys/node-$i.keyring")
@@ -174,7 +172,10 @@ if ((secure_gossip)); then
 fi
 for ((i = 1; i <= NODES; i++)); do
   args=()
-  ((secure_gossip == 0)) || args+=(--gossip-keyring "$RUN_DIR/keys/node-$i.keyring")
+  if ((secure)); then
+    args+=(--gossip-keyring "$KEYS/node-$i.keyring" --tls-ca "$KEYS/ca.crt"
+           --tls-cert "$KEYS/node-$i.crt" --tls-key "$KEYS/node-$i.key")
+  fi
   args+=(--node-id "node-$i" --bind 127.0.0.1 --cluster-name throttlex-local --gossip-preset local
         --http-port "$(http_port "$i")" --rpc-port "$(rpc_port "$i")"
         --metrics-port "$(metrics_port "$i")" --gossip-port "$(gossip_port "$i")"
@@ -221,6 +222,14 @@ for ((i = 1; i <= NODES; i++)); do
   printf '  node-%d   http://127.0.0.1:%d   127.0.0.1:%d   http://127.0.0.1:%d/metrics   127.0.0.1:%d\n' \
     "$i" "$(http_port "$i")" "$(rpc_port "$i")" "$(metrics_port "$i")" "$(gossip_port "$i")"
 done
+if ((secure)); then
+  cat <<MSG
+
+RPC is TLS with client certificates and gossip is sealed (docs/security.md). For throttlectl
+and throttlex-bench, first (admin may change things; client.crt/key may only check):
+  export THROTTLEX_TLS_CA=$KEYS/ca.crt THROTTLEX_TLS_CERT=$KEYS/admin.crt THROTTLEX_TLS_KEY=$KEYS/admin.key
+MSG
+fi
 cat <<MSG
 
 Try (any node answers for any key):

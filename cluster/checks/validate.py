@@ -8,8 +8,10 @@ Exit status 0 when everything holds, 1 with every problem listed otherwise.
 import argparse
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -34,15 +36,17 @@ def run_compose_node(problems, bin_dir, services):
     rules = flag_values(args).get("--rules", [""])[-1]
     source = compose_check.mounts_of(svc).get(rules, str(EXAMPLE_RULES))
     args = [f"--rules={source}" if a.startswith("--rules") else a for a in args]
-    # The keyring lives in a volume keygen fills: here a fresh key in a file of our own.
-    key = subprocess.run([str(bin_dir / "throttlectl"), "keyring", "generate"], check=True,
-                         capture_output=True, text=True).stdout
-    problems.check(any(a.startswith("--gossip-keyring=") for a in args), "compose node-1",
-                   "no --gossip-keyring: the default cluster must run with gossip sealed")
-    with temp_file(key, ".keyring") as keyring:
-        os.chmod(keyring.name, 0o600)
-        args = [f"--gossip-keyring={keyring.name}" if a.startswith("--gossip-keyring") else a
-                for a in args]
+    # Keys and certificates live in the volume keygen fills: here scripts/cluster-init.sh makes
+    # them in a directory of our own, and the paths are mapped there.
+    for flag in ("--gossip-keyring", "--tls-ca", "--tls-cert", "--tls-key"):
+        problems.check(any(a.startswith(flag + "=/etc/throttlex/keys/") for a in args),
+                       "compose node-1", f"no {flag} in the keys volume: the default cluster must "
+                       "run secured")
+    with tempfile.TemporaryDirectory(prefix="throttlex-validate-keys-") as keys:
+        subprocess.run([str(CLUSTER.parent / "scripts/cluster-init.sh"), keys, "5"], check=True,
+                       capture_output=True)
+        shutil.copy(os.path.join(keys, "keyring"), os.path.join(keys, "node-1.keyring"))
+        args = [a.replace("=/etc/throttlex/keys/", f"={keys}/") for a in args]
         return run_node(problems, bin_dir, args, source)
 
 
