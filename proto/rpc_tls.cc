@@ -1,5 +1,6 @@
 #include "proto/rpc_tls.h"
 
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -15,7 +16,47 @@ Result<std::string> readFile(const std::string& path, const char* what) {
   return text.str();
 }
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; destroyed through kj::Own
+class CoalescingStream final : public kj::AsyncIoStream {
+ public:
+  explicit CoalescingStream(kj::Own<kj::AsyncIoStream> inner) : inner_(kj::mv(inner)) {}
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t min_bytes, size_t max_bytes) override {
+    return inner_->tryRead(buffer, min_bytes, max_bytes);
+  }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    return inner_->write(buffer, size);
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    if (pieces.size() == 1) return inner_->write(pieces[0].begin(), pieces[0].size());
+    size_t total = 0;
+    for (auto& piece : pieces) total += piece.size();
+    auto joined = kj::heapArray<kj::byte>(total);
+    size_t at = 0;
+    for (auto& piece : pieces) {
+      if (piece.size() == 0) continue;
+      memcpy(joined.begin() + at, piece.begin(), piece.size());
+      at += piece.size();
+    }
+    auto written = inner_->write(joined.begin(), joined.size());
+    return written.attach(kj::mv(joined));
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner_->whenWriteDisconnected(); }
+  void shutdownWrite() override { inner_->shutdownWrite(); }
+  void abortRead() override { inner_->abortRead(); }
+
+ private:
+  kj::Own<kj::AsyncIoStream> inner_;
+};
+
+#pragma GCC diagnostic pop
+
 }  // namespace
+
+kj::Own<kj::AsyncIoStream> coalesceWrites(kj::Own<kj::AsyncIoStream> tls_stream) {
+  return kj::heap<CoalescingStream>(kj::mv(tls_stream));
+}
 
 const char* nameOf(Role role) {
   switch (role) {
@@ -101,9 +142,12 @@ kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::St
       [tls](kj::Own<kj::NetworkAddress> a) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
         auto connected = a->connect().attach(kj::mv(a));
         if (tls == nullptr) return connected;
-        return connected.then([tls](kj::Own<kj::AsyncIoStream> stream) {
-          return tls->wrapClient(kj::mv(stream), kNodeServerName);
-        });
+        return connected
+            .then([tls](kj::Own<kj::AsyncIoStream> stream) {
+              return tls->wrapClient(kj::mv(stream), kNodeServerName);
+            })
+            .then(
+                [](kj::Own<kj::AsyncIoStream> secured) { return coalesceWrites(kj::mv(secured)); });
       });
 }
 

@@ -58,6 +58,11 @@ class TlsConfig {
   std::unique_ptr<Material> material_;
 };
 
+// A TLS stream that hands every multi-piece write to TLS as one piece. KJ's TLS writes each
+// piece on its own (its own TLS record and socket write), and a Cap'n Proto message is written
+// as several (segment table, segments): one copy into one buffer is cheaper than the records.
+kj::Own<kj::AsyncIoStream> coalesceWrites(kj::Own<kj::AsyncIoStream> tls_stream);
+
 // Connects to `address` ("host:port"); over TLS when `tls` is not null (the node's certificate
 // is verified against the CA and kNodeServerName).
 kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,

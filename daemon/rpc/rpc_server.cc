@@ -230,7 +230,7 @@ class Acceptor {
                              refuse(role.error().message);
                              return;
                            }
-                           adopt(kj::mv(secured.stream), services_(*role));
+                           adopt(proto::coalesceWrites(kj::mv(secured.stream)), services_(*role));
                          })
                          .catch_([this](kj::Exception&& e) { refuse(describe(e)); }));
   }
