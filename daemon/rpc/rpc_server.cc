@@ -192,22 +192,26 @@ class Acceptor {
         plain_(tls == nullptr ? services_(proto::Role::kAdmin) : nullptr),
         connections_(connections) {}
 
+  // KJ's accept() makes the accept syscall at once and throws its failure (EMFILE) from the
+  // call itself, not through the promise: evalNow() turns that into a rejection retry() sees.
   kj::Promise<void> loop() {
     if (tls_ != nullptr) {
-      return listener_.acceptAuthenticated().then(
-          [this](kj::AuthenticatedStream stream) {
-            handshake(kj::mv(stream));
-            return loop();
-          },
-          [this](kj::Exception&& e) { return retry(kj::mv(e)); });
+      return kj::evalNow([this] { return listener_.acceptAuthenticated(); })
+          .then(
+              [this](kj::AuthenticatedStream stream) {
+                handshake(kj::mv(stream));
+                return loop();
+              },
+              [this](kj::Exception&& e) { return retry(kj::mv(e)); });
     }
-    return listener_.accept().then(
-        [this](kj::Own<kj::AsyncIoStream> stream) {
-          enableKeepAlive(*stream);
-          adopt(kj::mv(stream), plain_);
-          return loop();
-        },
-        [this](kj::Exception&& e) { return retry(kj::mv(e)); });
+    return kj::evalNow([this] { return listener_.accept(); })
+        .then(
+            [this](kj::Own<kj::AsyncIoStream> stream) {
+              enableKeepAlive(*stream);
+              adopt(kj::mv(stream), plain_);
+              return loop();
+            },
+            [this](kj::Exception&& e) { return retry(kj::mv(e)); });
   }
 
  private:

@@ -7,6 +7,7 @@ import http.client
 import os
 import pathlib
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ START_TIMEOUT = 20.0
 class Node:
     """One throttlexd process on 127.0.0.1."""
 
-    def __init__(self, *args, rules=None, env=None):
+    def __init__(self, *args, rules=None, env=None, max_fds=None):
         self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-it-")
         self.rules_path = None
         cmd = [str(BIN / "throttlexd"), "--bind", "127.0.0.1", "--http-port", "0",
@@ -48,8 +49,12 @@ class Node:
         self._ready = threading.Event()
         full_env = dict(os.environ)
         full_env.update(env or {})
+        limit_fds = None
+        if max_fds is not None:  # RLIMIT_NOFILE of the node alone, to exhaust its descriptors
+            def limit_fds():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env=full_env)
+                                     text=True, env=full_env, preexec_fn=limit_fds)
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
         if not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None:

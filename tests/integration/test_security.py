@@ -8,6 +8,7 @@ may check but not change rules, reset, drain or hand off, and cannot make a non-
 by marking its checks as forwarded; state is unchanged after every refusal."""
 import json
 import os
+import socket
 import subprocess
 import tempfile
 import threading
@@ -359,6 +360,35 @@ class RpcTlsTest(unittest.TestCase):
         # The control: a peer's hops are honoured, and so the non-owner decides itself (3 more
         # admitted) — which is why only peers may say so.
         self.assertEqual(forge_rpc(non_owner, certs, "node-1", *args)["allowed"], "3")
+
+
+
+class ListenerTest(unittest.TestCase):
+    def test_after_descriptors_run_out_and_are_freed_every_listener_accepts_again(self):
+        node = Node("--node-id", "fds", "--threads", "1", max_fds=128)
+        self.addCleanup(node.kill)
+        held = []
+        try:
+            # Far more connections than descriptors: the kernel completes the handshakes, the
+            # node's accepts fail with EMFILE.
+            for _ in range(200):
+                held.append(socket.create_connection(("127.0.0.1", node.rpc_port), timeout=5))
+            node.wait_for_log(r"rpc accept failed", timeout=10)
+            for _ in range(50):
+                held.append(socket.create_connection(("127.0.0.1", node.http_port), timeout=5))
+        finally:
+            for s in held:
+                s.close()
+        # Freed: the accept loops are still there (they retried every 100 ms) and take new
+        # connections, RPC and HTTP alike; the node never stopped being ready.
+        code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "--timeout", "10s",
+                                  "check", "fds:1", "--limit", "5", "--period", "1m")
+        self.assertEqual(code, 0, err)
+        status, _, body = node.request("GET", "/v1/check?key=fds:1&limit=5&period=1m")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["remaining"], 3)
+        self.assertEqual(node.request("GET", "/readyz")[0], 200)
+        self.assertIsNone(node.proc.poll())
 
 
 if __name__ == "__main__":
