@@ -17,6 +17,8 @@ struct Decision {
   Duration reset_after{0};      // until the key is back to its neutral state (nothing consumed)
   Duration retry_after{0};      // 0 when allowed; until the same request would be allowed, or
                                 // kRetryNever
+  bool refused = false;         // a new key while the store was full of keys in use: not admitted,
+                                // nothing recorded (not a limit decision; see Store)
   friend bool operator==(const Decision&, const Decision&) = default;
 };
 

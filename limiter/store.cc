@@ -4,8 +4,10 @@
 #include <bit>
 #include <cassert>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <new>
+#include <random>
 
 #include <sys/mman.h>
 
@@ -83,7 +85,9 @@ struct alignas(64) Store::Shard {
   std::atomic<Entry*> table{nullptr};
   std::atomic<std::uint32_t> slots{0};
   std::uint32_t used = 0;
-  std::uint64_t evictions = 0;
+  std::uint64_t evictions = 0;     // restored state that could not be kept (full of keys in use)
+  std::uint64_t refused = 0;       // new keys refused (full of keys in use)
+  std::int64_t full_until_ms = 0;  // dropRecovered() finds nothing before this
   std::uint64_t rng = 0x9E3779B97F4A7C15ull;
   TablePtr storage;
 
@@ -169,46 +173,56 @@ struct alignas(64) Store::Shard {
     return dropped;
   }
 
-  // Makes room for one more entry: rebuild to a larger table, or evict when at the cap.
-  void reserveOne(std::int64_t now_ms) {
-    if (used >= cap) {
-      evictOne(now_ms);
-    } else if ((used + 1ull) * kLoadDen > n() * kLoadNum) {
-      rebuild(slotsFor(used + 1ull), now_ms);
-    }
+  // Makes room for one more entry: rebuild to a larger table, or at the cap drop a recovered
+  // entry. False when the shard is at the cap with every entry in use.
+  bool reserveOne(std::int64_t now_ms) {
+    if (used >= cap) return dropRecovered(now_ms);
+    if ((used + 1ull) * kLoadDen > n() * kLoadNum) rebuild(slotsFor(used + 1ull), now_ms);
+    return true;
   }
 
-  // Evicts the sampled entry that recovers soonest; recovered entries (expired) sort first.
-  void evictOne(std::int64_t now_ms) {
+  // At the cap: drops a recovered (expired) entry — one of a random sample if there is one,
+  // else every recovered entry of the shard. An entry in use (a key partly or wholly spent) is
+  // never dropped: that would let its user in again. When none has recovered, nothing can be
+  // until the soonest of them does (`full_until_ms`): until then a new key is refused at once,
+  // so a flood of new keys costs no scans.
+  bool dropRecovered(std::int64_t now_ms) {
+    if (now_ms < full_until_ms) return false;
     Entry* tab = t();
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
     std::uint32_t i = static_cast<std::uint32_t>(rng % n());
-    std::uint32_t victim = n();
     int seen = 0;
     for (int scanned = 0; scanned < kEvictionScan && seen < kEvictionSample;
          ++scanned, i = next(i)) {
       if (isEmpty(tab[i].key)) continue;
       ++seen;
-      if (victim == n() || tab[i].state.expiryMs() < tab[victim].state.expiryMs()) victim = i;
-    }
-    if (victim == n()) {  // a sparse stretch; cannot happen at the cap (load >= 68%), but be safe
-      for (i = 0; isEmpty(tab[i].key); ++i) {
+      if (tab[i].state.expiredAt(now_ms)) {
+        eraseAt(i);
+        return true;
       }
-      victim = i;
     }
-    if (!tab[victim].state.expiredAt(now_ms)) ++evictions;
-    eraseAt(victim);
+    if (eraseExpired(now_ms) > 0) return true;
+    full_until_ms = std::numeric_limits<std::int64_t>::max();
+    for (std::uint32_t j = 0; j < n(); ++j) {
+      if (!isEmpty(tab[j].key)) full_until_ms = std::min(full_until_ms, tab[j].state.expiryMs());
+    }
+    return false;
   }
 
-  void insert(const KeyHash& key, const State& state, std::int64_t now_ms) {
-    reserveOne(now_ms);
+  // A stored state may recover sooner than full_until_ms said (a smaller limit, a restore).
+  void noteExpiry(const State& s) { full_until_ms = std::min(full_until_ms, s.expiryMs()); }
+
+  // False (nothing stored) when the shard is full of entries in use.
+  bool insert(const KeyHash& key, const State& state, std::int64_t now_ms) {
+    if (!reserveOne(now_ms)) return false;
     bool found = false;
     const std::uint32_t i = find(key, found);
     assert(!found);
     t()[i] = Entry{key, state};
     ++used;
+    return true;
   }
 
   // Decides under the lock. When the stored state changed (not only normalised: a new entry or a
@@ -226,6 +240,7 @@ struct alignas(64) Store::Shard {
       const Decision d = decide(limit, s, cost, now);
       if (s != e.state) {
         e.state = s;
+        noteExpiry(s);
         after = s;
         did_change = d.allowed && cost > 0;
       } else if (s.expiredAt(now_ms)) {
@@ -234,9 +249,16 @@ struct alignas(64) Store::Shard {
       return d;
     }
     State s;
-    const Decision d = decide(limit, s, cost, now);
+    Decision d = decide(limit, s, cost, now);
     if (!s.empty()) {
-      insert(key, s, now_ms);
+      if (!insert(key, s, now_ms)) {
+        // Full of keys in use: this one cannot be remembered, so it is not admitted.
+        ++refused;
+        d.allowed = false;
+        d.refused = true;
+        d.remaining = 0;
+        return d;
+      }
       after = s;
       did_change = true;
     }
@@ -260,7 +282,8 @@ Result<std::unique_ptr<Store>> Store::make(const StoreOptions& options) {
 Store::Store(const StoreOptions& options)
     : shards_(std::make_unique<Shard[]>(options.shards)),
       shard_count_(options.shards),
-      shard_shift_(64 - std::countr_zero(options.shards)) {
+      shard_shift_(64 - std::countr_zero(options.shards)),
+      shard_seed_((std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}()) {
   const auto cap = static_cast<std::uint32_t>(options.max_entries / options.shards);
   for (std::size_t i = 0; i < shard_count_; ++i) {
     Shard& s = shards_[i];
@@ -274,8 +297,15 @@ Store::Store(const StoreOptions& options)
 Store::~Store() = default;
 
 Store::Shard& Store::shardFor(const KeyHash& key) const {
-  // shard_shift_ == 64 (one shard) would be undefined for a 64-bit shift.
-  return shards_[shard_count_ == 1 ? 0 : key.hi >> shard_shift_];
+  // Keyed with a seed of this process (splitmix64's finaliser over hi ^ seed): which keys share
+  // a shard cannot be known from outside, so no shard can be aimed at. shard_shift_ == 64 (one
+  // shard) would be undefined for a 64-bit shift.
+  if (shard_count_ == 1) return shards_[0];
+  std::uint64_t h = key.hi ^ shard_seed_;
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+  h ^= h >> 31;
+  return shards_[h >> shard_shift_];
 }
 
 Decision Store::check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
@@ -345,8 +375,9 @@ void Store::merge(const KeyHash& key, const State& state, Time now, MergeFn more
   const std::uint32_t i = s.find(key, found);
   if (found) {
     s.t()[i].state = more_consumed(s.t()[i].state, state);
-  } else if (!state.expiredAt(toMs(now))) {
-    s.insert(key, state, toMs(now));
+    s.noteExpiry(s.t()[i].state);
+  } else if (!state.expiredAt(toMs(now)) && !s.insert(key, state, toMs(now))) {
+    ++s.evictions;
   }
 }
 
@@ -402,9 +433,10 @@ void Store::put(const KeyHash& key, const State& state, Time now) {
       s.eraseAt(i);
     } else {
       s.t()[i].state = state;
+      s.noteExpiry(state);
     }
-  } else if (!state.empty()) {
-    s.insert(key, state, toMs(now));
+  } else if (!state.empty() && !s.insert(key, state, toMs(now))) {
+    ++s.evictions;
   }
 }
 
@@ -416,6 +448,7 @@ StoreStats Store::stats() const {
     st.entries += s.used;
     st.table_bytes += std::size_t{s.n()} * sizeof(Entry);
     st.evictions += s.evictions;
+    st.refused += s.refused;
   }
   return st;
 }

@@ -8,9 +8,11 @@
 //  - Entries whose state has recovered (full bucket, finished window) carry no information: the
 //    store drops them when it meets them (on lookup, on insert, in sweep()). Memory follows the
 //    keys that are being limited right now.
-//  - At most `max_entries` entries are held. Inserting into a full shard evicts first: among a
-//    sample of the shard's entries, the one that will recover soonest (already-recovered ones
-//    first). Evicting live state can over-admit that key later, so evictions are counted.
+//  - At most `max_entries` entries are held (a cap per shard). Inserting into a full shard drops
+//    a recovered entry first; an entry in use is never dropped (that would let a limited user in
+//    again). When every entry of the shard is in use, a new key is refused: its check is not
+//    admitted (Decision::refused) and counted, until entries recover. Shards are chosen by a
+//    hash keyed with a per-process random seed, so no shard can be aimed at from outside.
 #pragma once
 
 #include <atomic>
@@ -39,7 +41,8 @@ struct StoreOptions {
 struct StoreStats {
   std::size_t entries = 0;
   std::size_t table_bytes = 0;  // memory held by the tables
-  std::uint64_t evictions = 0;  // live entries dropped because the store was full
+  std::uint64_t evictions = 0;  // restored (snapshot, handoff) states not kept: store full
+  std::uint64_t refused = 0;    // checks of new keys refused: the store was full of keys in use
 };
 
 struct CheckRequest {
@@ -108,6 +111,7 @@ class Store {
   std::unique_ptr<Shard[]> shards_;           // constant after construction
   std::size_t shard_count_;                   // constant after construction
   int shard_shift_;                           // constant after construction
+  std::uint64_t shard_seed_;                  // constant after construction
   std::atomic<std::size_t> sweep_cursor_{0};  // where the next sweep() starts
   std::atomic<StoreObserver*> observer_{nullptr};
   void notify(const KeyHash& key, const State& state);

@@ -207,9 +207,13 @@ void collectStore(const StoreStats& st, std::vector<prometheus::MetricFamily>& o
                  MetricType::Gauge,
                  {valued(static_cast<double>(st.entries))}});
   out.push_back({"throttlex_evictions_total",
-                 "Live keys dropped because the store was full",
+                 "Restored states (snapshot, handoff) not kept because the store was full",
                  MetricType::Counter,
                  {valued(static_cast<double>(st.evictions))}});
+  out.push_back({"throttlex_store_refused_total",
+                 "Checks of new keys refused (503) because the store was full of keys in use",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(st.refused))}});
   out.push_back({"throttlex_store_bytes",
                  "Memory held by the store's tables",
                  MetricType::Gauge,

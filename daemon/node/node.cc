@@ -1,5 +1,6 @@
 #include "daemon/node/node.h"
 
+#include <bit>
 #include <chrono>
 #include <functional>
 #include <mutex>
@@ -354,7 +355,11 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
                                           std::function<void()> request_stop) {
   auto rules = config.rules.empty() ? RuleSet::make({}) : RuleSet::loadFile(config.rules);
   if (!rules) return Error{rules.error().code, "--rules: " + rules.error().message};
-  auto store = Store::make({config.max_keys, 1024});
+  // Up to 1024 shards, and at least 1024 entries a shard: a shard is full at its share of
+  // --max-keys, and small shares would fill (and refuse new keys) while others still have room.
+  const std::size_t shards =
+      std::max<std::size_t>(1, std::min<std::size_t>(1024, std::bit_floor(config.max_keys / 1024)));
+  auto store = Store::make({config.max_keys, shards});
   if (!store) return Error{store.error().code, "--max-keys: " + store.error().message};
 
   auto parts = std::make_unique<Parts>(config, clock, std::move(request_stop));

@@ -44,7 +44,17 @@ Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
 
 namespace {
 
-CheckOutcome outcome(const Decision& d, bool shadow, std::string_view policy, Duration period) {
+// A new key while the store is full of keys in use (limiter/store.h): not a decision about the
+// key, so not an answer a caller could act on as one; 503, counted by the store.
+Error storeFull() {
+  return {ErrorCode::kUnavailable,
+          "this node's key store is full (--max-keys) of keys in use: new keys are refused until "
+          "some recover"};
+}
+
+Result<CheckOutcome> outcome(const Decision& d, bool shadow, std::string_view policy,
+                             Duration period) {
+  if (d.refused) return storeFull();
   CheckOutcome o;
   o.decision = d;
   o.allowed = d.allowed || shadow;
@@ -129,8 +139,8 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
       break;
     }
   }
-  CheckOutcome o = outcome(d, r->shadow, r->policy, r->limit.period());
-  o.route = RouteKind::kDegraded;
+  auto o = outcome(d, r->shadow, r->policy, r->limit.period());
+  if (o) o->route = RouteKind::kDegraded;
   return o;
 }
 

@@ -391,5 +391,44 @@ class ListenerTest(unittest.TestCase):
         self.assertIsNone(node.proc.poll())
 
 
+
+class StoreFloodTest(unittest.TestCase):
+    def test_flooding_keys_at_max_keys_never_lets_an_exhausted_key_through(self):
+        node = Node("--node-id", "flood", "--max-keys", "2048")
+        self.addCleanup(node.kill)
+        victim = "/v1/check?key=victim&limit=3&period=1m"
+        for _ in range(3):
+            self.assertEqual(node.request("GET", victim)[0], 200)
+        self.assertEqual(node.request("GET", victim)[0], 429)
+        # 6,000 distinct new keys, three times --max-keys, in batches of 1,000.
+        admitted = refused = 0
+        for batch in range(6):
+            checks = [{"key": f"flood:{batch}:{i}", "limit": 3, "period": "1m"}
+                      for i in range(1000)]
+            status, _, body = node.request("POST", "/v1/check",
+                                           body=json.dumps({"checks": checks}),
+                                           headers={"Content-Type": "application/json"})
+            self.assertEqual(status, 200, body)
+            for r in json.loads(body)["results"]:
+                if r.get("allowed"):
+                    admitted += 1
+                else:
+                    self.assertEqual(r["error"]["status"], 503, r)
+                    refused += 1
+        self.assertLessEqual(admitted, 2048)
+        self.assertGreater(refused, 6000 - 2048)
+        # The exhausted user stayed exhausted, whatever was refused around it.
+        status, _, body = node.request("GET", victim)
+        self.assertEqual(status, 429, body)
+        # A single new key is refused with a problem+json 503.
+        status, headers, body = node.request("GET", "/v1/check?key=new&limit=3&period=1m")
+        self.assertEqual(status, 503, body)
+        self.assertEqual(headers["content-type"], "application/problem+json")
+        self.assertIn("key store is full", json.loads(body)["detail"])
+        metrics = node.metrics()
+        self.assertIn(f"throttlex_store_refused_total {refused + 1}", metrics)
+        self.assertIn("throttlex_evictions_total 0", metrics)
+
+
 if __name__ == "__main__":
     unittest.main()

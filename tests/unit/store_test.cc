@@ -120,39 +120,64 @@ TEST_CASE("sweep keeps live state") {
   }
 }
 
-TEST_CASE("a full store evicts the entry that recovers soonest and counts live evictions") {
-  // One shard, room for 100 entries.
+TEST_CASE("a full store never drops a key in use: new keys are refused until entries recover") {
+  // One shard, room for 100 entries: 90 exhausted users and 10 that spent 1 of 10.
   auto store = makeStore(100, 1);
-  const Limit l = mustMake(Algorithm::kFixedWindow, 10, 3600s);
-  const Limit brief = mustMake(Algorithm::kFixedWindow, 10, 1s);
-  // 100 long-lived entries fill the store; then 100 short ones that recover after a second.
-  for (int i = 0; i < 100; ++i) store->check(key(i), l, 1, kStart);
-  CHECK(store->stats().entries == 100);
-  for (int i = 100; i < 300; ++i) store->check(key(i), brief, 1, kStart);
+  const Limit hour = mustMake(Algorithm::kFixedWindow, 10, 3600s);
+  for (int i = 0; i < 90; ++i) REQUIRE(store->check(key(i), hour, 10, kStart).allowed);
+  for (int i = 90; i < 100; ++i) REQUIRE(store->check(key(i), hour, 1, kStart).allowed);
+  // A flood of distinct new keys: every one refused, none admitted, nothing dropped.
+  for (int i = 100; i < 10'100; ++i) {
+    const Decision d = store->check(key(i), hour, 1, kStart + 1s);
+    CHECK_FALSE(d.allowed);
+    CHECK(d.refused);
+  }
   StoreStats st = store->stats();
   CHECK(st.entries == 100);
-  CHECK(st.evictions == 200);
-
-  // Once the short ones have recovered, new keys take their places without evicting live state.
-  const std::uint64_t before = st.evictions;
-  for (int i = 300; i < 400; ++i) store->check(key(i), l, 1, kStart + 2s);
+  CHECK(st.refused == 10'000);
+  CHECK(st.evictions == 0);
+  // The limited users are still limited, the others keep their count.
+  for (int i = 0; i < 90; ++i) CHECK_FALSE(store->check(key(i), hour, 1, kStart + 2s).allowed);
+  for (int i = 90; i < 100; ++i) {
+    const Decision d = store->check(key(i), hour, 1, kStart + 2s);
+    CHECK(d.allowed);
+    CHECK(d.remaining == 8);
+  }
+  // Reads of a new key (cost 0) store nothing and are answered.
+  CHECK_FALSE(store->check(key(20'000), hour, 0, kStart + 2s).refused);
+  // Once the window has passed every entry has recovered: new keys take their places.
+  for (int i = 10'100; i < 10'200; ++i) {
+    CHECK(store->check(key(i), hour, 1, kStart + 3601s).allowed);
+  }
   st = store->stats();
   CHECK(st.entries == 100);
-  CHECK(st.evictions - before < 100);
+  CHECK(st.refused == 10'000);
+  CHECK(st.evictions == 0);
 }
 
-TEST_CASE("eviction prefers state that recovers soonest") {
+TEST_CASE("at the cap, recovered entries make room and entries in use stay") {
   auto store = makeStore(64, 1);
   const Limit hour = mustMake(Algorithm::kFixedWindow, 10, 3600s);
   const Limit minute = mustMake(Algorithm::kFixedWindow, 10, 60s);
   for (int i = 0; i < 32; ++i) store->check(key(i), hour, 1, kStart);
   for (int i = 32; i < 64; ++i) store->check(key(i), minute, 1, kStart);
-  for (int i = 64; i < 80; ++i) store->check(key(i), hour, 1, kStart);
-  // Sixteen evictions, each choosing among 16 sampled entries: almost all must hit the
-  // minute-long entries.
-  int hour_kept = 0;
-  for (int i = 0; i < 32; ++i) hour_kept += store->get(key(i)).has_value() ? 1 : 0;
-  CHECK(hour_kept >= 30);
+  // A minute later the minute-long entries have recovered: 32 new keys fit, 33rd does not.
+  for (int i = 64; i < 96; ++i) CHECK(store->check(key(i), hour, 1, kStart + 61s).allowed);
+  CHECK(store->check(key(96), hour, 1, kStart + 61s).refused);
+  for (int i = 0; i < 32; ++i) CHECK(store->get(key(i)).has_value());
+  CHECK(store->stats().evictions == 0);
+}
+
+TEST_CASE("a restore into a full store keeps the entries in use and counts what it lost") {
+  auto store = makeStore(16, 1);
+  const Limit hour = mustMake(Algorithm::kFixedWindow, 10, 3600s);
+  for (int i = 0; i < 16; ++i) store->check(key(i), hour, 5, kStart);
+  State spent;
+  (void)decide(hour, spent, 10, kStart);
+  store->put(key(100), spent, kStart);
+  CHECK_FALSE(store->get(key(100)).has_value());
+  CHECK(store->stats().evictions == 1);
+  for (int i = 0; i < 16; ++i) CHECK(store->get(key(i)).has_value());
 }
 
 TEST_CASE("get, put and erase") {
