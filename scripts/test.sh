@@ -42,9 +42,9 @@ cmake --build build-asan --target "${asan_targets[@]}"
 ctest --test-dir build-asan -L '^(unit|adapter)$' --output-on-failure
 
 echo "== integration tests against the ASan+UBSan binaries"
-# The nodes and throttlectl are the sanitizer build (a leak or UB fails the node's exit code);
-# the load generators stay the Release build's. The chaos scenarios run in the Release stage.
-cmake --build build-asan --target throttlexd throttlectl
+# The nodes, throttlectl and the forging tools of integration_security are the sanitizer build
+# (a leak or UB fails the node's exit code); the load generators stay the Release build's. The chaos scenarios run in the Release stage.
+cmake --build build-asan --target throttlexd throttlectl gossip-forge rpc-forge
 THROTTLEX_TOOLS_BIN="$PWD/build/bin" \
   ctest --test-dir build-asan -L integration -E '^cluster_' --output-on-failure
 
