@@ -149,7 +149,19 @@ class RedisStore::Impl {
       timeouts_.fetch_add(1, std::memory_order_relaxed);
       dropConnection({ErrorCode::kDeadlineExceeded, "redis connect timed out"});
     });
+    if (!options_.password.empty()) authenticate();  // pipelined ahead of everything else
     loadScript();  // the first command also starts the wait for the TCP connect to finish
+  }
+
+  void authenticate() {
+    std::vector<std::string> args = {"AUTH"};
+    if (!options_.user.empty()) args.push_back(options_.user);
+    args.push_back(options_.password);
+    send(args, [this](const redisReply* r, const Error*) {
+      if (r == nullptr || r->type != REDIS_REPLY_ERROR) return;
+      errors_.fetch_add(1, std::memory_order_relaxed);
+      dropConnection(unavailable("redis AUTH failed: " + std::string(text(r))));
+    });
   }
 
   void loadScript() {

@@ -33,6 +33,10 @@ struct RedisStoreOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
   std::string cluster = "throttlex";  // namespace inside the key names; one per cluster
+  // AUTH on every connection when `password` is set (`user` empty: the default user, as
+  // requirepass; else an ACL user). A refused AUTH fails the connection, which is retried.
+  std::string user;
+  std::string password;
   std::chrono::milliseconds connect_timeout{500};
   std::chrono::milliseconds command_timeout{500};
   std::chrono::milliseconds reconnect_min{50};

@@ -98,6 +98,11 @@ void define(CLI::App& app, Options& o) {
             return {};
           },
           "HOST:PORT"));
+  app.add_option("--redis-password-file", c.redis_password_file,
+                 "File holding the Redis password (AUTH on every connection; a file, so the "
+                 "password does not show in ps)");
+  app.add_option("--redis-user", c.redis_user,
+                 "Redis ACL user for AUTH (default: the default user, as with requirepass)");
   app.add_option("--snapshot-interval-ms", c.snapshot_interval_ms,
                  "Interval between snapshot writes to Redis (the crash-recovery bound)")
       ->check(CLI::Range(10, 60'000))

@@ -31,8 +31,10 @@ struct Config {
   bool gossip_verify_outgoing = true;  // with a keyring: seal every packet
   // TLS on the RPC port, to peers and for handoffs (docs/security.md); all three or none.
   std::string tls_ca, tls_cert, tls_key;
-  std::string redis;       // host:port of the snapshot store; empty: memory only
-  std::string redis_host;  // parsed from `redis` (validated)
+  std::string redis;                // host:port of the snapshot store; empty: memory only
+  std::string redis_host;           // parsed from `redis` (validated)
+  std::string redis_user;           // ACL user for AUTH; empty: the default user
+  std::string redis_password_file;  // AUTH password, read from this file; empty: no AUTH
   std::uint16_t redis_port = 0;
   std::string rules;                    // rules file (YAML)
   int threads = 0;                      // worker threads per API; 0: one per core

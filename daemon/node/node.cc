@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -177,6 +178,15 @@ Status Node::Parts::startSnapshots() {
   redis_options.host = config.redis_host;
   redis_options.port = config.redis_port;
   redis_options.cluster = config.cluster_name;
+  redis_options.user = config.redis_user;
+  if (!config.redis_password_file.empty()) {
+    std::ifstream in(config.redis_password_file);
+    if (!in || !std::getline(in, redis_options.password) || redis_options.password.empty()) {
+      return Error{
+          ErrorCode::kInvalidArgument,
+          "--redis-password-file: cannot read a password from " + config.redis_password_file};
+    }
+  }
   redis_options.on_event = [](const std::string& e) { logInfo("redis " + e); };
   auto made = persistence::RedisStore::make(redis_options, clock);
   if (!made) return Error{made.error().code, "--redis: " + made.error().message};

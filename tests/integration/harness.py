@@ -188,7 +188,8 @@ class Redis:
     """A redis-server of the test's own on a free loopback port, without persistence; stopped by
     PID. kill() and start() again (same port) simulate an outage."""
 
-    def __init__(self):
+    def __init__(self, password=None):
+        self.password = password  # requirepass, when given
         self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-redis-")
         self.port = free_port()
         self.proc = None
@@ -201,7 +202,8 @@ class Redis:
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.tmp.name],
+             "--appendonly", "no", "--dir", self.tmp.name,
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: self._ping(), timeout=10, what="redis-server to answer PING")
 
@@ -213,7 +215,8 @@ class Redis:
 
     def cli(self, *args):
         """Runs one command through redis-cli; returns its output without the trailing newline."""
-        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *auth, *args],
                            capture_output=True, text=True, timeout=10)
         if p.returncode != 0:
             raise OSError(p.stderr)

@@ -15,7 +15,7 @@ import threading
 import unittest
 import urllib.parse
 
-from harness import BIN, ROOT, Node, run_tool, wait_until
+from harness import BIN, ROOT, Node, Redis, run_tool, wait_until
 
 CLUSTER = "sec"
 COMMON = ("--gossip-preset", "local", "--cluster-name", CLUSTER)
@@ -428,6 +428,33 @@ class StoreFloodTest(unittest.TestCase):
         metrics = node.metrics()
         self.assertIn(f"throttlex_store_refused_total {refused + 1}", metrics)
         self.assertIn("throttlex_evictions_total 0", metrics)
+
+
+
+class RedisAuthTest(unittest.TestCase):
+    def test_the_snapshot_store_is_used_with_auth_and_a_wrong_password_never_fails_a_check(self):
+        redis = Redis(password="s3cret-pass")
+        self.addCleanup(redis.stop)
+        tmp = tempfile.TemporaryDirectory(prefix="throttlex-redis-auth-")
+        self.addCleanup(tmp.cleanup)
+        right, wrong = os.path.join(tmp.name, "right"), os.path.join(tmp.name, "wrong")
+        for path, text in ((right, "s3cret-pass\n"), (wrong, "guess\n")):
+            with open(path, "w") as f:
+                f.write(text)
+        good = Node("--node-id", "auth-ok", "--redis", redis.address, "--redis-password-file",
+                    right)
+        self.addCleanup(good.kill)
+        good.wait_for_log(r"redis connected to", timeout=10)
+        self.assertEqual(good.request("GET", "/v1/check?key=a&limit=5&period=1m")[0], 200)
+        code, out, err = run_tool("throttlectl", "--node", good.rpc_address, "snapshot")
+        self.assertEqual(code, 0, err)
+        self.assertNotEqual(redis.cli("DBSIZE"), "0")  # written, through AUTH
+        bad = Node("--node-id", "auth-bad", "--redis", redis.address, "--redis-password-file",
+                   wrong)
+        self.addCleanup(bad.kill)
+        bad.wait_for_log(r"redis AUTH failed", timeout=10)
+        self.assertNotRegex("".join(bad.log_lines), r"redis connected to")
+        self.assertEqual(bad.request("GET", "/v1/check?key=b&limit=5&period=1m")[0], 200)
 
 
 if __name__ == "__main__":
