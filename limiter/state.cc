@@ -177,6 +177,18 @@ Decision decideSliding(const Limit& limit, State& state, std::uint64_t cost, std
 
 }  // namespace
 
+bool plausibleAt(const State& state, std::int64_t now_ms) {
+  if (state.empty()) return false;
+  const auto tag = static_cast<int>(state.tag());
+  if (tag < 1 || tag > kAlgorithmCount) return false;
+  constexpr std::int64_t kSkewMs = 60'000;
+  const bool window =
+      state.tag() == Algorithm::kFixedWindow || state.tag() == Algorithm::kSlidingWindow;
+  const std::int64_t reach_ms =
+      (window ? 2 * kMaxPeriod.count() : kMaxRefillTime.count()) / kNsPerMs;
+  return state.expiryMs() <= now_ms + reach_ms + kSkewMs;
+}
+
 Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now_tp) {
   const std::int64_t now =
       std::clamp<std::int64_t>(now_tp.time_since_epoch().count(), 0, kMaxTimeNs);

@@ -42,6 +42,13 @@ inline constexpr std::int64_t kMaxTimeNs =
     static_cast<std::int64_t>(State::kExpiryMask) * 1'000'000 - kMaxRefillTime.count() -
     2 * kMaxPeriod.count();
 
+// Whether `state`, read from outside (a snapshot, a handoff), could have been written by decide()
+// at or before `now_ms` under some valid limit: a known algorithm tag, and an expiry no later than
+// the longest a limit allows (a bucket: kMaxRefillTime; windows: two periods of kMaxPeriod) plus a
+// minute for clocks that disagree. Without the rule it cannot be narrower: a key's rule is not
+// known where states are restored.
+bool plausibleAt(const State& state, std::int64_t now_ms);
+
 // Decides one request. `state` must be empty or hold state of limit.algorithm() written by this
 // function. When the request is admitted, `state` is updated; a denied request or a cost-0 read
 // changes nothing that matters (the state may be normalised). Cost 0 reads: allowed = remaining >

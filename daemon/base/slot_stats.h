@@ -27,6 +27,8 @@ enum class StatKind : std::uint8_t { kGauge, kCounter };
     "Slots opened by their deadline before all their state arrived", "", "")                      \
   X(recovered_entries, "throttlex_recovery_entries_total", kCounter,                              \
     "Entries read from the snapshot store", "", "")                                               \
+  X(implausible, "throttlex_recovery_implausible_entries_total", kCounter,                        \
+    "Snapshot entries no valid limit could have written (dropped)", "", "")                       \
   X(handoffs_sent, "throttlex_handoffs_total", kCounter, "Completed slot handoffs, by direction", \
     "direction", "sent")                                                                          \
   X(handoffs_received, "throttlex_handoffs_total", kCounter,                                      \
@@ -38,7 +40,7 @@ enum class StatKind : std::uint8_t { kGauge, kCounter };
   X(handoff_failures, "throttlex_handoff_failures_total", kCounter,                               \
     "Failed handoff calls (the state stayed on the sender)", "", "")                              \
   X(malformed_received, "throttlex_handoff_malformed_entries_total", kCounter,                    \
-    "Handoff entries received that were malformed (skipped)", "", "")                             \
+    "Handoff entries received that were malformed or implausible (skipped)", "", "")              \
   X(claims, "throttlex_slot_claims_total", kCounter,                                              \
     "Slots decided here before this node's ring said so (a handoff from their owner came first)", \
     "", "")

@@ -193,25 +193,32 @@ class Acceptor {
         connections_(connections) {}
 
   // KJ's accept() makes the accept syscall at once and throws its failure (EMFILE) from the
-  // call itself, not through the promise: evalNow() turns that into a rejection retry() sees.
+  // call itself, not through the promise: that is caught here and retried like a rejection.
+  // (Not with kj::evalNow: the broken promise it makes trips UBSan's vptr check across KJ.)
   kj::Promise<void> loop() {
     if (tls_ != nullptr) {
-      return kj::evalNow([this] { return listener_.acceptAuthenticated(); })
-          .then(
-              [this](kj::AuthenticatedStream stream) {
-                handshake(kj::mv(stream));
-                return loop();
-              },
-              [this](kj::Exception&& e) { return retry(kj::mv(e)); });
+      kj::Maybe<kj::Promise<kj::AuthenticatedStream>> next;
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { next = listener_.acceptAuthenticated(); })) {
+        return retry(kj::mv(*e));
+      }
+      return KJ_ASSERT_NONNULL(next).then(
+          [this](kj::AuthenticatedStream stream) {
+            handshake(kj::mv(stream));
+            return loop();
+          },
+          [this](kj::Exception&& e) { return retry(kj::mv(e)); });
     }
-    return kj::evalNow([this] { return listener_.accept(); })
-        .then(
-            [this](kj::Own<kj::AsyncIoStream> stream) {
-              enableKeepAlive(*stream);
-              adopt(kj::mv(stream), plain_);
-              return loop();
-            },
-            [this](kj::Exception&& e) { return retry(kj::mv(e)); });
+    kj::Maybe<kj::Promise<kj::Own<kj::AsyncIoStream>>> next;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] { next = listener_.accept(); })) {
+      return retry(kj::mv(*e));
+    }
+    return KJ_ASSERT_NONNULL(next).then(
+        [this](kj::Own<kj::AsyncIoStream> stream) {
+          enableKeepAlive(*stream);
+          adopt(kj::mv(stream), plain_);
+          return loop();
+        },
+        [this](kj::Exception&& e) { return retry(kj::mv(e)); });
   }
 
  private:

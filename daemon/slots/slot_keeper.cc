@@ -25,6 +25,10 @@ std::uint64_t getLe(const std::uint8_t* p) {
   return v;
 }
 
+std::int64_t unixMs(Time t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
 State mergeStates(const State& a, const State& b) {
   return persistence::moreConsumed(a, b);
 }
@@ -343,7 +347,13 @@ void SlotKeeper::recoverFromSnapshots(const std::vector<std::uint32_t>& slots, I
         continue;
       }
       const Time now = clock_.now();
-      for (const auto& e : *r) store_.merge(e.key, e.state, now, &mergeStates);
+      for (const auto& e : *r) {
+        if (plausibleAt(e.state, unixMs(now))) {
+          store_.merge(e.key, e.state, now, &mergeStates);
+        } else {
+          counters_.implausible.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
       entries += r->size();
       done = true;
     }
@@ -565,7 +575,7 @@ Result<std::uint64_t> SlotKeeper::receive(const std::string& from,
     const std::uint8_t* p = entries.data() + off;
     const KeyHash key{getLe(p), getLe(p + 8)};
     const State state{getLe(p + 16), getLe(p + 24)};
-    if ((key.hi == 0 && key.lo == 0) || state.empty()) {
+    if ((key.hi == 0 && key.lo == 0) || !plausibleAt(state, unixMs(now))) {
       ++malformed;
       continue;
     }

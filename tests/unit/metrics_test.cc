@@ -328,7 +328,7 @@ TEST_CASE(
   }
   THROTTLEX_SLOT_STATS(TEST_SLOT_CHECK)
 #undef TEST_SLOT_CHECK
-  CHECK(rows == 14);
+  CHECK(rows == 15);
   CHECK(rendered.find("throttlex_snapshot_") == std::string::npos);
   CHECK(rendered.find("throttlex_redis_") == std::string::npos);
 }

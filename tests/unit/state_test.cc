@@ -374,3 +374,27 @@ TEST_CASE("view decodes what decide stored") {
   CHECK(v.count == 3);
   CHECK(v.expiry_ms == (aligned + 3s).time_since_epoch() / 1ms);
 }
+
+TEST_CASE("restored states are checked: what decide() writes is plausible, forgeries are not") {
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(kStart.time_since_epoch()).count();
+  for (Algorithm a : {Algorithm::kTokenBucket, Algorithm::kLeakyBucket, Algorithm::kGcra,
+                      Algorithm::kFixedWindow, Algorithm::kSlidingWindow}) {
+    State s;
+    const bool bucket = a != Algorithm::kFixedWindow && a != Algorithm::kSlidingWindow;
+    // Near the longest a real state can reach: a year-long period, a bucket of 10 years' refill.
+    const Limit l = mustMake(a, 10, kMaxPeriod, bucket ? 100 : 0);
+    REQUIRE(decide(l, s, bucket ? 100 : 10, kStart).allowed);
+    CHECK(plausibleAt(s, now_ms));
+  }
+  CHECK_FALSE(plausibleAt(State{}, now_ms));
+  State forged;
+  forged.w0 = (std::uint64_t{7} << 61) | (static_cast<std::uint64_t>(now_ms) << 18);  // no tag 7
+  CHECK_FALSE(plausibleAt(forged, now_ms));
+  // A fixed window whose end is 3 years away: no period is that long.
+  const auto three_years_ms = std::int64_t{3} * 365 * 24 * 3600 * 1000;
+  forged.w0 = (std::uint64_t{static_cast<std::uint8_t>(Algorithm::kFixedWindow)} << 61) |
+              (static_cast<std::uint64_t>(now_ms + three_years_ms) << 18);
+  forged.w1 = 5;
+  CHECK_FALSE(plausibleAt(forged, now_ms));
+}
