@@ -6,8 +6,9 @@
 //   rpc-forge --node HOST:PORT [...] handoff --slot S  prints: error=<code> merged=M
 //
 // `checks` sends C single-check batches marked as forwarded H times (a peer's batches carry
-// hops > 0; at the hop limit the receiver decides them itself). `handoff` sends one entry for
-// slot S that claims a fully spent state.
+// hops > 0; past the hop limit the receiver decides them itself). `handoff` sends one entry for
+// slot S that claims a spent bucket for the next minute.
+#include <chrono>
 #include <cstdint>
 #include <iostream>
 #include <string>
@@ -110,8 +111,17 @@ int main(int argc, char** argv) {
       req.setVersion(proto::PROTOCOL_VERSION);
       req.setFrom("rpc-forge");
       req.initSlots(1).set(0, static_cast<std::uint16_t>(slot));
+      // Key hash all ones; a token-bucket state (tag 1) full until a minute from now: plausible,
+      // and what a spent bucket looks like.
       kj::byte entry[32];
-      for (auto& b : entry) b = 0xff;
+      for (int i = 0; i < 16; ++i) entry[i] = 0xff;
+      const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      const std::uint64_t w0 =
+          (std::uint64_t{1} << 61) | (static_cast<std::uint64_t>(now_ms + 60'000) << 18);
+      for (int i = 0; i < 8; ++i) entry[16 + i] = static_cast<kj::byte>(w0 >> (8 * i));
+      for (int i = 0; i < 8; ++i) entry[24 + i] = 0;
       req.setEntries(kj::arrayPtr(entry, sizeof entry));
       auto r = req.send().wait(io.waitScope);
       std::cout << "error=" << codeName(r.getError().getCode()) << " merged=" << r.getMerged()
