@@ -12,7 +12,7 @@ Timing Timing::local() {
   t.indirect_checks = 3;
   t.suspicion_mult = 3;
   t.suspicion_max_mult = 6;
-  t.retransmit_mult = 2;
+  t.retransmit_mult = 6;  // memberlist: 2; see docs/gossip.md (a join missed at n = 6)
   t.gossip_interval = milliseconds(100);
   t.gossip_nodes = 3;
   t.gossip_to_the_dead = seconds(15);

@@ -4,6 +4,7 @@ Every node listens on ports chosen by the kernel (port 0); the harness reads the
 the daemon's "ready:" log line, so tests can run side by side. Processes are stopped by PID.
 """
 import http.client
+import json
 import os
 import pathlib
 import re
@@ -175,6 +176,45 @@ def wait_until(condition, timeout=10.0, interval=0.05, what="the condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+JOIN_TIMEOUT = 20.0
+
+
+def cluster_members(node):
+    """GET /v1/cluster: {node id: member} as the node sees it (state, incarnation, addresses)."""
+    status, _, body = node.request("GET", "/v1/cluster")
+    assert status == 200, body
+    return {m["node_id"]: m for m in json.loads(body)["members"]}
+
+
+def cluster_view(node):
+    return {member: m["state"] for member, m in cluster_members(node).items()}
+
+
+def alive_members(node):
+    return {member for member, state in cluster_view(node).items() if state == "alive"}
+
+
+def wait_for_view(nodes, timeout=JOIN_TIMEOUT):
+    """Until each of `nodes` sees exactly `nodes` alive. On a timeout, the failure says what every
+    node saw (state and incarnation of each member), so that a slow join can be told apart from a
+    member that is suspected or gone."""
+    everyone = {n.node_id for n in nodes}
+    for n in nodes:
+        try:
+            wait_until(lambda n=n: alive_members(n) == everyone, timeout=timeout,
+                       what=f"{n.node_id} to see {sorted(everyone)} alive")
+        except AssertionError as e:
+            views = []
+            for other in nodes:
+                try:
+                    members = cluster_members(other)
+                    views.append(f"  {other.node_id}: " + ", ".join(
+                        f"{k} {m['state']}@{m.get('incarnation')}" for k, m in sorted(members.items())))
+                except (AssertionError, OSError) as why:
+                    views.append(f"  {other.node_id}: no view ({why})")
+            raise AssertionError(f"{e}; views:\n" + "\n".join(views)) from None
 
 
 def free_port():

@@ -4,13 +4,7 @@ import json
 import signal
 import unittest
 
-from harness import Node, run_tool
-
-
-def cluster_view(node):
-    status, _, body = node.request("GET", "/v1/cluster")
-    assert status == 200, body
-    return {m["node_id"]: m["state"] for m in json.loads(body)["members"]}
+from harness import Node, cluster_view, run_tool
 
 
 class MembershipTest(unittest.TestCase):

@@ -25,12 +25,11 @@ import unittest
 import urllib.parse
 import uuid
 
-from harness import Node, run_tool, wait_until
+from harness import Node, cluster_view, run_tool, wait_for_view, wait_until
 
 ALGORITHMS = ("token_bucket", "leaky_bucket", "gcra", "fixed_window", "sliding_window")
 ROUTES = ("local", "forwarded", "degraded")
 DAY_MS = 86_400_000
-JOIN_TIMEOUT = 20.0
 DEATH_TIMEOUT = 30.0
 
 
@@ -53,25 +52,12 @@ def start_cluster(size, tag):
         nodes.append(Node("--node-id", f"{tag}1", *common))
         for i in range(2, size + 1):
             nodes.append(Node("--node-id", f"{tag}{i}", "--join", nodes[0].gossip_address, *common))
-        everyone = {n.node_id for n in nodes}
-        for n in nodes:
-            wait_until(lambda: alive_members(n) == everyone, timeout=JOIN_TIMEOUT,
-                       what=f"{n.node_id} to see {sorted(everyone)} alive")
+        wait_for_view(nodes)
         return nodes
     except BaseException:
         for n in nodes:
             n.kill()
         raise
-
-
-def cluster_view(node):
-    status, _, body = node.request("GET", "/v1/cluster")
-    assert status == 200, body
-    return {m["node_id"]: m["state"] for m in json.loads(body)["members"]}
-
-
-def alive_members(node):
-    return {member for member, state in cluster_view(node).items() if state == "alive"}
 
 
 def post_checks(node, checks):

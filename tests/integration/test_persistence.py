@@ -26,9 +26,8 @@ import time
 import unittest
 import uuid
 
-from harness import Node, Redis, metric_value, run_tool, wait_until
+from harness import Node, Redis, alive_members, metric_value, run_tool, wait_for_view, wait_until
 
-JOIN_TIMEOUT = 20.0
 DAY = 86_400_000  # ms: limits of a day barely refill while a test runs
 
 
@@ -39,19 +38,6 @@ def post_checks(node, checks):
     results = json.loads(body)["results"]
     assert len(results) == len(checks), body
     return results
-
-
-def alive_members(node):
-    status, _, body = node.request("GET", "/v1/cluster")
-    assert status == 200, body
-    return {m["node_id"] for m in json.loads(body)["members"] if m["state"] == "alive"}
-
-
-def wait_for_view(nodes, timeout=JOIN_TIMEOUT):
-    everyone = {n.node_id for n in nodes}
-    for n in nodes:
-        wait_until(lambda n=n: alive_members(n) == everyone, timeout=timeout,
-                   what=f"{n.node_id} to see {sorted(everyone)} alive")
 
 
 def wait_for_snapshots(nodes):

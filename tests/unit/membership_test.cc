@@ -3,6 +3,7 @@
 
 #include <limits>
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <memory>
@@ -739,4 +740,48 @@ TEST_CASE("indirect probes keep a member alive behind one broken link") {
   CHECK(h.countEvents(EventType::kDead, "node-1") == 0);
   CHECK(h.node(0).counters().indirect_probes > 0);
   CHECK(h.converged());
+}
+
+TEST_CASE(
+    "a node joining a running cluster is known everywhere by gossip, not by the next push/pull") {
+  // A newcomer's `alive` must reach every member through gossip, on a lossy, slow network too:
+  // with memberlist's local multiplier (2 sends per update at n = 6) 1 seed in 100 waited for
+  // the next push/pull, up to 17 s, and a loaded CI run timed out waiting for the view.
+  SimNetwork::LinkFaults faults;
+  faults.loss = 0.05;
+  faults.min_delay = milliseconds(1);
+  faults.max_delay = milliseconds(400);
+  for (auto [name, timing] :
+       {std::pair{"local", Timing::local()}, std::pair{"lan", Timing::lan()}}) {
+    std::vector<Duration> took;
+    for (std::uint64_t seed = 0; seed < 40; ++seed) {
+      Harness h(6, 500 + seed, timing, faults);
+      for (std::size_t i = 1; i < 5; ++i) h.node(i).join({Harness::addressOf(0)}, h.now());
+      REQUIRE(h.runUntil(
+          [&] {
+            for (std::size_t i = 0; i < 5; ++i) {
+              if (h.node(i).count(MemberState::kAlive) != 5) return false;
+            }
+            return true;
+          },
+          seconds(30)));
+      h.run(seconds(5));  // broadcasts of the first joins have died out
+      h.node(5).join({Harness::addressOf(0)}, h.now());
+      Time start = h.now();
+      CHECK(h.runUntil(
+          [&] {
+            return h.allSee(Harness::idOf(5), MemberState::kAlive) &&
+                   h.node(5).count(MemberState::kAlive) == 6;
+          },
+          timing.push_pull_interval / 5));
+      took.push_back(h.now() - start);
+    }
+    std::sort(took.begin(), took.end());
+    MESSAGE(
+        std::string(name) << ": the sixth node known everywhere after median "
+                          << std::chrono::duration_cast<milliseconds>(took[took.size() / 2]).count()
+                          << " ms, at most "
+                          << std::chrono::duration_cast<milliseconds>(took.back()).count()
+                          << " ms");
+  }
 }
