@@ -9,9 +9,9 @@
 #include <mutex>
 
 #include <prometheus/collectable.h>
-#include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 
+#include "daemon/http/http_server.h"
 #include "limiter/mutex.h"
 #include "limiter/store.h"
 
@@ -82,10 +82,6 @@ struct Metrics::Impl final : prometheus::Collectable {
   const std::uint64_t id;
   mutable Mutex mu;
   std::vector<std::unique_ptr<Slot>> slots GUARDED_BY(mu);  // slots are never removed
-};
-
-struct Metrics::Exposer {
-  std::unique_ptr<prometheus::Exposer> exposer;
 };
 
 Metrics::Metrics(Options options) : impl_(std::make_shared<Impl>(std::move(options))) {}
@@ -451,30 +447,38 @@ std::string Metrics::render() const {
   return prometheus::TextSerializer().Serialize(impl_->Collect());
 }
 
-// Connections the metrics endpoint serves at once (each holds a civetweb thread).
-constexpr int kMetricsThreads = 8;
-
-Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port) {
-  auto e = std::make_unique<Exposer>();
-  // civetweb wants IPv6 addresses in brackets ("[::]:9464").
-  const bool v6 = bind_address.find(':') != std::string::npos && bind_address.front() != '[';
-  const std::string address =
-      (v6 ? "[" + bind_address + "]" : bind_address) + ":" + std::to_string(port);
-  try {  // civetweb reports a failed bind by exception; turn it into a value here
-    // civetweb serves one connection per thread, and a connection that sends nothing holds its
-    // thread until the request timeout (30 s by default): two idle connections blocked every
-    // scrape. More threads, and a connection must send its request within 2 s.
-    e->exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-        "listening_ports", address, "num_threads", std::to_string(kMetricsThreads),
-        "request_timeout_ms", "2000", "enable_keep_alive", "no"});
-  } catch (const std::exception& ex) {
-    return Error{ErrorCode::kUnavailable, "cannot serve metrics on " + address + ": " + ex.what()};
+Result<int> Metrics::serve(const std::string& bind_address, std::uint16_t port,
+                           const Clock& clock) {
+  HttpServerOptions o;
+  o.bind_address = bind_address;
+  o.port = port;
+  o.threads = 1;            // scrapes are rare; the hot path never waits for this thread
+  o.max_body_bytes = 0;     // a scrape has no body
+  o.max_connections = 256;  // well below the descriptor limit
+  o.idle_timeout = std::chrono::seconds(30);
+  o.request_timeout = std::chrono::seconds(5);
+  auto started = HttpServer::start(o, clock, [impl = impl_](HttpRequest& req, HttpRespond respond) {
+    if (req.path != "/metrics") {
+      respond(problemResponse(404, "Not Found", "only /metrics is served here"));
+      return;
+    }
+    if (req.method != "GET" && req.method != "HEAD") {
+      HttpResponse r = problemResponse(405, "Method Not Allowed", "use GET /metrics");
+      r.headers.emplace_back("Allow", "GET, HEAD");
+      respond(std::move(r));
+      return;
+    }
+    HttpResponse r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = prometheus::TextSerializer().Serialize(impl->Collect());
+    respond(std::move(r));
+  });
+  if (!started) {
+    return Error{started.error().code, "cannot serve metrics on " + bind_address + ":" +
+                                           std::to_string(port) + ": " + started.error().message};
   }
-  e->exposer->RegisterCollectable(impl_);
-  const auto ports = e->exposer->GetListeningPorts();
-  exposer_ = std::move(e);
-  if (ports.empty()) return Error{ErrorCode::kUnavailable, "metrics server bound no port"};
-  return ports.front();
+  server_ = std::move(*started);
+  return server_->port();
 }
 
 }  // namespace throttlex

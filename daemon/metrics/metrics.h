@@ -23,6 +23,7 @@ namespace throttlex {
 enum class Api : std::uint8_t { kHttp = 0, kRpc = 1 };
 enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
 
+class HttpServer;
 class Store;
 
 // Snapshots, recovery and handoffs (docs/persistence.md), for /metrics.
@@ -58,16 +59,16 @@ class Metrics {
   // The Prometheus text exposition of everything (for tests and the /metrics endpoint).
   std::string render() const;
 
-  // Starts serving GET /metrics on bind_address:port (prometheus-cpp's Exposer). port 0: any.
-  // Returns the bound port, or an error (address in use, bad address).
-  struct Exposer;
-  Result<int> serve(const std::string& bind_address, std::uint16_t port);
+  // Starts serving GET /metrics on bind_address:port, on a thread of its own (our Asio HTTP
+  // server: idle or slow connections cost a socket each and never hold up a scrape). port 0: any.
+  // Returns the bound port, or an error (address in use, bad address). `clock` must outlive this.
+  Result<int> serve(const std::string& bind_address, std::uint16_t port, const Clock& clock);
 
   struct Impl;
 
  private:
   std::shared_ptr<Impl> impl_;
-  std::unique_ptr<Exposer> exposer_;
+  std::unique_ptr<HttpServer> server_;
 };
 
 }  // namespace throttlex

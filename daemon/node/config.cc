@@ -33,6 +33,7 @@ std::vector<std::string> splitList(const std::string& text) {
 struct Options {
   Config c;
   std::string join;
+  std::string inline_limits = "on";
 };
 
 // Gossip keys and RPC TLS (docs/security.md).
@@ -57,13 +58,8 @@ void defineSecurity(CLI::App& app, Config& c) {
   app.add_option("--tls-key", c.tls_key, "RPC TLS: the private key of --tls-cert (PEM)");
 }
 
-void define(CLI::App& app, Options& o) {
-  Config& c = o.c;
-  app.add_option("--config", c.config_file,
-                 "Config file: TOML 'key = value' lines using the long option names");
-  app.add_option("--node-id", c.node_id,
-                 "Unique node id (default: <hostname>:<http-port>, or <hostname>:pid<pid> with "
-                 "--http-port 0)");
+// Where the node listens and how it is reached.
+void defineListeners(CLI::App& app, Config& c) {
   app.add_option("--bind", c.bind, "Address all listeners bind")->capture_default_str();
   app.add_option("--advertise", c.advertise,
                  "Address other nodes and clients reach this node at (default: --bind, or the "
@@ -73,6 +69,23 @@ void define(CLI::App& app, Options& o) {
       ->capture_default_str();
   app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
   app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")
+      ->capture_default_str();
+  app.add_option("--metrics-bind", c.metrics_bind,
+                 "Address /metrics binds, e.g. an internal interface (default: --bind)");
+}
+
+void define(CLI::App& app, Options& o) {
+  Config& c = o.c;
+  app.add_option("--config", c.config_file,
+                 "Config file: TOML 'key = value' lines using the long option names");
+  app.add_option("--node-id", c.node_id,
+                 "Unique node id (default: <hostname>:<http-port>, or <hostname>:pid<pid> with "
+                 "--http-port 0)");
+  defineListeners(app, c);
+  app.add_option("--inline-limits", o.inline_limits,
+                 "on: callers may send a limit with each check; off: named rules only (for "
+                 "untrusted callers; forwarded checks are not affected)")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   app.add_option("--join", o.join, "Comma-separated host:port gossip seeds to join");
   app.add_option("--cluster-name", c.cluster_name,
@@ -197,6 +210,7 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
 
   Config c = o.c;
   c.join = splitList(o.join);
+  c.inline_limits = o.inline_limits == "on";
   c.gossip_timing = c.gossip_preset == "local" ? gossip::Timing::local()
                     : c.gossip_preset == "wan" ? gossip::Timing::wan()
                                                : gossip::Timing::lan();
@@ -206,6 +220,7 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
     c.redis_port = static_cast<std::uint16_t>(std::stoi(c.redis.substr(colon + 1)));
   }
   c.lazy_recovery = c.recovery == "lazy";
+  if (c.metrics_bind.empty()) c.metrics_bind = c.bind;
   if (c.advertise.empty())
     c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
   if (c.node_id.empty()) {

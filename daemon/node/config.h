@@ -22,6 +22,9 @@ struct Config {
   std::uint16_t rpc_port = 7400;
   std::uint16_t gossip_port = 7946;
   std::uint16_t metrics_port = 9464;
+  // Address /metrics binds (e.g. an internal network only, or 127.0.0.1 beside a local agent);
+  // default: bind.
+  std::string metrics_bind;
   std::vector<std::string> join;           // seed host:port list (gossip)
   std::string cluster_name = "throttlex";  // gossip packets of other clusters are dropped
   std::string gossip_preset = "lan";       // local | lan | wan timing, as given
@@ -36,8 +39,9 @@ struct Config {
   std::string redis_user;           // ACL user for AUTH; empty: the default user
   std::string redis_password_file;  // AUTH password, read from this file; empty: no AUTH
   std::uint16_t redis_port = 0;
-  std::string rules;                    // rules file (YAML)
-  int threads = 0;                      // worker threads per API; 0: one per core
+  std::string rules;          // rules file (YAML)
+  bool inline_limits = true;  // off: checks entering here must name a rule (docs/security.md)
+  int threads = 0;            // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
   int owner_silence_ms = 500;           // T: owners silent for less are never decided for elsewhere
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis

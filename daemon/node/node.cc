@@ -228,7 +228,8 @@ Status Node::Parts::startRouting(RuleSet rules) {
   if (!f) return Error{f.error().code, "forwarder: " + f.error().message};
   forwarder = std::move(*f);
   forwarder->setKeeper(keeper.get());
-  router = std::make_unique<Router>(*service, &ring, forwarder.get(), keeper.get());
+  router = std::make_unique<Router>(*service, &ring, forwarder.get(), keeper.get(),
+                                    config.inline_limits);
   keeper->setRouter(router.get());
   keeper->recoverAll();  // with --redis / --join: every slot waits for its snapshot / the cluster
   return Ok{};
@@ -248,7 +249,10 @@ NodeInfo Node::Parts::info() const {
   i.node_id = config.node_id;
   i.http_address = address(http_port);
   i.rpc_address = address(rpc_port);
-  i.metrics_address = address(metrics_port);
+  i.metrics_address = config.metrics_bind == config.bind || config.metrics_bind == "0.0.0.0" ||
+                              config.metrics_bind == "::"
+                          ? address(metrics_port)
+                          : config.metrics_bind + ":" + std::to_string(metrics_port.load());
   i.uptime_ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(clock.monotonic() - started).count());
   const StoreStats st = store->stats();
@@ -279,9 +283,11 @@ Status Node::Parts::startApis() {
         return c != nullptr ? c->stats() : ClusterStats{};
       },
       [this] { return forwarder->stats(); }, [this] { return persistenceStats(); }});
-  auto metrics_bound = metrics->serve(config.bind, config.metrics_port);
-  if (!metrics_bound)
-    return Error{metrics_bound.error().code, "--metrics-port: " + metrics_bound.error().message};
+  auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
+  if (!metrics_bound) {
+    return Error{metrics_bound.error().code,
+                 "--metrics-bind/--metrics-port: " + metrics_bound.error().message};
+  }
   metrics_port = *metrics_bound;
 
   control.handoff = [this](const std::string& from, std::span<const std::uint16_t> slots,
@@ -418,7 +424,7 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
   parts->api->setReady(true);
   logInfo("throttlexd " + std::string(kVersion) + " node " + config.node_id + " ready: http " +
           config.bind + ":" + std::to_string(parts->http->port()) + ", rpc " + config.bind + ":" +
-          std::to_string(parts->rpc->port()) + ", metrics " + config.bind + ":" +
+          std::to_string(parts->rpc->port()) + ", metrics " + config.metrics_bind + ":" +
           std::to_string(parts->metrics_port.load()) + ", gossip " + config.bind + ":" +
           std::to_string(parts->cluster->port()) + ", " + std::to_string(config.threads) +
           " threads, " + std::to_string(parts->service->rules().size()) + " rules");

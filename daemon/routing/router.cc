@@ -3,10 +3,19 @@
 namespace throttlex {
 
 Router::Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
-               SlotGate* keeper)
-    : service_(service), ring_(ring), forwarder_(forwarder), keeper_(keeper) {}
+               SlotGate* keeper, bool inline_limits)
+    : service_(service),
+      ring_(ring),
+      forwarder_(forwarder),
+      keeper_(keeper),
+      inline_limits_(inline_limits) {}
 
 namespace {
+
+Error inlineRefused() {
+  return {ErrorCode::kPermissionDenied,
+          "inline limits are switched off on this node (--inline-limits off): name a rule"};
+}
 
 // Errors every node would give alike are given here (LimiterService::check says which).
 bool routable(const CheckArgs& args) {
@@ -85,6 +94,7 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
 
 std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
                                                   Forwarding& forwarding) {
+  if (refused(args, hops)) return inlineRefused();
   Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   std::uint32_t slot = 0;
   forwarding.hops = hops;
@@ -105,6 +115,30 @@ std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::ui
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                               std::vector<Result<CheckOutcome>>& out) {
+  std::size_t refusals = 0;
+  for (const CheckArgs& a : args) refusals += refused(a, hops) ? 1u : 0u;
+  if (refusals == 0) return checkRouted(args, hops, out);
+  // Route the rest as a batch of its own; refused ones answer here, in their place.
+  std::vector<CheckArgs> rest;
+  std::vector<std::size_t> rest_index;
+  rest.reserve(args.size() - refusals);
+  rest_index.reserve(args.size() - refusals);
+  out.assign(args.size(), Result<CheckOutcome>(inlineRefused()));
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (refused(args[i], hops)) continue;
+    rest.push_back(args[i]);
+    rest_index.push_back(i);
+  }
+  std::vector<Result<CheckOutcome>> decided;
+  Forwarding forwarding = checkRouted(rest, hops, decided);
+  for (std::size_t j = 0; j < rest.size(); ++j) out[rest_index[j]] = std::move(decided[j]);
+  for (auto& i : forwarding.indices) i = rest_index[i];
+  for (auto& i : forwarding.parked_indices) i = rest_index[i];
+  return forwarding;
+}
+
+Forwarding Router::checkRouted(std::span<const CheckArgs> args, std::uint8_t hops,
+                               std::vector<Result<CheckOutcome>>& out) {
   Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   Forwarding forwarding;
   forwarding.hops = hops;

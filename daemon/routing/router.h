@@ -9,7 +9,10 @@
 //    node's ring, and past the limit to the member that holds its slot's state (a slot moved or
 //    just handed over), up to kMaxHops + 3 hops; it waits here while the state is on the way,
 //  - it is invalid in a way this node can see (bad key, bad inline limit): the error is the same
-//    everywhere, so there is nothing to ask the owner.
+//    everywhere, so there is nothing to ask the owner,
+//  - it enters here (hops 0) with an inline limit while inline limits are off (--inline-limits
+//    off): refused with kPermissionDenied, named rules only. Checks forwarded by peers carry the
+//    limit their entry node accepted and are not refused again.
 #pragma once
 
 #include <cstdint>
@@ -42,8 +45,9 @@ class Router {
  public:
   // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
   // (no recovery or handoff): then every slot is open.
+  // `inline_limits` false: checks entering here must name a rule.
   Router(LimiterService& service, const RingHolder* ring, Forwarder* forwarder,
-         SlotGate* keeper = nullptr);
+         SlotGate* keeper = nullptr, bool inline_limits = true);
 
   // One check: decided here (returns the outcome) or, when another node owns it, nullopt and
   // `forwarding` holds it (index 0) for forward().
@@ -69,11 +73,17 @@ class Router {
   Where where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
               std::uint32_t& slot) const;
   const RingView* viewFor(std::uint8_t hops) const;
+  bool refused(const CheckArgs& args, std::uint8_t hops) const {
+    return !inline_limits_ && hops == 0 && args.rule.empty();
+  }
+  Forwarding checkRouted(std::span<const CheckArgs> args, std::uint8_t hops,
+                         std::vector<Result<CheckOutcome>>& out);
 
   LimiterService& service_;
   const RingHolder* const ring_;
   Forwarder* const forwarder_;
   SlotGate* const keeper_;
+  const bool inline_limits_;
 };
 
 }  // namespace throttlex

@@ -6,12 +6,14 @@ under load with no member lost and no check failed.
 RPC TLS and roles (rpc-forge, throttlectl): no certificate, no connection; a client certificate
 may check but not change rules, reset, drain or hand off, and cannot make a non-owner decide a key
 by marking its checks as forwarded; state is unchanged after every refusal."""
+import http.client
 import json
 import os
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 import urllib.parse
 
@@ -394,6 +396,76 @@ class ListenerTest(unittest.TestCase):
         self.assertEqual(node.request("GET", "/readyz")[0], 200)
         self.assertIsNone(node.proc.poll())
 
+    def test_a_scrape_answers_within_a_second_with_50_idle_connections_held(self):
+        # /metrics on an address of its own; 127.0.0.2 is loopback too, but not the API's address.
+        node = Node("--node-id", "scrape", "--metrics-bind", "127.0.0.2")
+        self.addCleanup(node.kill)
+        node.wait_for_log(rf"metrics 127\.0\.0\.2:{node.metrics_port}\b", timeout=1)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", node.metrics_port), timeout=5).close()
+        self.assertEqual(node.request("GET", "/v1/check?key=s&limit=5&period=1m")[0], 200)
+        held = []
+        try:
+            for i in range(50):  # half say nothing, half stop in the middle of their request
+                s = socket.create_connection(("127.0.0.2", node.metrics_port), timeout=5)
+                if i % 2:
+                    s.sendall(b"GET /metr")
+                held.append(s)
+            started = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.2", node.metrics_port, timeout=10)
+            try:
+                conn.request("GET", "/metrics")
+                r = conn.getresponse()
+                body = r.read().decode()
+            finally:
+                conn.close()
+            took = time.monotonic() - started
+            print(f"\nscrape with 50 idle connections held: {took * 1000:.1f} ms")
+            self.assertEqual(r.status, 200)
+            self.assertIn('throttlex_requests_total{decision="allowed",route="local",api="http"} 1',
+                          body)
+            self.assertLess(took, 1.0)
+            # Only /metrics is served there.
+            conn = http.client.HTTPConnection("127.0.0.2", node.metrics_port, timeout=10)
+            try:
+                conn.request("GET", "/v1/check?key=s&limit=5&period=1m")
+                r = conn.getresponse()
+                self.assertEqual(r.status, 404)
+                self.assertEqual(r.getheader("Content-Type"), "application/problem+json")
+                r.read()
+            finally:
+                conn.close()
+        finally:
+            for s in held:
+                s.close()
+
+
+
+class InlineLimitsTest(unittest.TestCase):
+    def test_with_inline_limits_off_callers_can_only_name_rules(self):
+        node = Node("--node-id", "named", "--inline-limits", "off",
+                    rules="rules:\n  - {name: api, limit: 2, period: 1m}\n")
+        self.addCleanup(node.kill)
+        # A caller that sends its own (generous) limit is refused, over HTTP and RPC alike.
+        status, headers, body = node.request("GET", "/v1/check?key=u&limit=1000000&period=1s")
+        self.assertEqual(status, 403, body)
+        self.assertEqual(headers["content-type"], "application/problem+json")
+        self.assertIn("--inline-limits", json.loads(body)["detail"])
+        code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "check", "u",
+                                  "--limit", "1000000", "--period", "1s")
+        self.assertEqual(code, 4, out + err)
+        self.assertIn("permission_denied", out + err)
+        # Named rules work; in a batch, inline checks are refused in their place.
+        checks = [{"key": "u", "rule": "api"}, {"key": "u", "limit": 1000000, "period": "1s"},
+                  {"key": "u", "rule": "api"}, {"key": "u", "rule": "api"}]
+        status, _, body = node.request("POST", "/v1/check", body=json.dumps({"checks": checks}),
+                                       headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200, body)
+        results = json.loads(body)["results"]
+        self.assertEqual([r.get("allowed") for r in results], [True, None, True, False], results)
+        self.assertEqual(results[1]["error"]["status"], 403, results)
+        metrics = node.metrics()
+        self.assertIn("throttlex_keys 1", metrics)  # only the rule's key has state
 
 
 class StoreFloodTest(unittest.TestCase):

@@ -56,6 +56,18 @@ TEST_CASE("defaults: memory only, LAN gossip, eager recovery, T of 500 ms") {
   CHECK_FALSE(c.lazy_recovery);
   CHECK(c.owner_silence_ms == 500);
   CHECK(c.threads >= 1);  // 0 means one per core
+  CHECK(c.inline_limits);
+  CHECK(c.metrics_bind == c.bind);
+}
+
+TEST_CASE("named rules only, and /metrics on an address of its own") {
+  const Config c =
+      ok({"--inline-limits", "off", "--bind", "10.0.0.5", "--metrics-bind", "127.0.0.1"});
+  CHECK_FALSE(c.inline_limits);
+  CHECK(c.bind == "10.0.0.5");
+  CHECK(c.metrics_bind == "127.0.0.1");
+  CHECK(ok({"--inline-limits", "on"}).inline_limits);
+  CHECK(usageError({"--inline-limits", "no"}) == 2);
 }
 
 TEST_CASE("the Redis address, gossip preset and recovery mode are parsed once, typed") {

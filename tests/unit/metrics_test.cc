@@ -423,9 +423,10 @@ std::string get(int port) {
 }  // namespace
 
 TEST_CASE("serve on port 0 binds a free port and serves the scrape; a taken port is an error") {
+  SystemClock clock;
   Metrics m(named());
   m.recordRequest(Api::kHttp, RouteKind::kForwarded, Outcome::kLimited, 1ms);
-  const Result<int> port = m.serve("127.0.0.1", 0);
+  const Result<int> port = m.serve("127.0.0.1", 0, clock);
   REQUIRE(port.ok());
   CHECK(*port > 0);
   const std::string response = get(*port);
@@ -439,16 +440,18 @@ TEST_CASE("serve on port 0 binds a free port and serves the scrape; a taken port
 
   Listener taken;
   Metrics other(named());
-  const Result<int> refused = other.serve("127.0.0.1", taken.port());
+  const Result<int> refused = other.serve("127.0.0.1", taken.port(), clock);
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().code == ErrorCode::kUnavailable);
   CHECK(refused.error().message.find("127.0.0.1:" + std::to_string(taken.port())) !=
         std::string::npos);
-  // Idle connections (opened, nothing sent) do not block the scrape.
+  // Idle connections (opened, nothing sent) do not block the scrape: 50 of them held up a
+  // thread-per-connection server (8 threads, each freed after 2 s) past get()'s 10 s bound.
   std::vector<std::unique_ptr<IdleConnection>> idle;
-  for (int i = 0; i < 4; ++i) idle.push_back(std::make_unique<IdleConnection>(*port));
+  for (int i = 0; i < 50; ++i) idle.push_back(std::make_unique<IdleConnection>(*port));
   CHECK(get(*port).find(" 200 ") != std::string::npos);
   // The port the first one holds is taken too.
-  const Result<int> again = Metrics(named()).serve("127.0.0.1", static_cast<std::uint16_t>(*port));
+  const Result<int> again =
+      Metrics(named()).serve("127.0.0.1", static_cast<std::uint16_t>(*port), clock);
   CHECK_FALSE(again.ok());
 }

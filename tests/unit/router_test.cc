@@ -417,3 +417,46 @@ TEST_CASE("with a slot gate, a check at the hop limit goes to its owner once mor
   CHECK(past.empty());
   CHECK(n.entries() == 1);
 }
+
+TEST_CASE("with inline limits off, checks entering here must name a rule; forwarded ones pass") {
+  const Rule api{"api", {Algorithm::kTokenBucket, kLimit, 1h, 0}, false, DegradedPolicy::kShare};
+  Node n(RuleSet::make({api}).value());
+  Router strict(n.service, &n.ring, n.forwarder.get(), nullptr, /*inline_limits=*/false);
+  n.ring.publish(ringOf({"a", "b"}));
+  const auto here = keysOwnedBy({"a", "b"}, "a", 2, "api", "a");  // a's as inline keys too
+  const auto there = keysOwnedBy({"a", "b"}, "b", 2, "api");
+
+  Forwarding f;
+  const auto refused = strict.check(inlineCheck(here[0]), 0, f);
+  REQUIRE(refused.has_value());
+  REQUIRE_FALSE(refused->ok());
+  CHECK(refused->error().code == ErrorCode::kPermissionDenied);
+  CHECK(f.empty());
+  CHECK(n.entries() == 0);  // refused before anything was counted
+
+  // A batch: refused inline checks answer in their place; named ones are decided or forwarded,
+  // with their indices in the whole request.
+  const std::vector<CheckArgs> args = {inlineCheck(here[0]), ruleCheck(there[0], "api"),
+                                       ruleCheck(here[1], "api"), inlineCheck(there[1]),
+                                       ruleCheck(there[1], "api")};
+  std::vector<Result<CheckOutcome>> out;
+  const Forwarding batch = strict.checkBatch(args, 0, out);
+  REQUIRE(out.size() == args.size());
+  for (std::size_t i : {0u, 3u}) {
+    REQUIRE_FALSE(out[i].ok());
+    CHECK(out[i].error().code == ErrorCode::kPermissionDenied);
+  }
+  CHECK(batch.indices == std::vector<std::size_t>{1, 4});
+  REQUIRE(batch.checks.size() == 2);
+  CHECK(batch.checks[0].key == there[0]);
+  CHECK(batch.checks[1].key == there[1]);
+  REQUIRE(out[2].ok());
+  CHECK(out[2]->decision.remaining == kLimit - 1);
+
+  // A check a peer forwarded (hops 1) carries the limit its entry node accepted: decided.
+  Forwarding forwarded;
+  const auto decided = strict.check(inlineCheck(here[0]), 1, forwarded);
+  REQUIRE(decided.has_value());
+  REQUIRE(decided->ok());
+  CHECK((*decided)->decision.remaining == kLimit - 1);
+}
