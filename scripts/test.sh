@@ -2,8 +2,9 @@
 # Sets up a fresh Debian 12 machine (as root), builds, and runs the whole test suite:
 #   0. the formatting check (clang-format, .clang-format), the Release build with -Werror and
 #      clang-tidy (.clang-tidy),
-#   1. the unit tests under ASan+UBSan (build-asan/), then the integration tests against the
-#      ASan+UBSan throttlexd and throttlectl,
+#   1. the unit tests and the fuzz targets' corpus replay (fuzz/, docs/fuzzing.md) under
+#      ASan+UBSan (build-asan/), then the integration tests against the ASan+UBSan throttlexd and
+#      throttlectl,
 #   2. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
 #   3. every test in the Release build (build/). The last line is CTest's summary.
 # This is the README's test command and exactly what .ci/run runs.
@@ -35,11 +36,11 @@ run-clang-tidy -p build -quiet -j "$(nproc)" -extra-arg=-Wno-unknown-warning-opt
 }
 echo "clang-tidy: ${#tidy_sources[@]} files clean"
 
-echo "== unit tests under ASan+UBSan"
+echo "== unit tests and fuzz corpus replay under ASan+UBSan"
 cmake --preset asan >/dev/null
-mapfile -t asan_targets < <(ctest --test-dir build-asan -L '^(unit|adapter)$' -N | awk '/Test +#/ {print $3}')
+mapfile -t asan_targets < <(ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' -N | awk '/Test +#/ {print $3}')
 cmake --build build-asan --target "${asan_targets[@]}"
-ctest --test-dir build-asan -L '^(unit|adapter)$' --output-on-failure
+ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' --output-on-failure
 
 echo "== integration tests against the ASan+UBSan binaries"
 # The nodes, throttlectl and the forging tools of integration_security are the sanitizer build

@@ -1,5 +1,6 @@
 #include "daemon/service/rules.h"
 
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <set>
@@ -118,7 +119,56 @@ Result<RuleSet> RuleSet::make(std::vector<Rule> rules) {
   return set;
 }
 
+namespace {
+
+// yaml-cpp recurses once per level of nesting (its own guard stops at 1000 levels with the
+// message "bad file"): a rules file needs 4. Bounded before parsing, with the line named. Block
+// nesting is bounded by each line's indentation and leading "- ", "? " and ": " (their count bounds
+// the depth); flow nesting by the brackets open outside quotes and comments. Conservative: a
+// bracket inside a plain scalar counts too.
+constexpr std::size_t kMaxIndent = 256;
+constexpr int kMaxFlowDepth = 64;
+
+Status checkNesting(std::string_view text) {
+  int flow = 0;
+  std::size_t line = 1;
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t end = std::min(text.find('\n', i), text.size());
+    const std::string_view l = text.substr(i, end - i);
+    const std::size_t indent = l.find_first_not_of(" \t-?:");
+    if ((indent == std::string_view::npos ? l.size() : indent) > kMaxIndent) {
+      return invalidArgument("line " + std::to_string(line) + ": nested or indented deeper than " +
+                             std::to_string(kMaxIndent) + " columns");
+    }
+    char quote = 0;
+    for (std::size_t j = 0; j < l.size(); ++j) {
+      const char c = l[j];
+      if (quote != 0) {
+        if (c == quote) quote = 0;
+        continue;
+      }
+      if (c == '#' && (j == 0 || l[j - 1] == ' ' || l[j - 1] == '\t')) break;
+      if (c == '"' || c == '\'') {
+        quote = c;
+      } else if (c == '[' || c == '{') {
+        if (++flow > kMaxFlowDepth) {
+          return invalidArgument("line " + std::to_string(line) + ": brackets nested deeper than " +
+                                 std::to_string(kMaxFlowDepth) + " levels");
+        }
+      } else if ((c == ']' || c == '}') && flow > 0) {
+        --flow;
+      }
+    }
+    i = end + 1;
+    ++line;
+  }
+  return Ok{};
+}
+
+}  // namespace
+
 Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
+  if (auto nested = checkNesting(text); !nested) return nested.error();
   std::vector<Rule> rules;
   try {
     const YAML::Node root = YAML::Load(std::string(text));

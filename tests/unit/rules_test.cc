@@ -88,6 +88,27 @@ TEST_CASE("bad rules files are rejected with a message that names the problem") 
   }
 }
 
+TEST_CASE("nesting is bounded before the YAML parser recurses, and the line is named") {
+  // yaml-cpp recurses per level; 100,000 levels of brackets or of "- " would take its stack.
+  const std::string brackets = "rules:\n  - " + std::string(100'000, '[');
+  auto deep = RuleSet::parseYaml(brackets);
+  REQUIRE_FALSE(deep.ok());
+  CHECK(deep.error().message == "line 2: brackets nested deeper than 64 levels");
+  std::string dashes = "rules:\n";
+  for (int i = 0; i < 200; ++i) dashes += "- ";
+  dashes += "x\n";
+  auto seqs = RuleSet::parseYaml("# comment [[[[\n" + dashes);
+  REQUIRE_FALSE(seqs.ok());
+  CHECK(seqs.error().message == "line 3: nested or indented deeper than 256 columns");
+  // Brackets in quotes and comments do not count; ordinary files pass.
+  std::string quoted =
+      "rules:  # " + std::string(100, '[') + "\n  - {name: a, limit: 1, period: 1s}";
+  quoted += "\n# '" + std::string(100, '{') + "\n";
+  auto ok = RuleSet::parseYaml(quoted);
+  REQUIRE_MESSAGE(ok.ok(), ok.error().message);
+  CHECK(ok->size() == 1);
+}
+
 TEST_CASE("a missing rules file is a clear error") {
   auto set = RuleSet::loadFile("/nonexistent/rules.yaml");
   REQUIRE_FALSE(set.ok());

@@ -1,0 +1,153 @@
+// Writes the binary seed corpora of the fuzz targets (fuzz/corpus/*): real encodings of every
+// gossip message type, RPC check and checkBatch parameters, snapshot fields and values, and
+// handoff entries, made by the same code that sends them. The text seeds (http_api, rules_yaml)
+// are written by hand. Usage: fuzz-seeds fuzz/corpus
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "daemon/slots/slot_keeper.h"
+#include "gossip/codec.h"
+#include "limiter/key.h"
+#include "limiter/state.h"
+#include "limiter/store.h"
+#include "persistence/redis_layout.h"
+#include "proto/throttlex.capnp.h"
+
+using namespace throttlex;
+namespace fs = std::filesystem;
+
+namespace {
+
+void write(const fs::path& dir, const std::string& name, std::span<const std::uint8_t> bytes) {
+  fs::create_directories(dir);
+  std::ofstream out(dir / name, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+void write(const fs::path& dir, const std::string& name, const std::string& text) {
+  write(dir, name, std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+}
+
+void gossipSeeds(const fs::path& dir) {
+  using namespace gossip;
+  Update alive{MemberState::kAlive,
+               "n2",
+               "10.0.0.2:7946",
+               3,
+               NodeMeta{"10.0.0.2:7400", "10.0.0.2:8080", 1},
+               ""};
+  Update suspect{MemberState::kSuspect, "n3", "10.0.0.3:7946", 5, {}, "n1"};
+  Message m;
+  m.sender_id = "n1";
+  m.sender_address = "10.0.0.1:7946";
+  const MessageType types[] = {MessageType::kGossip, MessageType::kPing, MessageType::kPingReq,
+                               MessageType::kAck, MessageType::kPushPull};
+  int i = 0;
+  for (MessageType t : types) {
+    m.type = t;
+    m.seq = 42;
+    m.target_id = t == MessageType::kPing || t == MessageType::kPingReq ? "n2" : "";
+    m.target_address = t == MessageType::kPingReq ? "10.0.0.2:7946" : "";
+    m.join = t == MessageType::kPushPull;
+    m.members =
+        t == MessageType::kPushPull ? std::vector<Update>{alive, suspect} : std::vector<Update>{};
+    m.updates = {alive, suspect};
+    write(dir, "type-" + std::to_string(i++), encode(m, "fuzz"));
+  }
+}
+
+void rpcSeeds(const fs::path& dir) {
+  {
+    capnp::MallocMessageBuilder b;
+    auto p = b.initRoot<proto::Limiter::CheckBatchParams>();
+    p.setVersion(1);
+    p.setHops(1);
+    p.setDecideByMs(1'700'000'000'000);
+    auto checks = p.initChecks(2);
+    checks[0].setKey("user:1");
+    checks[0].setRule("api");
+    checks[0].setHits(1);
+    checks[1].setKey("user:2");
+    auto l = checks[1].initLimit();
+    l.setAlgorithm(proto::Algorithm::GCRA);
+    l.setLimit(10);
+    l.setPeriodMs(1000);
+    l.setBurst(3);
+    const auto words = capnp::messageToFlatArray(b);
+    write(dir, "batch", words.asBytes());
+  }
+  {
+    capnp::MallocMessageBuilder b;
+    auto p = b.initRoot<proto::Limiter::CheckParams>();
+    p.setVersion(1);
+    auto r = p.initRequest();
+    r.setKey("user:1");
+    auto l = r.initLimit();
+    l.setAlgorithm(proto::Algorithm::TOKEN_BUCKET);
+    l.setLimit(5);
+    l.setPeriodMs(60'000);
+    const auto words = capnp::messageToFlatArray(b);
+    write(dir, "one", words.asBytes());
+  }
+}
+
+// Real states of every algorithm, as a store holds them after a few checks.
+std::vector<StoredEntry> someEntries() {
+  auto store = Store::make({1024, 1}).value();
+  const Time now{std::chrono::seconds(1'700'000'000)};
+  std::vector<Limit> limits;
+  for (int a = 1; a <= kAlgorithmCount; ++a) {
+    limits.push_back(
+        Limit::make({static_cast<Algorithm>(a), 5, std::chrono::seconds(60), 0}).value());
+  }
+  std::vector<CheckRequest> requests;
+  for (std::size_t i = 0; i < limits.size(); ++i) {
+    requests.push_back({hashKey("", "k" + std::to_string(i), limits[i]), &limits[i], 2});
+  }
+  std::vector<Decision> decisions(requests.size());
+  store->checkBatch(requests, now, decisions);
+  SlotSet all;
+  all.set();
+  return store->collect(all, now, false);
+}
+
+void snapshotSeeds(const fs::path& dir) {
+  int i = 0;
+  for (const StoredEntry& e : someEntries()) {
+    const std::string field = persistence::redis_layout::encodeField(e.key);
+    const std::string value = persistence::redis_layout::encodeValue(e.state, e.state.expiryMs());
+    // The target splits at the first byte's value modulo the size: make it split here.
+    std::string seed = field + value;
+    seed[0] = static_cast<char>(field.size());
+    write(dir, "entry-" + std::to_string(i++), seed);
+  }
+}
+
+void handoffSeeds(const fs::path& dir) {
+  const auto entries = someEntries();
+  write(dir, "entries", SlotKeeper::encode(entries));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: fuzz-seeds CORPUS_DIR (fuzz/corpus)\n");
+    return 2;
+  }
+  const fs::path root(argv[1]);
+  gossipSeeds(root / "gossip_decode");
+  rpcSeeds(root / "rpc_check_request");
+  snapshotSeeds(root / "snapshot_value");
+  handoffSeeds(root / "handoff_entries");
+  std::printf("seeds written under %s\n", argv[1]);
+  return 0;
+}
