@@ -70,6 +70,11 @@ void defineListeners(CLI::App& app, Config& c) {
   app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
   app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")
       ->capture_default_str();
+  app.add_option("--max-connections", c.max_connections,
+                 "Open connections per API (HTTP, RPC), more are closed at once; 0: half of the "
+                 "descriptors left after a reserve, at most 10000")
+      ->check(CLI::Range(0, 1'000'000))
+      ->capture_default_str();
   app.add_option("--metrics-bind", c.metrics_bind,
                  "Address /metrics binds, e.g. an internal interface (default: --bind)");
 }

@@ -1,5 +1,8 @@
 #include "daemon/node/node.h"
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <fstream>
@@ -117,6 +120,23 @@ void lingerWhileChecksArrive(const Clock& clock, const std::function<std::uint64
       quiet_since = clock.monotonic();
     }
   }
+}
+
+// Descriptors: the soft limit is raised to the hard one (as Go's runtime does at start); each API
+// (HTTP, RPC) may hold at most half of what is left after a reserve for peers, Redis, gossip and
+// the listeners, so a flood of connections is refused before descriptors run out.
+std::size_t connectionCap(std::size_t configured) {
+  rlimit l{};
+  if (::getrlimit(RLIMIT_NOFILE, &l) != 0) return configured != 0 ? configured : 1024;
+  if (l.rlim_cur < l.rlim_max) {
+    rlimit raised = l;
+    raised.rlim_cur = l.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) l = raised;
+  }
+  if (configured != 0) return configured;
+  const std::size_t fds = l.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : l.rlim_cur;
+  const std::size_t reserve = std::max<std::size_t>(64, fds / 8);
+  return std::clamp<std::size_t>((fds > reserve ? fds - reserve : 0) / 2, 8, 10'000);
 }
 
 }  // namespace
@@ -310,7 +330,10 @@ Status Node::Parts::startApis() {
     return Ok{};
   };
   const NodeInfoProvider node_info = [this] { return info(); };
+  const std::size_t max_connections = connectionCap(config.max_connections);
+  logInfo("connections: at most " + std::to_string(max_connections) + " per API (HTTP, RPC)");
   RpcServerOptions rpc_options;
+  rpc_options.max_connections = max_connections;
   rpc_options.bind_address = config.bind;
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
@@ -327,6 +350,7 @@ Status Node::Parts::startApis() {
   };
   api = std::make_unique<HttpApi>(*service, metrics.get(), node_info, members, router.get());
   HttpServerOptions http_options;
+  http_options.max_connections = max_connections;
   http_options.bind_address = config.bind;
   http_options.port = config.http_port;
   http_options.threads = config.threads;

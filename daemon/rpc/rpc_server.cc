@@ -130,11 +130,14 @@ struct Connection {
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
 
   Connection(std::atomic<std::size_t>& open, kj::Own<kj::AsyncIoStream> s,
-             capnp::Capability::Client bootstrap, capnp::ReaderOptions options)
+             capnp::Capability::Client bootstrap, capnp::ReaderOptions options,
+             std::size_t flow_limit_words)
       : slot(open),
         stream(kj::mv(s)),
         network(*stream, capnp::rpc::twoparty::Side::SERVER, options),
-        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
+    rpc.setFlowLimit(flow_limit_words);
+  }
 };
 
 }  // namespace
@@ -259,7 +262,7 @@ class Acceptor {
       return;  // dropping the stream closes it
     }
     auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), kj::mv(bootstrap),
-                                     server_.reader_options);
+                                     server_.reader_options, server_.options.flow_limit_words);
     auto gone = conn->network.onDisconnect();
     connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects
   }

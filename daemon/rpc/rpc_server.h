@@ -40,6 +40,10 @@ struct RpcServerOptions {
   std::uint64_t traversal_limit_words = 512 * 1024;
   int nesting_limit = 16;                // our messages nest 4 deep
   std::size_t max_connections = 10'000;  // over all threads; more are accepted and closed at once
+  // Per connection: call messages in flight (not yet answered); past it the connection is not
+  // read until answers go out (Cap'n Proto's flow limit). 8 MiB: a few of the largest batches,
+  // thousands of ordinary calls; bounds what one connection can make the node hold.
+  std::size_t flow_limit_words = 1024 * 1024;
   // handoff, snapshot, drain (daemon/base/node_control.h); null or empty members: refused as
   // unavailable. Must outlive the server.
   const NodeControl* control = nullptr;

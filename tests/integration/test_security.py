@@ -371,7 +371,9 @@ class ListenerTest(unittest.TestCase):
     # while it is being built; the Release build retries correctly. Open: docs/security.md.
     @unittest.skipIf("asan" in str(BIN), "UBSan vptr report inside KJ's promise code on retry")
     def test_after_descriptors_run_out_and_are_freed_every_listener_accepts_again(self):
-        node = Node("--node-id", "fds", "--threads", "1", max_fds=128)
+        # Caps above the descriptors, so that connections do exhaust them.
+        node = Node("--node-id", "fds", "--threads", "1", "--max-connections", "1000",
+                    max_fds=128)
         self.addCleanup(node.kill)
         held = []
         try:
@@ -395,6 +397,29 @@ class ListenerTest(unittest.TestCase):
         self.assertEqual(json.loads(body)["remaining"], 3)
         self.assertEqual(node.request("GET", "/readyz")[0], 200)
         self.assertIsNone(node.proc.poll())
+
+    def test_by_default_connections_are_capped_below_the_descriptor_limit(self):
+        node = Node("--node-id", "caps", "--threads", "1", max_fds=128)
+        self.addCleanup(node.kill)
+        # 128 descriptors: 64 reserved, 32 connections per API.
+        node.wait_for_log(r"connections: at most 32 per API", timeout=1)
+        held = []
+        try:
+            for _ in range(100):
+                held.append(socket.create_connection(("127.0.0.1", node.rpc_port), timeout=5))
+            for _ in range(100):
+                held.append(socket.create_connection(("127.0.0.1", node.http_port), timeout=5))
+            # With 200 connections held, the ones past the caps were closed at once and
+            # descriptors are left: a scrape (a listener of its own) still answers.
+            self.assertIn("throttlex_build_info", node.metrics())
+            self.assertIsNone(node.proc.poll())
+        finally:
+            for s in held:
+                s.close()
+        status, _, body = node.request("GET", "/v1/check?key=caps&limit=5&period=1m")
+        self.assertEqual(status, 200, body)
+        self.assertFalse(any("accept failed" in line for line in node.log_lines),
+                         "".join(node.log_lines[-10:]))
 
     def test_a_scrape_answers_within_a_second_with_50_idle_connections_held(self):
         # /metrics on an address of its own; 127.0.0.2 is loopback too, but not the API's address.

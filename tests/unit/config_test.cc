@@ -67,6 +67,9 @@ TEST_CASE("named rules only, and /metrics on an address of its own") {
   CHECK(c.bind == "10.0.0.5");
   CHECK(c.metrics_bind == "127.0.0.1");
   CHECK(ok({"--inline-limits", "on"}).inline_limits);
+  CHECK(ok({}).max_connections == 0);  // derived from the descriptor limit at start
+  CHECK(ok({"--max-connections", "500"}).max_connections == 500);
+  CHECK(usageError({"--max-connections", "-1"}) == 2);
   CHECK(usageError({"--inline-limits", "no"}) == 2);
 }
 
