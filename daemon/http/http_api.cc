@@ -434,9 +434,12 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
   if (path == "/readyz") {
     if (!get) return respond(methodNotAllowed("GET"));
     HttpResponse r;
-    const bool ready = ready_.load(std::memory_order_relaxed);
+    const std::string broken = listener_check_ ? listener_check_() : std::string();
+    const bool ready = ready_.load(std::memory_order_relaxed) && broken.empty();
     r.status = ready ? 200 : 503;
-    r.body = ready ? R"({"status":"ready"})" : R"({"status":"not ready"})";
+    r.body = ready            ? R"({"status":"ready"})"
+             : broken.empty() ? R"({"status":"not ready"})"
+                              : nlohmann::json{{"status", "not ready"}, {"reason", broken}}.dump();
     return respond(std::move(r));
   }
   if (path == "/v1/info") {

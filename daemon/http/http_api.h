@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "daemon/base/node_info.h"
 #include "daemon/http/http_server.h"
@@ -30,6 +32,9 @@ class HttpApi {
   // /readyz answers 200 only between setReady(true) and setReady(false) (set during shutdown, so
   // load balancers stop sending before the node stops answering).
   void setReady(bool ready) { ready_.store(ready, std::memory_order_relaxed); }
+  // Asked on every /readyz: empty when every listener works, else why not ("rpc listener
+  // stopped"), and /readyz answers 503 with it. Set before serving; called on HTTP threads.
+  void setListenerCheck(std::function<std::string()> check) { listener_check_ = std::move(check); }
 
  private:
   void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
@@ -46,6 +51,7 @@ class HttpApi {
   const NodeInfoProvider info_;
   const MembersProvider members_;
   std::atomic<bool> ready_{false};
+  std::function<std::string()> listener_check_;
 };
 
 // Exposed for tests.

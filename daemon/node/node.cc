@@ -349,6 +349,8 @@ Status Node::Parts::startApis() {
     return c != nullptr ? c->members() : std::vector<MemberInfo>{};
   };
   api = std::make_unique<HttpApi>(*service, metrics.get(), node_info, members, router.get());
+  api->setListenerCheck(
+      [this]() -> std::string { return rpc->listening() ? "" : "rpc listener stopped"; });
   HttpServerOptions http_options;
   http_options.max_connections = max_connections;
   http_options.bind_address = config.bind;

@@ -148,6 +148,9 @@ struct Worker {
   Fd stop_fd;    // eventfd: written once by stop()
   std::thread thread;
   RpcCounters counters;
+  // False once this thread's accept loop failed for good (connections it has are still served
+  // until stop()): RpcServer::listening(), and so /readyz, say so.
+  std::atomic<bool> accepting{true};
 };
 
 struct RpcServer::Impl {
@@ -320,8 +323,15 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   Acceptor acceptor(*this, *listener, io.provider->getTimer(), tls.get(), std::move(services),
                     connections);
   ready.set_value();
+  // Failed accepts are retried inside the loop; anything else that ends it (an exception from
+  // setting up a connection) stops this thread's accepting, not the process.
+  auto accepting = acceptor.loop().catch_([&worker](kj::Exception&& e) -> kj::Promise<void> {
+    worker.accepting.store(false, std::memory_order_relaxed);
+    logError("rpc listener stopped accepting: " + describe(e) + " (/readyz answers 503)");
+    return kj::NEVER_DONE;
+  });
   whenStopped(stop_observer, worker.stop_fd.get())
-      .exclusiveJoin(acceptor.loop())
+      .exclusiveJoin(kj::mv(accepting))
       .wait(io.waitScope);
 }
 
@@ -419,6 +429,17 @@ void RpcServer::stop() {
   for (auto& w : impl_->workers) {
     if (w->thread.joinable()) w->thread.join();
   }
+}
+
+bool RpcServer::listening() const {
+  {
+    MutexLock guard(impl_->stop_mu);
+    if (impl_->stopped) return false;
+  }
+  for (const auto& w : impl_->workers) {
+    if (!w->accepting.load(std::memory_order_relaxed)) return false;
+  }
+  return true;
 }
 
 RpcServerStats RpcServer::stats() const {

@@ -82,6 +82,9 @@ class RpcServer {
   void stop();
 
   RpcServerStats stats() const;  // thread-safe
+  // Every thread accepts connections (false after stop(), or once an accept loop failed for
+  // good). Thread-safe.
+  bool listening() const;
 
   struct Impl;
 

@@ -165,6 +165,14 @@ TEST_CASE("health, readiness, unknown routes and methods") {
   CHECK(f.call("GET", "/readyz").status == 503);
   f.api.setReady(true);
   CHECK(f.call("GET", "/readyz").status == 200);
+  // A listener that stopped accepting makes the node unready, and says which.
+  std::string broken;
+  f.api.setListenerCheck([&broken] { return broken; });
+  CHECK(f.call("GET", "/readyz").status == 200);
+  broken = "rpc listener stopped";
+  const HttpResponse unready = f.call("GET", "/readyz");
+  CHECK(unready.status == 503);
+  CHECK(unready.body == R"({"reason":"rpc listener stopped","status":"not ready"})");
   CHECK(f.call("GET", "/nope").status == 404);
   const HttpResponse r = f.call("PUT", "/v1/check");
   CHECK(r.status == 405);

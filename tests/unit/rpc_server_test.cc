@@ -90,6 +90,15 @@ TEST_CASE("a check is decided and answered with the full result") {
   CHECK(n.metrics.render().find("rpc") != std::string::npos);
 }
 
+TEST_CASE("a started server is listening on every thread until it stops") {
+  RpcServerOptions o;
+  o.threads = 2;
+  Node n(o);
+  CHECK(n.server->listening());
+  n.server->stop();
+  CHECK_FALSE(n.server->listening());
+}
+
 TEST_CASE("exactly the limit is admitted: 150 checks against 100 per minute") {
   Node n;
   Raw c(n.server->port());
