@@ -230,8 +230,19 @@ class Acceptor {
  private:
   // Out of file descriptors and the like: keep serving the connections we have and try again
   // shortly, instead of ending the accept loop.
+  // Logged once, then at most every 10 s with a count (not 10 lines a second while descriptors
+  // are exhausted).
   kj::Promise<void> retry(kj::Exception&& e) {
-    logWarn("rpc accept failed: " + describe(e));
+    ++unlogged_failures_;
+    const kj::TimePoint now = timer_.now();
+    if (!logged_once_ || now - last_logged_ >= 10 * kj::SECONDS) {
+      logWarn("rpc accept failed" +
+              (unlogged_failures_ > 1 ? " " + std::to_string(unlogged_failures_) + " times" : "") +
+              ": " + describe(e) + " (retried every 100 ms)");
+      logged_once_ = true;
+      last_logged_ = now;
+      unlogged_failures_ = 0;
+    }
     return timer_.afterDelay(100 * kj::MILLISECONDS).then([this] { return loop(); });
   }
 
@@ -290,6 +301,9 @@ class Acceptor {
   ServiceFactory services_;
   capnp::Capability::Client plain_;  // without TLS: one capability for every connection
   kj::TaskSet& connections_;
+  bool logged_once_ = false;
+  kj::TimePoint last_logged_ = kj::origin<kj::TimePoint>();
+  std::uint64_t unlogged_failures_ = 0;
 };
 
 // Resolves once stop_fd has been written.
