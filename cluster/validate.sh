@@ -19,8 +19,10 @@
 #  5. Kubernetes: every manifest parses; kinds and apiVersions; replicas 5, headless service
 #     (publishing not-ready pods) as serviceName, selectors, PDB maxUnavailable 1, probes on
 #     /readyz and /healthz, scrape annotations, resource requests, --node-id from the downward
-#     API, --join seeds that are pods of the StatefulSet; the args only use flags throttlexd
-#     knows, and they start a real throttlexd with the ConfigMap's rules.
+#     API, --join seeds that are pods of the StatefulSet; TLS files from the Secret throttlex-keys,
+#     the keyring from a writable copy an init container makes, fsGroup; the args only use flags
+#     throttlexd knows, and they start a real throttlexd with the ConfigMap's rules and keys made
+#     by scripts/cluster-init.sh.
 #  6. Dockerfile: debian:bookworm stages, a runtime package for every library `ldd` lists for
 #     the built binaries and client library (`dpkg -S`), build targets defined in CMake, non-root
 #     USER, /readyz HEALTHCHECK, EXPOSE, entrypoint; .dockerignore leaves build trees out.

@@ -7,6 +7,8 @@
 #   DIR/ca.crt, ca.key           a small CA for the RPC port (ca.key: keep it offline)
 #   DIR/node-N.crt, node-N.key   node certificates: CN peer:node-N, DNS throttlex-node and node-N
 #                                (--tls-ca DIR/ca.crt --tls-cert DIR/node-N.crt --tls-key ...)
+#   DIR/node.crt, node.key       one certificate every node may share (CN peer:node, DNS
+#                                throttlex-node): for a Kubernetes StatefulSet's one Secret
 #   DIR/admin.crt, admin.key     an operator's certificate: CN admin:operator (throttlectl)
 #   DIR/client.crt, client.key   an application's certificate: CN client:app (checks only)
 #
@@ -64,5 +66,6 @@ chmod 644 ca.crt
 for ((i = 1; i <= nodes; i++)); do
   issue "node-$i" "peer:node-$i" "serverAuth,clientAuth" "DNS:throttlex-node,DNS:node-$i"
 done
+issue node "peer:node" "serverAuth,clientAuth" "DNS:throttlex-node"
 issue admin "admin:operator" "clientAuth"
 issue client "client:app" "clientAuth"

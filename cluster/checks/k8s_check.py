@@ -116,8 +116,37 @@ def check_container(problems, sts, by_kind, daemon_flags):
             cm = configmaps.get(volumes.get(mount["name"], {}).get("configMap", {}).get("name"), {})
             rules_text = cm.get("data", {}).get(rules[len(mount["mountPath"].rstrip("/")) + 1:])
     problems.check(rules_text, at, f"--rules {rules!r} is not a key of a mounted ConfigMap")
+    check_keys(problems, pod, c, v)
     resolved = [re.sub(r"\$\((\w+)\)", lambda m: EXAMPLE_ENV.get(m.group(1), m.group(0)), a) for a in args]
     return resolved, rules_text
+
+
+def mounted(container, volumes, path):
+    """The volume (its spec) mounted where `path` lies in `container`, or {}."""
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return volumes.get(mount["name"], {})
+    return {}
+
+
+def check_keys(problems, pod, c, v):
+    """Secured by default: the TLS files come from the Secret throttlex-keys, the keyring from a
+    writable copy an init container makes of the Secret's (the node writes rotations back)."""
+    at = f"k8s container {c.get('name')}"
+    volumes = {vol["name"]: vol for vol in pod["spec"].get("volumes", [])}
+    for flag in ("--tls-ca", "--tls-cert", "--tls-key"):
+        secret = mounted(c, volumes, v.get(flag, "")).get("secret", {}).get("secretName")
+        problems.check(secret == "throttlex-keys", at, f"{flag} {v.get(flag)!r} is not in the mounted Secret throttlex-keys")
+    keyring = v.get("--gossip-keyring", "")
+    problems.check("emptyDir" in mounted(c, volumes, keyring), at,
+                   f"--gossip-keyring {keyring!r} is not on a writable (emptyDir) volume")
+    inits = pod["spec"].get("initContainers", [])
+    problems.check(any(keyring and keyring in " ".join(i.get("command", [])) and
+                       any(volumes.get(m["name"], {}).get("secret", {}).get("secretName") == "throttlex-keys"
+                           for m in i.get("volumeMounts", []))
+                       for i in inits), at, "no init container copies the Secret's keyring to --gossip-keyring")
+    problems.check(pod["spec"].get("securityContext", {}).get("fsGroup") is not None, at,
+                   "the Secret's files need fsGroup to be readable by a non-root node")
 
 
 def check(problems, daemon_flags):

@@ -64,9 +64,19 @@ def run_node(problems, bin_dir, args, source):
 
 def run_k8s_node(problems, bin_dir, args, rules_text):
     """The StatefulSet's arguments (pod throttlex-0 in namespace default) with its ConfigMap's
-    rules, run by a real throttlexd."""
-    with temp_file(rules_text, ".yaml") as rules:
+    rules and keys from scripts/cluster-init.sh (the Secret's files, as docs say to make them),
+    run by a real throttlexd."""
+    with temp_file(rules_text, ".yaml") as rules, \
+            tempfile.TemporaryDirectory(prefix="throttlex-validate-k8s-") as keys:
+        subprocess.run([str(CLUSTER.parent / "scripts/cluster-init.sh"), keys, "1"], check=True,
+                       capture_output=True)
+        values = flag_values(args)
+        keyring = values.get("--gossip-keyring", [""])[-1]
+        secret_dir = os.path.dirname(values.get("--tls-ca", [""])[-1])
+        shutil.copy(os.path.join(keys, "keyring"), os.path.join(keys, "keyring.copy"))
         args = [f"--rules={rules.name}" if a.startswith("--rules") else a for a in args]
+        args = [a.replace(f"={keyring}", f"={keys}/keyring.copy") if keyring else a for a in args]
+        args = [a.replace(f"={secret_dir}/", f"={keys}/") if secret_dir else a for a in args]
         try:
             with RunningNode(bin_dir, args) as node:
                 want = rule_count(rules_text)
