@@ -15,6 +15,7 @@ packages=(
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
   openssl  # scripts/cluster-init.sh: the CA and certificates of a secured cluster
+  stunnel4  # integration_security: Redis over TLS through a local proxy (cluster/redis-tls)
   docker-compose python3-yaml  # cluster/validate.sh: compose config, Kubernetes YAML
   iptables  # cluster/chaos/{partition,loss}.sh: drop a node's traffic inside its namespace
   prometheus  # cluster/checks/promql_check.py: the dashboard's queries against a real Prometheus

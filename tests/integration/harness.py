@@ -228,8 +228,9 @@ class Redis:
     """A redis-server of the test's own on a free loopback port, without persistence; stopped by
     PID. kill() and start() again (same port) simulate an outage."""
 
-    def __init__(self, password=None):
+    def __init__(self, password=None, tls=None):
         self.password = password  # requirepass, when given
+        self.tls = tls  # (cert, key, ca): TLS only, no plain port
         self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-redis-")
         self.port = free_port()
         self.proc = None
@@ -240,8 +241,13 @@ class Redis:
         return f"127.0.0.1:{self.port}"
 
     def start(self):
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", *ports, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.tmp.name,
              *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -256,7 +262,9 @@ class Redis:
     def cli(self, *args):
         """Runs one command through redis-cli; returns its output without the trailing newline."""
         auth = ["--no-auth-warning", "-a", self.password] if self.password else []
-        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *auth, *args],
+        tls = ["--tls", "--cacert", self.tls[2]] if self.tls else []
+        p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *tls, *auth,
+                            *args],
                            capture_output=True, text=True, timeout=10)
         if p.returncode != 0:
             raise OSError(p.stderr)

@@ -17,7 +17,7 @@ import time
 import unittest
 import urllib.parse
 
-from harness import BIN, ROOT, Node, Redis, run_tool, wait_until
+from harness import BIN, ROOT, Node, Redis, free_port, metric_value, run_tool, wait_until
 
 CLUSTER = "sec"
 COMMON = ("--gossip-preset", "local", "--cluster-name", CLUSTER)
@@ -556,6 +556,60 @@ class RedisAuthTest(unittest.TestCase):
         bad.wait_for_log(r"redis AUTH failed", timeout=10)
         self.assertNotRegex("".join(bad.log_lines), r"redis connected to")
         self.assertEqual(bad.request("GET", "/v1/check?key=b&limit=5&period=1m")[0], 200)
+
+
+class RedisTlsTest(unittest.TestCase):
+    """hiredis 0.14 has no TLS: a node reaches a TLS-only Redis through a local stunnel in client
+    mode (cluster/redis-tls/stunnel.conf), which verifies the server's certificate."""
+
+    def test_snapshots_reach_a_tls_only_redis_through_a_local_stunnel(self):
+        tmp = tempfile.TemporaryDirectory(prefix="throttlex-redis-tls-")
+        self.addCleanup(tmp.cleanup)
+        cert, key = os.path.join(tmp.name, "redis.crt"), os.path.join(tmp.name, "redis.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "1", "-subj", "/CN=redis.test",
+                        "-addext", "subjectAltName=DNS:redis.test"],
+                       check=True, capture_output=True)
+        redis = Redis(password="over-tls", tls=(cert, key, cert))
+        self.addCleanup(redis.stop)
+        proxy_port = free_port()
+        conf = os.path.join(tmp.name, "stunnel.conf")
+        with open(conf, "w") as f:
+            f.write(f"foreground = yes\npid =\n[redis]\nclient = yes\n"
+                    f"accept = 127.0.0.1:{proxy_port}\nconnect = 127.0.0.1:{redis.port}\n"
+                    f"CAfile = {cert}\nverifyChain = yes\ncheckHost = redis.test\n")
+        stunnel = subprocess.Popen(["stunnel", conf], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self.addCleanup(stunnel.wait, 10)
+        self.addCleanup(stunnel.kill)
+        wait_until(lambda: port_open(proxy_port), timeout=10, what="stunnel to listen")
+        password = os.path.join(tmp.name, "password")
+        with open(password, "w") as f:
+            f.write("over-tls\n")
+        node = Node("--node-id", "tls-redis", "--redis", f"127.0.0.1:{proxy_port}",
+                    "--redis-password-file", password)
+        self.addCleanup(node.kill)
+        node.wait_for_log(r"redis connected to", timeout=10)
+        for _ in range(3):
+            self.assertEqual(node.request("GET", "/v1/check?key=t&limit=5&period=1h")[0], 200)
+        code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "snapshot")
+        self.assertEqual(code, 0, out + err)
+        self.assertNotEqual(redis.cli("DBSIZE"), "0")  # written through the proxy, over TLS
+        # Pointed at the TLS port itself, a node never gets a connection, and checks go on.
+        plain = Node("--node-id", "plain-redis", "--redis", redis.address,
+                     "--redis-password-file", password)
+        self.addCleanup(plain.kill)
+        self.assertEqual(plain.request("GET", "/v1/check?key=p&limit=5&period=1h")[0], 200)
+        self.assertEqual(metric_value(plain.metrics(), "throttlex_redis_connected"), 0)
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":
