@@ -50,12 +50,49 @@ class CoalescingStream final : public kj::AsyncIoStream {
   kj::Own<kj::AsyncIoStream> inner_;
 };
 
+// Reads `first` before anything of `inner`.
+class PutBackStream final : public kj::AsyncIoStream {
+ public:
+  PutBackStream(kj::Own<kj::AsyncIoStream> inner, kj::byte first)
+      : inner_(kj::mv(inner)), first_(first) {}
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t min_bytes, size_t max_bytes) override {
+    if (!pending_ || max_bytes == 0) return inner_->tryRead(buffer, min_bytes, max_bytes);
+    pending_ = false;
+    auto* out = static_cast<kj::byte*>(buffer);
+    out[0] = first_;
+    if (min_bytes <= 1) return size_t{1};
+    return inner_->tryRead(out + 1, min_bytes - 1, max_bytes - 1).then([](size_t n) {
+      return n + 1;
+    });
+  }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    return inner_->write(buffer, size);
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    return inner_->write(pieces);
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner_->whenWriteDisconnected(); }
+  void shutdownWrite() override { inner_->shutdownWrite(); }
+  void abortRead() override { inner_->abortRead(); }
+  kj::Maybe<int> getFd() const override { return inner_->getFd(); }
+
+ private:
+  kj::Own<kj::AsyncIoStream> inner_;
+  kj::byte first_;
+  bool pending_ = true;
+};
+
 #pragma GCC diagnostic pop
 
 }  // namespace
 
 kj::Own<kj::AsyncIoStream> coalesceWrites(kj::Own<kj::AsyncIoStream> tls_stream) {
   return kj::heap<CoalescingStream>(kj::mv(tls_stream));
+}
+
+kj::Own<kj::AsyncIoStream> putBack(kj::Own<kj::AsyncIoStream> stream, kj::byte first) {
+  return kj::heap<PutBackStream>(kj::mv(stream), first);
 }
 
 const char* nameOf(Role role) {

@@ -63,6 +63,13 @@ class TlsConfig {
 // as several (segment table, segments): one copy into one buffer is cheaper than the records.
 kj::Own<kj::AsyncIoStream> coalesceWrites(kj::Own<kj::AsyncIoStream> tls_stream);
 
+// `stream` with `first` (a byte already read from it, to tell TLS from plain) put back in front.
+kj::Own<kj::AsyncIoStream> putBack(kj::Own<kj::AsyncIoStream> stream, kj::byte first);
+// The first byte of every TLS connection (a handshake record). A Cap'n Proto stream starts with
+// its first message's segment count minus one, a little-endian word: 0x16 would take 23
+// segments, which no message of ours has.
+inline constexpr kj::byte kTlsHandshakeByte = 0x16;
+
 // Connects to `address` ("host:port"); over TLS when `tls` is not null (the node's certificate
 // is verified against the CA and kNodeServerName).
 kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,

@@ -56,6 +56,14 @@ void defineSecurity(CLI::App& app, Config& c) {
                  "RPC TLS: this node's certificate (PEM, common name peer:NAME, DNS name "
                  "throttlex-node), presented to clients and to other nodes");
   app.add_option("--tls-key", c.tls_key, "RPC TLS: the private key of --tls-cert (PEM)");
+  app.add_option("--tls-incoming-required", c.tls_incoming_required,
+                 "With --tls-*: refuse plain RPC connections (false only while turning TLS on in "
+                 "a running cluster: plain ones are then served with every right)")
+      ->capture_default_str();
+  app.add_option("--tls-outgoing", c.tls_outgoing,
+                 "With --tls-*: connect to peers over TLS (false only while turning TLS on, until "
+                 "every node accepts it)")
+      ->capture_default_str();
 }
 
 // Where the node listens and how it is reached.

@@ -36,6 +36,11 @@ struct Config {
   bool gossip_verify_outgoing = true;  // with a keyring: seal every packet
   // TLS on the RPC port, to peers and for handoffs (docs/security.md); all three or none.
   std::string tls_ca, tls_cert, tls_key;
+  // Turning TLS on in a running cluster (docs/security.md): accept plain connections too
+  // (incoming optional), and connect to peers in plain TCP (outgoing off), until every node has
+  // its certificate.
+  bool tls_incoming_required = true;
+  bool tls_outgoing = true;
   std::string redis;                // host:port of the snapshot store; empty: memory only
   std::string redis_host;           // parsed from `redis` (validated)
   std::string redis_user;           // ACL user for AUTH; empty: the default user

@@ -228,10 +228,12 @@ Status Node::Parts::startSnapshots() {
 Status Node::Parts::startRouting(RuleSet rules) {
   keeper_options.self_id = config.node_id;
   keeper_options.snapshots = redis.get();
-  keeper_options.send = [tls = tls](const std::string& address, const std::string& from,
-                                    std::span<const std::uint16_t> slots,
-                                    std::span<const StoredEntry> entries,
-                                    std::chrono::milliseconds timeout) {
+  // Outgoing TLS (forwarded batches, handoffs) can be off while TLS is being turned on.
+  const std::shared_ptr<const proto::TlsConfig> outgoing = config.tls_outgoing ? tls : nullptr;
+  keeper_options.send = [tls = outgoing](const std::string& address, const std::string& from,
+                                         std::span<const std::uint16_t> slots,
+                                         std::span<const StoredEntry> entries,
+                                         std::chrono::milliseconds timeout) {
     return sendHandoff(address, from, slots, entries, timeout, tls.get());
   };
   keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
@@ -243,7 +245,7 @@ Status Node::Parts::startRouting(RuleSet rules) {
   service = std::make_unique<LimiterService>(*store, clock, std::move(rules), config.rules);
   ForwarderOptions forwarder_options;
   forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
-  forwarder_options.tls = tls;
+  forwarder_options.tls = outgoing;
   auto f = Forwarder::start(forwarder_options, *service, ring);
   if (!f) return Error{f.error().code, "forwarder: " + f.error().message};
   forwarder = std::move(*f);
@@ -339,6 +341,7 @@ Status Node::Parts::startApis() {
   rpc_options.threads = config.threads;
   rpc_options.control = &control;
   rpc_options.tls = tls;
+  rpc_options.tls_required = config.tls_incoming_required;
   auto r = RpcServer::start(rpc_options, *router, node_info, metrics.get());
   if (!r) return Error{r.error().code, "--rpc-port: " + r.error().message};
   rpc = std::move(*r);
@@ -427,6 +430,14 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
     if (!tls)
       return Error{tls.error().code, "--tls-ca/--tls-cert/--tls-key: " + tls.error().message};
     parts->tls = std::move(*tls);
+    if (!config.tls_incoming_required || !config.tls_outgoing) {
+      logWarn(std::string("RPC TLS is being turned on:") +
+              (config.tls_incoming_required
+                   ? ""
+                   : " plain connections are accepted, with every right;") +
+              (config.tls_outgoing ? "" : " peers are reached in plain TCP;") +
+              " finish with --tls-incoming-required=true --tls-outgoing=true (docs/security.md)");
+    }
   } else {
     logWarn(
         "no --tls-cert: RPC is plain TCP and unauthenticated, anyone who can reach the RPC "

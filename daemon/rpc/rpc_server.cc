@@ -167,6 +167,7 @@ struct RpcServer::Impl {
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::uint64_t> rejected_connections{0};
   std::atomic<std::uint64_t> tls_refused{0};
+  std::atomic<std::uint64_t> plain_accepted{0};
 
   Mutex stop_mu;
   bool stopped GUARDED_BY(stop_mu) = false;
@@ -195,7 +196,8 @@ class Acceptor {
         timer_(timer),
         tls_(tls),
         services_(std::move(services)),
-        plain_(tls == nullptr ? services_(proto::Role::kAdmin) : nullptr),
+        plain_(tls == nullptr || !server.options.tls_required ? services_(proto::Role::kAdmin)
+                                                              : nullptr),
         connections_(connections) {}
 
   // KJ's accept() makes the accept syscall at once and throws its failure (EMFILE) from the
@@ -246,10 +248,26 @@ class Acceptor {
     return timer_.afterDelay(100 * kj::MILLISECONDS).then([this] { return loop(); });
   }
 
-  // The TLS handshake runs beside the accept loop (bounded by the context's accept timeout);
-  // the certificate's common name gives the role.
+  // While TLS is optional, the first byte tells a TLS handshake from a plain connection, which
+  // is served as without TLS.
   void handshake(kj::AuthenticatedStream stream) {
     enableKeepAlive(*stream.stream);
+    if (server_.options.tls_required) return secure(kj::mv(stream));
+    auto first = kj::heapArray<kj::byte>(1);
+    auto read = stream.stream->tryRead(first.begin(), 1, 1);
+    connections_.add(
+        read.then([this, stream = kj::mv(stream), first = kj::mv(first)](size_t n) mutable {
+          if (n == 0) return;  // closed before saying anything
+          stream.stream = proto::putBack(kj::mv(stream.stream), first[0]);
+          if (first[0] == proto::kTlsHandshakeByte) return secure(kj::mv(stream));
+          server_.plain_accepted.fetch_add(1, std::memory_order_relaxed);
+          adopt(kj::mv(stream.stream), plain_);
+        }));
+  }
+
+  // The TLS handshake runs beside the accept loop (bounded by the context's accept timeout);
+  // the certificate's common name gives the role.
+  void secure(kj::AuthenticatedStream stream) {
     connections_.add(tls_->wrapServer(kj::mv(stream))
                          .then([this](kj::AuthenticatedStream secured) {
                            auto& peer = kj::downcast<kj::TlsPeerIdentity>(*secured.peerIdentity);
@@ -465,6 +483,7 @@ RpcServerStats RpcServer::stats() const {
   s.connections = impl_->open_connections.load(std::memory_order_relaxed);
   s.rejected_connections = impl_->rejected_connections.load(std::memory_order_relaxed);
   s.tls_refused = impl_->tls_refused.load(std::memory_order_relaxed);
+  s.plain_accepted = impl_->plain_accepted.load(std::memory_order_relaxed);
   return s;
 }
 

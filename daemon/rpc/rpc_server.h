@@ -50,6 +50,9 @@ struct RpcServerOptions {
   // TLS (proto/rpc_tls.h): every connection must present a certificate of the cluster's CA, whose
   // common name gives its role. Null: plain TCP, every connection may do everything.
   std::shared_ptr<const proto::TlsConfig> tls;
+  // With `tls`: false accepts plain connections too (a TLS ClientHello is told apart by its first
+  // byte), served as without TLS; for turning TLS on in a running cluster.
+  bool tls_required = true;
 };
 
 struct RpcServerStats {
@@ -57,7 +60,8 @@ struct RpcServerStats {
   std::uint64_t checks = 0;       // checks decided or refused, batch elements counted one by one
   std::uint64_t connections = 0;  // open now
   std::uint64_t rejected_connections = 0;  // closed at once because of max_connections
-  std::uint64_t tls_refused = 0;  // TLS handshakes that failed, or certificates granting no role
+  std::uint64_t tls_refused = 0;     // TLS handshakes that failed, or certificates granting no role
+  std::uint64_t plain_accepted = 0;  // plain connections taken while TLS is optional
 };
 
 class RpcServer {

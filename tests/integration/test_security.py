@@ -17,7 +17,8 @@ import time
 import unittest
 import urllib.parse
 
-from harness import BIN, ROOT, Node, Redis, free_port, metric_value, run_tool, wait_until
+from harness import (BIN, ROOT, Node, Redis, free_port, metric_value, run_tool, wait_for_view,
+                     wait_until)
 
 CLUSTER = "sec"
 COMMON = ("--gossip-preset", "local", "--cluster-name", CLUSTER)
@@ -464,6 +465,72 @@ class ListenerTest(unittest.TestCase):
             for s in held:
                 s.close()
 
+
+
+class TlsMigrationTest(unittest.TestCase):
+    """Turning RPC TLS on in a running cluster, one restart at a time (docs/security.md): certs
+    with plain accepted and peers reached in plain TCP, then peers reached over TLS, then plain
+    refused. At every step each node forwards to the other."""
+
+    def test_tls_turns_on_node_by_node_and_forwarding_never_stops(self):
+        certs = Certificates(self, 2)
+        cluster = ("--gossip-preset", "local", "--cluster-name", f"tls-{os.getpid()}")
+        nodes = {}
+
+        def start(name, *flags):
+            if name in nodes:
+                self.assertEqual(nodes[name].stop(timeout=20), 0)
+            other = [n for k, n in nodes.items() if k != name]
+            seed = ("--join", other[0].gossip_address) if other else ()
+            nodes[name] = Node("--node-id", name, *seed, *cluster, *flags)
+            self.addCleanup(nodes[name].kill)
+
+        def tls(i, required, outgoing):
+            return (*certs.node_flags(i)[:6], f"--tls-incoming-required={str(required).lower()}",
+                    f"--tls-outgoing={str(outgoing).lower()}")
+
+        start("n1")
+        start("n2")
+        wait_for_view(list(nodes.values()))
+        # A key each node owns (ownership follows the node ids, which stay).
+        owned = {}
+        for i in range(200):
+            code, out, err = run_tool("throttlectl", "--node", nodes["n1"].rpc_address, "-o",
+                                      "json", "owner", f"m{i}", "--limit", "1000", "--period",
+                                      "1h")
+            self.assertEqual(code, 0, err)
+            owned.setdefault(json.loads(out)["owner"], f"m{i}")
+            if len(owned) == 2:
+                break
+
+        def forwarding_works(step):
+            wait_for_view(list(nodes.values()))
+            for entry, owner in (("n1", "n2"), ("n2", "n1")):
+                path = f"/v1/check?key={owned[owner]}&limit=1000&period=1h"
+
+                def forwarded():
+                    status, _, body = nodes[entry].request("GET", path)
+                    return status == 200 and json.loads(body)["route"] == "forwarded"
+                wait_until(forwarded, timeout=20, what=f"{step}: {entry} to forward to {owner}")
+
+        forwarding_works("plain")
+        steps = [("n2", 2, False, False), ("n1", 1, False, False),  # certs, all still plain
+                 ("n2", 2, False, True), ("n1", 1, False, True),    # peers reached over TLS
+                 ("n2", 2, True, True), ("n1", 1, True, True)]      # plain refused
+        for name, i, required, outgoing in steps:
+            start(name, *tls(i, required, outgoing))
+            forwarding_works(f"{name} required={required} outgoing={outgoing}")
+            if name == "n1" and not required:
+                # Meanwhile plain clients still work, and TLS ones get their roles.
+                code, _, err = run_tool("throttlectl", "--node", nodes["n1"].rpc_address,
+                                        "check", "plain", "--limit", "5", "--period", "1m")
+                self.assertEqual(code, 0, err)
+                code, _, err = ctl(nodes["n1"], certs, "client", "rules", "set", "x",
+                                   "--limit", "1", "--period", "1s")
+                self.assertEqual(code, 4, err)
+        for n in nodes.values():  # at the end: no plain connection
+            code, _, err = run_tool("throttlectl", "--node", n.rpc_address, "members")
+            self.assertEqual(code, 3, err)
 
 
 class InlineLimitsTest(unittest.TestCase):

@@ -126,6 +126,12 @@ TEST_CASE("gossip keys: a keyring file, verification on unless turned off for a 
   CHECK_FALSE(migrating.gossip_verify_incoming);
   CHECK_FALSE(migrating.gossip_verify_outgoing);
   CHECK(usageError({"--gossip-verify-incoming", "maybe"}) == 2);
+  // RPC TLS: required and used for peers unless turned off while it is being turned on.
+  CHECK(plain.tls_incoming_required);
+  CHECK(plain.tls_outgoing);
+  const Config tls_migrating = ok({"--tls-incoming-required=false", "--tls-outgoing", "false"});
+  CHECK_FALSE(tls_migrating.tls_incoming_required);
+  CHECK_FALSE(tls_migrating.tls_outgoing);
 }
 
 TEST_CASE("bad values are usage errors (exit 2), not crashes") {
