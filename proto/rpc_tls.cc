@@ -125,7 +125,7 @@ struct TlsConfig::Material {
 
 TlsConfig::~TlsConfig() = default;
 
-Result<std::shared_ptr<const TlsConfig>> TlsConfig::load(const TlsFiles& files) {
+Result<std::shared_ptr<const TlsConfig::Material>> TlsConfig::read(const TlsFiles& files) {
   if (files.ca.empty() || files.cert.empty() || files.key.empty()) {
     return invalidArgument(
         "TLS needs all three of the CA certificate, the certificate and its key");
@@ -136,41 +136,79 @@ Result<std::shared_ptr<const TlsConfig>> TlsConfig::load(const TlsFiles& files) 
   if (!cert) return cert.error();
   auto key = readFile(files.key, "private key");
   if (!key) return key.error();
-  std::shared_ptr<TlsConfig> config(new TlsConfig());
-  config->material_ = std::make_unique<Material>();
-  Material& m = *config->material_;
+  auto m = std::make_shared<Material>();
   std::string problem;
   auto failed = kj::runCatchingExceptions([&] {
     problem = "CA certificate " + files.ca;
-    m.trusted.emplace_back(kj::StringPtr(ca->c_str(), ca->size()));
+    m->trusted.emplace_back(kj::StringPtr(ca->c_str(), ca->size()));
     problem = "certificate " + files.cert + " or key " + files.key;
-    m.keypair = kj::heap<kj::TlsKeypair>(
+    m->keypair = kj::heap<kj::TlsKeypair>(
         kj::TlsKeypair{kj::TlsPrivateKey(kj::StringPtr(key->c_str(), key->size())),
                        kj::TlsCertificate(kj::StringPtr(cert->c_str(), cert->size()))});
   });
   KJ_IF_MAYBE (e, failed) {
     return invalidArgument(problem + " does not parse: " + std::string(e->getDescription().cStr()));
   }
-  return std::shared_ptr<const TlsConfig>(std::move(config));
+  return std::shared_ptr<const Material>(std::move(m));
+}
+
+Result<std::shared_ptr<TlsConfig>> TlsConfig::load(const TlsFiles& files) {
+  auto m = read(files);
+  if (!m) return m.error();
+  std::shared_ptr<TlsConfig> config(new TlsConfig(files));
+  config->material_ = std::move(*m);
+  return config;
+}
+
+Status TlsConfig::reload() {
+  auto m = read(files_);
+  if (!m) return m.error();
+  {
+    std::lock_guard<std::mutex> guard(mu_);
+    material_ = std::move(*m);
+  }
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  return Ok{};
+}
+
+std::shared_ptr<const TlsConfig::Material> TlsConfig::material() const {
+  std::lock_guard<std::mutex> guard(mu_);
+  return material_;
 }
 
 kj::Own<kj::TlsContext> TlsConfig::serverContext(kj::Timer& timer) const {
+  auto m = material();
   kj::TlsContext::Options options;
   options.useSystemTrustStore = false;
   options.verifyClients = true;
-  options.trustedCertificates = kj::arrayPtr(material_->trusted.data(), material_->trusted.size());
-  options.defaultKeypair = *material_->keypair;
+  options.trustedCertificates = kj::arrayPtr(m->trusted.data(), m->trusted.size());
+  options.defaultKeypair = *m->keypair;
   options.timer = timer;
   options.acceptTimeout = 5 * kj::SECONDS;
-  return kj::heap<kj::TlsContext>(kj::mv(options));
+  return kj::heap<kj::TlsContext>(kj::mv(options)).attach(kj::mv(m));
 }
 
 kj::Own<kj::TlsContext> TlsConfig::clientContext() const {
+  auto m = material();
   kj::TlsContext::Options options;
   options.useSystemTrustStore = false;
-  options.trustedCertificates = kj::arrayPtr(material_->trusted.data(), material_->trusted.size());
-  options.defaultKeypair = *material_->keypair;
-  return kj::heap<kj::TlsContext>(kj::mv(options));
+  options.trustedCertificates = kj::arrayPtr(m->trusted.data(), m->trusted.size());
+  options.defaultKeypair = *m->keypair;
+  return kj::heap<kj::TlsContext>(kj::mv(options)).attach(kj::mv(m));
+}
+
+TlsContextCache::TlsContextCache(std::shared_ptr<const TlsConfig> config, bool server,
+                                 kj::Timer* timer)
+    : config_(std::move(config)), server_(server), timer_(timer) {}
+
+kj::TlsContext* TlsContextCache::get() {
+  if (config_ == nullptr) return nullptr;
+  const std::uint64_t now = config_->generation();
+  if (contexts_.empty() || now != generation_) {
+    contexts_.add(server_ ? config_->serverContext(*timer_) : config_->clientContext());
+    generation_ = now;
+  }
+  return contexts_.back().get();
 }
 
 kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,

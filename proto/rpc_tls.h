@@ -8,14 +8,17 @@
 // CA and a node" is the identity that matters).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
 #include <kj/async-io.h>
 #include <kj/compat/tls.h>
 #include <kj/timer.h>
+#include <kj/vector.h>
 
 #include "limiter/result.h"
 
@@ -40,10 +43,19 @@ struct TlsFiles {
   bool enabled() const { return !ca.empty() || !cert.empty() || !key.empty(); }
 };
 
+// The certificates of one party. Thread-safe. reload() reads the files again (a renewed
+// certificate, a new CA bundle) without a restart: contexts made afterwards use the new material,
+// and users that keep a context check generation() before each new connection (connections
+// already open keep theirs).
 class TlsConfig {
  public:
   // Reads the three files (all are required); errors name the file.
-  static Result<std::shared_ptr<const TlsConfig>> load(const TlsFiles& files);
+  static Result<std::shared_ptr<TlsConfig>> load(const TlsFiles& files);
+
+  // Reads the files again; on any error the material in use stays and the error says why.
+  Status reload();
+  // Rises with every successful reload.
+  std::uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
   // A server context: client certificates required; a handshake must finish within 5 s.
   kj::Own<kj::TlsContext> serverContext(kj::Timer& timer) const;
@@ -53,9 +65,32 @@ class TlsConfig {
   ~TlsConfig();
 
  private:
-  TlsConfig() = default;
+  explicit TlsConfig(TlsFiles files) : files_(std::move(files)) {}
   struct Material;
-  std::unique_ptr<Material> material_;
+  static Result<std::shared_ptr<const Material>> read(const TlsFiles& files);
+  std::shared_ptr<const Material> material() const;
+
+  const TlsFiles files_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const Material> material_;  // guarded by mu_
+  std::atomic<std::uint64_t> generation_{0};
+};
+
+// A context of `config` kept on one event loop and made again after a reload. Contexts it
+// replaces stay alive (connections made with them may still be open).
+class TlsContextCache {
+ public:
+  // `server`: server contexts (on `timer`), else client contexts. `config` may be null (no TLS).
+  TlsContextCache(std::shared_ptr<const TlsConfig> config, bool server, kj::Timer* timer = nullptr);
+  // The current context; null without TLS.
+  kj::TlsContext* get();
+
+ private:
+  std::shared_ptr<const TlsConfig> config_;
+  bool server_;
+  kj::Timer* timer_;
+  std::uint64_t generation_ = 0;
+  kj::Vector<kj::Own<kj::TlsContext>> contexts_;  // the last is current
 };
 
 // A TLS stream that hands every multi-piece write to TLS as one piece. KJ's TLS writes each

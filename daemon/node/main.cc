@@ -92,6 +92,12 @@ int main(int argc, char** argv) {
       } else {
         logError("rules reload failed, keeping the old rules: " + r.error().message);
       }
+      auto t = (*node)->reloadTls();
+      if (!t) {
+        logError("TLS reload failed, keeping the old certificates: " + t.error().message);
+      } else if (*t) {
+        logInfo("TLS certificates reloaded: new connections use them");
+      }
       continue;
     }
     logInfo(std::string("shutting down on ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));

@@ -164,8 +164,8 @@ struct Node::Parts {
   const Instant started = clock.monotonic();
 
   // The components, in construction order (destroyed in reverse).
-  std::unique_ptr<KeyringFile> keyring;         // with --gossip-keyring only
-  std::shared_ptr<const proto::TlsConfig> tls;  // with --tls-* only
+  std::unique_ptr<KeyringFile> keyring;   // with --gossip-keyring only
+  std::shared_ptr<proto::TlsConfig> tls;  // with --tls-* only; reloaded on SIGHUP
   std::unique_ptr<Store> store;
   std::unique_ptr<persistence::RedisStore> redis;  // with --redis only, as the three below
   std::unique_ptr<persistence::SnapshotWriter> writer;
@@ -472,6 +472,12 @@ Node::Node(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
 
 Node::~Node() {
   stop();
+}
+
+Result<bool> Node::reloadTls() {
+  if (!parts_->tls) return false;
+  if (Status s = parts_->tls->reload(); !s) return s.error();
+  return true;
 }
 
 Result<std::size_t> Node::reloadRules() {

@@ -32,6 +32,9 @@ class Node {
 
   // Reloads the rules file (SIGHUP); the old rules stay on failure. Returns the rule count.
   Result<std::size_t> reloadRules();
+  // Reads the --tls-* files again: new connections use them, open ones keep theirs. False when
+  // the node runs without TLS; an error (the old certificates stay) names the file.
+  Result<bool> reloadTls();
 
   // The graceful end (SIGTERM, SIGINT, throttlectl drain): readiness off, slots handed to the
   // nodes that take them over, leave announced, stays while checks still arrive, then every

@@ -156,7 +156,7 @@ class Loop {
         network_(io.provider->getNetwork()),
         timer_(io.provider->getTimer()),
         rng_(std::random_device{}()),
-        tls_(opt_.tls ? opt_.tls->clientContext() : kj::Own<kj::TlsContext>()),
+        tls_(opt_.tls, false),
         tasks_(log_errors_) {
     reader_options_.traversalLimitInWords = opt_.traversal_limit_words;
     reader_options_.nestingLimit = 16;
@@ -810,7 +810,8 @@ class Loop {
   kj::Timer& timer_;
   capnp::ReaderOptions reader_options_;
   std::mt19937_64 rng_;
-  kj::Own<kj::TlsContext> tls_;  // null without TLS; outlives the peers' connections
+  // Null without TLS; made again after a certificate reload, and outlives the peers' connections.
+  proto::TlsContextCache tls_;
   std::map<std::string, std::unique_ptr<Peer>> peers_;
   bool closing_ = false;
 

@@ -190,7 +190,7 @@ class Acceptor {
  public:
   // `tls` null: plain TCP.
   Acceptor(RpcServer::Impl& server, kj::ConnectionReceiver& listener, kj::Timer& timer,
-           kj::TlsContext* tls, ServiceFactory services, kj::TaskSet& connections)
+           proto::TlsContextCache* tls, ServiceFactory services, kj::TaskSet& connections)
       : server_(server),
         listener_(listener),
         timer_(timer),
@@ -268,7 +268,8 @@ class Acceptor {
   // The TLS handshake runs beside the accept loop (bounded by the context's accept timeout);
   // the certificate's common name gives the role.
   void secure(kj::AuthenticatedStream stream) {
-    connections_.add(tls_->wrapServer(kj::mv(stream))
+    connections_.add(tls_->get()
+                         ->wrapServer(kj::mv(stream))
                          .then([this](kj::AuthenticatedStream secured) {
                            auto& peer = kj::downcast<kj::TlsPeerIdentity>(*secured.peerIdentity);
                            auto role = proto::roleOf(peer.getCommonName().cStr());
@@ -315,7 +316,7 @@ class Acceptor {
   RpcServer::Impl& server_;
   kj::ConnectionReceiver& listener_;
   kj::Timer& timer_;
-  kj::TlsContext* tls_;
+  proto::TlsContextCache* tls_;  // null without TLS; made again after a certificate reload
   ServiceFactory services_;
   capnp::Capability::Client plain_;  // without TLS: one capability for every connection
   kj::TaskSet& connections_;
@@ -347,8 +348,9 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
                                               kj::UnixEventPort::FdObserver::OBSERVE_READ);
   LogErrors log_errors;
   kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
-  kj::Own<kj::TlsContext> tls;
-  if (options.tls) tls = options.tls->serverContext(io.provider->getTimer());
+  kj::Own<proto::TlsContextCache> tls;
+  if (options.tls)
+    tls = kj::heap<proto::TlsContextCache>(options.tls, true, &io.provider->getTimer());
   ServiceFactory services = [this, &worker](proto::Role role) -> capnp::Capability::Client {
     return kj::heap<RpcService>(router, info, metrics, worker.counters, options.control, role);
   };

@@ -16,6 +16,7 @@ namespace {
 struct Loop {
   kj::AsyncIoContext io = kj::setupAsyncIo();
   const proto::TlsConfig* tls_config = nullptr;  // what `tls` was made from
+  std::uint64_t tls_generation = 0;              // and its generation (reloads)
   kj::Own<kj::TlsContext> tls;
 };
 
@@ -36,9 +37,11 @@ Status sendHandoff(const std::string& address, const std::string& from,
     // The loop may have idled since its last call: its timer's "now" is only refreshed when the
     // loop polls, and a stale "now" would make the deadline below expire at once.
     io.waitScope.poll();
-    if (tls != loop->tls_config) {
+    const std::uint64_t generation = tls != nullptr ? tls->generation() : 0;
+    if (tls != loop->tls_config || generation != loop->tls_generation) {  // new, or reloaded
       loop->tls = tls != nullptr ? tls->clientContext() : kj::Own<kj::TlsContext>();
       loop->tls_config = tls;
+      loop->tls_generation = generation;
     }
     auto call = proto::connectNode(io.provider->getNetwork(), kj::StringPtr(address.c_str()),
                                    loop->tls.get())

@@ -9,6 +9,7 @@ by marking its checks as forwarded; state is unchanged after every refusal."""
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -465,6 +466,53 @@ class ListenerTest(unittest.TestCase):
             for s in held:
                 s.close()
 
+
+
+def served_serial(node, certs):
+    """The serial number of the certificate the node's RPC port presents now."""
+    hello = subprocess.run(["openssl", "s_client", "-connect", node.rpc_address, "-CAfile",
+                            certs.path("ca.crt"), "-cert", certs.path("client.crt"), "-key",
+                            certs.path("client.key"), "-servername", "throttlex-node"],
+                           input="", capture_output=True, text=True, timeout=20)
+    pem = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=hello.stdout,
+                         capture_output=True, text=True, timeout=20)
+    assert pem.returncode == 0, hello.stdout + hello.stderr
+    return pem.stdout.strip()
+
+
+def file_serial(path):
+    return subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", path],
+                          capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+
+
+class TlsReloadTest(unittest.TestCase):
+    def test_a_renewed_certificate_is_served_after_sighup_and_a_bad_one_is_not(self):
+        certs = Certificates(self, 1)
+        node = Node("--node-id", "renew", *certs.node_flags(1)[:6])
+        self.addCleanup(node.kill)
+        first = served_serial(node, certs)
+        self.assertEqual(first, file_serial(certs.path("node-1.crt")))
+        # Renew: cluster-init.sh issues what is missing, from the same CA.
+        os.remove(certs.path("node-1.crt"))
+        os.remove(certs.path("node-1.key"))
+        subprocess.run([str(ROOT / "scripts/cluster-init.sh"), certs.tmp.name, "1"], check=True,
+                       capture_output=True, timeout=60)
+        renewed = file_serial(certs.path("node-1.crt"))
+        self.assertNotEqual(renewed, first)
+        node.proc.send_signal(signal.SIGHUP)
+        node.wait_for_log(r"TLS certificates reloaded", timeout=10)
+        self.assertEqual(served_serial(node, certs), renewed)
+        code, _, err = ctl(node, certs, "client", "check", "r:1", "--limit", "5", "--period", "1m")
+        self.assertEqual(code, 0, err)
+        # A broken key file is refused, named, and the renewed certificate stays in use.
+        with open(certs.path("node-1.key"), "w") as f:
+            f.write("not a key\n")
+        node.proc.send_signal(signal.SIGHUP)
+        line = node.wait_for_log(r"TLS reload failed", timeout=10)
+        self.assertIn("node-1.key", line)
+        self.assertEqual(served_serial(node, certs), renewed)
+        code, _, err = ctl(node, certs, "client", "check", "r:1", "--limit", "5", "--period", "1m")
+        self.assertEqual(code, 0, err)
 
 
 class TlsMigrationTest(unittest.TestCase):
