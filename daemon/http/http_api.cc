@@ -409,6 +409,62 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
                                              std::move(outcomes), pending, std::move(finish)));
 }
 
+HttpResponse HttpApi::readiness() const {
+  HttpResponse r;
+  const std::string broken = listener_check_ ? listener_check_() : std::string();
+  const bool ready = ready_.load(std::memory_order_relaxed) && broken.empty();
+  r.status = ready ? 200 : 503;
+  r.body = ready            ? R"({"status":"ready"})"
+           : broken.empty() ? R"({"status":"not ready"})"
+                            : nlohmann::json{{"status", "not ready"}, {"reason", broken}}.dump();
+  return r;
+}
+
+HttpResponse HttpApi::infoResponse() const {
+  const NodeInfo i = info_ ? info_() : NodeInfo{};
+  HttpResponse r;
+  r.body = nlohmann::json{{"node_id", i.node_id},
+                          {"version", i.version},
+                          {"http_address", i.http_address},
+                          {"rpc_address", i.rpc_address},
+                          {"metrics_address", i.metrics_address},
+                          {"uptime_ms", i.uptime_ms},
+                          {"keys", i.keys},
+                          {"evictions", i.evictions},
+                          {"rules", i.rules}}
+               .dump();
+  return r;
+}
+
+HttpResponse HttpApi::clusterResponse() const {
+  const NodeInfo self = info_ ? info_() : NodeInfo{};
+  nlohmann::json list = nlohmann::json::array();
+  std::size_t alive = 0;
+  std::vector<MemberInfo> members;
+  if (members_) members = members_();
+  if (members.empty()) {  // not clustered: this node alone
+    MemberInfo solo;
+    solo.node_id = self.node_id;
+    solo.rpc_address = self.rpc_address;
+    solo.http_address = self.http_address;
+    solo.state = "alive";
+    members.push_back(std::move(solo));
+  }
+  for (const MemberInfo& m : members) {
+    alive += m.state == "alive" ? 1u : 0u;
+    list.push_back({{"node_id", m.node_id},
+                    {"state", m.state},
+                    {"gossip_address", m.gossip_address},
+                    {"rpc_address", m.rpc_address},
+                    {"http_address", m.http_address},
+                    {"incarnation", m.incarnation}});
+  }
+  HttpResponse r;
+  r.body = nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
+               .dump();
+  return r;
+}
+
 void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
   const std::string& path = request.path;
   const bool get = request.method == "GET" || request.method == "HEAD";
@@ -433,60 +489,15 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
   }
   if (path == "/readyz") {
     if (!get) return respond(methodNotAllowed("GET"));
-    HttpResponse r;
-    const std::string broken = listener_check_ ? listener_check_() : std::string();
-    const bool ready = ready_.load(std::memory_order_relaxed) && broken.empty();
-    r.status = ready ? 200 : 503;
-    r.body = ready            ? R"({"status":"ready"})"
-             : broken.empty() ? R"({"status":"not ready"})"
-                              : nlohmann::json{{"status", "not ready"}, {"reason", broken}}.dump();
-    return respond(std::move(r));
+    return respond(readiness());
   }
   if (path == "/v1/info") {
     if (!get) return respond(methodNotAllowed("GET"));
-    const NodeInfo i = info_ ? info_() : NodeInfo{};
-    HttpResponse r;
-    r.body = nlohmann::json{{"node_id", i.node_id},
-                            {"version", i.version},
-                            {"http_address", i.http_address},
-                            {"rpc_address", i.rpc_address},
-                            {"metrics_address", i.metrics_address},
-                            {"uptime_ms", i.uptime_ms},
-                            {"keys", i.keys},
-                            {"evictions", i.evictions},
-                            {"rules", i.rules}}
-                 .dump();
-    return respond(std::move(r));
+    return respond(infoResponse());
   }
   if (path == "/v1/cluster") {
     if (!get) return respond(methodNotAllowed("GET"));
-    const NodeInfo self = info_ ? info_() : NodeInfo{};
-    nlohmann::json list = nlohmann::json::array();
-    std::size_t alive = 0;
-    std::vector<MemberInfo> members;
-    if (members_) members = members_();
-    if (members.empty()) {  // not clustered: this node alone
-      MemberInfo solo;
-      solo.node_id = self.node_id;
-      solo.rpc_address = self.rpc_address;
-      solo.http_address = self.http_address;
-      solo.state = "alive";
-      members.push_back(std::move(solo));
-    }
-    for (const MemberInfo& m : members) {
-      alive += m.state == "alive" ? 1u : 0u;
-      list.push_back({{"node_id", m.node_id},
-                      {"state", m.state},
-                      {"gossip_address", m.gossip_address},
-                      {"rpc_address", m.rpc_address},
-                      {"http_address", m.http_address},
-                      {"incarnation", m.incarnation}});
-    }
-    HttpResponse r;
-    r.body =
-        nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
-            .dump();
-    return respond(std::move(r));
+    return respond(clusterResponse());
   }
   respond(problemResponse(404, "Not Found", "no route for " + path));
 }

@@ -42,6 +42,9 @@ class HttpApi {
   void checkOne(const CheckArgs& args, bool auth_request, Instant start,
                 const HttpRespond& respond);
   HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);
+  HttpResponse readiness() const;        // /readyz
+  HttpResponse infoResponse() const;     // /v1/info
+  HttpResponse clusterResponse() const;  // /v1/cluster
   void record(const Result<CheckOutcome>& outcome, Instant start);
 
   LimiterService& service_;

@@ -233,9 +233,11 @@ std::variant<Config, int> loadConfig(int argc, const char* const* argv, const Ge
     c.redis_port = static_cast<std::uint16_t>(std::stoi(c.redis.substr(colon + 1)));
   }
   c.lazy_recovery = c.recovery == "lazy";
+  const auto wildcard = [](const std::string& a) { return a == "0.0.0.0" || a == "::"; };
   if (c.metrics_bind.empty()) c.metrics_bind = c.bind;
-  if (c.advertise.empty())
-    c.advertise = (c.bind == "0.0.0.0" || c.bind == "::") ? hostname() : c.bind;
+  if (c.advertise.empty()) c.advertise = wildcard(c.bind) ? hostname() : c.bind;
+  c.metrics_advertise =
+      c.metrics_bind == c.bind || wildcard(c.metrics_bind) ? c.advertise : c.metrics_bind;
   if (c.node_id.empty()) {
     // With --http-port 0 the port is not known yet; the pid keeps ids on one host apart.
     c.node_id = hostname() + ":" +

@@ -27,7 +27,8 @@ struct Config {
   // Address /metrics binds (e.g. an internal network only, or 127.0.0.1 beside a local agent);
   // default: bind.
   std::string metrics_bind;
-  std::vector<std::string> join;           // seed host:port list (gossip)
+  std::string metrics_advertise;  // host others scrape /metrics at: advertise, or metrics_bind
+  std::vector<std::string> join;  // seed host:port list (gossip)
   std::string cluster_name = "throttlex";  // gossip packets of other clusters are dropped
   std::string gossip_preset = "lan";       // local | lan | wan timing, as given
   gossip::Timing gossip_timing = gossip::Timing::lan();  // the preset's timing

@@ -271,10 +271,7 @@ NodeInfo Node::Parts::info() const {
   i.node_id = config.node_id;
   i.http_address = address(http_port);
   i.rpc_address = address(rpc_port);
-  i.metrics_address = config.metrics_bind == config.bind || config.metrics_bind == "0.0.0.0" ||
-                              config.metrics_bind == "::"
-                          ? address(metrics_port)
-                          : config.metrics_bind + ":" + std::to_string(metrics_port.load());
+  i.metrics_address = config.metrics_advertise + ":" + std::to_string(metrics_port.load());
   i.uptime_ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(clock.monotonic() - started).count());
   const StoreStats st = store->stats();

@@ -115,6 +115,7 @@ std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::ui
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                               std::vector<Result<CheckOutcome>>& out) {
+  if (inline_limits_ || hops != 0) return checkRouted(args, hops, out);  // nothing to refuse
   std::size_t refusals = 0;
   for (const CheckArgs& a : args) refusals += refused(a, hops) ? 1u : 0u;
   if (refusals == 0) return checkRouted(args, hops, out);
