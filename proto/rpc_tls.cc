@@ -215,15 +215,18 @@ kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::St
                                                     kj::TlsContext* tls) {
   return network.parseAddress(address).then(
       [tls](kj::Own<kj::NetworkAddress> a) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
-        auto connected = a->connect().attach(kj::mv(a));
-        if (tls == nullptr) return connected;
-        return connected
-            .then([tls](kj::Own<kj::AsyncIoStream> stream) {
-              return tls->wrapClient(kj::mv(stream), kNodeServerName);
-            })
-            .then(
-                [](kj::Own<kj::AsyncIoStream> secured) { return coalesceWrites(kj::mv(secured)); });
+        return secureClient(a->connect().attach(kj::mv(a)), tls);
       });
+}
+
+kj::Promise<kj::Own<kj::AsyncIoStream>> secureClient(
+    kj::Promise<kj::Own<kj::AsyncIoStream>> connected, kj::TlsContext* tls) {
+  if (tls == nullptr) return connected;
+  return connected
+      .then([tls](kj::Own<kj::AsyncIoStream> stream) {
+        return tls->wrapClient(kj::mv(stream), kNodeServerName);
+      })
+      .then([](kj::Own<kj::AsyncIoStream> secured) { return coalesceWrites(kj::mv(secured)); });
 }
 
 }  // namespace throttlex::proto

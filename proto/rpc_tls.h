@@ -105,6 +105,11 @@ kj::Own<kj::AsyncIoStream> putBack(kj::Own<kj::AsyncIoStream> stream, kj::byte f
 // segments, which no message of ours has.
 inline constexpr kj::byte kTlsHandshakeByte = 0x16;
 
+// `connected` over TLS when `tls` is not null (the node's certificate is verified against the CA
+// and kNodeServerName), with writes coalesced; as it is otherwise.
+kj::Promise<kj::Own<kj::AsyncIoStream>> secureClient(
+    kj::Promise<kj::Own<kj::AsyncIoStream>> connected, kj::TlsContext* tls);
+
 // Connects to `address` ("host:port"); over TLS when `tls` is not null (the node's certificate
 // is verified against the CA and kNodeServerName).
 kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,

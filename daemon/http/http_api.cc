@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "daemon/loop/kj_on_asio.h"
 #include "limiter/period.h"
 
 namespace throttlex {
@@ -500,6 +501,41 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     return respond(clusterResponse());
   }
   respond(problemResponse(404, "Not Found", "no route for " + path));
+}
+
+namespace {
+
+class ForwardingThread final : public HttpThreadScope {
+ public:
+  ForwardingThread(asio::io_context& io, Router& router, const Clock& clock) : kj_(io, clock) {
+    forwarder_ = router.attachThread(
+        kj_.timer(), [this](const std::string& address) { return kj_.connect(address); });
+  }
+  ~ForwardingThread() override { stop(); }
+  ForwardingThread(const ForwardingThread&) = delete;
+  ForwardingThread& operator=(const ForwardingThread&) = delete;
+
+  // Queued checks are answered (degraded), calls in flight come back cancelled and answer theirs;
+  // then the loop and its connections go, so the io_context runs dry.
+  void stop() override {
+    if (!forwarder_) return;
+    forwarder_->shutdown();
+    kj_.settle();
+    forwarder_.reset();
+    kj_.settle(true);
+  }
+
+ private:
+  KjOnAsio kj_;
+  std::unique_ptr<ForwarderThread> forwarder_;
+};
+
+}  // namespace
+
+HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock) {
+  return [&router, &clock](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
+    return std::make_unique<ForwardingThread>(io, router, clock);
+  };
 }
 
 }  // namespace throttlex

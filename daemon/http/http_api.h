@@ -64,4 +64,10 @@ std::optional<std::string> urlDecode(std::string_view text);
 std::string rateLimitPolicyHeader(const CheckOutcome& o);
 std::string rateLimitHeader(const CheckOutcome& o);
 
+// HTTP worker threads that forward their own checks: each gets a KJ event loop on its io_context
+// (daemon/loop/kj_on_asio.h) and a forwarder loop of its own (Router::attachThread()), so a
+// forwarded check is sent, answered and completed on the thread that received it. `router` and
+// `clock` must outlive the server.
+HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock);
+
 }  // namespace throttlex

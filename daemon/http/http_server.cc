@@ -101,9 +101,11 @@ void Worker::start() {
 
 void Worker::run() {
   Inbox::current_ = inbox_.get();
+  if (shared_.options.thread_scope) scope_ = shared_.options.thread_scope(io_);
   for (;;) {
     try {
       io_.run();
+      scope_.reset();
       return;
     } catch (...) {
       // Only allocation failure can get here (handler exceptions are caught per request);
@@ -194,6 +196,7 @@ void Worker::beginDrain() {
 }
 
 void Worker::finish() {
+  if (scope_) scope_->stop();
   finishing_ = true;
   draining_ = true;
   asio::error_code ec;

@@ -20,7 +20,21 @@
 #include "limiter/clock.h"
 #include "limiter/result.h"
 
+namespace asio {
+class io_context;
+}
+
 namespace throttlex {
+
+// What one worker thread keeps besides its connections (the node's: a KJ loop and the thread's
+// forwarder). Made on the thread before it serves, stop()ped on the thread when the server
+// finishes (after the grace period), destroyed on the thread once its io_context ran dry.
+class HttpThreadScope {
+ public:
+  virtual ~HttpThreadScope() = default;
+  virtual void stop() {}
+};
+using HttpThreadScopeFactory = std::function<std::unique_ptr<HttpThreadScope>(asio::io_context&)>;
 
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
@@ -59,6 +73,7 @@ struct HttpServerOptions {
   std::chrono::milliseconds idle_timeout{60'000};  // keep-alive connection with no request: closed
   std::chrono::milliseconds request_timeout{10'000};  // a request must arrive whole within this
   std::size_t max_connections = 10'000;  // per server; more are accepted and closed at once
+  HttpThreadScopeFactory thread_scope;   // optional
 };
 
 class HttpServer {

@@ -135,6 +135,7 @@ class Worker {
   bool finishing_ = false;
 
   asio::io_context io_{1};
+  std::unique_ptr<HttpThreadScope> scope_;  // made, stopped and destroyed on the thread
   std::shared_ptr<Inbox> inbox_;
   tcp::acceptor acceptor_;
   asio::steady_timer sweep_timer_;

@@ -185,6 +185,10 @@ void collectForwarding(const ForwarderStats& f, std::vector<prometheus::MetricFa
        "Times a peer answered nothing (batches, heartbeats) for the owner-silence time T and its "
        "breaker opened",
        f.silences},
+      {"throttlex_thread_handoffs_total",
+       "Checks handed from one thread of this process to another on their way (0 on the check "
+       "path: each worker thread forwards its own; parked checks released later count)",
+       f.handoffs},
   };
   for (const auto& c : counters) {
     out.push_back({c.name, c.help, MetricType::Counter, {valued(static_cast<double>(c.value))}});

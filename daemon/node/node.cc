@@ -356,6 +356,7 @@ Status Node::Parts::startApis() {
   http_options.bind_address = config.bind;
   http_options.port = config.http_port;
   http_options.threads = config.threads;
+  http_options.thread_scope = forwardingThreads(*router, clock);
   HttpApi* handler = api.get();
   auto h = HttpServer::start(http_options, clock, [handler](HttpRequest& req, HttpRespond respond) {
     handler->handle(req, respond);

@@ -30,8 +30,9 @@ namespace {
 kj::Duration toKj(std::chrono::milliseconds ms) {
   return ms.count() * kj::MILLISECONDS;
 }
+// Counters are shared by the loops of all threads.
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
-  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+  c.fetch_add(by, std::memory_order_relaxed);
 }
 
 // Failures that say "this peer cannot answer now" (connection lost, deadline). Anything else is
@@ -91,7 +92,8 @@ std::string_view nameOf(BreakerState s) {
   return "closed";
 }
 
-// Statistics of one peer, written by the forwarder thread only, read by scrapes.
+// Statistics of one peer, written by every loop that forwards to it, read by scrapes. The breaker
+// gauge shows the state the last loop to change it set.
 struct PeerCounters {
   std::string node_id;
   std::string address;  // read and written under Impl::stats_mu
@@ -129,7 +131,7 @@ struct Forwarder::Impl {
   std::map<std::string, std::unique_ptr<PeerCounters>> counters
       GUARDED_BY(stats_mu);  // never shrinks
   std::atomic<std::uint64_t> degraded{0}, standin{0}, rerouted{0}, not_decided{0}, silences{0},
-      batch_size_sum{0}, latency_ns_sum{0};
+      handoffs{0}, batch_size_sum{0}, latency_ns_sum{0};
   std::array<std::atomic<std::uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::array<std::atomic<std::uint64_t>, kForwardLatencyBounds.size() + 1> latency{};
 
@@ -147,14 +149,15 @@ struct Forwarder::Impl {
 
 namespace {
 
-// Everything that lives on the forwarder thread's event loop.
+// One thread's forwarding: its peers, their connections, breakers and batches, on the thread's
+// KJ event loop.
 class Loop {
  public:
-  Loop(Forwarder::Impl& impl, kj::AsyncIoContext& io)
+  Loop(Forwarder::Impl& impl, kj::Timer& timer, PeerConnector connect)
       : impl_(impl),
         opt_(impl.options),
-        network_(io.provider->getNetwork()),
-        timer_(io.provider->getTimer()),
+        connect_(std::move(connect)),
+        timer_(timer),
         rng_(std::random_device{}()),
         tls_(opt_.tls, false),
         tasks_(log_errors_) {
@@ -165,7 +168,15 @@ class Loop {
   }
   ~Loop() { shutdown(); }
 
-  // Runs submissions until the inbox closes.
+  // Routes a submission made on this loop's thread.
+  void submit(Submission s) {
+    for (std::size_t i = 0; i < s.checks.size(); ++i) {
+      if (s.decide_by_ms != 0) s.checks[i].decide_by_ms = s.decide_by_ms;
+      route(Item{std::move(s.checks[i]), s.indices[i], s.sink, s.hops, 0});
+    }
+  }
+
+  // Runs submissions handed over from other threads until the inbox closes.
   kj::Promise<void> serve(kj::UnixEventPort::FdObserver& observer) {
     if (drain()) return kj::READY_NOW;
     return observer.whenBecomesReadable().then([this, &observer] { return serve(observer); });
@@ -227,12 +238,7 @@ class Loop {
       impl_.wake_pending = false;
       closed = impl_.closed;
     }
-    for (Submission& s : work) {
-      for (std::size_t i = 0; i < s.checks.size(); ++i) {
-        if (s.decide_by_ms != 0) s.checks[i].decide_by_ms = s.decide_by_ms;
-        route(Item{std::move(s.checks[i]), s.indices[i], s.sink, s.hops, 0});
-      }
-    }
+    for (Submission& s : work) submit(std::move(s));
     return closed;
   }
 
@@ -532,7 +538,7 @@ class Loop {
     peer.connecting = true;
     const std::uint64_t generation = peer.generation;
     Peer* p = &peer;
-    auto stream = proto::connectNode(network_, peer.address, tls_.get());
+    auto stream = proto::secureClient(connect_(peer.address), tls_.get());
     tasks_.add(peer.canceler.wrap(timer_.timeoutAfter(toKj(opt_.connect_timeout), kj::mv(stream)))
                    .then(
                        [this, p, generation](kj::Own<kj::AsyncIoStream> s) {
@@ -806,7 +812,7 @@ class Loop {
   Forwarder::Impl& impl_;
   const ForwarderOptions& opt_;
   kj::TimePoint last_tick_ = kj::origin<kj::TimePoint>();
-  kj::Network& network_;
+  PeerConnector connect_;
   kj::Timer& timer_;
   capnp::ReaderOptions reader_options_;
   std::mt19937_64 rng_;
@@ -828,6 +834,41 @@ class Loop {
 
 }  // namespace
 
+namespace {
+// The loops attached on this thread (attachThread()), by the forwarder they belong to.
+thread_local std::vector<std::pair<const Forwarder::Impl*, Loop*>> t_loops;
+}  // namespace
+
+struct ForwarderThread::Impl {
+  Impl(Forwarder::Impl& f, kj::Timer& timer, PeerConnector connect)
+      : owner(&f), loop(f, timer, std::move(connect)) {
+    t_loops.emplace_back(owner, &loop);
+  }
+  ~Impl() {
+    std::erase_if(t_loops, [this](const auto& entry) { return entry.second == &loop; });
+  }
+  const Forwarder::Impl* owner;
+  Loop loop;
+};
+
+ForwarderThread::ForwarderThread(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ForwarderThread::~ForwarderThread() = default;
+void ForwarderThread::shutdown() {
+  impl_->loop.shutdown();
+}
+
+std::unique_ptr<ForwarderThread> Forwarder::attachThread(kj::Timer& timer, PeerConnector connect) {
+  return std::make_unique<ForwarderThread>(
+      std::make_unique<ForwarderThread::Impl>(*impl_, timer, std::move(connect)));
+}
+
+PeerConnector connectorOf(kj::Network& network) {
+  return [&network](const std::string& address) {
+    return network.parseAddress(address).then(
+        [](kj::Own<kj::NetworkAddress> a) { return a->connect().attach(kj::mv(a)); });
+  };
+}
+
 void Forwarder::Impl::decideHere(const ForwardedCheck& c, std::size_t index, ForwardSink& sink) {
   const auto& view = ring.current();
   if (!view || view->peerFor(c.slot) == RingView::kNoPeer) {
@@ -840,7 +881,7 @@ void Forwarder::Impl::decideHere(const ForwardedCheck& c, std::size_t index, For
 
 void Forwarder::Impl::run(std::promise<void> ready) {
   auto io = kj::setupAsyncIo();
-  Loop loop(*this, io);
+  Loop loop(*this, io.provider->getTimer(), connectorOf(io.provider->getNetwork()));
   kj::UnixEventPort::FdObserver observer(io.unixEventPort, event_fd,
                                          kj::UnixEventPort::FdObserver::OBSERVE_READ);
   ready.set_value();
@@ -883,6 +924,13 @@ void Forwarder::setKeeper(SlotGate* keeper) {
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
                        std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
                        std::int64_t decide_by_ms) {
+  for (const auto& [owner, loop] : t_loops) {
+    if (owner == impl_.get()) {  // this thread forwards its own checks
+      loop->submit({std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
+      return;
+    }
+  }
+  bump(impl_->handoffs, checks.size());
   MutexLock lock(impl_->mu);
   if (impl_->closed) {  // stopped: decided at once on this thread
     lock.unlock();
@@ -928,6 +976,7 @@ ForwarderStats Forwarder::stats() const {
   s.rerouted = impl_->rerouted.load(std::memory_order_relaxed);
   s.not_decided = impl_->not_decided.load(std::memory_order_relaxed);
   s.silences = impl_->silences.load(std::memory_order_relaxed);
+  s.handoffs = impl_->handoffs.load(std::memory_order_relaxed);
   for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
     s.batch_sizes[i] = impl_->batch_sizes[i].load(std::memory_order_relaxed);
   }

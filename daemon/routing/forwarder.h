@@ -1,11 +1,15 @@
 // Forwarding checks to the owners of their keys (docs/architecture.md, "The hot path").
 //
-// One thread with its own KJ event loop holds a Cap'n Proto connection to each peer it forwards
-// to. Request threads hand it checks through an eventfd-watched queue (submit()); it routes each
-// by its slot through the current ring (RingHolder), batches per peer and completes each check
-// through its sink, on the forwarder thread.
+// A forwarder loop holds a Cap'n Proto connection to each peer it forwards to; it routes each
+// check by its slot through the current ring (RingHolder), batches per peer and completes each
+// check through its sink. Every worker thread (HTTP and RPC) attaches a loop of its own
+// (attachThread()): a check submitted there is routed, sent, answered and completed on that
+// thread, over that thread's own connections — it never changes thread inside this process. A
+// thread without a loop (the slot keeper releasing parked checks, tests) hands its checks to the
+// forwarder's own thread through an eventfd-watched queue; those hand-offs are counted
+// (ForwarderStats::handoffs) and stay 0 on the check path.
 //
-// Per peer:
+// Per peer, per loop:
 //  - Adaptive batching: with no call in flight, everything queued leaves at once (no added
 //    latency when idle); while a call is in flight, checks gather and leave together when it
 //    returns, or as soon as a full batch (max_batch) has gathered. No timer.
@@ -35,9 +39,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <kj/async-io.h>
+#include <kj/timer.h>
 
 #include "daemon/routing/ring_view.h"
 #include "daemon/service/limiter_service.h"
@@ -75,7 +83,8 @@ inline bool pastDecideBy(std::int64_t decide_by_ms, const Clock& clock) {
                  .count() > decide_by_ms;
 }
 
-// Where results go; called on the forwarder thread, once per submitted index. Must be quick.
+// Where results go; called once per submitted index, on the thread of the loop that forwarded it
+// (the submitting thread when it has a loop of its own). Must be quick.
 class ForwardSink {
  public:
   virtual ~ForwardSink() = default;
@@ -130,10 +139,34 @@ struct ForwarderStats {
   std::uint64_t rerouted = 0;     // checks re-routed after a failure or a ring change
   std::uint64_t not_decided = 0;  // checks an owner answered kNotDecided (sent again)
   std::uint64_t silences = 0;     // peers found silent for owner_silence (breaker opened)
+  // Checks submitted on a thread without a loop of its own, handed to the forwarder's thread
+  // (parked checks released by the slot keeper; never the check path of HTTP or RPC).
+  std::uint64_t handoffs = 0;
   std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
   std::uint64_t batch_size_sum = 0;
   std::array<std::uint64_t, kForwardLatencyBounds.size() + 1> latency{};
   double latency_sum_seconds = 0;
+};
+
+// How a loop reaches a peer: a connected stream to "host:port" (TLS is added on top).
+using PeerConnector = std::function<kj::Promise<kj::Own<kj::AsyncIoStream>>(const std::string&)>;
+// Connects through a KJ network (a thread on KJ's own event loop).
+PeerConnector connectorOf(kj::Network& network);
+
+// A forwarder loop on one worker thread (Forwarder::attachThread()). Created and destroyed on that
+// thread. Before destroying it, shutdown() and let the thread's KJ loop run, so that calls still
+// in flight come back and their checks are answered (degraded).
+class ForwarderThread {
+ public:
+  struct Impl;
+  explicit ForwarderThread(std::unique_ptr<Impl> impl);
+  ~ForwarderThread();
+  ForwarderThread(const ForwarderThread&) = delete;
+  ForwarderThread& operator=(const ForwarderThread&) = delete;
+  void shutdown();  // queued checks answered now (degraded), calls in flight cancelled
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 class Forwarder {
@@ -145,12 +178,17 @@ class Forwarder {
   Forwarder(const Forwarder&) = delete;
   Forwarder& operator=(const Forwarder&) = delete;
 
-  // Any thread. Result j goes to sink->deliver(indices[j], ...). `hops`: how many nodes this
-  // check passed already (the calls carry hops + 1). After stop(), checks are decided at once on
-  // the calling thread (degraded for keys owned elsewhere).
-  // `decide_by_ms`: the bound of checks that came from a peer (ForwardedCheck), 0 for none.
+  // Any thread: forwarded by the calling thread's loop (attachThread()), else handed to the
+  // forwarder's own thread. Result j goes to sink->deliver(indices[j], ...). `hops`: how many nodes
+  // this check passed already (the calls carry hops + 1). After stop(), checks are decided at once
+  // on the calling thread (degraded for keys owned elsewhere). `decide_by_ms`: the bound of checks
+  // that came from a peer (ForwardedCheck), 0 for none.
   void submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
               std::shared_ptr<ForwardSink> sink, std::uint8_t hops, std::int64_t decide_by_ms = 0);
+
+  // On a thread that runs a KJ event loop whose timer is `timer`: from now on, checks submitted
+  // on this thread are forwarded by a loop of this thread, with connections of its own.
+  std::unique_ptr<ForwarderThread> attachThread(kj::Timer& timer, PeerConnector connect);
 
   // Where checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
   void setKeeper(SlotGate* keeper);

@@ -66,6 +66,11 @@ class Router {
                std::uint8_t hops);
 
   LimiterService& service() { return service_; }
+  // The calling worker thread forwards its own checks from now on (Forwarder::attachThread());
+  // null when there is no forwarder.
+  std::unique_ptr<ForwarderThread> attachThread(kj::Timer& timer, PeerConnector connect) {
+    return forwarder_ != nullptr ? forwarder_->attachThread(timer, std::move(connect)) : nullptr;
+  }
 
  private:
   enum class Where : std::uint8_t { kHere, kPeer, kPark };

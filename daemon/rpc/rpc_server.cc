@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "daemon/base/log.h"
+#include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_service.h"
 #include "limiter/mutex.h"
 
@@ -356,6 +357,9 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   };
   Acceptor acceptor(*this, *listener, io.provider->getTimer(), tls.get(), std::move(services),
                     connections);
+  // This thread forwards the checks it receives itself, over connections of its own.
+  std::unique_ptr<ForwarderThread> forwarding =
+      router.attachThread(io.provider->getTimer(), connectorOf(io.provider->getNetwork()));
   ready.set_value();
   // Failed accepts are retried inside the loop; anything else that ends it (an exception from
   // setting up a connection) stops this thread's accepting, not the process.
@@ -367,6 +371,10 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   whenStopped(stop_observer, worker.stop_fd.get())
       .exclusiveJoin(kj::mv(accepting))
       .wait(io.waitScope);
+  if (forwarding) {  // calls in flight come back cancelled and answer their checks (degraded)
+    forwarding->shutdown();
+    io.waitScope.poll();
+  }
 }
 
 RpcServer::RpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
