@@ -2,29 +2,13 @@
 
 #include <array>
 
+#include "proto/address.h"
+
 namespace throttlex::gossip {
 namespace {
 
 constexpr auto kStreamDeadline = std::chrono::seconds(2);
 constexpr std::size_t kMaxDatagram = 65536;
-
-// "host:port" or "[v6]:port".
-bool splitAddress(const std::string& address, std::string& host, std::uint16_t& port) {
-  const std::size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= address.size()) return false;
-  host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  unsigned long p = 0;
-  try {
-    p = std::stoul(address.substr(colon + 1));
-  } catch (...) {
-    return false;
-  }
-  if (p == 0 || p > 65535 || host.empty()) return false;
-  port = static_cast<std::uint16_t>(p);
-  return true;
-}
 
 std::string formatEndpoint(const asio::ip::address& ip, std::uint16_t port) {
   return ip.is_v6() ? "[" + ip.to_string() + "]:" + std::to_string(port)
@@ -174,7 +158,7 @@ void NetTransport::acceptStream() {
 void NetTransport::send(const std::string& to, Channel channel, std::vector<std::uint8_t> bytes) {
   std::string host;
   std::uint16_t port = 0;
-  if (!splitAddress(to, host, port)) {
+  if (!proto::splitHostPort(to, host, port)) {
     stats_.send_failures.fetch_add(1, std::memory_order_relaxed);
     return;
   }

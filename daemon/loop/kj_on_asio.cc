@@ -14,6 +14,8 @@
 #include <cstring>
 #include <vector>
 
+#include "proto/address.h"
+
 // KJ's interfaces have no virtual destructor; objects here are never deleted through them.
 #pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
 
@@ -42,7 +44,9 @@ class AsioStream final : public kj::AsyncIoStream {
   }
 
   kj::Promise<void> write(const void* buffer, size_t size) override {
-    return writeSome(static_cast<const kj::byte*>(buffer), size);
+    // One piece; KJ allows one write at a time, so the member lives until this one is done.
+    single_ = kj::arrayPtr(static_cast<const kj::byte*>(buffer), size);
+    return writePieces(kj::arrayPtr(&single_, 1), 0);
   }
 
   kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
@@ -50,36 +54,34 @@ class AsioStream final : public kj::AsyncIoStream {
   }
 
   kj::Promise<void> whenWriteDisconnected() override { return kj::NEVER_DONE; }
-  void shutdownWrite() override { ::shutdown(fd(), SHUT_WR); }
-  void abortRead() override { ::shutdown(fd(), SHUT_RD); }
+  void shutdownWrite() override { ::shutdown(fd_, SHUT_WR); }
+  void abortRead() override { ::shutdown(fd_, SHUT_RD); }
 
   void getsockopt(int level, int option, void* value, kj::uint* length) override {
     socklen_t len = *length;
-    KJ_SYSCALL(::getsockopt(fd(), level, option, value, &len));
+    KJ_SYSCALL(::getsockopt(fd_, level, option, value, &len));
     *length = len;
   }
   void setsockopt(int level, int option, const void* value, kj::uint length) override {
-    KJ_SYSCALL(::setsockopt(fd(), level, option, value, length));
+    KJ_SYSCALL(::setsockopt(fd_, level, option, value, length));
   }
   void getsockname(struct sockaddr* addr, kj::uint* length) override {
     socklen_t len = *length;
-    KJ_SYSCALL(::getsockname(fd(), addr, &len));
+    KJ_SYSCALL(::getsockname(fd_, addr, &len));
     *length = len;
   }
   void getpeername(struct sockaddr* addr, kj::uint* length) override {
     socklen_t len = *length;
-    KJ_SYSCALL(::getpeername(fd(), addr, &len));
+    KJ_SYSCALL(::getpeername(fd_, addr, &len));
     *length = len;
   }
-  kj::Maybe<int> getFd() const override { return fd(); }
+  kj::Maybe<int> getFd() const override { return fd_; }
 
  private:
-  int fd() const { return fd_; }
-
   kj::Promise<size_t> readSome(kj::byte* buffer, size_t min_bytes, size_t max_bytes,
                                size_t already) {
     for (;;) {
-      const ssize_t n = ::read(fd(), buffer, max_bytes);
+      const ssize_t n = ::read(fd_, buffer, max_bytes);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (wouldBlock(errno)) break;
@@ -97,24 +99,6 @@ class AsioStream final : public kj::AsyncIoStream {
         .then([this, buffer, min_bytes, max_bytes, already] {
           return readSome(buffer, min_bytes, max_bytes, already);
         });
-  }
-
-  kj::Promise<void> writeSome(const kj::byte* buffer, size_t size) {
-    while (size > 0) {
-      const ssize_t n = ::send(fd(), buffer, size, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (wouldBlock(errno)) {
-          return ready(asio::posix::descriptor_base::wait_write).then([this, buffer, size] {
-            return writeSome(buffer, size);
-          });
-        }
-        return disconnected("write", errno);
-      }
-      buffer += n;
-      size -= static_cast<size_t>(n);
-    }
-    return kj::READY_NOW;
   }
 
   // Writes `pieces` after skipping `skip` bytes of them (what an earlier call wrote).
@@ -136,7 +120,7 @@ class AsioStream final : public kj::AsyncIoStream {
       msghdr message{};
       message.msg_iov = iovecs_.data();
       message.msg_iovlen = iovecs_.size();
-      const ssize_t n = ::sendmsg(fd(), &message, MSG_NOSIGNAL);
+      const ssize_t n = ::sendmsg(fd_, &message, MSG_NOSIGNAL);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (wouldBlock(errno)) {
@@ -166,20 +150,9 @@ class AsioStream final : public kj::AsyncIoStream {
 
   asio::posix::stream_descriptor descriptor_;  // owns fd_
   const int fd_;
+  kj::ArrayPtr<const kj::byte> single_;  // the piece of write(buffer, size)
   std::vector<iovec> iovecs_;
 };
-
-// Host and port of "host:port" or "[v6]:port"; false when malformed.
-bool splitAddress(const std::string& address, std::string& host, std::string& port) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 == address.size()) return false;
-  host = address.substr(0, colon);
-  port = address.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return !host.empty();
-}
 
 }  // namespace
 
@@ -305,8 +278,9 @@ kj::Own<kj::AsyncIoStream> KjOnAsio::wrap(int fd) {
 }
 
 kj::Promise<kj::Own<kj::AsyncIoStream>> KjOnAsio::connect(const std::string& address) {
-  std::string host, port;
-  if (!splitAddress(address, host, port)) {
+  std::string host;
+  std::uint16_t port = 0;
+  if (!proto::splitHostPort(address, host, port)) {
     return KJ_EXCEPTION(FAILED, "not host:port", address.c_str());
   }
   struct Attempt {
@@ -319,7 +293,7 @@ kj::Promise<kj::Own<kj::AsyncIoStream>> KjOnAsio::connect(const std::string& add
   auto paf = kj::newPromiseAndFulfiller<int>();
   attempt->fulfiller = kj::mv(paf.fulfiller);
   attempt->resolver.async_resolve(
-      host, port,
+      host, std::to_string(port),
       [attempt](const asio::error_code& error, asio::ip::tcp::resolver::results_type r) {
         if (error) {
           attempt->fulfiller->reject(disconnected("resolve", error.value()));
