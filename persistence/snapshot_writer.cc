@@ -213,9 +213,12 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
     return false;
   }
   Taken taken;
-  given_back = takeAll(taken);
-  if (taken.entries.empty()) return true;
-  inflight_oldest_ns_.store(taken.oldest_ns, std::memory_order_relaxed);
+  {
+    MutexLock view(view_mu_);
+    given_back = takeAll(taken);
+    if (taken.entries.empty()) return true;
+    inflight_oldest_ns_ = taken.oldest_ns;
+  }
 
   // By slot: a batch then spans few slots, and the store writes one command per slot and batch.
   std::sort(taken.entries.begin(), taken.entries.end(),
@@ -266,17 +269,20 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
 
   bool all_ok = true;
   std::uint64_t written = 0;
-  for (std::size_t i = 0; i < batches.size(); ++i) {
-    if (wait->failed[i]) {
-      all_ok = false;
-      write_errors_.fetch_add(1, std::memory_order_relaxed);
-      putBack(batches[i], taken.oldest_ns);
-    } else {
-      written += batches[i].size();
-    }
-  }
   lock.unlock();
-  inflight_oldest_ns_.store(0, std::memory_order_relaxed);
+  {
+    MutexLock view(view_mu_);
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      if (wait->failed[i]) {
+        all_ok = false;
+        write_errors_.fetch_add(1, std::memory_order_relaxed);
+        putBack(batches[i], taken.oldest_ns);
+      } else {
+        written += batches[i].size();
+      }
+    }
+    inflight_oldest_ns_ = 0;
+  }
   entries_written_.fetch_add(written, std::memory_order_relaxed);
   (all_ok ? flushes_ : failed_flushes_).fetch_add(1, std::memory_order_relaxed);
   return all_ok;
@@ -325,8 +331,8 @@ void SnapshotWriter::run() {
 
 SnapshotWriterStats SnapshotWriter::stats() const {
   SnapshotWriterStats s;
-  std::int64_t oldest = inflight_oldest_ns_.load(std::memory_order_relaxed);
-  if (oldest == 0) oldest = kNone;
+  MutexLock view(view_mu_);
+  std::int64_t oldest = inflight_oldest_ns_ == 0 ? kNone : inflight_oldest_ns_;
   for (std::size_t i = 0; i < options_.shards; ++i) {
     MutexLock lock(shards_[i].mu);
     s.pending += shards_[i].pending.size();

@@ -83,9 +83,10 @@ class SnapshotWriter {
   SnapshotWriter(SnapshotStore& store, const Clock& clock, const SnapshotWriterOptions& options);
   std::int64_t monotonicNs() const;
   Shard& shardFor(const KeyHash& key) const;
-  std::size_t takeAll(Taken& out);            // returns the bytes the pending tables gave back
-  bool flushLocked(std::size_t& given_back);  // flushOnce() under flush_mu_
-  void putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns);
+  std::size_t takeAll(Taken& out) REQUIRES(view_mu_);  // returns the bytes the tables gave back
+  bool flushLocked(std::size_t& given_back);           // flushOnce() under flush_mu_
+  void putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns)
+      REQUIRES(view_mu_);
   void run();
 
   // Constant after construction.
@@ -96,6 +97,12 @@ class SnapshotWriter {
   std::unique_ptr<Shard[]> shards_;
 
   Mutex flush_mu_;  // one flush at a time
+  // What stats() reads as one: the pending tables and the changes in flight. A flush takes
+  // everything, and later puts back what failed and clears the in-flight mark, each under this
+  // lock; so no reader sees a change in neither place (pending 0 and lag 0 while it is on its way).
+  // Lock order: view_mu_, then a shard's mu. markDirty() does not take it.
+  mutable Mutex view_mu_;
+  std::int64_t inflight_oldest_ns_ GUARDED_BY(view_mu_) = 0;  // monotonic ns; 0: nothing in flight
 
   Mutex thread_mu_;
   std::condition_variable wake_;
@@ -104,7 +111,6 @@ class SnapshotWriter {
   std::thread thread_;
 
   // Counters: written by the flusher (or, for dropped_, by markDirty on the rare drop path).
-  std::atomic<std::int64_t> inflight_oldest_ns_{0};  // monotonic ns of the oldest change in flight
   std::atomic<std::uint64_t> dropped_{0};
   std::atomic<std::uint64_t> flushes_{0};
   std::atomic<std::uint64_t> failed_flushes_{0};
