@@ -12,12 +12,14 @@ packages=(
   prometheus-cpp-dev libcli11-dev doctest-dev libxxhash-dev libbenchmark-dev
   libhttp-parser-dev libyaml-cpp-dev nlohmann-json3-dev
   libssl-dev  # libcrypto: the gossip keyring (AES-256-GCM)
+  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc  # Envoy's rate limit service (daemon/rls)
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
   openssl  # scripts/cluster-init.sh: the CA and certificates of a secured cluster
   stunnel4  # integration_security: Redis over TLS through a local proxy (cluster/redis-tls)
   docker-compose python3-yaml  # cluster/validate.sh: compose config, Kubernetes YAML
   iptables  # cluster/chaos/{partition,loss}.sh: drop a node's traffic inside its namespace
+  python3-grpcio python3-protobuf  # integration_rls: an independent gRPC client of the RLS port
   prometheus  # cluster/checks/promql_check.py: the dashboard's queries against a real Prometheus
 )
 

@@ -261,21 +261,6 @@ namespace {
 
 // The owners' answers for the checks of one HTTP request, filled on the forwarder thread; the
 // last one builds and sends the response (HttpRespond may be called from any thread).
-class HttpForwardWait final : public ForwardSink {
- public:
-  using Finish = std::function<void(std::vector<Result<CheckOutcome>>&)>;
-  HttpForwardWait(std::vector<Result<CheckOutcome>> outcomes, std::size_t pending, Finish finish)
-      : outcomes_(std::move(outcomes)), pending_(pending), finish_(std::move(finish)) {}
-  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
-    outcomes_[index] = std::move(outcome);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) finish_(outcomes_);
-  }
-
- private:
-  std::vector<Result<CheckOutcome>> outcomes_;
-  std::atomic<std::size_t> pending_;
-  Finish finish_;
-};
 
 }  // namespace
 
@@ -286,7 +271,7 @@ void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Instant start,
     record(*here, start);
     return respond(answer(*here, auth_request));
   }
-  auto wait = std::make_shared<HttpForwardWait>(
+  auto wait = std::make_shared<ResultCollector>(
       std::vector<Result<CheckOutcome>>(1, Error{ErrorCode::kInternal, "not decided"}), 1,
       [this, auth_request, start, respond](std::vector<Result<CheckOutcome>>& outcomes) {
         record(outcomes[0], start);
@@ -406,7 +391,7 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   };
   if (forwarding.empty()) return finish(outcomes);
   const std::size_t pending = forwarding.size();
-  router_.forward(std::move(forwarding), std::make_shared<HttpForwardWait>(
+  router_.forward(std::move(forwarding), std::make_shared<ResultCollector>(
                                              std::move(outcomes), pending, std::move(finish)));
 }
 

@@ -18,8 +18,8 @@
 namespace throttlex {
 namespace {
 
-constexpr int kApis = 2, kRoutes = 3, kOutcomes = 3;
-constexpr const char* kApiNames[kApis] = {"http", "rpc"};
+constexpr int kApis = 3, kRoutes = 3, kOutcomes = 3;
+constexpr const char* kApiNames[kApis] = {"http", "rpc", "rls"};
 constexpr const char* kRouteNames[kRoutes] = {"local", "forwarded", "degraded"};
 constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error"};
 constexpr std::size_t kBuckets = kLatencyBounds.size() + 1;  // the last is +Inf

@@ -20,7 +20,7 @@
 
 namespace throttlex {
 
-enum class Api : std::uint8_t { kHttp = 0, kRpc = 1 };
+enum class Api : std::uint8_t { kHttp = 0, kRpc = 1, kRls = 2 };
 enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
 
 class HttpServer;

@@ -78,6 +78,15 @@ void defineListeners(CLI::App& app, Config& c) {
   app.add_option("--gossip-port", c.gossip_port, "Gossip (SWIM) port")->capture_default_str();
   app.add_option("--metrics-port", c.metrics_port, "Prometheus /metrics port")
       ->capture_default_str();
+  app.add_option("--rls-port", c.rls_port,
+                 "Envoy rate limit service (gRPC, envoy.service.ratelimit.v3) port; -1: off, 0: a "
+                 "port the kernel picks")
+      ->check(CLI::Range(-1, 65535))
+      ->capture_default_str();
+  app.add_option("--rls-response-headers", c.rls_response_headers,
+                 "Add the RateLimit-Policy and RateLimit headers to every RLS answer "
+                 "(response_headers_to_add)")
+      ->capture_default_str();
   app.add_option("--max-connections", c.max_connections,
                  "Open connections per API (HTTP, RPC), more are closed at once; 0: half of the "
                  "descriptors left after a reserve, at most 10000")

@@ -22,6 +22,8 @@ struct Config {
   std::uint16_t rpc_port = 7400;
   std::uint16_t gossip_port = 7946;
   std::uint16_t metrics_port = 9464;
+  int rls_port = -1;  // Envoy's rate limit service (gRPC; docs/envoy.md); -1: off, 0: any port
+  bool rls_response_headers = false;  // RateLimit headers in every RLS answer
   // Open connections per API (HTTP, RPC); 0: derived from the descriptor limit (daemon/node).
   std::size_t max_connections = 0;
   // Address /metrics binds (e.g. an internal network only, or 127.0.0.1 beside a local agent);

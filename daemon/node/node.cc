@@ -18,6 +18,7 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/node/cluster.h"
 #include "daemon/node/keyring_file.h"
+#include "daemon/rls/rls_server.h"
 #include "daemon/routing/forwarder.h"
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/router.h"
@@ -187,6 +188,7 @@ struct Node::Parts {
   std::unique_ptr<RpcServer> rpc;
   std::unique_ptr<HttpApi> api;
   std::unique_ptr<HttpServer> http;
+  std::unique_ptr<RlsServer> rls;  // only with --rls-port
   std::unique_ptr<Sweeper> sweeper;
 };
 
@@ -364,6 +366,14 @@ Status Node::Parts::startApis() {
   if (!h) return Error{h.error().code, "--http-port: " + h.error().message};
   http = std::move(*h);
   http_port = http->port();
+  if (config.rls_port < 0) return Ok{};
+  RlsServerOptions rls_options;
+  rls_options.bind = config.bind;
+  rls_options.port = static_cast<std::uint16_t>(config.rls_port);
+  rls_options.response_headers = config.rls_response_headers;
+  auto g = RlsServer::start(rls_options, *router, metrics.get());
+  if (!g) return Error{g.error().code, "--rls-port: " + g.error().message};
+  rls = std::move(*g);
   return Ok{};
 }
 
@@ -461,8 +471,10 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
           config.bind + ":" + std::to_string(parts->http->port()) + ", rpc " + config.bind + ":" +
           std::to_string(parts->rpc->port()) + ", metrics " + config.metrics_bind + ":" +
           std::to_string(parts->metrics_port.load()) + ", gossip " + config.bind + ":" +
-          std::to_string(parts->cluster->port()) + ", " + std::to_string(config.threads) +
-          " threads, " + std::to_string(parts->service->rules().size()) + " rules");
+          std::to_string(parts->cluster->port()) +
+          (parts->rls ? ", rls " + config.bind + ":" + std::to_string(parts->rls->port()) : "") +
+          ", " + std::to_string(config.threads) + " threads, " +
+          std::to_string(parts->service->rules().size()) + " rules");
   return std::unique_ptr<Node>(new Node(std::move(parts)));
 }
 
@@ -493,6 +505,7 @@ void Node::stop() {
   p.cluster->announceLeave();  // tell the others, so they stop sending here
   lingerWhileChecksArrive(p.clock, [&p] { return p.rpc->stats().checks; });
   p.cluster->leave();
+  if (p.rls) p.rls->shutdown();                   // finishes in-flight calls
   p.http->stop(std::chrono::milliseconds(2000));  // finishes in-flight requests
   p.rpc->stop();
   p.keeper->stop();     // decides what still waits for state (through the forwarder)

@@ -15,7 +15,9 @@
 //    limit their entry node accepted and are not refused again.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -39,6 +41,25 @@ struct Forwarding {
   std::vector<std::size_t> parked_indices;
   bool empty() const { return checks.empty() && parked.empty(); }
   std::size_t size() const { return checks.size() + parked.size(); }  // results still to come
+};
+
+// Collects the results of forwarded checks into `outcomes` (the request's, indexed as
+// Forwarding::indices say) and calls `finish` once, with all of them, on the thread that delivers
+// the last.
+class ResultCollector final : public ForwardSink {
+ public:
+  using Finish = std::function<void(std::vector<Result<CheckOutcome>>&)>;
+  ResultCollector(std::vector<Result<CheckOutcome>> outcomes, std::size_t pending, Finish finish)
+      : outcomes_(std::move(outcomes)), pending_(pending), finish_(std::move(finish)) {}
+  void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
+    outcomes_[index] = std::move(outcome);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) finish_(outcomes_);
+  }
+
+ private:
+  std::vector<Result<CheckOutcome>> outcomes_;
+  std::atomic<std::size_t> pending_;
+  Finish finish_;
 };
 
 class Router {

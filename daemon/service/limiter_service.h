@@ -73,6 +73,9 @@ class LimiterService {
 
   Store& store() { return store_; }
   const Clock& clock() const { return clock_; }
+  // The calling thread's current view of the rules. The reference stays valid until this thread's
+  // next call into the service; hold a copy across anything that may call back in.
+  const std::shared_ptr<const RuleSet>& currentRules() const { return rules_.current(); }
 
  private:
   struct Resolved {
@@ -82,9 +85,6 @@ class LimiterService {
     std::string_view policy;
     DegradedPolicy degraded = DegradedPolicy::kShare;
   };
-  // The calling thread's current view of the rules. The reference stays valid until this thread's
-  // next call into the service; hold a copy across anything that may call back in.
-  const std::shared_ptr<const RuleSet>& currentRules() const { return rules_.current(); }
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
   void publish(std::shared_ptr<const RuleSet> rules) REQUIRES(admin_mu_);
 

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
 
+#include "daemon/service/descriptors.h"
 #include "limiter/period.h"
 
 namespace throttlex {
@@ -105,8 +107,9 @@ Status validateRuleName(std::string_view name) {
   return Ok{};
 }
 
-Result<RuleSet> RuleSet::make(std::vector<Rule> rules) {
+Result<RuleSet> RuleSet::make(std::vector<Rule> rules, Domains domains) {
   RuleSet set;
+  set.domains_ = std::move(domains);
   for (Rule& r : rules) {
     if (auto st = validateRuleName(r.name); !st) return st.error();
     auto limit = Limit::make(r.spec);
@@ -167,34 +170,82 @@ Status checkNesting(std::string_view text) {
 
 }  // namespace
 
-Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
+namespace {
+
+Status parseRulesList(const YAML::Node& root, std::vector<Rule>& rules) {
+  if (!root.IsMap() || !root["rules"]) {
+    return invalidArgument("expected a top-level 'rules:' list (or 'domain:', envoy's shape)");
+  }
+  const YAML::Node list = root["rules"];
+  if (list.IsNull()) return Ok{};
+  if (!list.IsSequence()) return invalidArgument("'rules' must be a list");
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    auto rule = parseRule(list[i], i);
+    if (!rule) return rule.error();
+    rules.push_back(std::move(*rule));
+  }
+  return Ok{};
+}
+
+// One file's text, of either shape, into `rules` and `domains`.
+Status parseInto(std::string_view text, std::vector<Rule>& rules, RuleSet::Domains& domains) {
   if (auto nested = checkNesting(text); !nested) return nested.error();
-  std::vector<Rule> rules;
   try {
     const YAML::Node root = YAML::Load(std::string(text));
-    if (root.IsNull()) return make({});
-    if (!root.IsMap() || !root["rules"])
-      return invalidArgument("expected a top-level 'rules:' list");
-    const YAML::Node list = root["rules"];
-    if (list.IsNull()) return make({});
-    if (!list.IsSequence()) return invalidArgument("'rules' must be a list");
-    for (std::size_t i = 0; i < list.size(); ++i) {
-      auto rule = parseRule(list[i], i);
-      if (!rule) return rule.error();
-      rules.push_back(std::move(*rule));
+    if (root.IsNull()) return Ok{};
+    if (!root.IsMap() || !root["domain"]) return parseRulesList(root, rules);
+    auto domain = parseDomain(root, rules);
+    if (!domain) return domain.error();
+    const std::string name = (*domain)->name();
+    if (!domains.emplace(name, std::move(*domain)).second) {
+      return invalidArgument("domain '" + name + "' is defined twice");
     }
   } catch (const YAML::Exception& e) {
     return invalidArgument(std::string("invalid YAML: ") + e.what());
   }
-  return make(std::move(rules));
+  return Ok{};
 }
 
-Result<RuleSet> RuleSet::loadFile(const std::string& path) {
+Result<std::string> readText(const std::string& path) {
   std::ifstream in(path);
   if (!in) return Error{ErrorCode::kNotFound, "cannot read rules file '" + path + "'"};
   std::stringstream text;
   text << in.rdbuf();
-  auto set = parseYaml(text.str());
+  return text.str();
+}
+
+}  // namespace
+
+Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
+  std::vector<Rule> rules;
+  Domains domains;
+  if (auto st = parseInto(text, rules, domains); !st) return st.error();
+  return make(std::move(rules), std::move(domains));
+}
+
+Result<RuleSet> RuleSet::loadFile(const std::string& path) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    for (const auto& f : std::filesystem::directory_iterator(path, ec)) {
+      const auto ext = f.path().extension();
+      if (f.is_regular_file() && (ext == ".yaml" || ext == ".yml")) files.push_back(f.path());
+    }
+    if (ec) return Error{ErrorCode::kNotFound, "cannot list rules directory '" + path + "'"};
+    std::sort(files.begin(), files.end());
+  } else {
+    files.push_back(path);
+  }
+  std::vector<Rule> rules;
+  Domains domains;
+  for (const std::string& file : files) {
+    auto text = readText(file);
+    if (!text) return text.error();
+    if (auto st = parseInto(*text, rules, domains); !st) {
+      return invalidArgument(file + ": " + st.error().message);
+    }
+  }
+  auto set = make(std::move(rules), std::move(domains));
   if (!set) return invalidArgument(path + ": " + set.error().message);
   return set;
 }
@@ -202,6 +253,11 @@ Result<RuleSet> RuleSet::loadFile(const std::string& path) {
 const RuleSet::Entry* RuleSet::find(std::string_view name) const {
   const auto it = entries_.find(name);
   return it == entries_.end() ? nullptr : &it->second;
+}
+
+const Domain* RuleSet::findDomain(std::string_view name) const {
+  const auto it = domains_.find(name);
+  return it == domains_.end() ? nullptr : it->second.get();
 }
 
 std::vector<Rule> RuleSet::rules() const {
@@ -214,7 +270,7 @@ std::vector<Rule> RuleSet::rules() const {
 Result<RuleSet> RuleSet::with(const Rule& rule) const {
   std::vector<Rule> all = without(rule.name).rules();
   all.push_back(rule);
-  return make(std::move(all));
+  return make(std::move(all), domains_);
 }
 
 RuleSet RuleSet::without(std::string_view name) const {

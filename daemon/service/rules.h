@@ -2,14 +2,19 @@
 // the admin API) instead of sent inline with every request.
 //
 // Rules file (YAML; see docs/api.md):
+//
 //   rules:
 //     - name: api-per-user        # [A-Za-z0-9_.:-], at most 128 bytes
-//       algorithm: token_bucket   # token_bucket | leaky_bucket | fixed_window | sliding_window |
-//       gcra limit: 100 period: 60s               # ms, s, m, h, d burst: 150                #
-//       optional, bucket algorithms only shadow: false             # optional: decide and count,
-//       but always allow (dry run) degraded: share           # optional: share (default) | allow |
-//       deny, when the key's
-//                                 # owner cannot be reached (docs/architecture.md)
+//       algorithm: token_bucket   # or leaky_bucket, fixed_window, sliding_window, gcra
+//       limit: 100
+//       period: 60s               # ms, s, m, h, d
+//       burst: 150                # optional, bucket algorithms only
+//       shadow: false             # optional: decide and count, but always allow (dry run)
+//       degraded: share           # optional: share (default) | allow | deny, when the key's owner
+//                                 # cannot be reached (docs/architecture.md)
+//
+// A file with a top-level `domain:` is in envoyproxy/ratelimit's shape instead
+// (daemon/service/descriptors.h); a directory holds several files of either shape.
 #pragma once
 
 #include <map>
@@ -22,6 +27,8 @@
 #include "limiter/result.h"
 
 namespace throttlex {
+
+class Domain;  // daemon/service/descriptors.h
 
 inline constexpr std::size_t kMaxRuleNameBytes = 128;
 
@@ -50,12 +57,18 @@ class RuleSet {
     Limit limit;
   };
 
-  static Result<RuleSet> make(std::vector<Rule> rules);  // validates every rule and unique names
+  using Domains = std::map<std::string, std::shared_ptr<const Domain>, std::less<>>;
+
+  // Validates every rule and unique names.
+  static Result<RuleSet> make(std::vector<Rule> rules, Domains domains = {});
   static Result<RuleSet> parseYaml(std::string_view text);
+  // A file, or a directory: every *.yaml / *.yml in it (several domains, or rules split up).
   static Result<RuleSet> loadFile(const std::string& path);
 
-  const Entry* find(std::string_view name) const;  // nullptr if unknown
-  std::vector<Rule> rules() const;                 // sorted by name
+  const Entry* find(std::string_view name) const;         // nullptr if unknown
+  const Domain* findDomain(std::string_view name) const;  // nullptr if unknown
+  const Domains& domains() const { return domains_; }
+  std::vector<Rule> rules() const;  // sorted by name
   std::size_t size() const { return entries_.size(); }
 
   // Copies with one rule added / replaced, or removed.
@@ -64,6 +77,7 @@ class RuleSet {
 
  private:
   std::map<std::string, Entry, std::less<>> entries_;
+  Domains domains_;  // immutable once made: copies of the set share them
 };
 
 Status validateRuleName(std::string_view name);

@@ -97,13 +97,13 @@ class Scrape {
   std::vector<Sample> samples_;
 };
 
-constexpr std::array<Api, 2> kApis = {Api::kHttp, Api::kRpc};
+constexpr std::array<Api, 3> kApis = {Api::kHttp, Api::kRpc, Api::kRls};
 constexpr std::array<RouteKind, 3> kRoutes = {RouteKind::kLocal, RouteKind::kForwarded,
                                               RouteKind::kDegraded};
 constexpr std::array<Outcome, 3> kOutcomes = {Outcome::kAllowed, Outcome::kLimited,
                                               Outcome::kError};
 const char* apiName(Api a) {
-  return a == Api::kHttp ? "http" : "rpc";
+  return a == Api::kHttp ? "http" : a == Api::kRpc ? "rpc" : "rls";
 }
 const char* outcomeName(Outcome o) {
   return o == Outcome::kAllowed ? "allowed" : o == Outcome::kLimited ? "limited" : "error";
@@ -142,7 +142,7 @@ TEST_CASE("requests recorded on several threads sum exactly per decision, route 
   for (auto& t : threads) t.join();
 
   const Scrape text(m.render());
-  CHECK(text.samples("throttlex_requests_total").size() == 18);
+  CHECK(text.samples("throttlex_requests_total").size() == 27);
   int c = 0;
   for (Api api : kApis) {
     double api_total = 0;
@@ -298,7 +298,7 @@ TEST_CASE("without providers, no store, cluster, forwarding or persistence famil
     CHECK(rendered.find(absent) == std::string::npos);
   }
   const Scrape text(rendered);  // what is always there still is
-  CHECK(text.samples("throttlex_requests_total").size() == 18);
+  CHECK(text.samples("throttlex_requests_total").size() == 27);
   CHECK(text.value("throttlex_build_info", {{"node_id", "node-7"}, {"version", "9.9.9"}}) == 1);
 }
 

@@ -1,0 +1,174 @@
+#include "daemon/rls/rls_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "daemon/metrics/metrics.h"
+#include "daemon/rls/rls_plan.h"
+#include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
+
+namespace throttlex {
+namespace {
+
+namespace rls = envoy::service::ratelimit::v3;
+
+grpc::Status toGrpc(const Error& e) {
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (e.code) {
+    case ErrorCode::kInvalidArgument:
+      code = grpc::StatusCode::INVALID_ARGUMENT;
+      break;
+    case ErrorCode::kNotFound:
+      code = grpc::StatusCode::NOT_FOUND;
+      break;
+    case ErrorCode::kPermissionDenied:
+      code = grpc::StatusCode::PERMISSION_DENIED;
+      break;
+    case ErrorCode::kUnavailable:
+    case ErrorCode::kResourceExhausted:
+      code = grpc::StatusCode::UNAVAILABLE;
+      break;
+    case ErrorCode::kDeadlineExceeded:
+      code = grpc::StatusCode::DEADLINE_EXCEEDED;
+      break;
+    default:
+      break;
+  }
+  return {code, e.message};
+}
+
+bool parse(const grpc::ByteBuffer& in, rls::RateLimitRequest& out) {
+  std::vector<grpc::Slice> slices;
+  if (!in.Dump(&slices).ok()) return false;
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return out.ParseFromString(bytes);
+}
+
+void serialize(const rls::RateLimitResponse& response, grpc::ByteBuffer& out) {
+  const std::string bytes = response.SerializeAsString();
+  grpc::Slice slice(bytes);
+  out = grpc::ByteBuffer(&slice, 1);
+}
+
+// The raw (bytes) method: a malformed message is answered INVALID_ARGUMENT by us, where gRPC's own
+// decoding would answer UNIMPLEMENTED without a word.
+using RawService =
+    rls::RateLimitService::WithRawCallbackMethod_ShouldRateLimit<rls::RateLimitService::Service>;
+
+class Service final : public RawService {
+ public:
+  Service(Router& router, Metrics* metrics, bool headers)
+      : router_(router), metrics_(metrics), headers_(headers) {}
+
+  grpc::ServerUnaryReactor* ShouldRateLimit(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    const Instant start = clock().monotonic();
+    rls::RateLimitRequest parsed;
+    if (!parse(*request, parsed)) {
+      reactor->Finish({grpc::StatusCode::INVALID_ARGUMENT, "malformed RateLimitRequest"});
+      return reactor;
+    }
+    auto planned = planRls(parsed, router_.service().currentRules());
+    if (!planned) {
+      reactor->Finish(toGrpc(planned.error()));
+      return reactor;
+    }
+    auto plan = std::make_shared<RlsPlan>(std::move(*planned));
+    std::vector<Result<CheckOutcome>> outcomes;
+    Forwarding forwarding = router_.checkBatch(plan->args, 0, outcomes);
+    auto finish = [this, plan, reactor, response, start](std::vector<Result<CheckOutcome>>& out) {
+      rls::RateLimitResponse answered;
+      const grpc::Status status = answer(*plan, out, answered, start);
+      if (status.ok()) serialize(answered, *response);
+      reactor->Finish(status);
+    };
+    if (forwarding.empty()) {
+      finish(outcomes);
+    } else {
+      const std::size_t pending = forwarding.size();
+      router_.forward(std::move(forwarding), std::make_shared<ResultCollector>(
+                                                 std::move(outcomes), pending, std::move(finish)));
+    }
+    return reactor;
+  }
+
+ private:
+  const Clock& clock() const { return router_.service().clock(); }
+
+  grpc::Status answer(const RlsPlan& plan, const std::vector<Result<CheckOutcome>>& outcomes,
+                      rls::RateLimitResponse& response, Instant start) const {
+    const Duration latency = clock().monotonic() - start;
+    for (const RlsPlan::Item& item : plan.items) {
+      if (item.kind == RlsPlan::Kind::kCheck) record(outcomes[item.check], latency);
+    }
+    const Status st = answerRls(plan, outcomes, clock().now(), headers_, response);
+    return st ? grpc::Status::OK : toGrpc(st.error());
+  }
+
+  void record(const Result<CheckOutcome>& outcome, Duration latency) const {
+    if (metrics_ == nullptr) return;
+    if (!outcome) {
+      metrics_->recordRequest(Api::kRls, RouteKind::kLocal, Outcome::kError, latency);
+      return;
+    }
+    if (outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+    metrics_->recordRequest(Api::kRls, outcome->route,
+                            outcome->allowed ? Outcome::kAllowed : Outcome::kLimited, latency);
+  }
+
+  Router& router_;
+  Metrics* metrics_;
+  const bool headers_;
+};
+
+}  // namespace
+
+struct RlsServer::Impl {
+  explicit Impl(Router& router, Metrics* metrics, bool headers)
+      : service(router, metrics, headers) {}
+  Service service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  bool stopped = false;
+};
+
+Result<std::unique_ptr<RlsServer>> RlsServer::start(const RlsServerOptions& options, Router& router,
+                                                    Metrics* metrics) {
+  auto impl = std::make_unique<Impl>(router, metrics, options.response_headers);
+  grpc::ServerBuilder builder;
+  const std::string address =
+      (options.bind.find(':') != std::string::npos ? "[" + options.bind + "]" : options.bind) +
+      ":" + std::to_string(options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.RegisterService(&impl->service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxRlsMessageBytes));
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    return Error{ErrorCode::kUnavailable, "cannot listen on " + address};
+  }
+  return std::unique_ptr<RlsServer>(new RlsServer(std::move(impl)));
+}
+
+RlsServer::RlsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RlsServer::~RlsServer() {
+  shutdown();
+}
+
+std::uint16_t RlsServer::port() const {
+  return static_cast<std::uint16_t>(impl_->port);
+}
+
+void RlsServer::shutdown() {
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  // Calls in flight finish: their checks are decided or answered by the forwarder.
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  impl_->server->Wait();
+}
+
+}  // namespace throttlex
