@@ -231,13 +231,36 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
   }
   taken.entries = {};
 
-  // Completion state shared with the callbacks. Batches go out in waves: within a wave the store
-  // pipelines them; waiting between waves keeps each command's deadline about its own work, not
-  // the queue of everything before it. The wave adapts to what the store keeps up with: a wave
-  // with a failed batch halves the next, one written in full widens it by one (up to kMaxWave).
-  // Several nodes writing a burst into one Redis otherwise queue 16 batches each behind each
-  // other, pass the command deadline, drop their connections and write everything again.
-  struct Wait {
+  const std::vector<bool> failed = writeInWaves(batches);
+  bool all_ok = true;
+  std::uint64_t written = 0;
+  {
+    MutexLock view(view_mu_);
+    for (std::size_t i = 0; i < batches.size(); ++i) {
+      if (failed[i]) {
+        all_ok = false;
+        write_errors_.fetch_add(1, std::memory_order_relaxed);
+        putBack(batches[i], taken.oldest_ns);
+      } else {
+        written += batches[i].size();
+      }
+    }
+    inflight_oldest_ns_ = 0;
+  }
+  entries_written_.fetch_add(written, std::memory_order_relaxed);
+  (all_ok ? flushes_ : failed_flushes_).fetch_add(1, std::memory_order_relaxed);
+  return all_ok;
+}
+
+// Batches go out in waves: within a wave the store pipelines them; waiting between waves keeps
+// each command's deadline about its own work, not the queue of everything before it. The wave
+// adapts to what the store keeps up with: a wave with a failed batch halves the next, one written
+// in full widens it by one (up to kMaxWave). Several nodes writing a burst into one Redis otherwise
+// queue 16 batches each behind each other, pass the command deadline, drop their connections and
+// write everything again. Returns which batches failed.
+std::vector<bool> SnapshotWriter::writeInWaves(
+    const std::vector<std::vector<SnapshotEntry>>& batches) {
+  struct Wait {  // completion state shared with the callbacks
     Mutex mu;
     std::condition_variable cv;
     std::size_t remaining = 0;
@@ -266,26 +289,7 @@ bool SnapshotWriter::flushLocked(std::size_t& given_back) {
     wave_.store(wave_failed ? std::max<std::size_t>(1, wave / 2) : std::min(kMaxWave, wave + 1),
                 std::memory_order_relaxed);
   }
-
-  bool all_ok = true;
-  std::uint64_t written = 0;
-  lock.unlock();
-  {
-    MutexLock view(view_mu_);
-    for (std::size_t i = 0; i < batches.size(); ++i) {
-      if (wait->failed[i]) {
-        all_ok = false;
-        write_errors_.fetch_add(1, std::memory_order_relaxed);
-        putBack(batches[i], taken.oldest_ns);
-      } else {
-        written += batches[i].size();
-      }
-    }
-    inflight_oldest_ns_ = 0;
-  }
-  entries_written_.fetch_add(written, std::memory_order_relaxed);
-  (all_ok ? flushes_ : failed_flushes_).fetch_add(1, std::memory_order_relaxed);
-  return all_ok;
+  return wait->failed;
 }
 
 void SnapshotWriter::start() {

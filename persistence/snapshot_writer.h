@@ -85,6 +85,8 @@ class SnapshotWriter {
   Shard& shardFor(const KeyHash& key) const;
   std::size_t takeAll(Taken& out) REQUIRES(view_mu_);  // returns the bytes the tables gave back
   bool flushLocked(std::size_t& given_back);           // flushOnce() under flush_mu_
+  // Writes every batch; returns which failed.
+  std::vector<bool> writeInWaves(const std::vector<std::vector<SnapshotEntry>>& batches);
   void putBack(const std::vector<SnapshotEntry>& entries, std::int64_t oldest_ns)
       REQUIRES(view_mu_);
   void run();

@@ -91,8 +91,11 @@ Status planMatched(const rls::RateLimitRequest& request, const DescriptorProto& 
   return Ok{};
 }
 
+}  // namespace
+
 // Matches every descriptor, applies `replaces`, and lists the checks to make.
-Result<Plan> makePlan(const rls::RateLimitRequest& request, std::shared_ptr<const RuleSet> rules) {
+Result<RlsPlan> planRls(const rls::RateLimitRequest& request,
+                        std::shared_ptr<const RuleSet> rules) {
   if (auto st = checkShape(request); !st) return st.error();
   const Domain* domain = rules->findDomain(request.domain());
   if (domain == nullptr) {
@@ -135,6 +138,8 @@ Result<Plan> makePlan(const rls::RateLimitRequest& request, std::shared_ptr<cons
   }
   return plan;
 }
+
+namespace {
 
 // Seconds to the end of the fixed window `unit` that holds `now`, as envoyproxy/ratelimit counts.
 std::int64_t untilReset(Time now, RateUnit unit) {
@@ -187,11 +192,6 @@ void addHeader(rls::RateLimitResponse& response, const char* key, std::string va
 }
 
 }  // namespace
-
-Result<RlsPlan> planRls(const rls::RateLimitRequest& request,
-                        std::shared_ptr<const RuleSet> rules) {
-  return makePlan(request, std::move(rules));
-}
 
 Status answerRls(const RlsPlan& plan, const std::vector<Result<CheckOutcome>>& outcomes, Time now,
                  bool headers, rls::RateLimitResponse& response) {

@@ -231,8 +231,8 @@ class DomainParser {
   Result<Rule> makeRule(const YAML::Node& rl, const DescriptorLimit& limit,
                         const std::string& path) {
     Rule rule;
-    rule.name = uniqueName(limit.name.empty() || !validateRuleName(limit.name) ? sanitize(path)
-                                                                               : limit.name);
+    // Named by its path, never by rate_limit.name: two domains may use the same name.
+    rule.name = uniqueName(sanitize(path));
     rule.shadow = limit.shadow;
     rule.spec.algorithm = Algorithm::kFixedWindow;
     if (rl["algorithm"]) {
@@ -261,9 +261,7 @@ class DomainParser {
   // Rule names allow [A-Za-z0-9_.:-]; anything else in a key or value becomes '_'.
   static std::string sanitize(std::string name) {
     for (char& c : name) {
-      const bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' ||
-                      c == ':' || c == '-';
-      if (!ok) c = '_';
+      if (!isRuleNameChar(c)) c = '_';
     }
     if (name.size() > kMaxRuleNameBytes - 8) name.resize(kMaxRuleNameBytes - 8);
     return name;

@@ -92,14 +92,17 @@ Result<DegradedPolicy> parseDegradedPolicy(std::string_view text) {
                          "'");
 }
 
+bool isRuleNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.' || c == ':';
+}
+
 Status validateRuleName(std::string_view name) {
   if (name.empty() || name.size() > kMaxRuleNameBytes) {
     return invalidArgument("rule name must be 1 to 128 bytes");
   }
   for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-' || c == '.' || c == ':';
-    if (!ok) {
+    if (!isRuleNameChar(c)) {
       return invalidArgument("rule name '" + std::string(name) +
                              "' may contain only letters, digits, '_', '-', '.' and ':'");
     }

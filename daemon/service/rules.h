@@ -81,5 +81,6 @@ class RuleSet {
 };
 
 Status validateRuleName(std::string_view name);
+bool isRuleNameChar(char c);  // [A-Za-z0-9_.:-]
 
 }  // namespace throttlex
