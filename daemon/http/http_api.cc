@@ -492,34 +492,45 @@ namespace {
 
 class ForwardingThread final : public HttpThreadScope {
  public:
-  ForwardingThread(asio::io_context& io, Router& router, const Clock& clock) : kj_(io, clock) {
+  ForwardingThread(asio::io_context& io, Router& router, const Clock& clock,
+                   const LoopServiceFactory& also)
+      : kj_(io, clock) {
     forwarder_ = router.attachThread(
         kj_.timer(), [this](const std::string& address) { return kj_.connect(address); });
+    if (also) also_ = also(kj_);
   }
   ~ForwardingThread() override { stop(); }
   ForwardingThread(const ForwardingThread&) = delete;
   ForwardingThread& operator=(const ForwardingThread&) = delete;
 
-  // Queued checks are answered (degraded), calls in flight come back cancelled and answer theirs;
-  // then the loop and its connections go, so the io_context runs dry.
+  // The hosted service stops accepting; queued checks are answered (degraded), calls in flight
+  // come back cancelled and answer theirs; then the loop, the hosted service's connections and
+  // the forwarder's go, so the io_context runs dry.
   void stop() override {
-    if (!forwarder_) return;
-    forwarder_->shutdown();
+    if (std::exchange(stopped_, true)) return;
+    if (also_) also_->stop();
+    if (forwarder_) forwarder_->shutdown();
     kj_.settle();
     forwarder_.reset();
+    kj_.settle();
+    also_.reset();
     kj_.settle(true);
   }
 
  private:
+  bool stopped_ = false;
   KjOnAsio kj_;
   std::unique_ptr<ForwarderThread> forwarder_;
+  std::unique_ptr<LoopService> also_;
 };
 
 }  // namespace
 
-HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock) {
-  return [&router, &clock](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
-    return std::make_unique<ForwardingThread>(io, router, clock);
+HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
+                                         LoopServiceFactory also) {
+  return [&router, &clock,
+          also = std::move(also)](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
+    return std::make_unique<ForwardingThread>(io, router, clock, also);
   };
 }
 

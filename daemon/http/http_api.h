@@ -12,6 +12,7 @@
 
 #include "daemon/base/node_info.h"
 #include "daemon/http/http_server.h"
+#include "daemon/loop/kj_on_asio.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/routing/router.h"
 #include "daemon/service/limiter_service.h"
@@ -67,7 +68,9 @@ std::string rateLimitHeader(const CheckOutcome& o);
 // HTTP worker threads that forward their own checks: each gets a KJ event loop on its io_context
 // (daemon/loop/kj_on_asio.h) and a forwarder loop of its own (Router::attachThread()), so a
 // forwarded check is sent, answered and completed on the thread that received it. `router` and
-// `clock` must outlive the server.
-HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock);
+// `clock` must outlive the server. `also` (optional) is made on each such thread too: the node's
+// RPC server, hosted there (RpcServer::host()).
+HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
+                                         LoopServiceFactory also = {});
 
 }  // namespace throttlex

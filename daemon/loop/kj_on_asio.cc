@@ -31,6 +31,21 @@ bool wouldBlock(int error) {
   return error == EAGAIN || error == EWOULDBLOCK;
 }
 
+// Fulfilled when `descriptor` is ready for `what`; a dropped promise leaves a harmless wait.
+kj::Promise<void> whenReady(asio::posix::stream_descriptor& descriptor,
+                            asio::posix::descriptor_base::wait_type what) {
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
+  descriptor.async_wait(what, [fulfiller](const asio::error_code& error) {
+    if (!error) {
+      (*fulfiller)->fulfill();
+    } else {
+      (*fulfiller)->reject(disconnected("wait", error.value()));
+    }
+  });
+  return kj::mv(paf.promise);
+}
+
 // A socket as a KJ stream: non-blocking system calls; readiness waits through the io_context.
 class AsioStream final : public kj::AsyncIoStream {
  public:
@@ -134,18 +149,8 @@ class AsioStream final : public kj::AsyncIoStream {
     }
   }
 
-  // Fulfilled when the socket is ready for `what`; a dropped promise leaves a harmless wait.
   kj::Promise<void> ready(asio::posix::descriptor_base::wait_type what) {
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
-    descriptor_.async_wait(what, [fulfiller](const asio::error_code& error) {
-      if (!error) {
-        (*fulfiller)->fulfill();
-      } else {
-        (*fulfiller)->reject(disconnected("wait", error.value()));
-      }
-    });
-    return kj::mv(paf.promise);
+    return whenReady(descriptor_, what);
   }
 
   asio::posix::stream_descriptor descriptor_;  // owns fd_
@@ -153,6 +158,44 @@ class AsioStream final : public kj::AsyncIoStream {
   kj::ArrayPtr<const kj::byte> single_;  // the piece of write(buffer, size)
   std::vector<iovec> iovecs_;
 };
+
+// A listening socket as a KJ listener: non-blocking accept4(); readiness through the io_context.
+class AsioListener final : public kj::ConnectionReceiver {
+ public:
+  AsioListener(asio::io_context& io, int fd) : io_(io), descriptor_(io, fd), fd_(fd) {}
+
+  kj::Promise<kj::Own<kj::AsyncIoStream>> accept() override {
+    for (;;) {
+      const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd >= 0) {
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        return kj::Own<kj::AsyncIoStream>(kj::heap<AsioStream>(io_, fd));
+      }
+      if (errno == EINTR || errno == ECONNABORTED) continue;  // that one is gone; the next
+      if (wouldBlock(errno)) break;
+      KJ_FAIL_SYSCALL("accept", errno);
+    }
+    return whenReady(descriptor_, asio::posix::descriptor_base::wait_read).then([this] {
+      return accept();
+    });
+  }
+
+  kj::uint getPort() override {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    KJ_SYSCALL(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len));
+    if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  }
+
+ private:
+  asio::io_context& io_;
+  asio::posix::stream_descriptor descriptor_;  // owns fd_
+  const int fd_;
+};
+
+thread_local KjOnAsio::Impl* tl_current = nullptr;  // the loop this thread runs, if any
 
 }  // namespace
 
@@ -202,7 +245,12 @@ struct KjOnAsio::Impl {
   };
 
   Impl(asio::io_context& i, const Clock& c)
-      : io(i), clock(c), port(*this), loop(port), wait_scope(loop), timer(*this), wakeup(i) {}
+      : io(i), clock(c), port(*this), loop(port), wait_scope(loop), timer(*this), wakeup(i) {
+    tl_current = this;
+  }
+  ~Impl() { tl_current = nullptr; }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   kj::TimePoint clockNow() const {
     return kj::origin<kj::TimePoint>() +
@@ -277,6 +325,10 @@ kj::Own<kj::AsyncIoStream> KjOnAsio::wrap(int fd) {
   return kj::heap<AsioStream>(impl_->io, fd);
 }
 
+kj::Own<kj::ConnectionReceiver> KjOnAsio::listen(int fd) {
+  return kj::heap<AsioListener>(impl_->io, fd);
+}
+
 kj::Promise<kj::Own<kj::AsyncIoStream>> KjOnAsio::connect(const std::string& address) {
   std::string host;
   std::uint16_t port = 0;
@@ -321,6 +373,28 @@ kj::Promise<kj::Own<kj::AsyncIoStream>> KjOnAsio::connect(const std::string& add
         attempt->resolver.cancel();
         attempt->socket.close(ignored);
       }));
+}
+
+CrossThreadSignal crossThreadSignal() {
+  KjOnAsio::Impl* impl = tl_current;
+  if (impl == nullptr) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    auto fulfiller =
+        std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
+    return {kj::mv(paf.promise), [fulfiller] { (*fulfiller)->fulfill(); }};
+  }
+  // The fulfiller is touched, and released, only on the loop's thread: a handler posted there
+  // holds the last reference. If the io_context goes first, the handler goes with it unrun.
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
+  asio::io_context* io = &impl->io;
+  return {kj::mv(paf.promise), [impl, io, fulfiller]() mutable {
+            if (tl_current == impl) {
+              (*fulfiller)->fulfill();
+              return;
+            }
+            asio::post(*io, [f = std::move(fulfiller)] { (*f)->fulfill(); });
+          }};
 }
 
 void KjOnAsio::settle(bool last) {

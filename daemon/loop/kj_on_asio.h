@@ -10,12 +10,14 @@
 // Asio.
 //
 // Not supported on such a loop: KJ's cross-thread events (kj::Executor,
-// newPromiseAndCrossThreadFulfiller) and blocking waits (Promise::wait); nothing here uses them.
+// newPromiseAndCrossThreadFulfiller) and blocking waits (Promise::wait). Code that runs on either
+// kind of loop and is woken from another thread uses crossThreadSignal() (below).
 #pragma once
 
 #include <kj/async-io.h>
 #include <kj/timer.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -42,6 +44,10 @@ class KjOnAsio {
   kj::Promise<kj::Own<kj::AsyncIoStream>> connect(const std::string& address);
   // A connected, non-blocking socket as a KJ stream; the stream owns `fd`.
   kj::Own<kj::AsyncIoStream> wrap(int fd);
+  // A bound, listening, non-blocking socket as a KJ listener, which owns `fd`. accept() gives
+  // TCP_NODELAY streams; a failed accept (out of descriptors) is thrown from the call itself, as
+  // KJ's own listener does.
+  kj::Own<kj::ConnectionReceiver> listen(int fd);
   // Runs KJ's queue until it is empty (e.g. the completions a shutdown caused), and stops arming
   // the timer when `last` is true (the thread is about to end).
   void settle(bool last = false);
@@ -51,5 +57,25 @@ class KjOnAsio {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// A promise another thread may fulfil, on whichever kind of KJ loop the calling thread runs: on a
+// KjOnAsio loop the fulfilment is posted to its io_context (and done at once when it comes from
+// that thread); on KJ's own loop it is KJ's cross-thread fulfiller. `fulfill` is called at most
+// once; the promise is consumed on the calling thread.
+struct CrossThreadSignal {
+  kj::Promise<void> promise = nullptr;
+  std::function<void()> fulfill;
+};
+CrossThreadSignal crossThreadSignal();
+
+// Something served on a worker thread's KJ loop besides its forwarding (the RPC server, hosted
+// on the HTTP threads): made on that thread, stopped there before the loop goes.
+class LoopService {
+ public:
+  virtual ~LoopService() = default;
+  // Stops taking new work; what is open closes when the object is destroyed.
+  virtual void stop() = 0;
+};
+using LoopServiceFactory = std::function<std::unique_ptr<LoopService>(KjOnAsio&)>;
 
 }  // namespace throttlex

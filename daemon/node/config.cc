@@ -154,7 +154,8 @@ void define(CLI::App& app, Options& o) {
       ->capture_default_str();
   app.add_option("--rules", c.rules,
                  "Rules file (YAML); reloaded on SIGHUP or 'throttlectl rules reload'");
-  app.add_option("--threads", c.threads, "Worker threads per API; 0 = one per core")
+  app.add_option("--threads", c.threads,
+                 "Worker threads, each serving HTTP and RPC; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
   app.add_option("--owner-silence-ms,--forward-timeout-ms", c.owner_silence_ms,

@@ -15,6 +15,7 @@
 #include "daemon/base/log.h"
 #include "daemon/http/http_api.h"
 #include "daemon/http/http_server.h"
+#include "daemon/loop/kj_on_asio.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/node/cluster.h"
 #include "daemon/node/keyring_file.h"
@@ -338,6 +339,7 @@ Status Node::Parts::startApis() {
   rpc_options.bind_address = config.bind;
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
+  rpc_options.hosted = true;  // on the HTTP threads (below)
   rpc_options.control = &control;
   rpc_options.tls = tls;
   rpc_options.tls_required = config.tls_incoming_required;
@@ -358,7 +360,9 @@ Status Node::Parts::startApis() {
   http_options.bind_address = config.bind;
   http_options.port = config.http_port;
   http_options.threads = config.threads;
-  http_options.thread_scope = forwardingThreads(*router, clock);
+  // Each HTTP thread also serves RPC and forwards what it receives: one thread per check.
+  http_options.thread_scope =
+      forwardingThreads(*router, clock, [this](KjOnAsio& kj) { return rpc->host(kj); });
   HttpApi* handler = api.get();
   auto h = HttpServer::start(http_options, clock, [handler](HttpRequest& req, HttpRespond respond) {
     handler->handle(req, respond);

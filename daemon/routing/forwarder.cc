@@ -336,8 +336,8 @@ class Loop {
       if (peer.breaker == BreakerState::kOpen) continue;
       if (!peer.conn) {
         connect(peer);
-      } else if (!peer.heartbeat_in_flight) {
-        heartbeat(peer);
+      } else if (!peer.heartbeat_in_flight && !heardWithin(peer, now, toKj(opt_.heartbeat))) {
+        heartbeat(peer);  // under load, answers to batches stand in for heartbeats
       }
     }
   }
@@ -350,6 +350,11 @@ class Loop {
     const kj::Duration h = toKj(opt_.heartbeat);
     if (gap <= 4 * h) return;
     for (auto& [id, peer] : peers_) peer->last_answer = std::min(now, peer->last_answer + gap - h);
+  }
+
+  // An open or half-open breaker always probes: its answers close it.
+  bool heardWithin(const Peer& peer, kj::TimePoint now, kj::Duration d) const {
+    return peer.breaker == BreakerState::kClosed && now - peer.last_answer < d;
   }
 
   // Waiting for the peer (a call, a heartbeat, a connect, queued checks) and nothing heard for T.

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "daemon/base/log.h"
+#include "daemon/loop/kj_on_asio.h"
 #include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_service.h"
 #include "limiter/mutex.h"
@@ -143,10 +144,10 @@ struct Connection {
 
 }  // namespace
 
-// One event loop thread with its own listen socket.
+// One listen socket and the thread that serves it (its own, or a host's).
 struct Worker {
-  Fd listen_fd;  // handed to the thread's event loop, which then owns it
-  Fd stop_fd;    // eventfd: written once by stop()
+  Fd listen_fd;  // handed to the serving thread's event loop, which then owns it
+  Fd stop_fd;    // eventfd: written once by stop(); not hosted only
   std::thread thread;
   RpcCounters counters;
   // False once this thread's accept loop failed for good (connections it has are still served
@@ -164,6 +165,7 @@ struct RpcServer::Impl {
   std::uint16_t port = 0;
   capnp::ReaderOptions reader_options;
   std::vector<std::unique_ptr<Worker>> workers;
+  std::atomic<std::size_t> hosted_workers{0};  // hosted: the workers host() has given out
 
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::uint64_t> rejected_connections{0};
@@ -338,6 +340,74 @@ kj::Promise<void> whenStopped(kj::UnixEventPort::FdObserver& observer, int stop_
 
 }  // namespace
 
+namespace {
+
+// Serves one listen socket on the calling thread's KJ loop: the accept loop, TLS, and the
+// connections, which close when this is destroyed. Failed accepts are retried inside the loop;
+// anything else that ends it (an exception from setting up a connection) stops this socket's
+// accepting, not the process.
+class Serving {
+ public:
+  Serving(RpcServer::Impl& server, Worker& worker, kj::Own<kj::ConnectionReceiver> listener,
+          kj::Timer& timer)
+      : listener_(kj::mv(listener)),
+        tls_(tlsOf(server, timer)),
+        connections_(log_errors_),
+        acceptor_(server, *listener_, timer, tls_.get(), services(server, worker), connections_),
+        accepting_(acceptor_.loop()
+                       .catch_([&worker](kj::Exception&& e) {
+                         worker.accepting.store(false, std::memory_order_relaxed);
+                         logError("rpc listener stopped accepting: " + describe(e) +
+                                  " (/readyz answers 503)");
+                       })
+                       .eagerlyEvaluate(nullptr)) {}
+
+  void stopAccepting() { accepting_ = kj::READY_NOW; }
+
+ private:
+  static kj::Own<proto::TlsContextCache> tlsOf(RpcServer::Impl& server, kj::Timer& timer) {
+    if (!server.options.tls) return {};
+    return kj::heap<proto::TlsContextCache>(server.options.tls, true, &timer);
+  }
+
+  static ServiceFactory services(RpcServer::Impl& server, Worker& worker) {
+    return [&server, &worker](proto::Role role) -> capnp::Capability::Client {
+      return kj::heap<RpcService>(server.router, server.info, server.metrics, worker.counters,
+                                  server.options.control, role);
+    };
+  }
+
+  // Destroyed in reverse: the accept loop, then the connections, then TLS and the listener.
+  LogErrors log_errors_;
+  kj::Own<kj::ConnectionReceiver> listener_;
+  kj::Own<proto::TlsContextCache> tls_;  // null without TLS
+  kj::TaskSet connections_;
+  Acceptor acceptor_;
+  kj::Promise<void> accepting_;
+};
+
+// Hosted mode: a Serving on a host thread's loop (KjOnAsio).
+class HostedServing final : public LoopService {
+ public:
+  HostedServing(RpcServer::Impl& server, Worker& worker, KjOnAsio& kj)
+      : worker_(worker),
+        serving_(server, worker, kj.listen(worker.listen_fd.release()), kj.timer()) {}
+  // KJ's destructors may throw (noexcept(false)); these do not, and LoopService's may not.
+  ~HostedServing() noexcept override {}  // NOLINT(modernize-use-equals-default)
+  HostedServing(const HostedServing&) = delete;
+  HostedServing& operator=(const HostedServing&) = delete;
+  void stop() override {
+    worker_.accepting.store(false, std::memory_order_relaxed);
+    serving_.stopAccepting();
+  }
+
+ private:
+  Worker& worker_;
+  Serving serving_;
+};
+
+}  // namespace
+
 void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   auto io = kj::setupAsyncIo();
   auto listener = io.lowLevelProvider->wrapListenSocketFd(
@@ -347,30 +417,13 @@ void RpcServer::Impl::run(Worker& worker, std::promise<void>& ready) {
   // Destroyed before stop_fd is closed (the Worker outlives this thread).
   kj::UnixEventPort::FdObserver stop_observer(io.unixEventPort, worker.stop_fd.get(),
                                               kj::UnixEventPort::FdObserver::OBSERVE_READ);
-  LogErrors log_errors;
-  kj::TaskSet connections(log_errors);  // destroyed (connections closed) before the loop
-  kj::Own<proto::TlsContextCache> tls;
-  if (options.tls)
-    tls = kj::heap<proto::TlsContextCache>(options.tls, true, &io.provider->getTimer());
-  ServiceFactory services = [this, &worker](proto::Role role) -> capnp::Capability::Client {
-    return kj::heap<RpcService>(router, info, metrics, worker.counters, options.control, role);
-  };
-  Acceptor acceptor(*this, *listener, io.provider->getTimer(), tls.get(), std::move(services),
-                    connections);
+  Serving serving(*this, worker, kj::mv(listener), io.provider->getTimer());
   // This thread forwards the checks it receives itself, over connections of its own.
   std::unique_ptr<ForwarderThread> forwarding =
       router.attachThread(io.provider->getTimer(), connectorOf(io.provider->getNetwork()));
   ready.set_value();
-  // Failed accepts are retried inside the loop; anything else that ends it (an exception from
-  // setting up a connection) stops this thread's accepting, not the process.
-  auto accepting = acceptor.loop().catch_([&worker](kj::Exception&& e) -> kj::Promise<void> {
-    worker.accepting.store(false, std::memory_order_relaxed);
-    logError("rpc listener stopped accepting: " + describe(e) + " (/readyz answers 503)");
-    return kj::NEVER_DONE;
-  });
-  whenStopped(stop_observer, worker.stop_fd.get())
-      .exclusiveJoin(kj::mv(accepting))
-      .wait(io.waitScope);
+  whenStopped(stop_observer, worker.stop_fd.get()).wait(io.waitScope);
+  serving.stopAccepting();
   if (forwarding) {  // calls in flight come back cancelled and answer their checks (degraded)
     forwarding->shutdown();
     io.waitScope.poll();
@@ -418,16 +471,20 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& opti
       if (!bound) return bound.error();
       port = *bound;
     }
-    Fd stop(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (stop.get() < 0) return Error{ErrorCode::kInternal, "eventfd(): " + errnoText(errno)};
     auto worker = std::make_unique<Worker>();
     worker->listen_fd = std::move(*fd);
-    worker->stop_fd = std::move(stop);
+    if (!options.hosted) {
+      worker->stop_fd = Fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+      if (worker->stop_fd.get() < 0) {
+        return Error{ErrorCode::kInternal, "eventfd(): " + errnoText(errno)};
+      }
+    }
     impl->workers.push_back(std::move(worker));
   }
   impl->port = port;
 
   auto server = std::unique_ptr<RpcServer>(new RpcServer(std::move(impl)));
+  if (options.hosted) return server;
   for (auto& w : server->impl_->workers) {
     std::promise<void> ready;
     auto started = ready.get_future();
@@ -452,6 +509,13 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(const RpcServerOptions& opti
     }
   }
   return server;
+}
+
+std::unique_ptr<LoopService> RpcServer::host(KjOnAsio& kj) {
+  if (!impl_->options.hosted) return nullptr;
+  const std::size_t i = impl_->hosted_workers.fetch_add(1, std::memory_order_relaxed);
+  if (i >= impl_->workers.size()) return nullptr;
+  return std::make_unique<HostedServing>(*impl_, *impl_->workers[i], kj);
 }
 
 std::uint16_t RpcServer::port() const {

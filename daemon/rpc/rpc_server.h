@@ -3,11 +3,13 @@
 //
 // Threads: `threads` KJ event loops, one thread each, each accepting on its own SO_REUSEPORT
 // listen socket bound to the same port (the kernel spreads connections over them); a connection
-// lives on one thread for its whole life. Checks this node owns are answered synchronously on that
-// thread (LimiterService::check never blocks); checks owned by other nodes are answered when the
-// forwarder brings their owners' answers (daemon/routing/router.h). Admin calls run there too
-// (reloadRules reads the rules file: a short block of that one thread, acceptable for an admin
-// call).
+// lives on one thread for its whole life. Hosted (the daemon's way): no threads of its own; each
+// listen socket is served on a host thread's KJ loop (host(), called by each HTTP worker thread),
+// so one thread serves HTTP, RPC and its forwarding, and a node's checks never change thread.
+// Checks this node owns are answered synchronously on the serving thread (LimiterService::check
+// never blocks); checks owned by other nodes are answered when the forwarder brings their owners'
+// answers (daemon/routing/router.h). Admin calls run there too (reloadRules reads the rules file:
+// a short block of that one thread, acceptable for an admin call).
 //
 // Bad input never crashes the node: expected failures (bad key, unknown rule, unsupported protocol
 // version, oversize batch) travel as proto Error values; a message that Cap'n Proto itself cannot
@@ -26,7 +28,9 @@
 
 namespace throttlex {
 
+class KjOnAsio;
 class LimiterService;
+class LoopService;
 class Metrics;
 class Router;
 
@@ -53,6 +57,8 @@ struct RpcServerOptions {
   // With `tls`: false accepts plain connections too (a TLS ClientHello is told apart by its first
   // byte), served as without TLS; for turning TLS on in a running cluster.
   bool tls_required = true;
+  // No threads of its own: `threads` listen sockets, each served through host().
+  bool hosted = false;
 };
 
 struct RpcServerStats {
@@ -80,9 +86,15 @@ class RpcServer {
   RpcServer& operator=(const RpcServer&) = delete;
 
   std::uint16_t port() const;  // the bound port
+  // Hosted: serves the next listen socket no thread serves yet on the calling thread's KJ loop,
+  // until the returned service is stopped and destroyed (on that thread); null when every socket
+  // is served, or when not hosted. Thread-safe.
+  std::unique_ptr<LoopService> host(KjOnAsio& kj);
   // Stops accepting, closes every connection (clients see DISCONNECTED and fail over) and joins
   // the threads. A call still waiting for a forwarded answer is dropped with its connection (its
-  // client retries elsewhere); the forwarder's late answer goes nowhere. Idempotent; thread-safe.
+  // client retries elsewhere); the forwarder's late answer goes nowhere. Hosted: only marks the
+  // server stopped; the host threads close its connections when they stop (stop them first).
+  // Idempotent; thread-safe.
   void stop();
 
   RpcServerStats stats() const;  // thread-safe

@@ -7,6 +7,7 @@
 
 #include <kj/debug.h>
 
+#include "daemon/loop/kj_on_asio.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/routing/wire.h"
 
@@ -60,13 +61,13 @@ class ForwardWait final : public ForwardSink {
  public:
   ForwardWait(std::vector<Result<CheckOutcome>> decided, std::size_t pending)
       : outcomes(std::move(decided)), pending_(pending) {
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    done = kj::mv(paf.promise);
-    fulfiller_ = kj::mv(paf.fulfiller);
+    CrossThreadSignal signal = crossThreadSignal();
+    done = kj::mv(signal.promise);
+    fulfill_ = std::move(signal.fulfill);
   }
   void deliver(std::size_t index, Result<CheckOutcome> outcome) override {
     outcomes[index] = std::move(outcome);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) fulfiller_->fulfill();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) fulfill_();
   }
   // KJ's members may throw from their destructors in principle; these never do.
   ~ForwardWait() noexcept override {}
@@ -76,7 +77,7 @@ class ForwardWait final : public ForwardSink {
 
  private:
   std::atomic<std::size_t> pending_;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller_;
+  std::function<void()> fulfill_;
 };
 
 }  // namespace
@@ -449,7 +450,7 @@ namespace {
 // A flush finishes on the snapshot writer's side; the RPC thread waits for it without blocking.
 struct SnapshotWait {
   Result<SnapshotOutcome> outcome = Error{ErrorCode::kInternal, "no answer"};
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
+  std::function<void()> fulfill;
 };
 
 }  // namespace
@@ -470,14 +471,14 @@ kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
              "no snapshot store configured (start with --redis host:port)");
     return kj::READY_NOW;
   }
-  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  CrossThreadSignal signal = crossThreadSignal();
   auto wait = std::make_shared<SnapshotWait>();
-  wait->fulfiller = kj::mv(paf.fulfiller);
+  wait->fulfill = std::move(signal.fulfill);
   control_->snapshot([wait](Result<SnapshotOutcome> r) {
     wait->outcome = std::move(r);
-    wait->fulfiller->fulfill();
+    wait->fulfill();
   });
-  return paf.promise.then([context, wait]() mutable {
+  return signal.promise.then([context, wait]() mutable {
     auto out = context.getResults();
     if (wait->outcome) {
       out.setWritten(wait->outcome->written);

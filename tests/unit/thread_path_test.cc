@@ -1,12 +1,13 @@
 // The threads a check crosses: a KJ event loop on an Asio io_context (daemon/loop/kj_on_asio.h)
 // speaks Cap'n Proto and runs KJ timers on the io_context's thread, and a check forwarded from an
-// HTTP-style worker thread is decided on the owner's RPC thread and completed on the thread it
-// entered — two threads, no hand-off inside the entry node.
+// HTTP-style worker thread is decided on the owner's worker thread (its RPC server hosted there)
+// and completed on the thread it entered — two threads, no hand-off inside the entry node.
 #include <doctest/doctest.h>
 
 #include <asio.hpp>
 
 #include <chrono>
+#include <future>
 #include <mutex>
 #include <set>
 #include <string>
@@ -50,18 +51,45 @@ class TracingClock final : public Clock {
 
 const SystemClock real_clock;
 
-// A node that decides everything it is asked over RPC (one RPC thread), as an owner does.
+// A node that decides everything it is asked over RPC, as an owner does: its RPC server hosted
+// on one worker thread (an io_context with the node's per-thread scope), as throttlexd runs it.
 struct Owner {
   TracingClock clock;
   std::unique_ptr<Store> store = Store::make({10'000, 16}).value();
   LimiterService service{*store, clock, RuleSet::make({}).value(), ""};
+  Router router{service, nullptr, nullptr};
   std::unique_ptr<RpcServer> rpc;
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::unique_ptr<HttpThreadScope> scope;  // on `thread` only
+  std::thread thread;
+
   Owner() {
     RpcServerOptions o;
     o.bind_address = "127.0.0.1";
     o.port = 0;
-    rpc = RpcServer::start(o, service, {}, nullptr).value();
+    o.hosted = true;
+    rpc = RpcServer::start(o, router, {}, nullptr).value();
+    std::promise<void> hosted;
+    thread = std::thread([this, &hosted] {
+      scope =
+          forwardingThreads(router, real_clock, [this](KjOnAsio& kj) { return rpc->host(kj); })(io);
+      hosted.set_value();
+      io.run();
+      scope.reset();
+    });
+    hosted.get_future().wait();
   }
+  ~Owner() {
+    asio::post(io, [this] {
+      scope->stop();
+      work.reset();
+    });
+    thread.join();
+    rpc->stop();
+  }
+  Owner(const Owner&) = delete;
+  Owner& operator=(const Owner&) = delete;
   std::string address() const { return "127.0.0.1:" + std::to_string(rpc->port()); }
 };
 
@@ -115,6 +143,31 @@ TEST_CASE("a KJ loop on an Asio io_context makes Cap'n Proto calls, and the cont
   io.restart();
   io.run_for(2s);  // the connection's waits complete as cancelled, then nothing is left
   CHECK(io.stopped());
+}
+
+TEST_CASE(
+    "a signal fulfilled on another thread wakes the KJ loop on an io_context, on its thread") {
+  asio::io_context io;
+  auto work = asio::make_work_guard(io);
+  bool resolved = false;
+  std::thread::id resolved_on;
+  {
+    KjOnAsio kj(io, real_clock);
+    CrossThreadSignal signal = crossThreadSignal();
+    auto done = signal.promise
+                    .then([&] {
+                      resolved = true;
+                      resolved_on = std::this_thread::get_id();
+                    })
+                    .eagerlyEvaluate(nullptr);
+    std::thread other([fulfill = signal.fulfill] { fulfill(); });
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!resolved && std::chrono::steady_clock::now() < deadline) io.run_for(20ms);
+    other.join();
+    kj.settle(true);
+  }
+  CHECK(resolved);
+  CHECK(resolved_on == std::this_thread::get_id());
 }
 
 TEST_CASE(
@@ -189,7 +242,8 @@ TEST_CASE(
   CHECK(sink->allowed == checks.size());
   // Completed on the entry thread only.
   CHECK(sink->threads == std::set<std::thread::id>{entry_thread});
-  // Decided on one thread of the owner, not the entry thread: two threads in all.
+  // Decided on the owner's one worker thread (where its RPC is hosted), not the entry thread:
+  // two threads in all.
   const auto deciders = owner.clock.readers();
   REQUIRE(deciders.size() == 1);
   CHECK(*deciders.begin() != entry_thread);
