@@ -6,9 +6,13 @@ runs it), loaded the same way in the same run, for one build or two (A/B, altern
   bench/cluster_path.py [--bin build/bin] [--baseline-bin OTHER/bin] [--rounds 3] [--seconds 6]
 
 Per build and round:
-  http one node   wrk -t1 -c32 random keys (bench/wrk/random_keys.lua) against a lone node: peak
-  http cluster    one wrk -t1 -c8 per node, all five at once (a load balancer's spread): peak sum,
-                  then http-paced at half of that peak (a fifth at each node): p99 from due time
+  http one node   wrk -t1 random keys (bench/wrk/random_keys.lua) against a lone node, -c32 and
+                  -c128: the peak is the better of the two
+  http cluster    one wrk -t1 per node, all five at once (a load balancer's spread), -c8, -c32 and
+                  -c64 per node: the peak is the best of them (a forwarded check waits for its
+                  owner's answer, so the cluster needs more checks in flight than one node to be
+                  busy); then http-paced at half of that peak (a fifth at each node, 32
+                  connections each): p99 from due time
   rpc single      throttlex-bench single checks, --route owner (no forwarding): peak, then half: p99
   rpc batch       throttlex-bench --batch 100, --route owner and --route entry: throughput
 For the cluster phases: context switches of all the nodes' threads (voluntary + involuntary, from
@@ -139,9 +143,9 @@ def wrk(ports, seconds, conns):
     return total
 
 
-def paced(binary, ports, rate, seconds):
+def paced(binary, ports, rate, seconds, conns=32):
     procs = [subprocess.Popen([f"{binary}/http-paced", "--port", str(p), "--rate", str(rate / len(ports)),
-                               "--connections", "8", "--duration", str(seconds), "--warmup", "1",
+                               "--connections", str(conns), "--duration", str(seconds), "--warmup", "1",
                                "--keys", "1000000", "--suffix", "&limit=100&period=1m", "--json"],
                               stdout=subprocess.PIPE, text=True) for p in ports]
     p99s = []
@@ -165,16 +169,20 @@ def measure(binary, label, args, work, keys, redis_port, rnd):
     res = {"build": label, "round": rnd}
     one = Cluster(binary, 1, work, keys, redis_port, f"{label}{rnd}one")
     try:
-        res["http_one_peak"] = wrk([one.nodes[0]["http"]], args.seconds, 32)
+        res["http_one_peak"] = max(wrk([one.nodes[0]["http"]], args.seconds, c) for c in (32, 128))
     finally:
         one.stop()
     five = Cluster(binary, 5, work, keys, redis_port, f"{label}{rnd}five")
     try:
         ports = [nd["http"] for nd in five.nodes]
         f0, h0, s0 = five.counters()
-        res["http_cluster_peak"] = wrk(ports, args.seconds, 8)
+        res["http_cluster_c8"] = wrk(ports, args.seconds, 8)
+        res["http_cluster_c32"] = wrk(ports, args.seconds, 32)
+        fa, ha, sa = five.counters()
+        res["http_cluster_c64"] = wrk(ports, args.seconds, 64)
         f1, h1, s1 = five.counters()
-        res["switches_per_forwarded_peak"] = (s1 - s0) / max(f1 - f0, 1)
+        res["http_cluster_peak"] = max(res[f"http_cluster_c{c}"] for c in (8, 32, 64))
+        res["switches_per_forwarded_peak"] = (s1 - sa) / max(f1 - fa, 1)
         res["http_cluster_half_p99_us"] = paced(binary, ports, res["http_cluster_peak"] / 2, args.seconds)
         f2, h2, s2 = five.counters()
         res["switches_per_forwarded_half"] = (s2 - s1) / max(f2 - f1, 1)
