@@ -47,7 +47,9 @@ throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args) {
   }
   client::CheckSpec spec;
   spec.key = args.key;
-  spec.hits = args.hits;
+  spec.refund = args.hits < 0;
+  spec.hits = args.hits < 0 ? 0 - static_cast<std::uint64_t>(args.hits)
+                            : static_cast<std::uint64_t>(args.hits);
   if (!args.rule.empty()) {
     spec.rule = args.rule;
     return spec;

@@ -35,7 +35,7 @@ struct TargetArgs {
   std::string period;     // as typed
   std::string algorithm;  // as typed; empty: token_bucket
   std::uint64_t burst = 0;
-  std::uint64_t hits = 1;
+  std::int64_t hits = 1;  // negative: a refund
 };
 
 // rules set NAME ...

@@ -77,8 +77,8 @@ void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
   period->needs(limit);
   for (CLI::Option* inline_flag : {limit, period, algorithm, burst}) rule->excludes(inline_flag);
   if (with_hits) {
-    cmd.add_option("--hits", t.hits, "Units to spend (default 1; 0 only reads)")
-        ->check(CLI::NonNegativeNumber);
+    cmd.add_option("--hits", t.hits,
+                   "Units to spend (default 1; 0 only reads; negative gives units back)");
   }
 }
 

@@ -46,46 +46,71 @@ Decision never(const Limit& limit, std::uint64_t remaining, Duration reset_after
 // differ in how users know them (docs/algorithms.md). Work in "scaled time": 1 unit = 1/limit ns,
 // so one unit of cost takes exactly `period_ns` scaled units to refill and nothing is fractional.
 // D = (TAT - now) * limit is how far the bucket is from full; capacity is burst * period_ns.
-Decision decideBucket(const Limit& limit, State& state, std::uint64_t cost, std::int64_t now) {
+// D of `state` at `now`: 0 for an empty or full bucket.
+u128 bucketDebt(const Limit& limit, const State& state, std::int64_t now) {
+  if (state.empty()) return 0;
   const std::uint64_t L = limit.limit();
-  const auto P = static_cast<std::uint64_t>(limit.periodNs());
-  const u128 capacity = limit.capacityScaled();
-
-  u128 debt = 0;  // D
-  if (!state.empty()) {
-    const std::int64_t tat_ns =
-        state.expiryMs() * kNsPerMs + static_cast<std::int64_t>(state.w1 >> 40);
-    // The fraction is stored over `limit`; if the rule's limit has since been lowered it can be
-    // out of range, and rounding it up to a whole ns never grants extra.
-    const std::uint64_t frac = state.w1 & kFracMask;
-    const bool round_up = frac >= L;
-    const std::int64_t whole = tat_ns + (round_up ? 1 : 0);
-    if (whole > now || (whole == now && !round_up && frac > 0)) {
-      debt = static_cast<u128>(whole - now) * L + (round_up ? 0 : frac);
-    }
+  const std::int64_t tat_ns =
+      state.expiryMs() * kNsPerMs + static_cast<std::int64_t>(state.w1 >> 40);
+  // The fraction is stored over `limit`; if the rule's limit has since been lowered it can be
+  // out of range, and rounding it up to a whole ns never grants extra.
+  const std::uint64_t frac = state.w1 & kFracMask;
+  const bool round_up = frac >= L;
+  const std::int64_t whole = tat_ns + (round_up ? 1 : 0);
+  if (whole > now || (whole == now && !round_up && frac > 0)) {
+    return static_cast<u128>(whole - now) * L + (round_up ? 0 : frac);
   }
+  return 0;
+}
 
-  // A cost-0 read answers for a request of 1 unit but consumes nothing.
-  const u128 need = static_cast<u128>(cost == 0 ? 1 : cost) * P;
-  const bool allowed = debt + need <= capacity;
-  if (cost != 0 && allowed) debt += need;
-
-  const std::uint64_t remaining = debt >= capacity ? 0 : u64(div(capacity - debt, P));
-  const Duration reset_after = ns(ceilDiv(debt, L));
-  if (!allowed) {
-    if (need > capacity) return never(limit, remaining, reset_after);
-    return {false, L, remaining, reset_after, ns(ceilDiv(debt + need - capacity, L))};
-  }
-  if (cost == 0) return {true, L, remaining, reset_after, Duration(0)};
-
-  // TAT = now + debt / L exactly: whole ns plus a fraction over L.
+// Stores TAT = now + debt / L exactly: whole ns plus a fraction over L.
+void storeBucket(const Limit& limit, State& state, u128 debt, std::int64_t now) {
+  const std::uint64_t L = limit.limit();
   const u128 whole = div(debt, L);
   const std::uint64_t frac = u64(debt - whole * L);
   const std::int64_t tat_ns = now + static_cast<std::int64_t>(whole);
   const std::int64_t tat_ms = tat_ns / kNsPerMs;
   state.w0 = header(limit.algorithm(), tat_ms);
   state.w1 = (static_cast<std::uint64_t>(tat_ns - tat_ms * kNsPerMs) << 40) | frac;
+}
+
+std::uint64_t bucketRemaining(const Limit& limit, u128 debt) {
+  const u128 capacity = limit.capacityScaled();
+  return debt >= capacity ? 0
+                          : u64(div(capacity - debt, static_cast<std::uint64_t>(limit.periodNs())));
+}
+
+Decision decideBucket(const Limit& limit, State& state, std::uint64_t cost, std::int64_t now) {
+  const std::uint64_t L = limit.limit();
+  const auto P = static_cast<std::uint64_t>(limit.periodNs());
+  const u128 capacity = limit.capacityScaled();
+  u128 debt = bucketDebt(limit, state, now);  // D
+
+  // A cost-0 read answers for a request of 1 unit but consumes nothing.
+  const u128 need = static_cast<u128>(cost == 0 ? 1 : cost) * P;
+  const bool allowed = debt + need <= capacity;
+  if (cost != 0 && allowed) debt += need;
+
+  const std::uint64_t remaining = bucketRemaining(limit, debt);
+  const Duration reset_after = ns(ceilDiv(debt, L));
+  if (!allowed) {
+    if (need > capacity) return never(limit, remaining, reset_after);
+    return {false, L, remaining, reset_after, ns(ceilDiv(debt + need - capacity, L))};
+  }
+  if (cost != 0) storeBucket(limit, state, debt, now);
   return {true, L, remaining, reset_after, Duration(0)};
+}
+
+// A refund refills by `units`, up to full (D = 0; the state then says "full since now").
+Decision refundBucket(const Limit& limit, State& state, std::uint64_t units, std::int64_t now) {
+  u128 debt = bucketDebt(limit, state, now);
+  if (state.empty())
+    return {true, limit.limit(), bucketRemaining(limit, 0), Duration(0), Duration(0)};
+  const u128 back = static_cast<u128>(units) * static_cast<std::uint64_t>(limit.periodNs());
+  debt = debt > back ? debt - back : 0;
+  storeBucket(limit, state, debt, now);
+  return {true, limit.limit(), bucketRemaining(limit, debt), ns(ceilDiv(debt, limit.limit())),
+          Duration(0)};
 }
 
 // --- Fixed window ------------------------------------------------------------------------------
@@ -116,6 +141,24 @@ Decision decideFixed(const Limit& limit, State& state, std::uint64_t cost, std::
   if (allowed) return {true, L, remaining, reset_after, Duration(0)};
   if (need > L) return never(limit, remaining, reset_after);
   return {false, L, remaining, reset_after, Duration(end - now)};
+}
+
+// A refund takes `units` off the current window's count, down to 0; an earlier window's units
+// are already back.
+Decision refundFixed(const Limit& limit, State& state, std::uint64_t units, std::int64_t now) {
+  const std::uint64_t L = limit.limit();
+  const std::int64_t P = limit.periodNs();
+  const std::int64_t start = now - now % P;
+  std::uint64_t count = 0;
+  std::int64_t end = start + P;
+  if (!state.empty() && state.expiryMs() * kNsPerMs - P >= start) {
+    end = state.expiryMs() * kNsPerMs;
+    count = state.w1 & kCountMask;
+    count = count > units ? count - units : 0;
+    state.w1 = count;
+  }
+  const std::uint64_t remaining = count >= L ? 0 : L - count;
+  return {true, L, remaining, count == 0 ? Duration(0) : Duration(end - now), Duration(0)};
 }
 
 // --- Sliding window ----------------------------------------------------------------------------
@@ -175,6 +218,35 @@ Decision decideSliding(const Limit& limit, State& state, std::uint64_t cost, std
   return {false, L, remaining, reset_after, Duration(to_end + wait)};
 }
 
+// A refund takes `units` off the current window's count and what that lacks off the previous
+// window's (units reserved before the window turned and settled after).
+Decision refundSliding(const Limit& limit, State& state, std::uint64_t units, std::int64_t now) {
+  const std::int64_t P = limit.periodNs();
+  const std::int64_t start = now - now % P;
+  if (!state.empty()) {
+    std::int64_t base = state.expiryMs() * kNsPerMs - 2 * P;  // the stored current window
+    std::uint64_t cur = state.w1 & kCountMask;
+    std::uint64_t prev = (state.w1 >> 41) | ((state.w0 & ((1u << 18) - 1)) << 23);
+    if (base < start) {  // the window turned: re-base so the stored one is the previous
+      prev = base == start - P ? cur : 0;
+      cur = 0;
+      base = start;
+    }
+    if (cur + prev > 0) {  // else nothing is counted any more: the state stays as it is
+      const std::uint64_t from_cur = std::min(cur, units);
+      cur -= from_cur;
+      prev -= std::min(prev, units - from_cur);
+      state.w0 = header(limit.algorithm(), (base + 2 * P) / kNsPerMs) | (prev >> 23);
+      state.w1 = cur | ((prev & ((1u << 23) - 1)) << 41);
+    }
+  }
+  State probe = state;
+  Decision d = decideSliding(limit, probe, 0, now);  // remaining and reset as a read sees them
+  d.allowed = true;
+  d.retry_after = Duration(0);
+  return d;
+}
+
 }  // namespace
 
 bool plausibleAt(const State& state, std::int64_t now_ms) {
@@ -206,6 +278,25 @@ Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now_t
   }
   assert(false && "Limit::make admits only known algorithms");
   return never(limit, 0, Duration(0));
+}
+
+Decision refund(const Limit& limit, State& state, std::uint64_t units, Time now_tp) {
+  const std::int64_t now =
+      std::clamp<std::int64_t>(now_tp.time_since_epoch().count(), 0, kMaxTimeNs);
+  if (!state.empty() && state.tag() != limit.algorithm()) state = State{};  // foreign state
+  if (limit.limit() == 0) return {true, 0, 0, Duration(0), Duration(0)};
+  switch (limit.algorithm()) {
+    case Algorithm::kTokenBucket:
+    case Algorithm::kLeakyBucket:
+    case Algorithm::kGcra:
+      return refundBucket(limit, state, units, now);
+    case Algorithm::kFixedWindow:
+      return refundFixed(limit, state, units, now);
+    case Algorithm::kSlidingWindow:
+      return refundSliding(limit, state, units, now);
+  }
+  assert(false && "Limit::make admits only known algorithms");
+  return {true, 0, 0, Duration(0), Duration(0)};
 }
 
 StateView view(const State& state) {

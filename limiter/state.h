@@ -55,6 +55,13 @@ bool plausibleAt(const State& state, std::int64_t now_ms);
 // 0. Pure: no clock, no allocation, no locks.
 Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now);
 
+// Gives `units` back to the key (a refund: the caller reserved more than it used, or gave up
+// the work). A bucket refills by `units`, up to full; a fixed window's count drops by `units`, to
+// 0 at least; a sliding window takes them off its current count and what that lacks off the
+// previous one. Always allowed; remaining and reset_after are after the refund. A key with no
+// state has nothing to give back and keeps none. Pure like decide().
+Decision refund(const Limit& limit, State& state, std::uint64_t units, Time now);
+
 // Decoded view of a state, for inspection (throttlectl inspect) and tests.
 struct StateView {
   Algorithm algorithm{};

@@ -227,8 +227,11 @@ struct alignas(64) Store::Shard {
 
   // Decides under the lock. When the stored state changed (not only normalised: a new entry or a
   // different state), `*changed` gets the new state and the function returns true in `did_change`.
-  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now, State& after,
-                 bool& did_change) {
+  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, bool give_back,
+                 Time now, State& after, bool& did_change) {
+    auto apply = [&](State& s) {
+      return give_back ? throttlex::refund(limit, s, cost, now) : decide(limit, s, cost, now);
+    };
     const std::int64_t now_ms = toMs(now);
     std::lock_guard guard(lock);
     bool found = false;
@@ -237,7 +240,7 @@ struct alignas(64) Store::Shard {
     if (found) {
       Entry& e = t()[i];
       State s = e.state;
-      const Decision d = decide(limit, s, cost, now);
+      const Decision d = apply(s);
       if (s != e.state) {
         e.state = s;
         noteExpiry(s);
@@ -249,7 +252,7 @@ struct alignas(64) Store::Shard {
       return d;
     }
     State s;
-    Decision d = decide(limit, s, cost, now);
+    Decision d = apply(s);
     if (!s.empty()) {
       if (!insert(key, s, now_ms)) {
         // Full of keys in use: this one cannot be remembered, so it is not admitted.
@@ -311,7 +314,15 @@ Store::Shard& Store::shardFor(const KeyHash& key) const {
 Decision Store::check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now) {
   State after;
   bool changed = false;
-  const Decision d = shardFor(key).check(key, limit, cost, now, after, changed);
+  const Decision d = shardFor(key).check(key, limit, cost, false, now, after, changed);
+  if (changed) notify(key, after);
+  return d;
+}
+
+Decision Store::refund(const KeyHash& key, const Limit& limit, std::uint64_t units, Time now) {
+  State after;
+  bool changed = false;
+  const Decision d = shardFor(key).check(key, limit, units, true, now, after, changed);
   if (changed) notify(key, after);
   return d;
 }
@@ -335,7 +346,7 @@ void Store::checkBatch(std::span<const CheckRequest> requests, Time now, std::sp
     const CheckRequest& r = requests[i];
     State after;
     bool changed = false;
-    out[i] = shardFor(r.key).check(r.key, *r.limit, r.cost, now, after, changed);
+    out[i] = shardFor(r.key).check(r.key, *r.limit, r.cost, r.refund, now, after, changed);
     if (changed) notify(r.key, after);
   }
 }

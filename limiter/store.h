@@ -49,6 +49,7 @@ struct CheckRequest {
   KeyHash key;
   const Limit* limit = nullptr;  // must outlive the call
   std::uint64_t cost = 1;
+  bool refund = false;  // gives `cost` units back instead (refund() in state.h)
 };
 
 // Told of every state a check changed (an admitted check with a cost, or a new entry), after the
@@ -77,6 +78,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, Time now);
+  // Gives `units` back to the key (refund() in state.h); a key with no state stays without.
+  Decision refund(const KeyHash& key, const Limit& limit, std::uint64_t units, Time now);
   // Same decisions as check() on each request in order; faster, because it prefetches the table
   // slots of the whole batch before deciding. `out` must have requests.size() elements.
   void checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out);

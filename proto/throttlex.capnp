@@ -55,6 +55,10 @@ struct CheckRequest {
   rule @1 :Text;         # a named rule; empty: use `limit`
   limit @2 :LimitSpec;   # the inline limit
   hits @3 :UInt64 = 1;   # 0 reads without consuming
+  # Signed companion of `hits` (appended): when not 0 it replaces `hits`, and a negative value gives
+  # that many units back (a refund). Senders of a refund set `hits` to 0, so a node that predates
+  # this field only reads the key instead of spending.
+  hitsSigned @4 :Int64;
 }
 
 # How the answer was reached; the cluster adds forwarding and degraded mode.

@@ -78,7 +78,14 @@ std::uint64_t textWords(std::size_t bytes) {
 
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
   out.setKey(kjText(spec.key));
-  out.setHits(spec.hits);
+  if (spec.refund) {
+    // hits 0 too: a node that predates hitsSigned only reads the key instead of spending.
+    constexpr std::uint64_t kOverMax = (std::uint64_t{1} << 40) + 1;  // refused by the node
+    out.setHits(0);
+    out.setHitsSigned(-static_cast<std::int64_t>(std::min(spec.hits, kOverMax)));
+  } else {
+    out.setHits(spec.hits);
+  }
   if (spec.rule.empty()) {
     toProto(spec.algorithm, spec.limit, spec.period, spec.burst, out.initLimit());
     return;

@@ -68,8 +68,13 @@ Result<CheckArgs> toArgs(const CheckFields& f) {
   a.key = f.key;
   if (f.key.empty()) return invalidArgument("'key' is required");
   if (!f.hits.empty()) {
-    auto h = parseNumber("hits", f.hits);
-    if (!h) return h.error();
+    // A negative count gives units back (a refund).
+    a.refund = f.hits.front() == '-';
+    auto h = parseNumber("hits", std::string_view(f.hits).substr(a.refund ? 1 : 0));
+    if (!h) {
+      return invalidArgument("'hits' must be an integer (negative gives units back), got '" +
+                             f.hits + "'");
+    }
     a.hits = *h;
   }
   if (!f.rule.empty()) {
@@ -139,6 +144,8 @@ Status fromJson(const nlohmann::json& j, CheckFields& f) {
       *slot = it->get<std::string>();
     } else if (it->is_number_unsigned()) {
       *slot = std::to_string(it->get<std::uint64_t>());
+    } else if (slot == &f.hits && it->is_number_integer()) {
+      *slot = std::to_string(it->get<std::int64_t>());  // negative: a refund
     } else {
       return invalidArgument(std::string("'") + name +
                              "' must be a string or a non-negative integer");

@@ -151,6 +151,8 @@ struct Node::Parts {
   Status startSnapshots();
   Status startRouting(RuleSet rules);
   Status startApis();
+  void setUpControl();
+  Status startRpc(const NodeInfoProvider& node_info, std::size_t max_connections);
   Status startCluster();
   NodeInfo info() const;
   PersistenceStats persistenceStats() const;
@@ -296,22 +298,8 @@ NodeInfo Node::Parts::info() const {
   return i;
 }
 
-// Metrics, RPC and HTTP, bound in that order.
-Status Node::Parts::startApis() {
-  metrics = std::make_unique<Metrics>(Metrics::Options{
-      config.node_id, kVersion, store.get(),
-      [this] {
-        ClusterNode* c = clusterNode();
-        return c != nullptr ? c->stats() : ClusterStats{};
-      },
-      [this] { return forwarder->stats(); }, [this] { return persistenceStats(); }});
-  auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
-  if (!metrics_bound) {
-    return Error{metrics_bound.error().code,
-                 "--metrics-bind/--metrics-port: " + metrics_bound.error().message};
-  }
-  metrics_port = *metrics_bound;
-
+// What the Admin RPC calls may do to this node (daemon/base/node_control.h).
+void Node::Parts::setUpControl() {
   control.handoff = [this](const std::string& from, std::span<const std::uint16_t> slots,
                            std::span<const std::uint8_t> entries) {
     return keeper->receive(from, slots, entries);
@@ -331,15 +319,16 @@ Status Node::Parts::startApis() {
     request_stop();  // the same path as a SIGTERM from outside
     return Ok{};
   };
-  const NodeInfoProvider node_info = [this] { return info(); };
-  const std::size_t max_connections = connectionCap(config.max_connections);
-  logInfo("connections: at most " + std::to_string(max_connections) + " per API (HTTP, RPC)");
+}
+
+// Bound here; served by the HTTP worker threads (startApis()).
+Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_connections) {
   RpcServerOptions rpc_options;
   rpc_options.max_connections = max_connections;
   rpc_options.bind_address = config.bind;
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
-  rpc_options.hosted = true;  // on the HTTP threads (below)
+  rpc_options.hosted = true;
   rpc_options.control = &control;
   rpc_options.tls = tls;
   rpc_options.tls_required = config.tls_incoming_required;
@@ -347,6 +336,29 @@ Status Node::Parts::startApis() {
   if (!r) return Error{r.error().code, "--rpc-port: " + r.error().message};
   rpc = std::move(*r);
   rpc_port = rpc->port();
+  return Ok{};
+}
+
+// Metrics, RPC and HTTP, bound in that order.
+Status Node::Parts::startApis() {
+  metrics = std::make_unique<Metrics>(Metrics::Options{
+      config.node_id, kVersion, store.get(),
+      [this] {
+        ClusterNode* c = clusterNode();
+        return c != nullptr ? c->stats() : ClusterStats{};
+      },
+      [this] { return forwarder->stats(); }, [this] { return persistenceStats(); }});
+  auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
+  if (!metrics_bound) {
+    return Error{metrics_bound.error().code,
+                 "--metrics-bind/--metrics-port: " + metrics_bound.error().message};
+  }
+  metrics_port = *metrics_bound;
+  setUpControl();
+  const NodeInfoProvider node_info = [this] { return info(); };
+  const std::size_t max_connections = connectionCap(config.max_connections);
+  logInfo("connections: at most " + std::to_string(max_connections) + " per API (HTTP, RPC)");
+  if (Status s = startRpc(node_info, max_connections); !s) return s;
 
   const MembersProvider members = [this] {
     ClusterNode* c = clusterNode();

@@ -68,7 +68,9 @@ constexpr int kMaxNotDecided = 4;
 }  // namespace
 
 ForwardedCheck ForwardedCheck::from(const CheckArgs& args, std::uint32_t slot) {
-  return {std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
+  ForwardedCheck c{std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
+  c.refund = args.refund;
+  return c;
 }
 
 CheckArgs ForwardedCheck::args() const {
@@ -77,6 +79,7 @@ CheckArgs ForwardedCheck::args() const {
   a.rule = rule;
   a.limit = limit;
   a.hits = hits;
+  a.refund = refund;
   return a;
 }
 

@@ -67,6 +67,7 @@ struct ForwardedCheck {
   LimitSpec limit;  // when rule is empty
   std::uint64_t hits = 1;
   std::uint32_t slot = 0;  // slotOf(rule, key)
+  bool refund = false;     // gives `hits` back (CheckArgs::refund)
   // Wall-clock ms since the Unix epoch after which the node that sent it here may have it decided
   // elsewhere: past it, it is not decided (kNotDecided) nor sent on. 0: no bound (it entered here).
   std::int64_t decide_by_ms = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 namespace throttlex {
 namespace {
@@ -101,6 +102,14 @@ Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
   args.key = view(request.getKey());
   args.rule = view(request.getRule());
   args.hits = request.getHits();
+  if (const std::int64_t hits = request.getHitsSigned(); hits != 0) {
+    args.refund = hits < 0;
+    // |INT64_MIN| does not fit; anything that large is refused as over kMaxCost anyway.
+    args.hits = hits < 0 ? (hits == std::numeric_limits<std::int64_t>::min()
+                                ? kMaxCost + 1
+                                : static_cast<std::uint64_t>(-hits))
+                         : static_cast<std::uint64_t>(hits);
+  }
   const auto limit = request.getLimit();
   if (!args.rule.empty()) {
     if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
@@ -161,7 +170,12 @@ Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
 
 void encode(const CheckArgs& c, proto::CheckRequest::Builder out) {
   out.setKey(capnp::Text::Reader(c.key.data(), c.key.size()));
-  out.setHits(c.hits);
+  if (c.refund) {
+    out.setHits(0);
+    out.setHitsSigned(-static_cast<std::int64_t>(std::min(c.hits, kMaxCost + 1)));
+  } else {
+    out.setHits(c.hits);
+  }
   if (!c.rule.empty()) {
     out.setRule(capnp::Text::Reader(c.rule.data(), c.rule.size()));
     return;

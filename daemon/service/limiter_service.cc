@@ -71,7 +71,8 @@ Result<CheckOutcome> LimiterService::check(const CheckArgs& args) {
   const RuleSet& rules = *currentRules();
   auto r = resolve(args, rules);
   if (!r) return r.error();
-  const Decision d = store_.check(r->key, r->limit, args.hits, clock_.now());
+  const Decision d = args.refund ? store_.refund(r->key, r->limit, args.hits, clock_.now())
+                                 : store_.check(r->key, r->limit, args.hits, clock_.now());
   return outcome(d, r->shadow, r->policy, r->limit.period());
 }
 
@@ -85,7 +86,7 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
   for (const CheckArgs& a : args) {
     resolved.push_back(resolve(a, rules));
     if (resolved.back())
-      requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits});
+      requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits, a.refund});
   }
   std::vector<Decision> decisions(requests.size());
   store_.checkBatch(requests, clock_.now(), decisions);
@@ -107,6 +108,12 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
   auto r = resolve(args, rules);
   if (!r) return r.error();
   const Time now = clock_.now();
+  if (args.refund) {
+    // Given back in this node's copy of the key, whatever the policy: what it spent here while
+    // the owner was away comes back; the owner's copy keeps what it counted.
+    return outcome(store_.refund(r->key, r->limit, args.hits, now), false, r->policy,
+                   r->limit.period());
+  }
   Decision d;
   switch (r->degraded) {
     case DegradedPolicy::kShare: {

@@ -32,6 +32,7 @@ struct CheckArgs {
   std::string_view rule;   // a named rule; empty: use `limit`
   LimitSpec limit;         // the inline limit, when `rule` is empty
   std::uint64_t hits = 1;  // 0 reads without consuming; at most kMaxCost
+  bool refund = false;     // gives `hits` units back instead of spending them (state.h refund())
 };
 
 struct CheckOutcome {

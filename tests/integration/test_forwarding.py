@@ -222,6 +222,37 @@ class OwnerTest(unittest.TestCase):
                 n.kill()
 
 
+class RefundTest(unittest.TestCase):
+    """Negative hits give units back at the key's owner, whichever node they enter."""
+
+    def test_a_refund_entering_anywhere_reaches_the_owner_and_is_capped(self):
+        nodes = start_cluster(3, "r")
+        try:
+            check = {"key": "job:refund", "limit": 10, "period": "1h", "algorithm": "token_bucket"}
+            owner = owner_of(nodes[0], check)
+            others = [n for n in nodes if n.node_id != owner]
+            by_id = {n.node_id: n for n in nodes}
+            status, result = get_check(others[0], {**check, "hits": 10})
+            self.assertEqual((status, route_of(result)), (200, "forwarded"))
+            status, result = get_check(others[1], {**check, "hits": 1})
+            self.assertEqual(status, 429)
+            status, result = get_check(others[1], {**check, "hits": -4})
+            self.assertEqual((status, route_of(result), result["remaining"]), (200, "forwarded", 4))
+            _, result = get_check(by_id[owner], {**check, "hits": 0})
+            self.assertEqual((route_of(result), result["remaining"]), ("local", 4))
+            # Over RPC (throttlectl --hits -100): capped at the limit.
+            code, out, err = run_tool("throttlectl", "--node", others[0].rpc_address, "-o", "json",
+                                      "check", check["key"], "--limit", "10", "--period", "1h",
+                                      "--hits", "-100")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(json.loads(out)["remaining"], 10)
+            status, result = get_check(by_id[owner], {**check, "hits": 10})
+            self.assertEqual(status, 200)
+        finally:
+            for n in nodes:
+                n.kill()
+
+
 class ClusterRulesTest(unittest.TestCase):
     """A rule set through one node is set on every member: each owner decides its keys with it."""
 

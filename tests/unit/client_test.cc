@@ -149,6 +149,28 @@ TEST_CASE("a check round trip") {
   CHECK(nr.retry_after < 0ns);
 }
 
+TEST_CASE("a refund gives units back through the client, capped at the limit") {
+  Node n;
+  auto client = connect({n.address()});
+  tc::CheckSpec s = spec("refund", 10);
+  s.hits = 10;
+  CHECK(client->check(s).allowed);
+  s.hits = 1;
+  CHECK_FALSE(client->check(s).allowed);
+  s.refund = true;
+  s.hits = 4;
+  tc::CheckResult r = client->check(s);
+  REQUIRE(r.ok());
+  CHECK(r.allowed);
+  CHECK(r.remaining == 4);
+  s.hits = 100;
+  r = client->check(s);
+  REQUIRE(r.ok());
+  CHECK(r.remaining == 10);
+  s.hits = std::uint64_t{1} << 41;  // over the most one check may carry, refund or not
+  CHECK(client->check(s).error.code == tc::ErrorCode::kInvalidArgument);
+}
+
 TEST_CASE("exactly the limit is admitted: 150 checks against 100 per minute") {
   Node n;
   auto client = connect({n.address()});

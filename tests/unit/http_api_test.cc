@@ -112,7 +112,8 @@ TEST_CASE("parameter validation names the parameter") {
       {"/v1/check?limit=1&period=1s", 400, "'key' is required"},
       {"/v1/check?key=a&limit=1", 400, "needs 'limit' and 'period'"},
       {"/v1/check?key=a&limit=x&period=1s", 400, "'limit' must be"},
-      {"/v1/check?key=a&limit=1&period=1s&hits=-2", 400, "'hits' must be"},
+      {"/v1/check?key=a&limit=1&period=1s&hits=--2", 400, "'hits' must be"},
+      {"/v1/check?key=a&limit=1&period=1s&hits=-", 400, "'hits' must be"},
       {"/v1/check?key=a&limit=1&period=1s&burst=1.5", 400, "'burst' must be"},
       {"/v1/check?key=a&limit=1&period=1s&algorithm=nope", 400, "unknown algorithm"},
       {"/v1/check?key=a&rule=api&period=1s", 400, "not both"},
@@ -145,6 +146,27 @@ TEST_CASE("POST takes one check or a batch with per-element results") {
   CHECK(results[2]["error"]["status"] == 400);
   CHECK(f.call("POST", "/v1/check", "{").status == 400);
   CHECK(f.call("POST", "/v1/check", R"({"checks":{}})").status == 400);
+}
+
+TEST_CASE("negative hits give units back, over GET and POST, and never beyond the limit") {
+  Fixture f;
+  auto remaining = [](const HttpResponse& r) {
+    return nlohmann::json::parse(r.body)["remaining"].get<std::uint64_t>();
+  };
+  CHECK(f.call("GET", "/v1/check?key=u&limit=10&period=1m&hits=10").status == 200);
+  CHECK(f.call("GET", "/v1/check?key=u&limit=10&period=1m").status == 429);
+  HttpResponse r = f.call("GET", "/v1/check?key=u&limit=10&period=1m&hits=-4");
+  CHECK(r.status == 200);
+  CHECK(remaining(r) == 4);
+  r = f.call("POST", "/v1/check", R"({"key":"u","limit":10,"period":"1m","hits":-100})");
+  CHECK(r.status == 200);
+  CHECK(remaining(r) == 10);
+  r = f.call(
+      "POST", "/v1/check",
+      R"({"checks":[{"key":"v","rule":"api","hits":2},{"key":"v","rule":"api","hits":"-1"}]})");
+  const auto results = nlohmann::json::parse(r.body)["results"];
+  CHECK(results[1]["remaining"] == 1);
+  CHECK(f.call("POST", "/v1/check", R"({"key":"u","limit":-1,"period":"1m"})").status == 400);
 }
 
 TEST_CASE("the auth_request endpoint answers 204 or 403 and reads the key from a header") {

@@ -193,6 +193,52 @@ TEST_CASE("a cost of 0 reads the state without consuming") {
   CHECK(d.retry_after > Duration(0));
 }
 
+TEST_CASE("a refund gives units back: spend 10 of 10, refund 4 -> 4 left; refund 100 -> full") {
+  // Aligned to a window start, so the window algorithms see one window.
+  const Time t0 = Time(std::chrono::duration_cast<Duration>(std::chrono::minutes(28'333'333)));
+  for (int a = 1; a <= kAlgorithmCount; ++a) {
+    const Limit l = mustMake(static_cast<Algorithm>(a), 10, 60s);
+    INFO(algorithmName(l.algorithm()));
+    State s;
+    CHECK(decide(l, s, 10, t0).allowed);
+    CHECK_FALSE(decide(l, s, 1, t0).allowed);
+    Decision d = refund(l, s, 4, t0);
+    CHECK(d.allowed);
+    CHECK(d.remaining == 4);
+    CHECK(decide(l, s, 0, t0).remaining == 4);  // a read sees what the refund left
+    CHECK(decide(l, s, 4, t0).allowed);
+    CHECK_FALSE(decide(l, s, 1, t0).allowed);
+    d = refund(l, s, 100, t0);  // capped: never more than the limit
+    CHECK(d.remaining == 10);
+    CHECK(d.reset_after == Duration(0));
+    CHECK(decide(l, s, 10, t0).allowed);
+    CHECK_FALSE(decide(l, s, 1, t0).allowed);
+  }
+}
+
+TEST_CASE("a refund of a key with no state keeps none, and a window's refund stays in its window") {
+  const Limit fixed = mustMake(Algorithm::kFixedWindow, 5, 1s);
+  State s;
+  CHECK(refund(fixed, s, 3, kStart).remaining == 5);
+  CHECK(s.empty());
+  // Units of a window that has ended are back already: a refund after it gives nothing extra.
+  const Time w0 = Time(std::chrono::duration_cast<Duration>(std::chrono::seconds(1'700'000'000)));
+  CHECK(decide(fixed, s, 5, w0).allowed);
+  const Time w1 = w0 + 1s;
+  CHECK(decide(fixed, s, 5, w1).allowed);
+  CHECK(refund(fixed, s, 5, w1 + 1s).remaining == 5);
+  CHECK(decide(fixed, s, 5, w1 + 1s).allowed);
+  CHECK_FALSE(decide(fixed, s, 1, w1 + 1s).allowed);
+  // Sliding: units spent at the end of one window and refunded early in the next come off the
+  // previous window's count, which still weighs on the estimate.
+  const Limit sliding = mustMake(Algorithm::kSlidingWindow, 10, 1s);
+  State t;
+  CHECK(decide(sliding, t, 10, w0 + 900ms).allowed);
+  CHECK(decide(sliding, t, 0, w1).remaining == 0);  // prev 10 at full weight
+  CHECK(refund(sliding, t, 10, w1).remaining == 10);
+  CHECK(decide(sliding, t, 10, w1).allowed);
+}
+
 TEST_CASE("a cost above the capacity is denied with retry_after 'never'") {
   for (int a = 1; a <= kAlgorithmCount; ++a) {
     const Limit l = mustMake(static_cast<Algorithm>(a), 10, 1s);

@@ -113,6 +113,9 @@ struct CheckSpec {
   std::chrono::milliseconds period{0};  // 1ms .. 365d
   std::uint64_t burst = 0;              // bucket algorithms: capacity; 0 = limit
   std::uint64_t hits = 1;               // units to spend; 0 reads without consuming
+  // Gives `hits` units back instead of spending them (a refund: reserve an estimate, settle the
+  // real cost after). A bucket refills at most to full, a window's count drops at most to 0.
+  bool refund = false;
 };
 
 // Who decided a check (the node's answer says): the node the client sent it to, which owns the
