@@ -80,6 +80,7 @@ struct CheckResult {
   policy @8 :Text;            # rule name, or "default" for inline limits
   periodMs @9 :UInt64;
   route @10 :Route;
+  refunded @11 :Bool;         # an atomic batch was denied and this admitted check given back
 }
 
 interface Limiter {
@@ -90,8 +91,13 @@ interface Limiter {
   # `decideByMs` (peers only; 0: none): wall-clock ms since the Unix epoch after which the sender
   # may have these checks decided elsewhere; a receiver that comes to them later decides none of
   # them and answers `notDecided` (docs/architecture.md, "Exact whatever the timing").
-  checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8, decideByMs :Int64)
-      -> (version :UInt16, error :Error, results :List(CheckResult));
+  # `atomic` (clients only; appended): all or nothing — allowed only if every check is; when one is
+  # not, the admitted ones are given back before the answer, `deniedBy` names the first check not
+  # allowed (-1: the batch was allowed) and the given-back results say `refunded`. A malformed
+  # check refuses the whole atomic batch (error), nothing spent.
+  checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8, decideByMs :Int64,
+                 atomic :Bool)
+      -> (version :UInt16, error :Error, results :List(CheckResult), deniedBy :Int32 = -1);
   # Node to node: the state of slots the sender no longer decides (ring change, drain). `entries`:
   # 32 bytes each (key hash hi, lo, state w0, w1; little-endian), merged keeping the more consumed
   # state. A handoff may take several calls; the last one lists the slots, which the receiver then

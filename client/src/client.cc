@@ -337,6 +337,39 @@ Result<std::uint32_t> Client::reloadRules(Deadline deadline) {
       deadline);
 }
 
+Result<AtomicResult> Client::checkAtomic(const std::vector<CheckSpec>& specs, Deadline deadline) {
+  if (specs.empty() || specs.size() > impl_->options.max_batch) {
+    return Error{ErrorCode::kInvalidArgument, "an atomic batch takes 1 to max_batch (" +
+                                                  std::to_string(impl_->options.max_batch) +
+                                                  ") checks"};
+  }
+  for (const CheckSpec& s : specs) {
+    if (s.key.empty() || s.key.size() > kMaxKeyBytes) {
+      return Error{ErrorCode::kInvalidArgument, "a key must be 1 to 1024 bytes"};
+    }
+  }
+  return impl_->admin<AtomicResult>(
+      [specs](proto::Node::Client& node) {
+        auto request = node.checkBatchRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        request.setAtomic(true);
+        auto list = request.initChecks(static_cast<unsigned>(specs.size()));
+        for (std::size_t i = 0; i < specs.size(); ++i) {
+          detail::toProto(specs[i], list[static_cast<unsigned>(i)]);
+        }
+        return request.send().then([](capnp::Response<proto::Limiter::CheckBatchResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          if (e.code != ErrorCode::kNone) return Result<AtomicResult>(e);
+          AtomicResult out;
+          for (auto result : r.getResults()) out.results.push_back(detail::fromProto(result));
+          if (r.getDeniedBy() >= 0) out.denied_by = static_cast<std::size_t>(r.getDeniedBy());
+          out.allowed = !out.denied_by.has_value();
+          return Result<AtomicResult>(std::move(out));
+        });
+      },
+      deadline.value_or(impl_->options.deadline));
+}
+
 Result<SnapshotResult> Client::snapshot(Deadline deadline) {
   return impl_->admin<SnapshotResult>(
       [](proto::Node::Client& node) {

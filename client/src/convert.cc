@@ -136,6 +136,7 @@ CheckResult fromProto(proto::CheckResult::Reader result) {
   r.retry_after = std::chrono::nanoseconds(result.getRetryAfterNs());
   r.period = fromWireMs(result.getPeriodMs());
   r.policy = text(result.getPolicy());
+  r.refunded = result.getRefunded();
   switch (result.getRoute()) {
     case proto::Route::FORWARDED:
       r.route = Route::kForwarded;

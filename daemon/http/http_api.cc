@@ -366,6 +366,11 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   if (checks->size() > kMaxBatchChecks) {
     return respond(problemResponse(413, "Payload Too Large", "at most 1000 checks per batch"));
   }
+  const auto atomic = body.find("atomic");
+  if (atomic != body.end() && !atomic->is_boolean()) {
+    return respond(problemResponse(400, "Bad Request", "'atomic' must be true or false"));
+  }
+  if (atomic != body.end() && atomic->get<bool>()) return checkAtomic(*checks, start, respond);
   std::vector<CheckFields> fields(checks->size());
   std::vector<Result<CheckArgs>> parsed;
   parsed.reserve(checks->size());
@@ -400,6 +405,48 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   const std::size_t pending = forwarding.size();
   router_.forward(std::move(forwarding), std::make_shared<ResultCollector>(
                                              std::move(outcomes), pending, std::move(finish)));
+}
+
+// {"atomic": true, "checks": [...]}: one verdict for the whole batch. A malformed check refuses the
+// batch before anything is spent.
+void HttpApi::checkAtomic(const nlohmann::json& checks, Instant start, const HttpRespond& respond) {
+  auto fields = std::make_shared<std::vector<CheckFields>>(checks.size());
+  std::vector<CheckArgs> args;
+  args.reserve(checks.size());
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    auto st = fromJson(checks[i], (*fields)[i]);
+    auto a = st ? toArgs((*fields)[i]) : Result<CheckArgs>(st.error());
+    if (!a) {
+      Error e = a.error();
+      e.message = "check " + std::to_string(i) + ": " + e.message + " (nothing was spent)";
+      return respond(problemFor(e));
+    }
+    args.push_back(*a);
+  }
+  router_.checkAtomic(std::move(args), fields, [this, start, respond](AtomicOutcome& r) {
+    nlohmann::json results = nlohmann::json::array();
+    for (std::size_t i = 0; i < r.outcomes.size(); ++i) {
+      record(r.outcomes[i], start);
+      nlohmann::json j =
+          r.outcomes[i] ? outcomeJson(*r.outcomes[i]) : errorJson(r.outcomes[i].error());
+      if (r.refunded[i]) j["refunded"] = true;
+      results.push_back(std::move(j));
+    }
+    HttpResponse out;
+    nlohmann::json body{{"allowed", !r.denied_by.has_value()}};
+    if (r.denied_by) {
+      body["denied_by"] = *r.denied_by;
+      const auto& denier = r.outcomes[*r.denied_by];
+      out.status = denier ? 429 : httpStatus(denier.error().code);  // a check that failed
+      if (denier && denier->decision.retry_after > Duration(0)) {
+        out.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(
+                                                    1, ceilSeconds(denier->decision.retry_after))));
+      }
+    }
+    body["results"] = std::move(results);
+    out.body = body.dump();
+    respond(std::move(out));
+  });
 }
 
 HttpResponse HttpApi::readiness() const {

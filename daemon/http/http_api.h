@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "daemon/base/node_info.h"
 #include "daemon/http/http_server.h"
 #include "daemon/loop/kj_on_asio.h"
@@ -40,6 +42,7 @@ class HttpApi {
  private:
   void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
   void checkPost(const HttpRequest& request, const HttpRespond& respond);
+  void checkAtomic(const nlohmann::json& checks, Instant start, const HttpRespond& respond);
   void checkOne(const CheckArgs& args, bool auth_request, Instant start,
                 const HttpRespond& respond);
   HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);

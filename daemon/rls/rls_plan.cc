@@ -123,6 +123,7 @@ Result<RlsPlan> planRls(const rls::RateLimitRequest& request,
   }
   Plan plan;
   plan.rules = std::move(rules);
+  plan.atomic = domain->atomic();
   plan.items.resize(n);
   plan.keys.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {

@@ -28,6 +28,7 @@ struct RlsPlan {
   std::vector<Item> items;               // one per descriptor, in request order
   std::vector<std::string> keys;         // reserved up front: `args` hold views of them
   std::vector<CheckArgs> args;
+  bool atomic = false;  // the domain's descriptors are all or nothing (Domain::atomic())
 };
 
 // Errors: kInvalidArgument (the request's shape), kNotFound (unknown domain).

@@ -78,6 +78,24 @@ class Service final : public RawService {
       return reactor;
     }
     auto plan = std::make_shared<RlsPlan>(std::move(*planned));
+    if (plan->atomic && plan->args.size() > 1) {
+      // All or nothing: the given-back descriptors answer OK with what they have left; the
+      // request is OVER_LIMIT by the one that denied it.
+      std::vector<CheckArgs> args = plan->args;
+      router_.checkAtomic(
+          std::move(args), plan, [this, plan, reactor, response, start](AtomicOutcome& r) {
+            for (std::size_t i = 0; i < r.outcomes.size(); ++i) {
+              if (!r.refunded[i]) continue;
+              r.outcomes[i]->allowed = true;
+              r.outcomes[i]->decision.allowed = true;  // its remaining is after the refund
+            }
+            rls::RateLimitResponse answered;
+            const grpc::Status status = answer(*plan, r.outcomes, answered, start);
+            if (status.ok()) serialize(answered, *response);
+            reactor->Finish(status);
+          });
+      return reactor;
+    }
     std::vector<Result<CheckOutcome>> outcomes;
     Forwarding forwarding = router_.checkBatch(plan->args, 0, outcomes);
     auto finish = [this, plan, reactor, response, start](std::vector<Result<CheckOutcome>>& out) {

@@ -202,6 +202,59 @@ void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<Fo
   forward(std::move(forwarding), std::move(sink));
 }
 
+void Router::decideAll(std::span<const CheckArgs> args, ResultCollector::Finish done) {
+  std::vector<Result<CheckOutcome>> outcomes;
+  Forwarding forwarding = checkBatch(args, 0, outcomes);
+  if (forwarding.empty()) return done(outcomes);
+  const std::size_t pending = forwarding.size();
+  forward(std::move(forwarding),
+          std::make_shared<ResultCollector>(std::move(outcomes), pending, std::move(done)));
+}
+
+namespace {
+
+std::optional<std::size_t> firstDenied(const std::vector<Result<CheckOutcome>>& outcomes) {
+  for (std::size_t i = 0; i < outcomes.size(); ++i) {
+    if (!outcomes[i] || !outcomes[i]->allowed) return i;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void Router::checkAtomic(std::vector<CheckArgs> args, std::shared_ptr<const void> keep,
+                         std::function<void(AtomicOutcome&)> done) {
+  auto batch = std::make_shared<const std::vector<CheckArgs>>(std::move(args));
+  decideAll(*batch, [this, batch, keep = std::move(keep),
+                     done = std::move(done)](std::vector<Result<CheckOutcome>>& decided) {
+    auto result = std::make_shared<AtomicOutcome>();
+    result->outcomes = std::move(decided);
+    result->refunded.assign(result->outcomes.size(), false);
+    result->denied_by = firstDenied(result->outcomes);
+    // What the denied batch spent: the admitted checks (a shadow rule's denial spent nothing).
+    std::vector<CheckArgs> back;
+    std::vector<std::size_t> which;
+    for (std::size_t i = 0; result->denied_by && i < result->outcomes.size(); ++i) {
+      const auto& o = result->outcomes[i];
+      if (!o || !o->decision.allowed || (*batch)[i].hits == 0) continue;
+      back.push_back((*batch)[i]);
+      back.back().refund = true;
+      which.push_back(i);
+    }
+    if (back.empty()) return done(*result);
+    decideAll(back, [result, which, batch, keep, done](std::vector<Result<CheckOutcome>>& given) {
+      for (std::size_t k = 0; k < which.size(); ++k) {
+        Result<CheckOutcome>& o = result->outcomes[which[k]];
+        result->refunded[which[k]] = given[k].ok();
+        if (given[k]) o = std::move(given[k]);  // remaining and reset after the refund
+        o->allowed = false;
+        o->decision.allowed = false;
+      }
+      done(*result);
+    });
+  });
+}
+
 void Router::forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink) {
   for (std::size_t i = 0; i < forwarding.parked.size(); ++i) {
     if (forwarding.decide_by_ms != 0) forwarding.parked[i].decide_by_ms = forwarding.decide_by_ms;

@@ -62,6 +62,15 @@ class ResultCollector final : public ForwardSink {
   Finish finish_;
 };
 
+// An all-or-nothing batch's answer (Router::checkAtomic()).
+struct AtomicOutcome {
+  // Every check's outcome, in request order. When the batch was denied, the checks that had been
+  // admitted were given back: their outcome is the refund's (allowed false, `refunded` true).
+  std::vector<Result<CheckOutcome>> outcomes;
+  std::vector<bool> refunded;
+  std::optional<std::size_t> denied_by;  // the first check not allowed (or failed); none: allowed
+};
+
 class Router {
  public:
   // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
@@ -85,6 +94,18 @@ class Router {
   // sink->deliver(index, ...), now or later.
   void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
                std::uint8_t hops);
+
+  // Decides `args` here and at their owners; `done` gets every outcome in request order, once: on
+  // this thread when nothing was forwarded, else where the last answer arrives.
+  void decideAll(std::span<const CheckArgs> args, ResultCollector::Finish done);
+  // All or nothing: allowed only if every check is (a shadow rule's check counts as allowed); when
+  // one is not, the checks already admitted are given back (refunds, at their owners, exactly what
+  // they spent) before `done` is called, so nothing of the batch stays spent. The check views of
+  // `args` must stay valid until `done` (keep their storage in `keep`). While a denied batch's
+  // units are out, concurrent checks of the same keys may be denied by them: the cost is early
+  // denials, never an admission beyond a limit.
+  void checkAtomic(std::vector<CheckArgs> args, std::shared_ptr<const void> keep,
+                   std::function<void(AtomicOutcome&)> done);
 
   LimiterService& service() { return service_; }
   // The calling worker thread forwards its own checks from now on (Forwarder::attachThread());

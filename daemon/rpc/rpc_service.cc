@@ -179,6 +179,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
       errors[i] = a.error();
     }
   }
+  if (params.getAtomic() && !from_peer) return checkAtomic(context, std::move(args), errors, start);
   std::vector<Result<CheckOutcome>> outcomes;
   Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
   forwarding.decide_by_ms = decide_by;
@@ -192,6 +193,49 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   // `args` views into the request, which the context keeps until this promise resolves.
   return done.then([this, context, wait, errors = std::move(errors), start, from_peer]() mutable {
     answerBatch(context.getResults(), errors, wait->outcomes, start, from_peer);
+  });
+}
+
+namespace {
+
+// An atomic batch's answer, handed from wherever the last check was decided to this thread.
+struct AtomicWait {
+  AtomicOutcome result;
+  std::function<void()> fulfill;
+};
+
+}  // namespace
+
+kj::Promise<void> RpcService::checkAtomic(CheckBatchContext context, std::vector<CheckArgs> args,
+                                          const std::vector<std::optional<Error>>& errors,
+                                          Instant start) {
+  for (std::size_t i = 0; i < errors.size(); ++i) {
+    if (!errors[i]) continue;
+    Error e = *errors[i];
+    e.message = "check " + std::to_string(i) + ": " + e.message + " (nothing was spent)";
+    setError(context.getResults().initError(), e);
+    if (metrics_ != nullptr) {
+      metrics_->recordRequest(Api::kRpc, RouteKind::kLocal, Outcome::kError, elapsedSince(start));
+    }
+    return kj::READY_NOW;
+  }
+  CrossThreadSignal signal = crossThreadSignal();
+  auto wait = std::make_shared<AtomicWait>();
+  wait->fulfill = std::move(signal.fulfill);
+  // `args` views into the request, which the context keeps until this promise resolves.
+  router_.checkAtomic(std::move(args), nullptr, [wait](AtomicOutcome& r) {
+    wait->result = std::move(r);
+    wait->fulfill();
+  });
+  return signal.promise.then([this, context, wait, errors, start]() mutable {
+    auto results = context.getResults();
+    answerBatch(results, errors, wait->result.outcomes, start, false);
+    auto list = results.getResults();
+    for (std::size_t i = 0; i < wait->result.refunded.size(); ++i) {
+      if (wait->result.refunded[i]) list[static_cast<unsigned>(i)].setRefunded(true);
+    }
+    if (wait->result.denied_by)
+      results.setDeniedBy(static_cast<std::int32_t>(*wait->result.denied_by));
   });
 }
 

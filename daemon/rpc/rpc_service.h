@@ -75,6 +75,8 @@ class RpcService final : public proto::Node::Server {
   void countCall(std::uint64_t checks);
   Duration elapsedSince(Instant start) const;  // on the service's monotonic clock
   void record(const Result<CheckOutcome>& outcome, Instant start);
+  kj::Promise<void> checkAtomic(CheckBatchContext context, std::vector<CheckArgs> args,
+                                const std::vector<std::optional<Error>>& errors, Instant start);
   void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                    const std::vector<std::optional<Error>>& errors,
                    const std::vector<Result<CheckOutcome>>& outcomes, Instant start,

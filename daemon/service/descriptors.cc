@@ -83,13 +83,19 @@ class DomainParser {
   explicit DomainParser(std::vector<Rule>& rules) : rules_(rules) {}
 
   Result<std::shared_ptr<const Domain>> parse(const YAML::Node& root) {
-    static const std::set<std::string> kKnown = {"domain", "descriptors"};
+    static const std::set<std::string> kKnown = {"domain", "descriptors", "atomic"};
     if (auto st = knownFields(root, kKnown, "the file"); !st) return st.error();
     auto domain = std::make_shared<Domain>();
     domain->name_ = root["domain"].as<std::string>();
     if (domain->name_.empty()) return at(root["domain"], "'domain' must not be empty");
     if (auto st = validateRuleName(domain->name_); !st)
       return at(root["domain"], st.error().message);
+    if (const YAML::Node atomic = root["atomic"]) {
+      if (!atomic.IsScalar() || (atomic.Scalar() != "true" && atomic.Scalar() != "false")) {
+        return at(atomic, "'atomic' must be true or false");
+      }
+      domain->atomic_ = atomic.Scalar() == "true";
+    }
     if (const YAML::Node list = root["descriptors"]) {
       if (auto st = children(list, domain->name_, domain->root_); !st) return st.error();
     }

@@ -90,12 +90,16 @@ struct DescriptorEntry {
 class Domain {
  public:
   const std::string& name() const { return name_; }
+  // `atomic: true` (ThrottleX's, beside `domain:`): a request's descriptors are all or nothing
+  // (Router::checkAtomic()); Envoy's own semantics (each descriptor spends alone) otherwise.
+  bool atomic() const { return atomic_; }
   // The limit for one request descriptor, or nullptr (no limit applies: the descriptor is OK).
   const DescriptorLimit* match(std::span<const DescriptorEntry> entries) const;
 
  private:
   friend class DomainParser;
   std::string name_;
+  bool atomic_ = false;
   DescriptorNode root_;
 };
 

@@ -253,6 +253,79 @@ class RefundTest(unittest.TestCase):
                 n.kill()
 
 
+class AtomicTest(unittest.TestCase):
+    """All-or-nothing batches whose keys live on different owners, under concurrent load."""
+
+    GLOBAL = {"key": "atomic:global", "limit": 40, "period": "24h", "algorithm": "token_bucket"}
+    USER_LIMIT = 1000
+
+    def post_atomic(self, node, user):
+        body = {"atomic": True, "checks": [
+            {"key": user, "limit": self.USER_LIMIT, "period": "24h"}, self.GLOBAL]}
+        status, _, text = node.request("POST", "/v1/check", body=json.dumps(body),
+                                       headers={"Content-Type": "application/json"})
+        self.assertIn(status, (200, 429), text)
+        answer = json.loads(text)
+        self.assertEqual(answer["allowed"], status == 200, text)
+        return answer
+
+    def test_a_global_limit_is_never_exceeded_and_denied_batches_give_everything_back(self):
+        rng = seeded_rng("atomic")
+        nodes = start_cluster(3, "a")
+        try:
+            global_owner = owner_of(nodes[0], self.GLOBAL)
+            users = []
+            for i in range(40):
+                user = f"atomic:user:{i}"
+                probe = {"key": user, "limit": self.USER_LIMIT, "period": "24h",
+                         "algorithm": "token_bucket"}
+                if owner_of(nodes[0], probe) != global_owner:
+                    users.append(user)
+                if len(users) == 8:
+                    break
+            self.assertEqual(len(users), 8, "no 8 user keys owned apart from the global key")
+            allowed = [0] * 8
+            failures = []
+
+            def load(t):
+                try:
+                    for _ in range(15):
+                        answer = self.post_atomic(rng.choice(nodes), users[t])
+                        if answer["allowed"]:
+                            allowed[t] += 1
+                        else:
+                            self.assertEqual(answer["denied_by"], 1, answer)
+                            self.assertTrue(answer["results"][0].get("refunded"), answer)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    failures.append(e)
+
+            threads = [threading.Thread(target=load, args=(t,)) for t in range(8)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=120)
+            self.assertEqual(failures, [])
+            under_load = sum(allowed)
+            self.assertLessEqual(under_load, 40)
+            # Drain what is left, one batch at a time: exactly the global limit in all.
+            drained = 0
+            while self.post_atomic(nodes[drained % 3], users[drained % 8])["allowed"]:
+                allowed[drained % 8] += 1
+                drained += 1
+                self.assertLessEqual(drained, 40)
+            print(f"atomic: {under_load} allowed under load (8 threads x 15 batches), {drained} "
+                  "in the sequential drain", file=sys.stderr)
+            self.assertEqual(sum(allowed), 40, f"{under_load} under load, {drained} after")
+            # Every user spent exactly what its allowed batches spent: denied ones gave it back.
+            for t, user in enumerate(users):
+                _, result = get_check(nodes[t % 3], {"key": user, "limit": self.USER_LIMIT,
+                                                     "period": "24h", "hits": 0})
+                self.assertEqual(self.USER_LIMIT - result["remaining"], allowed[t], user)
+        finally:
+            for n in nodes:
+                n.kill()
+
+
 class ClusterRulesTest(unittest.TestCase):
     """A rule set through one node is set on every member: each owner decides its keys with it."""
 

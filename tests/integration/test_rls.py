@@ -187,12 +187,29 @@ descriptors:
 """,
 }
 
+# ThrottleX's own extension: a domain whose descriptors are all or nothing.
+ATOMIC_DOMAIN = {
+    "atomic.yaml": """\
+domain: atomic
+atomic: true
+descriptors:
+  - key: user
+    rate_limit:
+      unit: day
+      requests_per_unit: 5
+  - key: global
+    rate_limit:
+      unit: day
+      requests_per_unit: 8
+""",
+}
+
 RLS_PORT = re.compile(r"rls [^:]+:(\d+)")
 
 
 def rules_dir():
     path = tempfile.mkdtemp(prefix="throttlex-rls-rules-")
-    for name, text in README_EXAMPLES.items():
+    for name, text in {**README_EXAMPLES, **ATOMIC_DOMAIN}.items():
         pathlib.Path(path, name).write_text(text)
     return path
 
@@ -395,7 +412,28 @@ class ReadmeExamples:
         self.run_in_window(MINUTE, steps)
 
 
-class OneNode(ReadmeExamples, RlsCase):
+class AtomicDomain:
+    """`atomic: true`: a request is allowed only if every descriptor is, and a denied request
+    spends nothing (the descriptors that were admitted are given back and answer OK)."""
+
+    def test_atomic_domain_user_5_global_8_two_users_sending_10(self):
+        def steps(tag):
+            def ask(user):
+                return request("atomic", [("user", user + tag)], [("global", tag)])
+            out = []
+            for i in range(10):  # user 1: 5 allowed; then the user limit denies, global given back
+                user_over = i >= 5
+                out.append((ask("u1-"), [Expect(5, DAY, max(0, 4 - i), over=user_over),
+                                         Expect(8, DAY, 7 - min(i, 4))]))
+            for i in range(10):  # user 2: global has 3 left
+                global_over = i >= 3
+                out.append((ask("u2-"), [Expect(5, DAY, 4 - i if i < 3 else 2),
+                                         Expect(8, DAY, max(0, 2 - i), over=global_over)]))
+            return out
+        self.run_in_window(DAY, steps)
+
+
+class OneNode(AtomicDomain, ReadmeExamples, RlsCase):
     @classmethod
     def setUpClass(cls):
         cls.rules = rules_dir()
@@ -409,7 +447,7 @@ class OneNode(ReadmeExamples, RlsCase):
         cls.node.stop()
 
 
-class ThreeNodes(ReadmeExamples, RlsCase):
+class ThreeNodes(AtomicDomain, ReadmeExamples, RlsCase):
     """The same answers through a cluster, each request entering at the next node: most checks
     are forwarded to their owner."""
 

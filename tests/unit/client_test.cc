@@ -171,6 +171,38 @@ TEST_CASE("a refund gives units back through the client, capped at the limit") {
   CHECK(client->check(s).error.code == tc::ErrorCode::kInvalidArgument);
 }
 
+TEST_CASE("checkAtomic: all or nothing, the denier named and the rest given back") {
+  Node n;
+  auto client = connect({n.address()});
+  const std::vector<tc::CheckSpec> batch = {spec("atomic:global", 3), spec("atomic:user", 2)};
+  for (int i = 0; i < 2; ++i) {
+    auto r = client->checkAtomic(batch);
+    REQUIRE(r.ok());
+    CHECK(r->allowed);
+  }
+  auto denied = client->checkAtomic(batch);
+  REQUIRE(denied.ok());
+  CHECK_FALSE(denied->allowed);
+  REQUIRE(denied->denied_by.has_value());
+  CHECK(*denied->denied_by == 1);
+  REQUIRE(denied->results.size() == 2);
+  CHECK(denied->results[0].refunded);
+  CHECK_FALSE(denied->results[0].allowed);
+  CHECK(denied->results[0].remaining == 1);  // the global unit came back
+  tc::CheckSpec peek = spec("atomic:global", 3);
+  peek.hits = 0;
+  CHECK(client->check(peek).remaining == 1);
+  tc::CheckSpec bad = spec("atomic:x", 1);
+  bad.period = std::chrono::milliseconds(0);  // an invalid limit: that check fails
+  auto refused = client->checkAtomic({spec("atomic:y", 1), bad});
+  REQUIRE(refused.ok());
+  CHECK_FALSE(refused->allowed);
+  CHECK(refused->denied_by == std::optional<std::size_t>(1));
+  CHECK(refused->results[1].error.code == tc::ErrorCode::kInvalidArgument);
+  CHECK(refused->results[0].refunded);
+  CHECK(client->check(spec("atomic:y", 1)).allowed);  // its unit was given back
+}
+
 TEST_CASE("exactly the limit is admitted: 150 checks against 100 per minute") {
   Node n;
   auto client = connect({n.address()});

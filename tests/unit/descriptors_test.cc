@@ -186,6 +186,14 @@ TEST_CASE("errors in the file name the line") {
                   " is defined twice") != std::string::npos);
   CHECK(errorOf("domain: ''\n").find("line 1") != std::string::npos);
   CHECK(errorOf("domain: d\nrules: []\n").find("unknown field 'rules'") != std::string::npos);
+  CHECK(errorOf("domain: d\natomic: yes please\n").find("line 2: 'atomic' must be true or false") !=
+        std::string::npos);
+}
+
+TEST_CASE("a domain is all or nothing only when it says atomic: true") {
+  CHECK_FALSE(parse(kMessaging).findDomain("messaging")->atomic());
+  CHECK(parse(std::string(kMessaging) + "atomic: true\n").findDomain("messaging")->atomic());
+  CHECK_FALSE(parse(std::string(kMessaging) + "atomic: false\n").findDomain("messaging")->atomic());
 }
 
 TEST_CASE("descriptor keys are unambiguous: separators inside values are escaped") {

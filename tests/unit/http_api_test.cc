@@ -169,6 +169,30 @@ TEST_CASE("negative hits give units back, over GET and POST, and never beyond th
   CHECK(f.call("POST", "/v1/check", R"({"key":"u","limit":-1,"period":"1m"})").status == 400);
 }
 
+TEST_CASE("an atomic batch answers one verdict, names the denier and gives the rest back") {
+  Fixture f;
+  const std::string batch =
+      R"({"atomic":true,"checks":[{"key":"g","limit":3,"period":"1h"},{"key":"u","rule":"api"}]})";
+  CHECK(f.call("POST", "/v1/check", batch).status == 200);
+  CHECK(f.call("POST", "/v1/check", batch).status == 200);
+  const HttpResponse r = f.call("POST", "/v1/check", batch);  // api allows 2: the third is denied
+  CHECK(r.status == 429);
+  const auto body = nlohmann::json::parse(r.body);
+  CHECK(body["allowed"] == false);
+  CHECK(body["denied_by"] == 1);
+  CHECK(body["results"][0]["refunded"] == true);
+  CHECK(body["results"][0]["remaining"] == 1);  // g's unit came back
+  CHECK(f.call("POST", "/v1/check", R"({"atomic":"yes","checks":[]})").status == 400);
+  const HttpResponse bad =
+      f.call("POST", "/v1/check",
+             R"({"atomic":true,"checks":[{"key":"g","limit":3,"period":"1h"},{"key":""}]})");
+  CHECK(bad.status == 400);
+  CHECK(nlohmann::json::parse(bad.body)["detail"].get<std::string>().find("check 1") !=
+        std::string::npos);
+  CHECK(nlohmann::json::parse(
+            f.call("GET", "/v1/check?key=g&limit=3&period=1h&hits=0").body)["remaining"] == 1);
+}
+
 TEST_CASE("the auth_request endpoint answers 204 or 403 and reads the key from a header") {
   Fixture f;
   const std::vector<std::pair<std::string, std::string>> h = {{"x-ratelimit-key", "10.1.2.3"}};

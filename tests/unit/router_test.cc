@@ -460,3 +460,69 @@ TEST_CASE("with inline limits off, checks entering here must name a rule; forwar
   REQUIRE(decided->ok());
   CHECK((*decided)->decision.remaining == kLimit - 1);
 }
+
+TEST_CASE("an atomic batch is all or nothing: user 5 and global 8 per hour, two users sending 10") {
+  Node n;
+  Router router(n.service, nullptr, nullptr);  // every key here; the forwarded case: integration
+  auto pair = [](std::string_view user) {
+    std::vector<CheckArgs> batch(2);
+    batch[0].key = user;
+    batch[0].limit = {Algorithm::kTokenBucket, 5, 1h, 0};
+    batch[1].key = "global";
+    batch[1].limit = {Algorithm::kTokenBucket, 8, 1h, 0};
+    return batch;
+  };
+  auto send = [&](std::string_view user) {
+    int allowed = 0;
+    for (int i = 0; i < 10; ++i) {
+      bool answered = false;
+      router.checkAtomic(pair(user), nullptr, [&](AtomicOutcome& r) {
+        answered = true;
+        REQUIRE(r.outcomes.size() == 2);
+        if (!r.denied_by) {
+          ++allowed;
+          CHECK(r.outcomes[0]->allowed);
+          CHECK(r.outcomes[1]->allowed);
+          return;
+        }
+        // The other check was given back: nothing of the batch stays spent.
+        const std::size_t other = 1 - *r.denied_by;
+        CHECK_FALSE(r.outcomes[other]->allowed);
+        CHECK(r.refunded[other]);
+        CHECK_FALSE(r.refunded[*r.denied_by]);
+      });
+      REQUIRE(answered);  // all local: answered at once
+    }
+    return allowed;
+  };
+  CHECK(send("user-1") == 5);
+  CHECK(send("user-2") == 3);
+  auto remaining = [&](std::string_view key, std::uint64_t limit) {
+    CheckArgs peek;
+    peek.key = key;
+    peek.limit = {Algorithm::kTokenBucket, limit, 1h, 0};
+    peek.hits = 0;
+    return n.service.check(peek)->decision.remaining;
+  };
+  CHECK(remaining("global", 8) == 0);  // exactly 8 spent
+  CHECK(remaining("user-1", 5) == 0);  // exactly 5
+  CHECK(remaining("user-2", 5) == 2);  // exactly 3
+}
+
+TEST_CASE("an atomic batch with a failing check spends nothing and names it") {
+  Node n;
+  Router router(n.service, nullptr, nullptr);
+  std::vector<CheckArgs> batch = {inlineCheck("fine"), ruleCheck("x", "no-such-rule")};
+  bool answered = false;
+  router.checkAtomic(batch, nullptr, [&](AtomicOutcome& r) {
+    answered = true;
+    REQUIRE(r.denied_by.has_value());
+    CHECK(*r.denied_by == 1);
+    CHECK(r.refunded[0]);
+    CHECK_FALSE(r.outcomes[1].ok());
+  });
+  REQUIRE(answered);
+  CheckArgs peek = inlineCheck("fine");
+  peek.hits = 0;
+  CHECK(n.service.check(peek)->decision.remaining == kLimit);
+}

@@ -136,8 +136,16 @@ struct CheckResult {
   std::chrono::milliseconds period{0};
   std::string policy;           // the rule's name, or "default" for inline limits
   Route route = Route::kLocal;  // meaningful when ok() and not a fallback
+  bool refunded = false;        // checkAtomic(): admitted, then given back (the batch was denied)
 
   bool ok() const { return error.code == ErrorCode::kNone; }
+};
+
+// checkAtomic()'s answer: one verdict for the whole batch.
+struct AtomicResult {
+  bool allowed = false;
+  std::optional<std::size_t> denied_by;  // the first check not allowed (or failed)
+  std::vector<CheckResult> results;      // in request order
 };
 
 // What a check returns when no node answered within its deadline.
@@ -282,6 +290,13 @@ class THROTTLEX_CLIENT_API Client {
   // Results in request order. Any size: larger sets are split into calls of max_batch.
   std::vector<CheckResult> checkBatch(std::vector<CheckSpec> specs,
                                       Deadline deadline = std::nullopt);
+  // All or nothing (docs/api.md, "Atomic batches"): allowed only if every check is; when one is
+  // not, the node gives the admitted ones back before answering. At most max_batch checks, sent as
+  // one call to one node (which forwards to the owners); no on_unavailable fallback: a node that
+  // cannot be reached is an error (kUnavailable / kDeadlineExceeded). A malformed check refuses
+  // the batch (kInvalidArgument), nothing spent. Default deadline: `deadline`.
+  Result<AtomicResult> checkAtomic(const std::vector<CheckSpec>& specs,
+                                   Deadline deadline = std::nullopt);
 
   // Admin calls go to one node (the first that answers); rules are per node for now. inspect()
   // and reset() go to the key's owner when a ring is known (see route_to_owner).
