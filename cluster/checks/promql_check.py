@@ -19,7 +19,9 @@ variables replaced by concrete values (grafana_values()), goes through /api/v1/q
 Empty queries are polled (a rate needs two scrapes in its window) until --deadline s. Then the
 checker checks itself: a query with a syntax error and one with a misspelt metric must fail.
 Before all that, `promtool check config` (same package) must accept the compose stack's
-cluster/prometheus/prometheus.yml.
+cluster/prometheus/prometheus.yml (and with it the rules it loads). The test Prometheus loads
+cluster/prometheus/rules.yml too: every rule must evaluate without an error and select only
+exported metrics, and the seed plan's `rate(requests_total[1m])` must answer.
 
 Every process started here is stopped by its handle (SIGTERM, then SIGKILL), and gets SIGTERM
 if this script dies (PR_SET_PDEATHSIG). Traffic goes to 127.0.0.1 only. Exit status: 0 ok,
@@ -46,6 +48,7 @@ SCRAPE_S = 1
 RATE_INTERVAL = "10s"   # Grafana: max(4 x scrape interval, $__interval + scrape interval); wider
                         # here so that a rate sees several scrapes on loaded cores
 POLL_S = 0.5
+RULES = CLUSTER / "prometheus/rules.yml"  # recording and alerting rules, loaded as compose does
 
 
 def log(msg):
@@ -134,6 +137,7 @@ class Prometheus:
         config.write_text(json.dumps({
             "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s",
                        "evaluation_interval": f"{SCRAPE_S}s"},
+            "rule_files": [str(RULES)],
             "scrape_configs": [{"job_name": "throttlex",
                                 "static_configs": [{"targets": self.targets}]}]}, indent=2))
         for _ in range(3):  # the free port may be taken between our probe and its bind
@@ -281,6 +285,35 @@ def evaluate(prom, queries, pending, deadline):
     return problems, counts
 
 
+def rule_problems(prom, pending, deadline):
+    """Every rule of cluster/prometheus/rules.yml as this Prometheus loaded it: evaluated without an
+    error and selecting only metrics the nodes (or Prometheus: `up`) export; and the seed plan's
+    PromQL, rate(requests_total[1m]), answering through the recording rule."""
+    while True:
+        rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+        evaluated = [r for r in rules if r.get("health") != "unknown"]
+        try:
+            seed = prom.query("rate(requests_total[1m])")
+        except QueryError as e:
+            return [f"rules: rate(requests_total[1m]) is rejected: {e}"]
+        if rules and len(evaluated) == len(rules) and seed or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    problems = [] if rules else [f"rules: Prometheus loaded no rule from {RULES.relative_to(ROOT)}"]
+    exported = prom.metric_names() | {"up"}
+    for r in rules:
+        where = f"rules.yml: {r.get('name')}"
+        if r.get("health") != "ok":
+            problems.append(f"{where}: health {r.get('health')}: {r.get('lastError', '')}")
+        unknown = promql_metric_names(r["query"]) - exported - pending
+        if unknown:
+            problems.append(f"{where}: no node exports {sorted(unknown)} ({r['query']!r})")
+    if not seed:
+        problems.append("rules: rate(requests_total[1m]) returned no series")
+    log(f"{len(rules)} rules evaluated; rate(requests_total[1m]) gives {len(seed)} series")
+    return problems
+
+
 def self_check(prom, queries, pending):
     """A syntax error and a misspelt metric in a known-good query must both be caught."""
     where, expr, concrete = next(q for q in queries if "throttlex_requests_total" in q[2])
@@ -336,6 +369,7 @@ def run(args):
         started = time.monotonic()
         found, counts = evaluate(prom, queries, pending, started + args.deadline)
         problems += found
+        problems += rule_problems(prom, pending, started + args.deadline)
         if bench.poll() not in (None, 0):
             problems.append(f"throttlex-bench exited {bench.returncode}: see {args.work_dir}/bench.log")
         for where, expr, concrete in queries:

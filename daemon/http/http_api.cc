@@ -292,7 +292,7 @@ void HttpApi::record(const Result<CheckOutcome>& outcome, Instant start) {
   const Outcome kind = !outcome           ? Outcome::kError
                        : outcome->allowed ? Outcome::kAllowed
                                           : Outcome::kLimited;
-  if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+  if (outcome) metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
   metrics_->recordRequest(Api::kHttp, outcome ? outcome->route : RouteKind::kLocal, kind,
                           service_.clock().monotonic() - start);
 }

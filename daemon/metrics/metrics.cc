@@ -6,7 +6,10 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <string_view>
+#include <unordered_map>
 
 #include <prometheus/collectable.h>
 #include <prometheus/text_serializer.h>
@@ -24,13 +27,27 @@ constexpr const char* kRouteNames[kRoutes] = {"local", "forwarded", "degraded"};
 constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error"};
 constexpr std::size_t kBuckets = kLatencyBounds.size() + 1;  // the last is +Inf
 
+// Per rule: checks by decision, near the limit, shadow decisions that would have limited.
+struct RuleCounters {
+  std::uint64_t allowed = 0, limited = 0, near_limit = 0, shadow_limited = 0;
+};
+
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
 // One thread's counters. Only the owning thread writes (relaxed load + store, no lock prefix);
-// scrapes read with relaxed loads. alignas keeps two threads' slots off one cache line.
+// scrapes read with relaxed loads. alignas keeps two threads' slots off one cache line. The rule
+// map takes an uncontended lock of its own (a scrape reads it while the thread may insert).
 struct alignas(64) Slot {
   std::atomic<std::uint64_t> requests[kApis][kRoutes][kOutcomes] = {};
   std::atomic<std::uint64_t> buckets[kApis][kBuckets] = {};
   std::atomic<std::uint64_t> latency_ns[kApis] = {};
   std::atomic<std::uint64_t> shadow_limited = {};
+  mutable Mutex rules_mu;
+  std::unordered_map<std::string, RuleCounters, StringHash, std::equal_to<>> rules
+      GUARDED_BY(rules_mu);
 };
 
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) {
@@ -77,6 +94,7 @@ struct Metrics::Impl final : prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override;
   void collectRequests(std::vector<prometheus::MetricFamily>& out) const;
+  void collectRules(std::vector<prometheus::MetricFamily>& out) const;
 
   const Options options;
   const std::uint64_t id;
@@ -98,8 +116,23 @@ void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration 
   bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
 }
 
-void Metrics::recordShadowLimited() {
-  bump(impl_->slot().shadow_limited);
+void Metrics::recordRule(std::string_view rule, const Decision& decision, bool shadow) {
+  Slot& s = impl_->slot();
+  if (shadow && !decision.allowed) bump(s.shadow_limited);
+  MutexLock guard(s.rules_mu);
+  auto it = s.rules.find(rule);
+  if (it == s.rules.end()) {
+    // Bounded: rules are configuration, but a thread never keeps more than kMaxRuleSeries.
+    const bool room = s.rules.size() < kMaxRuleSeries;
+    it = s.rules.try_emplace(std::string(room ? rule : std::string_view(kOtherRules))).first;
+  }
+  RuleCounters& c = it->second;
+  ++(decision.allowed ? c.allowed : c.limited);
+  if (shadow && !decision.allowed) ++c.shadow_limited;
+  // 80% or more of the limit used once this check is counted.
+  if (decision.allowed && decision.limit > 0 && decision.remaining * 5 <= decision.limit) {
+    ++c.near_limit;
+  }
 }
 
 namespace {
@@ -369,6 +402,48 @@ void collectPersistence(const PersistenceStats& p, std::vector<prometheus::Metri
 
 // Sums the threads' slots: checks by API, route and decision, their latency histogram, and
 // shadow-mode limits.
+void Metrics::Impl::collectRules(std::vector<prometheus::MetricFamily>& out) const {
+  using prometheus::MetricType;
+  std::map<std::string, RuleCounters, std::less<>> sum;
+  {
+    MutexLock guard(mu);
+    for (const auto& s : slots) {
+      MutexLock rules_guard(s->rules_mu);
+      for (const auto& [name, c] : s->rules) {
+        RuleCounters& t = sum[name];
+        t.allowed += c.allowed;
+        t.limited += c.limited;
+        t.near_limit += c.near_limit;
+        t.shadow_limited += c.shadow_limited;
+      }
+    }
+  }
+  prometheus::MetricFamily checks{"throttlex_rule_checks_total",
+                                  "Checks answered at this node, by rule (\"default\": inline "
+                                  "limits) and the limiter's decision",
+                                  MetricType::Counter,
+                                  {}};
+  prometheus::MetricFamily near{"throttlex_rule_near_limit_total",
+                                "Allowed checks that left their key with 20% of its limit or less",
+                                MetricType::Counter,
+                                {}};
+  prometheus::MetricFamily shadow{"throttlex_rule_shadow_limited_total",
+                                  "Checks of a shadow-mode rule that it would have limited",
+                                  MetricType::Counter,
+                                  {}};
+  for (const auto& [name, c] : sum) {
+    checks.metric.push_back(
+        valued(static_cast<double>(c.allowed), {{"rule", name}, {"decision", "allowed"}}));
+    checks.metric.push_back(
+        valued(static_cast<double>(c.limited), {{"rule", name}, {"decision", "limited"}}));
+    near.metric.push_back(valued(static_cast<double>(c.near_limit), {{"rule", name}}));
+    shadow.metric.push_back(valued(static_cast<double>(c.shadow_limited), {{"rule", name}}));
+  }
+  out.push_back(std::move(checks));
+  out.push_back(std::move(near));
+  out.push_back(std::move(shadow));
+}
+
 void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) const {
   using prometheus::MetricType;
   std::uint64_t requests[kApis][kRoutes][kOutcomes] = {};
@@ -390,6 +465,7 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
     }
   }
 
+  collectRules(out);
   prometheus::MetricFamily req{"throttlex_requests_total",
                                "Checks answered, by decision, route and API",
                                MetricType::Counter,

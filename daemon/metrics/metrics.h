@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "daemon/base/node_info.h"
@@ -15,6 +16,7 @@
 #include "daemon/routing/forwarder.h"
 #include "daemon/slots/slot_keeper.h"
 #include "limiter/clock.h"
+#include "limiter/decision.h"
 #include "limiter/result.h"
 #include "persistence/snapshot_writer.h"
 
@@ -53,8 +55,13 @@ class Metrics {
 
   // Thread-safe and wait-free: each thread writes its own slot (assigned on first use).
   void recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency);
-  // Shadow-mode decisions that would have been limited.
-  void recordShadowLimited();
+  // One decided check of `rule` ("default" for inline limits), where it entered: the
+  // throttlex_rule_* families, and throttlex_shadow_limited_total. At most kMaxRuleSeries rules per
+  // thread; more count as "_other". Thread-safe (each thread's map behind a lock of its own,
+  // uncontended but for scrapes).
+  void recordRule(std::string_view rule, const Decision& decision, bool shadow);
+  static constexpr std::size_t kMaxRuleSeries = 1000;
+  static constexpr const char* kOtherRules = "_other";
 
   // The Prometheus text exposition of everything (for tests and the /metrics endpoint).
   std::string render() const;

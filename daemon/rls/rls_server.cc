@@ -133,7 +133,7 @@ class Service final : public RawService {
       metrics_->recordRequest(Api::kRls, RouteKind::kLocal, Outcome::kError, latency);
       return;
     }
-    if (outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+    metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
     metrics_->recordRequest(Api::kRls, outcome->route,
                             outcome->allowed ? Outcome::kAllowed : Outcome::kLimited, latency);
   }

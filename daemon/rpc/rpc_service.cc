@@ -88,7 +88,7 @@ Duration RpcService::elapsedSince(Instant start) const {
 
 void RpcService::record(const Result<CheckOutcome>& outcome, Instant start) {
   if (metrics_ == nullptr) return;
-  if (outcome && outcome->shadow && !outcome->decision.allowed) metrics_->recordShadowLimited();
+  if (outcome) metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
   metrics_->recordRequest(Api::kRpc, outcome ? outcome->route : RouteKind::kLocal,
                           outcomeOf(outcome), elapsedSince(start));
 }
@@ -258,7 +258,7 @@ void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
       encode(r, out);
       kind = outcomeOf(r);
       if (r) route = r->route;
-      if (count && r && r->shadow && !r->decision.allowed) metrics_->recordShadowLimited();
+      if (count && r) metrics_->recordRule(r->policy, r->decision, r->shadow);
     }
     // Every element of a batch waited for the whole batch: that is its latency.
     if (count) metrics_->recordRequest(Api::kRpc, route, kind, latency);

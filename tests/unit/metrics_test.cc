@@ -197,16 +197,41 @@ TEST_CASE("a request's latency is counted in the first bucket whose bound it doe
   }
 }
 
-TEST_CASE("shadow-mode limits are counted apart from requests") {
+TEST_CASE(
+    "checks are counted per rule: decisions, near the limit, shadow; the series are bounded") {
   Metrics m(named());
   CHECK(Scrape(m.render()).value("throttlex_shadow_limited_total") == 0);
-  std::thread other([&] { m.recordShadowLimited(); });
+  auto decision = [](bool allowed, std::uint64_t remaining) {
+    Decision d;
+    d.allowed = allowed;
+    d.limit = 10;
+    d.remaining = remaining;
+    return d;
+  };
+  std::thread other([&] { m.recordRule("api", decision(true, 2), false); });  // 80% used: near
   other.join();
-  m.recordShadowLimited();
-  m.recordShadowLimited();
+  m.recordRule("api", decision(true, 3), false);   // 70% used
+  m.recordRule("api", decision(false, 0), false);  // limited
+  m.recordRule("dry", decision(false, 0), true);   // a shadow rule that would have limited
+  m.recordRule("dry", decision(true, 9), true);
   const Scrape text(m.render());
-  CHECK(text.value("throttlex_shadow_limited_total") == 3);
+  CHECK(text.value("throttlex_rule_checks_total", {{"rule", "api"}, {"decision", "allowed"}}) == 2);
+  CHECK(text.value("throttlex_rule_checks_total", {{"rule", "api"}, {"decision", "limited"}}) == 1);
+  CHECK(text.value("throttlex_rule_near_limit_total", {{"rule", "api"}}) == 1);
+  CHECK(text.value("throttlex_rule_shadow_limited_total", {{"rule", "api"}}) == 0);
+  CHECK(text.value("throttlex_rule_shadow_limited_total", {{"rule", "dry"}}) == 1);
+  CHECK(text.value("throttlex_shadow_limited_total") == 1);
   for (const Sample& s : text.samples("throttlex_requests_total")) CHECK(s.value == 0);
+
+  // A thread keeps at most kMaxRuleSeries rules; the rest count under "_other".
+  Metrics many(named());
+  for (std::size_t i = 0; i < Metrics::kMaxRuleSeries + 5; ++i) {
+    many.recordRule("r" + std::to_string(i), decision(true, 5), false);
+  }
+  const Scrape bounded(many.render());
+  CHECK(bounded.samples("throttlex_rule_near_limit_total").size() == Metrics::kMaxRuleSeries + 1);
+  CHECK(bounded.value("throttlex_rule_checks_total",
+                      {{"rule", Metrics::kOtherRules}, {"decision", "allowed"}}) == 5);
 }
 
 TEST_CASE("forwarding stats appear with their values, per peer") {
