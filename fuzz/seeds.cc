@@ -1,6 +1,6 @@
 // Writes the binary seed corpora of the fuzz targets (fuzz/corpus/*): real encodings of every
 // gossip message type, RPC check and checkBatch parameters, snapshot fields and values, and
-// handoff entries, made by the same code that sends them. The text seeds (http_api, rules_yaml)
+// handoff entries, Envoy rate limit requests, made by the same code that sends them. The text seeds (http_api, rules_yaml)
 // are written by hand. Usage: fuzz-seeds fuzz/corpus
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "daemon/slots/slot_keeper.h"
+#include "envoy/service/ratelimit/v3/rls.pb.h"
 #include "gossip/codec.h"
 #include "limiter/key.h"
 #include "limiter/state.h"
@@ -136,6 +137,36 @@ void handoffSeeds(const fs::path& dir) {
   write(dir, "entries", SlotKeeper::encode(entries));
 }
 
+// Envoy's RateLimitRequest as Envoy sends it: nested descriptors, a wildcard value, an override,
+// hits_addend on the request and on a descriptor.
+void rlsSeeds(const fs::path& dir) {
+  using envoy::service::ratelimit::v3::RateLimitRequest;
+  auto add = [](RateLimitRequest& r, std::vector<std::pair<std::string, std::string>> entries) {
+    auto* d = r.add_descriptors();
+    for (auto& [k, v] : entries) {
+      auto* e = d->add_entries();
+      e->set_key(k);
+      e->set_value(v);
+    }
+    return d;
+  };
+  RateLimitRequest one;
+  one.set_domain("mongo_cps");
+  add(one, {{"database", "users"}});
+  write(dir, "one", one.SerializeAsString());
+  RateLimitRequest nested;
+  nested.set_domain("messaging");
+  nested.set_hits_addend(2);
+  add(nested, {{"message_type", "marketing"}, {"to_number", "2061234567"}});
+  add(nested, {{"to_number", "2061234567"}});
+  add(nested, {{"key1", "value42"}})->mutable_hits_addend()->set_value(3);
+  add(nested, {{"key2", "x"}});
+  auto* over = add(nested, {{"ldap", "y"}});
+  over->mutable_limit()->set_requests_per_unit(7);
+  over->mutable_limit()->set_unit(envoy::type::v3::RateLimitUnit::MINUTE);
+  write(dir, "nested", nested.SerializeAsString());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,6 +179,7 @@ int main(int argc, char** argv) {
   rpcSeeds(root / "rpc_check_request");
   snapshotSeeds(root / "snapshot_value");
   handoffSeeds(root / "handoff_entries");
+  rlsSeeds(root / "rls_request");
   std::printf("seeds written under %s\n", argv[1]);
   return 0;
 }
