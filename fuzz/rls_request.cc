@@ -3,8 +3,8 @@
 // hits_addend) and answered with every check decided. Any bytes are either a malformed message
 // (INVALID_ARGUMENT), a refused request (an error naming why) or an answer with one status per
 // descriptor: never a crash, a hang or an unbounded allocation.
-#include <cstddef>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -63,7 +63,8 @@ std::shared_ptr<const RuleSet> rules() {
       for (const auto& [name, d] : parsed->domains()) domains.emplace(name, d);
       for (const auto& r : parsed->rules()) all.push_back(r);
     }
-    return std::make_shared<const RuleSet>(RuleSet::make(std::move(all), std::move(domains)).value());
+    return std::make_shared<const RuleSet>(
+        RuleSet::make(std::move(all), std::move(domains)).value());
   }();
   return set;
 }

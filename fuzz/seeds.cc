@@ -1,7 +1,7 @@
 // Writes the binary seed corpora of the fuzz targets (fuzz/corpus/*): real encodings of every
 // gossip message type, RPC check and checkBatch parameters, snapshot fields and values, and
-// handoff entries, Envoy rate limit requests, made by the same code that sends them. The text seeds (http_api, rules_yaml)
-// are written by hand. Usage: fuzz-seeds fuzz/corpus
+// handoff entries, Envoy rate limit requests, made by the same code that sends them. The text seeds
+// (http_api, rules_yaml) are written by hand. Usage: fuzz-seeds fuzz/corpus
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
