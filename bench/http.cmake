@@ -17,3 +17,8 @@ target_include_directories(http-paced PRIVATE ${PROJECT_SOURCE_DIR})
 target_include_directories(http-paced SYSTEM PRIVATE ${ASIO_INCLUDE_DIR} ${HTTP_PARSER_INCLUDE_DIR})
 target_link_libraries(http-paced PRIVATE ${HTTP_PARSER_LIBRARY} CLI11::CLI11
                       nlohmann_json::nlohmann_json Threads::Threads)
+
+# rls-bench: closed-loop load on a node's Envoy rate limit service port (bench/rls_report.py).
+add_executable(rls-bench rls_bench.cc)
+target_include_directories(rls-bench PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(rls-bench PRIVATE throttlex_envoy_proto CLI11::CLI11 Threads::Threads)
