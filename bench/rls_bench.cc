@@ -75,11 +75,12 @@ class Channel {
         }
       }
       delete call;
-      if (stop.load(std::memory_order_relaxed)) {
-        if (--in_flight_ == 0) cq_.Shutdown();
-        continue;
+      --in_flight_;
+      if (!stop.load(std::memory_order_relaxed)) {
+        start(new Call);
+      } else if (in_flight_ == 0) {
+        cq_.Shutdown();  // Next() drains and then returns false
       }
-      start(new Call);
     }
   }
 

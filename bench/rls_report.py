@@ -86,6 +86,16 @@ class Cluster:
                 p.wait()
 
 
+def cpu_seconds(procs):
+    """User + system CPU of the node processes so far."""
+    total = 0
+    for p in procs:
+        with open(f"/proc/{p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_all(cmds, seconds, parse):
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for c in cmds]
@@ -138,7 +148,7 @@ def main():
     work = tempfile.mkdtemp(prefix="throttlex-rlsbench-")
     with open(f"{work}/bench.yaml", "w") as f:
         f.write(DOMAIN)
-    rows = {}
+    rows, cost = {}, {}
     apis = ["http", "rpc", "rls"]
     try:
         for setup, n, route in (("one node", 1, "owner"), ("3 nodes, entering at each", 3, "entry")):
@@ -146,21 +156,29 @@ def main():
             try:
                 for rnd in range(args.rounds):
                     for api in (apis if rnd % 2 == 0 else apis[::-1]):
+                        c0, t0 = cpu_seconds(cluster.procs), time.time()
                         v = measure(api, args.bin, cluster.nodes, args.seconds, route)
+                        cpu = cpu_seconds(cluster.procs) - c0
+                        # The load runs `seconds` (plus a warm-up for rpc and rls): CPU per check
+                        # over the whole wall time at the measured rate.
+                        us = cpu / max(v * (time.time() - t0), 1) * 1e6
                         rows.setdefault((setup, api), []).append(v)
+                        cost.setdefault((setup, api), []).append(us)
                         print(json.dumps({"setup": setup, "api": api, "round": rnd + 1,
-                                          "checks_per_s": round(v)}), flush=True)
+                                          "checks_per_s": round(v), "node_cpu_us_per_check":
+                                          round(us, 1)}), flush=True)
             finally:
                 cluster.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| setup | API | checks/s (median) | / HTTP |")
-    print("| --- | --- | --- | --- |")
+    print("\n| setup | API | checks/s (median) | / HTTP | node CPU per check (µs, median) |")
+    print("| --- | --- | --- | --- | --- |")
     for setup in ("one node", "3 nodes, entering at each"):
         http = statistics.median(rows[(setup, "http")])
         for api in apis:
             m = statistics.median(rows[(setup, api)])
-            print(f"| {setup} | {api} | {m:,.0f} | {m / http:.2f} |")
+            us = statistics.median(cost[(setup, api)])
+            print(f"| {setup} | {api} | {m:,.0f} | {m / http:.2f} | {us:.1f} |")
 
 
 if __name__ == "__main__":
