@@ -387,6 +387,7 @@ Status Node::Parts::startApis() {
   rls_options.bind = config.bind;
   rls_options.port = static_cast<std::uint16_t>(config.rls_port);
   rls_options.response_headers = config.rls_response_headers;
+  if (tls) rls_options.tls = {config.tls_ca, config.tls_cert, config.tls_key};
   auto g = RlsServer::start(rls_options, *router, metrics.get());
   if (!g) return Error{g.error().code, "--rls-port: " + g.error().message};
   rls = std::move(*g);

@@ -2,6 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <fstream>
+#include <iterator>
+
 #include "daemon/metrics/metrics.h"
 #include "daemon/rls/rls_plan.h"
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
@@ -67,6 +70,12 @@ class Service final : public RawService {
                                             grpc::ByteBuffer* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     const Instant start = clock().monotonic();
+    if (tls_) {
+      if (const std::string why = refusedPeer(*context); !why.empty()) {
+        reactor->Finish({grpc::StatusCode::PERMISSION_DENIED, why});
+        return reactor;
+      }
+    }
     rls::RateLimitRequest parsed;
     if (!parse(*request, parsed)) {
       reactor->Finish({grpc::StatusCode::INVALID_ARGUMENT, "malformed RateLimitRequest"});
@@ -114,8 +123,22 @@ class Service final : public RawService {
     return reactor;
   }
 
+  void requireRoles() { tls_ = true; }
+
  private:
   const Clock& clock() const { return router_.service().clock(); }
+
+  // With TLS: the verified client certificate's common name must grant a role (any role may ask
+  // for checks). Empty when it does.
+  static std::string refusedPeer(const grpc::CallbackServerContext& context) {
+    const auto auth = context.auth_context();
+    const auto names =
+        auth ? auth->FindPropertyValues("x509_common_name") : std::vector<grpc::string_ref>{};
+    if (names.empty()) return "no client certificate";
+    const std::string cn(names.front().data(), names.front().size());
+    auto role = proto::roleOf(cn);
+    return role ? std::string() : "certificate '" + cn + "': " + role.error().message;
+  }
 
   grpc::Status answer(const RlsPlan& plan, const std::vector<Result<CheckOutcome>>& outcomes,
                       rls::RateLimitResponse& response, Instant start) const {
@@ -141,7 +164,32 @@ class Service final : public RawService {
   Router& router_;
   Metrics* metrics_;
   const bool headers_;
+  bool tls_ = false;
 };
+
+// TLS server credentials from the node's files; client certificates required and verified.
+Result<std::shared_ptr<grpc::ServerCredentials>> tlsCredentials(const proto::TlsFiles& files) {
+  auto read = [](const std::string& path, const char* what) -> Result<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof())
+      return invalidArgument(std::string("cannot read the ") + what + " " + path);
+    if (text.empty())
+      return invalidArgument(std::string("the ") + what + " " + path + " is empty or missing");
+    return text;
+  };
+  auto ca = read(files.ca, "CA certificate");
+  if (!ca) return ca.error();
+  auto cert = read(files.cert, "certificate");
+  if (!cert) return cert.error();
+  auto key = read(files.key, "private key");
+  if (!key) return key.error();
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = *ca;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(options);
+}
 
 }  // namespace
 
@@ -161,7 +209,14 @@ Result<std::unique_ptr<RlsServer>> RlsServer::start(const RlsServerOptions& opti
   const std::string address =
       (options.bind.find(':') != std::string::npos ? "[" + options.bind + "]" : options.bind) +
       ":" + std::to_string(options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl->port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls.enabled()) {
+    auto secure = tlsCredentials(options.tls);
+    if (!secure) return secure.error();
+    credentials = *secure;
+    impl->service.requireRoles();
+  }
+  builder.AddListeningPort(address, credentials, &impl->port);
   builder.RegisterService(&impl->service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxRlsMessageBytes));
   impl->server = builder.BuildAndStart();

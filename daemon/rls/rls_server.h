@@ -17,6 +17,7 @@
 
 #include "daemon/routing/router.h"
 #include "limiter/result.h"
+#include "proto/rpc_tls.h"
 
 namespace throttlex {
 
@@ -26,6 +27,10 @@ struct RlsServerOptions {
   std::string bind = "0.0.0.0";
   std::uint16_t port = 0;         // 0: an ephemeral port (tests)
   bool response_headers = false;  // add RateLimit-Policy and RateLimit to every answer
+  // The node's --tls-* files: when set, the port speaks TLS only and every caller must present a
+  // certificate of the cluster's CA whose common name grants a role (client:, peer:, admin:);
+  // read once at start (a SIGHUP reload does not reach this port: restart to renew).
+  proto::TlsFiles tls;
 };
 
 inline constexpr std::size_t kMaxRlsMessageBytes = 64 * 1024;  // larger: RESOURCE_EXHAUSTED

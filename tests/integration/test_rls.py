@@ -481,6 +481,71 @@ class ThreeNodes(AtomicDomain, ReadmeExamples, RlsCase):
         assert forwarded > 0, "no RLS check was forwarded"
 
 
+class Tls(unittest.TestCase):
+    """With --tls-*, the RLS port speaks TLS only and wants a certificate of the cluster's CA
+    whose common name grants a role, as the Cap'n Proto port does."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = tempfile.mkdtemp(prefix="throttlex-rls-certs-")
+        subprocess.run([str(ROOT / "scripts/cluster-init.sh"), cls.certs, "1"], check=True,
+                       capture_output=True, timeout=60)
+        cls.rules = rules_dir()
+        c = cls.path
+        cls.node = Node("--rls-port", "0", "--rules", cls.rules, "--tls-ca", c("ca.crt"),
+                        "--tls-cert", c("node-1.crt"), "--tls-key", c("node-1.key"))
+        cls.port = int(RLS_PORT.search(cls.node.wait_for_log(r"ready: .* rls ")).group(1))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.certs, name)
+
+    def call(self, channel):
+        stub = channel.unary_unary(METHOD, request_serializer=rls_pb2.RateLimitRequest.SerializeToString,
+                                   response_deserializer=rls_pb2.RateLimitResponse.FromString)
+        try:
+            return stub(request("mongo_cps", [("database", "users")]), timeout=10)
+        finally:
+            channel.close()
+
+    def secure(self, who=None, ca="ca.crt"):
+        read = lambda name: pathlib.Path(self.path(name)).read_bytes()  # noqa: E731
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(ca), private_key=read(f"{who}.key") if who else None,
+            certificate_chain=read(f"{who}.crt") if who else None)
+        return grpc.secure_channel(f"127.0.0.1:{self.port}", creds,
+                                   options=[("grpc.ssl_target_name_override", "throttlex-node")])
+
+    def test_a_client_certificate_of_the_cluster_is_served(self):
+        got = self.call(self.secure("client"))
+        self.assertEqual(got.overall_code, OK)
+        self.assertEqual(got.statuses[0].current_limit.requests_per_unit, 500)
+
+    def test_a_certificate_of_another_ca_is_refused(self):
+        other = tempfile.mkdtemp(prefix="throttlex-rls-other-")
+        subprocess.run([str(ROOT / "scripts/cluster-init.sh"), other, "1"], check=True,
+                       capture_output=True, timeout=60)
+        read = lambda name, d=self.certs: pathlib.Path(d, name).read_bytes()  # noqa: E731
+        creds = grpc.ssl_channel_credentials(root_certificates=read("ca.crt"),
+                                             private_key=read("client.key", other),
+                                             certificate_chain=read("client.crt", other))
+        channel = grpc.secure_channel(f"127.0.0.1:{self.port}", creds,
+                                      options=[("grpc.ssl_target_name_override", "throttlex-node")])
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.call(channel)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+    def test_no_certificate_or_plain_text_is_refused(self):
+        for channel in (self.secure(None), grpc.insecure_channel(f"127.0.0.1:{self.port}")):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.call(channel)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+
 class BadInput(unittest.TestCase):
     """Bad requests get a clear gRPC status and spend nothing; the node keeps serving."""
 
