@@ -158,6 +158,11 @@ void define(CLI::App& app, Options& o) {
                  "Worker threads, each serving HTTP and RPC; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
+  app.add_option("--rpc-idle-timeout-s", c.rpc_idle_timeout_s,
+                 "Close an RPC connection that sent nothing for this long (0: never); peers "
+                 "heartbeat while idle and clients reconnect on their next call")
+      ->check(CLI::Range(0, 86'400))
+      ->capture_default_str();
   app.add_option("--owner-silence-ms,--forward-timeout-ms", c.owner_silence_ms,
                  "T: an owner that answered nothing for less than this is never decided for "
                  "elsewhere (its checks wait); past it, its checks go to the stand-in owner or "

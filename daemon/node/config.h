@@ -53,6 +53,7 @@ struct Config {
   bool inline_limits = true;  // off: checks entering here must name a rule (docs/security.md)
   int threads = 0;            // worker threads per API; 0: one per core
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
+  int rpc_idle_timeout_s = 600;         // RPC connections silent this long are closed (0: never)
   int owner_silence_ms = 500;           // T: owners silent for less are never decided for elsewhere
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
   int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)

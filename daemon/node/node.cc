@@ -329,6 +329,7 @@ Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_
   rpc_options.port = config.rpc_port;
   rpc_options.threads = config.threads;
   rpc_options.hosted = true;
+  rpc_options.idle_timeout = std::chrono::seconds(config.rpc_idle_timeout_s);
   rpc_options.control = &control;
   rpc_options.tls = tls;
   rpc_options.tls_required = config.tls_incoming_required;

@@ -11,6 +11,7 @@
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -123,6 +124,61 @@ class ConnectionSlot {
   std::atomic<std::size_t>& open_;
 };
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it
+// A stream that remembers when it last delivered bytes (for the idle timeout).
+class ActivityStream final : public kj::AsyncIoStream {
+ public:
+  ActivityStream(kj::Own<kj::AsyncIoStream> inner, kj::Timer& timer)
+      : inner_(kj::mv(inner)), timer_(timer), last_(timer.now()) {}
+
+  kj::TimePoint lastRead() const { return last_; }
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t min_bytes, size_t max_bytes) override {
+    return inner_->tryRead(buffer, min_bytes, max_bytes).then([this](size_t n) {
+      last_ = timer_.now();
+      return n;
+    });
+  }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    return inner_->write(buffer, size);
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    return inner_->write(pieces);
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner_->whenWriteDisconnected(); }
+  void shutdownWrite() override { inner_->shutdownWrite(); }
+  void abortRead() override { inner_->abortRead(); }
+  void getsockopt(int level, int option, void* value, kj::uint* length) override {
+    inner_->getsockopt(level, option, value, length);
+  }
+  void setsockopt(int level, int option, const void* value, kj::uint length) override {
+    inner_->setsockopt(level, option, value, length);
+  }
+  void getsockname(struct sockaddr* addr, kj::uint* length) override {
+    inner_->getsockname(addr, length);
+  }
+  void getpeername(struct sockaddr* addr, kj::uint* length) override {
+    inner_->getpeername(addr, length);
+  }
+  kj::Maybe<int> getFd() const override { return inner_->getFd(); }
+
+ private:
+  kj::Own<kj::AsyncIoStream> inner_;
+  kj::Timer& timer_;
+  kj::TimePoint last_;
+};
+#pragma GCC diagnostic pop
+
+// Resolves once `stream` has delivered nothing for `timeout` (checked at most every timeout / 4).
+kj::Promise<void> whenIdle(const ActivityStream& stream, kj::Timer& timer, kj::Duration timeout) {
+  const kj::Duration quiet = timer.now() - stream.lastRead();
+  if (quiet >= timeout) return kj::READY_NOW;
+  return timer.afterDelay(std::max(timeout - quiet, timeout / 4)).then([&stream, &timer, timeout] {
+    return whenIdle(stream, timer, timeout);
+  });
+}
+
 // One accepted connection. Member order is destruction order reversed: the RPC system goes
 // before the network, which goes before the stream.
 struct Connection {
@@ -171,6 +227,7 @@ struct RpcServer::Impl {
   std::atomic<std::uint64_t> rejected_connections{0};
   std::atomic<std::uint64_t> tls_refused{0};
   std::atomic<std::uint64_t> plain_accepted{0};
+  std::atomic<std::uint64_t> idle_closed{0};
 
   Mutex stop_mu;
   bool stopped GUARDED_BY(stop_mu) = false;
@@ -297,10 +354,25 @@ class Acceptor {
       server_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
       return;  // dropping the stream closes it
     }
+    const auto timeout = server_.options.idle_timeout;
+    ActivityStream* activity = nullptr;
+    if (timeout.count() > 0) {
+      auto watched = kj::heap<ActivityStream>(kj::mv(stream), timer_);
+      activity = watched.get();
+      stream = kj::mv(watched);
+    }
     auto conn = kj::heap<Connection>(server_.open_connections, kj::mv(stream), kj::mv(bootstrap),
                                      server_.reader_options, server_.options.flow_limit_words);
     auto gone = conn->network.onDisconnect();
-    connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects
+    if (activity != nullptr) {
+      // Closed after `idle_timeout` without a message from the client (peers heartbeat every
+      // 50 ms; the client library reopens a closed connection on its next call).
+      gone = gone.exclusiveJoin(
+          whenIdle(*activity, timer_, timeout.count() * kj::MILLISECONDS).then([this] {
+            server_.idle_closed.fetch_add(1, std::memory_order_relaxed);
+          }));
+    }
+    connections_.add(gone.attach(kj::mv(conn)));  // lives until the peer disconnects or idles
   }
 
   // A client host that vanishes (crash, a NAT dropping an idle flow) would otherwise hold its
@@ -558,6 +630,7 @@ RpcServerStats RpcServer::stats() const {
   s.rejected_connections = impl_->rejected_connections.load(std::memory_order_relaxed);
   s.tls_refused = impl_->tls_refused.load(std::memory_order_relaxed);
   s.plain_accepted = impl_->plain_accepted.load(std::memory_order_relaxed);
+  s.idle_closed = impl_->idle_closed.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -17,6 +17,7 @@
 // exception.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -48,6 +49,11 @@ struct RpcServerOptions {
   // read until answers go out (Cap'n Proto's flow limit). 8 MiB: a few of the largest batches,
   // thousands of ordinary calls; bounds what one connection can make the node hold.
   std::size_t flow_limit_words = 1024 * 1024;
+  // A connection that sends nothing for this long is closed (0: never). Peers heartbeat every
+  // 50 ms while idle and the client library reopens a closed connection on its next call, so
+  // only the abandoned ones go: a client that opens connections and never uses them cannot hold
+  // them (and file descriptors) for good.
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   // handoff, snapshot, drain (daemon/base/node_control.h); null or empty members: refused as
   // unavailable. Must outlive the server.
   const NodeControl* control = nullptr;
@@ -68,6 +74,7 @@ struct RpcServerStats {
   std::uint64_t rejected_connections = 0;  // closed at once because of max_connections
   std::uint64_t tls_refused = 0;     // TLS handshakes that failed, or certificates granting no role
   std::uint64_t plain_accepted = 0;  // plain connections taken while TLS is optional
+  std::uint64_t idle_closed = 0;     // closed by idle_timeout
 };
 
 class RpcServer {

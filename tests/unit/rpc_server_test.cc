@@ -2,6 +2,11 @@
 // library), so that it can send what a well-behaved client never would.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <capnp/ez-rpc.h>
 #include <kj/async-io.h>
 
@@ -476,4 +481,32 @@ TEST_CASE("a connection's role limits its calls, and a refused call changes noth
   CHECK(n.service->rules().size() == 1);
   CHECK(drain(admin) == proto::ErrorCode::NONE);
   CHECK(drained);
+}
+
+TEST_CASE("a connection that sends nothing for idle_timeout is closed; a busy one stays") {
+  RpcServerOptions options;
+  options.idle_timeout = std::chrono::milliseconds(300);
+  Node n(options);
+  // Busy: a check every 100 ms for a second, on one connection.
+  Raw busy(n.server->port());
+  auto fill = [](proto::CheckRequest::Builder r) { inlineLimit(r, "busy", 100); };
+  auto& timer = busy.rpc.getIoProvider().getTimer();
+  for (int i = 0; i < 10; ++i) {
+    CHECK(checkError(busy, fill) == proto::ErrorCode::NONE);
+    timer.afterDelay(100 * kj::MILLISECONDS).wait(busy.ws);
+  }
+  // Idle: a raw socket that never sends a byte is closed by the server (recv sees the end).
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(n.server->port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval bound{10, 0};  // a bound on the test, not a wait: the close comes after ~300 ms
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+  char byte = 0;
+  CHECK(::recv(fd, &byte, 1, 0) == 0);
+  ::close(fd);
+  CHECK(n.server->stats().idle_closed >= 1);
 }
