@@ -82,7 +82,8 @@ void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
   }
 }
 
-Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
+// Flags every command takes: where the nodes are, TLS, output and deadline.
+void addGlobalOptions(CLI::App& app, CommandLine& cl) {
   app.add_option("--node", cl.nodes,
                  "A node's RPC address HOST:PORT; repeat for failover (env THROTTLEX_NODE, "
                  "comma-separated)")
@@ -100,6 +101,10 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
       ->check(CLI::IsMember({"table", "json"}));
   app.add_option("--timeout", cl.timeout, "Deadline of each call (default 2s)")
       ->check(periodValidator());
+}
+
+Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
+  addGlobalOptions(app, cl);
   app.require_subcommand(1);
   // Global flags may also follow the subcommand: `throttlectl check k --limit 1 --period 1s -o
   // json`.

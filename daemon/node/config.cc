@@ -96,6 +96,21 @@ void defineListeners(CLI::App& app, Config& c) {
                  "Address /metrics binds, e.g. an internal interface (default: --bind)");
 }
 
+// How long connections may idle and owners may be silent.
+void defineTimeouts(CLI::App& app, Config& c) {
+  app.add_option("--rpc-idle-timeout-s", c.rpc_idle_timeout_s,
+                 "Close an RPC connection that sent nothing for this long (0: never); peers "
+                 "heartbeat while idle and clients reconnect on their next call")
+      ->check(CLI::Range(0, 86'400))
+      ->capture_default_str();
+  app.add_option("--owner-silence-ms,--forward-timeout-ms", c.owner_silence_ms,
+                 "T: an owner that answered nothing for less than this is never decided for "
+                 "elsewhere (its checks wait); past it, its checks go to the stand-in owner or "
+                 "the degraded policy. --forward-timeout-ms is the old name")
+      ->check(CLI::Range(300, 60'000))
+      ->capture_default_str();
+}
+
 void define(CLI::App& app, Options& o) {
   Config& c = o.c;
   app.add_option("--config", c.config_file,
@@ -158,17 +173,7 @@ void define(CLI::App& app, Options& o) {
                  "Worker threads, each serving HTTP and RPC; 0 = one per core")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
-  app.add_option("--rpc-idle-timeout-s", c.rpc_idle_timeout_s,
-                 "Close an RPC connection that sent nothing for this long (0: never); peers "
-                 "heartbeat while idle and clients reconnect on their next call")
-      ->check(CLI::Range(0, 86'400))
-      ->capture_default_str();
-  app.add_option("--owner-silence-ms,--forward-timeout-ms", c.owner_silence_ms,
-                 "T: an owner that answered nothing for less than this is never decided for "
-                 "elsewhere (its checks wait); past it, its checks go to the stand-in owner or "
-                 "the degraded policy. --forward-timeout-ms is the old name")
-      ->check(CLI::Range(300, 60'000))
-      ->capture_default_str();
+  defineTimeouts(app, c);
   app.add_option("--max-keys", c.max_keys, "Hard cap on live keys held in memory")
       ->check(CLI::Range(std::uint64_t{1024}, std::uint64_t{1} << 34))
       ->capture_default_str();
