@@ -125,7 +125,7 @@ struct TlsConfig::Material {
 
 TlsConfig::~TlsConfig() = default;
 
-Result<std::shared_ptr<const TlsConfig::Material>> TlsConfig::read(const TlsFiles& files) {
+Result<TlsPem> readPem(const TlsFiles& files) {
   if (files.ca.empty() || files.cert.empty() || files.key.empty()) {
     return invalidArgument(
         "TLS needs all three of the CA certificate, the certificate and its key");
@@ -136,6 +136,15 @@ Result<std::shared_ptr<const TlsConfig::Material>> TlsConfig::read(const TlsFile
   if (!cert) return cert.error();
   auto key = readFile(files.key, "private key");
   if (!key) return key.error();
+  return TlsPem{std::move(*ca), std::move(*cert), std::move(*key)};
+}
+
+Result<std::shared_ptr<const TlsConfig::Material>> TlsConfig::read(const TlsFiles& files) {
+  auto pem = readPem(files);
+  if (!pem) return pem.error();
+  const std::string* ca = &pem->ca;
+  const std::string* cert = &pem->cert;
+  const std::string* key = &pem->key;
   auto m = std::make_shared<Material>();
   std::string problem;
   auto failed = kj::runCatchingExceptions([&] {

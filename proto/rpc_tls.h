@@ -43,6 +43,12 @@ struct TlsFiles {
   bool enabled() const { return !ca.empty() || !cert.empty() || !key.empty(); }
 };
 
+// The PEM text of the three files (all are required); errors name the file.
+struct TlsPem {
+  std::string ca, cert, key;
+};
+Result<TlsPem> readPem(const TlsFiles& files);
+
 // The certificates of one party. Thread-safe. reload() reads the files again (a renewed
 // certificate, a new CA bundle) without a restart: contexts made afterwards use the new material,
 // and users that keep a context check generation() before each new connection (connections

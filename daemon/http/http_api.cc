@@ -382,8 +382,6 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   for (const auto& p : parsed) {
     if (p) valid.push_back(*p);
   }
-  std::vector<Result<CheckOutcome>> outcomes;
-  Forwarding forwarding = router_.checkBatch(valid, 0, outcomes);
   // Which elements were valid; the rest answer with their parse errors.
   std::vector<std::optional<Error>> errors;
   errors.reserve(parsed.size());
@@ -401,10 +399,7 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
     r.body = nlohmann::json{{"results", std::move(results)}}.dump();
     respond(std::move(r));
   };
-  if (forwarding.empty()) return finish(outcomes);
-  const std::size_t pending = forwarding.size();
-  router_.forward(std::move(forwarding), std::make_shared<ResultCollector>(
-                                             std::move(outcomes), pending, std::move(finish)));
+  router_.decideAll(valid, std::move(finish));
 }
 
 // {"atomic": true, "checks": [...]}: one verdict for the whole batch. A malformed check refuses the

@@ -2,9 +2,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <fstream>
-#include <iterator>
-
 #include "daemon/metrics/metrics.h"
 #include "daemon/rls/rls_plan.h"
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
@@ -87,39 +84,26 @@ class Service final : public RawService {
       return reactor;
     }
     auto plan = std::make_shared<RlsPlan>(std::move(*planned));
-    if (plan->atomic && plan->args.size() > 1) {
-      // All or nothing: the given-back descriptors answer OK with what they have left; the
-      // request is OVER_LIMIT by the one that denied it.
-      std::vector<CheckArgs> args = plan->args;
-      router_.checkAtomic(
-          std::move(args), plan, [this, plan, reactor, response, start](AtomicOutcome& r) {
-            for (std::size_t i = 0; i < r.outcomes.size(); ++i) {
-              if (!r.refunded[i]) continue;
-              r.outcomes[i]->allowed = true;
-              r.outcomes[i]->decision.allowed = true;  // its remaining is after the refund
-            }
-            rls::RateLimitResponse answered;
-            const grpc::Status status = answer(*plan, r.outcomes, answered, start);
-            if (status.ok()) serialize(answered, *response);
-            reactor->Finish(status);
-          });
-      return reactor;
-    }
-    std::vector<Result<CheckOutcome>> outcomes;
-    Forwarding forwarding = router_.checkBatch(plan->args, 0, outcomes);
     auto finish = [this, plan, reactor, response, start](std::vector<Result<CheckOutcome>>& out) {
       rls::RateLimitResponse answered;
       const grpc::Status status = answer(*plan, out, answered, start);
       if (status.ok()) serialize(answered, *response);
       reactor->Finish(status);
     };
-    if (forwarding.empty()) {
-      finish(outcomes);
-    } else {
-      const std::size_t pending = forwarding.size();
-      router_.forward(std::move(forwarding), std::make_shared<ResultCollector>(
-                                                 std::move(outcomes), pending, std::move(finish)));
+    if (!plan->atomic || plan->args.size() < 2) {
+      router_.decideAll(plan->args, std::move(finish));
+      return reactor;
     }
+    // All or nothing: the given-back descriptors answer OK with what they have left; the request
+    // is OVER_LIMIT by the one that denied it.
+    router_.checkAtomic(plan->args, plan, [finish = std::move(finish)](AtomicOutcome& r) {
+      for (std::size_t i = 0; i < r.outcomes.size(); ++i) {
+        if (!r.refunded[i]) continue;
+        r.outcomes[i]->allowed = true;
+        r.outcomes[i]->decision.allowed = true;  // its remaining is after the refund
+      }
+      finish(r.outcomes);
+    });
     return reactor;
   }
 
@@ -169,25 +153,12 @@ class Service final : public RawService {
 
 // TLS server credentials from the node's files; client certificates required and verified.
 Result<std::shared_ptr<grpc::ServerCredentials>> tlsCredentials(const proto::TlsFiles& files) {
-  auto read = [](const std::string& path, const char* what) -> Result<std::string> {
-    std::ifstream in(path, std::ios::binary);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof())
-      return invalidArgument(std::string("cannot read the ") + what + " " + path);
-    if (text.empty())
-      return invalidArgument(std::string("the ") + what + " " + path + " is empty or missing");
-    return text;
-  };
-  auto ca = read(files.ca, "CA certificate");
-  if (!ca) return ca.error();
-  auto cert = read(files.cert, "certificate");
-  if (!cert) return cert.error();
-  auto key = read(files.key, "private key");
-  if (!key) return key.error();
+  auto pem = proto::readPem(files);
+  if (!pem) return pem.error();
   grpc::SslServerCredentialsOptions options(
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = *ca;
-  options.pem_key_cert_pairs.push_back({*key, *cert});
+  options.pem_root_certs = pem->ca;
+  options.pem_key_cert_pairs.push_back({pem->key, pem->cert});
   return grpc::SslServerCredentials(options);
 }
 
