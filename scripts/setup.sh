@@ -12,7 +12,7 @@ packages=(
   prometheus-cpp-dev libcli11-dev doctest-dev libxxhash-dev libbenchmark-dev
   libhttp-parser-dev libyaml-cpp-dev nlohmann-json3-dev
   libssl-dev  # libcrypto: the gossip keyring (AES-256-GCM)
-  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc  # Envoy's rate limit service (daemon/rls)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # Envoy's rate limit service (daemon/rls)
   # services and tools used by the tests and benchmarks
   redis-server redis-tools nginx-light wrk curl iproute2 procps python3
   openssl  # scripts/cluster-init.sh: the CA and certificates of a secured cluster
