@@ -83,4 +83,17 @@ throttlex::Result<client::Rule> makeRule(const RuleArgs& args) {
   return rule;
 }
 
+client::Report makeReport(const ReportArgs& args) {
+  client::Report r;
+  r.rule = args.rule;
+  if (args.latency_ms) {
+    r.latency = std::chrono::nanoseconds(static_cast<std::int64_t>(*args.latency_ms * 1e6));
+  }
+  r.outcome = args.outcome == "error"        ? client::ReportOutcome::kError
+              : args.outcome == "timeout"    ? client::ReportOutcome::kTimeout
+              : args.outcome == "overloaded" ? client::ReportOutcome::kOverloaded
+                                             : client::ReportOutcome::kOk;
+  return r;
+}
+
 }  // namespace throttlex::cli

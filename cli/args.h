@@ -48,7 +48,16 @@ struct RuleArgs {
   bool shadow = false;
 };
 
+// throttlectl report (validated by CLI11: range, outcome names).
+struct ReportArgs {
+  std::string rule;
+  std::optional<double> latency_ms;
+  std::string outcome = "ok";
+  int count = 1;
+};
+
 throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args);
+client::Report makeReport(const ReportArgs& args);
 throttlex::Result<client::Rule> makeRule(const RuleArgs& args);
 // A period spelling ("2s", "500ms") in milliseconds.
 throttlex::Result<std::chrono::milliseconds> parseMillis(std::string_view text);

@@ -6,6 +6,7 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <sstream>
 
 #include "cli/exit_codes.h"
 #include "cli/output.h"
@@ -110,9 +111,86 @@ int runRulesList(client::Client& c, const Config& config) {
   for (const client::Rule& rule : *rules) {
     rows.push_back({rule.name, std::string(nameOf(rule.algorithm)), std::to_string(rule.limit),
                     formatPeriodMs(rule.period), rule.burst == 0 ? "-" : std::to_string(rule.burst),
-                    yesNo(rule.shadow)});
+                    yesNo(rule.shadow),
+                    rule.adaptive ? std::to_string(rule.adaptive->limit) : "-"});
   }
-  printTable(std::cout, {"NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW"}, rows);
+  printTable(std::cout, {"NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW", "ADAPTIVE"},
+             rows);
+  return kExitOk;
+}
+
+namespace {
+
+std::string percentNumber(double fraction) {
+  std::ostringstream s;
+  s << fraction * 100;
+  return s.str();
+}
+
+void printAdaptive(const client::AdaptiveInfo& a) {
+  Fields f = {{"effective limit", std::to_string(a.limit)},
+              {"bounds", std::to_string(a.min) + " .. " + std::to_string(a.max)},
+              {"law", a.law + ", every " + formatPeriodMs(a.interval)}};
+  if (a.latency_target.count() > 0) {
+    f.emplace_back("latency target",
+                   formatPeriodMs(a.latency_target) + " at p" + percentNumber(a.percentile));
+  }
+  if (a.error_rate_max > 0) f.emplace_back("error rate max", percentNumber(a.error_rate_max) + "%");
+  f.emplace_back("last step", a.reason);
+  f.emplace_back("signals", std::to_string(a.reports) + " reports, latency " +
+                                (a.latency ? humanDuration(*a.latency) : "-") + ", errors " +
+                                percentNumber(a.error_rate) + "%");
+  f.emplace_back("controller", a.controlled_here ? "this node" : "another node");
+  printFields(std::cout, f);
+  if (a.history.empty()) return;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& c : a.history) {
+    const std::time_t t = static_cast<std::time_t>(c.at_unix_ms / 1000);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char when[32];
+    std::strftime(when, sizeof when, "%H:%M:%S", &tm);
+    rows.push_back({when, std::to_string(c.limit), c.reason});
+  }
+  std::cout << "\n";
+  printTable(std::cout, {"AT (UTC)", "LIMIT", "WHY"}, rows);
+}
+
+}  // namespace
+
+int runRulesShow(client::Client& c, const Config& config, const std::string& name) {
+  const auto rules = c.listRules();
+  if (!rules) return reportError(rules.error());
+  const auto it = std::find_if(rules->begin(), rules->end(),
+                               [&](const client::Rule& r) { return r.name == name; });
+  if (it == rules->end()) {
+    return reportError({client::ErrorCode::kNotFound, "unknown rule '" + name + "'"});
+  }
+  if (json(config)) {
+    printJson(std::cout, ruleJson(*it));
+    return kExitOk;
+  }
+  printFields(std::cout,
+              {{"name", it->name},
+               {"algorithm", std::string(nameOf(it->algorithm))},
+               {"limit", std::to_string(it->limit) + " per " + formatPeriodMs(it->period)},
+               {"burst", it->burst == 0 ? "-" : std::to_string(it->burst)},
+               {"shadow", yesNo(it->shadow)}});
+  if (it->adaptive) {
+    std::cout << "\n";
+    printAdaptive(*it->adaptive);
+  }
+  return kExitOk;
+}
+
+int runReport(client::Client& c, const Config& config, const client::Report& report, int count) {
+  const auto taken = c.report(std::vector<client::Report>(static_cast<std::size_t>(count), report));
+  if (!taken) return reportError(taken.error());
+  if (json(config)) {
+    printJson(std::cout, {{"taken", *taken}});
+  } else {
+    std::cout << "taken: " << *taken << "\n";
+  }
   return kExitOk;
 }
 

@@ -22,6 +22,11 @@ int runRulesSet(client::Client& c, const Config& config, const client::Rule& rul
 // can converge on "no such rule" without special cases.
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name);
 int runRulesReload(client::Client& c, const Config& config);
+// One rule; an adaptive rule's effective limit, the signal that moved it last and its history.
+// An unknown rule: exit 4.
+int runRulesShow(client::Client& c, const Config& config, const std::string& name);
+// `count` copies of `report` in one call (to the first node that answers).
+int runReport(client::Client& c, const Config& config, const client::Report& report, int count);
 int runStatus(client::Client& c, const Config& config);
 // Flushes pending snapshot entries on every member; exit 0 only when every member wrote them all.
 int runSnapshot(client::Client& c, const Config& config);

@@ -28,6 +28,8 @@ struct CommandLine {
   std::string delete_name;
   std::string drain_node;
   std::string keyring_key;
+  std::string show_name;
+  ReportArgs report;
   std::string tls_ca, tls_cert, tls_key;
 };
 
@@ -39,6 +41,8 @@ struct Subcommands {
   CLI::App* rules_set = nullptr;
   CLI::App* rules_delete = nullptr;
   CLI::App* rules_reload = nullptr;
+  CLI::App* rules_show = nullptr;
+  CLI::App* report = nullptr;
   CLI::App* status = nullptr;
   CLI::App* members = nullptr;
   CLI::App* ring = nullptr;
@@ -103,6 +107,22 @@ void addGlobalOptions(CLI::App& app, CommandLine& cl) {
       ->check(periodValidator());
 }
 
+// Adaptive rules (docs/adaptive.md): where a rule's limit stands, and reports from the shell.
+void addAdaptiveCommands(CLI::App& app, CLI::App& rules, CommandLine& cl, Subcommands& s) {
+  s.rules_show = rules.add_subcommand(
+      "show", "One rule; for an adaptive rule its effective limit, signals and history");
+  s.rules_show->add_option("name", cl.show_name, "Rule name")->required();
+  s.report = app.add_subcommand(
+      "report", "Report how admitted calls of an adaptive rule went (latency, outcome)");
+  s.report->add_option("rule", cl.report.rule, "The adaptive rule")->required();
+  s.report->add_option("--latency-ms", cl.report.latency_ms, "The call's latency (0 to 3600000)")
+      ->check(CLI::Range(0.0, 3'600'000.0));
+  s.report->add_option("--outcome", cl.report.outcome, "ok (default), error, timeout, overloaded")
+      ->check(CLI::IsMember({"ok", "error", "timeout", "overloaded"}));
+  s.report->add_option("--count", cl.report.count, "Send this many such reports (1 to 1000)")
+      ->check(CLI::Range(1, 1000));
+}
+
 Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   addGlobalOptions(app, cl);
   app.require_subcommand(1);
@@ -139,6 +159,7 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
       rules->add_subcommand("delete", "Delete a rule (exit 0 even if it did not exist)");
   s.rules_delete->add_option("name", cl.delete_name, "Rule name")->required();
   s.rules_reload = rules->add_subcommand("reload", "Re-read the node's rules file");
+  addAdaptiveCommands(app, *rules, cl, s);
 
   s.status = app.add_subcommand("status", "Show the node's id, version, addresses and counters");
   s.members = app.add_subcommand("members", "List the cluster's members as the node sees them");
@@ -194,6 +215,15 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
     return Action([&](client::Client& c) { return runRulesList(c, config); });
   if (s.rules_reload->parsed()) {
     return Action([&](client::Client& c) { return runRulesReload(c, config); });
+  }
+  if (s.rules_show->parsed()) {
+    return Action([&](client::Client& c) { return runRulesShow(c, config, cl.show_name); });
+  }
+  if (s.report->parsed()) {
+    const client::Report r = makeReport(cl.report);
+    return Action([&config, r, n = cl.report.count](client::Client& c) {
+      return runReport(c, config, r, n);
+    });
   }
   if (s.snapshot->parsed()) {
     return Action([&](client::Client& c) { return runSnapshot(c, config); });

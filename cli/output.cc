@@ -47,13 +47,36 @@ nlohmann::json checkJson(const client::CheckResult& r) {
 }
 
 nlohmann::json ruleJson(const client::Rule& rule) {
-  return {{"name", rule.name},
-          {"algorithm", nameOf(rule.algorithm)},
-          {"limit", rule.limit},
-          {"period", formatPeriodMs(rule.period)},
-          {"period_ms", rule.period.count()},
-          {"burst", rule.burst},
-          {"shadow", rule.shadow}};
+  nlohmann::json j = {{"name", rule.name},
+                      {"algorithm", nameOf(rule.algorithm)},
+                      {"limit", rule.limit},
+                      {"period", formatPeriodMs(rule.period)},
+                      {"period_ms", rule.period.count()},
+                      {"burst", rule.burst},
+                      {"shadow", rule.shadow}};
+  if (!rule.adaptive) return j;
+  const client::AdaptiveInfo& a = *rule.adaptive;
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& c : a.history) {
+    history.push_back({{"at_unix_ms", c.at_unix_ms}, {"limit", c.limit}, {"reason", c.reason}});
+  }
+  j["adaptive"] = {{"min", a.min},
+                   {"max", a.max},
+                   {"latency_target_ms", a.latency_target.count()},
+                   {"percentile", a.percentile},
+                   {"error_rate_max", a.error_rate_max},
+                   {"law", a.law},
+                   {"interval_ms", a.interval.count()},
+                   {"effective_limit", a.limit},
+                   {"reason", a.reason},
+                   {"signal_reports", a.reports},
+                   {"signal_latency_ms",
+                    a.latency ? nlohmann::json(static_cast<double>(a.latency->count()) / 1e6)
+                              : nlohmann::json()},
+                   {"signal_error_rate", a.error_rate},
+                   {"controlled_here", a.controlled_here},
+                   {"history", std::move(history)}};
+  return j;
 }
 
 nlohmann::json persistenceJson(const client::PersistenceInfo& p) {

@@ -20,11 +20,7 @@ using namespace throttlex;
 namespace {
 
 capnp::ReaderOptions serverBounds() {
-  const RpcServerOptions o;
-  capnp::ReaderOptions r;
-  r.traversalLimitInWords = o.traversal_limit_words;
-  r.nestingLimit = o.nesting_limit;
-  return r;
+  return RpcServerOptions().readerOptions();
 }
 
 void readBatch(kj::ArrayPtr<const capnp::word> words) {

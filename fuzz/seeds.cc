@@ -100,6 +100,48 @@ void rpcSeeds(const fs::path& dir) {
   }
 }
 
+// A peer's digests and an application's reports (daemon/adaptive/wire.h), and report bodies.
+void adaptiveSeeds(const fs::path& dir) {
+  {
+    capnp::MallocMessageBuilder b;
+    auto p = b.initRoot<proto::Limiter::AdaptiveExchangeParams>();
+    p.setVersion(1);
+    p.setFrom("node-1");
+    auto digests = p.initDigests(2);
+    digests[0].setRule("backend");
+    auto buckets = digests[0].initBuckets(3);
+    buckets.set(0, std::uint64_t{230} << 32 | 40);
+    buckets.set(1, std::uint64_t{260} << 32 | 9);
+    buckets.set(2, std::uint64_t{300} << 32 | 1);
+    auto outcomes = digests[0].initOutcomes(4);
+    outcomes.set(0, 45);
+    outcomes.set(2, 5);
+    digests[0].setAdmitted(50);
+    digests[0].setLimited(100);
+    digests[0].setKnownLimit(600);
+    digests[1].setRule("other");
+    const auto words = capnp::messageToFlatArray(b);
+    write(dir, "digests", words.asBytes());
+  }
+  {
+    capnp::MallocMessageBuilder b;
+    auto p = b.initRoot<proto::Limiter::ReportParams>();
+    p.setVersion(1);
+    auto reports = p.initReports(2);
+    reports[0].setRule("backend");
+    reports[0].setLatencyNs(250'000'000);
+    reports[1].setRule("backend");
+    reports[1].setOutcome(proto::ReportOutcome::TIMEOUT);
+    const auto words = capnp::messageToFlatArray(b);
+    write(dir, "reports", words.asBytes());
+  }
+  write(dir, "body-one", std::string(R"({"rule":"backend","latency_ms":250,"outcome":"ok"})"));
+  write(
+      dir, "body-batch",
+      std::string(
+          R"({"reports":[{"rule":"backend","latency_ms":12.5},{"rule":"b","outcome":"timeout"}]})"));
+}
+
 // Real states of every algorithm, as a store holds them after a few checks.
 std::vector<StoredEntry> someEntries() {
   auto store = Store::make({1024, 1}).value();
@@ -177,6 +219,7 @@ int main(int argc, char** argv) {
   const fs::path root(argv[1]);
   gossipSeeds(root / "gossip_decode");
   rpcSeeds(root / "rpc_check_request");
+  adaptiveSeeds(root / "adaptive_wire");
   snapshotSeeds(root / "snapshot_value");
   handoffSeeds(root / "handoff_entries");
   rlsSeeds(root / "rls_request");

@@ -1,5 +1,6 @@
 #include "limiter/limit.h"
 
+#include <algorithm>
 #include <array>
 
 #include "limiter/period.h"
@@ -71,6 +72,22 @@ Result<Limit> Limit::make(const LimitSpec& spec) {
           "take longer than that to refill)");
     }
   }
+  return l;
+}
+
+Limit Limit::withLimit(std::uint64_t limit) const {
+  if (limit == limit_) return *this;
+  Limit l = *this;
+  l.limit_ = std::clamp<std::uint64_t>(limit, 1, kMaxLimit);
+  if (burst_ == limit_ || limit_ == 0) {
+    l.burst_ = l.limit_;
+  } else {
+    const unsigned __int128 scaled = static_cast<unsigned __int128>(burst_) * l.limit_ / limit_;
+    l.burst_ = static_cast<std::uint64_t>(
+        std::clamp<unsigned __int128>(scaled, 1, static_cast<unsigned __int128>(kMaxLimit)));
+  }
+  l.capacity_scaled_ =
+      static_cast<unsigned __int128>(l.burst_) * static_cast<unsigned __int128>(l.period_ns_);
   return l;
 }
 

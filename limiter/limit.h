@@ -58,6 +58,11 @@ class Limit {
 
   std::string describe() const;  // "100/60s token_bucket burst=100", for logs and errors
 
+  // The same limit with `limit` units per period (an adaptive rule's effective limit): a burst
+  // equal to the limit follows it, a larger one keeps its ratio to the limit, so the refill time
+  // stays as validated. `limit` is clamped to 1..kMaxLimit; no validation on this path.
+  Limit withLimit(std::uint64_t limit) const;
+
  private:
   Limit() = default;
   Algorithm algorithm_ = Algorithm::kTokenBucket;

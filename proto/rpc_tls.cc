@@ -220,6 +220,25 @@ kj::TlsContext* TlsContextCache::get() {
   return contexts_.back().get();
 }
 
+BlockingPeerLoop::BlockingPeerLoop() : io_(kj::setupAsyncIo()) {}
+
+BlockingPeerLoop& BlockingPeerLoop::ofThisThread() {
+  thread_local std::unique_ptr<BlockingPeerLoop> loop;
+  if (!loop) loop.reset(new BlockingPeerLoop());
+  return *loop;
+}
+
+kj::TlsContext* BlockingPeerLoop::tls(const std::shared_ptr<const TlsConfig>& config,
+                                      bool* switched) {
+  const bool change = !cache_ || config != config_;
+  if (change) {
+    config_ = config;
+    cache_ = std::make_unique<TlsContextCache>(config, false);
+  }
+  if (switched != nullptr) *switched = change;
+  return cache_->get();
+}
+
 kj::Promise<kj::Own<kj::AsyncIoStream>> connectNode(kj::Network& network, kj::StringPtr address,
                                                     kj::TlsContext* tls) {
   return network.parseAddress(address).then(

@@ -99,6 +99,28 @@ class TlsContextCache {
   kj::Vector<kj::Own<kj::TlsContext>> contexts_;  // the last is current
 };
 
+// The KJ event loop of a thread that makes blocking calls to peers (the slot keeper's handoffs,
+// the adaptive exchange): one per thread, made on its first use, with client TLS contexts of the
+// node's certificate (null: plain TCP) made again after a reload.
+class BlockingPeerLoop {
+ public:
+  static BlockingPeerLoop& ofThisThread();
+
+  kj::AsyncIoContext& io() { return io_; }
+  // The context for a new connection; null without TLS. A caller that switches to another config
+  // (tests do) gets a fresh cache: connections it keeps must be dropped then (`switched`).
+  kj::TlsContext* tls(const std::shared_ptr<const TlsConfig>& config, bool* switched = nullptr);
+  // Refreshes the timer's "now" after an idle spell: a stale "now" would make a deadline set
+  // before the next poll expire at once.
+  void wake() { io_.waitScope.poll(); }
+
+ private:
+  BlockingPeerLoop();
+  kj::AsyncIoContext io_;
+  std::shared_ptr<const TlsConfig> config_;
+  std::unique_ptr<TlsContextCache> cache_;
+};
+
 // A TLS stream that hands every multi-piece write to TLS as one piece. KJ's TLS writes each
 // piece on its own (its own TLS record and socket write), and a Cap'n Proto message is written
 // as several (segment table, segments): one copy into one buffer is cheaper than the records.

@@ -104,6 +104,48 @@ interface Limiter {
   # decides (docs/persistence.md).
   handoff @2 (version :UInt16, from :Text, slots :List(UInt16), entries :Data)
       -> (error :Error, merged :UInt64);
+  # Node to node (adaptive rules, docs/adaptive.md): the sender's digests of the rules this node
+  # controls; answers one verdict per digest, in order. At most 10000 digests per call.
+  adaptiveExchange @3 (version :UInt16, from :Text, digests :List(AdaptiveDigest))
+      -> (error :Error, verdicts :List(AdaptiveVerdict));
+  # Applications: how admitted calls of adaptive rules went. All or nothing: an unknown rule
+  # (notFound), a rule that is not adaptive or a bad latency (invalidArgument) refuses the whole
+  # call. At most 1000 reports per call.
+  report @4 (version :UInt16, reports :List(Report)) -> (error :Error, taken :UInt32);
+}
+
+# Numeric values equal daemon/service/adaptive.h's ReportOutcome.
+enum ReportOutcome {
+  ok @0;
+  error @1;
+  timeout @2;
+  overloaded @3;
+}
+
+struct Report {
+  rule @0 :Text;
+  latencyNs @1 :Int64 = -1;  # -1: no latency, only the outcome counts; else 0..1 hour
+  outcome @2 :ReportOutcome;
+}
+
+# One node's signals for one adaptive rule over (about) one interval.
+struct AdaptiveDigest {
+  rule @0 :Text;
+  buckets @1 :List(UInt64);    # latency histogram: (bucket << 32 | count), non-empty buckets only
+  outcomes @2 :List(UInt64);   # reports per ReportOutcome, in its order
+  admitted @3 :UInt64;         # checks of the rule decided on the sender
+  limited @4 :UInt64;
+  knownLimit @5 :UInt64;       # the effective limit the sender applies now (0: none)
+}
+
+struct AdaptiveVerdict {
+  rule @0 :Text;
+  controlled @1 :Bool;         # false: the rule is unknown or not adaptive on the controller
+  limit @2 :UInt64;            # the effective limit
+  reason @3 :Text;             # the signal that moved (or held) it last
+  reports @4 :UInt64;          # the signals of the interval it was decided on
+  latencyNs @5 :Int64 = -1;    # at the rule's percentile; -1: none reported
+  errorRate @6 :Float64;
 }
 
 # What a node decides when a key's owner cannot be reached (daemon/service/rules.h).
@@ -115,9 +157,50 @@ enum DegradedPolicy {
 
 struct Rule {
   name @0 :Text;
-  limit @1 :LimitSpec;
+  limit @1 :LimitSpec;         # an adaptive rule's own (starting) limit
   shadow @2 :Bool;
   degraded @3 :DegradedPolicy;
+  # Adaptive rules (docs/adaptive.md): the rule's adaptive block, and (listRules only) where its
+  # limit stands on the answering node. Unset for other rules. setRule ignores both: adaptive
+  # rules come from the rules file.
+  adaptive @4 :AdaptiveSpec;
+  adaptiveState @5 :AdaptiveState;
+}
+
+# Numeric values equal daemon/service/adaptive.h's ControlLaw.
+enum ControlLaw {
+  aimd @0;
+  gradient @1;
+}
+
+struct AdaptiveSpec {
+  min @0 :UInt64;
+  max @1 :UInt64;
+  latencyTargetMs @2 :UInt64;  # 0: no latency signal
+  percentile @3 :Float64;      # a fraction: 0.9 for p90
+  errorRateMax @4 :Float64;    # a fraction; 0: no error signal
+  law @5 :ControlLaw;
+  intervalMs @6 :UInt64;
+  backoff @7 :Float64;
+  increase @8 :UInt64;         # 0: max / 100
+  minReports @9 :UInt64;
+}
+
+struct LimitChange {
+  atMs @0 :Int64;              # Unix ms
+  limit @1 :UInt64;
+  reason @2 :Text;
+}
+
+struct AdaptiveState {
+  limit @0 :UInt64;            # the effective limit this node applies
+  reason @1 :Text;             # the signal that moved (or held) it last
+  reports @2 :UInt64;          # the signals of the interval it was decided on
+  latencyNs @3 :Int64 = -1;
+  errorRate @4 :Float64;
+  history @5 :List(LimitChange);  # the last changes, oldest first
+  controlledHere @6 :Bool;     # the answering node is the rule's controller
+  reported @7 :List(UInt64);   # reports received by the answering node, per ReportOutcome
 }
 
 # A cluster member as the answering node sees it.

@@ -451,6 +451,89 @@ Result<bool> Client::reset(const CheckSpec& spec, Deadline deadline) {
       deadline, detail::slotOf(spec));
 }
 
+namespace {
+
+// A report call nobody waits for: its outcome only counts (on the client thread).
+class ReportCall final : public detail::AdminPending {
+ public:
+  ReportCall(std::vector<Report> reports, detail::AtomicStats& stats)
+      : reports_(std::move(reports)), stats_(stats) {}
+  ~ReportCall() override { fail({ErrorCode::kUnavailable, "the client is shutting down"}); }
+
+  kj::Promise<void> send(proto::Node::Client& node, std::size_t, detail::Core&) override {
+    auto request = node.reportRequest();
+    request.setVersion(proto::PROTOCOL_VERSION);
+    auto list = request.initReports(static_cast<unsigned>(reports_.size()));
+    for (unsigned i = 0; i < reports_.size(); ++i) detail::toProto(reports_[i], list[i]);
+    return request.send().then([this](capnp::Response<proto::Limiter::ReportResults>&& r) {
+      complete(detail::fromProto(r.getError()).code == ErrorCode::kNone);
+    });
+  }
+  void fail(Error) override { complete(false); }
+
+ private:
+  void complete(bool ok) {
+    if (std::exchange(done_, true)) return;
+    if (!ok) stats_.reports_failed.fetch_add(reports_.size(), std::memory_order_relaxed);
+  }
+  std::vector<Report> reports_;
+  detail::AtomicStats& stats_;
+  bool done_ = false;
+};
+
+Status checkReports(const std::vector<Report>& reports) {
+  if (reports.empty() || reports.size() > 1000) {
+    return Error{ErrorCode::kInvalidArgument, "a report call takes 1 to 1000 reports"};
+  }
+  return Ok{};
+}
+
+}  // namespace
+
+Result<std::uint32_t> Client::report(const std::vector<Report>& reports, Deadline deadline) {
+  if (Status s = checkReports(reports); !s) return s.error();
+  return impl_->admin<std::uint32_t>(
+      [reports](proto::Node::Client& node) {
+        auto request = node.reportRequest();
+        request.setVersion(proto::PROTOCOL_VERSION);
+        auto list = request.initReports(static_cast<unsigned>(reports.size()));
+        for (unsigned i = 0; i < reports.size(); ++i) detail::toProto(reports[i], list[i]);
+        return request.send().then([](capnp::Response<proto::Limiter::ReportResults>&& r) {
+          const Error e = detail::fromProto(r.getError());
+          if (e.code != ErrorCode::kNone) return Result<std::uint32_t>(e);
+          return Result<std::uint32_t>(r.getTaken());
+        });
+      },
+      deadline.value_or(impl_->options.deadline));
+}
+
+void Client::reportAsync(std::vector<Report> reports) {
+  if (!checkReports(reports)) {
+    impl_->stats.reports_failed.fetch_add(reports.size(), std::memory_order_relaxed);
+    return;
+  }
+  impl_->inbox.post(
+      detail::makeJob([call = std::make_unique<ReportCall>(std::move(reports), impl_->stats),
+                       d = impl_->options.deadline](detail::Core& core) mutable {
+        core.submitAdmin(std::move(call), d);
+      }));
+}
+
+ScopedReport::ScopedReport(Client& client, std::string rule)
+    : client_(client),
+      rule_(std::move(rule)),
+      start_(std::chrono::steady_clock::now()),
+      exceptions_(std::uncaught_exceptions()) {}
+
+ScopedReport::~ScopedReport() {
+  Report r;
+  r.rule = std::move(rule_);
+  r.latency = std::chrono::steady_clock::now() - start_;
+  r.outcome = outcome_.value_or(std::uncaught_exceptions() > exceptions_ ? ReportOutcome::kError
+                                                                         : ReportOutcome::kOk);
+  client_.reportAsync({std::move(r)});
+}
+
 ClientStats Client::stats() const {
   const auto& s = impl_->stats;
   ClientStats out;
@@ -462,6 +545,7 @@ ClientStats Client::stats() const {
   out.checks_to_owner = s.checks_to_owner.load(std::memory_order_relaxed);
   out.checks_not_to_owner = s.checks_not_to_owner.load(std::memory_order_relaxed);
   out.ring_members = s.ring_members.load(std::memory_order_relaxed);
+  out.reports_failed = s.reports_failed.load(std::memory_order_relaxed);
   return out;
 }
 

@@ -111,6 +111,37 @@ void toProto(const Rule& rule, proto::Rule::Builder out) {
   out.setShadow(rule.shadow);
 }
 
+void toProto(const Report& report, proto::Report::Builder out) {
+  out.setRule(kjText(report.rule));
+  out.setLatencyNs(report.latency ? report.latency->count() : -1);
+  out.setOutcome(static_cast<proto::ReportOutcome>(report.outcome));
+}
+
+namespace {
+
+AdaptiveInfo fromProto(proto::AdaptiveSpec::Reader spec, proto::AdaptiveState::Reader state) {
+  AdaptiveInfo a;
+  a.min = spec.getMin();
+  a.max = spec.getMax();
+  a.latency_target = std::chrono::milliseconds(spec.getLatencyTargetMs());
+  a.percentile = spec.getPercentile();
+  a.error_rate_max = spec.getErrorRateMax();
+  a.law = spec.getLaw() == proto::ControlLaw::AIMD ? "aimd" : "gradient";
+  a.interval = std::chrono::milliseconds(spec.getIntervalMs());
+  a.limit = state.getLimit();
+  a.reason = text(state.getReason());
+  a.reports = state.getReports();
+  if (state.getLatencyNs() >= 0) a.latency = std::chrono::nanoseconds(state.getLatencyNs());
+  a.error_rate = state.getErrorRate();
+  a.controlled_here = state.getControlledHere();
+  for (auto c : state.getHistory()) {
+    a.history.push_back({c.getAtMs(), c.getLimit(), text(c.getReason())});
+  }
+  return a;
+}
+
+}  // namespace
+
 Error fromProto(proto::Error::Reader error) {
   const auto code = static_cast<int>(error.getCode());
   if (code == static_cast<int>(ErrorCode::kPermissionDenied)) {
@@ -160,6 +191,7 @@ Rule fromProto(proto::Rule::Reader rule) {
   r.period = fromWireMs(limit.getPeriodMs());
   r.burst = limit.getBurst();
   r.shadow = rule.getShadow();
+  if (rule.hasAdaptive()) r.adaptive = fromProto(rule.getAdaptive(), rule.getAdaptiveState());
   return r;
 }
 

@@ -13,6 +13,7 @@ void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out);
 // The words toProto(spec) adds to a message as a list element, for exact message size hints.
 std::uint64_t wireWords(const CheckSpec& spec);
 void toProto(const Rule& rule, proto::Rule::Builder out);
+void toProto(const Report& report, proto::Report::Builder out);
 
 Error fromProto(proto::Error::Reader error);
 CheckResult fromProto(proto::CheckResult::Reader result);

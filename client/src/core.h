@@ -61,6 +61,9 @@ struct AtomicStats {
   std::atomic<std::uint64_t> checks_to_owner{0};
   std::atomic<std::uint64_t> checks_not_to_owner{0};
   std::atomic<std::uint64_t> ring_members{0};  // a gauge: stored, not bumped
+  // Bumped on the client thread, and by reportAsync() for reports refused before sending: an
+  // atomic add, as it has two writers.
+  std::atomic<std::uint64_t> reports_failed{0};
 
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

@@ -212,7 +212,82 @@ HttpResponse problemFor(const Error& e) {
   return problemResponse(status, status == 404 ? "Not Found" : "Bad Request", e.message);
 }
 
+Result<ParsedReport> reportFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return invalidArgument("a report must be a JSON object");
+  ParsedReport r;
+  for (const auto& [name, value] : j.items()) {
+    if (name == "rule") {
+      if (!value.is_string()) return invalidArgument("'rule' must be a string");
+      r.rule = value.get<std::string>();
+    } else if (name == "latency_ms") {
+      if (value.is_null()) continue;
+      // Numbers only; nlohmann parses no NaN or Infinity, so a finite double is all that is left.
+      if (!value.is_number()) return invalidArgument("'latency_ms' must be a number");
+      const double ms = value.get<double>();
+      if (!(ms >= 0) || ms > 3'600'000) {
+        return invalidArgument("'latency_ms' must lie within 0 and 3600000 (1 hour)");
+      }
+      r.latency = Duration(static_cast<std::int64_t>(ms * 1e6));
+    } else if (name == "outcome") {
+      if (!value.is_string()) return invalidArgument("'outcome' must be a string");
+      auto o = parseReportOutcome(value.get<std::string>());
+      if (!o) return o.error();
+      r.outcome = *o;
+    } else {
+      return invalidArgument("unknown field '" + name + "' (rule, latency_ms, outcome)");
+    }
+  }
+  if (r.rule.empty()) return invalidArgument("'rule' is required");
+  return r;
+}
+
 }  // namespace
+
+Result<std::vector<ParsedReport>> parseReportBody(std::string_view body) {
+  const auto j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return invalidArgument("the body is not valid JSON");
+  if (!j.is_object()) return invalidArgument("the body must be a JSON object");
+  std::vector<ParsedReport> out;
+  const auto list = j.find("reports");
+  if (list == j.end()) {
+    auto r = reportFromJson(j);
+    if (!r) return r.error();
+    out.push_back(std::move(*r));
+    return out;
+  }
+  if (j.size() != 1) return invalidArgument("a body with 'reports' may have no other fields");
+  if (!list->is_array()) return invalidArgument("'reports' must be an array");
+  if (list->size() > kMaxBatchReports) {
+    return Error{ErrorCode::kResourceExhausted,
+                 "at most " + std::to_string(kMaxBatchReports) + " reports per call"};
+  }
+  out.reserve(list->size());
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    auto r = reportFromJson((*list)[i]);
+    if (!r) return invalidArgument("report #" + std::to_string(i) + ": " + r.error().message);
+    out.push_back(std::move(*r));
+  }
+  return out;
+}
+
+HttpResponse HttpApi::reportPost(const HttpRequest& request) {
+  auto parsed = parseReportBody(request.body);
+  if (!parsed) {
+    if (parsed.error().code == ErrorCode::kResourceExhausted) {
+      return problemResponse(413, "Payload Too Large", parsed.error().message);
+    }
+    return problemFor(parsed.error());
+  }
+  std::vector<ReportArgs> args;
+  args.reserve(parsed->size());
+  for (const ParsedReport& p : *parsed) args.push_back({p.rule, p.latency, p.outcome});
+  auto taken = service_.report(args);
+  if (!taken) return problemFor(taken.error());
+  HttpResponse r;
+  r.status = 202;
+  r.body = nlohmann::json{{"taken", *taken}}.dump();
+  return r;
+}
 
 std::optional<std::string> urlDecode(std::string_view text) {
   std::string out;
@@ -516,6 +591,10 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     return respond(methodNotAllowed("GET, POST"));
   }
   if (path == "/v1/auth") return checkGet(request, true, respond);  // nginx sends GET; allow any
+  if (path == "/v1/report") {
+    if (request.method != "POST") return respond(methodNotAllowed("POST"));
+    return respond(reportPost(request));
+  }
   if (path == "/healthz") {
     if (!get) return respond(methodNotAllowed("GET"));
     HttpResponse r;

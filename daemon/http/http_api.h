@@ -50,6 +50,7 @@ class HttpApi {
   HttpResponse infoResponse() const;     // /v1/info
   HttpResponse clusterResponse() const;  // /v1/cluster
   void record(const Result<CheckOutcome>& outcome, Instant start);
+  HttpResponse reportPost(const HttpRequest& request);  // POST /v1/report
 
   LimiterService& service_;
   const std::unique_ptr<Router> own_router_;  // when none was given
@@ -64,6 +65,15 @@ class HttpApi {
 // Exposed for tests.
 // Decodes application/x-www-form-urlencoded text ("%41+b" -> "A b"); nullopt if malformed.
 std::optional<std::string> urlDecode(std::string_view text);
+// POST /v1/report's body: one report ({"rule", "latency_ms", "outcome"}) or {"reports": [...]}.
+// Every element is checked (types, ranges, unknown fields); the first bad one fails the whole
+// body, named by its index.
+struct ParsedReport {
+  std::string rule;
+  std::optional<Duration> latency;
+  ReportOutcome outcome = ReportOutcome::kOk;
+};
+Result<std::vector<ParsedReport>> parseReportBody(std::string_view body);
 // RateLimit / RateLimit-Policy header values for one outcome.
 std::string rateLimitPolicyHeader(const CheckOutcome& o);
 std::string rateLimitHeader(const CheckOutcome& o);

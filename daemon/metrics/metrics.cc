@@ -390,6 +390,73 @@ void collectSlots(const SlotKeeperStats& k, std::vector<prometheus::MetricFamily
 #undef THROTTLEX_SLOT_METRIC
 }
 
+void collectAdaptive(const std::vector<AdaptiveRuleStats>& rules, const ExchangeStats& x,
+                     std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  prometheus::MetricFamily limit{"throttlex_adaptive_limit",
+                                 "The effective limit of an adaptive rule, as this node applies it",
+                                 MetricType::Gauge,
+                                 {}};
+  prometheus::MetricFamily start{"throttlex_adaptive_start_limit",
+                                 "An adaptive rule's own limit (where it starts)",
+                                 MetricType::Gauge,
+                                 {}};
+  prometheus::MetricFamily reports{"throttlex_adaptive_reports_total",
+                                   "Reports received by this node, by rule and outcome",
+                                   MetricType::Counter,
+                                   {}};
+  prometheus::MetricFamily latency{
+      "throttlex_adaptive_signal_latency_seconds",
+      "The latency (at the rule's percentile) the rule's last step read, cluster-wide",
+      MetricType::Gauge,
+      {}};
+  prometheus::MetricFamily errors{"throttlex_adaptive_signal_error_ratio",
+                                  "The share of bad outcomes the rule's last step read",
+                                  MetricType::Gauge,
+                                  {}};
+  prometheus::MetricFamily controlled{"throttlex_adaptive_controller",
+                                      "1 on the node that controls the rule (the ring's owner of "
+                                      "its controller slot), else 0",
+                                      MetricType::Gauge,
+                                      {}};
+  prometheus::MetricFamily rate{"throttlex_adaptive_signal_reports",
+                                "Reports cluster-wide in the interval the rule's last step read",
+                                MetricType::Gauge,
+                                {}};
+  for (const AdaptiveRuleStats& r : rules) {
+    const IntervalSignals& sig = r.verdict.signals;
+    limit.metric.push_back(valued(static_cast<double>(r.verdict.limit), {{"rule", r.rule}}));
+    start.metric.push_back(valued(static_cast<double>(r.start), {{"rule", r.rule}}));
+    for (std::size_t o = 0; o < kReportOutcomes; ++o) {
+      reports.metric.push_back(valued(
+          static_cast<double>(r.reported[o]),
+          {{"rule", r.rule}, {"outcome", std::string(nameOf(static_cast<ReportOutcome>(o)))}}));
+    }
+    if (sig.latency) {
+      latency.metric.push_back(
+          valued(std::chrono::duration<double>(*sig.latency).count(), {{"rule", r.rule}}));
+    }
+    errors.metric.push_back(valued(sig.error_rate, {{"rule", r.rule}}));
+    rate.metric.push_back(valued(static_cast<double>(sig.reports), {{"rule", r.rule}}));
+    controlled.metric.push_back(valued(r.controlled_here ? 1 : 0, {{"rule", r.rule}}));
+  }
+  out.push_back(std::move(limit));
+  out.push_back(std::move(start));
+  out.push_back(std::move(reports));
+  out.push_back(std::move(latency));
+  out.push_back(std::move(errors));
+  out.push_back(std::move(rate));
+  out.push_back(std::move(controlled));
+  out.push_back({"throttlex_adaptive_exchange_calls_total",
+                 "Digest exchanges with other nodes' adaptive controllers",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(x.calls))}});
+  out.push_back({"throttlex_adaptive_exchange_failures_total",
+                 "Digest exchanges that failed (the digests went with the next round)",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(x.failures))}});
+}
+
 void collectPersistence(const PersistenceStats& p, std::vector<prometheus::MetricFamily>& out) {
   if (p.has_store) {
     collectRedis(p.store, out);
@@ -512,6 +579,10 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
   if (options.cluster) collectCluster(options.cluster(), out);
   if (options.forwarding) collectForwarding(options.forwarding(), out);
   if (options.persistence) collectPersistence(options.persistence(), out);
+  if (options.adaptive_rules) {
+    collectAdaptive(options.adaptive_rules(),
+                    options.adaptive_exchange ? options.adaptive_exchange() : ExchangeStats{}, out);
+  }
   out.push_back({"process_resident_memory_bytes",
                  "Resident memory of the process",
                  MetricType::Gauge,

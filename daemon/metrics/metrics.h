@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/adaptive/exchange.h"
 #include "daemon/base/node_info.h"
 #include "daemon/base/route.h"
 #include "daemon/routing/forwarder.h"
@@ -49,6 +50,9 @@ class Metrics {
     ClusterStatsProvider cluster;                // may be empty: no gossip metrics
     std::function<ForwarderStats()> forwarding;  // may be empty: no forwarding metrics
     std::function<PersistenceStats()> persistence;  // may be empty: no persistence metrics
+    // May be empty: no adaptive metrics (docs/adaptive.md).
+    std::function<std::vector<AdaptiveRuleStats>()> adaptive_rules = {};
+    std::function<ExchangeStats()> adaptive_exchange = {};
   };
   explicit Metrics(Options options);
   ~Metrics();

@@ -12,6 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include "daemon/adaptive/controller.h"
+#include "daemon/adaptive/exchange.h"
+#include "daemon/adaptive/exchange_client.h"
 #include "daemon/base/log.h"
 #include "daemon/http/http_api.h"
 #include "daemon/http/http_server.h"
@@ -154,6 +157,7 @@ struct Node::Parts {
   void setUpControl();
   Status startRpc(const NodeInfoProvider& node_info, std::size_t max_connections);
   Status startCluster();
+  void makeExchange();
   NodeInfo info() const;
   PersistenceStats persistenceStats() const;
   ClusterNode* clusterNode() const { return cluster_view.load(std::memory_order_acquire); }
@@ -178,7 +182,9 @@ struct Node::Parts {
   SlotKeeperOptions keeper_options;
   std::unique_ptr<SlotKeeper> keeper;
   std::unique_ptr<LimiterService> service;
+  std::unique_ptr<AdaptiveController> controller;  // of the adaptive rules the ring gives here
   RingHolder ring;  // published by the cluster thread once membership is up
+  std::unique_ptr<AdaptiveExchange> exchange;  // started with membership
   std::unique_ptr<Forwarder> forwarder;
   std::unique_ptr<Router> router;
   std::unique_ptr<ClusterNode> cluster;
@@ -239,7 +245,7 @@ Status Node::Parts::startRouting(RuleSet rules) {
                                          std::span<const std::uint16_t> slots,
                                          std::span<const StoredEntry> entries,
                                          std::chrono::milliseconds timeout) {
-    return sendHandoff(address, from, slots, entries, timeout, tls.get());
+    return sendHandoff(address, from, slots, entries, timeout, tls);
   };
   keeper_options.recovery_timeout = std::chrono::milliseconds(config.recovery_timeout_ms);
   keeper_options.lazy = config.lazy_recovery;
@@ -248,6 +254,8 @@ Status Node::Parts::startRouting(RuleSet rules) {
   if (!config.join.empty()) keeper_options.join_timeout = std::chrono::seconds(5);
   keeper = std::make_unique<SlotKeeper>(keeper_options, *store, clock);
   service = std::make_unique<LimiterService>(*store, clock, std::move(rules), config.rules);
+  controller = std::make_unique<AdaptiveController>(*service, clock);
+  makeExchange();  // started once membership is up
   ForwarderOptions forwarder_options;
   forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
   forwarder_options.tls = outgoing;
@@ -331,6 +339,7 @@ Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_
   rpc_options.hosted = true;
   rpc_options.idle_timeout = std::chrono::seconds(config.rpc_idle_timeout_s);
   rpc_options.control = &control;
+  rpc_options.adaptive = controller.get();
   rpc_options.tls = tls;
   rpc_options.tls_required = config.tls_incoming_required;
   auto r = RpcServer::start(rpc_options, *router, node_info, metrics.get());
@@ -342,13 +351,20 @@ Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_
 
 // Metrics, RPC and HTTP, bound in that order.
 Status Node::Parts::startApis() {
-  metrics = std::make_unique<Metrics>(Metrics::Options{
-      config.node_id, kVersion, store.get(),
-      [this] {
-        ClusterNode* c = clusterNode();
-        return c != nullptr ? c->stats() : ClusterStats{};
-      },
-      [this] { return forwarder->stats(); }, [this] { return persistenceStats(); }});
+  metrics = std::make_unique<Metrics>(
+      Metrics::Options{config.node_id, kVersion, store.get(),
+                       [this] {
+                         ClusterNode* c = clusterNode();
+                         return c != nullptr ? c->stats() : ClusterStats{};
+                       },
+                       [this] { return forwarder->stats(); }, [this] { return persistenceStats(); },
+                       [this] {
+                         std::vector<AdaptiveRuleStats> rules = service->adaptiveStats();
+                         for (AdaptiveRuleStats& r : rules)
+                           r.controlled_here = controller->controls(r.rule);
+                         return rules;
+                       },
+                       [this] { return exchange->stats(); }});
   auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
   if (!metrics_bound) {
     return Error{metrics_bound.error().code,
@@ -393,6 +409,17 @@ Status Node::Parts::startApis() {
   if (!g) return Error{g.error().code, "--rls-port: " + g.error().message};
   rls = std::move(*g);
   return Ok{};
+}
+
+// Adaptive rules' digests go to their controllers (daemon/adaptive/exchange.h).
+void Node::Parts::makeExchange() {
+  const std::shared_ptr<const proto::TlsConfig> outgoing = config.tls_outgoing ? tls : nullptr;
+  exchange = std::make_unique<AdaptiveExchange>(
+      *service, *controller, &ring, clock,
+      [tls = outgoing, from = config.node_id](const std::string& address,
+                                              std::span<const RuleDigest> digests) {
+        return sendDigests(address, from, digests, std::chrono::milliseconds(500), tls);
+      });
 }
 
 // Membership comes up after the APIs, so it can announce their bound addresses.
@@ -478,6 +505,7 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
   if (Status s = parts->startApis(); !s) return s.error();
   if (Status s = parts->startCluster(); !s) return s.error();
   parts->sweeper = std::make_unique<Sweeper>(*parts->store, clock);
+  parts->exchange->start();
 
   const auto& k = parts->keeper_options;
   if (parts->redis && !parts->keeper->waitStarted(std::max(k.startup_timeout, k.recovery_timeout) +
@@ -529,6 +557,7 @@ void Node::stop() {
   p.keeper->stop();     // decides what still waits for state (through the forwarder)
   p.forwarder->stop();  // after the APIs: their in-flight forwarded checks were answered
   p.sweeper->stop();
+  p.exchange->stop();
   if (p.flushes) p.flushes->join();
   if (p.writer) {
     p.writer->stop();  // one last flush

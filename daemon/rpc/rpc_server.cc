@@ -234,8 +234,7 @@ struct RpcServer::Impl {
   Impl(const RpcServerOptions& o, std::unique_ptr<Router> own, Router& r, NodeInfoProvider i,
        Metrics* m)
       : options(o), own_router(std::move(own)), router(r), info(std::move(i)), metrics(m) {
-    reader_options.traversalLimitInWords = o.traversal_limit_words;
-    reader_options.nestingLimit = o.nesting_limit;
+    reader_options = o.readerOptions();
   }
 
   void run(Worker& worker, std::promise<void>& ready);
@@ -445,7 +444,7 @@ class Serving {
   static ServiceFactory services(RpcServer::Impl& server, Worker& worker) {
     return [&server, &worker](proto::Role role) -> capnp::Capability::Client {
       return kj::heap<RpcService>(server.router, server.info, server.metrics, worker.counters,
-                                  server.options.control, role);
+                                  server.options.control, role, server.options.adaptive);
     };
   }
 

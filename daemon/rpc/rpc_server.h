@@ -17,11 +17,14 @@
 // exception.
 #pragma once
 
+#include <capnp/message.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "daemon/adaptive/controller.h"
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
 #include "limiter/result.h"
@@ -43,7 +46,14 @@ struct RpcServerOptions {
   // checks with 1 KiB keys and 128-byte rule names, is about 160 Ki words (1.25 MiB); 512 Ki words
   // (4 MiB) leaves room for that and bounds what one message can make the node read.
   std::uint64_t traversal_limit_words = 512 * 1024;
-  int nesting_limit = 16;                // our messages nest 4 deep
+  int nesting_limit = 16;  // our messages nest 4 deep
+  // The two bounds above as Cap'n Proto takes them (the fuzz targets read with them too).
+  capnp::ReaderOptions readerOptions() const {
+    capnp::ReaderOptions r;
+    r.traversalLimitInWords = traversal_limit_words;
+    r.nestingLimit = nesting_limit;
+    return r;
+  }
   std::size_t max_connections = 10'000;  // over all threads; more are accepted and closed at once
   // Per connection: call messages in flight (not yet answered); past it the connection is not
   // read until answers go out (Cap'n Proto's flow limit). 8 MiB: a few of the largest batches,
@@ -57,6 +67,9 @@ struct RpcServerOptions {
   // handoff, snapshot, drain (daemon/base/node_control.h); null or empty members: refused as
   // unavailable. Must outlive the server.
   const NodeControl* control = nullptr;
+  // Adaptive rules: the controller peers send their digests to (adaptiveExchange). Null: the
+  // call is refused as unavailable. Must outlive the server.
+  AdaptiveController* adaptive = nullptr;
   // TLS (proto/rpc_tls.h): every connection must present a certificate of the cluster's CA, whose
   // common name gives its role. Null: plain TCP, every connection may do everything.
   std::shared_ptr<const proto::TlsConfig> tls;

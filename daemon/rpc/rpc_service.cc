@@ -7,6 +7,7 @@
 
 #include <kj/debug.h>
 
+#include "daemon/adaptive/wire.h"
 #include "daemon/loop/kj_on_asio.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/routing/wire.h"
@@ -29,13 +30,15 @@ std::optional<std::string> unsupportedVersion(std::uint16_t version) {
 }
 
 RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
-                       RpcCounters& counters, const NodeControl* control, proto::Role role)
+                       RpcCounters& counters, const NodeControl* control, proto::Role role,
+                       AdaptiveController* adaptive)
     : service_(router.service()),
       router_(router),
       info_(std::move(info)),
       metrics_(metrics),
       counters_(counters),
       control_(control),
+      adaptive_(adaptive),
       role_(role) {}
 
 std::optional<Error> RpcService::denied(proto::Role needed, const char* call) const {
@@ -327,7 +330,8 @@ kj::Promise<void> RpcService::listRules(ListRulesContext context) {
   if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
     KJ_FAIL_REQUIRE("unsupported protocol version", *bad);
   }
-  const std::vector<Rule> rules = service_.rules();
+  const std::shared_ptr<const RuleSet> set = service_.currentRules();
+  const std::vector<Rule> rules = set->rules();
   auto list = context.getResults().initRules(static_cast<unsigned>(rules.size()));
   for (std::size_t i = 0; i < rules.size(); ++i) {
     auto out = list[static_cast<unsigned>(i)];
@@ -335,6 +339,10 @@ kj::Promise<void> RpcService::listRules(ListRulesContext context) {
     encode(rules[i].spec, out.initLimit());
     out.setShadow(rules[i].shadow);
     out.setDegraded(static_cast<proto::DegradedPolicy>(rules[i].degraded));
+    if (rules[i].adaptive) {
+      const bool here = adaptive_ != nullptr && adaptive_->controls(rules[i].name);
+      encodeAdaptive(*rules[i].adaptive, *set->find(rules[i].name)->cell, here, out);
+    }
   }
   return kj::READY_NOW;
 }
@@ -457,6 +465,55 @@ kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
   } else {
     setError(results.initError(), existed.error());
   }
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::adaptiveExchange(AdaptiveExchangeContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (auto no = denied(proto::Role::kPeer, "adaptiveExchange")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
+  if (adaptive_ == nullptr) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node controls no rules");
+    return kj::READY_NOW;
+  }
+  auto digests = decodeDigests(params.getDigests());
+  if (!digests) {
+    setError(results.initError(), digests.error());
+    return kj::READY_NOW;
+  }
+  const std::vector<RuleVerdict> verdicts = adaptive_->absorb(*digests);
+  auto list = results.initVerdicts(static_cast<unsigned>(verdicts.size()));
+  for (unsigned i = 0; i < verdicts.size(); ++i) encode(verdicts[i], list[i]);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::report(ReportContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  auto reports = decodeReports(params.getReports());
+  if (!reports) {
+    setError(results.initError(), reports.error());
+    return kj::READY_NOW;
+  }
+  auto taken = service_.report(*reports);
+  if (!taken) {
+    setError(results.initError(), taken.error());
+    return kj::READY_NOW;
+  }
+  results.setTaken(static_cast<std::uint32_t>(*taken));
   return kj::READY_NOW;
 }
 

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/adaptive/controller.h"
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
 #include "daemon/routing/router.h"
@@ -52,7 +53,8 @@ class RpcService final : public proto::Node::Server {
   // `role` is what the connection's certificate grants (proto/rpc_tls.h); without TLS every
   // connection is kAdmin, as before roles existed.
   RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
-             const NodeControl* control = nullptr, proto::Role role = proto::Role::kAdmin);
+             const NodeControl* control = nullptr, proto::Role role = proto::Role::kAdmin,
+             AdaptiveController* adaptive = nullptr);
 
  protected:
   kj::Promise<void> check(CheckContext context) override;
@@ -65,6 +67,8 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> inspectKey(InspectKeyContext context) override;
   kj::Promise<void> resetKey(ResetKeyContext context) override;
   kj::Promise<void> handoff(HandoffContext context) override;
+  kj::Promise<void> adaptiveExchange(AdaptiveExchangeContext context) override;
+  kj::Promise<void> report(ReportContext context) override;
   kj::Promise<void> snapshot(SnapshotContext context) override;
   kj::Promise<void> drain(DrainContext context) override;
   kj::Promise<void> keyring(KeyringContext context) override;
@@ -89,6 +93,7 @@ class RpcService final : public proto::Node::Server {
   Metrics* const metrics_;
   RpcCounters& counters_;
   const NodeControl* const control_;
+  AdaptiveController* const adaptive_;
   const proto::Role role_;
 };
 #pragma GCC diagnostic pop

@@ -17,8 +17,9 @@ LimiterService::LimiterService(Store& store, const Clock& clock, RuleSet rules,
       rules_path_(std::move(rules_path)),
       rules_(std::make_shared<const RuleSet>(std::move(rules))) {}
 
-void LimiterService::publish(std::shared_ptr<const RuleSet> rules) {
-  rules_.publish(std::move(rules));
+void LimiterService::publish(RuleSet next) {
+  next.adoptCells(*currentRules(), clock_.now());
+  rules_.publish(std::make_shared<const RuleSet>(std::move(next)));
 }
 
 Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
@@ -34,8 +35,13 @@ Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
     if (e == nullptr) {
       return Error{ErrorCode::kNotFound, "unknown rule '" + std::string(args.rule) + "'"};
     }
-    return Resolved{e->limit, hashKey(e->rule.name, args.key, e->limit), e->rule.shadow,
-                    e->rule.name, e->rule.degraded};
+    Resolved r{e->limit, hashKey(e->rule.name, args.key, e->limit), e->rule.shadow, e->rule.name,
+               e->rule.degraded};
+    if (e->cell) {
+      r.cell = e->cell.get();
+      r.limit = e->limit.withLimit(r.cell->limit());
+    }
+    return r;
   }
   auto limit = Limit::make(args.limit);
   if (!limit) return limit.error();
@@ -66,6 +72,11 @@ Result<CheckOutcome> outcome(const Decision& d, bool shadow, std::string_view po
 
 }  // namespace
 
+void LimiterService::countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d) {
+  if (r.cell != nullptr && args.hits > 0 && !args.refund && !d.refused)
+    r.cell->countCheck(d.allowed);
+}
+
 Result<CheckOutcome> LimiterService::check(const CheckArgs& args) {
   // A reference, not a copy: copying would touch the shared reference count on every check.
   const RuleSet& rules = *currentRules();
@@ -73,6 +84,7 @@ Result<CheckOutcome> LimiterService::check(const CheckArgs& args) {
   if (!r) return r.error();
   const Decision d = args.refund ? store_.refund(r->key, r->limit, args.hits, clock_.now())
                                  : store_.check(r->key, r->limit, args.hits, clock_.now());
+  countAdaptive(*r, args, d);
   return outcome(d, r->shadow, r->policy, r->limit.period());
 }
 
@@ -99,6 +111,7 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
       out.emplace_back(r.error());
       continue;
     }
+    countAdaptive(*r, args[out.size()], decisions[next]);
     out.emplace_back(outcome(decisions[next++], r->shadow, r->policy, r->limit.period()));
   }
 }
@@ -151,6 +164,52 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
   return o;
 }
 
+Result<std::size_t> LimiterService::report(std::span<const ReportArgs> reports) {
+  if (reports.size() > kMaxBatchReports) {
+    return invalidArgument("at most " + std::to_string(kMaxBatchReports) + " reports per call");
+  }
+  const RuleSet& rules = *currentRules();
+  std::vector<AdaptiveCell*> cells;
+  cells.reserve(reports.size());
+  for (std::size_t i = 0; i < reports.size(); ++i) {
+    const ReportArgs& r = reports[i];
+    const std::string where = reports.size() > 1 ? "report #" + std::to_string(i) + ": " : "";
+    const RuleSet::Entry* e = rules.find(r.rule);
+    if (e == nullptr) {
+      return Error{ErrorCode::kNotFound, where + "unknown rule '" + std::string(r.rule) + "'"};
+    }
+    if (!e->cell) {
+      return invalidArgument(where + "rule '" + std::string(r.rule) +
+                             "' is not adaptive (it has no adaptive block): nothing to report to");
+    }
+    if (r.latency && (*r.latency < Duration(0) || *r.latency > kMaxReportLatency)) {
+      return invalidArgument(where + "latency must lie within 0 and 1 hour");
+    }
+    cells.push_back(e->cell.get());
+  }
+  for (std::size_t i = 0; i < reports.size(); ++i) {
+    cells[i]->report(reports[i].latency, reports[i].outcome);
+  }
+  return reports.size();
+}
+
+std::vector<AdaptiveRuleStats> LimiterService::adaptiveStats() const {
+  const std::shared_ptr<const RuleSet> rules = currentRules();
+  std::vector<AdaptiveRuleStats> out;
+  for (const Rule& rule : rules->rules()) {
+    if (!rule.adaptive) continue;
+    const RuleSet::Entry* e = rules->find(rule.name);
+    AdaptiveRuleStats st;
+    st.rule = rule.name;
+    st.start = rule.spec.limit;
+    st.verdict = e->cell->verdict();
+    st.verdict.limit = e->cell->limit();
+    st.reported = e->cell->reported();
+    out.push_back(std::move(st));
+  }
+  return out;
+}
+
 std::vector<Rule> LimiterService::rules() const {
   return currentRules()->rules();
 }
@@ -160,7 +219,7 @@ Status LimiterService::setRule(const Rule& rule) {
   const std::shared_ptr<const RuleSet> rules = currentRules();
   auto next = rules->with(rule);
   if (!next) return next.error();
-  publish(std::make_shared<const RuleSet>(std::move(*next)));
+  publish(std::move(*next));
   return Ok{};
 }
 
@@ -168,7 +227,7 @@ Result<bool> LimiterService::deleteRule(std::string_view name) {
   MutexLock admin(admin_mu_);
   const std::shared_ptr<const RuleSet> rules = currentRules();
   if (rules->find(name) == nullptr) return false;
-  publish(std::make_shared<const RuleSet>(rules->without(name)));
+  publish(rules->without(name));
   return true;
 }
 
@@ -180,7 +239,7 @@ Result<std::size_t> LimiterService::reloadRules() {
   auto loaded = RuleSet::loadFile(rules_path_);
   if (!loaded) return loaded.error();  // the running rules stay as they were
   const std::size_t count = loaded->size();
-  publish(std::make_shared<const RuleSet>(std::move(*loaded)));
+  publish(std::move(*loaded));
   return count;
 }
 

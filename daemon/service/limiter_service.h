@@ -35,6 +35,14 @@ struct CheckArgs {
   bool refund = false;     // gives `hits` units back instead of spending them (state.h refund())
 };
 
+// What an application reports about one admitted call of an adaptive rule (docs/adaptive.md).
+struct ReportArgs {
+  std::string_view rule;
+  std::optional<Duration> latency;  // 0..kMaxReportLatency; none: only the outcome counts
+  ReportOutcome outcome = ReportOutcome::kOk;
+};
+inline constexpr std::size_t kMaxBatchReports = 1000;
+
 struct CheckOutcome {
   Decision decision;     // what the limiter decided
   bool allowed = false;  // what the caller must do: decision.allowed, or true for a shadow rule
@@ -64,6 +72,13 @@ class LimiterService {
   // policy (daemon/service/rules.h), with `alive` members sharing the limit. route = kDegraded.
   Result<CheckOutcome> checkDegraded(const CheckArgs& args, std::size_t alive);
 
+  // Adaptive rules: folds reports into this node's digest of each rule (any thread; a lock per
+  // rule, held for a histogram increment). All or nothing: an unknown rule (kNotFound), a rule
+  // without an adaptive block or a latency out of range (kInvalidArgument) refuses the whole
+  // batch, naming the element. Returns how many were taken.
+  Result<std::size_t> report(std::span<const ReportArgs> reports);
+  std::vector<AdaptiveRuleStats> adaptiveStats() const;
+
   // Admin.
   std::vector<Rule> rules() const;
   Status setRule(const Rule& rule);
@@ -85,9 +100,13 @@ class LimiterService {
     bool shadow = false;
     std::string_view policy;
     DegradedPolicy degraded = DegradedPolicy::kShare;
+    AdaptiveCell* cell = nullptr;  // an adaptive rule's (the rules hold it)
   };
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
-  void publish(std::shared_ptr<const RuleSet> rules) REQUIRES(admin_mu_);
+  // An adaptive rule's check counts feed its controller (daemon/service/adaptive.h).
+  static void countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d);
+  // Publishes `next`, its adaptive rules keeping the cells the current rules have for them.
+  void publish(RuleSet next) REQUIRES(admin_mu_);
 
   // Constant after construction.
   Store& store_;

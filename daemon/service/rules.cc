@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <yaml-cpp/yaml.h>
 
@@ -28,13 +30,75 @@ Result<std::uint64_t> parseCount(const YAML::Node& node, const std::string& what
   return value;
 }
 
+Result<double> parseFraction(const YAML::Node& node, const std::string& what, double scale) {
+  std::string text = node.as<std::string>();
+  double divisor = scale;
+  if (!text.empty() && text.back() == '%') {
+    text.pop_back();
+    divisor = 100;
+  }
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size() ||
+      !std::isfinite(value)) {
+    return invalidArgument(what + " must be a number, got '" + node.as<std::string>() + "'");
+  }
+  return value / divisor;
+}
+
+// A rule's `adaptive:` mapping (daemon/service/adaptive.h; docs/adaptive.md). Validated with the
+// rule (RuleSet::make).
+Result<AdaptiveSpec> parseAdaptive(const YAML::Node& node, const std::string& named) {
+  const std::string where = named + ": adaptive";
+  if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
+  static const std::set<std::string> kKnown = {
+      "min", "max",      "latency_target", "percentile", "error_rate_max",
+      "law", "interval", "backoff",        "increase",   "min_reports"};
+  for (const auto& kv : node) {
+    const auto field = kv.first.as<std::string>();
+    if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
+  }
+  if (!node["max"]) return invalidArgument(where + ": missing 'max'");
+  AdaptiveSpec a;
+  for (auto [field, out] :
+       {std::pair{"min", &a.min}, std::pair{"max", &a.max}, std::pair{"increase", &a.increase},
+        std::pair{"min_reports", &a.min_reports}}) {
+    if (!node[field]) continue;
+    auto v = parseCount(node[field], where + "." + field);
+    if (!v) return v.error();
+    *out = *v;
+  }
+  for (auto [field, out] :
+       {std::pair{"latency_target", &a.latency_target}, std::pair{"interval", &a.interval}}) {
+    if (!node[field]) continue;
+    auto d = parsePeriod(node[field].as<std::string>());
+    if (!d) return invalidArgument(where + "." + field + ": " + d.error().message);
+    *out = *d;
+  }
+  // percentile: 90 or 99.9 (percent); error_rate_max: 5% or 0.05; backoff: 0.9.
+  for (auto [field, out, scale] : {std::tuple{"percentile", &a.percentile, 100.0},
+                                   std::tuple{"error_rate_max", &a.error_rate_max, 1.0},
+                                   std::tuple{"backoff", &a.backoff, 1.0}}) {
+    if (!node[field]) continue;
+    auto v = parseFraction(node[field], where + "." + field, scale);
+    if (!v) return v.error();
+    *out = *v;
+  }
+  if (node["law"]) {
+    auto law = parseControlLaw(node["law"].as<std::string>());
+    if (!law) return invalidArgument(where + ": " + law.error().message);
+    a.law = *law;
+  }
+  return a;
+}
+
 // One rule from its YAML mapping. yaml-cpp reports type errors by exception; they are caught by
 // the caller and turned into an error naming the rule.
 Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   const std::string where = "rule #" + std::to_string(index + 1);
   if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
-  static const std::set<std::string> kKnown = {"name",  "algorithm", "limit",   "period",
-                                               "burst", "shadow",    "degraded"};
+  static const std::set<std::string> kKnown = {"name",  "algorithm", "limit",    "period",
+                                               "burst", "shadow",    "degraded", "adaptive"};
   for (const auto& kv : node) {
     const auto field = kv.first.as<std::string>();
     if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
@@ -66,6 +130,11 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
     auto p = parseDegradedPolicy(node["degraded"].as<std::string>());
     if (!p) return invalidArgument(named + ": " + p.error().message);
     rule.degraded = *p;
+  }
+  if (node["adaptive"]) {
+    auto a = parseAdaptive(node["adaptive"], named);
+    if (!a) return a.error();
+    rule.adaptive = *a;
   }
   return rule;
 }
@@ -118,7 +187,14 @@ Result<RuleSet> RuleSet::make(std::vector<Rule> rules, Domains domains) {
     auto limit = Limit::make(r.spec);
     if (!limit) return invalidArgument("rule '" + r.name + "': " + limit.error().message);
     const std::string name = r.name;
-    if (!set.entries_.emplace(name, Entry{std::move(r), *limit}).second) {
+    std::shared_ptr<AdaptiveCell> cell;
+    if (r.adaptive) {
+      Status v = validate(*r.adaptive, r.spec.limit);
+      if (v && r.adaptive->max > kMaxLimit) v = invalidArgument("adaptive: max is above 2^40");
+      if (!v) return invalidArgument("rule '" + r.name + "': " + v.error().message);
+      cell = std::make_shared<AdaptiveCell>(r.spec.limit);
+    }
+    if (!set.entries_.emplace(name, Entry{std::move(r), *limit, std::move(cell)}).second) {
       return invalidArgument("rule '" + name + "' is defined twice");
     }
   }
@@ -280,6 +356,16 @@ RuleSet RuleSet::without(std::string_view name) const {
   RuleSet copy = *this;
   if (auto it = copy.entries_.find(name); it != copy.entries_.end()) copy.entries_.erase(it);
   return copy;
+}
+
+void RuleSet::adoptCells(const RuleSet& previous, Time now) {
+  for (auto& [name, e] : entries_) {
+    if (!e.cell) continue;
+    const Entry* old = previous.find(name);
+    if (old == nullptr || !old->cell || old->cell == e.cell) continue;
+    e.cell = old->cell;
+    e.cell->clamp(e.rule.adaptive->min, e.rule.adaptive->max, now);
+  }
 }
 
 }  // namespace throttlex

@@ -12,6 +12,10 @@
 //       shadow: false             # optional: decide and count, but always allow (dry run)
 //       degraded: share           # optional: share (default) | allow | deny, when the key's owner
 //                                 # cannot be reached (docs/architecture.md)
+//       adaptive:                 # optional: the limit follows reported latency / errors
+//         min: 10                 #   (docs/adaptive.md; daemon/service/adaptive.h)
+//         max: 2000
+//         latency_target: 100ms
 //
 // A file with a top-level `domain:` is in envoyproxy/ratelimit's shape instead
 // (daemon/service/descriptors.h); a directory holds several files of either shape.
@@ -23,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/service/adaptive.h"
 #include "limiter/limit.h"
 #include "limiter/result.h"
 
@@ -47,6 +52,7 @@ struct Rule {
   LimitSpec spec;
   bool shadow = false;
   DegradedPolicy degraded = DegradedPolicy::kShare;
+  std::optional<AdaptiveSpec> adaptive = std::nullopt;  // spec.limit is the starting limit
 };
 
 // An immutable, validated set of rules. Swapped as a whole on reload.
@@ -54,7 +60,8 @@ class RuleSet {
  public:
   struct Entry {
     Rule rule;
-    Limit limit;
+    Limit limit;                         // the rule's own (starting) limit
+    std::shared_ptr<AdaptiveCell> cell;  // adaptive rules only: the effective limit
   };
 
   using Domains = std::map<std::string, std::shared_ptr<const Domain>, std::less<>>;
@@ -74,6 +81,11 @@ class RuleSet {
   // Copies with one rule added / replaced, or removed.
   Result<RuleSet> with(const Rule& rule) const;
   RuleSet without(std::string_view name) const;
+
+  // Adaptive rules that `previous` also had (as adaptive) keep its cells: the effective limit, the
+  // node's digest and the history survive a reload. Cells whose bounds changed are clamped to
+  // them. Called on a new set before it is published.
+  void adoptCells(const RuleSet& previous, Time now);
 
  private:
   std::map<std::string, Entry, std::less<>> entries_;

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("THROTTLEX_BIN", ROOT / "build" / "bin"))
@@ -215,6 +216,29 @@ def wait_for_view(nodes, timeout=JOIN_TIMEOUT):
                 except (AssertionError, OSError) as why:
                     views.append(f"  {other.node_id}: no view ({why})")
             raise AssertionError(f"{e}; views:\n" + "\n".join(views)) from None
+
+
+def unique_cluster_name(tag):
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def start_cluster(size, tag, rules=None, extra=()):
+    """Starts `size` nodes (<tag>1 is the seed, the others --join it; each with `rules` and the
+    `extra` flags) and waits until each of them sees all of them alive. Returns the nodes; on
+    failure none is left running."""
+    common = ("--gossip-preset", "local", "--cluster-name", unique_cluster_name(tag), *extra)
+    nodes = []
+    try:
+        nodes.append(Node("--node-id", f"{tag}1", *common, rules=rules))
+        for i in range(2, size + 1):
+            nodes.append(Node("--node-id", f"{tag}{i}", "--join", nodes[0].gossip_address, *common,
+                              rules=rules))
+        wait_for_view(nodes)
+        return nodes
+    except BaseException:
+        for n in nodes:
+            n.kill()
+        raise
 
 
 def free_port():

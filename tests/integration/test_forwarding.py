@@ -23,9 +23,9 @@ import threading
 import time
 import unittest
 import urllib.parse
-import uuid
 
-from harness import Node, cluster_view, run_tool, wait_for_view, wait_until
+from harness import (Node, cluster_view, run_tool, start_cluster, unique_cluster_name,
+                     wait_until)
 
 ALGORITHMS = ("token_bucket", "leaky_bucket", "gcra", "fixed_window", "sliding_window")
 ROUTES = ("local", "forwarded", "degraded")
@@ -37,27 +37,6 @@ def seeded_rng(test_name):
     seed = int(os.environ.get("THROTTLEX_SEED", random.randrange(1 << 32)))
     print(f"\n{test_name}: THROTTLEX_SEED={seed}", file=sys.stderr)
     return random.Random(seed)
-
-
-def unique_cluster_name(tag):
-    return f"fwd-{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def start_cluster(size, tag):
-    """Starts `size` nodes (<tag>1 is the seed, the others --join it) and waits until each of them
-    sees all of them alive. Returns the nodes; on failure none is left running."""
-    common = ("--gossip-preset", "local", "--cluster-name", unique_cluster_name(tag))
-    nodes = []
-    try:
-        nodes.append(Node("--node-id", f"{tag}1", *common))
-        for i in range(2, size + 1):
-            nodes.append(Node("--node-id", f"{tag}{i}", "--join", nodes[0].gossip_address, *common))
-        wait_for_view(nodes)
-        return nodes
-    except BaseException:
-        for n in nodes:
-            n.kill()
-        raise
 
 
 def post_checks(node, checks):

@@ -197,7 +197,7 @@ class ThrottlectlRulesTest(unittest.TestCase):
                                                "shadow": True})
         code, out, _ = self.ctl("rules", "list")
         self.assertEqual(out.split("\n")[0].split(),
-                         ["NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW"])
+                         ["NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW", "ADAPTIVE"])
         self.assertIn("gcra", out)
         # A shadow rule allows, so check exits 0 even past the limit.
         for _ in range(25):

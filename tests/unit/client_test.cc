@@ -7,10 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -602,4 +604,75 @@ TEST_CASE("TLS options must name three readable PEM files, or none") {
   REQUIRE_FALSE(missing);
   CHECK(missing.error().code == tc::ErrorCode::kInvalidArgument);
   CHECK(missing.error().message.find("/nonexistent/ca.crt") != std::string::npos);
+}
+
+TEST_CASE("reports: taken, refused all or nothing, timed by ScopedReport, shown by listRules") {
+  Node node;
+  throttlex::Rule backend;
+  backend.name = "backend";
+  backend.spec = {throttlex::Algorithm::kTokenBucket, 600, 1s, 0};
+  throttlex::AdaptiveSpec a;
+  a.max = 2000;
+  a.latency_target = 100ms;
+  backend.adaptive = a;
+  REQUIRE(node.service->setRule(backend).ok());
+  throttlex::Rule plain;
+  plain.name = "plain";
+  plain.spec = {throttlex::Algorithm::kTokenBucket, 5, 1s, 0};
+  REQUIRE(node.service->setRule(plain).ok());
+  throttlex::AdaptiveCell& cell = *node.service->currentRules()->find("backend")->cell;
+  auto client = connect({node.address()});
+
+  const std::vector<tc::Report> two = {{"backend", 20ms, tc::ReportOutcome::kOk},
+                                       {"backend", std::nullopt, tc::ReportOutcome::kTimeout}};
+  CHECK(client->report(two).value() == 2);
+  CHECK(client->report({{"nope", 1ms, tc::ReportOutcome::kOk}}).error().code ==
+        tc::ErrorCode::kNotFound);
+  CHECK(client->report({{"plain", 1ms, tc::ReportOutcome::kOk}}).error().code ==
+        tc::ErrorCode::kInvalidArgument);
+  CHECK(client->report({{"backend", -1ms, tc::ReportOutcome::kOk}}).error().code ==
+        tc::ErrorCode::kInvalidArgument);
+  CHECK(client->report(std::vector<tc::Report>(1001, two[0])).error().code ==
+        tc::ErrorCode::kInvalidArgument);
+  throttlex::SignalDigest d = cell.take();
+  CHECK(d.reports() == 2);
+  CHECK(d.outcome(throttlex::ReportOutcome::kTimeout) == 1);
+
+  // Scoped: ok when left normally, error when left by an exception. A synchronous report after
+  // them answers after them (calls on one connection are delivered in order).
+  { tc::ScopedReport timed(*client, "backend"); }
+  try {
+    tc::ScopedReport timed(*client, "backend");
+    throw std::runtime_error("the call failed");
+  } catch (const std::runtime_error&) {
+  }
+  {
+    tc::ScopedReport timed(*client, "backend");
+    timed.setOutcome(tc::ReportOutcome::kOverloaded);
+  }
+  client->reportAsync({{"nope", 1ms, tc::ReportOutcome::kOk}});
+  CHECK(client->report({two[0]}).value() == 1);
+  d = cell.take();
+  CHECK(d.reports() == 4);
+  CHECK(d.outcome(throttlex::ReportOutcome::kOk) == 2);
+  CHECK(d.outcome(throttlex::ReportOutcome::kError) == 1);
+  CHECK(d.outcome(throttlex::ReportOutcome::kOverloaded) == 1);
+  CHECK(d.latencies() == 4);
+  CHECK(client->stats().reports_failed == 1);
+
+  const auto rules = client->listRules();
+  REQUIRE(rules.ok());
+  const auto it = std::find_if(rules->begin(), rules->end(),
+                               [](const tc::Rule& r) { return r.name == "backend"; });
+  REQUIRE(it != rules->end());
+  REQUIRE(it->adaptive.has_value());
+  CHECK(it->adaptive->limit == 600);
+  CHECK(it->adaptive->max == 2000);
+  CHECK(it->adaptive->latency_target == 100ms);
+  CHECK(it->adaptive->law == "gradient");
+  CHECK(it->adaptive->reason == "the rule's starting limit");
+  const auto plain_it = std::find_if(rules->begin(), rules->end(),
+                                     [](const tc::Rule& r) { return r.name == "plain"; });
+  REQUIRE(plain_it != rules->end());
+  CHECK_FALSE(plain_it->adaptive.has_value());
 }

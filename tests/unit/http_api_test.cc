@@ -224,3 +224,82 @@ TEST_CASE("health, readiness, unknown routes and methods") {
   CHECK(r.status == 405);
   CHECK(header(r, "Allow") == "GET, POST");
 }
+
+namespace {
+
+struct AdaptiveFixture : Fixture {
+  AdaptiveFixture() {
+    REQUIRE(service
+                .setRule(RuleSet::parseYaml("rules:\n  - {name: backend, limit: 600, period: 1s, "
+                                            "adaptive: {max: 2000, latency_target: 100ms}}\n")
+                             .value()
+                             .rules()[0])
+                .ok());
+  }
+  AdaptiveCell& cell() { return *service.currentRules()->find("backend")->cell; }
+};
+
+}  // namespace
+
+TEST_CASE("POST /v1/report takes one report or a batch: 202 with how many were taken") {
+  AdaptiveFixture f;
+  auto r = f.call("POST", "/v1/report", R"({"rule":"backend","latency_ms":250,"outcome":"ok"})");
+  CHECK(r.status == 202);
+  CHECK(nlohmann::json::parse(r.body)["taken"] == 1);
+  r = f.call(
+      "POST", "/v1/report",
+      R"({"reports":[{"rule":"backend","latency_ms":12.5},{"rule":"backend","outcome":"timeout"}]})");
+  CHECK(r.status == 202);
+  CHECK(nlohmann::json::parse(r.body)["taken"] == 2);
+  const SignalDigest d = f.cell().take();
+  CHECK(d.reports() == 3);
+  CHECK(d.latencies() == 2);
+  CHECK(d.outcome(ReportOutcome::kTimeout) == 1);
+  CHECK(*d.quantile(1.0) >= 250ms);
+}
+
+TEST_CASE("POST /v1/report refuses bad input with problem+json, taking nothing") {
+  AdaptiveFixture f;
+  const auto problem = [&](const std::string& body, int status, const std::string& detail) {
+    CAPTURE(body);
+    const HttpResponse r = f.call("POST", "/v1/report", body);
+    CHECK(r.status == status);
+    CHECK(r.content_type == "application/problem+json");
+    const auto j = nlohmann::json::parse(r.body);
+    CHECK(j["status"] == status);
+    CHECK(j["detail"].get<std::string>().find(detail) != std::string::npos);
+  };
+  problem(R"({"rule":"nope","latency_ms":1})", 404, "unknown rule 'nope'");
+  problem(R"({"rule":"api","latency_ms":1})", 400, "not adaptive");
+  problem(R"({"rule":"backend","latency_ms":-1})", 400, "latency_ms");
+  problem(R"({"rule":"backend","latency_ms":1e300})", 400, "latency_ms");
+  problem(R"({"rule":"backend","latency_ms":"fast"})", 400, "must be a number");
+  problem(R"({"rule":"backend","latency_ms":NaN})", 400, "not valid JSON");
+  problem(R"({"rule":"backend","outcome":"meh"})", 400, "outcome must be");
+  problem(R"({"rule":"backend","outcome":1})", 400, "'outcome' must be a string");
+  problem(R"({"latency_ms":1})", 400, "'rule' is required");
+  problem(R"({"rule":"backend","latncy_ms":1})", 400, "unknown field 'latncy_ms'");
+  problem(R"([1,2])", 400, "JSON object");
+  problem(R"({"reports":{}})", 400, "must be an array");
+  problem(R"({"reports":[],"rule":"backend"})", 400, "no other fields");
+  problem(R"({"reports":[{"rule":"backend","latency_ms":1},{"rule":"backend","latency_ms":-3}]})",
+          400, "report #1");
+  std::string big = R"({"reports":[)";
+  for (int i = 0; i < 1001; ++i) big += std::string(i ? "," : "") + R"({"rule":"backend"})";
+  problem(big + "]}", 413, "at most 1000");
+  CHECK(f.cell().take().reports() == 0);  // none of the above was taken
+  CHECK(f.call("GET", "/v1/report").status == 405);
+}
+
+TEST_CASE(
+    "a check of an adaptive rule shows the effective limit in its body and RateLimit-Policy") {
+  AdaptiveFixture f;
+  AdaptiveVerdict v;
+  v.limit = 150;
+  v.reason = "test";
+  f.cell().apply(v, f.clock.now());
+  const HttpResponse r = f.call("GET", "/v1/check?rule=backend&key=k");
+  CHECK(r.status == 200);
+  CHECK(nlohmann::json::parse(r.body)["limit"] == 150);
+  CHECK(header(r, "RateLimit-Policy") == "\"backend\";q=150;w=1");
+}

@@ -183,13 +183,47 @@ struct ClientOptions {
   std::string tls_ca, tls_cert, tls_key;
 };
 
+// How one admitted call of an adaptive rule went (docs/adaptive.md). Wire values equal the
+// daemon's.
+enum class ReportOutcome : std::uint8_t { kOk = 0, kError = 1, kTimeout = 2, kOverloaded = 3 };
+
+struct Report {
+  std::string rule;
+  std::optional<std::chrono::nanoseconds> latency;  // 0 .. 1 hour; none: only the outcome counts
+  ReportOutcome outcome = ReportOutcome::kOk;
+};
+
+// An adaptive rule's block and (from listRules) where its limit stands on the answering node.
+struct AdaptiveInfo {
+  std::uint64_t min = 0, max = 0;
+  std::chrono::milliseconds latency_target{0};  // 0: no latency signal
+  double percentile = 0.9;                      // a fraction
+  double error_rate_max = 0;                    // a fraction; 0: no error signal
+  std::string law;                              // "aimd" or "gradient"
+  std::chrono::milliseconds interval{0};
+
+  std::uint64_t limit = 0;                          // the effective limit
+  std::string reason;                               // the signal that moved (or held) it last
+  std::uint64_t reports = 0;                        // in the interval that step read
+  std::optional<std::chrono::nanoseconds> latency;  // at the percentile, that interval
+  double error_rate = 0;
+  bool controlled_here = false;  // the answering node is the rule's controller
+  struct Change {
+    std::int64_t at_unix_ms = 0;
+    std::uint64_t limit = 0;
+    std::string reason;
+  };
+  std::vector<Change> history;  // the last changes, oldest first
+};
+
 struct Rule {
   std::string name;  // [A-Za-z0-9_.:-], at most 128 bytes
   Algorithm algorithm = Algorithm::kTokenBucket;
-  std::uint64_t limit = 0;
+  std::uint64_t limit = 0;  // an adaptive rule's starting limit
   std::chrono::milliseconds period{0};
   std::uint64_t burst = 0;
   bool shadow = false;
+  std::optional<AdaptiveInfo> adaptive;  // listRules only; setRule sets plain rules
 };
 
 struct Member {
@@ -268,6 +302,7 @@ struct ClientStats {
   std::uint64_t checks_to_owner = 0;      // checks sent to their key's owner
   std::uint64_t checks_not_to_owner = 0;  // sent elsewhere: the owner was down, tried or unknown
   std::uint64_t ring_members = 0;         // members of the ring in use; 0: not routing
+  std::uint64_t reports_failed = 0;       // reports reportAsync() could not deliver
 };
 
 class THROTTLEX_CLIENT_API Client {
@@ -318,6 +353,14 @@ class THROTTLEX_CLIENT_API Client {
   Result<std::vector<KeyringKey>> keyring(KeyringOp op, const std::string& key = {},
                                           Deadline deadline = std::nullopt);
 
+  // Adaptive rules (docs/adaptive.md): how admitted calls went. report() sends one call (at most
+  // 1000 reports, all or nothing: kNotFound for an unknown rule, kInvalidArgument for a rule that
+  // is not adaptive or a bad latency) and returns how many were taken. reportAsync() sends without
+  // waiting; what fails is counted in ClientStats::reports_failed.
+  Result<std::uint32_t> report(const std::vector<Report>& reports,
+                               Deadline deadline = std::nullopt);
+  void reportAsync(std::vector<Report> reports);
+
   ClientStats stats() const;
 
   struct Impl;
@@ -325,6 +368,31 @@ class THROTTLEX_CLIENT_API Client {
  private:
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+// Times one admitted call of an adaptive rule and reports it when it goes out of scope
+// (reportAsync: the caller never waits). The outcome is kOk unless set, or kError when the scope
+// is left by an exception.
+//
+//   if (client.check({.key = user, .rule = "backend"}).allowed) {
+//     client::ScopedReport timed(client, "backend");
+//     if (!callBackend()) timed.setOutcome(client::ReportOutcome::kError);
+//   }
+class THROTTLEX_CLIENT_API ScopedReport {
+ public:
+  ScopedReport(Client& client, std::string rule);
+  ~ScopedReport();
+  ScopedReport(const ScopedReport&) = delete;
+  ScopedReport& operator=(const ScopedReport&) = delete;
+
+  void setOutcome(ReportOutcome outcome) { outcome_ = outcome; }
+
+ private:
+  Client& client_;
+  std::string rule_;
+  std::chrono::steady_clock::time_point start_;
+  std::optional<ReportOutcome> outcome_;
+  int exceptions_;  // std::uncaught_exceptions() at construction
 };
 
 }  // namespace throttlex::client
