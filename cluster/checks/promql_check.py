@@ -37,6 +37,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -359,6 +360,7 @@ def run(args):
         prom = stack.enter_context(Prometheus(prometheus, args.work_dir, targets))
         log(f"prometheus {prom.proc.pid} on 127.0.0.1:{prom.port}, scraping every {SCRAPE_S}s")
         bench = stack.enter_context(load(args.bin, nodes, args.work_dir, int(args.deadline) + 30))
+        stack.enter_context(reporting(nodes, args.deadline + 30))
 
         queries, found = dashboard_queries(args.dashboard, targets[0])
         problems += found
@@ -457,6 +459,38 @@ def load(bin_dir, nodes, work, duration_s):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+@contextlib.contextmanager
+def reporting(nodes, duration_s):
+    """Latency reports for the example rules' adaptive rule `backend`, 40 every 0.25 s at the
+    nodes in turn, for at most DURATION_S s (stopped earlier on exit): the adaptive panel's
+    signals exist only once a controller step has read reports."""
+    stop = threading.Event()
+    body = json.dumps({"reports": [{"rule": "backend", "latency_ms": 20 + i, "outcome": "ok"}
+                                   for i in range(40)]}).encode()
+
+    def send():
+        deadline = time.monotonic() + duration_s
+        i = 0
+        while not stop.wait(0.25) and time.monotonic() < deadline:
+            node = nodes[i % len(nodes)]
+            i += 1
+            req = urllib.request.Request(f"http://127.0.0.1:{node.http_port}/v1/report", data=body,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=2).read()
+            except OSError:
+                pass  # a missing series is what the check reports, not this thread
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    log("reports: 160/s for the adaptive rule backend")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def main():
