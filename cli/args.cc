@@ -1,5 +1,6 @@
 #include "cli/args.h"
 
+#include "limiter/lease.h"
 #include "limiter/limit.h"
 #include "limiter/period.h"
 
@@ -50,6 +51,15 @@ throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args) {
   spec.refund = args.hits < 0;
   spec.hits = args.hits < 0 ? 0 - static_cast<std::uint64_t>(args.hits)
                             : static_cast<std::uint64_t>(args.hits);
+  if (!args.release.empty()) {
+    const auto id = throttlex::parseLeaseId(args.release);
+    if (!id) {
+      return throttlex::invalidArgument(
+          "--release takes a lease id: up to 16 hex digits, as an "
+          "acquire printed it");
+    }
+    spec.release = *id;
+  }
   if (!args.rule.empty()) {
     spec.rule = args.rule;
     return spec;

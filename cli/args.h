@@ -36,6 +36,7 @@ struct TargetArgs {
   std::string algorithm;  // as typed; empty: token_bucket
   std::uint64_t burst = 0;
   std::int64_t hits = 1;  // negative: a refund
+  std::string release;    // a concurrency rule's lease id to release (hex); empty: none
 };
 
 // rules set NAME ...

@@ -12,6 +12,7 @@
 #include "cli/output.h"
 #include "gossip/ring.h"
 #include "limiter/key.h"
+#include "limiter/lease.h"
 
 namespace throttlex::cli {
 namespace {
@@ -53,12 +54,20 @@ int runCheck(client::Client& c, const Config& config, const client::CheckSpec& s
   if (json(config)) {
     printJson(std::cout, checkJson(r));
   } else {
-    printFields(std::cout,
-                {{"decision", decisionText(r)},
-                 {"remaining", std::to_string(r.remaining) + " of " + std::to_string(r.limit)},
-                 {"reset in", humanDuration(r.reset_after)},
-                 {"retry in", r.decided_allowed ? "-" : humanDuration(r.retry_after)},
-                 {"policy", r.policy}});
+    std::vector<std::pair<std::string, std::string>> fields = {
+        {"decision", decisionText(r)},
+        {"remaining", std::to_string(r.remaining) + " of " + std::to_string(r.limit)},
+        {"reset in", humanDuration(r.reset_after)},
+        {"retry in", r.decided_allowed ? "-" : humanDuration(r.retry_after)},
+        {"policy", r.policy}};
+    if (r.lease_id != 0) {
+      fields.emplace_back("lease", throttlex::formatLeaseId(r.lease_id));
+      fields.emplace_back("lease expires", utcTime(r.lease_expiry_ms));
+    }
+    if (r.released != client::LeaseRelease::kNone) {
+      fields.emplace_back("release", std::string(releaseName(r.released)));
+    }
+    printFields(std::cout, fields);
   }
   return r.allowed ? kExitOk : kExitLimited;
 }

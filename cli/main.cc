@@ -73,7 +73,8 @@ void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
                      ->check(periodValidator());
   auto* algorithm =
       cmd.add_option("--algorithm", t.algorithm,
-                     "token_bucket (default), leaky_bucket, gcra, fixed_window, sliding_window")
+                     "token_bucket (default), leaky_bucket, gcra, fixed_window, sliding_window, "
+                     "concurrency")
           ->check(algorithmValidator());
   auto* burst = cmd.add_option("--burst", t.burst, "Bucket capacity (default: the limit)")
                     ->check(CLI::NonNegativeNumber);
@@ -83,6 +84,8 @@ void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
   if (with_hits) {
     cmd.add_option("--hits", t.hits,
                    "Units to spend (default 1; 0 only reads; negative gives units back)");
+    cmd.add_option("--release", t.release,
+                   "A concurrency rule: release this lease (its id) instead of acquiring one");
   }
 }
 

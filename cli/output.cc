@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cli/args.h"
+#include "limiter/lease.h"
 #include "limiter/period.h"
 
 namespace throttlex::cli {
@@ -37,13 +38,23 @@ std::string formatPeriodMs(std::chrono::milliseconds period) {
 }
 
 nlohmann::json checkJson(const client::CheckResult& r) {
-  return {{"allowed", r.allowed},
-          {"limit", r.limit},
-          {"remaining", r.remaining},
-          {"reset_after_ms", ceilMillis(r.reset_after)},
-          {"retry_after_ms", ceilMillis(r.retry_after)},
-          {"policy", r.policy},
-          {"shadow", r.shadow}};
+  nlohmann::json j = {{"allowed", r.allowed},
+                      {"limit", r.limit},
+                      {"remaining", r.remaining},
+                      {"reset_after_ms", ceilMillis(r.reset_after)},
+                      {"retry_after_ms", ceilMillis(r.retry_after)},
+                      {"policy", r.policy},
+                      {"shadow", r.shadow}};
+  if (r.lease_id != 0) {
+    j["lease"] = {{"id", throttlex::formatLeaseId(r.lease_id)},
+                  {"expires_at_ms", r.lease_expiry_ms}};
+  }
+  if (r.released != client::LeaseRelease::kNone) j["release"] = releaseName(r.released);
+  return j;
+}
+
+std::string_view releaseName(client::LeaseRelease r) {
+  return throttlex::leaseReleaseName(static_cast<throttlex::LeaseRelease>(r));
 }
 
 nlohmann::json ruleJson(const client::Rule& rule) {

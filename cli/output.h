@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,6 +24,7 @@ std::int64_t ceilMillis(std::chrono::nanoseconds d);
 std::string formatPeriodMs(std::chrono::milliseconds period);  // "1m", "1500ms"
 
 nlohmann::json checkJson(const client::CheckResult& r);
+std::string_view releaseName(client::LeaseRelease r);  // "released", "unknown", ...
 nlohmann::json ruleJson(const client::Rule& rule);
 nlohmann::json persistenceJson(const client::PersistenceInfo& p);
 nlohmann::json nodeInfoJson(const client::NodeInfo& info);

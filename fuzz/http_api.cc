@@ -27,7 +27,9 @@ struct Fixture {
   LimiterService service{*store, clock,
                          RuleSet::parseYaml("rules:\n  - {name: api, limit: 5, period: 1m}\n"
                                             "  - {name: gcra, limit: 9, period: 1s, algorithm: "
-                                            "gcra, burst: 3}\n")
+                                            "gcra, burst: 3}\n"
+                                            "  - {name: db, limit: 3, lease_ttl: 10s, algorithm: "
+                                            "concurrency}\n")
                              .value(),
                          ""};
   HttpApi api{service, nullptr, [] { return NodeInfo{}; }};

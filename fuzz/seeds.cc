@@ -16,6 +16,7 @@
 #include "envoy/service/ratelimit/v3/rls.pb.h"
 #include "gossip/codec.h"
 #include "limiter/key.h"
+#include "limiter/lease.h"
 #include "limiter/state.h"
 #include "limiter/store.h"
 #include "persistence/redis_layout.h"
@@ -179,6 +180,35 @@ void handoffSeeds(const fs::path& dir) {
   write(dir, "entries", SlotKeeper::encode(entries));
 }
 
+// Concurrency states as a node holds them: a counter with leases of two generations, a lease
+// entry and its tombstone, each pair followed by the limit's shape and a few operations.
+void leaseSeeds(const fs::path& dir) {
+  const Limit limit =
+      Limit::make({Algorithm::kConcurrency, 5, std::chrono::seconds(30), 0}).value();
+  auto store = Store::make({1024, 1}).value();
+  const Time now{std::chrono::seconds(1'700'000'000)};
+  const KeyHash key = hashKey("db", "k", limit);
+  (void)store->acquire(key, limit, 2, 7, now);
+  (void)store->acquire(key, limit, 1, 8, now + std::chrono::seconds(12));
+  Decision counter;
+  (void)store->release(key, limit, 8, now + std::chrono::seconds(13), counter);
+  const State count = store->get(key).value();
+  const State lease = store->get(leaseKey(key, 7)).value();
+  const State tombstone = store->get(leaseKey(key, 8)).value();
+  auto seed = [&](const State& a, const State& b) {
+    std::string out;
+    for (const std::uint64_t w :
+         {a.w0, a.w1, b.w0, b.w1, std::uint64_t{5} | (std::uint64_t{30'000} << 16)}) {
+      out.append(reinterpret_cast<const char*>(&w), sizeof w);
+    }
+    out += std::string("\x00\x08\x01\x02\x03\x04\xff\x00", 8);
+    return out;
+  };
+  write(dir, "counter-lease", seed(count, lease));
+  write(dir, "counter-tombstone", seed(count, tombstone));
+  write(dir, "counter-counter", seed(count, count));
+}
+
 // Envoy's RateLimitRequest as Envoy sends it: nested descriptors, a wildcard value, an override,
 // hits_addend on the request and on a descriptor.
 void rlsSeeds(const fs::path& dir) {
@@ -223,6 +253,7 @@ int main(int argc, char** argv) {
   snapshotSeeds(root / "snapshot_value");
   handoffSeeds(root / "handoff_entries");
   rlsSeeds(root / "rls_request");
+  leaseSeeds(root / "lease_state");
   std::printf("seeds written under %s\n", argv[1]);
   return 0;
 }

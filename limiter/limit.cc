@@ -3,13 +3,14 @@
 #include <algorithm>
 #include <array>
 
+#include "limiter/lease.h"
 #include "limiter/period.h"
 
 namespace throttlex {
 namespace {
 
 constexpr std::array<std::string_view, kAlgorithmCount + 1> kNames = {
-    "", "token_bucket", "leaky_bucket", "fixed_window", "sliding_window", "gcra"};
+    "", "token_bucket", "leaky_bucket", "fixed_window", "sliding_window", "gcra", "concurrency"};
 
 }  // namespace
 
@@ -23,8 +24,8 @@ Result<Algorithm> parseAlgorithm(std::string_view name) {
     if (kNames[i] == name) return static_cast<Algorithm>(i);
   }
   return invalidArgument("unknown algorithm '" + std::string(name) +
-                         "' (expected token_bucket, leaky_bucket, fixed_window, sliding_window "
-                         "or gcra)");
+                         "' (expected token_bucket, leaky_bucket, fixed_window, sliding_window, "
+                         "gcra or concurrency)");
 }
 
 bool isBucketAlgorithm(Algorithm a) {
@@ -52,6 +53,10 @@ Result<Limit> Limit::make(const LimitSpec& spec) {
                                        "not to ") +
                            std::string(algorithmName(spec.algorithm)));
   }
+  if (spec.algorithm == Algorithm::kConcurrency && spec.limit > kMaxConcurrency) {
+    return invalidArgument("a concurrency limit of " + std::to_string(spec.limit) +
+                           " is above the maximum 65535 leases held at once");
+  }
   if (spec.limit == 0 && spec.burst != 0) {
     return invalidArgument("burst must be unset when limit is 0 (a limit of 0 denies everything)");
   }
@@ -78,7 +83,8 @@ Result<Limit> Limit::make(const LimitSpec& spec) {
 Limit Limit::withLimit(std::uint64_t limit) const {
   if (limit == limit_) return *this;
   Limit l = *this;
-  l.limit_ = std::clamp<std::uint64_t>(limit, 1, kMaxLimit);
+  l.limit_ = std::clamp<std::uint64_t>(
+      limit, 1, algorithm_ == Algorithm::kConcurrency ? kMaxConcurrency : kMaxLimit);
   if (burst_ == limit_ || limit_ == 0) {
     l.burst_ = l.limit_;
   } else {

@@ -18,12 +18,13 @@ enum class Algorithm : std::uint8_t {
   kFixedWindow = 3,
   kSlidingWindow = 4,
   kGcra = 5,
+  kConcurrency = 6,  // leases held at once, not units per period (limiter/lease.h)
 };
-inline constexpr int kAlgorithmCount = 5;
+inline constexpr int kAlgorithmCount = 6;
 
 std::string_view algorithmName(Algorithm a);
 // Accepts the names algorithmName() returns ("token_bucket", "leaky_bucket", "fixed_window",
-// "sliding_window", "gcra").
+// "sliding_window", "gcra", "concurrency").
 Result<Algorithm> parseAlgorithm(std::string_view name);
 bool isBucketAlgorithm(Algorithm a);  // token bucket, leaky bucket, GCRA
 
@@ -38,8 +39,9 @@ inline constexpr Duration kMaxRefillTime = std::chrono::hours(24 * 365 * 10);
 
 struct LimitSpec {
   Algorithm algorithm = Algorithm::kTokenBucket;
-  std::uint64_t limit = 0;  // units per period; 0 denies everything
-  Duration period{0};       // a whole number of milliseconds in [kMinPeriod, kMaxPeriod]
+  std::uint64_t limit = 0;  // units per period (concurrency: held at once); 0 denies everything
+  Duration period{0};       // a whole number of milliseconds in [kMinPeriod, kMaxPeriod];
+                            // concurrency: a lease's time to live
   std::uint64_t burst = 0;  // bucket capacity for the bucket algorithms; 0 = same as limit
 };
 

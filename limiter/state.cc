@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cassert>
 
+#include "limiter/lease.h"
+
 namespace throttlex {
 namespace {
 
@@ -254,8 +256,10 @@ bool plausibleAt(const State& state, std::int64_t now_ms) {
   const auto tag = static_cast<int>(state.tag());
   if (tag < 1 || tag > kAlgorithmCount) return false;
   constexpr std::int64_t kSkewMs = 60'000;
-  const bool window =
-      state.tag() == Algorithm::kFixedWindow || state.tag() == Algorithm::kSlidingWindow;
+  // A concurrency state lives at most a period and a third of one: counted with the windows.
+  const bool window = state.tag() == Algorithm::kFixedWindow ||
+                      state.tag() == Algorithm::kSlidingWindow ||
+                      state.tag() == Algorithm::kConcurrency;
   const std::int64_t reach_ms =
       (window ? 2 * kMaxPeriod.count() : kMaxRefillTime.count()) / kNsPerMs;
   return state.expiryMs() <= now_ms + reach_ms + kSkewMs;
@@ -275,6 +279,8 @@ Decision decide(const Limit& limit, State& state, std::uint64_t cost, Time now_t
       return decideFixed(limit, state, cost, now);
     case Algorithm::kSlidingWindow:
       return decideSliding(limit, state, cost, now);
+    case Algorithm::kConcurrency:
+      return acquireUnits(limit, state, cost, now);
   }
   assert(false && "Limit::make admits only known algorithms");
   return never(limit, 0, Duration(0));
@@ -294,6 +300,14 @@ Decision refund(const Limit& limit, State& state, std::uint64_t units, Time now_
       return refundFixed(limit, state, units, now);
     case Algorithm::kSlidingWindow:
       return refundSliding(limit, state, units, now);
+    case Algorithm::kConcurrency: {
+      // Leases come back by release (Store::release), never by a count: a refund only reads.
+      State probe = state;
+      Decision d = acquireUnits(limit, probe, 0, now);
+      d.allowed = true;
+      d.retry_after = Duration(0);
+      return d;
+    }
   }
   assert(false && "Limit::make admits only known algorithms");
   return {true, 0, 0, Duration(0), Duration(0)};
@@ -304,6 +318,11 @@ StateView view(const State& state) {
   v.algorithm = state.tag();
   v.expiry_ms = state.expiryMs();
   if (state.empty()) return v;
+  if (v.algorithm == Algorithm::kConcurrency) {
+    const LeaseCounts c = leaseCounts(state);
+    for (const std::uint64_t n : c.counts) v.count += n;  // units held (a lease entry: 0)
+    return v;
+  }
   if (isBucketAlgorithm(v.algorithm)) {
     v.tat_ns = v.expiry_ms * kNsPerMs + static_cast<std::int64_t>(state.w1 >> 40);
     v.tat_frac = state.w1 & kFracMask;

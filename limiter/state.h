@@ -12,6 +12,7 @@
 //     sliding window:    w1 = current count (41 bits) | prev count low 23 bits << 41,
 //                        w0[0..17] = prev count high 18 bits; the current window is
 //                        [expiry - 2 * period, expiry - period).
+//     concurrency:       limiter/lease.h (a key's counter, and one entry per lease).
 #pragma once
 
 #include <cstdint>
@@ -68,7 +69,7 @@ struct StateView {
   std::int64_t expiry_ms = 0;
   std::int64_t tat_ns = 0;       // bucket algorithms: TAT, whole ns ...
   std::uint64_t tat_frac = 0;    // ... plus tat_frac / limit ns
-  std::uint64_t count = 0;       // windows: current window
+  std::uint64_t count = 0;       // windows: current window; concurrency: units held
   std::uint64_t prev_count = 0;  // sliding window: previous window
 };
 StateView view(const State& state);

@@ -229,9 +229,19 @@ struct alignas(64) Store::Shard {
   // different state), `*changed` gets the new state and the function returns true in `did_change`.
   Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, bool give_back,
                  Time now, State& after, bool& did_change) {
-    auto apply = [&](State& s) {
-      return give_back ? throttlex::refund(limit, s, cost, now) : decide(limit, s, cost, now);
-    };
+    return update(
+        key, now, cost > 0,
+        [&](State& s) {
+          return give_back ? throttlex::refund(limit, s, cost, now) : decide(limit, s, cost, now);
+        },
+        after, did_change);
+  }
+
+  // Applies `apply` (State& -> Decision) to the key's state under the lock, as check() does. A
+  // change is reported in `did_change` when it was allowed and `counts` (it spent or gave back).
+  template <class Apply>
+  Decision update(const KeyHash& key, Time now, bool counts, Apply apply, State& after,
+                  bool& did_change) {
     const std::int64_t now_ms = toMs(now);
     std::lock_guard guard(lock);
     bool found = false;
@@ -245,7 +255,7 @@ struct alignas(64) Store::Shard {
         e.state = s;
         noteExpiry(s);
         after = s;
-        did_change = d.allowed && cost > 0;
+        did_change = d.allowed && counts;
       } else if (s.expiredAt(now_ms)) {
         eraseAt(i);  // recovered: carries nothing, drop it now
       }
@@ -325,6 +335,74 @@ Decision Store::refund(const KeyHash& key, const Limit& limit, std::uint64_t uni
   const Decision d = shardFor(key).check(key, limit, units, true, now, after, changed);
   if (changed) notify(key, after);
   return d;
+}
+
+bool Store::record(const KeyHash& key, const State& state, Time now) {
+  State after;
+  bool changed = false;
+  const Decision d = shardFor(key).update(
+      key, now, true,
+      [&](State& s) {
+        s = state;
+        return Decision{true};
+      },
+      after, changed);
+  if (changed) notify(key, after);
+  return !d.refused;
+}
+
+Decision Store::acquire(const KeyHash& key, const Limit& limit, std::uint64_t cost,
+                        std::uint64_t lease_id, Time now) {
+  Decision d = check(key, limit, cost, now);
+  if (!d.allowed || cost == 0) return d;
+  const std::int64_t expiry_ms = leaseExpiryMs(limit, now);
+  if (record(leaseKey(key, lease_id), leaseEntry(expiry_ms, lease_id, cost), now)) return d;
+  // No room for the lease's entry: it could never be released, so it is not granted.
+  State after;
+  bool changed = false;
+  const std::int64_t now_ns =
+      std::clamp<std::int64_t>(now.time_since_epoch().count(), 0, kMaxTimeNs);
+  shardFor(key).update(
+      key, now, true, [&](State& s) { return releaseUnits(limit, s, expiry_ms, cost, now_ns); },
+      after, changed);
+  if (changed) notify(key, after);
+  d.allowed = false;
+  d.refused = true;
+  d.remaining = 0;
+  return d;
+}
+
+LeaseRelease Store::release(const KeyHash& key, const Limit& limit, std::uint64_t lease_id,
+                            Time now, Decision& counter) {
+  const std::int64_t now_ns =
+      std::clamp<std::int64_t>(now.time_since_epoch().count(), 0, kMaxTimeNs);
+  LeaseRelease found = LeaseRelease::kUnknown;
+  std::uint64_t units = 0;
+  std::int64_t expiry_ms = 0;
+  State after;
+  bool changed = false;
+  shardFor(leaseKey(key, lease_id))
+      .update(
+          leaseKey(key, lease_id), now, true,
+          [&](State& s) {
+            found = releaseEntry(s, lease_id, toMs(now), units, expiry_ms);
+            return Decision{found == LeaseRelease::kReleased};
+          },
+          after, changed);
+  if (changed) notify(leaseKey(key, lease_id), after);
+  // The counter's view after the release (or without one), under the key's own lock.
+  counter = shardFor(key).update(
+      key, now, found == LeaseRelease::kReleased,
+      [&](State& s) {
+        if (found != LeaseRelease::kReleased) {
+          State probe = s;
+          return acquireUnits(limit, probe, 0, now_ns);
+        }
+        return releaseUnits(limit, s, expiry_ms, units, now_ns);
+      },
+      after, changed);
+  if (changed) notify(key, after);
+  return found;
 }
 
 void Store::checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out) {

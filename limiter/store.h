@@ -27,6 +27,7 @@
 #include "limiter/clock.h"
 #include "limiter/decision.h"
 #include "limiter/key.h"
+#include "limiter/lease.h"
 #include "limiter/limit.h"
 #include "limiter/result.h"
 #include "limiter/state.h"
@@ -83,6 +84,24 @@ class Store {
   // Same decisions as check() on each request in order; faster, because it prefetches the table
   // slots of the whole batch before deciding. `out` must have requests.size() elements.
   void checkBatch(std::span<const CheckRequest> requests, Time now, std::span<Decision> out);
+
+  // Concurrency leases (limiter/lease.h). record() stores a state the caller made (a new lease's
+  // entry) and tells the observer, as a check would; false when the store was full of keys in use
+  // (nothing stored, counted as refused).
+  bool record(const KeyHash& key, const State& state, Time now);
+  // Acquires `cost` units of concurrency limit `limit` for `key` as lease `lease_id` (a random id
+  // the caller chose), which expires at leaseExpiryMs(limit, now). Decides like check(); an
+  // allowed acquire with a cost also stores the lease's entry, and is refused (Decision::refused,
+  // nothing held) when there is no room for it.
+  Decision acquire(const KeyHash& key, const Limit& limit, std::uint64_t cost,
+                   std::uint64_t lease_id, Time now);
+  // Releases lease `lease_id` of `key` (a concurrency limit's counter): marks its entry released
+  // and gives its units back to the counter. `counter` gets the counter's state as a cost-0
+  // acquire sees it afterwards (remaining, reset_after). The two entries are locked one after
+  // the other, never both: a release racing the lease's expiry gives nothing back twice
+  // (releaseUnits ignores an expired generation).
+  LeaseRelease release(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
+                       Decision& counter);
 
   // Drops recovered entries and shrinks tables in up to `shard_count` shards (round robin), for a
   // background caller (e.g. every few ms). Returns the number of entries dropped.

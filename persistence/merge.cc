@@ -1,5 +1,7 @@
 #include "persistence/merge.h"
 
+#include "limiter/lease.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -55,6 +57,7 @@ State moreConsumed(const State& a, const State& b) {
     return ka >= kb ? a : b;
   }
   if (alg == Algorithm::kSlidingWindow) return mergeSliding(a, b);
+  if (alg == Algorithm::kConcurrency) return mergeLease(a, b);
   // Fixed window.
   if (a.expiryMs() != b.expiryMs()) return a.expiryMs() > b.expiryMs() ? a : b;
   return (a.w1 & kCountMask) >= (b.w1 & kCountMask) ? a : b;

@@ -18,6 +18,7 @@ enum Algorithm {
   fixedWindow @3;
   slidingWindow @4;
   gcra @5;
+  concurrency @6;        # leases held at once (docs/concurrency.md)
 }
 
 enum ErrorCode {
@@ -59,6 +60,18 @@ struct CheckRequest {
   # that many units back (a refund). Senders of a refund set `hits` to 0, so a node that predates
   # this field only reads the key instead of spending.
   hitsSigned @4 :Int64;
+  # Concurrency rules (appended): the lease to release instead of acquiring one; 0: none.
+  # Senders of a release set `hits` to 0, so a node that predates this field only reads the key.
+  release @5 :UInt64;
+}
+
+# What a release found (numeric values equal limiter/lease.h's LeaseRelease).
+enum LeaseRelease {
+  none @0;               # the check was no release
+  released @1;
+  unknown @2;            # no such lease of this key
+  expired @3;            # it expired before the release
+  alreadyReleased @4;
 }
 
 # How the answer was reached; the cluster adds forwarding and degraded mode.
@@ -81,6 +94,11 @@ struct CheckResult {
   periodMs @9 :UInt64;
   route @10 :Route;
   refunded @11 :Bool;         # an atomic batch was denied and this admitted check given back
+  # Concurrency rules (appended): the lease an allowed acquire holds (0: none), when it expires
+  # (Unix ms), and what a release found.
+  leaseId @12 :UInt64;
+  leaseExpiryMs @13 :Int64;
+  released @14 :LeaseRelease;
 }
 
 interface Limiter {

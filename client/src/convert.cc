@@ -21,6 +21,10 @@ static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
 static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
               static_cast<int>(Algorithm::kSlidingWindow));
 static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
+static_assert(static_cast<int>(proto::Algorithm::CONCURRENCY) ==
+              static_cast<int>(Algorithm::kConcurrency));
+static_assert(static_cast<int>(proto::LeaseRelease::ALREADY_RELEASED) ==
+              static_cast<int>(LeaseRelease::kAlreadyReleased));
 static_assert(static_cast<int>(proto::ErrorCode::INVALID_ARGUMENT) ==
               static_cast<int>(ErrorCode::kInvalidArgument));
 static_assert(static_cast<int>(proto::ErrorCode::UNAVAILABLE) ==
@@ -55,7 +59,7 @@ void toProto(Algorithm a, std::uint64_t limit, std::chrono::milliseconds period,
 
 std::optional<Algorithm> fromProto(proto::Algorithm a) {
   const auto v = static_cast<int>(a);
-  if (v < 1 || v > static_cast<int>(Algorithm::kGcra)) return std::nullopt;
+  if (v < 1 || v > static_cast<int>(Algorithm::kConcurrency)) return std::nullopt;
   return static_cast<Algorithm>(v);
 }
 
@@ -78,7 +82,10 @@ std::uint64_t textWords(std::size_t bytes) {
 
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
   out.setKey(kjText(spec.key));
-  if (spec.refund) {
+  if (spec.release != 0) {
+    out.setHits(0);  // a node that predates `release` only reads the key
+    out.setRelease(spec.release);
+  } else if (spec.refund) {
     // hits 0 too: a node that predates hitsSigned only reads the key instead of spending.
     constexpr std::uint64_t kOverMax = (std::uint64_t{1} << 40) + 1;  // refused by the node
     out.setHits(0);
@@ -168,6 +175,12 @@ CheckResult fromProto(proto::CheckResult::Reader result) {
   r.period = fromWireMs(result.getPeriodMs());
   r.policy = text(result.getPolicy());
   r.refunded = result.getRefunded();
+  r.lease_id = result.getLeaseId();
+  r.lease_expiry_ms = result.getLeaseExpiryMs();
+  if (const auto rel = static_cast<int>(result.getReleased());
+      rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
+    r.released = static_cast<LeaseRelease>(rel);
+  }
   switch (result.getRoute()) {
     case proto::Route::FORWARDED:
       r.route = Route::kForwarded;

@@ -59,9 +59,15 @@ Result<std::uint64_t> parseNumber(std::string_view name, std::string_view text) 
 
 // The fields of one check, as text, from a query string, headers or JSON.
 struct CheckFields {
-  std::string key, rule, algorithm, limit, period, burst, hits;
+  std::string key, rule, algorithm, limit, period, burst, hits, release;
 };
 
+Result<std::uint64_t> parseLease(std::string_view text) {
+  if (auto id = parseLeaseId(text)) return *id;
+  return invalidArgument("'" + std::string(text.substr(0, 40)) +
+                         "' is no lease id: up to 16 hex digits, not all 0, as an acquire "
+                         "answers in 'lease.id'");
+}
 // Turns the text fields into CheckArgs; `args` views into `fields`.
 Result<CheckArgs> toArgs(const CheckFields& f) {
   CheckArgs a;
@@ -76,6 +82,11 @@ Result<CheckArgs> toArgs(const CheckFields& f) {
                              f.hits + "'");
     }
     a.hits = *h;
+  }
+  if (!f.release.empty()) {
+    auto id = parseLease(f.release);
+    if (!id) return id.error();
+    a.release = *id;
   }
   if (!f.rule.empty()) {
     if (!f.limit.empty() || !f.period.empty() || !f.algorithm.empty() || !f.burst.empty()) {
@@ -124,6 +135,7 @@ Status fromQuery(std::string_view query, CheckFields& f) {
                         : name == "period"    ? &f.period
                         : name == "burst"     ? &f.burst
                         : name == "hits"      ? &f.hits
+                        : name == "release"   ? &f.release
                                               : nullptr;
     if (slot != nullptr) *slot = std::move(*value);  // unknown parameters are ignored
   }
@@ -134,9 +146,9 @@ Status fromQuery(std::string_view query, CheckFields& f) {
 Status fromJson(const nlohmann::json& j, CheckFields& f) {
   if (!j.is_object()) return invalidArgument("each check must be a JSON object");
   const std::pair<const char*, std::string*> fields[] = {
-      {"key", &f.key},     {"rule", &f.rule},     {"algorithm", &f.algorithm},
-      {"limit", &f.limit}, {"period", &f.period}, {"burst", &f.burst},
-      {"hits", &f.hits}};
+      {"key", &f.key},     {"rule", &f.rule},      {"algorithm", &f.algorithm},
+      {"limit", &f.limit}, {"period", &f.period},  {"burst", &f.burst},
+      {"hits", &f.hits},   {"release", &f.release}};
   for (const auto& [name, slot] : fields) {
     const auto it = j.find(name);
     if (it == j.end() || it->is_null()) continue;
@@ -164,14 +176,19 @@ void appendSfString(std::string& out, std::string_view s) {
 }
 
 nlohmann::json outcomeJson(const CheckOutcome& o) {
-  return {{"allowed", o.allowed},
-          {"limit", o.decision.limit},
-          {"remaining", o.decision.remaining},
-          {"reset_after_ms", toMs(o.decision.reset_after)},
-          {"retry_after_ms", toMs(o.decision.retry_after)},
-          {"policy", o.policy},
-          {"shadow", o.shadow},
-          {"route", nameOf(o.route)}};
+  nlohmann::json j = {{"allowed", o.allowed},
+                      {"limit", o.decision.limit},
+                      {"remaining", o.decision.remaining},
+                      {"reset_after_ms", toMs(o.decision.reset_after)},
+                      {"retry_after_ms", toMs(o.decision.retry_after)},
+                      {"policy", o.policy},
+                      {"shadow", o.shadow},
+                      {"route", nameOf(o.route)}};
+  if (o.lease_id != 0) {
+    j["lease"] = {{"id", formatLeaseId(o.lease_id)}, {"expires_at_ms", o.lease_expiry_ms}};
+  }
+  if (o.released) j["release"] = leaseReleaseName(*o.released);
+  return j;
 }
 
 // The hot path's response body, written directly: same fields and order as outcomeJson() (which
@@ -199,7 +216,20 @@ std::string outcomeBody(const CheckOutcome& o) {
   b += o.shadow ? "true" : "false";
   b += R"(,"route":")";
   b += nameOf(o.route);
-  b += "\"}";
+  b += '"';
+  if (o.lease_id != 0) {
+    b += R"(,"lease":{"id":")";
+    b += formatLeaseId(o.lease_id);
+    b += R"(","expires_at_ms":)";
+    b += std::to_string(o.lease_expiry_ms);
+    b += '}';
+  }
+  if (o.released) {
+    b += R"(,"release":")";
+    b += leaseReleaseName(*o.released);
+    b += '"';
+  }
+  b += '}';
   return b;
 }
 
@@ -477,6 +507,34 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   router_.decideAll(valid, std::move(finish));
 }
 
+// {"rule": R, "key": K, "lease": ID}: gives a concurrency rule's lease back (docs/concurrency.md).
+// Always 200 when the request is well-formed: "release" says what was found, and releasing a
+// lease that is unknown, expired or released already changes nothing.
+void HttpApi::releasePost(const HttpRequest& request, const HttpRespond& respond) {
+  const Instant start = service_.clock().monotonic();
+  const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) {
+    return respond(problemResponse(400, "Bad Request", "the body must be a JSON object"));
+  }
+  const auto lease = body.find("lease");
+  if (lease == body.end() || !lease->is_string()) {
+    return respond(problemResponse(
+        400, "Bad Request", "'lease' is required: the lease id (a string) an acquire answered"));
+  }
+  if (body.contains("release") || body.contains("hits")) {
+    return respond(
+        problemResponse(400, "Bad Request", "a release takes 'rule', 'key' and 'lease' only"));
+  }
+  nlohmann::json check = body;
+  check.erase("lease");
+  check["release"] = *lease;
+  CheckFields f;
+  if (auto st = fromJson(check, f); !st) return respond(problemFor(st.error()));
+  auto args = toArgs(f);
+  if (!args) return respond(problemFor(args.error()));
+  checkOne(*args, false, start, respond);
+}
+
 // {"atomic": true, "checks": [...]}: one verdict for the whole batch. A malformed check refuses the
 // batch before anything is spent.
 void HttpApi::checkAtomic(const nlohmann::json& checks, Instant start, const HttpRespond& respond) {
@@ -591,6 +649,10 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     return respond(methodNotAllowed("GET, POST"));
   }
   if (path == "/v1/auth") return checkGet(request, true, respond);  // nginx sends GET; allow any
+  if (path == "/v1/release") {
+    if (request.method != "POST") return respond(methodNotAllowed("POST"));
+    return releasePost(request, respond);
+  }
   if (path == "/v1/report") {
     if (request.method != "POST") return respond(methodNotAllowed("POST"));
     return respond(reportPost(request));

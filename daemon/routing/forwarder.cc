@@ -70,6 +70,7 @@ constexpr int kMaxNotDecided = 4;
 ForwardedCheck ForwardedCheck::from(const CheckArgs& args, std::uint32_t slot) {
   ForwardedCheck c{std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
   c.refund = args.refund;
+  c.release = args.release;
   return c;
 }
 
@@ -80,6 +81,7 @@ CheckArgs ForwardedCheck::args() const {
   a.limit = limit;
   a.hits = hits;
   a.refund = refund;
+  a.release = release;
   return a;
 }
 

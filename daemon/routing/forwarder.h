@@ -66,8 +66,9 @@ struct ForwardedCheck {
   std::string rule;
   LimitSpec limit;  // when rule is empty
   std::uint64_t hits = 1;
-  std::uint32_t slot = 0;  // slotOf(rule, key)
-  bool refund = false;     // gives `hits` back (CheckArgs::refund)
+  std::uint32_t slot = 0;     // slotOf(rule, key)
+  bool refund = false;        // gives `hits` back (CheckArgs::refund)
+  std::uint64_t release = 0;  // a lease to release (CheckArgs::release)
   // Wall-clock ms since the Unix epoch after which the node that sent it here may have it decided
   // elsewhere: past it, it is not decided (kNotDecided) nor sent on. 0: no bound (it entered here).
   std::int64_t decide_by_ms = 0;

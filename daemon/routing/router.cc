@@ -238,7 +238,11 @@ void Router::checkAtomic(std::vector<CheckArgs> args, std::shared_ptr<const void
       const auto& o = result->outcomes[i];
       if (!o || !o->decision.allowed || (*batch)[i].hits == 0) continue;
       back.push_back((*batch)[i]);
-      back.back().refund = true;
+      if (o->lease_id != 0) {
+        back.back().release = o->lease_id;  // a concurrency rule: its lease goes back
+      } else {
+        back.back().refund = true;
+      }
       which.push_back(i);
     }
     if (back.empty()) return done(*result);
@@ -247,6 +251,8 @@ void Router::checkAtomic(std::vector<CheckArgs> args, std::shared_ptr<const void
         Result<CheckOutcome>& o = result->outcomes[which[k]];
         result->refunded[which[k]] = given[k].ok();
         if (given[k]) o = std::move(given[k]);  // remaining and reset after the refund
+        o->lease_id = 0;
+        o->released.reset();
         o->allowed = false;
         o->decision.allowed = false;
       }

@@ -17,7 +17,11 @@ static_assert(static_cast<int>(proto::Algorithm::FIXED_WINDOW) ==
 static_assert(static_cast<int>(proto::Algorithm::SLIDING_WINDOW) ==
               static_cast<int>(Algorithm::kSlidingWindow));
 static_assert(static_cast<int>(proto::Algorithm::GCRA) == static_cast<int>(Algorithm::kGcra));
-static_assert(kAlgorithmCount == 5, "a new algorithm needs its wire value here");
+static_assert(static_cast<int>(proto::Algorithm::CONCURRENCY) ==
+              static_cast<int>(Algorithm::kConcurrency));
+static_assert(kAlgorithmCount == 6, "a new algorithm needs its wire value here");
+static_assert(static_cast<int>(proto::LeaseRelease::ALREADY_RELEASED) ==
+              static_cast<int>(LeaseRelease::kAlreadyReleased));
 
 }  // namespace
 
@@ -47,6 +51,11 @@ void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
   out.setPeriodMs(static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(o.period).count()));
   out.setRoute(static_cast<proto::Route>(o.route));
+  if (o.lease_id != 0) {
+    out.setLeaseId(o.lease_id);
+    out.setLeaseExpiryMs(o.lease_expiry_ms);
+  }
+  if (o.released) out.setReleased(static_cast<proto::LeaseRelease>(*o.released));
 }
 
 void encode(const LimitSpec& spec, proto::LimitSpec::Builder out) {
@@ -110,6 +119,7 @@ Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
                                 : static_cast<std::uint64_t>(-hits))
                          : static_cast<std::uint64_t>(hits);
   }
+  args.release = request.getRelease();
   const auto limit = request.getLimit();
   if (!args.rule.empty()) {
     if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
@@ -165,12 +175,22 @@ Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
   o.period = std::chrono::milliseconds(r.getPeriodMs());
   // The owner decided it (local there); if the owner itself had to fall back, say so.
   o.route = r.getRoute() == proto::Route::DEGRADED ? RouteKind::kDegraded : RouteKind::kForwarded;
+  o.lease_id = r.getLeaseId();
+  o.lease_expiry_ms = r.getLeaseExpiryMs();
+  if (const auto rel = static_cast<int>(r.getReleased());
+      rel >= static_cast<int>(LeaseRelease::kReleased) &&
+      rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
+    o.released = static_cast<LeaseRelease>(rel);
+  }
   return o;
 }
 
 void encode(const CheckArgs& c, proto::CheckRequest::Builder out) {
   out.setKey(capnp::Text::Reader(c.key.data(), c.key.size()));
-  if (c.refund) {
+  if (c.release != 0) {
+    out.setHits(0);
+    out.setRelease(c.release);
+  } else if (c.refund) {
     out.setHits(0);
     out.setHitsSigned(-static_cast<std::int64_t>(std::min(c.hits, kMaxCost + 1)));
   } else {

@@ -2,6 +2,7 @@
 #include "limiter/mutex.h"
 
 #include <algorithm>
+#include <random>
 
 namespace throttlex {
 namespace {
@@ -70,7 +71,50 @@ Result<CheckOutcome> outcome(const Decision& d, bool shadow, std::string_view po
   return o;
 }
 
+// A lease id: 64 random bits from a per-thread generator, never 0 (0 means "no lease").
+std::uint64_t newLeaseId() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uint64_t id = 0;
+  while (id == 0) id = rng();
+  return id;
+}
+
 }  // namespace
+
+bool LimiterService::isLeaseCheck(const Resolved& r, const CheckArgs& args) {
+  return args.release != 0 || r.limit.algorithm() == Algorithm::kConcurrency;
+}
+
+Result<CheckOutcome> LimiterService::lease(const Resolved& r, const CheckArgs& args,
+                                           const Limit& limit) {
+  if (limit.algorithm() != Algorithm::kConcurrency) {
+    return invalidArgument("only a concurrency limit has leases to release; '" +
+                           std::string(r.policy) + "' is " +
+                           std::string(algorithmName(limit.algorithm())));
+  }
+  if (args.refund) {
+    return invalidArgument(
+        "a concurrency limit takes units back by releasing a lease, not by a refund");
+  }
+  const Time now = clock_.now();
+  if (args.release != 0) {
+    Decision counter;
+    const LeaseRelease found = store_.release(r.key, limit, args.release, now, counter);
+    counter.allowed = true;
+    auto o = outcome(counter, r.shadow, r.policy, limit.period());
+    if (o) o->released = found;
+    return o;
+  }
+  const std::uint64_t id = args.hits > 0 ? newLeaseId() : 0;
+  const Decision d = store_.acquire(r.key, limit, args.hits, id, now);
+  countAdaptive(r, args, d);
+  auto o = outcome(d, r.shadow, r.policy, limit.period());
+  if (o && d.allowed && id != 0) {
+    o->lease_id = id;
+    o->lease_expiry_ms = leaseExpiryMs(limit, now);
+  }
+  return o;
+}
 
 void LimiterService::countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d) {
   if (r.cell != nullptr && args.hits > 0 && !args.refund && !d.refused)
@@ -82,6 +126,7 @@ Result<CheckOutcome> LimiterService::check(const CheckArgs& args) {
   const RuleSet& rules = *currentRules();
   auto r = resolve(args, rules);
   if (!r) return r.error();
+  if (isLeaseCheck(*r, args)) return lease(*r, args, r->limit);
   const Decision d = args.refund ? store_.refund(r->key, r->limit, args.hits, clock_.now())
                                  : store_.check(r->key, r->limit, args.hits, clock_.now());
   countAdaptive(*r, args, d);
@@ -97,7 +142,7 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
   requests.reserve(args.size());
   for (const CheckArgs& a : args) {
     resolved.push_back(resolve(a, rules));
-    if (resolved.back())
+    if (resolved.back() && !isLeaseCheck(*resolved.back(), a))
       requests.push_back({resolved.back()->key, &resolved.back()->limit, a.hits, a.refund});
   }
   std::vector<Decision> decisions(requests.size());
@@ -111,10 +156,32 @@ void LimiterService::checkBatch(std::span<const CheckArgs> args,
       out.emplace_back(r.error());
       continue;
     }
+    if (isLeaseCheck(*r, args[out.size()])) {
+      out.push_back(lease(*r, args[out.size()], r->limit));
+      continue;
+    }
     countAdaptive(*r, args[out.size()], decisions[next]);
     out.emplace_back(outcome(decisions[next++], r->shadow, r->policy, r->limit.period()));
   }
 }
+
+namespace {
+
+// This node's share of a limit while the key's owner is away: at least 1, so a small limit is not
+// denied outright.
+Limit shareOf(const Limit& full, std::size_t alive) {
+  const std::uint64_t n = std::max<std::uint64_t>(1, alive);
+  LimitSpec share;
+  share.algorithm = full.algorithm();
+  share.period = full.period();
+  share.limit = std::max<std::uint64_t>(1, full.limit() / n);
+  // burst 0 means "same as limit" (and is the only value windows accept).
+  if (full.burst() != full.limit()) share.burst = std::max<std::uint64_t>(1, full.burst() / n);
+  auto limit = Limit::make(share);
+  return limit ? *limit : full;
+}
+
+}  // namespace
 
 Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::size_t alive) {
   const RuleSet& rules = *currentRules();
@@ -127,40 +194,40 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
     return outcome(store_.refund(r->key, r->limit, args.hits, now), false, r->policy,
                    r->limit.period());
   }
+  const bool leases = isLeaseCheck(*r, args);
+  if (leases && (args.release != 0 || r->degraded == DegradedPolicy::kShare)) {
+    // A release here finds only what this node granted while the owner was away; the owner's
+    // leases come back at their expiry.
+    auto o = lease(*r, args, args.release != 0 ? r->limit : shareOf(r->limit, alive));
+    if (o) o->route = RouteKind::kDegraded;
+    return o;
+  }
   Decision d;
+  State fresh;
+  d = decide(r->limit, fresh, 0, now);  // a full limit's view, nothing consumed
   switch (r->degraded) {
-    case DegradedPolicy::kShare: {
+    case DegradedPolicy::kShare:
       // This node's share of the limit, in the key's own state: what it consumes here still
-      // counts if it becomes the owner. At least 1, so a small limit is not denied outright.
-      const Limit& full = r->limit;
-      const std::uint64_t n = std::max<std::uint64_t>(1, alive);
-      LimitSpec share;
-      share.algorithm = full.algorithm();
-      share.period = full.period();
-      share.limit = std::max<std::uint64_t>(1, full.limit() / n);
-      // burst 0 means "same as limit" (and is the only value windows accept).
-      if (full.burst() != full.limit()) share.burst = std::max<std::uint64_t>(1, full.burst() / n);
-      auto limit = Limit::make(share);
-      d = store_.check(r->key, limit ? *limit : r->limit, args.hits, now);
+      // counts if it becomes the owner.
+      d = store_.check(r->key, shareOf(r->limit, alive), args.hits, now);
       break;
-    }
-    case DegradedPolicy::kAllow: {
-      State fresh;
-      d = decide(r->limit, fresh, 0, now);  // a full limit's view, nothing consumed
+    case DegradedPolicy::kAllow:
       d.allowed = true;
       break;
-    }
-    case DegradedPolicy::kDeny: {
-      State fresh;
-      d = decide(r->limit, fresh, 0, now);
+    case DegradedPolicy::kDeny:
       d.allowed = false;
       d.remaining = 0;
       d.retry_after = std::max(d.reset_after, Duration(1));
       break;
-    }
   }
   auto o = outcome(d, r->shadow, r->policy, r->limit.period());
-  if (o) o->route = RouteKind::kDegraded;
+  if (!o) return o;
+  o->route = RouteKind::kDegraded;
+  if (leases && d.allowed && args.hits > 0) {
+    // Allowed by policy: a lease no node holds, so its release is answered "unknown".
+    o->lease_id = newLeaseId();
+    o->lease_expiry_ms = leaseExpiryMs(r->limit, now);
+  }
   return o;
 }
 

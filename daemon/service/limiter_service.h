@@ -33,6 +33,8 @@ struct CheckArgs {
   LimitSpec limit;         // the inline limit, when `rule` is empty
   std::uint64_t hits = 1;  // 0 reads without consuming; at most kMaxCost
   bool refund = false;     // gives `hits` units back instead of spending them (state.h refund())
+  // Concurrency rules (limiter/lease.h): a lease to release instead of acquiring one; 0: none.
+  std::uint64_t release = 0;
 };
 
 // What an application reports about one admitted call of an adaptive rule (docs/adaptive.md).
@@ -50,6 +52,11 @@ struct CheckOutcome {
   std::string policy;    // the rule's name, or "default" for inline limits (RateLimit headers)
   Duration period{0};    // the limit's period (RateLimit-Policy w=)
   RouteKind route = RouteKind::kLocal;  // set by whoever decided it (daemon/routing/router.h)
+  // Concurrency rules: the lease an allowed acquire holds (id 0: none), and what a release found
+  // (nullopt: the check was no release).
+  std::uint64_t lease_id = 0;
+  std::int64_t lease_expiry_ms = 0;  // ms since the Unix epoch
+  std::optional<LeaseRelease> released;
 };
 
 struct KeyInspection {
@@ -103,6 +110,9 @@ class LimiterService {
     AdaptiveCell* cell = nullptr;  // an adaptive rule's (the rules hold it)
   };
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
+  // A concurrency rule's acquire or release, or a release on a rule that is none (an error).
+  static bool isLeaseCheck(const Resolved& r, const CheckArgs& args);
+  Result<CheckOutcome> lease(const Resolved& r, const CheckArgs& args, const Limit& limit);
   // An adaptive rule's check counts feed its controller (daemon/service/adaptive.h).
   static void countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d);
   // Publishes `next`, its adaptive rules keeping the cells the current rules have for them.

@@ -12,6 +12,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "daemon/service/descriptors.h"
+#include "limiter/lease.h"
 #include "limiter/period.h"
 
 namespace throttlex {
@@ -97,13 +98,14 @@ Result<AdaptiveSpec> parseAdaptive(const YAML::Node& node, const std::string& na
 Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   const std::string where = "rule #" + std::to_string(index + 1);
   if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
-  static const std::set<std::string> kKnown = {"name",  "algorithm", "limit",    "period",
-                                               "burst", "shadow",    "degraded", "adaptive"};
+  static const std::set<std::string> kKnown = {"name",     "algorithm", "limit",
+                                               "period",   "burst",     "shadow",
+                                               "degraded", "adaptive",  "lease_ttl"};
   for (const auto& kv : node) {
     const auto field = kv.first.as<std::string>();
     if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
   }
-  for (const char* required : {"name", "limit", "period"}) {
+  for (const char* required : {"name", "limit"}) {
     if (!node[required]) return invalidArgument(where + ": missing '" + required + "'");
   }
   Rule rule;
@@ -117,8 +119,20 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   auto limit = parseCount(node["limit"], named + ": limit");
   if (!limit) return limit.error();
   rule.spec.limit = *limit;
-  auto period = parsePeriod(node["period"].as<std::string>());
-  if (!period) return invalidArgument(named + ": " + period.error().message);
+  // A concurrency rule's period is its leases' time to live, and may be named so.
+  const bool leases = rule.spec.algorithm == Algorithm::kConcurrency;
+  if (node["lease_ttl"] && !leases) {
+    return invalidArgument(named + ": 'lease_ttl' applies only to algorithm: concurrency");
+  }
+  if (node["lease_ttl"] && node["period"]) {
+    return invalidArgument(named + ": give 'lease_ttl' or 'period', not both");
+  }
+  const char* period_field = node["lease_ttl"] ? "lease_ttl" : "period";
+  if (!node[period_field]) {
+    return invalidArgument(where + ": missing '" + (leases ? "lease_ttl" : "period") + "'");
+  }
+  auto period = parsePeriod(node[period_field].as<std::string>());
+  if (!period) return invalidArgument(named + ": " + period_field + ": " + period.error().message);
   rule.spec.period = *period;
   if (node["burst"]) {
     auto burst = parseCount(node["burst"], named + ": burst");
@@ -191,6 +205,9 @@ Result<RuleSet> RuleSet::make(std::vector<Rule> rules, Domains domains) {
     if (r.adaptive) {
       Status v = validate(*r.adaptive, r.spec.limit);
       if (v && r.adaptive->max > kMaxLimit) v = invalidArgument("adaptive: max is above 2^40");
+      if (v && r.spec.algorithm == Algorithm::kConcurrency && r.adaptive->max > kMaxConcurrency) {
+        v = invalidArgument("adaptive: max is above 65535, the most leases a key may hold");
+      }
       if (!v) return invalidArgument("rule '" + r.name + "': " + v.error().message);
       cell = std::make_shared<AdaptiveCell>(r.spec.limit);
     }

@@ -49,6 +49,20 @@ rules:
   CHECK(set->find("shared")->rule.degraded == DegradedPolicy::kShare);
 }
 
+TEST_CASE("a concurrency rule's period is its leases' time to live") {
+  auto set = RuleSet::parseYaml(
+      "rules:\n  - {name: db, limit: 50, algorithm: concurrency, lease_ttl: 30s}\n"
+      "  - {name: pool, limit: 8, algorithm: concurrency, period: 5s,\n"
+      "     adaptive: {min: 2, max: 64, latency_target: 50ms}}");
+  REQUIRE_MESSAGE(set.ok(), (set.ok() ? "" : set.error().message));
+  const auto* db = set->find("db");
+  REQUIRE(db != nullptr);
+  CHECK(db->limit.algorithm() == Algorithm::kConcurrency);
+  CHECK(db->limit.limit() == 50);
+  CHECK(db->limit.period() == 30s);
+  CHECK(set->find("pool")->limit.period() == 5s);
+}
+
 TEST_CASE("an empty file or empty list means no rules") {
   CHECK(RuleSet::parseYaml("")->size() == 0);
   CHECK(RuleSet::parseYaml("rules:\n")->size() == 0);
@@ -79,6 +93,15 @@ TEST_CASE("bad rules files are rejected with a message that names the problem") 
       {"rules:\n  - {name: a, limit: 1, period: 1s, shadow: maybe}", "invalid YAML"},
       {"rules:\n  - {name: a, limit: 1, period: 1s, degraded: maybe}",
        "degraded policy must be share, allow or deny"},
+      {"rules:\n  - {name: a, limit: 1, algorithm: concurrency}", "missing 'lease_ttl'"},
+      {"rules:\n  - {name: a, limit: 1, lease_ttl: 1s}", "only to algorithm: concurrency"},
+      {"rules:\n  - {name: a, limit: 1, algorithm: concurrency, lease_ttl: 1s, period: 1s}",
+       "not both"},
+      {"rules:\n  - {name: a, limit: 70000, algorithm: concurrency, lease_ttl: 1s}",
+       "above the maximum 65535"},
+      {"rules:\n  - {name: a, limit: 10, algorithm: concurrency, lease_ttl: 1s,\n"
+       "     adaptive: {min: 1, max: 70000, latency_target: 100ms}}",
+       "above 65535"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.yaml);

@@ -98,6 +98,7 @@ enum class Algorithm : std::uint8_t {
   kFixedWindow = 3,
   kSlidingWindow = 4,
   kGcra = 5,
+  kConcurrency = 6,  // leases held at once; `period` is a lease's time to live
 };
 
 inline constexpr std::size_t kMaxKeyBytes = 1024;      // longer keys are refused without a call
@@ -116,6 +117,18 @@ struct CheckSpec {
   // Gives `hits` units back instead of spending them (a refund: reserve an estimate, settle the
   // real cost after). A bucket refills at most to full, a window's count drops at most to 0.
   bool refund = false;
+  // Concurrency limits (docs/concurrency.md): a check acquires a lease of `hits` units; set this
+  // to a lease's id to release it instead. 0: acquire.
+  std::uint64_t release = 0;
+};
+
+// What a release found (CheckResult::released).
+enum class LeaseRelease : std::uint8_t {
+  kNone = 0,             // the check was no release
+  kReleased = 1,         // it was held; its units are back
+  kUnknown = 2,          // no such lease of this key
+  kExpired = 3,          // it expired before the release (its units came back then)
+  kAlreadyReleased = 4,  // released before; nothing changed
 };
 
 // Who decided a check (the node's answer says): the node the client sent it to, which owns the
@@ -137,6 +150,11 @@ struct CheckResult {
   std::string policy;           // the rule's name, or "default" for inline limits
   Route route = Route::kLocal;  // meaningful when ok() and not a fallback
   bool refunded = false;        // checkAtomic(): admitted, then given back (the batch was denied)
+  // Concurrency limits: the lease an allowed acquire holds (0: none) and when it expires at the
+  // latest (Unix ms); what a release found.
+  std::uint64_t lease_id = 0;
+  std::int64_t lease_expiry_ms = 0;
+  LeaseRelease released = LeaseRelease::kNone;
 
   bool ok() const { return error.code == ErrorCode::kNone; }
 };
