@@ -85,7 +85,10 @@ void AdaptiveController::step() {
     } else if (now >= s.next_step) {
       const IntervalSignals signals = signalsOf(s.merged, spec);
       const std::uint64_t current = std::clamp(s.verdict.limit, spec.min, spec.max);
-      LimitStep next = nextLimit(spec, current, e->rule.spec.period, signals, &s.memory);
+      const Duration period = e->rule.spec.algorithm == Algorithm::kConcurrency
+                                  ? concurrencyPeriod(spec, signals, e->rule.spec.period)
+                                  : e->rule.spec.period;
+      LimitStep next = nextLimit(spec, current, period, signals, &s.memory);
       s.verdict = {next.limit, std::move(next.reason), signals};
       s.merged = SignalDigest{};
       s.next_step = nextAligned(now, spec.interval, 0.5);

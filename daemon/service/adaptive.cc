@@ -322,6 +322,13 @@ LimitStep nextLimit(const AdaptiveSpec& spec, std::uint64_t current, Duration pe
   return raiseStep(spec, current, signals, memory);
 }
 
+Duration concurrencyPeriod(const AdaptiveSpec& spec, const IntervalSignals& signals,
+                           Duration lease_ttl) {
+  if (spec.latency_target > Duration(0)) return spec.latency_target;
+  if (signals.latency && *signals.latency > Duration(0)) return *signals.latency;
+  return lease_ttl;
+}
+
 // --- AdaptiveCell -----------------------------------------------------------------------------
 
 AdaptiveCell::AdaptiveCell(std::uint64_t start) : limit_(start) {

@@ -128,6 +128,13 @@ struct LawMemory {
 LimitStep nextLimit(const AdaptiveSpec& spec, std::uint64_t current, Duration period,
                     const IntervalSignals& signals, LawMemory* memory = nullptr);
 
+// The `period` nextLimit() takes for a concurrency rule (leases held at once). By Little's law the
+// calls in flight are the rate times the time a call takes, so a concurrency limit is a rate limit
+// whose period is that time: the latency target (where the laws steer the latency), or, without
+// one, the latency measured; `lease_ttl` when neither is known.
+Duration concurrencyPeriod(const AdaptiveSpec& spec, const IntervalSignals& signals,
+                           Duration lease_ttl);
+
 // What the controller decided last for a rule, as every node learns it.
 struct AdaptiveVerdict {
   std::uint64_t limit = 0;

@@ -9,6 +9,7 @@
    denies the 51st and releases them.
 4. Bad releases get a clear, harmless answer.
 5. Over RPC (throttlectl, through the C++ client): acquire prints the lease, release frees it.
+6. Adaptive concurrency: slow reports lower the leases a key may hold, on every node.
 
 Waiting is by polling what a user can observe (checks), bounded; no fixed sleeps stand in for
 synchronisation (the clients' short holds are the work they do while holding a lease).
@@ -36,6 +37,15 @@ RULES = f"""rules:
   - name: api
     limit: 100
     period: 1s
+  - name: search
+    algorithm: concurrency
+    limit: 40
+    lease_ttl: 10s
+    adaptive:
+      min: 2
+      max: 80
+      latency_target: 100ms
+      interval: 500ms
 """
 
 
@@ -189,6 +199,46 @@ class ConcurrencyClusterTest(unittest.TestCase):
         self.assertEqual(answer["release"], "already_released")
         self.assertEqual(ctl(self.nodes[4])[0], 0)  # the freed slot, taken over RPC
 
+    def test_slow_reports_lower_an_adaptive_concurrency_limit(self):
+        def limits():
+            # hits=0: asks whether one more lease fits, holds nothing; `limit` is the effective one.
+            seen = set()
+            for n in self.nodes:
+                status, _, body = n.request("GET", "/v1/check?rule=search&key=q&hits=0")
+                self.assertIn(status, (200, 429), body)
+                seen.add(json.loads(body)["limit"])
+            return seen
+
+        self.assertEqual(limits(), {40})
+        # Calls that take 900 ms where 100 ms is the target, at about 100 a second: by Little's
+        # law about 10 in flight would meet the target, so the limit comes down from 40.
+        slow = json.dumps({"reports": [{"rule": "search", "latency_ms": 900}] * 10})
+        turn = [0]
+
+        def lowered():
+            status, _, text = self.nodes[turn[0] % 5].request("POST", "/v1/report", body=slow)
+            self.assertEqual(status, 202, text)
+            turn[0] += 1
+            seen = limits()
+            return seen if len(seen) == 1 and max(seen) < 20 else None
+
+        wait_until(lowered, timeout=30, interval=0.1, what="one lowered lease limit on every node")
+        # Without reports the law holds: read until every node shows one limit twice in a row, a
+        # few intervals apart (a verdict already on its way lands meanwhile).
+        last = [None]
+
+        def settled():
+            seen = limits()
+            stable = len(seen) == 1 and seen == last[0]
+            last[0] = seen
+            return next(iter(seen)) if stable else None
+
+        limit = wait_until(settled, timeout=20, interval=1.5, what="a settled lease limit")
+        self.assertGreaterEqual(limit, 2)
+        # The lowered limit is what acquires meet: exactly `limit` leases fit.
+        for i in range(limit):
+            self.assertTrue(acquire(self.nodes[i % 5], "q", "search")["allowed"], i)
+        self.assertFalse(acquire(self.nodes[0], "q", "search")["allowed"])
 
 if __name__ == "__main__":
     unittest.main()

@@ -203,6 +203,23 @@ TEST_CASE("a period longer than the interval: the delivered rate is scaled to th
   CHECK(step.limit >= 3000);
 }
 
+TEST_CASE("a concurrency rule: the limit is calls in flight, by Little's law at the target") {
+  AdaptiveSpec s = spec(ControlLaw::kGradient);
+  s.min = 1;
+  // 100 calls a second that take 900 ms: 90 in flight; at the 100 ms target 10 would do.
+  const IntervalSignals slow = signals(100, 900ms);
+  CHECK(concurrencyPeriod(s, slow, 30s) == 100ms);
+  const LimitStep step = nextLimit(s, 40, concurrencyPeriod(s, slow, 30s), slow);
+  CHECK(step.limit < 10);
+  CHECK(step.limit >= 5);
+  // Read as a rate per lease_ttl instead, 3000 calls a 30 s "period": 40 would look far below it.
+  CHECK(nextLimit(s, 40, 30s, slow).limit == 40);
+  // Without a latency target the measured latency stands in; without either, the lease's TTL.
+  s.latency_target = Duration(0);
+  CHECK(concurrencyPeriod(s, slow, 30s) == 900ms);
+  CHECK(concurrencyPeriod(s, IntervalSignals{}, 30s) == 30s);
+}
+
 TEST_CASE("closed loop on a queueing backend: the gradient law settles near capacity and follows") {
   const AdaptiveSpec s = spec(ControlLaw::kGradient);
   std::vector<Duration> p99;
