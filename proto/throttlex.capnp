@@ -63,6 +63,25 @@ struct CheckRequest {
   # Concurrency rules (appended): the lease to release instead of acquiring one; 0: none.
   # Senders of a release set `hits` to 0, so a node that predates this field only reads the key.
   release @5 :UInt64;
+  # What an overloaded node sheds first (appended; docs/overload.md). Read at entry only.
+  priority @6 :Priority;
+  # The caller's budget (appended): how many ms it waits for the answer from sending; a check that
+  # waited longer in the node is not forwarded but answered as shed (reason deadline). 0: none.
+  deadlineMs @7 :UInt32;
+}
+
+# Numeric values equal daemon/service/overload.h's Priority.
+enum Priority {
+  normal @0;
+  critical @1;               # never shed for load
+  sheddable @2;              # shed first
+}
+
+# Why a check was answered by its rule's overload policy instead of decided.
+enum ShedReason {
+  none @0;
+  overload @1;
+  deadline @2;
 }
 
 # What a release found (numeric values equal limiter/lease.h's LeaseRelease).
@@ -99,6 +118,8 @@ struct CheckResult {
   leaseId @12 :UInt64;
   leaseExpiryMs @13 :Int64;
   released @14 :LeaseRelease;
+  # Shed (appended): the node answered by the rule's overload policy instead of deciding.
+  shed @15 :ShedReason;
 }
 
 interface Limiter {

@@ -25,6 +25,10 @@ static_assert(static_cast<int>(proto::Algorithm::CONCURRENCY) ==
               static_cast<int>(Algorithm::kConcurrency));
 static_assert(static_cast<int>(proto::LeaseRelease::ALREADY_RELEASED) ==
               static_cast<int>(LeaseRelease::kAlreadyReleased));
+static_assert(static_cast<int>(proto::Priority::SHEDDABLE) ==
+              static_cast<int>(CheckSpec::Priority::kSheddable));
+static_assert(static_cast<int>(proto::ShedReason::DEADLINE) ==
+              static_cast<int>(ShedReason::kDeadline));
 static_assert(static_cast<int>(proto::ErrorCode::INVALID_ARGUMENT) ==
               static_cast<int>(ErrorCode::kInvalidArgument));
 static_assert(static_cast<int>(proto::ErrorCode::UNAVAILABLE) ==
@@ -82,6 +86,7 @@ std::uint64_t textWords(std::size_t bytes) {
 
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
   out.setKey(kjText(spec.key));
+  out.setPriority(static_cast<proto::Priority>(spec.priority));
   if (spec.release != 0) {
     out.setHits(0);  // a node that predates `release` only reads the key
     out.setRelease(spec.release);
@@ -180,6 +185,10 @@ CheckResult fromProto(proto::CheckResult::Reader result) {
   if (const auto rel = static_cast<int>(result.getReleased());
       rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
     r.released = static_cast<LeaseRelease>(rel);
+  }
+  if (const auto shed = static_cast<int>(result.getShed());
+      shed <= static_cast<int>(ShedReason::kDeadline)) {
+    r.shed = static_cast<ShedReason>(shed);
   }
   switch (result.getRoute()) {
     case proto::Route::FORWARDED:

@@ -1,5 +1,6 @@
 #include "daemon/http/http_api.h"
 
+#include <asio/steady_timer.hpp>
 #include <charconv>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,12 @@ int hexValue(char c) {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
+}
+
+// JSON text of `j`; bytes that are not UTF-8 (a caller's key or field echoed in an error) become
+// U+FFFD instead of throwing.
+std::string dumpJson(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 int httpStatus(ErrorCode code) {
@@ -59,7 +66,7 @@ Result<std::uint64_t> parseNumber(std::string_view name, std::string_view text) 
 
 // The fields of one check, as text, from a query string, headers or JSON.
 struct CheckFields {
-  std::string key, rule, algorithm, limit, period, burst, hits, release;
+  std::string key, rule, algorithm, limit, period, burst, hits, release, priority;
 };
 
 Result<std::uint64_t> parseLease(std::string_view text) {
@@ -68,6 +75,18 @@ Result<std::uint64_t> parseLease(std::string_view text) {
                          "' is no lease id: up to 16 hex digits, not all 0, as an acquire "
                          "answers in 'lease.id'");
 }
+// The caller's deadline from its X-Throttlex-Deadline-Ms header (ms it waits from sending), if any.
+Result<std::optional<Instant>> deadlineOf(const HttpRequest& request, Instant start) {
+  const std::string* h = request.header("x-throttlex-deadline-ms");
+  if (h == nullptr) return std::optional<Instant>();
+  auto ms = parseNumber("X-Throttlex-Deadline-Ms", *h);
+  if (!ms || *ms > 3'600'000) {
+    return invalidArgument("X-Throttlex-Deadline-Ms must be a whole number of ms up to 3600000");
+  }
+  if (*ms == 0) return std::optional<Instant>();
+  return std::optional<Instant>(start + std::chrono::milliseconds(*ms));
+}
+
 // Turns the text fields into CheckArgs; `args` views into `fields`.
 Result<CheckArgs> toArgs(const CheckFields& f) {
   CheckArgs a;
@@ -87,6 +106,11 @@ Result<CheckArgs> toArgs(const CheckFields& f) {
     auto id = parseLease(f.release);
     if (!id) return id.error();
     a.release = *id;
+  }
+  if (!f.priority.empty()) {
+    auto p = parsePriority(f.priority);
+    if (!p) return p.error();
+    a.priority = *p;
   }
   if (!f.rule.empty()) {
     if (!f.limit.empty() || !f.period.empty() || !f.algorithm.empty() || !f.burst.empty()) {
@@ -136,6 +160,7 @@ Status fromQuery(std::string_view query, CheckFields& f) {
                         : name == "burst"     ? &f.burst
                         : name == "hits"      ? &f.hits
                         : name == "release"   ? &f.release
+                        : name == "priority"  ? &f.priority
                                               : nullptr;
     if (slot != nullptr) *slot = std::move(*value);  // unknown parameters are ignored
   }
@@ -143,12 +168,14 @@ Status fromQuery(std::string_view query, CheckFields& f) {
 }
 
 // JSON members may be strings or numbers ("period": "1s" or 1000 for ms).
-Status fromJson(const nlohmann::json& j, CheckFields& f) {
+// `priority`: the request's X-Throttlex-Priority header, for checks that name none.
+Status fromJson(const nlohmann::json& j, CheckFields& f, std::string_view priority = {}) {
   if (!j.is_object()) return invalidArgument("each check must be a JSON object");
+  f.priority = priority;
   const std::pair<const char*, std::string*> fields[] = {
-      {"key", &f.key},     {"rule", &f.rule},      {"algorithm", &f.algorithm},
-      {"limit", &f.limit}, {"period", &f.period},  {"burst", &f.burst},
-      {"hits", &f.hits},   {"release", &f.release}};
+      {"key", &f.key},     {"rule", &f.rule},       {"algorithm", &f.algorithm},
+      {"limit", &f.limit}, {"period", &f.period},   {"burst", &f.burst},
+      {"hits", &f.hits},   {"release", &f.release}, {"priority", &f.priority}};
   for (const auto& [name, slot] : fields) {
     const auto it = j.find(name);
     if (it == j.end() || it->is_null()) continue;
@@ -188,6 +215,7 @@ nlohmann::json outcomeJson(const CheckOutcome& o) {
     j["lease"] = {{"id", formatLeaseId(o.lease_id)}, {"expires_at_ms", o.lease_expiry_ms}};
   }
   if (o.released) j["release"] = leaseReleaseName(*o.released);
+  if (o.shed) j["shed"] = nameOf(*o.shed);
   return j;
 }
 
@@ -227,6 +255,11 @@ std::string outcomeBody(const CheckOutcome& o) {
   if (o.released) {
     b += R"(,"release":")";
     b += leaseReleaseName(*o.released);
+    b += '"';
+  }
+  if (o.shed) {
+    b += R"(,"shed":")";
+    b += nameOf(*o.shed);
     b += '"';
   }
   b += '}';
@@ -315,7 +348,7 @@ HttpResponse HttpApi::reportPost(const HttpRequest& request) {
   if (!taken) return problemFor(taken.error());
   HttpResponse r;
   r.status = 202;
-  r.body = nlohmann::json{{"taken", *taken}}.dump();
+  r.body = dumpJson(nlohmann::json{{"taken", *taken}});
   return r;
 }
 
@@ -393,13 +426,9 @@ void HttpApi::checkOne(const CheckArgs& args, bool auth_request, Instant start,
 }
 
 void HttpApi::record(const Result<CheckOutcome>& outcome, Instant start) {
-  if (metrics_ == nullptr) return;
-  const Outcome kind = !outcome           ? Outcome::kError
-                       : outcome->allowed ? Outcome::kAllowed
-                                          : Outcome::kLimited;
-  if (outcome) metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
-  metrics_->recordRequest(Api::kHttp, outcome ? outcome->route : RouteKind::kLocal, kind,
-                          service_.clock().monotonic() - start);
+  if (metrics_ != nullptr) {
+    metrics_->recordCheck(Api::kHttp, outcome, service_.clock().monotonic() - start);
+  }
 }
 
 HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_request) {
@@ -410,6 +439,7 @@ HttpResponse HttpApi::answer(const Result<CheckOutcome>& outcome, bool auth_requ
   HttpResponse r;
   r.headers.emplace_back("RateLimit-Policy", rateLimitPolicyHeader(o));
   r.headers.emplace_back("RateLimit", rateLimitHeader(o));
+  if (o.shed) r.headers.emplace_back("X-Throttlex-Shed", std::string(nameOf(*o.shed)));
   if (!o.allowed && o.decision.retry_after >= Duration(0)) {
     r.headers.emplace_back("Retry-After", std::to_string(std::max<std::int64_t>(
                                               1, ceilSeconds(o.decision.retry_after))));
@@ -434,16 +464,25 @@ void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const Http
       if (const std::string* h = request.header(name); h != nullptr && slot->empty()) *slot = *h;
     }
   }
-  auto args = toArgs(f);
-  if (!args) {
-    record(args.error(), start);
-    return respond(answer(args.error(), auth_request));
+  if (const std::string* p = request.header("x-throttlex-priority"); p && f.priority.empty()) {
+    f.priority = *p;
   }
+  auto args = toArgs(f);
+  auto deadline = deadlineOf(request, start);
+  if (!args || !deadline) {
+    const Error e = !args ? args.error() : deadline.error();
+    record(e, start);
+    return respond(answer(e, auth_request));
+  }
+  args->deadline = *deadline;
   checkOne(*args, auth_request, start, respond);
 }
 
 void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) {
   const Instant start = service_.clock().monotonic();
+  const std::string* header_priority = request.header("x-throttlex-priority");
+  const std::string_view priority =
+      header_priority != nullptr ? std::string_view(*header_priority) : std::string_view();
   const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     return respond(problemResponse(400, "Bad Request", "the body is not valid JSON"));
@@ -455,12 +494,15 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   const auto checks = body.find("checks");
   if (checks == body.end()) {  // one check
     CheckFields f;
-    if (auto st = fromJson(body, f); !st) return respond(problemFor(st.error()));
+    if (auto st = fromJson(body, f, priority); !st) return respond(problemFor(st.error()));
     auto args = toArgs(f);
-    if (!args) {
-      record(args.error(), start);
-      return respond(answer(args.error(), false));
+    auto deadline = deadlineOf(request, start);
+    if (!args || !deadline) {
+      const Error e = !args ? args.error() : deadline.error();
+      record(e, start);
+      return respond(answer(e, false));
     }
+    args->deadline = *deadline;
     return checkOne(*args, false, start, respond);
   }
 
@@ -475,17 +517,22 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   if (atomic != body.end() && !atomic->is_boolean()) {
     return respond(problemResponse(400, "Bad Request", "'atomic' must be true or false"));
   }
-  if (atomic != body.end() && atomic->get<bool>()) return checkAtomic(*checks, start, respond);
+  if (atomic != body.end() && atomic->get<bool>())
+    return checkAtomic(*checks, priority, start, respond);
   std::vector<CheckFields> fields(checks->size());
   std::vector<Result<CheckArgs>> parsed;
   parsed.reserve(checks->size());
   for (std::size_t i = 0; i < checks->size(); ++i) {
-    auto st = fromJson((*checks)[i], fields[i]);
+    auto st = fromJson((*checks)[i], fields[i], priority);
     parsed.push_back(st ? toArgs(fields[i]) : Result<CheckArgs>(st.error()));
   }
+  const auto deadline = deadlineOf(request, start);
+  if (!deadline) return respond(problemFor(deadline.error()));
   std::vector<CheckArgs> valid;
   for (const auto& p : parsed) {
-    if (p) valid.push_back(*p);
+    if (!p) continue;
+    valid.push_back(*p);
+    valid.back().deadline = *deadline;
   }
   // Which elements were valid; the rest answer with their parse errors.
   std::vector<std::optional<Error>> errors;
@@ -501,7 +548,7 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
       results.push_back(o ? outcomeJson(*o) : errorJson(o.error()));
     }
     HttpResponse r;
-    r.body = nlohmann::json{{"results", std::move(results)}}.dump();
+    r.body = dumpJson(nlohmann::json{{"results", std::move(results)}});
     respond(std::move(r));
   };
   router_.decideAll(valid, std::move(finish));
@@ -537,12 +584,13 @@ void HttpApi::releasePost(const HttpRequest& request, const HttpRespond& respond
 
 // {"atomic": true, "checks": [...]}: one verdict for the whole batch. A malformed check refuses the
 // batch before anything is spent.
-void HttpApi::checkAtomic(const nlohmann::json& checks, Instant start, const HttpRespond& respond) {
+void HttpApi::checkAtomic(const nlohmann::json& checks, std::string_view priority, Instant start,
+                          const HttpRespond& respond) {
   auto fields = std::make_shared<std::vector<CheckFields>>(checks.size());
   std::vector<CheckArgs> args;
   args.reserve(checks.size());
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    auto st = fromJson(checks[i], (*fields)[i]);
+    auto st = fromJson(checks[i], (*fields)[i], priority);
     auto a = st ? toArgs((*fields)[i]) : Result<CheckArgs>(st.error());
     if (!a) {
       Error e = a.error();
@@ -572,7 +620,7 @@ void HttpApi::checkAtomic(const nlohmann::json& checks, Instant start, const Htt
       }
     }
     body["results"] = std::move(results);
-    out.body = body.dump();
+    out.body = dumpJson(body);
     respond(std::move(out));
   });
 }
@@ -584,23 +632,22 @@ HttpResponse HttpApi::readiness() const {
   r.status = ready ? 200 : 503;
   r.body = ready            ? R"({"status":"ready"})"
            : broken.empty() ? R"({"status":"not ready"})"
-                            : nlohmann::json{{"status", "not ready"}, {"reason", broken}}.dump();
+                            : dumpJson(nlohmann::json{{"status", "not ready"}, {"reason", broken}});
   return r;
 }
 
 HttpResponse HttpApi::infoResponse() const {
   const NodeInfo i = info_ ? info_() : NodeInfo{};
   HttpResponse r;
-  r.body = nlohmann::json{{"node_id", i.node_id},
-                          {"version", i.version},
-                          {"http_address", i.http_address},
-                          {"rpc_address", i.rpc_address},
-                          {"metrics_address", i.metrics_address},
-                          {"uptime_ms", i.uptime_ms},
-                          {"keys", i.keys},
-                          {"evictions", i.evictions},
-                          {"rules", i.rules}}
-               .dump();
+  r.body = dumpJson(nlohmann::json{{"node_id", i.node_id},
+                                   {"version", i.version},
+                                   {"http_address", i.http_address},
+                                   {"rpc_address", i.rpc_address},
+                                   {"metrics_address", i.metrics_address},
+                                   {"uptime_ms", i.uptime_ms},
+                                   {"keys", i.keys},
+                                   {"evictions", i.evictions},
+                                   {"rules", i.rules}});
   return r;
 }
 
@@ -628,8 +675,8 @@ HttpResponse HttpApi::clusterResponse() const {
                     {"incarnation", m.incarnation}});
   }
   HttpResponse r;
-  r.body = nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}}
-               .dump();
+  r.body = dumpJson(
+      nlohmann::json{{"node_id", self.node_id}, {"alive", alive}, {"members", std::move(list)}});
   return r;
 }
 
@@ -683,13 +730,21 @@ namespace {
 class ForwardingThread final : public HttpThreadScope {
  public:
   ForwardingThread(asio::io_context& io, Router& router, const Clock& clock,
-                   const LoopServiceFactory& also)
-      : kj_(io, clock) {
+                   const LoopServiceFactory& also, const OverloadOptions& overload)
+      : kj_(io, clock), clock_(clock), overload_(overload), probe_(io) {
     forwarder_ = router.attachThread(
         kj_.timer(), [this](const std::string& address) { return kj_.connect(address); });
     if (also) also_ = also(kj_);
+    if (overload.target > Duration(0)) {
+      OverloadDetector::setCurrent(&overload_);
+      due_ = clock_.monotonic();
+      probe();
+    }
   }
-  ~ForwardingThread() override { stop(); }
+  ~ForwardingThread() override {
+    stop();
+    if (OverloadDetector::current() == &overload_) OverloadDetector::setCurrent(nullptr);
+  }
   ForwardingThread(const ForwardingThread&) = delete;
   ForwardingThread& operator=(const ForwardingThread&) = delete;
 
@@ -698,6 +753,7 @@ class ForwardingThread final : public HttpThreadScope {
   // the forwarder's go, so the io_context runs dry.
   void stop() override {
     if (std::exchange(stopped_, true)) return;
+    probe_.cancel();
     if (also_) also_->stop();
     if (forwarder_) forwarder_->shutdown();
     kj_.settle();
@@ -708,8 +764,27 @@ class ForwardingThread final : public HttpThreadScope {
   }
 
  private:
+  // The loop-lag probe: due every probePeriod(); how late it runs is the loop's lag.
+  void probe() {
+    const Duration period = overload_.probePeriod();
+    due_ += period;
+    probe_.expires_after(period);
+    probe_.async_wait([this, period](const std::error_code& ec) {
+      if (ec || stopped_) return;
+      const Instant now = clock_.monotonic();
+      const Duration lag = std::max(Duration(0), now - due_);
+      due_ = now;
+      overload_.sample(now, lag, now + period);
+      probe();
+    });
+  }
+
   bool stopped_ = false;
   KjOnAsio kj_;
+  const Clock& clock_;
+  OverloadDetector overload_;
+  asio::steady_timer probe_;
+  Instant due_{};
   std::unique_ptr<ForwarderThread> forwarder_;
   std::unique_ptr<LoopService> also_;
 };
@@ -717,10 +792,10 @@ class ForwardingThread final : public HttpThreadScope {
 }  // namespace
 
 HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
-                                         LoopServiceFactory also) {
-  return [&router, &clock,
-          also = std::move(also)](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
-    return std::make_unique<ForwardingThread>(io, router, clock, also);
+                                         LoopServiceFactory also, OverloadOptions overload) {
+  return [&router, &clock, also = std::move(also),
+          overload](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
+    return std::make_unique<ForwardingThread>(io, router, clock, also, overload);
   };
 }
 

@@ -42,7 +42,8 @@ class HttpApi {
  private:
   void checkGet(const HttpRequest& request, bool auth_request, const HttpRespond& respond);
   void checkPost(const HttpRequest& request, const HttpRespond& respond);
-  void checkAtomic(const nlohmann::json& checks, Instant start, const HttpRespond& respond);
+  void checkAtomic(const nlohmann::json& checks, std::string_view priority, Instant start,
+                   const HttpRespond& respond);
   void checkOne(const CheckArgs& args, bool auth_request, Instant start,
                 const HttpRespond& respond);
   HttpResponse answer(const Result<CheckOutcome>& outcome, bool auth_request);
@@ -83,8 +84,10 @@ std::string rateLimitHeader(const CheckOutcome& o);
 // (daemon/loop/kj_on_asio.h) and a forwarder loop of its own (Router::attachThread()), so a
 // forwarded check is sent, answered and completed on the thread that received it. `router` and
 // `clock` must outlive the server. `also` (optional) is made on each such thread too: the node's
-// RPC server, hosted there (RpcServer::host()).
+// RPC server, hosted there (RpcServer::host()). Each thread also probes its loop's lag for
+// overload protection (daemon/service/overload.h), unless `overload.target` is 0.
 HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
-                                         LoopServiceFactory also = {});
+                                         LoopServiceFactory also = {},
+                                         OverloadOptions overload = {});
 
 }  // namespace throttlex

@@ -21,10 +21,10 @@
 namespace throttlex {
 namespace {
 
-constexpr int kApis = 3, kRoutes = 3, kOutcomes = 3;
+constexpr int kApis = 3, kRoutes = 3, kOutcomes = 4;
 constexpr const char* kApiNames[kApis] = {"http", "rpc", "rls"};
 constexpr const char* kRouteNames[kRoutes] = {"local", "forwarded", "degraded"};
-constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error"};
+constexpr const char* kOutcomeNames[kOutcomes] = {"allowed", "limited", "error", "shed"};
 constexpr std::size_t kBuckets = kLatencyBounds.size() + 1;  // the last is +Inf
 
 // Per rule: checks by decision, near the limit, shadow decisions that would have limited.
@@ -45,6 +45,7 @@ struct alignas(64) Slot {
   std::atomic<std::uint64_t> buckets[kApis][kBuckets] = {};
   std::atomic<std::uint64_t> latency_ns[kApis] = {};
   std::atomic<std::uint64_t> shadow_limited = {};
+  std::atomic<std::uint64_t> shed[kShedReasonCount][kPriorityCount] = {};
   mutable Mutex rules_mu;
   std::unordered_map<std::string, RuleCounters, StringHash, std::equal_to<>> rules
       GUARDED_BY(rules_mu);
@@ -114,6 +115,23 @@ void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration 
   while (b < kLatencyBounds.size() && seconds > kLatencyBounds[b]) ++b;
   bump(s.buckets[a][b]);
   bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
+}
+
+void Metrics::recordShed(ShedReason reason, Priority priority) {
+  bump(
+      impl_->slot().shed[static_cast<std::size_t>(reason) - 1][static_cast<std::size_t>(priority)]);
+}
+
+void Metrics::recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency) {
+  if (!outcome) return recordRequest(api, RouteKind::kLocal, Outcome::kError, latency);
+  Outcome kind = outcome->allowed ? Outcome::kAllowed : Outcome::kLimited;
+  if (outcome->shed) {
+    kind = Outcome::kShed;
+    recordShed(*outcome->shed, outcome->priority);
+  } else {
+    recordRule(outcome->policy, outcome->decision, outcome->shadow);
+  }
+  recordRequest(api, outcome->route, kind, latency);
 }
 
 void Metrics::recordRule(std::string_view rule, const Decision& decision, bool shadow) {
@@ -517,6 +535,7 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
   std::uint64_t buckets[kApis][kBuckets] = {};
   std::uint64_t latency_ns[kApis] = {};
   std::uint64_t shadow_limited = 0;
+  std::uint64_t shed[kShedReasonCount][kPriorityCount] = {};
   {
     MutexLock guard(mu);
     for (const auto& s : slots) {
@@ -529,6 +548,9 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
         latency_ns[a] += s->latency_ns[a].load(std::memory_order_relaxed);
       }
       shadow_limited += s->shadow_limited.load(std::memory_order_relaxed);
+      for (int r = 0; r < kShedReasonCount; ++r)
+        for (int p = 0; p < kPriorityCount; ++p)
+          shed[r][p] += s->shed[r][p].load(std::memory_order_relaxed);
     }
   }
 
@@ -569,6 +591,20 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
                  "Checks of shadow-mode rules that would have been limited",
                  MetricType::Counter,
                  {valued(static_cast<double>(shadow_limited))}});
+
+  prometheus::MetricFamily sheds{
+      "throttlex_shed_total",
+      "Checks answered by their rule's overload policy instead of "
+      "decided: the node was overloaded, or the caller's deadline passed",
+      MetricType::Counter,
+      {}};
+  for (int r = 0; r < kShedReasonCount; ++r)
+    for (int p = 0; p < kPriorityCount; ++p)
+      sheds.metric.push_back(
+          valued(static_cast<double>(shed[r][p]),
+                 {{"reason", std::string(nameOf(static_cast<ShedReason>(r + 1)))},
+                  {"priority", std::string(nameOf(static_cast<Priority>(p)))}}));
+  out.push_back(std::move(sheds));
 }
 
 std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {

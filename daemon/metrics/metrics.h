@@ -15,6 +15,8 @@
 #include "daemon/base/node_info.h"
 #include "daemon/base/route.h"
 #include "daemon/routing/forwarder.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/service/overload.h"
 #include "daemon/slots/slot_keeper.h"
 #include "limiter/clock.h"
 #include "limiter/decision.h"
@@ -24,7 +26,8 @@
 namespace throttlex {
 
 enum class Api : std::uint8_t { kHttp = 0, kRpc = 1, kRls = 2 };
-enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2 };
+// kShed: answered by the rule's overload policy without a decision (daemon/service/overload.h).
+enum class Outcome : std::uint8_t { kAllowed = 0, kLimited = 1, kError = 2, kShed = 3 };
 
 class HttpServer;
 class Store;
@@ -65,6 +68,11 @@ class Metrics {
   // uncontended but for scrapes).
   void recordRule(std::string_view rule, const Decision& decision, bool shadow);
   static constexpr std::size_t kMaxRuleSeries = 1000;
+  // One check shed (throttlex_shed_total{reason,priority}). Thread-safe and wait-free.
+  void recordShed(ShedReason reason, Priority priority);
+  // One answered check where it entered: recordRequest() with its kind (allowed, limited, shed,
+  // error), and recordRule() for a decision or recordShed() for a shed one.
+  void recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency);
   static constexpr const char* kOtherRules = "_other";
 
   // The Prometheus text exposition of everything (for tests and the /metrics endpoint).

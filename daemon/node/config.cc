@@ -109,6 +109,16 @@ void defineTimeouts(CLI::App& app, Config& c) {
                  "the degraded policy. --forward-timeout-ms is the old name")
       ->check(CLI::Range(300, 60'000))
       ->capture_default_str();
+  app.add_option("--overload-target-ms", c.overload_target_ms,
+                 "Overload protection (docs/overload.md): a worker loop lagging more than this "
+                 "sheds sheddable checks, and normal ones once the lag lasts "
+                 "--overload-interval-ms and passes 4 targets; 0: never shed")
+      ->check(CLI::Range(0, 10'000))
+      ->capture_default_str();
+  app.add_option("--overload-interval-ms", c.overload_interval_ms,
+                 "How long the lag must stay above the target to count as overload")
+      ->check(CLI::Range(1, 60'000))
+      ->capture_default_str();
 }
 
 void define(CLI::App& app, Options& o) {

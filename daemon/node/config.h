@@ -55,6 +55,8 @@ struct Config {
   std::uint64_t max_keys = 10'000'000;  // hard cap on live keys in the store
   int rpc_idle_timeout_s = 600;         // RPC connections silent this long are closed (0: never)
   int owner_silence_ms = 500;           // T: owners silent for less are never decided for elsewhere
+  int overload_target_ms = 10;          // loop lag above this is queueing (0: never shed)
+  int overload_interval_ms = 100;       // queueing that lasts this long is overload
   int snapshot_interval_ms = 100;       // between snapshot flushes to Redis
   int recovery_timeout_ms = 1000;       // longest wait for a slot's state (Redis, handoff)
   std::string recovery = "eager";       // start-up reads: eager (every slot) | lazy (on demand)

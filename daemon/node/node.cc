@@ -390,8 +390,11 @@ Status Node::Parts::startApis() {
   http_options.port = config.http_port;
   http_options.threads = config.threads;
   // Each HTTP thread also serves RPC and forwards what it receives: one thread per check.
-  http_options.thread_scope =
-      forwardingThreads(*router, clock, [this](KjOnAsio& kj) { return rpc->host(kj); });
+  OverloadOptions overload;
+  overload.target = std::chrono::milliseconds(config.overload_target_ms);
+  overload.interval = std::chrono::milliseconds(config.overload_interval_ms);
+  http_options.thread_scope = forwardingThreads(
+      *router, clock, [this](KjOnAsio& kj) { return rpc->host(kj); }, overload);
   HttpApi* handler = api.get();
   auto h = HttpServer::start(http_options, clock, [handler](HttpRequest& req, HttpRespond respond) {
     handler->handle(req, respond);

@@ -135,14 +135,7 @@ class Service final : public RawService {
   }
 
   void record(const Result<CheckOutcome>& outcome, Duration latency) const {
-    if (metrics_ == nullptr) return;
-    if (!outcome) {
-      metrics_->recordRequest(Api::kRls, RouteKind::kLocal, Outcome::kError, latency);
-      return;
-    }
-    metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
-    metrics_->recordRequest(Api::kRls, outcome->route,
-                            outcome->allowed ? Outcome::kAllowed : Outcome::kLimited, latency);
+    if (metrics_ != nullptr) metrics_->recordCheck(Api::kRls, outcome, latency);
   }
 
   Router& router_;

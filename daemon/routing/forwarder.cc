@@ -71,6 +71,8 @@ ForwardedCheck ForwardedCheck::from(const CheckArgs& args, std::uint32_t slot) {
   ForwardedCheck c{std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
   c.refund = args.refund;
   c.release = args.release;
+  c.priority = args.priority;
+  c.deadline = args.deadline;
   return c;
 }
 
@@ -82,6 +84,8 @@ CheckArgs ForwardedCheck::args() const {
   a.hits = hits;
   a.refund = refund;
   a.release = release;
+  a.priority = priority;
+  a.deadline = deadline;
   return a;
 }
 
@@ -660,10 +664,16 @@ class Loop {
       const std::shared_ptr<const RingView> view = impl_.ring.current();  // kept for this call
       std::vector<Item> batch;
       batch.reserve(std::min(peer.queue.size(), opt_.max_batch));
+      const Instant now = impl_.service.clock().monotonic();
       while (!peer.queue.empty() && batch.size() < opt_.max_batch) {
         Item item = std::move(peer.queue.front());
         peer.queue.pop_front();
-        if (belongsTo(item, view.get(), peer)) {
+        if (item.check.deadline && now > *item.check.deadline) {
+          // Its caller has given up on it: not sent, answered as shed (docs/overload.md).
+          auto o = impl_.service.shedOutcome(item.check.args(), ShedReason::kDeadline);
+          if (o) o->priority = item.check.priority;
+          deliver(item, std::move(o));
+        } else if (belongsTo(item, view.get(), peer)) {
           batch.push_back(std::move(item));
         } else {
           moved.push_back(std::move(item));

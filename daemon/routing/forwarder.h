@@ -69,6 +69,9 @@ struct ForwardedCheck {
   std::uint32_t slot = 0;     // slotOf(rule, key)
   bool refund = false;        // gives `hits` back (CheckArgs::refund)
   std::uint64_t release = 0;  // a lease to release (CheckArgs::release)
+  Priority priority = Priority::kNormal;
+  std::optional<Instant> deadline =
+      std::nullopt;  // the caller's (CheckArgs::deadline): past it, not sent
   // Wall-clock ms since the Unix epoch after which the node that sent it here may have it decided
   // elsewhere: past it, it is not decided (kNotDecided) nor sent on. 0: no bound (it entered here).
   std::int64_t decide_by_ms = 0;

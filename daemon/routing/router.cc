@@ -92,9 +92,21 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
   return Where::kHere;
 }
 
+std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::uint8_t hops) {
+  if (hops != 0) return std::nullopt;
+  if (refused(args, hops)) return inlineRefused();
+  const OverloadDetector* overload = OverloadDetector::current();
+  if (overload == nullptr) return std::nullopt;
+  const auto why = overload->shed(args.priority, service_.clock().monotonic(), args.deadline);
+  if (!why) return std::nullopt;
+  auto o = service_.shedOutcome(args, *why);
+  if (o) o->priority = args.priority;
+  return o;
+}
+
 std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
                                                   Forwarding& forwarding) {
-  if (refused(args, hops)) return inlineRefused();
+  if (auto answered = atEntry(args, hops)) return answered;
   Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   std::uint32_t slot = 0;
   forwarding.hops = hops;
@@ -115,18 +127,28 @@ std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::ui
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                               std::vector<Result<CheckOutcome>>& out) {
-  if (inline_limits_ || hops != 0) return checkRouted(args, hops, out);  // nothing to refuse
-  std::size_t refusals = 0;
-  for (const CheckArgs& a : args) refusals += refused(a, hops) ? 1u : 0u;
-  if (refusals == 0) return checkRouted(args, hops, out);
-  // Route the rest as a batch of its own; refused ones answer here, in their place.
+  if (hops != 0 || (inline_limits_ && OverloadDetector::current() == nullptr)) {
+    return checkRouted(args, hops, out);  // nothing to refuse or shed
+  }
+  std::vector<std::optional<Result<CheckOutcome>>> answered;
+  answered.reserve(args.size());
+  std::size_t count = 0;
+  for (const CheckArgs& a : args) {
+    answered.push_back(atEntry(a, hops));
+    if (answered.back()) ++count;
+  }
+  if (count == 0) return checkRouted(args, hops, out);
+  // Route the rest as a batch of its own; refused and shed ones answer here, in their place.
   std::vector<CheckArgs> rest;
   std::vector<std::size_t> rest_index;
-  rest.reserve(args.size() - refusals);
-  rest_index.reserve(args.size() - refusals);
+  rest.reserve(args.size() - count);
+  rest_index.reserve(args.size() - count);
   out.assign(args.size(), Result<CheckOutcome>(inlineRefused()));
   for (std::size_t i = 0; i < args.size(); ++i) {
-    if (refused(args[i], hops)) continue;
+    if (answered[i]) {
+      out[i] = std::move(*answered[i]);
+      continue;
+    }
     rest.push_back(args[i]);
     rest_index.push_back(i);
   }

@@ -13,6 +13,9 @@
 //  - it enters here (hops 0) with an inline limit while inline limits are off (--inline-limits
 //    off): refused with kPermissionDenied, named rules only. Checks forwarded by peers carry the
 //    limit their entry node accepted and are not refused again.
+// A check that enters here while this thread's loop is overloaded may be shed instead: answered at
+// once by its rule's overload policy, by its priority (daemon/service/overload.h). Only at entry:
+// a check a peer forwarded was admitted into the cluster already and is decided.
 #pragma once
 
 #include <atomic>
@@ -123,6 +126,8 @@ class Router {
   bool refused(const CheckArgs& args, std::uint8_t hops) const {
     return !inline_limits_ && hops == 0 && args.rule.empty();
   }
+  // The answer a check gets at entry without being routed: refused (inline limits off) or shed.
+  std::optional<Result<CheckOutcome>> atEntry(const CheckArgs& args, std::uint8_t hops);
   Forwarding checkRouted(std::span<const CheckArgs> args, std::uint8_t hops,
                          std::vector<Result<CheckOutcome>>& out);
 

@@ -22,6 +22,10 @@ static_assert(static_cast<int>(proto::Algorithm::CONCURRENCY) ==
 static_assert(kAlgorithmCount == 6, "a new algorithm needs its wire value here");
 static_assert(static_cast<int>(proto::LeaseRelease::ALREADY_RELEASED) ==
               static_cast<int>(LeaseRelease::kAlreadyReleased));
+static_assert(static_cast<int>(proto::Priority::SHEDDABLE) ==
+              static_cast<int>(Priority::kSheddable));
+static_assert(static_cast<int>(proto::ShedReason::DEADLINE) ==
+              static_cast<int>(ShedReason::kDeadline));
 
 }  // namespace
 
@@ -56,6 +60,7 @@ void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
     out.setLeaseExpiryMs(o.lease_expiry_ms);
   }
   if (o.released) out.setReleased(static_cast<proto::LeaseRelease>(*o.released));
+  if (o.shed) out.setShed(static_cast<proto::ShedReason>(*o.shed));
 }
 
 void encode(const LimitSpec& spec, proto::LimitSpec::Builder out) {
@@ -120,6 +125,9 @@ Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
                          : static_cast<std::uint64_t>(hits);
   }
   args.release = request.getRelease();
+  if (const auto p = static_cast<int>(request.getPriority()); p < kPriorityCount) {
+    args.priority = static_cast<Priority>(p);
+  }
   const auto limit = request.getLimit();
   if (!args.rule.empty()) {
     if (limit.getLimit() != 0 || limit.getPeriodMs() != 0 || limit.getBurst() != 0 ||
@@ -182,11 +190,15 @@ Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
       rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
     o.released = static_cast<LeaseRelease>(rel);
   }
+  if (const auto shed = static_cast<int>(r.getShed()); shed >= 1 && shed <= kShedReasonCount) {
+    o.shed = static_cast<ShedReason>(shed);
+  }
   return o;
 }
 
 void encode(const CheckArgs& c, proto::CheckRequest::Builder out) {
   out.setKey(capnp::Text::Reader(c.key.data(), c.key.size()));
+  out.setPriority(static_cast<proto::Priority>(c.priority));
   if (c.release != 0) {
     out.setHits(0);
     out.setRelease(c.release);

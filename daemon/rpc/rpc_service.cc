@@ -13,14 +13,6 @@
 #include "daemon/routing/wire.h"
 
 namespace throttlex {
-namespace {
-
-Outcome outcomeOf(const Result<CheckOutcome>& r) {
-  if (!r) return Outcome::kError;
-  return r->allowed ? Outcome::kAllowed : Outcome::kLimited;
-}
-
-}  // namespace
 
 std::optional<std::string> unsupportedVersion(std::uint16_t version) {
   if (version != 0 && version <= proto::PROTOCOL_VERSION) return std::nullopt;
@@ -90,10 +82,7 @@ Duration RpcService::elapsedSince(Instant start) const {
 }
 
 void RpcService::record(const Result<CheckOutcome>& outcome, Instant start) {
-  if (metrics_ == nullptr) return;
-  if (outcome) metrics_->recordRule(outcome->policy, outcome->decision, outcome->shadow);
-  metrics_->recordRequest(Api::kRpc, outcome ? outcome->route : RouteKind::kLocal,
-                          outcomeOf(outcome), elapsedSince(start));
+  if (metrics_ != nullptr) metrics_->recordCheck(Api::kRpc, outcome, elapsedSince(start));
 }
 
 kj::Promise<void> RpcService::check(CheckContext context) {
@@ -113,6 +102,9 @@ kj::Promise<void> RpcService::check(CheckContext context) {
     encode(args.error(), results.initResult());
     record(args.error(), start);
     return kj::READY_NOW;
+  }
+  if (const std::uint32_t ms = params.getRequest().getDeadlineMs(); ms != 0) {
+    args->deadline = start + std::chrono::milliseconds(ms);
   }
   Forwarding forwarding;
   if (auto here = router_.check(*args, 0, forwarding)) {
@@ -177,6 +169,8 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   for (std::size_t i = 0; i < checks.size(); ++i) {
     auto a = fromProto(checks[static_cast<unsigned>(i)]);
     if (a) {
+      const std::uint32_t ms = checks[static_cast<unsigned>(i)].getDeadlineMs();
+      if (ms != 0 && !from_peer) a->deadline = start + std::chrono::milliseconds(ms);
       args.push_back(*a);
     } else {
       errors[i] = a.error();
@@ -252,19 +246,15 @@ void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
   std::size_t next = 0;
   for (std::size_t i = 0; i < errors.size(); ++i) {
     auto out = list[static_cast<unsigned>(i)];
-    Outcome kind = Outcome::kError;
-    RouteKind route = RouteKind::kLocal;
     if (errors[i]) {
       setError(out.initError(), *errors[i]);
-    } else {
-      const Result<CheckOutcome>& r = outcomes[next++];
-      encode(r, out);
-      kind = outcomeOf(r);
-      if (r) route = r->route;
-      if (count && r) metrics_->recordRule(r->policy, r->decision, r->shadow);
+      if (count) metrics_->recordCheck(Api::kRpc, *errors[i], latency);
+      continue;
     }
+    const Result<CheckOutcome>& r = outcomes[next++];
+    encode(r, out);
     // Every element of a batch waited for the whole batch: that is its latency.
-    if (count) metrics_->recordRequest(Api::kRpc, route, kind, latency);
+    if (count) metrics_->recordCheck(Api::kRpc, r, latency);
   }
 }
 

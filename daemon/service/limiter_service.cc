@@ -38,6 +38,7 @@ Result<LimiterService::Resolved> LimiterService::resolve(const CheckArgs& args,
     }
     Resolved r{e->limit, hashKey(e->rule.name, args.key, e->limit), e->rule.shadow, e->rule.name,
                e->rule.degraded};
+    r.overload = e->rule.overload;
     if (e->cell) {
       r.cell = e->cell.get();
       r.limit = e->limit.withLimit(r.cell->limit());
@@ -228,6 +229,25 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
     o->lease_id = newLeaseId();
     o->lease_expiry_ms = leaseExpiryMs(r->limit, now);
   }
+  return o;
+}
+
+Result<CheckOutcome> LimiterService::shedOutcome(const CheckArgs& args, ShedReason reason) {
+  const RuleSet& rules = *currentRules();
+  auto r = resolve(args, rules);
+  if (!r) return r.error();
+  State fresh;
+  Decision d = decide(r->limit, fresh, 0, clock_.now());  // the limit's view, nothing consumed
+  if (r->overload == OverloadPolicy::kDeny) {
+    // Limited, with a short Retry-After: the overload, not the key, is what to wait out.
+    d.allowed = false;
+    d.remaining = 0;
+    d.retry_after = std::chrono::seconds(1);
+  } else {
+    d.allowed = true;
+  }
+  auto o = outcome(d, false, r->policy, r->limit.period());
+  if (o) o->shed = reason;
   return o;
 }
 

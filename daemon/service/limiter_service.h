@@ -18,6 +18,7 @@
 
 #include "daemon/base/published.h"
 #include "daemon/base/route.h"
+#include "daemon/service/overload.h"
 #include "daemon/service/rules.h"
 #include "limiter/limiter.h"
 #include "limiter/mutex.h"
@@ -35,6 +36,10 @@ struct CheckArgs {
   bool refund = false;     // gives `hits` units back instead of spending them (state.h refund())
   // Concurrency rules (limiter/lease.h): a lease to release instead of acquiring one; 0: none.
   std::uint64_t release = 0;
+  Priority priority = Priority::kNormal;  // what is shed first when the node is overloaded
+  // The caller's deadline (monotonic): a check that waited past it here is not forwarded but shed
+  // (docs/overload.md). None: no bound.
+  std::optional<Instant> deadline;
 };
 
 // What an application reports about one admitted call of an adaptive rule (docs/adaptive.md).
@@ -57,6 +62,9 @@ struct CheckOutcome {
   std::uint64_t lease_id = 0;
   std::int64_t lease_expiry_ms = 0;  // ms since the Unix epoch
   std::optional<LeaseRelease> released;
+  // Answered by the rule's overload policy instead of decided (daemon/service/overload.h).
+  std::optional<ShedReason> shed;
+  Priority priority = Priority::kNormal;  // of a shed check (for throttlex_shed_total)
 };
 
 struct KeyInspection {
@@ -78,6 +86,11 @@ class LimiterService {
   // Decides here although the key's owner is elsewhere and unreachable: by the rule's degraded
   // policy (daemon/service/rules.h), with `alive` members sharing the limit. route = kDegraded.
   Result<CheckOutcome> checkDegraded(const CheckArgs& args, std::size_t alive);
+
+  // The answer to a check the node sheds: by its rule's overload policy (inline limits: allow),
+  // with the rule's limit and nothing spent or read from the store. Errors as check() would
+  // give them (a bad key, an unknown rule).
+  Result<CheckOutcome> shedOutcome(const CheckArgs& args, ShedReason reason);
 
   // Adaptive rules: folds reports into this node's digest of each rule (any thread; a lock per
   // rule, held for a histogram increment). All or nothing: an unknown rule (kNotFound), a rule
@@ -108,6 +121,7 @@ class LimiterService {
     std::string_view policy;
     DegradedPolicy degraded = DegradedPolicy::kShare;
     AdaptiveCell* cell = nullptr;  // an adaptive rule's (the rules hold it)
+    OverloadPolicy overload = OverloadPolicy::kAllow;
   };
   Result<Resolved> resolve(const CheckArgs& args, const RuleSet& rules) const;
   // A concurrency rule's acquire or release, or a release on a rule that is none (an error).

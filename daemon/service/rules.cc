@@ -98,9 +98,9 @@ Result<AdaptiveSpec> parseAdaptive(const YAML::Node& node, const std::string& na
 Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
   const std::string where = "rule #" + std::to_string(index + 1);
   if (!node.IsMap()) return invalidArgument(where + ": expected a mapping");
-  static const std::set<std::string> kKnown = {"name",     "algorithm", "limit",
-                                               "period",   "burst",     "shadow",
-                                               "degraded", "adaptive",  "lease_ttl"};
+  static const std::set<std::string> kKnown = {"name",      "algorithm", "limit",    "period",
+                                               "burst",     "shadow",    "degraded", "adaptive",
+                                               "lease_ttl", "overload"};
   for (const auto& kv : node) {
     const auto field = kv.first.as<std::string>();
     if (!kKnown.contains(field)) return invalidArgument(where + ": unknown field '" + field + "'");
@@ -145,6 +145,11 @@ Result<Rule> parseRule(const YAML::Node& node, std::size_t index) {
     if (!p) return invalidArgument(named + ": " + p.error().message);
     rule.degraded = *p;
   }
+  if (node["overload"]) {
+    auto p = parseOverloadPolicy(node["overload"].as<std::string>());
+    if (!p) return invalidArgument(named + ": " + p.error().message);
+    rule.overload = *p;
+  }
   if (node["adaptive"]) {
     auto a = parseAdaptive(node["adaptive"], named);
     if (!a) return a.error();
@@ -165,6 +170,17 @@ std::string_view nameOf(DegradedPolicy p) {
       return "deny";
   }
   return "share";
+}
+
+std::string_view nameOf(OverloadPolicy p) {
+  return p == OverloadPolicy::kDeny ? "deny" : "allow";
+}
+
+Result<OverloadPolicy> parseOverloadPolicy(std::string_view text) {
+  for (auto p : {OverloadPolicy::kAllow, OverloadPolicy::kDeny}) {
+    if (text == nameOf(p)) return p;
+  }
+  return invalidArgument("overload policy must be allow or deny, not '" + std::string(text) + "'");
 }
 
 Result<DegradedPolicy> parseDegradedPolicy(std::string_view text) {

@@ -47,12 +47,19 @@ enum class DegradedPolicy : std::uint8_t { kShare = 0, kAllow = 1, kDeny = 2 };
 std::string_view nameOf(DegradedPolicy p);
 Result<DegradedPolicy> parseDegradedPolicy(std::string_view text);
 
+// What a check of the rule answers when the node sheds it (daemon/service/overload.h): allowed,
+// or limited with a Retry-After. Either is marked shed, never counted as a decision.
+enum class OverloadPolicy : std::uint8_t { kAllow = 0, kDeny = 1 };
+std::string_view nameOf(OverloadPolicy p);
+Result<OverloadPolicy> parseOverloadPolicy(std::string_view text);
+
 struct Rule {
   std::string name;
   LimitSpec spec;
   bool shadow = false;
   DegradedPolicy degraded = DegradedPolicy::kShare;
-  std::optional<AdaptiveSpec> adaptive = std::nullopt;  // spec.limit is the starting limit
+  std::optional<AdaptiveSpec> adaptive = std::nullopt;
+  OverloadPolicy overload = OverloadPolicy::kAllow;  // spec.limit is the starting limit
 };
 
 // An immutable, validated set of rules. Swapped as a whole on reload.

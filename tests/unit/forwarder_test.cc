@@ -534,3 +534,23 @@ TEST_CASE("stopping the forwarder answers what it holds and decides later checks
     CHECK(r->route == RouteKind::kDegraded);
   }
 }
+
+TEST_CASE("a check whose caller's deadline passed is not forwarded but answered as shed") {
+  TestNode a("a", fastOptions()), b("b", fastOptions());
+  publishRing({&a, &b}, {&a, &b});
+  const auto b_keys = keysOwnedBy({"a", "b"}, "b", 2);
+  CheckArgs late = inlineCheck(b_keys[0], 4);
+  late.deadline = a.clock.monotonic() - 1ms;  // it waited past its budget before it was sent
+  late.priority = Priority::kCritical;        // deadlines shed any priority
+  CheckArgs timely = inlineCheck(b_keys[1], 4);
+  timely.deadline = a.clock.monotonic() + 1h;
+  const auto out = a.check({late, timely});
+  REQUIRE(out[0].ok());
+  CHECK(out[0]->shed == ShedReason::kDeadline);
+  CHECK(out[0]->priority == Priority::kCritical);
+  CHECK(out[0]->allowed);  // the rule's overload policy (inline limits: allow)
+  REQUIRE(out[1].ok());
+  CHECK_FALSE(out[1]->shed);
+  CHECK(out[1]->route == RouteKind::kForwarded);
+  CHECK(b.store->stats().entries == 1);  // only the timely check reached its owner
+}

@@ -303,3 +303,19 @@ TEST_CASE(
   CHECK(nlohmann::json::parse(r.body)["limit"] == 150);
   CHECK(header(r, "RateLimit-Policy") == "\"backend\";q=150;w=1");
 }
+
+TEST_CASE("an error that quotes part of a field, cut inside a character, still answers JSON") {
+  Fixture f;
+  // Error messages quote at most 40 bytes of a bad value: here that cuts the two-byte "é".
+  const std::string priority = std::string(39, 'a') + "\u00e9";
+  const HttpResponse r =
+      f.call("POST", "/v1/check",
+             R"({"checks":[{"rule":"api","key":"k","priority":")" + priority +
+                 R"("},{"rule":"api","key":"k","release":")" + std::string(39, 'b') +
+                 R"(\u00e9"},{"rule":"api","key":"k"}]})");
+  REQUIRE(r.status == 200);
+  const auto body = nlohmann::json::parse(r.body);
+  CHECK(body["results"][0]["error"]["status"] == 400);
+  CHECK(body["results"][1]["error"]["status"] == 400);
+  CHECK(body["results"][2]["allowed"] == true);
+}

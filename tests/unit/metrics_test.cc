@@ -100,13 +100,23 @@ class Scrape {
 constexpr std::array<Api, 3> kApis = {Api::kHttp, Api::kRpc, Api::kRls};
 constexpr std::array<RouteKind, 3> kRoutes = {RouteKind::kLocal, RouteKind::kForwarded,
                                               RouteKind::kDegraded};
-constexpr std::array<Outcome, 3> kOutcomes = {Outcome::kAllowed, Outcome::kLimited,
-                                              Outcome::kError};
+constexpr std::array<Outcome, 4> kOutcomes = {Outcome::kAllowed, Outcome::kLimited, Outcome::kError,
+                                              Outcome::kShed};
 const char* apiName(Api a) {
   return a == Api::kHttp ? "http" : a == Api::kRpc ? "rpc" : "rls";
 }
 const char* outcomeName(Outcome o) {
-  return o == Outcome::kAllowed ? "allowed" : o == Outcome::kLimited ? "limited" : "error";
+  switch (o) {
+    case Outcome::kAllowed:
+      return "allowed";
+    case Outcome::kLimited:
+      return "limited";
+    case Outcome::kError:
+      return "error";
+    case Outcome::kShed:
+      return "shed";
+  }
+  return "";
 }
 
 Metrics::Options named() {
@@ -121,7 +131,7 @@ Metrics::Options named() {
 TEST_CASE("requests recorded on several threads sum exactly per decision, route and API") {
   Metrics m(named());
   constexpr int kThreads = 4;
-  // Combination c (of 18) is recorded (c + 1) * 10 times by each thread, so a count that lands
+  // Combination c (of 36) is recorded (c + 1) * 10 times by each thread, so a count that lands
   // under the wrong labels shows.
   std::latch start(kThreads);
   std::vector<std::thread> threads;
@@ -142,7 +152,7 @@ TEST_CASE("requests recorded on several threads sum exactly per decision, route 
   for (auto& t : threads) t.join();
 
   const Scrape text(m.render());
-  CHECK(text.samples("throttlex_requests_total").size() == 27);
+  CHECK(text.samples("throttlex_requests_total").size() == 36);  // 3 APIs x 3 routes x 4
   int c = 0;
   for (Api api : kApis) {
     double api_total = 0;
@@ -322,8 +332,8 @@ TEST_CASE("without providers, no store, cluster, forwarding or persistence famil
     CAPTURE(absent);
     CHECK(rendered.find(absent) == std::string::npos);
   }
-  const Scrape text(rendered);  // what is always there still is
-  CHECK(text.samples("throttlex_requests_total").size() == 27);
+  const Scrape text(rendered);                                   // what is always there still is
+  CHECK(text.samples("throttlex_requests_total").size() == 36);  // 3 APIs x 3 routes x 4
   CHECK(text.value("throttlex_build_info", {{"node_id", "node-7"}, {"version", "9.9.9"}}) == 1);
 }
 
@@ -356,6 +366,34 @@ TEST_CASE(
   CHECK(rows == 15);
   CHECK(rendered.find("throttlex_snapshot_") == std::string::npos);
   CHECK(rendered.find("throttlex_redis_") == std::string::npos);
+}
+
+TEST_CASE("a shed check counts as shed, by reason and priority, and not as its rule's decision") {
+  Metrics m(named());
+  CheckOutcome shed;
+  shed.policy = "api";
+  shed.allowed = true;
+  shed.decision.allowed = true;
+  shed.shed = ShedReason::kOverload;
+  shed.priority = Priority::kSheddable;
+  CheckOutcome decided = shed;
+  decided.shed.reset();
+  for (int i = 0; i < 3; ++i) m.recordCheck(Api::kHttp, shed, 0ns);
+  m.recordCheck(Api::kRpc, decided, 0ns);
+  shed.shed = ShedReason::kDeadline;
+  shed.priority = Priority::kCritical;
+  m.recordCheck(Api::kRpc, shed, 0ns);
+  const Scrape text(m.render());
+  CHECK(text.value("throttlex_shed_total", {{"reason", "overload"}, {"priority", "sheddable"}}) ==
+        3);
+  CHECK(text.value("throttlex_shed_total", {{"reason", "deadline"}, {"priority", "critical"}}) ==
+        1);
+  CHECK(text.value("throttlex_shed_total", {{"reason", "overload"}, {"priority", "normal"}}) == 0);
+  CHECK(text.samples("throttlex_shed_total").size() == 6);
+  CHECK(text.value("throttlex_requests_total",
+                   {{"api", "http"}, {"route", "local"}, {"decision", "shed"}}) == 3);
+  // Only the decided check counts for its rule.
+  CHECK(text.value("throttlex_rule_checks_total", {{"rule", "api"}, {"decision", "allowed"}}) == 1);
 }
 
 TEST_CASE("with a store, its live keys are rendered") {

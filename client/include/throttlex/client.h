@@ -120,7 +120,14 @@ struct CheckSpec {
   // Concurrency limits (docs/concurrency.md): a check acquires a lease of `hits` units; set this
   // to a lease's id to release it instead. 0: acquire.
   std::uint64_t release = 0;
+  // What an overloaded node sheds first (docs/overload.md): kSheddable goes first, kCritical is
+  // never shed for load.
+  enum class Priority : std::uint8_t { kNormal = 0, kCritical = 1, kSheddable = 2 };
+  Priority priority = Priority::kNormal;
 };
+
+// Why a node answered by the rule's overload policy instead of deciding (CheckResult::shed).
+enum class ShedReason : std::uint8_t { kNone = 0, kOverload = 1, kDeadline = 2 };
 
 // What a release found (CheckResult::released).
 enum class LeaseRelease : std::uint8_t {
@@ -155,6 +162,9 @@ struct CheckResult {
   std::uint64_t lease_id = 0;
   std::int64_t lease_expiry_ms = 0;
   LeaseRelease released = LeaseRelease::kNone;
+  // kNone: decided. Else the node was overloaded and answered `allowed` by the rule's overload
+  // policy: not a decision about the key.
+  ShedReason shed = ShedReason::kNone;
 
   bool ok() const { return error.code == ErrorCode::kNone; }
 };

@@ -1,0 +1,98 @@
+#include "daemon/service/overload.h"
+
+#include <algorithm>
+#include <string>
+
+namespace throttlex {
+namespace {
+
+thread_local OverloadDetector* current_detector = nullptr;
+
+}  // namespace
+
+std::string_view nameOf(Priority p) {
+  switch (p) {
+    case Priority::kNormal:
+      return "normal";
+    case Priority::kCritical:
+      return "critical";
+    case Priority::kSheddable:
+      return "sheddable";
+  }
+  return "normal";
+}
+
+Result<Priority> parsePriority(std::string_view text) {
+  for (auto p : {Priority::kNormal, Priority::kCritical, Priority::kSheddable}) {
+    if (text == nameOf(p)) return p;
+  }
+  return invalidArgument("priority must be critical, normal or sheddable, not '" +
+                         std::string(text.substr(0, 40)) + "'");
+}
+
+std::string_view nameOf(ShedReason r) {
+  return r == ShedReason::kDeadline ? "deadline" : "overload";
+}
+
+Duration OverloadDetector::probePeriod() const {
+  using std::chrono::milliseconds;
+  return std::clamp<Duration>(options_.target / 2, milliseconds(1), milliseconds(50));
+}
+
+void OverloadDetector::sample(Instant now, Duration lag, Instant next_due) {
+  lag_ = lag;
+  next_due_ = next_due;
+  if (lag >= peak_ || now - peak_at_ > options_.interval) {
+    peak_ = lag;
+    peak_at_ = now;
+  }
+  if (options_.target <= Duration(0) || lag <= options_.target) {
+    above_since_.reset();
+    return;
+  }
+  // Above the target since the sample before at the latest: since this one was due.
+  if (!above_since_) above_since_ = now - lag + options_.target;
+}
+
+Duration OverloadDetector::lagAt(Instant now) const {
+  const Duration lag = currentLag(now);
+  return now - peak_at_ <= options_.interval ? std::max(lag, peak_) : lag;
+}
+
+Duration OverloadDetector::currentLag(Instant now) const {
+  return next_due_ ? std::max(lag_, now - *next_due_) : lag_;
+}
+
+bool OverloadDetector::standingAt(Instant now) const {
+  if (options_.target <= Duration(0)) return false;
+  if (above_since_ && now - *above_since_ >= options_.interval) return true;
+  return next_due_ && now - (*next_due_ + options_.target) >= options_.interval;
+}
+
+std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now,
+                                                 std::optional<Instant> deadline) const {
+  if (deadline && now > *deadline) return ShedReason::kDeadline;
+  if (options_.target <= Duration(0)) return std::nullopt;
+  switch (priority) {
+    case Priority::kSheddable:
+      if (lagAt(now) > options_.target) return ShedReason::kOverload;
+      break;
+    case Priority::kNormal:
+      // What waited too long now: a standing queue's current lag, not a past peak.
+      if (currentLag(now) > 4 * options_.target && standingAt(now)) return ShedReason::kOverload;
+      break;
+    case Priority::kCritical:
+      break;
+  }
+  return std::nullopt;
+}
+
+OverloadDetector* OverloadDetector::current() {
+  return current_detector;
+}
+
+void OverloadDetector::setCurrent(OverloadDetector* detector) {
+  current_detector = detector;
+}
+
+}  // namespace throttlex

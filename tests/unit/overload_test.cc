@@ -1,0 +1,176 @@
+// Overload protection (daemon/service/overload.h): the CoDel-style detector on recorded loop-lag
+// sequences in virtual time, and what a shed check answers over HTTP.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/http/http_api.h"
+#include "daemon/service/overload.h"
+
+using namespace throttlex;
+using namespace std::chrono_literals;
+
+namespace {
+
+const Instant kT0 = Instant(std::chrono::seconds(1000));
+
+// Feeds `lag` samples every 5 ms from `from` for `span`; returns when the last was taken.
+Instant feed(OverloadDetector& d, Instant from, Duration span, Duration lag) {
+  Instant now = from;
+  for (; now < from + span; now += 5ms) d.sample(now, lag, now + 5ms);
+  return now - 5ms;
+}
+
+}  // namespace
+
+TEST_CASE("a burst sheds only sheddable checks; a standing queue sheds normal ones too") {
+  OverloadDetector d({10ms, 100ms});
+  CHECK(d.probePeriod() == 5ms);
+  Instant now = feed(d, kT0, 50ms, 1ms);  // on time
+  for (auto p : {Priority::kSheddable, Priority::kNormal, Priority::kCritical}) {
+    CHECK_FALSE(d.shed(p, now));
+  }
+  // A burst: 30 ms of lag for 40 ms, above the target for 60 ms in all, not an interval yet.
+  now = feed(d, now + 5ms, 40ms, 30ms);
+  CHECK(d.shed(Priority::kSheddable, now) == ShedReason::kOverload);
+  CHECK_FALSE(d.shed(Priority::kNormal, now));
+  CHECK_FALSE(d.standingAt(now));
+  // It lasts: a standing queue. Normal checks that waited more than 4 targets go too.
+  now = feed(d, now + 5ms, 100ms, 60ms);
+  CHECK(d.standingAt(now));
+  CHECK(d.shed(Priority::kNormal, now) == ShedReason::kOverload);
+  CHECK_FALSE(d.shed(Priority::kCritical, now));
+  // A standing queue of short waits (above the target, below 4 targets) keeps normal checks.
+  OverloadDetector mild({10ms, 100ms});
+  const Instant t = feed(mild, kT0, 300ms, 20ms);
+  CHECK(mild.standingAt(t));
+  CHECK(mild.shed(Priority::kSheddable, t) == ShedReason::kOverload);
+  CHECK_FALSE(mild.shed(Priority::kNormal, t));
+  // One sample at or below the target ends the standing queue; sheddable checks keep going for an
+  // interval (what queued behind the lag is still being read), then they are served again.
+  d.sample(now + 5ms, 2ms, now + 10ms);
+  CHECK_FALSE(d.standingAt(now + 5ms));
+  CHECK_FALSE(d.shed(Priority::kNormal, now + 5ms));
+  CHECK(d.shed(Priority::kSheddable, now + 5ms) == ShedReason::kOverload);
+  now = feed(d, now + 10ms, 150ms, 2ms);
+  CHECK_FALSE(d.shed(Priority::kSheddable, now));
+}
+
+TEST_CASE("a loop stalled past its probe is overloaded for whatever runs first after the stall") {
+  OverloadDetector d({10ms, 100ms});
+  d.sample(kT0, 0ms, kT0 + 5ms);
+  // The probe was due at +5 ms; a check handled at +300 ms (before the probe runs) waited that
+  // long, and the lag has been above the target for longer than an interval.
+  const Instant late = kT0 + 300ms;
+  CHECK(d.lagAt(late) == 295ms);
+  CHECK(d.standingAt(late));
+  CHECK(d.shed(Priority::kNormal, late) == ShedReason::kOverload);
+  CHECK_FALSE(d.shed(Priority::kCritical, late));
+}
+
+TEST_CASE("deadlines shed any priority; a target of 0 sheds nothing else") {
+  OverloadDetector off({0ms, 100ms});
+  off.sample(kT0, 10s, kT0 + 1ms);
+  CHECK_FALSE(off.shed(Priority::kSheddable, kT0 + 1s));
+  CHECK(off.shed(Priority::kCritical, kT0 + 1s, kT0 + 999ms) == ShedReason::kDeadline);
+  CHECK_FALSE(off.shed(Priority::kCritical, kT0 + 1s, kT0 + 1s));
+}
+
+TEST_CASE("priorities parse by name; anything else is a clear error") {
+  CHECK(*parsePriority("sheddable") == Priority::kSheddable);
+  CHECK(*parsePriority("critical") == Priority::kCritical);
+  CHECK(*parsePriority("normal") == Priority::kNormal);
+  const auto bad = parsePriority("urgent");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message.find("critical, normal or sheddable") != std::string::npos);
+}
+
+namespace {
+
+struct ShedApi {
+  ManualClock clock{Time(std::chrono::seconds(1'700'000'000))};
+  std::unique_ptr<Store> store = Store::make({100'000, 64}).value();
+  LimiterService service{*store, clock,
+                         RuleSet::parseYaml("rules:\n"
+                                            "  - {name: open, limit: 2, period: 1m}\n"
+                                            "  - {name: closed, limit: 2, period: 1m, overload: "
+                                            "deny}\n")
+                             .value(),
+                         ""};
+  HttpApi api{service, nullptr, nullptr};
+  OverloadDetector detector{{10ms, 100ms}};
+
+  ShedApi() { OverloadDetector::setCurrent(&detector); }
+  ~ShedApi() { OverloadDetector::setCurrent(nullptr); }
+
+  HttpResponse get(const std::string& target,
+                   std::vector<std::pair<std::string, std::string>> headers = {}) {
+    HttpRequest req;
+    req.method = "GET";
+    req.target = target;
+    const auto q = target.find('?');
+    req.path = target.substr(0, q);
+    req.query = q == std::string::npos ? "" : target.substr(q + 1);
+    req.headers = std::move(headers);
+    HttpResponse out;
+    api.handle(req, [&](HttpResponse r) { out = std::move(r); });
+    return out;
+  }
+  // A standing queue with 60 ms waits on this thread's loop.
+  void overload() { feed(detector, clock.monotonic() - 300ms, 300ms, 60ms); }
+};
+
+std::string header(const HttpResponse& r, const std::string& name) {
+  for (const auto& [k, v] : r.headers) {
+    if (k == name) return v;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a shed check answers its rule's overload policy, marked shed, and spends nothing") {
+  ShedApi a;
+  a.overload();
+  // allow (the default): 200, allowed, marked; the key's budget is untouched.
+  for (int i = 0; i < 5; ++i) {
+    const HttpResponse r = a.get("/v1/check?rule=open&key=k&priority=sheddable");
+    CHECK(r.status == 200);
+    CHECK(header(r, "X-Throttlex-Shed") == "overload");
+    const auto body = nlohmann::json::parse(r.body);
+    CHECK(body["shed"] == "overload");
+    CHECK(body["allowed"] == true);
+    CHECK(body["limit"] == 2);
+  }
+  // deny: limited with Retry-After (never a 5xx; /v1/auth answers 403 as for any denial).
+  HttpResponse r = a.get("/v1/check?rule=closed&key=k", {{"x-throttlex-priority", "sheddable"}});
+  CHECK(r.status == 429);
+  CHECK(header(r, "Retry-After") == "1");
+  CHECK(nlohmann::json::parse(r.body)["shed"] == "overload");
+  r = a.get("/v1/auth?rule=closed&key=k&priority=sheddable");
+  CHECK(r.status == 403);
+  CHECK(header(r, "X-Throttlex-Shed") == "overload");
+  // Critical checks are decided: both units of the key are still there.
+  for (int i = 0; i < 2; ++i) {
+    r = a.get("/v1/check?rule=open&key=k&priority=critical");
+    CHECK(r.status == 200);
+    CHECK(header(r, "X-Throttlex-Shed").empty());
+  }
+  CHECK(a.get("/v1/check?rule=open&key=k&priority=critical").status == 429);
+  // Normal checks that waited more than 4 targets in a standing queue are shed too.
+  CHECK(header(a.get("/v1/check?rule=open&key=n"), "X-Throttlex-Shed") == "overload");
+  // A bad priority is a 400 problem, shed or not.
+  r = a.get("/v1/check?rule=open&key=k&priority=urgent");
+  CHECK(r.status == 400);
+  CHECK(r.content_type == "application/problem+json");
+}
+
+TEST_CASE("without overload nothing is shed, whatever the priority") {
+  ShedApi a;
+  for (int i = 0; i < 2; ++i) {
+    const HttpResponse r = a.get("/v1/check?rule=open&key=k&priority=sheddable");
+    CHECK(r.status == 200);
+    CHECK(header(r, "X-Throttlex-Shed").empty());
+  }
+  CHECK(a.get("/v1/check?rule=open&key=k&priority=sheddable").status == 429);
+}
