@@ -113,6 +113,10 @@ void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, S
     bump(fallbacks_);
     return;
   }
+  if (r.shed != client::ShedReason::kNone) {
+    bump(shed_);
+    return;
+  }
   bump(r.allowed ? allowed_ : limited_);
   if (r.route == client::Route::kDegraded) bump(degraded_);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(done - intended).count();
@@ -128,9 +132,9 @@ void LoadConnection::recordLateness(LatencyHistogram& h, SteadyTime intended) co
 }
 
 Tally LoadConnection::tally() const {
-  return {allowed_.load(std::memory_order_relaxed), limited_.load(std::memory_order_relaxed),
-          errors_.load(std::memory_order_relaxed), fallbacks_.load(std::memory_order_relaxed),
-          degraded_.load(std::memory_order_relaxed)};
+  return {allowed_.load(std::memory_order_relaxed),  limited_.load(std::memory_order_relaxed),
+          errors_.load(std::memory_order_relaxed),   fallbacks_.load(std::memory_order_relaxed),
+          degraded_.load(std::memory_order_relaxed), shed_.load(std::memory_order_relaxed)};
 }
 
 std::string LoadConnection::firstError() const {

@@ -42,6 +42,8 @@ struct Tally {
   std::uint64_t errors = 0;     // the client returned an error (on_unavailable = error)
   std::uint64_t fallbacks = 0;  // no node answered; on_unavailable decided
   std::uint64_t degraded = 0;   // answered, but decided in degraded mode (owner unreachable)
+  std::uint64_t shed = 0;       // answered by the rule's overload policy, not decided (not in
+                                // allowed/limited, nor in the latency histogram)
 };
 
 class LoadConnection {
@@ -93,7 +95,8 @@ class LoadConnection {
   // Written by run()'s thread only, read by anyone.
   LatencyHistogram wake_lateness_, send_lateness_;
   std::atomic<std::uint64_t> completed_{0};
-  std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0}, degraded_{0};
+  std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0}, degraded_{0},
+      shed_{0};
   std::atomic<bool> has_error_{false};
   mutable std::mutex error_mutex_;
   std::string first_error_;  // GUARDED_BY(error_mutex_)

@@ -51,6 +51,7 @@ struct Flags {
   std::string rule;
   std::string deadline = "1s";
   std::string on_unavailable = "error";
+  std::string priority = "normal";
   std::string route = "owner";
   std::string key_prefix = "bench:";
   bool json = false;
@@ -135,6 +136,9 @@ void defineFlags(CLI::App& app, Flags& f) {
   app.add_option("--deadline", f.deadline, "Per check or batch, failover included")
       ->capture_default_str()
       ->check(periodValidator());
+  app.add_option("--priority", f.priority,
+                 "Every check's priority: normal, critical or sheddable (docs/overload.md)")
+      ->check(CLI::IsMember({"normal", "critical", "sheddable"}));
   app.add_option("--on-unavailable", f.on_unavailable, "error, open or closed")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "open", "closed"}));
@@ -161,6 +165,9 @@ throttlex::Result<Config> validate(const Flags& f) {
   c.on_unavailable = f.on_unavailable == "open"     ? client::OnUnavailable::kFailOpen
                      : f.on_unavailable == "closed" ? client::OnUnavailable::kFailClosed
                                                     : client::OnUnavailable::kReturnError;
+  c.spec.priority = f.priority == "critical"    ? client::CheckSpec::Priority::kCritical
+                    : f.priority == "sheddable" ? client::CheckSpec::Priority::kSheddable
+                                                : client::CheckSpec::Priority::kNormal;
   if (!f.rule.empty()) {
     c.spec.rule = f.rule;
     return c;
@@ -206,7 +213,7 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
                           const Lateness& late) {
   const Tally& y = t.tally;
   const std::uint64_t answered = y.allowed + y.limited;
-  const std::uint64_t checks = answered + y.errors + y.fallbacks;
+  const std::uint64_t checks = answered + y.shed + y.errors + y.fallbacks;
   nlohmann::json limit = c.spec.rule.empty()
                              ? nlohmann::json{{"limit", c.spec.limit},
                                               {"period", formatPeriod(c.spec.period)},
@@ -231,6 +238,7 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
       {"errors", y.errors},
       {"fallbacks", y.fallbacks},
       {"degraded", y.degraded},
+      {"shed", y.shed},
       {"route", c.flags.route},
       {"error_rate",
        checks == 0 ? 0.0
@@ -267,8 +275,8 @@ void printReport(std::ostream& out, const nlohmann::json& r) {
   out << "checks      " << r["checks"] << " in " << num(r["duration_s"])
       << " s: " << num(r["throughput"]) << " decisions/s\n"
       << "allowed     " << r["allowed"] << "\nlimited     " << r["limited"] << "\nerrors      "
-      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\ndegraded    " << r["degraded"]
-      << "\n"
+      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\nshed        " << r["shed"]
+      << "\ndegraded    " << r["degraded"] << "\n"
       << "latency us  p50 " << num(l["p50"]) << "  p90 " << num(l["p90"]) << "  p99 "
       << num(l["p99"]) << "  p99.9 " << num(l["p99.9"]) << "  max " << num(l["max"]) << "  mean "
       << num(l["mean"]) << "\n";
@@ -438,6 +446,7 @@ int run(int argc, char** argv) {
     totals.tally.errors += t.errors;
     totals.tally.fallbacks += t.fallbacks;
     totals.tally.degraded += t.degraded;
+    totals.tally.shed += t.shed;
     if (totals.first_error.empty()) totals.first_error = conn->firstError();
   }
   const nlohmann::json report = reportJson(c, totals, *latency, *late);

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Overload benchmark (issue 17, docs/overload.md): one node offered load beyond its peak.
+
+The node runs --threads 1 pinned to CPU 0; throttlex-bench (RPC, open loop, latency from each
+check's due time) runs pinned to CPU 1, so the generator's CPU share is fixed. Per round:
+
+  peak      closed loop, as fast as the node answers: P decisions/s
+  half      open loop at P/2: the p99 to compare with
+  2x on     open loop at 2P, overload protection on (the default target), all checks `normal`
+  2x off    the same with --overload-target-ms 0 (the node queues as before)
+  2x shed   the same as `2x on` with every check `sheddable`
+
+Reported per phase: the offered rate the generator reached (it may not reach 2P on one core:
+then its own lateness shows), goodput (decided checks/s) and its ratio to P, p99 of decided
+checks, shed answers, errors, and the node's RSS before and after. Medians over --rounds.
+
+Bounded: each phase runs --seconds (default 5) plus 1 s of warm-up; every process is stopped by
+PID. Usage: bench/overload_report.py [--rounds 3] [--seconds 5] [--build build]
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RULES = """rules:
+  - name: bench
+    limit: 1000000000
+    period: 1s
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Node:
+    def __init__(self, binary, work, extra):
+        (work / "rules.yaml").write_text(RULES)
+        self.rpc = free_port()
+        ports = [free_port() for _ in range(3)]
+        args = ["taskset", "-c", "0", str(binary / "throttlexd"), "--node-id", "o1",
+                "--bind", "127.0.0.1", "--threads", "1", "--rpc-port", str(self.rpc),
+                "--http-port", str(ports[0]), "--metrics-port", str(ports[1]),
+                "--gossip-port", str(ports[2]), "--rules", str(work / "rules.yaml"), *extra]
+        self.log = open(work / "node.log", "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "ready:" in (work / "node.log").read_text():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        sys.exit(f"the node did not start (log: {work / 'node.log'})")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def bench(binary, node, seconds, rate=0.0, priority="normal"):
+    args = ["taskset", "-c", "1", str(binary / "throttlex-bench"), "--node",
+            f"127.0.0.1:{node.rpc}", "--rule", "bench", "--keys", "100000",
+            "--connections", "1", "--concurrency", "256", "--deadline", "30s",
+            "--duration", f"{seconds}s", "--warmup", "1s", "--priority", priority, "--json"]
+    if rate > 0:
+        args += ["--rate", str(rate)]
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=seconds + 90)
+    if not p.stdout.strip():
+        sys.exit(f"throttlex-bench failed: {p.stderr[-2000:]}")
+    r = json.loads(p.stdout)
+    offered = r["checks"] / r["duration_s"] if r["duration_s"] else 0
+    return {"offered": offered, "goodput": r["throughput"], "p99_us": r["latency_us"]["p99"],
+            "shed": r.get("shed", 0), "errors": r["errors"] + r["fallbacks"],
+            "late_us": r["generator_lateness_us"]["send"]["p99"]}
+
+
+def one_round(binary, work, seconds):
+    rows = {}
+    node = Node(binary, work, [])
+    try:
+        rows["peak"] = bench(binary, node, seconds)
+        peak = rows["peak"]["goodput"]
+        rows["half"] = bench(binary, node, seconds, rate=peak / 2)
+        before = rss_kb(node.proc.pid)
+        rows["2x on"] = bench(binary, node, seconds, rate=2 * peak)
+        rows["2x shed"] = bench(binary, node, seconds, rate=2 * peak, priority="sheddable")
+        rows["2x on"]["rss_kb"] = (before, rss_kb(node.proc.pid))
+    finally:
+        node.stop()
+    node = Node(binary, work, ["--overload-target-ms", "0"])
+    try:
+        before = rss_kb(node.proc.pid)
+        rows["2x off"] = bench(binary, node, seconds, rate=2 * peak)
+        rows["2x off"]["rss_kb"] = (before, rss_kb(node.proc.pid))
+    finally:
+        node.stop()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--build", default="build")
+    args = ap.parse_args()
+    binary = Path(args.build) / "bin"
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="throttlex-overload-") as tmp:
+        for i in range(args.rounds):
+            rows = one_round(binary, Path(tmp), args.seconds)
+            rounds.append(rows)
+            print(f"round {i + 1}: " + json.dumps(rows), file=sys.stderr)
+    phases = ["peak", "half", "2x on", "2x off", "2x shed"]
+    med = lambda phase, k: statistics.median(r[phase][k] for r in rounds)
+    peak = med("peak", "goodput")
+    print(f"{os.cpu_count()} CPUs; node pinned to CPU 0, generator to CPU 1; "
+          f"medians of {args.rounds} rounds of {args.seconds} s")
+    print(f"{'phase':8} {'offered/s':>10} {'goodput/s':>10} {'x peak':>7} {'p99 ms':>9} "
+          f"{'shed':>8} {'errors':>7} {'gen late p99 ms':>16}")
+    for ph in phases:
+        print(f"{ph:8} {med(ph, 'offered'):10.0f} {med(ph, 'goodput'):10.0f} "
+              f"{med(ph, 'goodput') / peak:7.2f} {med(ph, 'p99_us') / 1000:9.2f} "
+              f"{med(ph, 'shed'):8.0f} {med(ph, 'errors'):7.0f} {med(ph, 'late_us') / 1000:16.2f}")
+    print("A generator lateness near the p99 means the queue was in the generator, not the node: "
+          "the run measured the generator (give it more cores).")
+    for ph in ("2x on", "2x off"):
+        rss = [r[ph]["rss_kb"] for r in rounds]
+        print(f"RSS {ph}: " + ", ".join(f"{a / 1024:.0f}->{b / 1024:.0f} MiB" for a, b in rss))
+
+
+if __name__ == "__main__":
+    main()
