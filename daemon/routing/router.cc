@@ -96,7 +96,9 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
   if (hops != 0) return std::nullopt;
   if (refused(args, hops)) return inlineRefused();
   const OverloadDetector* overload = OverloadDetector::current();
-  if (overload == nullptr) return std::nullopt;
+  // A release or a refund gives capacity back, and is never shed: shedding it would hold units
+  // the caller is done with until they expire.
+  if (overload == nullptr || args.release != 0 || args.refund) return std::nullopt;
   const auto why = overload->shed(args.priority, service_.clock().monotonic(), args.deadline);
   if (!why) return std::nullopt;
   auto o = service_.shedOutcome(args, *why);

@@ -247,7 +247,13 @@ Result<CheckOutcome> LimiterService::shedOutcome(const CheckArgs& args, ShedReas
     d.allowed = true;
   }
   auto o = outcome(d, false, r->policy, r->limit.period());
-  if (o) o->shed = reason;
+  if (!o) return o;
+  o->shed = reason;
+  if (d.allowed && r->limit.algorithm() == Algorithm::kConcurrency && args.hits > 0) {
+    // Allowed by policy: a lease no node holds, so its release is answered "unknown".
+    o->lease_id = newLeaseId();
+    o->lease_expiry_ms = leaseExpiryMs(r->limit, clock_.now());
+  }
   return o;
 }
 

@@ -79,7 +79,9 @@ std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now,
       break;
     case Priority::kNormal:
       // What waited too long now: a standing queue's current lag, not a past peak.
-      if (currentLag(now) > 4 * options_.target && standingAt(now)) return ShedReason::kOverload;
+      if (currentLag(now) > kNormalLagFactor * options_.target && standingAt(now)) {
+        return ShedReason::kOverload;
+      }
       break;
     case Priority::kCritical:
       break;

@@ -10,8 +10,9 @@
 //
 // What is shed, by the check's priority:
 //   sheddable  whenever the loop lags more than the target (first to go, even in a burst);
-//   normal     while a standing queue lasts and the loop lags more than 4 targets (what waited
-//              too long);
+//   normal     while a standing queue lasts and the loop lags more than kNormalLagFactor targets
+//              (what waited far too long: with `overload: allow` a shed check is not limited, so
+//              a busy node must not stop limiting early);
 //   critical   never for load; like every check, when its caller's deadline has passed.
 //
 // Threads: one OverloadDetector per worker thread, used only on it (no locks); current() is the
@@ -36,7 +37,8 @@ Result<Priority> parsePriority(std::string_view text);
 // Why a check was shed (wire values: proto ShedReason).
 enum class ShedReason : std::uint8_t { kOverload = 1, kDeadline = 2 };
 inline constexpr int kShedReasonCount = 2;
-std::string_view nameOf(ShedReason r);  // "overload", "deadline"
+inline constexpr int kNormalLagFactor = 10;  // normal checks: shed beyond this many targets of lag
+std::string_view nameOf(ShedReason r);       // "overload", "deadline"
 
 struct OverloadOptions {
   Duration target = std::chrono::milliseconds(10);     // loop lag above this is queueing; 0: off
@@ -57,7 +59,7 @@ class OverloadDetector {
   // ran first in this turn).
   Duration lagAt(Instant now) const;
   // Whether a check of `priority`, handled at `now`, is shed, and why; `deadline` is the caller's
-  // (monotonic), if it gave one.
+  // (monotonic), if it gave one. (Releases and refunds give capacity back: callers never ask.)
   std::optional<ShedReason> shed(Priority priority, Instant now,
                                  std::optional<Instant> deadline = std::nullopt) const;
 

@@ -35,14 +35,14 @@ TEST_CASE("a burst sheds only sheddable checks; a standing queue sheds normal on
   CHECK(d.shed(Priority::kSheddable, now) == ShedReason::kOverload);
   CHECK_FALSE(d.shed(Priority::kNormal, now));
   CHECK_FALSE(d.standingAt(now));
-  // It lasts: a standing queue. Normal checks that waited more than 4 targets go too.
-  now = feed(d, now + 5ms, 100ms, 60ms);
+  // It lasts: a standing queue. Normal checks that waited more than 10 targets go too.
+  now = feed(d, now + 5ms, 100ms, 150ms);
   CHECK(d.standingAt(now));
   CHECK(d.shed(Priority::kNormal, now) == ShedReason::kOverload);
   CHECK_FALSE(d.shed(Priority::kCritical, now));
-  // A standing queue of short waits (above the target, below 4 targets) keeps normal checks.
+  // A standing queue of shorter waits (above the target, below 10 targets) keeps normal checks.
   OverloadDetector mild({10ms, 100ms});
-  const Instant t = feed(mild, kT0, 300ms, 20ms);
+  const Instant t = feed(mild, kT0, 300ms, 60ms);
   CHECK(mild.standingAt(t));
   CHECK(mild.shed(Priority::kSheddable, t) == ShedReason::kOverload);
   CHECK_FALSE(mild.shed(Priority::kNormal, t));
@@ -94,7 +94,9 @@ struct ShedApi {
                          RuleSet::parseYaml("rules:\n"
                                             "  - {name: open, limit: 2, period: 1m}\n"
                                             "  - {name: closed, limit: 2, period: 1m, overload: "
-                                            "deny}\n")
+                                            "deny}\n"
+                                            "  - {name: db, limit: 1, lease_ttl: 1m, algorithm: "
+                                            "concurrency}\n")
                              .value(),
                          ""};
   HttpApi api{service, nullptr, nullptr};
@@ -116,8 +118,8 @@ struct ShedApi {
     api.handle(req, [&](HttpResponse r) { out = std::move(r); });
     return out;
   }
-  // A standing queue with 60 ms waits on this thread's loop.
-  void overload() { feed(detector, clock.monotonic() - 300ms, 300ms, 60ms); }
+  // A standing queue with 150 ms waits on this thread's loop.
+  void overload() { feed(detector, clock.monotonic() - 300ms, 300ms, 150ms); }
 };
 
 std::string header(const HttpResponse& r, const std::string& name) {
@@ -157,12 +159,32 @@ TEST_CASE("a shed check answers its rule's overload policy, marked shed, and spe
     CHECK(header(r, "X-Throttlex-Shed").empty());
   }
   CHECK(a.get("/v1/check?rule=open&key=k&priority=critical").status == 429);
-  // Normal checks that waited more than 4 targets in a standing queue are shed too.
+  // Normal checks that waited more than 10 targets in a standing queue are shed too.
   CHECK(header(a.get("/v1/check?rule=open&key=n"), "X-Throttlex-Shed") == "overload");
   // A bad priority is a 400 problem, shed or not.
   r = a.get("/v1/check?rule=open&key=k&priority=urgent");
   CHECK(r.status == 400);
   CHECK(r.content_type == "application/problem+json");
+}
+
+TEST_CASE("releases are never shed; a shed acquire allowed by policy carries a lease") {
+  ShedApi a;
+  const HttpResponse held = a.get("/v1/check?rule=db&key=k&priority=critical");
+  REQUIRE(held.status == 200);
+  const std::string lease = nlohmann::json::parse(held.body)["lease"]["id"];
+  a.overload();
+  // Shed by policy (allow): a lease no node holds, whose release finds nothing.
+  const auto shed = nlohmann::json::parse(a.get("/v1/check?rule=db&key=k&priority=sheddable").body);
+  CHECK(shed["shed"] == "overload");
+  const std::string unheld = shed["lease"]["id"];
+  // A release gives capacity back: decided, whatever its priority and the load.
+  for (const auto& [id, found] : {std::pair{lease, "released"}, std::pair{unheld, "unknown"}}) {
+    const HttpResponse r = a.get("/v1/check?rule=db&key=k&priority=sheddable&release=" + id);
+    CHECK(r.status == 200);
+    const auto body = nlohmann::json::parse(r.body);
+    CHECK_FALSE(body.contains("shed"));
+    CHECK(body["release"] == found);
+  }
 }
 
 TEST_CASE("without overload nothing is shed, whatever the priority") {
