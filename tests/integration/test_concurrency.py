@@ -3,7 +3,8 @@
 1. 200 clients acquire and release leases of one key against a limit of 50, entering at random
    nodes of a 5-node cluster: never more than 50 leases held at once, checked from the clients'
    side (a lease counts from the acquire's answer until its release is sent, so the clients see
-   at most what the owner holds). Its leases live 60 s, so none expires under a slow machine.
+   at most what the owner holds). Its leases live 60 s, so none expires under a slow machine
+   (every test but the expiry one uses that rule: a slow machine must not change what they see).
 2. The leases of clients that die without releasing return at their expiry, not before.
 3. Leases move with their key: after the owner drains (SIGTERM), the new owner holds them,
    denies the 51st and releases them.
@@ -49,13 +50,13 @@ RULES = f"""rules:
 """
 
 
-def acquire(node, key, rule="db"):
+def acquire(node, key, rule="pool"):
     status, _, body = node.request("GET", f"/v1/check?rule={rule}&key={key}")
     assert status in (200, 429), f"{status} {body}"
     return json.loads(body)
 
 
-def release(node, key, lease, rule="db"):
+def release(node, key, lease, rule="pool"):
     status, _, body = node.request("POST", "/v1/release",
                                    body=json.dumps({"rule": rule, "key": key, "lease": lease}),
                                    headers={"Content-Type": "application/json"})
@@ -135,13 +136,14 @@ class ConcurrencyClusterTest(unittest.TestCase):
     def test_leases_of_clients_that_died_return_at_expiry(self):
         started = time.monotonic()
         for i in range(LIMIT):  # 50 clients acquire and die without a release
-            self.assertTrue(acquire(self.nodes[i % 5], "crashed")["allowed"])
-        refused = acquire(self.nodes[0], "crashed")
+            self.assertTrue(acquire(self.nodes[i % 5], "crashed", "db")["allowed"])
+        refused = acquire(self.nodes[0], "crashed", "db")
         self.assertFalse(refused["allowed"])
         self.assertGreater(refused["retry_after_ms"], 0)
         # Polled: the first acquire that succeeds again comes after the leases' time to live
         # (never before: every lease lives at least that long) and within a third more of it.
-        wait_until(lambda: acquire(self.nodes[1], "crashed")["allowed"], timeout=TTL_S * 4 / 3 + 10,
+        wait_until(lambda: acquire(self.nodes[1], "crashed", "db")["allowed"],
+                   timeout=TTL_S * 4 / 3 + 10,
                    interval=0.1, what="a lease that expired")
         self.assertGreaterEqual(time.monotonic() - started, TTL_S)
 
@@ -173,7 +175,7 @@ class ConcurrencyClusterTest(unittest.TestCase):
             self.assertIn(status, (400, 404), text)
             self.assertEqual(headers["content-type"], "application/problem+json")
             self.assertIn(detail, json.loads(text)["detail"])
-        status, _, text = node.request("GET", "/v1/check?rule=db&key=k&hits=-1")
+        status, _, text = node.request("GET", "/v1/check?rule=pool&key=k&hits=-1")
         self.assertEqual(status, 400, text)
         # None of it touched the lease: it is still held, and its release works once.
         self.assertEqual(release(self.nodes[3], "k", lease), "released")
@@ -182,7 +184,7 @@ class ConcurrencyClusterTest(unittest.TestCase):
     def test_throttlectl_acquires_and_releases_over_rpc(self):
         def ctl(node, *args):
             code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "-o", "json",
-                                      "check", "--rule", "db", *args, "rpc-key")
+                                      "check", "--rule", "pool", *args, "rpc-key")
             return code, json.loads(out) if out else err
 
         leases = []
