@@ -87,6 +87,18 @@ Result<std::optional<Instant>> deadlineOf(const HttpRequest& request, Instant st
   return std::optional<Instant>(start + std::chrono::milliseconds(*ms));
 }
 
+Result<CheckArgs> toArgs(const CheckFields& f);
+
+// toArgs() with the caller's deadline from the request's header.
+Result<CheckArgs> toArgs(const CheckFields& f, const HttpRequest& request, Instant start) {
+  auto args = toArgs(f);
+  if (!args) return args;
+  auto deadline = deadlineOf(request, start);
+  if (!deadline) return deadline.error();
+  args->deadline = *deadline;
+  return args;
+}
+
 // Turns the text fields into CheckArgs; `args` views into `fields`.
 Result<CheckArgs> toArgs(const CheckFields& f) {
   CheckArgs a;
@@ -467,14 +479,11 @@ void HttpApi::checkGet(const HttpRequest& request, bool auth_request, const Http
   if (const std::string* p = request.header("x-throttlex-priority"); p && f.priority.empty()) {
     f.priority = *p;
   }
-  auto args = toArgs(f);
-  auto deadline = deadlineOf(request, start);
-  if (!args || !deadline) {
-    const Error e = !args ? args.error() : deadline.error();
-    record(e, start);
-    return respond(answer(e, auth_request));
+  auto args = toArgs(f, request, start);
+  if (!args) {
+    record(args.error(), start);
+    return respond(answer(args.error(), auth_request));
   }
-  args->deadline = *deadline;
   checkOne(*args, auth_request, start, respond);
 }
 
@@ -495,14 +504,11 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   if (checks == body.end()) {  // one check
     CheckFields f;
     if (auto st = fromJson(body, f, priority); !st) return respond(problemFor(st.error()));
-    auto args = toArgs(f);
-    auto deadline = deadlineOf(request, start);
-    if (!args || !deadline) {
-      const Error e = !args ? args.error() : deadline.error();
-      record(e, start);
-      return respond(answer(e, false));
+    auto args = toArgs(f, request, start);
+    if (!args) {
+      record(args.error(), start);
+      return respond(answer(args.error(), false));
     }
-    args->deadline = *deadline;
     return checkOne(*args, false, start, respond);
   }
 

@@ -80,6 +80,14 @@ std::uint64_t newLeaseId() {
   return id;
 }
 
+// An acquire allowed by a policy (degraded, overload) rather than decided: a lease no node holds,
+// so its release is answered "unknown".
+void grantUnheldLease(CheckOutcome& o, const Limit& limit, const CheckArgs& args, Time now) {
+  if (!o.decision.allowed || args.hits == 0) return;
+  o.lease_id = newLeaseId();
+  o.lease_expiry_ms = leaseExpiryMs(limit, now);
+}
+
 }  // namespace
 
 bool LimiterService::isLeaseCheck(const Resolved& r, const CheckArgs& args) {
@@ -224,11 +232,7 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
   auto o = outcome(d, r->shadow, r->policy, r->limit.period());
   if (!o) return o;
   o->route = RouteKind::kDegraded;
-  if (leases && d.allowed && args.hits > 0) {
-    // Allowed by policy: a lease no node holds, so its release is answered "unknown".
-    o->lease_id = newLeaseId();
-    o->lease_expiry_ms = leaseExpiryMs(r->limit, now);
-  }
+  if (leases) grantUnheldLease(*o, r->limit, args, now);
   return o;
 }
 
@@ -249,10 +253,8 @@ Result<CheckOutcome> LimiterService::shedOutcome(const CheckArgs& args, ShedReas
   auto o = outcome(d, false, r->policy, r->limit.period());
   if (!o) return o;
   o->shed = reason;
-  if (d.allowed && r->limit.algorithm() == Algorithm::kConcurrency && args.hits > 0) {
-    // Allowed by policy: a lease no node holds, so its release is answered "unknown".
-    o->lease_id = newLeaseId();
-    o->lease_expiry_ms = leaseExpiryMs(r->limit, clock_.now());
+  if (r->limit.algorithm() == Algorithm::kConcurrency) {
+    grantUnheldLease(*o, r->limit, args, clock_.now());
   }
   return o;
 }
