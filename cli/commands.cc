@@ -1,12 +1,14 @@
 #include "cli/commands.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "cli/exit_codes.h"
 #include "cli/output.h"
@@ -228,9 +230,8 @@ struct MemberOutcome {
   std::uint64_t value = 0;             // what the command counts: rules reloaded, 1 if deleted
 };
 
-// Rules are per node, and the owner of a key decides it with its own rules: a rules change is
-// applied on every member that owns slots (alive or suspect), each through its own connection.
-// Not in a cluster: on the connected node only.
+// A per-node change (snapshot, keyring) applied on every member that owns slots (alive or
+// suspect), each through its own connection. Not in a cluster: on the connected node only.
 std::vector<MemberOutcome> onEveryMember(
     client::Client& c, const Config& config,
     const std::function<MemberOutcome(client::Client&)>& change) {
@@ -255,6 +256,66 @@ std::vector<MemberOutcome> onEveryMember(
     o.node_id = m.node_id;
     o.rpc_address = m.rpc_address;
     out.push_back(std::move(o));
+  }
+  return out;
+}
+
+// How long a rules change may take to reach every member before the command reports one
+// that has not taken it.
+constexpr std::chrono::seconds kConvergeTimeout{5};
+
+// Asks the member at `m` which rules version it runs until it runs `made` or a newer one.
+MemberOutcome awaitVersion(const Config& config, const client::Member& m,
+                           const client::RulesVersion& made) {
+  MemberOutcome o;
+  o.node_id = m.node_id;
+  o.rpc_address = m.rpc_address;
+  auto options = clientOptions(config, {m.rpc_address});
+  options.route_to_owner = false;
+  auto member = client::Client::connect(options);
+  if (!member) {
+    o.error = member.error();
+    return o;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + kConvergeTimeout;
+  for (;;) {
+    const auto info = (*member)->nodeInfo();
+    if (info && info->rules_version >= made) {
+      o.detail = "runs version " + client::formatRulesVersion(info->rules_version);
+      return o;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      o.error = info ? client::Error{client::ErrorCode::kDeadlineExceeded,
+                                     "still runs rules version " +
+                                         client::formatRulesVersion(info->rules_version) +
+                                         " after " + std::to_string(kConvergeTimeout.count()) +
+                                         " s (made: " + client::formatRulesVersion(made) + ")"}
+                     : info.error();
+      return o;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// Rules are the cluster's (docs/api.md, "Rules across the cluster"): a change is made on the
+// node called, as a new rules version that the node sends to every member. Then every other
+// member (alive or suspect) is asked until it runs that version or a newer one. The first
+// outcome is the node called; not in a cluster, it is the only one.
+std::vector<MemberOutcome> changeOnCluster(
+    client::Client& c, const Config& config,
+    const std::function<MemberOutcome(client::Client&)>& change) {
+  MemberOutcome made = change(c);
+  const auto info = c.nodeInfo();
+  if (info) {
+    made.node_id = info->node_id;
+    made.rpc_address = info->rpc_address;
+  }
+  if (made.error || !info) return {made};
+  made.detail += ", version " + client::formatRulesVersion(info->rules_version);
+  std::vector<MemberOutcome> out{made};
+  for (const client::Member& m : info->members) {
+    if (m.node_id == info->node_id || (m.state != "alive" && m.state != "suspect")) continue;
+    out.push_back(awaitVersion(config, m, info->rules_version));
   }
   return out;
 }
@@ -291,7 +352,7 @@ int reportMembers(const Config& config, const std::vector<MemberOutcome>& outcom
 }  // namespace
 
 int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule) {
-  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+  const auto outcomes = changeOnCluster(c, config, [&](client::Client& node) {
     const client::Status status = node.setRule(rule);
     MemberOutcome o;
     if (!status) o.error = status.error();
@@ -303,7 +364,7 @@ int runRulesSet(client::Client& c, const Config& config, const client::Rule& rul
 }
 
 int runRulesDelete(client::Client& c, const Config& config, const std::string& name) {
-  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+  const auto outcomes = changeOnCluster(c, config, [&](client::Client& node) {
     const auto deleted = node.deleteRule(name);
     MemberOutcome o;
     if (!deleted) {
@@ -320,7 +381,7 @@ int runRulesDelete(client::Client& c, const Config& config, const std::string& n
 }
 
 int runRulesReload(client::Client& c, const Config& config) {
-  const auto outcomes = onEveryMember(c, config, [&](client::Client& node) {
+  const auto outcomes = changeOnCluster(c, config, [&](client::Client& node) {
     const auto count = node.reloadRules();
     MemberOutcome o;
     if (!count) {
@@ -351,7 +412,11 @@ int runStatus(client::Client& c, const Config& config) {
                           {"uptime", humanDuration(info->uptime)},
                           {"keys", std::to_string(info->keys)},
                           {"evictions", std::to_string(info->evictions)},
-                          {"rules", std::to_string(info->rules)}});
+                          {"rules", std::to_string(info->rules) + " (version " +
+                                        client::formatRulesVersion(info->rules_version) +
+                                        (info->rules_origin.empty()
+                                             ? ", a rules file as loaded)"
+                                             : ", made by " + info->rules_origin + ")")}});
   const client::PersistenceInfo& p = info->persistence;
   const std::string handoffs = std::to_string(p.handoffs_sent) + " sent (" +
                                std::to_string(p.handoff_entries_sent) + " entries), " +

@@ -120,6 +120,9 @@ nlohmann::json nodeInfoJson(const client::NodeInfo& info) {
           {"keys", info.keys},
           {"evictions", info.evictions},
           {"rules", info.rules},
+          {"rules_version", client::formatRulesVersion(info.rules_version)},
+          {"rules_origin", info.rules_origin},
+          {"rules_made_unix_ms", info.rules_made_unix_ms},
           {"persistence", persistenceJson(info.persistence)}};
 }
 

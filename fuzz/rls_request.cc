@@ -12,6 +12,7 @@
 
 #include "daemon/rls/rls_plan.h"
 #include "daemon/service/rules.h"
+#include "daemon/service/rules_doc.h"
 #include "envoy/service/ratelimit/v3/rls.pb.h"
 
 namespace {
@@ -55,16 +56,11 @@ descriptors:
 
 std::shared_ptr<const RuleSet> rules() {
   static const std::shared_ptr<const RuleSet> set = [] {
-    std::vector<throttlex::Rule> all;
-    RuleSet::Domains domains;
-    for (const char* text : kRules) {
-      auto parsed = RuleSet::parseYaml(text);
-      if (!parsed) __builtin_trap();  // the fixture itself must load
-      for (const auto& [name, d] : parsed->domains()) domains.emplace(name, d);
-      for (const auto& r : parsed->rules()) all.push_back(r);
-    }
-    return std::make_shared<const RuleSet>(
-        RuleSet::make(std::move(all), std::move(domains)).value());
+    throttlex::RulesDoc doc;
+    for (const char* text : kRules) doc.sources.push_back({"", text});
+    auto parsed = RuleSet::fromDoc(doc);
+    if (!parsed) __builtin_trap();  // the fixture itself must load
+    return std::make_shared<const RuleSet>(std::move(*parsed));
   }();
   return set;
 }

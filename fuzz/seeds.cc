@@ -241,6 +241,33 @@ void rlsSeeds(const fs::path& dir) {
 
 }  // namespace
 
+// A peer's rules: a file of either shape, then a change that sets a rule and one that deletes.
+void rulesSyncSeeds(const fs::path& dir) {
+  capnp::MallocMessageBuilder b;
+  auto p = b.initRoot<proto::Limiter::SyncRulesParams>();
+  p.setVersion(1);
+  p.setFrom("node-1");
+  auto doc = p.initDoc();
+  doc.setOrigin("node-1");
+  doc.setMadeMs(1'700'000'000'000);
+  auto sources = doc.initSources(2);
+  sources[0].setName("rules.yaml");
+  sources[0].setText(
+      "rules:\n  - {name: api, algorithm: gcra, limit: 10, period: 1m, burst: 20}\n"
+      "  - {name: jobs, algorithm: concurrency, limit: 5, lease_ttl: 30s}\n");
+  sources[1].setName("envoy.yaml");
+  sources[1].setText(
+      "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit:\n"
+      "      unit: minute\n      requests_per_unit: 5\n");
+  auto changes = doc.initChanges(2);
+  changes[0].setRule("web");
+  changes[0].setYaml("{name: \"web\", algorithm: fixed_window, limit: 3, period: 1h}");
+  changes[1].setRule("api");
+  doc.initVersion().setCounter(2);
+  const auto words = capnp::messageToFlatArray(b);
+  write(dir, "doc", words.asBytes());
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: fuzz-seeds CORPUS_DIR (fuzz/corpus)\n");
@@ -254,6 +281,7 @@ int main(int argc, char** argv) {
   handoffSeeds(root / "handoff_entries");
   rlsSeeds(root / "rls_request");
   leaseSeeds(root / "lease_state");
+  rulesSyncSeeds(root / "rules_sync");
   std::printf("seeds written under %s\n", argv[1]);
   return 0;
 }

@@ -151,6 +151,38 @@ interface Limiter {
   # (notFound), a rule that is not adaptive or a bad latency (invalidArgument) refuses the whole
   # call. At most 1000 reports per call.
   report @4 (version :UInt16, reports :List(Report)) -> (error :Error, taken :UInt32);
+  # Node to node (rules across the cluster, docs/api.md): the sender's rules version, and its
+  # rules when it sends them (a change made there, or the receiver was behind). The receiver runs
+  # a sent version that is newer than its own; it answers the version it runs, and its rules
+  # when they are newer than the sender's.
+  syncRules @5 (version :UInt16, from :Text, rules :RulesVersion, doc :RulesDoc)
+      -> (error :Error, rules :RulesVersion, doc :RulesDoc);
+}
+
+# Rules versions (daemon/service/rules_doc.h): ordered by counter, then digest.
+struct RulesVersion {
+  counter @0 :UInt64;
+  digest @1 :UInt64;           # FNV-1a of the sources and changes
+}
+
+# The rules a node runs, as every node builds them: the rules files' texts, then the run-time
+# changes in order. At most 256 sources, 10000 changes, 4 MiB of text.
+struct RulesDoc {
+  version @0 :RulesVersion;
+  origin @1 :Text;             # the node that made the version
+  madeMs @2 :Int64;            # when (Unix ms)
+  sources @3 :List(RulesSource);
+  changes @4 :List(RulesChange);
+}
+
+struct RulesSource {
+  name @0 :Text;               # the file it was read from
+  text @1 :Text;               # a rules file of either shape
+}
+
+struct RulesChange {
+  rule @0 :Text;
+  yaml @1 :Text;               # the rule as a rules-file mapping; empty: the rule was deleted
 }
 
 # Numeric values equal daemon/service/adaptive.h's ReportOutcome.
@@ -265,6 +297,9 @@ struct NodeInfo {
   rules @9 :UInt32;
   members @10 :List(Member);   # the cluster as this node sees it (itself included)
   persistence @11 :Persistence;
+  rulesVersion @12 :RulesVersion;  # the rules version the node runs
+  rulesOrigin @13 :Text;           # the node that made it (empty: the node's own rules file)
+  rulesMadeMs @14 :Int64;
 }
 
 # Snapshots, recovery and handoffs of one node (docs/persistence.md).
@@ -302,9 +337,11 @@ struct KeyInspection {
 interface Admin {
   nodeInfo @0 (version :UInt16) -> (info :NodeInfo);
   listRules @1 (version :UInt16) -> (rules :List(Rule));
-  setRule @2 (version :UInt16, rule :Rule) -> (error :Error);
-  deleteRule @3 (version :UInt16, name :Text) -> (error :Error, deleted :Bool);
-  reloadRules @4 (version :UInt16) -> (error :Error, count :UInt32);
+  # Rules changes apply across the cluster: each makes a new rules version on the node called
+  # (answered in `rules`), which goes to every member (docs/api.md, "Rules across the cluster").
+  setRule @2 (version :UInt16, rule :Rule) -> (error :Error, rules :RulesVersion);
+  deleteRule @3 (version :UInt16, name :Text) -> (error :Error, deleted :Bool, rules :RulesVersion);
+  reloadRules @4 (version :UInt16) -> (error :Error, count :UInt32, rules :RulesVersion);
   inspectKey @5 (version :UInt16, request :CheckRequest) -> (inspection :KeyInspection);
   resetKey @6 (version :UInt16, request :CheckRequest) -> (error :Error, existed :Bool);
   # Writes every pending snapshot entry now and answers when the store confirmed them.

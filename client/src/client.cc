@@ -6,6 +6,7 @@
 #include <kj/debug.h>
 
 #include <array>
+#include <cstdio>
 #include <thread>
 
 #include "client/src/convert.h"
@@ -85,6 +86,12 @@ Status validate(const ClientOptions& o) {
 }
 
 }  // namespace
+
+std::string formatRulesVersion(const RulesVersion& v) {
+  char digest[17];
+  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(v.digest));
+  return std::to_string(v.counter) + "." + digest;
+}
 
 std::string_view errorCodeName(ErrorCode code) {
   static constexpr std::array<std::string_view, 10> kNames = {"none",

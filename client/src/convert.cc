@@ -229,6 +229,9 @@ NodeInfo fromProto(proto::NodeInfo::Reader info) {
   n.keys = info.getKeys();
   n.evictions = info.getEvictions();
   n.rules = info.getRules();
+  n.rules_version = {info.getRulesVersion().getCounter(), info.getRulesVersion().getDigest()};
+  n.rules_origin = text(info.getRulesOrigin());
+  n.rules_made_unix_ms = info.getRulesMadeMs();
   for (const auto m : info.getMembers()) {
     n.members.push_back({text(m.getNodeId()), text(m.getState()), text(m.getGossipAddress()),
                          text(m.getRpcAddress()), text(m.getHttpAddress()), m.getIncarnation()});

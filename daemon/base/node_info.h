@@ -38,11 +38,24 @@ struct NodeInfo {
   std::uint64_t keys = 0;
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
+  // The rules version the node runs (daemon/service/rules_doc.h).
+  std::uint64_t rules_counter = 0, rules_digest = 0;
+  std::string rules_origin;  // the node that made it; empty: a rules file as loaded
+  std::int64_t rules_made_ms = 0;
   std::vector<MemberInfo> members;  // empty when the node is not in a cluster
   PersistenceInfo persistence;
 };
 
 using NodeInfoProvider = std::function<NodeInfo()>;
+
+// Rules across the cluster (daemon/rules_sync/rules_sync.h), for /metrics.
+struct RulesSyncInfo {
+  std::uint64_t counter = 0;   // of the version the node runs
+  std::uint64_t calls = 0;     // syncRules calls made to other members
+  std::uint64_t failures = 0;  // of those, failed
+  std::uint64_t adopted = 0;   // newer versions taken from other members
+  std::uint64_t refused = 0;   // versions that failed their checks or did not load here
+};
 
 using MembersProvider = std::function<std::vector<MemberInfo>()>;
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "daemon/loop/kj_on_asio.h"
+#include "daemon/service/rules_doc.h"
 #include "limiter/period.h"
 
 namespace throttlex {
@@ -645,15 +646,19 @@ HttpResponse HttpApi::readiness() const {
 HttpResponse HttpApi::infoResponse() const {
   const NodeInfo i = info_ ? info_() : NodeInfo{};
   HttpResponse r;
-  r.body = dumpJson(nlohmann::json{{"node_id", i.node_id},
-                                   {"version", i.version},
-                                   {"http_address", i.http_address},
-                                   {"rpc_address", i.rpc_address},
-                                   {"metrics_address", i.metrics_address},
-                                   {"uptime_ms", i.uptime_ms},
-                                   {"keys", i.keys},
-                                   {"evictions", i.evictions},
-                                   {"rules", i.rules}});
+  r.body = dumpJson(
+      nlohmann::json{{"node_id", i.node_id},
+                     {"version", i.version},
+                     {"http_address", i.http_address},
+                     {"rpc_address", i.rpc_address},
+                     {"metrics_address", i.metrics_address},
+                     {"uptime_ms", i.uptime_ms},
+                     {"keys", i.keys},
+                     {"evictions", i.evictions},
+                     {"rules", i.rules},
+                     {"rules_version", formatRulesVersion({i.rules_counter, i.rules_digest})},
+                     {"rules_origin", i.rules_origin},
+                     {"rules_made_ms", i.rules_made_ms}});
   return r;
 }
 

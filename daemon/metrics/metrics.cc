@@ -607,6 +607,34 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
   out.push_back(std::move(sheds));
 }
 
+namespace {
+
+void collectRulesSync(const RulesSyncInfo& r, std::vector<prometheus::MetricFamily>& out) {
+  using prometheus::MetricType;
+  out.push_back({"throttlex_rules_version",
+                 "The counter of the rules version this node runs (every member runs the newest)",
+                 MetricType::Gauge,
+                 {valued(static_cast<double>(r.counter))}});
+  out.push_back({"throttlex_rules_sync_calls_total",
+                 "syncRules calls this node made to other members",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(r.calls))}});
+  out.push_back({"throttlex_rules_sync_failures_total",
+                 "syncRules calls to other members that failed",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(r.failures))}});
+  out.push_back({"throttlex_rules_adopted_total",
+                 "Newer rules versions this node took from other members",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(r.adopted))}});
+  out.push_back({"throttlex_rules_refused_total",
+                 "Rules versions from other members that failed their checks or did not load here",
+                 MetricType::Counter,
+                 {valued(static_cast<double>(r.refused))}});
+}
+
+}  // namespace
+
 std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
   using prometheus::MetricType;
   std::vector<prometheus::MetricFamily> out;
@@ -619,6 +647,7 @@ std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() const {
     collectAdaptive(options.adaptive_rules(),
                     options.adaptive_exchange ? options.adaptive_exchange() : ExchangeStats{}, out);
   }
+  if (options.rules_sync) collectRulesSync(options.rules_sync(), out);
   out.push_back({"process_resident_memory_bytes",
                  "Resident memory of the process",
                  MetricType::Gauge,

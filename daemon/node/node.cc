@@ -27,6 +27,8 @@
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/router.h"
 #include "daemon/rpc/rpc_server.h"
+#include "daemon/rules_sync/rules_sync.h"
+#include "daemon/rules_sync/sync_client.h"
 #include "daemon/service/limiter_service.h"
 #include "daemon/service/sweeper.h"
 #include "daemon/slots/handoff_client.h"
@@ -158,6 +160,7 @@ struct Node::Parts {
   Status startRpc(const NodeInfoProvider& node_info, std::size_t max_connections);
   Status startCluster();
   void makeExchange();
+  void makeRulesSync();
   NodeInfo info() const;
   PersistenceStats persistenceStats() const;
   ClusterNode* clusterNode() const { return cluster_view.load(std::memory_order_acquire); }
@@ -185,6 +188,7 @@ struct Node::Parts {
   std::unique_ptr<AdaptiveController> controller;  // of the adaptive rules the ring gives here
   RingHolder ring;  // published by the cluster thread once membership is up
   std::unique_ptr<AdaptiveExchange> exchange;  // started with membership
+  std::unique_ptr<RulesSync> rules_sync;       // started with membership
   std::unique_ptr<Forwarder> forwarder;
   std::unique_ptr<Router> router;
   std::unique_ptr<ClusterNode> cluster;
@@ -255,7 +259,8 @@ Status Node::Parts::startRouting(RuleSet rules) {
   keeper = std::make_unique<SlotKeeper>(keeper_options, *store, clock);
   service = std::make_unique<LimiterService>(*store, clock, std::move(rules), config.rules);
   controller = std::make_unique<AdaptiveController>(*service, clock);
-  makeExchange();  // started once membership is up
+  makeExchange();   // started once membership is up
+  makeRulesSync();  // likewise
   ForwarderOptions forwarder_options;
   forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
   forwarder_options.tls = outgoing;
@@ -291,6 +296,11 @@ NodeInfo Node::Parts::info() const {
   i.keys = st.entries;
   i.evictions = st.evictions;
   i.rules = static_cast<std::uint32_t>(service->rules().size());
+  const std::shared_ptr<const RulesDoc> doc = service->rulesDoc();
+  i.rules_counter = doc->version.counter;
+  i.rules_digest = doc->version.digest;
+  i.rules_origin = doc->origin;
+  i.rules_made_ms = doc->made_ms;
   if (ClusterNode* c = clusterNode()) i.members = c->members();
   PersistenceInfo& p = i.persistence;
   p.redis = config.redis;
@@ -340,6 +350,7 @@ Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_
   rpc_options.idle_timeout = std::chrono::seconds(config.rpc_idle_timeout_s);
   rpc_options.control = &control;
   rpc_options.adaptive = controller.get();
+  rpc_options.rules_sync = rules_sync.get();
   rpc_options.tls = tls;
   rpc_options.tls_required = config.tls_incoming_required;
   auto r = RpcServer::start(rpc_options, *router, node_info, metrics.get());
@@ -364,7 +375,12 @@ Status Node::Parts::startApis() {
                            r.controlled_here = controller->controls(r.rule);
                          return rules;
                        },
-                       [this] { return exchange->stats(); }});
+                       [this] { return exchange->stats(); },
+                       [this] {
+                         const RulesSyncStats s = rules_sync->stats();
+                         return RulesSyncInfo{service->rulesDoc()->version.counter, s.calls,
+                                              s.failures, s.adopted, s.refused};
+                       }});
   auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
   if (!metrics_bound) {
     return Error{metrics_bound.error().code,
@@ -423,6 +439,18 @@ void Node::Parts::makeExchange() {
                                               std::span<const RuleDigest> digests) {
         return sendDigests(address, from, digests, std::chrono::milliseconds(500), tls);
       });
+}
+
+// Rules changes go to every member (daemon/rules_sync/rules_sync.h).
+void Node::Parts::makeRulesSync() {
+  const std::shared_ptr<const proto::TlsConfig> outgoing = config.tls_outgoing ? tls : nullptr;
+  rules_sync = std::make_unique<RulesSync>(
+      *service, &ring,
+      [tls = outgoing, from = config.node_id](const std::string& address, const RulesVersion& mine,
+                                              const RulesDoc* doc) {
+        return sendRules(address, from, mine, doc, std::chrono::milliseconds(1000), tls);
+      });
+  service->setRulesOrigin(config.node_id, [this] { rules_sync->changed(); });
 }
 
 // Membership comes up after the APIs, so it can announce their bound addresses.
@@ -509,6 +537,12 @@ Result<std::unique_ptr<Node>> Node::start(const Config& config, const Clock& clo
   if (Status s = parts->startCluster(); !s) return s.error();
   parts->sweeper = std::make_unique<Sweeper>(*parts->store, clock);
   parts->exchange->start();
+  parts->rules_sync->start();
+  // A node that joins runs the cluster's rules, not its own file, before it reports ready.
+  if (!config.join.empty() &&
+      !parts->rules_sync->waitFirstRound(parts->keeper_options.join_timeout)) {
+    logWarn("no member answered for the cluster's rules yet; running this node's rules file");
+  }
 
   const auto& k = parts->keeper_options;
   if (parts->redis && !parts->keeper->waitStarted(std::max(k.startup_timeout, k.recovery_timeout) +
@@ -561,6 +595,7 @@ void Node::stop() {
   p.forwarder->stop();  // after the APIs: their in-flight forwarded checks were answered
   p.sweeper->stop();
   p.exchange->stop();
+  p.rules_sync->stop();
   if (p.flushes) p.flushes->join();
   if (p.writer) {
     p.writer->stop();  // one last flush

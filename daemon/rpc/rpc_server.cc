@@ -444,7 +444,8 @@ class Serving {
   static ServiceFactory services(RpcServer::Impl& server, Worker& worker) {
     return [&server, &worker](proto::Role role) -> capnp::Capability::Client {
       return kj::heap<RpcService>(server.router, server.info, server.metrics, worker.counters,
-                                  server.options.control, role, server.options.adaptive);
+                                  server.options.control, role, server.options.adaptive,
+                                  server.options.rules_sync);
     };
   }
 

@@ -27,6 +27,7 @@
 #include "daemon/adaptive/controller.h"
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
+#include "daemon/rules_sync/rules_sync.h"
 #include "limiter/result.h"
 #include "proto/rpc_tls.h"
 
@@ -70,6 +71,9 @@ struct RpcServerOptions {
   // Adaptive rules: the controller peers send their digests to (adaptiveExchange). Null: the
   // call is refused as unavailable. Must outlive the server.
   AdaptiveController* adaptive = nullptr;
+  // Rules across the cluster: what answers the members' syncRules calls. Null: refused as
+  // unavailable. Must outlive the server.
+  RulesSync* rules_sync = nullptr;
   // TLS (proto/rpc_tls.h): every connection must present a certificate of the cluster's CA, whose
   // common name gives its role. Null: plain TCP, every connection may do everything.
   std::shared_ptr<const proto::TlsConfig> tls;

@@ -11,6 +11,7 @@
 #include "daemon/loop/kj_on_asio.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/routing/wire.h"
+#include "daemon/rules_sync/wire.h"
 
 namespace throttlex {
 
@@ -23,7 +24,7 @@ std::optional<std::string> unsupportedVersion(std::uint16_t version) {
 
 RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
                        RpcCounters& counters, const NodeControl* control, proto::Role role,
-                       AdaptiveController* adaptive)
+                       AdaptiveController* adaptive, RulesSync* rules_sync)
     : service_(router.service()),
       router_(router),
       info_(std::move(info)),
@@ -31,6 +32,7 @@ RpcService::RpcService(Router& router, NodeInfoProvider info, Metrics* metrics,
       counters_(counters),
       control_(control),
       adaptive_(adaptive),
+      rules_sync_(rules_sync),
       role_(role) {}
 
 std::optional<Error> RpcService::denied(proto::Role needed, const char* call) const {
@@ -268,6 +270,11 @@ kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
     info.keys = stats.entries;
     info.evictions = stats.evictions;
     info.rules = static_cast<std::uint32_t>(service_.rules().size());
+    const std::shared_ptr<const RulesDoc> doc = service_.rulesDoc();
+    info.rules_counter = doc->version.counter;
+    info.rules_digest = doc->version.digest;
+    info.rules_origin = doc->origin;
+    info.rules_made_ms = doc->made_ms;
   }
   auto out = context.getResults().initInfo();
   out.setNodeId(kjText(info.node_id));
@@ -280,6 +287,9 @@ kj::Promise<void> RpcService::nodeInfo(NodeInfoContext context) {
   out.setKeys(info.keys);
   out.setEvictions(info.evictions);
   out.setRules(info.rules);
+  encode(RulesVersion{info.rules_counter, info.rules_digest}, out.initRulesVersion());
+  out.setRulesOrigin(kjText(info.rules_origin));
+  out.setRulesMadeMs(info.rules_made_ms);
   auto members = out.initMembers(static_cast<unsigned>(info.members.size()));
   for (std::size_t i = 0; i < info.members.size(); ++i) {
     const MemberInfo& m = info.members[i];
@@ -364,7 +374,11 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
   Rule rule{std::string(view(in.getName())), *spec, in.getShadow(),
             static_cast<DegradedPolicy>(degraded)};
   const Status status = service_.setRule(rule);
-  if (!status) setError(error(), status.error());
+  if (!status) {
+    setError(error(), status.error());
+  } else {
+    encode(service_.rulesDoc()->version, context.getResults().initRules());
+  }
   return kj::READY_NOW;
 }
 
@@ -383,6 +397,7 @@ kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
   const Result<bool> deleted = service_.deleteRule(view(params.getName()));
   if (deleted) {
     results.setDeleted(*deleted);
+    encode(service_.rulesDoc()->version, results.initRules());
   } else {
     setError(results.initError(), deleted.error());
   }
@@ -404,6 +419,7 @@ kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
   if (count) {
     results.setCount(static_cast<std::uint32_t>(
         std::min<std::size_t>(*count, std::numeric_limits<std::uint32_t>::max())));
+    encode(service_.rulesDoc()->version, results.initRules());
   } else {
     setError(results.initError(), count.error());
   }
@@ -482,6 +498,37 @@ kj::Promise<void> RpcService::adaptiveExchange(AdaptiveExchangeContext context) 
   const std::vector<RuleVerdict> verdicts = adaptive_->absorb(*digests);
   auto list = results.initVerdicts(static_cast<unsigned>(verdicts.size()));
   for (unsigned i = 0; i < verdicts.size(); ++i) encode(verdicts[i], list[i]);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> RpcService::syncRules(SyncRulesContext context) {
+  countCall(0);
+  const auto params = context.getParams();
+  auto results = context.getResults();
+  if (auto bad = unsupportedVersion(params.getVersion())) {
+    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return kj::READY_NOW;
+  }
+  if (auto no = denied(proto::Role::kPeer, "syncRules")) {
+    setError(results.initError(), *no);
+    return kj::READY_NOW;
+  }
+  if (rules_sync_ == nullptr) {
+    setError(results.initError(), proto::ErrorCode::UNAVAILABLE, "this node syncs no rules");
+    return kj::READY_NOW;
+  }
+  std::optional<RulesDoc> doc;
+  if (params.hasDoc()) {
+    auto decoded = decode(params.getDoc());
+    if (!decoded) {
+      setError(results.initError(), decoded.error());
+      return kj::READY_NOW;
+    }
+    doc = std::move(*decoded);
+  }
+  const RulesAnswer answer = rules_sync_->answer(decode(params.getRules()), doc ? &*doc : nullptr);
+  encode(answer.version, results.initRules());
+  if (answer.doc) encode(*answer.doc, results.initDoc());
   return kj::READY_NOW;
 }
 

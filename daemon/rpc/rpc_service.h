@@ -27,6 +27,7 @@
 #include "daemon/base/node_control.h"
 #include "daemon/base/node_info.h"
 #include "daemon/routing/router.h"
+#include "daemon/rules_sync/rules_sync.h"
 #include "daemon/service/limiter_service.h"
 #include "proto/rpc_tls.h"
 #include "proto/throttlex.capnp.h"
@@ -54,7 +55,7 @@ class RpcService final : public proto::Node::Server {
   // connection is kAdmin, as before roles existed.
   RpcService(Router& router, NodeInfoProvider info, Metrics* metrics, RpcCounters& counters,
              const NodeControl* control = nullptr, proto::Role role = proto::Role::kAdmin,
-             AdaptiveController* adaptive = nullptr);
+             AdaptiveController* adaptive = nullptr, RulesSync* rules_sync = nullptr);
 
  protected:
   kj::Promise<void> check(CheckContext context) override;
@@ -69,6 +70,7 @@ class RpcService final : public proto::Node::Server {
   kj::Promise<void> handoff(HandoffContext context) override;
   kj::Promise<void> adaptiveExchange(AdaptiveExchangeContext context) override;
   kj::Promise<void> report(ReportContext context) override;
+  kj::Promise<void> syncRules(SyncRulesContext context) override;
   kj::Promise<void> snapshot(SnapshotContext context) override;
   kj::Promise<void> drain(DrainContext context) override;
   kj::Promise<void> keyring(KeyringContext context) override;
@@ -94,6 +96,7 @@ class RpcService final : public proto::Node::Server {
   RpcCounters& counters_;
   const NodeControl* const control_;
   AdaptiveController* const adaptive_;
+  RulesSync* const rules_sync_;
   const proto::Role role_;
 };
 #pragma GCC diagnostic pop

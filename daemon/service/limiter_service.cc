@@ -1,4 +1,6 @@
 #include "daemon/service/limiter_service.h"
+
+#include "daemon/service/rules_doc.h"
 #include "limiter/mutex.h"
 
 #include <algorithm>
@@ -309,33 +311,85 @@ std::vector<Rule> LimiterService::rules() const {
   return currentRules()->rules();
 }
 
-Status LimiterService::setRule(const Rule& rule) {
+void LimiterService::setRulesOrigin(std::string origin, std::function<void()> changed) {
   MutexLock admin(admin_mu_);
+  origin_ = std::move(origin);
+  rules_changed_ = std::move(changed);
+}
+
+std::shared_ptr<const RulesDoc> LimiterService::rulesDoc() const {
   const std::shared_ptr<const RuleSet> rules = currentRules();
-  auto next = rules->with(rule);
-  if (!next) return next.error();
-  publish(std::move(*next));
+  return {rules, &rules->doc()};  // shares the set's ownership
+}
+
+void LimiterService::publishLocal(RuleSet next) {
+  const RuleSet& current = *currentRules();
+  const auto made =
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now().time_since_epoch());
+  next.stamp(current.doc().version.counter + 1, origin_, made.count());
+  publish(std::move(next));
+}
+
+void LimiterService::notifyChanged() {
+  std::function<void()> changed;
+  {
+    MutexLock admin(admin_mu_);
+    changed = rules_changed_;
+  }
+  if (changed) changed();
+}
+
+Status LimiterService::setRule(const Rule& rule) {
+  {
+    MutexLock admin(admin_mu_);
+    auto next = currentRules()->with(rule);
+    if (!next) return next.error();
+    publishLocal(std::move(*next));
+  }
+  notifyChanged();
   return Ok{};
 }
 
 Result<bool> LimiterService::deleteRule(std::string_view name) {
-  MutexLock admin(admin_mu_);
-  const std::shared_ptr<const RuleSet> rules = currentRules();
-  if (rules->find(name) == nullptr) return false;
-  publish(rules->without(name));
+  {
+    MutexLock admin(admin_mu_);
+    const std::shared_ptr<const RuleSet> rules = currentRules();
+    if (rules->find(name) == nullptr) return false;
+    publishLocal(rules->without(name));
+  }
+  notifyChanged();
   return true;
 }
 
 Result<std::size_t> LimiterService::reloadRules() {
-  MutexLock admin(admin_mu_);
-  if (rules_path_.empty()) {
-    return Error{ErrorCode::kNotFound, "no rules file configured (start with --rules FILE)"};
+  std::size_t count = 0;
+  {
+    MutexLock admin(admin_mu_);
+    if (rules_path_.empty()) {
+      return Error{ErrorCode::kNotFound, "no rules file configured (start with --rules FILE)"};
+    }
+    auto loaded = RuleSet::loadFile(rules_path_);
+    if (!loaded) return loaded.error();  // the running rules stay as they were
+    count = loaded->size();
+    // The file as the cluster already runs it: no new version.
+    if (loaded->doc().version.digest == currentRules()->doc().version.digest) return count;
+    publishLocal(std::move(*loaded));
   }
-  auto loaded = RuleSet::loadFile(rules_path_);
-  if (!loaded) return loaded.error();  // the running rules stay as they were
-  const std::size_t count = loaded->size();
-  publish(std::move(*loaded));
+  notifyChanged();
   return count;
+}
+
+Result<bool> LimiterService::adoptRules(const RulesDoc& doc) {
+  if (Status valid = doc.validate(); !valid) return valid.error();
+  MutexLock admin(admin_mu_);
+  if (!(currentRules()->doc().version < doc.version)) return false;
+  auto next = RuleSet::fromDoc(doc);
+  if (!next) {
+    return invalidArgument("rules version " + formatRulesVersion(doc.version) + " from " +
+                           doc.origin + " does not load here: " + next.error().message);
+  }
+  publish(std::move(*next));
+  return true;
 }
 
 Result<KeyInspection> LimiterService::inspect(const CheckArgs& args) {

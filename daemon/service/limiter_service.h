@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -104,6 +105,16 @@ class LimiterService {
   Status setRule(const Rule& rule);
   Result<bool> deleteRule(std::string_view name);  // false if there was no such rule
   Result<std::size_t> reloadRules();               // re-reads the rules file; returns the count
+
+  // Rules across the cluster (daemon/service/rules_doc.h). Each change above makes a new version
+  // (the newest this node knows, one counter on), named by `origin`; `changed` is called after
+  // each, outside any lock, so the version can go to the other members. Set before serving.
+  // A reload that reads what the node runs already makes no version.
+  void setRulesOrigin(std::string origin, std::function<void()> changed);
+  std::shared_ptr<const RulesDoc> rulesDoc() const;  // the version this node runs
+  // Another node's version: built and run when it is newer than this node's (true), else left
+  // (false). A document that fails its checks or does not build is refused, naming why.
+  Result<bool> adoptRules(const RulesDoc& doc);
   Result<KeyInspection> inspect(const CheckArgs& args);  // hits is ignored
   Result<bool> reset(const CheckArgs& args);             // drops the key's state; false if none
 
@@ -131,6 +142,9 @@ class LimiterService {
   static void countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d);
   // Publishes `next`, its adaptive rules keeping the cells the current rules have for them.
   void publish(RuleSet next) REQUIRES(admin_mu_);
+  // A change made here: `next` becomes the next version, from this node.
+  void publishLocal(RuleSet next) REQUIRES(admin_mu_);
+  void notifyChanged() EXCLUDES(admin_mu_);
 
   // Constant after construction.
   Store& store_;
@@ -140,6 +154,8 @@ class LimiterService {
   // Writers (admin calls) serialise on admin_mu_; readers use Published's per-thread cache.
   Mutex admin_mu_;
   Published<RuleSet> rules_;
+  std::string origin_ GUARDED_BY(admin_mu_);
+  std::function<void()> rules_changed_ GUARDED_BY(admin_mu_);
 };
 
 }  // namespace throttlex

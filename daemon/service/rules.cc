@@ -12,6 +12,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "daemon/service/descriptors.h"
+#include "daemon/service/rules_doc.h"
 #include "limiter/lease.h"
 #include "limiter/period.h"
 
@@ -209,7 +210,7 @@ Status validateRuleName(std::string_view name) {
   return Ok{};
 }
 
-Result<RuleSet> RuleSet::make(std::vector<Rule> rules, Domains domains) {
+Result<RuleSet> RuleSet::assemble(std::vector<Rule> rules, Domains domains) {
   RuleSet set;
   set.domains_ = std::move(domains);
   for (Rule& r : rules) {
@@ -326,16 +327,40 @@ Result<std::string> readText(const std::string& path) {
   return text.str();
 }
 
-}  // namespace
-
-Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
-  std::vector<Rule> rules;
-  Domains domains;
-  if (auto st = parseInto(text, rules, domains); !st) return st.error();
-  return make(std::move(rules), std::move(domains));
+// One run-time change's rule mapping.
+Result<Rule> parseChange(const RulesChange& change) {
+  try {
+    const YAML::Node node = YAML::Load(change.yaml);
+    auto rule = parseRule(node, 0);
+    if (!rule) return rule.error();
+    if (rule->name != change.rule) return invalidArgument("names rule '" + rule->name + "'");
+    return rule;
+  } catch (const YAML::Exception& e) {
+    return invalidArgument(std::string("invalid YAML: ") + e.what());
+  }
 }
 
-Result<RuleSet> RuleSet::loadFile(const std::string& path) {
+RulesDoc firstVersion(std::vector<RulesSource> sources) {
+  RulesDoc doc;
+  doc.sources = std::move(sources);
+  doc.version = {0, doc.contentDigest()};
+  return doc;
+}
+
+}  // namespace
+
+Result<RuleSet> RuleSet::make(std::vector<Rule> rules) {
+  auto set = assemble(std::move(rules), {});
+  if (!set) return set.error();
+  set->doc_ = std::make_shared<const RulesDoc>(firstVersion({{"", rulesYaml(set->rules())}}));
+  return set;
+}
+
+Result<RuleSet> RuleSet::parseYaml(std::string_view text) {
+  return fromDoc(firstVersion({{"", std::string(text)}}));
+}
+
+Result<RulesDoc> RuleSet::readFile(const std::string& path) {
   std::vector<std::string> files;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
@@ -348,17 +373,58 @@ Result<RuleSet> RuleSet::loadFile(const std::string& path) {
   } else {
     files.push_back(path);
   }
-  std::vector<Rule> rules;
-  Domains domains;
+  // Sources are named by the file's own name: nodes that load equal files under different
+  // paths make the same version.
+  std::vector<RulesSource> sources;
   for (const std::string& file : files) {
     auto text = readText(file);
     if (!text) return text.error();
-    if (auto st = parseInto(*text, rules, domains); !st) {
-      return invalidArgument(file + ": " + st.error().message);
+    sources.push_back({std::filesystem::path(file).filename(), std::move(*text)});
+  }
+  return firstVersion(std::move(sources));
+}
+
+Result<RuleSet> RuleSet::loadFile(const std::string& path) {
+  auto doc = readFile(path);
+  if (!doc) return doc.error();
+  auto set = fromDoc(*doc);
+  if (set) return set;
+  // Errors of a file name it by its path; errors of the set as a whole name `path`.
+  const std::string& message = set.error().message;
+  const bool directory = std::filesystem::is_directory(path);
+  for (const RulesSource& s : doc->sources) {
+    if (message.starts_with(s.name + ": ")) {
+      return invalidArgument((directory ? path + "/" : std::string()) +
+                             (directory ? s.name : path) + message.substr(s.name.size()));
     }
   }
-  auto set = make(std::move(rules), std::move(domains));
-  if (!set) return invalidArgument(path + ": " + set.error().message);
+  return invalidArgument(path + ": " + message);
+}
+
+Result<RuleSet> RuleSet::fromDoc(const RulesDoc& doc) {
+  std::vector<Rule> rules;
+  Domains domains;
+  for (const RulesSource& source : doc.sources) {
+    if (auto st = parseInto(source.text, rules, domains); !st) {
+      if (source.name.empty()) return st.error();
+      return invalidArgument(source.name + ": " + st.error().message);
+    }
+  }
+  auto set = assemble(std::move(rules), std::move(domains));
+  if (!set) return set.error();
+  for (const RulesChange& change : doc.changes) {
+    if (change.yaml.empty()) {
+      set->entries_.erase(change.rule);
+      continue;
+    }
+    auto rule = parseChange(change);
+    auto next = rule ? set->assembledWith(*rule) : Result<RuleSet>(rule.error());
+    if (!next) {
+      return invalidArgument("change of rule '" + change.rule + "': " + next.error().message);
+    }
+    set = std::move(next);
+  }
+  set->doc_ = std::make_shared<const RulesDoc>(doc);
   return set;
 }
 
@@ -379,15 +445,34 @@ std::vector<Rule> RuleSet::rules() const {
   return out;
 }
 
-Result<RuleSet> RuleSet::with(const Rule& rule) const {
-  std::vector<Rule> all = without(rule.name).rules();
+void RuleSet::stamp(std::uint64_t counter, std::string origin, std::int64_t made_ms) {
+  RulesDoc doc = *doc_;
+  doc.version.counter = counter;
+  doc.origin = std::move(origin);
+  doc.made_ms = made_ms;
+  doc_ = std::make_shared<const RulesDoc>(std::move(doc));
+}
+
+Result<RuleSet> RuleSet::assembledWith(const Rule& rule) const {
+  std::vector<Rule> all;
+  for (const auto& [name, e] : entries_) {
+    if (name != rule.name) all.push_back(e.rule);
+  }
   all.push_back(rule);
-  return make(std::move(all), domains_);
+  return assemble(std::move(all), domains_);
+}
+
+Result<RuleSet> RuleSet::with(const Rule& rule) const {
+  auto set = assembledWith(rule);
+  if (!set) return set.error();
+  set->doc_ = std::make_shared<const RulesDoc>(doc_->with({rule.name, ruleYaml(rule)}));
+  return set;
 }
 
 RuleSet RuleSet::without(std::string_view name) const {
   RuleSet copy = *this;
   if (auto it = copy.entries_.find(name); it != copy.entries_.end()) copy.entries_.erase(it);
+  copy.doc_ = std::make_shared<const RulesDoc>(doc_->with({std::string(name), ""}));
   return copy;
 }
 

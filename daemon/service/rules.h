@@ -33,7 +33,8 @@
 
 namespace throttlex {
 
-class Domain;  // daemon/service/descriptors.h
+class Domain;     // daemon/service/descriptors.h
+struct RulesDoc;  // daemon/service/rules_doc.h
 
 inline constexpr std::size_t kMaxRuleNameBytes = 128;
 
@@ -73,11 +74,21 @@ class RuleSet {
 
   using Domains = std::map<std::string, std::shared_ptr<const Domain>, std::less<>>;
 
-  // Validates every rule and unique names.
-  static Result<RuleSet> make(std::vector<Rule> rules, Domains domains = {});
+  // Validates every rule and unique names. The set's document has the rules as one source.
+  static Result<RuleSet> make(std::vector<Rule> rules);
   static Result<RuleSet> parseYaml(std::string_view text);
   // A file, or a directory: every *.yaml / *.yml in it (several domains, or rules split up).
   static Result<RuleSet> loadFile(const std::string& path);
+  // The texts loadFile() reads, as the sources of a document (version 0).
+  static Result<RulesDoc> readFile(const std::string& path);
+  // The rules a document describes: its sources in order, then its changes. Errors name the
+  // source or the change at fault. The set keeps the document (doc()).
+  static Result<RuleSet> fromDoc(const RulesDoc& doc);
+
+  // What this set was built from: every node that builds the same document runs the same rules.
+  const RulesDoc& doc() const { return *doc_; }
+  // Makes the document a version of its own: `counter`, made by `origin` at `made_ms`.
+  void stamp(std::uint64_t counter, std::string origin, std::int64_t made_ms);
 
   const Entry* find(std::string_view name) const;         // nullptr if unknown
   const Domain* findDomain(std::string_view name) const;  // nullptr if unknown
@@ -85,7 +96,7 @@ class RuleSet {
   std::vector<Rule> rules() const;  // sorted by name
   std::size_t size() const { return entries_.size(); }
 
-  // Copies with one rule added / replaced, or removed.
+  // Copies with one rule added / replaced, or removed; their documents record the change.
   Result<RuleSet> with(const Rule& rule) const;
   RuleSet without(std::string_view name) const;
 
@@ -95,8 +106,14 @@ class RuleSet {
   void adoptCells(const RuleSet& previous, Time now);
 
  private:
+  // Validates every rule and unique names; no document yet.
+  static Result<RuleSet> assemble(std::vector<Rule> rules, Domains domains);
+  // A copy with `rule` added or replaced; the same document.
+  Result<RuleSet> assembledWith(const Rule& rule) const;
+
   std::map<std::string, Entry, std::less<>> entries_;
-  Domains domains_;  // immutable once made: copies of the set share them
+  Domains domains_;                      // immutable once made: copies of the set share them
+  std::shared_ptr<const RulesDoc> doc_;  // never null once made
 };
 
 Status validateRuleName(std::string_view name);

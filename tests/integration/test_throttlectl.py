@@ -152,9 +152,14 @@ class ThrottlectlTest(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertEqual(set(doc), {"node_id", "version", "protocol_version", "http_address",
                                     "rpc_address", "metrics_address", "uptime_ms", "keys",
-                                    "evictions", "rules", "persistence"})
+                                    "evictions", "rules", "rules_version", "rules_origin",
+                                    "rules_made_unix_ms", "persistence"})
         self.assertGreaterEqual(doc["protocol_version"], 1)
         self.assertGreaterEqual(doc["rules"], 1)
+        # The rules file as loaded, not changed since: version 0, made by no node.
+        self.assertRegex(doc["rules_version"], r"^\d+\.[0-9a-f]{16}$")
+        if doc["rules_version"].startswith("0."):
+            self.assertEqual(doc["rules_origin"], "")
         # Started without --redis: memory only, nothing pending, no handoffs.
         p = doc["persistence"]
         self.assertEqual((p["redis"], p["connected"], p["pending"], p["handoffs_sent"],
@@ -205,8 +210,10 @@ class ThrottlectlRulesTest(unittest.TestCase):
         code, out, _ = self.ctl("-o", "json", "rules", "delete", "web")
         doc = json.loads(out)
         self.assertEqual((code, doc["name"], doc["deleted"]), (0, "web", True))
-        # One node, not clustered with others: the change is reported for it alone.
-        self.assertEqual([(n["ok"], n["detail"]) for n in doc["nodes"]], [(True, "deleted")])
+        # One node, not clustered with others: the change is reported for it alone, with the
+        # rules version it made (the set above made the one before).
+        self.assertEqual([n["ok"] for n in doc["nodes"]], [True])
+        self.assertRegex(doc["nodes"][0]["detail"], r"^deleted, version (\d+)\.[0-9a-f]{16}$")
         code, out, _ = self.ctl("-o", "json", "rules", "delete", "web")
         doc = json.loads(out)
         self.assertEqual((code, doc["deleted"]), (0, False))

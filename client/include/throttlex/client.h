@@ -293,6 +293,15 @@ struct KeyringKey {
   bool primary = false;
 };
 
+// The rules version a node runs (docs/api.md, "Rules across the cluster"): every member runs
+// the newest one; ordered by counter, then digest.
+struct RulesVersion {
+  std::uint64_t counter = 0;
+  std::uint64_t digest = 0;
+  friend auto operator<=>(const RulesVersion&, const RulesVersion&) = default;
+};
+THROTTLEX_CLIENT_API std::string formatRulesVersion(const RulesVersion& v);  // "7.3f9a01c2d4e5b6a7"
+
 struct NodeInfo {
   std::string node_id;
   std::string version;  // software version
@@ -304,6 +313,9 @@ struct NodeInfo {
   std::uint64_t keys = 0;
   std::uint64_t evictions = 0;
   std::uint32_t rules = 0;
+  RulesVersion rules_version;
+  std::string rules_origin;  // the node that made that version; empty: a rules file as loaded
+  std::int64_t rules_made_unix_ms = 0;
   std::vector<Member> members;  // the cluster as this node sees it; empty: no cluster
   PersistenceInfo persistence;
 };

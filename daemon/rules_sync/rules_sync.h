@@ -1,0 +1,99 @@
+// Rules across the cluster (docs/api.md, "Rules across the cluster"): every member runs the
+// newest rules version any member made (daemon/service/rules_doc.h).
+//
+// A thread of its own sends this node's version to one other member per interval, in turn; a
+// member that is behind gets the rules, a member that is ahead answers with its own. A change
+// made here (reload, rule set or deleted) goes to every member at once. A node that starts
+// with --join asks every member as soon as it sees them, before it reports ready. So a change
+// reaches every member in one call, a member that missed it catches up within an interval of a
+// round reaching it, and a node that joins or restarts runs the cluster's rules, not its file.
+//
+// Nothing here is on the check path: a member that cannot be reached costs this thread a call
+// that times out.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/routing/ring_view.h"
+#include "daemon/service/limiter_service.h"
+#include "daemon/service/rules_doc.h"
+
+namespace throttlex {
+
+// What a member answers: the version it runs, and its rules when they are newer than the
+// caller's.
+struct RulesAnswer {
+  RulesVersion version;
+  std::optional<RulesDoc> doc;
+};
+
+// Sends this node's version (and its rules when `doc` is not null) to the member at `address`.
+using RulesSender = std::function<Result<RulesAnswer>(
+    const std::string& address, const RulesVersion& mine, const RulesDoc* doc)>;
+
+struct RulesSyncStats {
+  std::uint64_t calls = 0;
+  std::uint64_t failures = 0;  // calls that failed (the member is tried again in its turn)
+  std::uint64_t adopted = 0;   // newer versions this node took from another member
+  std::uint64_t refused = 0;   // versions that failed their checks or did not load here
+};
+
+class RulesSync {
+ public:
+  static constexpr std::chrono::milliseconds kInterval{1000};
+
+  // `ring` may be null (no cluster: nothing to send). `service` and `ring` must outlive this.
+  RulesSync(LimiterService& service, const RingHolder* ring, RulesSender send,
+            std::chrono::milliseconds interval = kInterval);
+  ~RulesSync();
+  RulesSync(const RulesSync&) = delete;
+  RulesSync& operator=(const RulesSync&) = delete;
+
+  void start();  // the thread
+  void stop();   // idempotent
+  // A change made here: the thread sends it to every member now.
+  void changed();
+  // Until a round has asked every other member of the ring (true), or `timeout` (false).
+  bool waitFirstRound(std::chrono::milliseconds timeout);
+
+  // One round: the next member in turn, or every member (`everyone`, with this node's rules
+  // when `push`). The thread's body; tests call it directly. False when the ring had no other
+  // member to ask.
+  bool round(bool everyone, bool push = false);
+  // Another member's call (syncRules): runs `doc` when it is newer; answers this node's version,
+  // with its rules when they are newer than `theirs`.
+  RulesAnswer answer(const RulesVersion& theirs, const RulesDoc* doc);
+
+  RulesSyncStats stats() const;
+
+ private:
+  void run();
+  std::vector<std::string> others() const;  // the other ring members' RPC addresses
+  void exchange(const std::string& address, bool push);
+  void adopt(const RulesDoc& doc, const std::string& via);
+
+  LimiterService& service_;
+  const RingHolder* const ring_;
+  const RulesSender send_;
+  const std::chrono::milliseconds interval_;
+  std::size_t next_ = 0;  // the round-robin turn (round()'s caller only)
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;      // guarded by mu_
+  bool push_pending_ = false;  // guarded by mu_
+  bool first_round_ = false;   // guarded by mu_: every member was asked once
+  RulesVersion last_refused_;  // guarded by mu_: logged once per version
+  RulesSyncStats stats_;       // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace throttlex
