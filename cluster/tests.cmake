@@ -17,7 +17,7 @@ function(throttlex_chaos_test name script prefix subnet timeout)
   add_test(NAME ${name}
            COMMAND bash ${PROJECT_SOURCE_DIR}/cluster/chaos/${script} --prefix ${prefix}
                    --subnet ${subnet} --run-dir ${_tx_chaos_dir}/${prefix} ${ARGN})
-  set_tests_properties(${name} PROPERTIES LABELS "integration;chaos" TIMEOUT ${timeout}
+  set_tests_properties(${name} PROPERTIES LABELS "integration;chaos" TIMEOUT ${timeout} RUN_SERIAL TRUE
                        RESOURCE_LOCK netns_cluster SKIP_RETURN_CODE 77
                        FIXTURES_REQUIRED netns_cluster_cleanup
                        ENVIRONMENT "${_tx_cluster_env}")
@@ -52,5 +52,5 @@ set_tests_properties(cluster_chaos_cleanup PROPERTIES LABELS "integration;chaos"
 add_test(NAME cluster_dashboard_promql
          COMMAND ${Python3_EXECUTABLE} -u ${PROJECT_SOURCE_DIR}/cluster/checks/promql_check.py
                  --bin ${CMAKE_BINARY_DIR}/bin --work-dir ${CMAKE_BINARY_DIR}/promql-check)
-set_tests_properties(cluster_dashboard_promql PROPERTIES LABELS "integration" TIMEOUT 120
+set_tests_properties(cluster_dashboard_promql PROPERTIES LABELS "integration" TIMEOUT 120 RUN_SERIAL TRUE
                      SKIP_RETURN_CODE 77 ENVIRONMENT "${_tx_cluster_env}")

@@ -6,25 +6,35 @@
 #      ASan+UBSan (build-asan/), then the integration tests against the ASan+UBSan throttlexd and
 #      throttlectl,
 #   2. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
-#   3. every test in the Release build (build/). The last line is CTest's summary.
+#   3. every other test in the Release build (build/): unit, adapter, fuzz replay, package, the
+#      chaos scenarios and the cluster/ checks. The integration tests ran in stage 1 against the
+#      sanitizer build and are not run twice. The last line is CTest's summary.
+# Tests labelled `integration` (real clusters, timing verdicts) run alone (RUN_SERIAL); the others
+# two at a time. Each stage header says how long the run has taken so far.
 # This is the README's test command and exactly what .ci/run runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+started=$(date +%s)
+stage() {
+  local s=$(($(date +%s) - started))
+  printf '== [%dm%02ds] %s\n' $((s / 60)) $((s % 60)) "$*"
+}
+
 ./scripts/setup.sh
 
-echo "== format (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' | head -1))"
+stage "format (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' | head -1))"
 mapfile -t sources < <(git ls-files '*.cc' '*.h')
 if ! clang-format --dry-run --Werror "${sources[@]}"; then
   echo "format: the files above differ from .clang-format; run: git ls-files '*.cc' '*.h' | xargs clang-format -i" >&2
   exit 1
 fi
 
-echo "== build (Release, warnings are errors)"
+stage "build (Release, warnings are errors)"
 cmake --preset release >/dev/null
 cmake --build build
 
-echo "== clang-tidy (.clang-tidy: function size, use after move, thread safety, ...)"
+stage "clang-tidy (.clang-tidy: function size, use after move, thread safety, ...)"
 mapfile -t tidy_sources < <(git ls-files 'daemon/*.cc' 'gossip/*.cc' 'persistence/*.cc' \
                                          'client/*.cc' 'limiter/*.cc' 'cli/*.cc')
 # GCC-only warning flags in the compile database are not clang's business.
@@ -36,13 +46,13 @@ run-clang-tidy -p build -quiet -j "$(nproc)" -extra-arg=-Wno-unknown-warning-opt
 }
 echo "clang-tidy: ${#tidy_sources[@]} files clean"
 
-echo "== unit tests and fuzz corpus replay under ASan+UBSan"
+stage "unit tests and fuzz corpus replay under ASan+UBSan"
 cmake --preset asan >/dev/null
 mapfile -t asan_targets < <(ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' -N | awk '/Test +#/ {print $3}')
 cmake --build build-asan --target "${asan_targets[@]}"
-ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' --output-on-failure
+ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' -j "$(nproc)" --output-on-failure
 
-echo "== integration tests against the ASan+UBSan binaries"
+stage "integration tests against the ASan+UBSan binaries"
 # The nodes, throttlectl and the forging tools of integration_security are the sanitizer build
 # (a leak or UB fails the node's exit code); the load generators stay the Release build's. The
 # chaos scenarios run in the Release stage.
@@ -50,11 +60,11 @@ cmake --build build-asan --target throttlexd throttlectl gossip-forge rpc-forge
 THROTTLEX_TOOLS_BIN="$PWD/build/bin" \
   ctest --test-dir build-asan -L integration -E '^cluster_' --output-on-failure
 
-echo "== concurrency tests under ThreadSanitizer"
+stage "concurrency tests under ThreadSanitizer"
 cmake --preset tsan >/dev/null
 mapfile -t tsan_targets < <(ctest --test-dir build-tsan -L concurrency -N | awk '/Test +#/ {print $3}')
 cmake --build build-tsan --target "${tsan_targets[@]}"
 ctest --test-dir build-tsan -L concurrency --output-on-failure
 
-echo "== all tests (Release)"
-ctest --test-dir build --output-on-failure
+stage "all other tests (Release)"
+ctest --test-dir build -E '^integration_' -j "$(nproc)" --output-on-failure
