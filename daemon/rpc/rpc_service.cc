@@ -42,6 +42,21 @@ std::optional<Error> RpcService::denied(proto::Role needed, const char* call) co
                                                  nameOf(role_)};
 }
 
+template <typename MakeError>
+bool RpcService::admit(std::uint16_t version, proto::Role needed, const char* call,
+                       MakeError&& error) {
+  countCall(0);
+  if (auto bad = unsupportedVersion(version)) {
+    setError(error(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+    return false;
+  }
+  if (auto no = denied(needed, call)) {
+    setError(error(), *no);
+    return false;
+  }
+  return true;
+}
+
 void RpcService::countCall(std::uint64_t checks) {
   // Only this thread writes these counters: load + store, no read-modify-write on the bus.
   counters_.calls.store(counters_.calls.load(std::memory_order_relaxed) + 1,
@@ -348,15 +363,9 @@ kj::Promise<void> RpcService::listRules(ListRulesContext context) {
 }
 
 kj::Promise<void> RpcService::setRule(SetRuleContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto error = [&] { return context.getResults().initError(); };
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(error(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "setRule")) {
-    setError(error(), *no);
+  if (!admit(params.getVersion(), proto::Role::kAdmin, "setRule", [&] { return error(); })) {
     return kj::READY_NOW;
   }
   const auto in = params.getRule();
@@ -383,15 +392,10 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
 }
 
 kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "deleteRule")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kAdmin, "deleteRule",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   const Result<bool> deleted = service_.deleteRule(view(params.getName()));
@@ -405,14 +409,9 @@ kj::Promise<void> RpcService::deleteRule(DeleteRuleContext context) {
 }
 
 kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
-  countCall(0);
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "reloadRules")) {
-    setError(results.initError(), *no);
+  if (!admit(context.getParams().getVersion(), proto::Role::kAdmin, "reloadRules",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   const Result<std::size_t> count = service_.reloadRules();
@@ -427,11 +426,10 @@ kj::Promise<void> RpcService::reloadRules(ReloadRulesContext context) {
 }
 
 kj::Promise<void> RpcService::inspectKey(InspectKeyContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto out = context.getResults().initInspection();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(out.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+  if (!admit(params.getVersion(), proto::Role::kClient, "inspectKey",
+             [&] { return out.initError(); })) {
     return kj::READY_NOW;
   }
   auto args = fromProto(params.getRequest());
@@ -453,15 +451,10 @@ kj::Promise<void> RpcService::inspectKey(InspectKeyContext context) {
 }
 
 kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "resetKey")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kAdmin, "resetKey",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   auto args = fromProto(params.getRequest());
@@ -475,15 +468,10 @@ kj::Promise<void> RpcService::resetKey(ResetKeyContext context) {
 }
 
 kj::Promise<void> RpcService::adaptiveExchange(AdaptiveExchangeContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kPeer, "adaptiveExchange")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kPeer, "adaptiveExchange",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (adaptive_ == nullptr) {
@@ -502,15 +490,10 @@ kj::Promise<void> RpcService::adaptiveExchange(AdaptiveExchangeContext context) 
 }
 
 kj::Promise<void> RpcService::syncRules(SyncRulesContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kPeer, "syncRules")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kPeer, "syncRules",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (rules_sync_ == nullptr) {
@@ -533,11 +516,10 @@ kj::Promise<void> RpcService::syncRules(SyncRulesContext context) {
 }
 
 kj::Promise<void> RpcService::report(ReportContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
+  if (!admit(params.getVersion(), proto::Role::kClient, "report",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   auto reports = decodeReports(params.getReports());
@@ -555,15 +537,10 @@ kj::Promise<void> RpcService::report(ReportContext context) {
 }
 
 kj::Promise<void> RpcService::handoff(HandoffContext context) {
-  countCall(0);
   const auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kPeer, "handoff")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kPeer, "handoff",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->handoff) {
@@ -594,14 +571,9 @@ struct SnapshotWait {
 }  // namespace
 
 kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
-  countCall(0);
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "snapshot")) {
-    setError(results.initError(), *no);
+  if (!admit(context.getParams().getVersion(), proto::Role::kAdmin, "snapshot",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->snapshot) {
@@ -628,14 +600,9 @@ kj::Promise<void> RpcService::snapshot(SnapshotContext context) {
 }
 
 kj::Promise<void> RpcService::drain(DrainContext context) {
-  countCall(0);
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(context.getParams().getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "drain")) {
-    setError(results.initError(), *no);
+  if (!admit(context.getParams().getVersion(), proto::Role::kAdmin, "drain",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->drain) {
@@ -647,15 +614,10 @@ kj::Promise<void> RpcService::drain(DrainContext context) {
 }
 
 kj::Promise<void> RpcService::keyring(KeyringContext context) {
-  countCall(0);
   auto params = context.getParams();
   auto results = context.getResults();
-  if (auto bad = unsupportedVersion(params.getVersion())) {
-    setError(results.initError(), proto::ErrorCode::UNSUPPORTED_VERSION, *bad);
-    return kj::READY_NOW;
-  }
-  if (auto no = denied(proto::Role::kAdmin, "keyring")) {
-    setError(results.initError(), *no);
+  if (!admit(params.getVersion(), proto::Role::kAdmin, "keyring",
+             [&] { return results.initError(); })) {
     return kj::READY_NOW;
   }
   if (control_ == nullptr || !control_->keyring) {

@@ -78,6 +78,11 @@ class RpcService final : public proto::Node::Server {
  private:
   // permissionDenied unless this connection's role is at least `needed`.
   std::optional<Error> denied(proto::Role needed, const char* call) const;
+  // The opening of every call with an error field: counts the call, then refuses an unsupported
+  // protocol version or a role below `needed` into the error builder `error()` returns. True
+  // when the call may go on.
+  template <typename MakeError>
+  bool admit(std::uint16_t version, proto::Role needed, const char* call, MakeError&& error);
   void countCall(std::uint64_t checks);
   Duration elapsedSince(Instant start) const;  // on the service's monotonic clock
   void record(const Result<CheckOutcome>& outcome, Instant start);
