@@ -37,6 +37,22 @@ std::string algorithmProblem(std::string_view text) {
   return parsed ? std::string() : parsed.error().message;
 }
 
+std::string_view nameOf(client::DegradedPolicy policy) {
+  switch (policy) {
+    case client::DegradedPolicy::kAllow:
+      return "allow";
+    case client::DegradedPolicy::kDeny:
+      return "deny";
+    case client::DegradedPolicy::kShare:
+      break;
+  }
+  return "share";
+}
+
+std::string_view nameOf(client::OverloadPolicy policy) {
+  return policy == client::OverloadPolicy::kDeny ? "deny" : "allow";
+}
+
 std::string_view nameOf(client::Algorithm algorithm) {
   return throttlex::algorithmName(static_cast<throttlex::Algorithm>(algorithm));
 }
@@ -90,6 +106,11 @@ throttlex::Result<client::Rule> makeRule(const RuleArgs& args) {
   rule.period = *period;
   rule.burst = args.burst;
   rule.shadow = args.shadow;
+  rule.degraded = args.degraded == "allow"  ? client::DegradedPolicy::kAllow
+                  : args.degraded == "deny" ? client::DegradedPolicy::kDeny
+                                            : client::DegradedPolicy::kShare;
+  rule.overload =
+      args.overload == "deny" ? client::OverloadPolicy::kDeny : client::OverloadPolicy::kAllow;
   return rule;
 }
 

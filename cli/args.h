@@ -47,6 +47,8 @@ struct RuleArgs {
   std::string algorithm;
   std::uint64_t burst = 0;
   bool shadow = false;
+  std::string degraded = "share";  // share | allow | deny
+  std::string overload = "allow";  // allow | deny
 };
 
 // throttlectl report (validated by CLI11: range, outcome names).
@@ -66,6 +68,8 @@ throttlex::Result<std::chrono::milliseconds> parseMillis(std::string_view text);
 std::string periodProblem(std::string_view text);
 std::string algorithmProblem(std::string_view text);
 
-std::string_view nameOf(client::Algorithm algorithm);  // "token_bucket", ...; "unknown"
+std::string_view nameOf(client::Algorithm algorithm);    // "token_bucket", ...; "unknown"
+std::string_view nameOf(client::DegradedPolicy policy);  // "share", "allow", "deny"
+std::string_view nameOf(client::OverloadPolicy policy);  // "allow", "deny"
 
 }  // namespace throttlex::cli

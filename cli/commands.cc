@@ -186,7 +186,9 @@ int runRulesShow(client::Client& c, const Config& config, const std::string& nam
                {"algorithm", std::string(nameOf(it->algorithm))},
                {"limit", std::to_string(it->limit) + " per " + formatPeriodMs(it->period)},
                {"burst", it->burst == 0 ? "-" : std::to_string(it->burst)},
-               {"shadow", yesNo(it->shadow)}});
+               {"shadow", yesNo(it->shadow)},
+               {"degraded", std::string(nameOf(it->degraded))},
+               {"overload", std::string(nameOf(it->overload))}});
   if (it->adaptive) {
     std::cout << "\n";
     printAdaptive(*it->adaptive);
@@ -228,6 +230,7 @@ struct MemberOutcome {
   std::optional<client::Error> error;  // none: done
   std::string detail;                  // e.g. "deleted", "3 rules"
   std::uint64_t value = 0;             // what the command counts: rules reloaded, 1 if deleted
+  client::RulesVersion made;           // a rules change: the version it made
 };
 
 // A per-node change (snapshot, keyring) applied on every member that owns slots (alive or
@@ -251,7 +254,7 @@ std::vector<MemberOutcome> onEveryMember(
       auto options = clientOptions(config, {m.rpc_address});
       options.route_to_owner = false;
       auto member = client::Client::connect(options);
-      o = member ? change(**member) : MemberOutcome{{}, {}, member.error(), {}};
+      o = member ? change(**member) : MemberOutcome{{}, {}, member.error(), {}, 0, {}};
     }
     o.node_id = m.node_id;
     o.rpc_address = m.rpc_address;
@@ -281,7 +284,16 @@ MemberOutcome awaitVersion(const Config& config, const client::Member& m,
   for (;;) {
     const auto info = (*member)->nodeInfo();
     if (info && info->rules_version >= made) {
-      o.detail = "runs version " + client::formatRulesVersion(info->rules_version);
+      const client::RulesVersion& runs = info->rules_version;
+      if (runs.counter == made.counter && runs != made) {
+        // Another change made at the same time on another node took the same counter and won.
+        o.error = client::Error{client::ErrorCode::kInternal,
+                                "runs version " + client::formatRulesVersion(runs) +
+                                    ", a change made at the same time elsewhere: this one (" +
+                                    client::formatRulesVersion(made) + ") was lost; make it again"};
+        return o;
+      }
+      o.detail = "runs version " + client::formatRulesVersion(runs);
       return o;
     }
     if (std::chrono::steady_clock::now() >= deadline) {
@@ -298,24 +310,28 @@ MemberOutcome awaitVersion(const Config& config, const client::Member& m,
 }
 
 // Rules are the cluster's (docs/api.md, "Rules across the cluster"): a change is made on the
-// node called, as a new rules version that the node sends to every member. Then every other
-// member (alive or suspect) is asked until it runs that version or a newer one. The first
-// outcome is the node called; not in a cluster, it is the only one.
+// node called, as a new rules version that the node sends to every member (`change` sets
+// `made`). Then every other member (alive or suspect) is asked until it runs that version or a
+// newer one; one that runs another version of the same counter means a change made at the same
+// time elsewhere won, and this one is reported lost. The first outcome is the node called; not
+// in a cluster, it is the only one.
 std::vector<MemberOutcome> changeOnCluster(
     client::Client& c, const Config& config,
     const std::function<MemberOutcome(client::Client&)>& change) {
   MemberOutcome made = change(c);
+  if (made.error) return {made};
   const auto info = c.nodeInfo();
-  if (info) {
-    made.node_id = info->node_id;
-    made.rpc_address = info->rpc_address;
+  if (!info) {
+    made.error = info.error();  // made, but whom it must reach is unknown
+    return {made};
   }
-  if (made.error || !info) return {made};
-  made.detail += ", version " + client::formatRulesVersion(info->rules_version);
+  made.node_id = info->node_id;
+  made.rpc_address = info->rpc_address;
+  made.detail += ", version " + client::formatRulesVersion(made.made);
   std::vector<MemberOutcome> out{made};
   for (const client::Member& m : info->members) {
     if (m.node_id == info->node_id || (m.state != "alive" && m.state != "suspect")) continue;
-    out.push_back(awaitVersion(config, m, info->rules_version));
+    out.push_back(awaitVersion(config, m, made.made));
   }
   return out;
 }
@@ -353,9 +369,10 @@ int reportMembers(const Config& config, const std::vector<MemberOutcome>& outcom
 
 int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule) {
   const auto outcomes = changeOnCluster(c, config, [&](client::Client& node) {
-    const client::Status status = node.setRule(rule);
+    const auto set = node.setRule(rule);
     MemberOutcome o;
-    if (!status) o.error = status.error();
+    if (!set) o.error = set.error();
+    if (set) o.made = set->version;
     o.detail = "set: " + std::to_string(rule.limit) + "/" + formatPeriodMs(rule.period) + " " +
                std::string(nameOf(rule.algorithm)) + (rule.shadow ? " (shadow)" : "");
     return o;
@@ -370,8 +387,9 @@ int runRulesDelete(client::Client& c, const Config& config, const std::string& n
     if (!deleted) {
       o.error = deleted.error();
     } else {
-      o.detail = *deleted ? "deleted" : "not found (nothing deleted)";
-      o.value = *deleted ? 1 : 0;
+      o.detail = deleted->done ? "deleted" : "not found (nothing deleted)";
+      o.value = deleted->done ? 1 : 0;
+      o.made = deleted->version;
     }
     return o;
   });
@@ -382,13 +400,15 @@ int runRulesDelete(client::Client& c, const Config& config, const std::string& n
 
 int runRulesReload(client::Client& c, const Config& config) {
   const auto outcomes = changeOnCluster(c, config, [&](client::Client& node) {
-    const auto count = node.reloadRules();
+    const auto reload = node.reloadRules();
     MemberOutcome o;
-    if (!count) {
-      o.error = count.error();
+    if (!reload) {
+      o.error = reload.error();
     } else {
-      o.detail = "reloaded: " + std::to_string(*count) + (*count == 1 ? " rule" : " rules");
-      o.value = *count;
+      o.detail =
+          "reloaded: " + std::to_string(reload->count) + (reload->count == 1 ? " rule" : " rules");
+      o.value = reload->count;
+      o.made = reload->version;
     }
     return o;
   });

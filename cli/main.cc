@@ -158,6 +158,14 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   s.rules_set->add_option("--burst", cl.rule.burst, "Bucket capacity (default: the limit)")
       ->check(CLI::NonNegativeNumber);
   s.rules_set->add_flag("--shadow", cl.rule.shadow, "Decide and count, but always allow");
+  s.rules_set
+      ->add_option("--degraded", cl.rule.degraded,
+                   "While a key's owner cannot be reached: share (default), allow or deny")
+      ->check(CLI::IsMember({"share", "allow", "deny"}));
+  s.rules_set
+      ->add_option("--overload", cl.rule.overload,
+                   "A shed check's answer: allow (default) or deny (docs/overload.md)")
+      ->check(CLI::IsMember({"allow", "deny"}));
   s.rules_delete =
       rules->add_subcommand("delete", "Delete a rule (exit 0 even if it did not exist)");
   s.rules_delete->add_option("name", cl.delete_name, "Rule name")->required();

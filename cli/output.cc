@@ -64,7 +64,9 @@ nlohmann::json ruleJson(const client::Rule& rule) {
                       {"period", formatPeriodMs(rule.period)},
                       {"period_ms", rule.period.count()},
                       {"burst", rule.burst},
-                      {"shadow", rule.shadow}};
+                      {"shadow", rule.shadow},
+                      {"degraded", nameOf(rule.degraded)},
+                      {"overload", nameOf(rule.overload)}};
   if (!rule.adaptive) return j;
   const client::AdaptiveInfo& a = *rule.adaptive;
   nlohmann::json history = nlohmann::json::array();

@@ -3,7 +3,9 @@
 // (bounds and digest checked); then the same fields, with their digest made to match, are built
 // into rules as a node that adopts them would — twice, to check that the same document always
 // gives the same rules. Malformed messages raise a kj::Exception, which the RPC system turns into
-// an error answer; a decoder's or builder's error is an answer; anything else is a bug.
+// an error answer; a decoder's or builder's error is an answer; anything else is a bug. Every
+// rule built is written back as a change (ruleYaml) and must parse to the same rule: a field the
+// writer forgot would make the node that made a change run another rule than its peers.
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
@@ -38,6 +40,17 @@ void build(proto::RulesDoc::Reader in) {
   if (a.size() != b.size()) __builtin_trap();
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (ruleYaml(a[i]) != ruleYaml(b[i])) __builtin_trap();
+    auto back = RuleSet::parseYaml("rules:\n  - " + ruleYaml(a[i]) + "\n");
+    if (!back || back->size() != 1) __builtin_trap();
+    const std::vector<Rule> again = back->rules();
+    const Rule& r = again.front();
+    const LimitSpec& x = r.spec;
+    const LimitSpec& y = a[i].spec;
+    if (r.name != a[i].name || x.algorithm != y.algorithm || x.limit != y.limit ||
+        x.period != y.period || x.burst != y.burst || r.shadow != a[i].shadow ||
+        r.degraded != a[i].degraded || r.overload != a[i].overload || r.adaptive != a[i].adaptive) {
+      __builtin_trap();
+    }
   }
 }
 

@@ -226,6 +226,12 @@ enum DegradedPolicy {
   deny @2;
 }
 
+# What a check of the rule answers when the node sheds it (daemon/service/rules.h).
+enum OverloadPolicy {
+  allow @0;
+  deny @1;
+}
+
 struct Rule {
   name @0 :Text;
   limit @1 :LimitSpec;         # an adaptive rule's own (starting) limit
@@ -236,6 +242,7 @@ struct Rule {
   # rules come from the rules file.
   adaptive @4 :AdaptiveSpec;
   adaptiveState @5 :AdaptiveState;
+  overload @6 :OverloadPolicy;  # appended; setRule sets it
 }
 
 # Numeric values equal daemon/service/adaptive.h's ControlLaw.

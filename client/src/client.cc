@@ -85,6 +85,11 @@ Status validate(const ClientOptions& o) {
   return Ok{};
 }
 
+// KJ's monotonic clock: the one the client's timers (deadlines, backoff) read.
+std::int64_t monotonicNs() {
+  return (kj::systemPreciseMonotonicClock().now() - kj::origin<kj::TimePoint>()) / kj::NANOSECONDS;
+}
+
 }  // namespace
 
 std::string formatRulesVersion(const RulesVersion& v) {
@@ -302,43 +307,51 @@ Result<std::vector<Rule>> Client::listRules(Deadline deadline) {
       deadline);
 }
 
-Status Client::setRule(const Rule& rule, Deadline deadline) {
-  return impl_->admin<Ok>(
+namespace {
+
+// A rules change's answer: its error, or the version it made.
+template <typename Results>
+Result<RulesChange> rulesChange(const Results& r, RulesChange made = {}) {
+  const Error e = detail::fromProto(r.getError());
+  if (e.code != ErrorCode::kNone) return e;
+  made.version = {r.getRules().getCounter(), r.getRules().getDigest()};
+  return made;
+}
+
+}  // namespace
+
+Result<RulesChange> Client::setRule(const Rule& rule, Deadline deadline) {
+  return impl_->admin<RulesChange>(
       [rule](proto::Node::Client& node) {
         auto request = node.setRuleRequest();
         request.setVersion(proto::PROTOCOL_VERSION);
         detail::toProto(rule, request.initRule());
-        return request.send().then([](capnp::Response<proto::Admin::SetRuleResults>&& r) {
-          const Error e = detail::fromProto(r.getError());
-          return e.code == ErrorCode::kNone ? Status(Ok{}) : Status(e);
-        });
+        return request.send().then(
+            [](capnp::Response<proto::Admin::SetRuleResults>&& r) { return rulesChange(r); });
       },
       deadline);
 }
 
-Result<bool> Client::deleteRule(const std::string& name, Deadline deadline) {
-  return impl_->admin<bool>(
+Result<RulesChange> Client::deleteRule(const std::string& name, Deadline deadline) {
+  return impl_->admin<RulesChange>(
       [name](proto::Node::Client& node) {
         auto request = node.deleteRuleRequest();
         request.setVersion(proto::PROTOCOL_VERSION);
         request.setName(kj::StringPtr(name.c_str(), name.size()));
         return request.send().then([](capnp::Response<proto::Admin::DeleteRuleResults>&& r) {
-          const Error e = detail::fromProto(r.getError());
-          return e.code == ErrorCode::kNone ? Result<bool>(r.getDeleted()) : Result<bool>(e);
+          return rulesChange(r, {{}, r.getDeleted(), 0});
         });
       },
       deadline);
 }
 
-Result<std::uint32_t> Client::reloadRules(Deadline deadline) {
-  return impl_->admin<std::uint32_t>(
+Result<RulesChange> Client::reloadRules(Deadline deadline) {
+  return impl_->admin<RulesChange>(
       [](proto::Node::Client& node) {
         auto request = node.reloadRulesRequest();
         request.setVersion(proto::PROTOCOL_VERSION);
         return request.send().then([](capnp::Response<proto::Admin::ReloadRulesResults>&& r) {
-          const Error e = detail::fromProto(r.getError());
-          return e.code == ErrorCode::kNone ? Result<std::uint32_t>(r.getCount())
-                                            : Result<std::uint32_t>(e);
+          return rulesChange(r, {{}, true, r.getCount()});
         });
       },
       deadline);
@@ -529,13 +542,13 @@ void Client::reportAsync(std::vector<Report> reports) {
 ScopedReport::ScopedReport(Client& client, std::string rule)
     : client_(client),
       rule_(std::move(rule)),
-      start_(std::chrono::steady_clock::now()),
+      start_ns_(monotonicNs()),
       exceptions_(std::uncaught_exceptions()) {}
 
 ScopedReport::~ScopedReport() {
   Report r;
   r.rule = std::move(rule_);
-  r.latency = std::chrono::steady_clock::now() - start_;
+  r.latency = std::chrono::nanoseconds(monotonicNs() - start_ns_);
   r.outcome = outcome_.value_or(std::uncaught_exceptions() > exceptions_ ? ReportOutcome::kError
                                                                          : ReportOutcome::kOk);
   client_.reportAsync({std::move(r)});

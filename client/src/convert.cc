@@ -121,6 +121,8 @@ void toProto(const Rule& rule, proto::Rule::Builder out) {
   out.setName(kjText(rule.name));
   toProto(rule.algorithm, rule.limit, rule.period, rule.burst, out.initLimit());
   out.setShadow(rule.shadow);
+  out.setDegraded(static_cast<proto::DegradedPolicy>(rule.degraded));
+  out.setOverload(static_cast<proto::OverloadPolicy>(rule.overload));
 }
 
 void toProto(const Report& report, proto::Report::Builder out) {
@@ -213,6 +215,11 @@ Rule fromProto(proto::Rule::Reader rule) {
   r.period = fromWireMs(limit.getPeriodMs());
   r.burst = limit.getBurst();
   r.shadow = rule.getShadow();
+  // An enumerant a newer node knows and this client does not reads as the default.
+  const auto degraded = static_cast<unsigned>(rule.getDegraded());
+  r.degraded = degraded <= 2 ? static_cast<DegradedPolicy>(degraded) : DegradedPolicy::kShare;
+  r.overload = rule.getOverload() == proto::OverloadPolicy::DENY ? OverloadPolicy::kDeny
+                                                                 : OverloadPolicy::kAllow;
   if (rule.hasAdaptive()) r.adaptive = fromProto(rule.getAdaptive(), rule.getAdaptiveState());
   return r;
 }

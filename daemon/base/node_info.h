@@ -48,8 +48,8 @@ struct NodeInfo {
 
 using NodeInfoProvider = std::function<NodeInfo()>;
 
-// Rules across the cluster (daemon/rules_sync/rules_sync.h), for /metrics.
-struct RulesSyncInfo {
+// Rules across the cluster (daemon/rules_sync/rules_sync.h): RulesSync::stats(), for /metrics.
+struct RulesSyncStats {
   std::uint64_t counter = 0;   // of the version the node runs
   std::uint64_t calls = 0;     // syncRules calls made to other members
   std::uint64_t failures = 0;  // of those, failed

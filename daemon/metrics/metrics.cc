@@ -609,7 +609,7 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
 
 namespace {
 
-void collectRulesSync(const RulesSyncInfo& r, std::vector<prometheus::MetricFamily>& out) {
+void collectRulesSync(const RulesSyncStats& r, std::vector<prometheus::MetricFamily>& out) {
   using prometheus::MetricType;
   out.push_back({"throttlex_rules_version",
                  "The counter of the rules version this node runs (every member runs the newest)",

@@ -56,7 +56,7 @@ class Metrics {
     // May be empty: no adaptive metrics (docs/adaptive.md).
     std::function<std::vector<AdaptiveRuleStats>()> adaptive_rules = {};
     std::function<ExchangeStats()> adaptive_exchange = {};
-    std::function<RulesSyncInfo()> rules_sync = {};  // may be empty: no rules sync metrics
+    std::function<RulesSyncStats()> rules_sync = {};  // may be empty: no rules sync metrics
   };
   explicit Metrics(Options options);
   ~Metrics();

@@ -362,25 +362,19 @@ Status Node::Parts::startRpc(const NodeInfoProvider& node_info, std::size_t max_
 
 // Metrics, RPC and HTTP, bound in that order.
 Status Node::Parts::startApis() {
-  metrics = std::make_unique<Metrics>(
-      Metrics::Options{config.node_id, kVersion, store.get(),
-                       [this] {
-                         ClusterNode* c = clusterNode();
-                         return c != nullptr ? c->stats() : ClusterStats{};
-                       },
-                       [this] { return forwarder->stats(); }, [this] { return persistenceStats(); },
-                       [this] {
-                         std::vector<AdaptiveRuleStats> rules = service->adaptiveStats();
-                         for (AdaptiveRuleStats& r : rules)
-                           r.controlled_here = controller->controls(r.rule);
-                         return rules;
-                       },
-                       [this] { return exchange->stats(); },
-                       [this] {
-                         const RulesSyncStats s = rules_sync->stats();
-                         return RulesSyncInfo{service->rulesDoc()->version.counter, s.calls,
-                                              s.failures, s.adopted, s.refused};
-                       }});
+  metrics = std::make_unique<Metrics>(Metrics::Options{
+      config.node_id, kVersion, store.get(),
+      [this] {
+        ClusterNode* c = clusterNode();
+        return c != nullptr ? c->stats() : ClusterStats{};
+      },
+      [this] { return forwarder->stats(); }, [this] { return persistenceStats(); },
+      [this] {
+        std::vector<AdaptiveRuleStats> rules = service->adaptiveStats();
+        for (AdaptiveRuleStats& r : rules) r.controlled_here = controller->controls(r.rule);
+        return rules;
+      },
+      [this] { return exchange->stats(); }, [this] { return rules_sync->stats(); }});
   auto metrics_bound = metrics->serve(config.metrics_bind, config.metrics_port, clock);
   if (!metrics_bound) {
     return Error{metrics_bound.error().code,
@@ -449,7 +443,8 @@ void Node::Parts::makeRulesSync() {
       [tls = outgoing, from = config.node_id](const std::string& address, const RulesVersion& mine,
                                               const RulesDoc* doc) {
         return sendRules(address, from, mine, doc, std::chrono::milliseconds(1000), tls);
-      });
+      },
+      /*joining=*/!config.join.empty());
   service->setRulesOrigin(config.node_id, [this] { rules_sync->changed(); });
 }
 

@@ -1,5 +1,6 @@
 #include "daemon/rls/rls_server.h"
 
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 
 #include "daemon/metrics/metrics.h"
@@ -204,7 +205,9 @@ void RlsServer::shutdown() {
   if (impl_->stopped) return;
   impl_->stopped = true;
   // Calls in flight finish: their checks are decided or answered by the forwarder.
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // gRPC's own clock: the deadline is gRPC's business, not the node's.
+  impl_->server->Shutdown(
+      gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(5, GPR_TIMESPAN)));
   impl_->server->Wait();
 }
 

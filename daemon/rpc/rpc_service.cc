@@ -354,6 +354,7 @@ kj::Promise<void> RpcService::listRules(ListRulesContext context) {
     encode(rules[i].spec, out.initLimit());
     out.setShadow(rules[i].shadow);
     out.setDegraded(static_cast<proto::DegradedPolicy>(rules[i].degraded));
+    out.setOverload(static_cast<proto::OverloadPolicy>(rules[i].overload));
     if (rules[i].adaptive) {
       const bool here = adaptive_ != nullptr && adaptive_->controls(rules[i].name);
       encodeAdaptive(*rules[i].adaptive, *set->find(rules[i].name)->cell, here, out);
@@ -380,8 +381,15 @@ kj::Promise<void> RpcService::setRule(SetRuleContext context) {
              "unknown degraded policy " + std::to_string(degraded));
     return kj::READY_NOW;
   }
+  const auto overload = static_cast<unsigned>(in.getOverload());
+  if (overload > static_cast<unsigned>(OverloadPolicy::kDeny)) {
+    setError(error(), proto::ErrorCode::INVALID_ARGUMENT,
+             "unknown overload policy " + std::to_string(overload));
+    return kj::READY_NOW;
+  }
   Rule rule{std::string(view(in.getName())), *spec, in.getShadow(),
             static_cast<DegradedPolicy>(degraded)};
+  rule.overload = static_cast<OverloadPolicy>(overload);
   const Status status = service_.setRule(rule);
   if (!status) {
     setError(error(), status.error());

@@ -5,8 +5,12 @@
 namespace throttlex {
 
 RulesSync::RulesSync(LimiterService& service, const RingHolder* ring, RulesSender send,
-                     std::chrono::milliseconds interval)
-    : service_(service), ring_(ring), send_(std::move(send)), interval_(interval) {}
+                     bool joining, std::chrono::milliseconds interval)
+    : service_(service),
+      ring_(ring),
+      send_(std::move(send)),
+      joining_(joining),
+      interval_(interval) {}
 
 RulesSync::~RulesSync() {
   stop();
@@ -23,6 +27,11 @@ void RulesSync::stop() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+bool RulesSync::stopping() const {
+  std::lock_guard lock(mu_);
+  return stopping_;
 }
 
 void RulesSync::changed() {
@@ -53,39 +62,66 @@ std::vector<std::string> RulesSync::others() const {
 bool RulesSync::round(bool everyone, bool push) {
   const std::vector<std::string> members = others();
   if (members.empty()) return false;
-  if (everyone) {
-    for (const std::string& address : members) exchange(address, push);
-  } else {
-    exchange(members[next_++ % members.size()], false);
+  if (!everyone) return exchange(members[next_++ % members.size()], false);
+  bool answered = false;
+  for (const std::string& address : members) {
+    if (stopping()) break;
+    answered = exchange(address, push) || answered;
   }
+  return answered;
+}
+
+bool RulesSync::join() {
+  std::optional<RulesDoc> newest;
+  std::string from;
+  for (const std::string& address : others()) {
+    if (stopping()) break;
+    // As a node without rules: every member answers with its own.
+    auto answer = send_(address, RulesVersion{}, nullptr);
+    count(answer.ok());
+    if (!answer || !answer->doc) continue;
+    if (!newest || newest->version < answer->doc->version) {
+      newest = std::move(answer->doc);
+      from = address;
+    }
+  }
+  if (!newest) return false;
+  adopt(*newest, from, /*joining=*/true);
   return true;
 }
 
-void RulesSync::exchange(const std::string& address, bool push) {
+void RulesSync::count(bool answered) {
+  std::lock_guard lock(mu_);
+  ++stats_.calls;
+  if (!answered) ++stats_.failures;
+}
+
+bool RulesSync::exchange(const std::string& address, bool push) {
   const std::shared_ptr<const RulesDoc> mine = service_.rulesDoc();
   auto answer = send_(address, mine->version, push ? mine.get() : nullptr);
-  {
-    std::lock_guard lock(mu_);
-    ++stats_.calls;
-    if (!answer) ++stats_.failures;
-  }
-  if (!answer) return;
+  count(answer.ok());
+  if (!answer) return false;
   if (answer->doc) {
     adopt(*answer->doc, address);
   } else if (!push && answer->version < mine->version) {
     exchange(address, true);  // the member is behind: send it the rules
   }
+  return true;
 }
 
-void RulesSync::adopt(const RulesDoc& doc, const std::string& via) {
-  const Result<bool> adopted = service_.adoptRules(doc);
+void RulesSync::adopt(const RulesDoc& doc, const std::string& via, bool joining) {
+  {
+    std::lock_guard lock(mu_);
+    if (doc.version == last_refused_) return;  // it did not load here, and will not now
+  }
+  const Result<bool> adopted =
+      service_.adoptRules(doc, joining ? RulesAdoption::kReplaceFile : RulesAdoption::kNewer);
   std::lock_guard lock(mu_);
   if (!adopted) {
     ++stats_.refused;
-    if (std::exchange(last_refused_, doc.version) != doc.version) {
-      logError("rules from " + via + " refused, keeping version " +
-               formatRulesVersion(service_.rulesDoc()->version) + ": " + adopted.error().message);
-    }
+    last_refused_ = doc.version;
+    logError("rules from " + via + " refused, keeping version " +
+             formatRulesVersion(service_.rulesDoc()->version) + ": " + adopted.error().message);
     return;
   }
   if (!*adopted) return;
@@ -104,8 +140,13 @@ RulesAnswer RulesSync::answer(const RulesVersion& theirs, const RulesDoc* doc) {
 }
 
 RulesSyncStats RulesSync::stats() const {
-  std::lock_guard lock(mu_);
-  return stats_;
+  RulesSyncStats s;
+  {
+    std::lock_guard lock(mu_);
+    s = stats_;
+  }
+  s.counter = service_.rulesDoc()->version.counter;
+  return s;
 }
 
 void RulesSync::run() {
@@ -118,16 +159,17 @@ void RulesSync::run() {
       push = std::exchange(push_pending_, false);
       first = !first_round_;
     }
-    // Until every member was asked once, every member is asked (a joining node); then one a turn.
-    const bool asked = round(push || first, push);
-    if (first && asked) {
+    // Until a member answered, every member is asked (a joining node takes their rules); then
+    // one a turn, and every member after a change here.
+    const bool answered = first && joining_ && !push ? join() : round(push || first, push);
+    if (first && answered) {
       std::lock_guard lock(mu_);
       first_round_ = true;
       wake_.notify_all();
     }
     std::unique_lock lock(mu_);
-    // Before the ring shows another member, look again soon: a joining node waits for this.
-    const auto wait = first && !asked ? std::chrono::milliseconds(50) : interval_;
+    // Before a member answered, look again soon: a joining node waits for this.
+    const auto wait = first && !answered ? std::chrono::milliseconds(50) : interval_;
     if (wake_.wait_for(lock, wait, [this] { return stopping_ || push_pending_; }) && stopping_) {
       return;
     }

@@ -4,6 +4,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "daemon/service/rule_yaml.h"
+
 namespace throttlex {
 
 std::int64_t unitSeconds(RateUnit unit) {
@@ -176,9 +178,9 @@ class DomainParser {
 
   Result<DescriptorLimit> rateLimit(const YAML::Node& rl, const YAML::Node& d,
                                     const std::string& path) {
-    static const std::set<std::string> kKnown = {"unit",  "requests_per_unit", "unlimited",
-                                                 "name",  "replaces",          "algorithm",
-                                                 "burst", "degraded"};
+    static const std::set<std::string> kKnown = {
+        "unit",  "requests_per_unit", "unlimited", "name",    "replaces", "algorithm",
+        "burst", "degraded",          "overload",  "adaptive"};
     if (auto st = knownFields(rl, kKnown, "rate_limit"); !st) return st.error();
     DescriptorLimit limit;
     if (d["shadow_mode"]) limit.shadow = d["shadow_mode"].as<bool>();
@@ -257,6 +259,16 @@ class DomainParser {
       auto p = parseDegradedPolicy(rl["degraded"].as<std::string>());
       if (!p) return at(rl["degraded"], "rate_limit: " + p.error().message);
       rule.degraded = *p;
+    }
+    if (rl["overload"]) {
+      auto p = parseOverloadPolicy(rl["overload"].as<std::string>());
+      if (!p) return at(rl["overload"], "rate_limit: " + p.error().message);
+      rule.overload = *p;
+    }
+    if (rl["adaptive"]) {
+      auto a = parseAdaptive(rl["adaptive"], "rate_limit");
+      if (!a) return at(rl["adaptive"], a.error().message);
+      rule.adaptive = *a;
     }
     if (auto made = Limit::make(rule.spec); !made) {
       return at(rl, "rate_limit: " + made.error().message);

@@ -322,12 +322,18 @@ std::shared_ptr<const RulesDoc> LimiterService::rulesDoc() const {
   return {rules, &rules->doc()};  // shares the set's ownership
 }
 
-void LimiterService::publishLocal(RuleSet next) {
+Status LimiterService::publishLocal(RuleSet next) {
   const RuleSet& current = *currentRules();
+  if (current.doc().version.counter >= RulesDoc::kMaxCounter) {
+    return Error{ErrorCode::kResourceExhausted,
+                 "rules version " + formatRulesVersion(current.doc().version) +
+                     ": the counter is at its end; restart the cluster from its rules files"};
+  }
   const auto made =
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now().time_since_epoch());
   next.stamp(current.doc().version.counter + 1, origin_, made.count());
   publish(std::move(next));
+  return Ok{};
 }
 
 void LimiterService::notifyChanged() {
@@ -344,7 +350,7 @@ Status LimiterService::setRule(const Rule& rule) {
     MutexLock admin(admin_mu_);
     auto next = currentRules()->with(rule);
     if (!next) return next.error();
-    publishLocal(std::move(*next));
+    if (Status s = publishLocal(std::move(*next)); !s) return s.error();
   }
   notifyChanged();
   return Ok{};
@@ -355,7 +361,7 @@ Result<bool> LimiterService::deleteRule(std::string_view name) {
     MutexLock admin(admin_mu_);
     const std::shared_ptr<const RuleSet> rules = currentRules();
     if (rules->find(name) == nullptr) return false;
-    publishLocal(rules->without(name));
+    if (Status s = publishLocal(rules->without(name)); !s) return s.error();
   }
   notifyChanged();
   return true;
@@ -373,16 +379,21 @@ Result<std::size_t> LimiterService::reloadRules() {
     count = loaded->size();
     // The file as the cluster already runs it: no new version.
     if (loaded->doc().version.digest == currentRules()->doc().version.digest) return count;
-    publishLocal(std::move(*loaded));
+    if (Status s = publishLocal(std::move(*loaded)); !s) return s.error();
   }
   notifyChanged();
   return count;
 }
 
-Result<bool> LimiterService::adoptRules(const RulesDoc& doc) {
+Result<bool> LimiterService::adoptRules(const RulesDoc& doc, RulesAdoption how) {
   if (Status valid = doc.validate(); !valid) return valid.error();
   MutexLock admin(admin_mu_);
-  if (!(currentRules()->doc().version < doc.version)) return false;
+  const RulesDoc& current = currentRules()->doc();
+  const bool file_as_loaded = current.version.counter == 0 && current.origin.empty();
+  const bool take = how == RulesAdoption::kReplaceFile && file_as_loaded
+                        ? doc.version != current.version
+                        : current.version < doc.version;
+  if (!take) return false;
   auto next = RuleSet::fromDoc(doc);
   if (!next) {
     return invalidArgument("rules version " + formatRulesVersion(doc.version) + " from " +

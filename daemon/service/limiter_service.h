@@ -27,6 +27,9 @@
 namespace throttlex {
 
 inline constexpr std::size_t kMaxKeyBytes = 1024;
+
+// How LimiterService::adoptRules() takes another node's rules.
+enum class RulesAdoption : std::uint8_t { kNewer, kReplaceFile };
 inline constexpr std::size_t kMaxBatchChecks = 1000;
 
 struct CheckArgs {
@@ -113,8 +116,10 @@ class LimiterService {
   void setRulesOrigin(std::string origin, std::function<void()> changed);
   std::shared_ptr<const RulesDoc> rulesDoc() const;  // the version this node runs
   // Another node's version: built and run when it is newer than this node's (true), else left
-  // (false). A document that fails its checks or does not build is refused, naming why.
-  Result<bool> adoptRules(const RulesDoc& doc);
+  // (false). kReplaceFile (a node joining a cluster): while this node runs its rules file as
+  // loaded (counter 0, no origin), any other version replaces it, even one that orders below.
+  // A document that fails its checks or does not build is refused, naming why.
+  Result<bool> adoptRules(const RulesDoc& doc, RulesAdoption how = RulesAdoption::kNewer);
   Result<KeyInspection> inspect(const CheckArgs& args);  // hits is ignored
   Result<bool> reset(const CheckArgs& args);             // drops the key's state; false if none
 
@@ -142,8 +147,9 @@ class LimiterService {
   static void countAdaptive(const Resolved& r, const CheckArgs& args, const Decision& d);
   // Publishes `next`, its adaptive rules keeping the cells the current rules have for them.
   void publish(RuleSet next) REQUIRES(admin_mu_);
-  // A change made here: `next` becomes the next version, from this node.
-  void publishLocal(RuleSet next) REQUIRES(admin_mu_);
+  // A change made here: `next` becomes the next version, from this node (refused when the
+  // counter is at RulesDoc::kMaxCounter).
+  Status publishLocal(RuleSet next) REQUIRES(admin_mu_);
   void notifyChanged() EXCLUDES(admin_mu_);
 
   // Constant after construction.

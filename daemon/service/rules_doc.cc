@@ -95,6 +95,10 @@ Status RulesDoc::validate() const {
     return invalidArgument("rules: " + std::to_string(bytes()) + " bytes, at most " +
                            std::to_string(kMaxBytes));
   }
+  if (version.counter > kMaxCounter) {
+    return invalidArgument("rules version " + formatRulesVersion(version) +
+                           ": the counter is beyond any that changes reach");
+  }
   if (contentDigest() != version.digest) {
     return invalidArgument("rules version " + formatRulesVersion(version) +
                            ": the digest does not match the content");

@@ -48,7 +48,12 @@ struct RulesDoc {
   // Bounds on what a node accepts from a peer (and makes itself).
   static constexpr std::size_t kMaxSources = 256;
   static constexpr std::size_t kMaxChanges = 10'000;
-  static constexpr std::size_t kMaxBytes = 4 << 20;
+  // Half of what an RPC message may hold (daemon/rpc/rpc_server.h: 4 MiB), so a document always
+  // fits in a syncRules call with its framing.
+  static constexpr std::size_t kMaxBytes = 2 << 20;
+  // A counter no cluster reaches by changes (one a microsecond for 8 years); a document above it
+  // is refused, so a forged one cannot make the next change wrap around to 0.
+  static constexpr std::uint64_t kMaxCounter = std::uint64_t{1} << 48;
 
   RulesVersion version;
   std::string origin;        // the node that made this version

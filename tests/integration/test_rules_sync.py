@@ -65,8 +65,12 @@ class RulesAcrossTheCluster(unittest.TestCase):
     def converged(self, nodes=None):
         """Until every node runs one version; returns it."""
         nodes = nodes or self.nodes
-        return wait_until(lambda: len(set(versions(nodes).values())) == 1 and versions(nodes),
-                          timeout=10, what="every node to run one rules version")[nodes[0].node_id]
+
+        def one_version():
+            seen = set(versions(nodes).values())
+            return seen.pop() if len(seen) == 1 else None
+
+        return wait_until(one_version, timeout=10, what="every node to run one rules version")
 
     def test_a_change_on_one_node_reaches_every_member(self):
         start = self.converged()
@@ -131,6 +135,31 @@ class RulesAcrossTheCluster(unittest.TestCase):
         wait_for_view(self.nodes)
         self.assertEqual(self.converged(), made)
         self.assertGreaterEqual(metric_value(back.metrics(), "throttlex_rules_adopted_total"), 1)
+
+    def test_a_node_restarted_with_an_edited_file_takes_the_cluster_rules_and_sends_nothing(self):
+        # Nothing changed since the start: every node runs its file as loaded (counter 0). The
+        # restarted node's edited file orders above or below the cluster's by its digest alone;
+        # either way it must take the cluster's, and the cluster must keep its own.
+        start = self.converged()
+        self.assertTrue(start.startswith("0."), start)
+        victim = self.nodes.pop(4)
+        self.assertEqual(victim.stop(), 0)
+        back = Node("--node-id", "rs5", "--join", self.nodes[0].gossip_address, "--gossip-preset",
+                    "local", "--cluster-name", victim_cluster(self.nodes[0]), rules=EDITED)
+        self.nodes.append(back)
+        self.assertEqual(info(back)["rules_version"], start)
+        self.assertEqual(info(back)["rules"], 1)
+        wait_for_view(self.nodes)
+        # After its join (one call to each of the 4 others) and two rounds of its own, the others
+        # still run their version and took none.
+        wait_until(lambda: metric_value(back.metrics(), "throttlex_rules_sync_calls_total") >= 6,
+                   timeout=10, what="the restarted node's sync rounds")
+        self.assertEqual(self.converged(), start)
+        for n in self.nodes[:4]:
+            self.assertEqual(metric_value(n.metrics(), "throttlex_rules_adopted_total"), 0,
+                             n.node_id)
+        for n in self.nodes:
+            self.assertEqual(info(n)["rules"], 1, n.node_id)
 
 
 def victim_cluster(node):

@@ -156,10 +156,11 @@ class ThrottlectlTest(unittest.TestCase):
                                     "rules_made_unix_ms", "persistence"})
         self.assertGreaterEqual(doc["protocol_version"], 1)
         self.assertGreaterEqual(doc["rules"], 1)
-        # The rules file as loaded, not changed since: version 0, made by no node.
+        # The rules file as loaded (version 0, made by no node), or a version a test of this
+        # class made on this node.
         self.assertRegex(doc["rules_version"], r"^\d+\.[0-9a-f]{16}$")
-        if doc["rules_version"].startswith("0."):
-            self.assertEqual(doc["rules_origin"], "")
+        self.assertEqual(doc["rules_origin"],
+                         "" if doc["rules_version"].startswith("0.") else doc["node_id"])
         # Started without --redis: memory only, nothing pending, no handoffs.
         p = doc["persistence"]
         self.assertEqual((p["redis"], p["connected"], p["pending"], p["handoffs_sent"],
@@ -195,11 +196,16 @@ class ThrottlectlRulesTest(unittest.TestCase):
     def test_set_list_delete_round_trip(self):
         self.assertEqual(list(self.rules()), ["api"])
         code, _, _ = self.ctl("rules", "set", "web", "--limit", "10", "--period", "5s",
-                              "--algorithm", "gcra", "--burst", "20", "--shadow")
+                              "--algorithm", "gcra", "--burst", "20", "--shadow",
+                              "--degraded", "deny", "--overload", "deny")
         self.assertEqual(code, 0)
         self.assertEqual(self.rules()["web"], {"name": "web", "algorithm": "gcra", "limit": 10,
                                                "period": "5s", "period_ms": 5000, "burst": 20,
-                                               "shadow": True})
+                                               "shadow": True, "degraded": "deny",
+                                               "overload": "deny"})
+        # The rules file's own rule: the defaults.
+        self.assertEqual((self.rules()["api"]["degraded"], self.rules()["api"]["overload"]),
+                         ("share", "allow"))
         code, out, _ = self.ctl("rules", "list")
         self.assertEqual(out.split("\n")[0].split(),
                          ["NAME", "ALGORITHM", "LIMIT", "PERIOD", "BURST", "SHADOW", "ADAPTIVE"])

@@ -445,7 +445,10 @@ TEST_CASE("admin calls round trip") {
   rule.algorithm = tc::Algorithm::kSlidingWindow;
   rule.limit = 2;
   rule.period = 1s;
-  REQUIRE(client->setRule(rule).ok());
+  const auto made = client->setRule(rule);
+  REQUIRE(made.ok());
+  CHECK(made->version.counter == 1);  // the node's file (none) was version 0
+  CHECK(client->nodeInfo()->rules_version == made->version);
   tc::Rule bad = rule;
   bad.name = "bad name!";
   CHECK(client->setRule(bad).error().code == tc::ErrorCode::kInvalidArgument);
@@ -479,8 +482,11 @@ TEST_CASE("admin calls round trip") {
 
   const auto deleted = client->deleteRule("api");
   REQUIRE(deleted.ok());
-  CHECK(*deleted);
-  CHECK_FALSE(*client->deleteRule("api"));
+  CHECK(deleted->done);
+  CHECK(deleted->version.counter == 2);
+  const auto again = client->deleteRule("api");
+  CHECK_FALSE(again->done);
+  CHECK(again->version == deleted->version);  // nothing deleted, no new version
   CHECK(client->check(by_rule).error.code == tc::ErrorCode::kNotFound);
   CHECK(client->reloadRules().error().code == tc::ErrorCode::kNotFound);  // no rules file
 

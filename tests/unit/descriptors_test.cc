@@ -94,6 +94,39 @@ descriptors:
   CHECK(c->rule.degraded == DegradedPolicy::kDeny);
 }
 
+TEST_CASE("ThrottleX's later rule fields work in the envoy shape too: overload, adaptive") {
+  const RuleSet set = parse(R"(domain: d
+descriptors:
+  - key: backend
+    rate_limit:
+      unit: second
+      requests_per_unit: 100
+      overload: deny
+      adaptive: {min: 10, max: 400, latency_target: 50ms, law: aimd}
+)");
+  const auto* e = set.find("d.backend");
+  REQUIRE(e != nullptr);
+  CHECK(e->rule.overload == OverloadPolicy::kDeny);
+  REQUIRE(e->rule.adaptive.has_value());
+  CHECK(e->rule.adaptive->max == 400);
+  CHECK(e->rule.adaptive->latency_target == Duration(50ms));
+  CHECK(e->rule.adaptive->law == ControlLaw::kAimd);
+  REQUIRE(e->cell != nullptr);  // an adaptive rule: its effective limit starts at 100
+  CHECK(e->cell->limit() == 100);
+  // A bad block names its line, as every error of the file does.
+  auto bad = RuleSet::parseYaml(R"(domain: d
+descriptors:
+  - key: backend
+    rate_limit:
+      unit: second
+      requests_per_unit: 100
+      adaptive: {min: 10}
+)");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message.find("line 7") != std::string::npos);
+  CHECK(bad.error().message.find("missing 'max'") != std::string::npos);
+}
+
 TEST_CASE("key_value is tried before a wildcard, a wildcard before the key alone") {
   const RuleSet set = parse(R"(domain: w
 descriptors:

@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -42,10 +44,10 @@ bool sameRules(const RuleSet& a, const RuleSet& b) {
 }
 
 struct NodeFixture {
-  explicit NodeFixture(std::string node_id)
+  explicit NodeFixture(std::string node_id, const char* rules = kRules)
       : id(std::move(node_id)),
         store(Store::make({1 << 12, 4}).value()),
-        service(*store, clock, RuleSet::parseYaml(kRules).value(), "") {
+        service(*store, clock, RuleSet::parseYaml(rules).value(), "") {
     service.setRulesOrigin(id, [this] { ++changes; });
   }
   std::string id;
@@ -219,10 +221,13 @@ TEST_CASE("a reload that reads what the node runs makes no version") {
 
 namespace {
 
-// Three nodes whose RulesSync instances call each other's answer() directly.
+// Three nodes whose RulesSync instances call each other's answer() directly. `c_rules`: the
+// rules file c started from; `c_joins`: c started with --join.
 struct Trio {
-  Trio() {
-    for (const char* id : {"a", "b", "c"}) nodes.push_back(std::make_unique<NodeFixture>(id));
+  explicit Trio(const char* c_rules = kRules, bool c_joins = false) {
+    for (const char* id : {"a", "b", "c"}) {
+      nodes.push_back(std::make_unique<NodeFixture>(id, id[0] == 'c' ? c_rules : kRules));
+    }
     for (std::size_t i = 0; i < nodes.size(); ++i) {
       RingView view;
       view.ring = Ring({"a", "b", "c"});
@@ -233,10 +238,15 @@ struct Trio {
           nodes[i]->service, &rings[i],
           [this](const std::string& address, const RulesVersion& mine,
                  const RulesDoc* doc) -> Result<RulesAnswer> {
+            std::lock_guard lock(mu);
             ++calls[address];
+            if (doc != nullptr) ++pushes;
             if (down == address) return Error{ErrorCode::kUnavailable, "down"};
-            return syncs[static_cast<std::size_t>(address[0] - 'a')]->answer(mine, doc);
-          }));
+            auto answer = syncs[static_cast<std::size_t>(address[0] - 'a')]->answer(mine, doc);
+            sent.notify_all();
+            return answer;
+          },
+          /*joining=*/i == 2 && c_joins));
     }
   }
   RulesVersion version(std::size_t i) const { return nodes[i]->service.rulesDoc()->version; }
@@ -244,7 +254,10 @@ struct Trio {
   std::vector<std::unique_ptr<NodeFixture>> nodes;
   std::array<RingHolder, 3> rings;
   std::vector<std::unique_ptr<RulesSync>> syncs;
+  std::mutex mu;  // the senders may run on RulesSync threads
+  std::condition_variable sent;
   std::map<std::string, int> calls;
+  int pushes = 0;
   std::string down;
 };
 
@@ -260,7 +273,7 @@ TEST_CASE("sync: a change goes to every member; one that missed it catches up in
   CHECK(t.version(2) < t.version(0));  // c was away
   CHECK(t.syncs[0]->stats().failures == 1);
 
-  // c is back: a plain round from b, whose turn comes to c, brings it up to date.
+  // c is back: a plain round from b (b's version only, no rules) finds c behind and sends it.
   t.down.clear();
   t.syncs[1]->round(true);
   CHECK(t.version(2) == t.version(0));
@@ -296,4 +309,76 @@ TEST_CASE("sync: concurrent changes on two members end with every member on the 
     CHECK((rules.find("x") != nullptr) == x_won);
     CHECK((rules.find("y") != nullptr) == !x_won);
   }
+}
+
+TEST_CASE("sync: a joining node takes the cluster's rules over its file, whichever orders higher") {
+  // c restarts with an edited file: its counter-0 version orders against the cluster's by the
+  // digest alone. Both ways round, it runs the cluster's and sends its file to no one.
+  for (const char* edited :
+       {"rules:\n  - {name: api, algorithm: fixed_window, limit: 9, period: 1h}\n",
+        "rules:\n  - {name: api, algorithm: fixed_window, limit: 8, period: 1h}\n"}) {
+    Trio t(edited, /*c_joins=*/true);
+    const RulesVersion cluster = t.version(0);
+    REQUIRE(t.version(2) != cluster);
+    REQUIRE(t.syncs[2]->join());
+    CHECK(t.version(2) == cluster);
+    CHECK(t.nodes[2]->service.currentRules()->find("api")->rule.spec.limit == 3);
+    CHECK(t.pushes == 0);
+    for (auto& s : t.syncs) s->round(true);
+    CHECK(t.version(0) == cluster);
+    CHECK(t.version(1) == cluster);
+  }
+  // A node that changed its rules already is not replaced by an older version.
+  Trio t(kRules, /*c_joins=*/true);
+  REQUIRE(t.nodes[2]->service.setRule(plain("web", 1)).ok());
+  const RulesVersion mine = t.version(2);
+  REQUIRE(t.syncs[2]->join());
+  CHECK(t.version(2) == mine);
+}
+
+TEST_CASE("sync: the thread sends a change to every member at once, and waits for a first answer") {
+  Trio t;
+  t.nodes[0]->service.setRulesOrigin("a", [&t] { t.syncs[0]->changed(); });
+  t.syncs[0]->start();
+  REQUIRE(t.syncs[0]->waitFirstRound(std::chrono::seconds(10)));
+  REQUIRE(t.nodes[0]->service.setRule(plain("web", 5)).ok());
+  {
+    std::unique_lock lock(t.mu);
+    REQUIRE(t.sent.wait_for(lock, std::chrono::seconds(10), [&] { return t.pushes >= 2; }));
+  }
+  t.syncs[0]->stop();
+  CHECK(t.version(1) == t.version(0));
+  CHECK(t.version(2) == t.version(0));
+}
+
+TEST_CASE("sync: a version that does not load here is refused once, not rebuilt every round") {
+  Trio t;
+  RulesDoc broken = *t.nodes[0]->service.rulesDoc();
+  broken.changes.push_back({"bad", "{name: bad, limit: -1, period: 1s}"});
+  broken.version = {5, broken.contentDigest()};
+  t.syncs[1]->answer(RulesVersion{}, &broken);
+  t.syncs[1]->answer(RulesVersion{}, &broken);
+  CHECK(t.syncs[1]->stats().refused == 1);
+  CHECK(t.version(1) == t.version(0));
+}
+
+TEST_CASE("rules documents: bounded counters, and nesting checked in changes too") {
+  NodeFixture a("a");
+  RulesDoc top = *a.service.rulesDoc();
+  top.version.counter = RulesDoc::kMaxCounter + 1;
+  CHECK(top.validate().error().message.find("counter") != std::string::npos);
+  top.version.counter = RulesDoc::kMaxCounter;
+  REQUIRE(a.service.adoptRules(top).value());
+  // A change now would pass the bound every peer checks: refused, the rules stay.
+  const auto refused = a.service.setRule(plain("web", 1));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == ErrorCode::kResourceExhausted);
+  CHECK(a.service.rulesDoc()->version == top.version);
+
+  RulesDoc deep = *a.service.rulesDoc();
+  deep.changes.push_back({"x", std::string(200, '[') + std::string(200, ']')});
+  deep.version = {1, deep.contentDigest()};
+  auto built = RuleSet::fromDoc(deep);
+  REQUIRE_FALSE(built.ok());
+  CHECK(built.error().message.find("change of rule 'x'") != std::string::npos);
 }

@@ -244,6 +244,11 @@ struct AdaptiveInfo {
   std::vector<Change> history;  // the last changes, oldest first
 };
 
+// What a node decides for a rule's keys while their owner cannot be reached (docs/api.md).
+enum class DegradedPolicy : std::uint8_t { kShare = 0, kAllow = 1, kDeny = 2 };
+// What a check of the rule answers when the node sheds it (docs/overload.md).
+enum class OverloadPolicy : std::uint8_t { kAllow = 0, kDeny = 1 };
+
 struct Rule {
   std::string name;  // [A-Za-z0-9_.:-], at most 128 bytes
   Algorithm algorithm = Algorithm::kTokenBucket;
@@ -251,6 +256,8 @@ struct Rule {
   std::chrono::milliseconds period{0};
   std::uint64_t burst = 0;
   bool shadow = false;
+  DegradedPolicy degraded = DegradedPolicy::kShare;
+  OverloadPolicy overload = OverloadPolicy::kAllow;
   std::optional<AdaptiveInfo> adaptive;  // listRules only; setRule sets plain rules
 };
 
@@ -295,12 +302,29 @@ struct KeyringKey {
 
 // The rules version a node runs (docs/api.md, "Rules across the cluster"): every member runs
 // the newest one; ordered by counter, then digest.
+// (This header is C++17: the comparisons are written out.)
 struct RulesVersion {
   std::uint64_t counter = 0;
   std::uint64_t digest = 0;
-  friend auto operator<=>(const RulesVersion&, const RulesVersion&) = default;
+  friend bool operator<(const RulesVersion& a, const RulesVersion& b) {
+    return a.counter != b.counter ? a.counter < b.counter : a.digest < b.digest;
+  }
+  friend bool operator==(const RulesVersion& a, const RulesVersion& b) {
+    return a.counter == b.counter && a.digest == b.digest;
+  }
+  friend bool operator!=(const RulesVersion& a, const RulesVersion& b) { return !(a == b); }
+  friend bool operator>(const RulesVersion& a, const RulesVersion& b) { return b < a; }
+  friend bool operator<=(const RulesVersion& a, const RulesVersion& b) { return !(b < a); }
+  friend bool operator>=(const RulesVersion& a, const RulesVersion& b) { return !(a < b); }
 };
 THROTTLEX_CLIENT_API std::string formatRulesVersion(const RulesVersion& v);  // "7.3f9a01c2d4e5b6a7"
+
+// What a rules change made.
+struct RulesChange {
+  RulesVersion version;     // the rules version the node runs after the change
+  bool done = true;         // deleteRule: the rule existed
+  std::uint32_t count = 0;  // reloadRules: the rules loaded
+};
 
 struct NodeInfo {
   std::string node_id;
@@ -373,13 +397,17 @@ class THROTTLEX_CLIENT_API Client {
   Result<AtomicResult> checkAtomic(const std::vector<CheckSpec>& specs,
                                    Deadline deadline = std::nullopt);
 
-  // Admin calls go to one node (the first that answers); rules are per node for now. inspect()
-  // and reset() go to the key's owner when a ring is known (see route_to_owner).
+  // Admin calls go to one node (the first that answers). inspect() and reset() go to the key's
+  // owner when a ring is known (see route_to_owner). A rules change is made on the node called,
+  // as a new rules version that node sends to every member (docs/api.md, "Rules across the
+  // cluster"); the answer carries that version, which NodeInfo::rules_version shows on each.
   Result<NodeInfo> nodeInfo(Deadline deadline = std::nullopt);
   Result<std::vector<Rule>> listRules(Deadline deadline = std::nullopt);
-  Status setRule(const Rule& rule, Deadline deadline = std::nullopt);
-  Result<bool> deleteRule(const std::string& name, Deadline deadline = std::nullopt);
-  Result<std::uint32_t> reloadRules(Deadline deadline = std::nullopt);  // the rule count
+  Result<RulesChange> setRule(const Rule& rule, Deadline deadline = std::nullopt);
+  // `done`: false when there was no such rule (nothing changed).
+  Result<RulesChange> deleteRule(const std::string& name, Deadline deadline = std::nullopt);
+  // `count`: the rules the node's file holds.
+  Result<RulesChange> reloadRules(Deadline deadline = std::nullopt);
   Result<KeyInspection> inspect(const CheckSpec& spec, Deadline deadline = std::nullopt);
   Result<bool> reset(const CheckSpec& spec, Deadline deadline = std::nullopt);  // existed?
   // Writes the node's pending snapshot entries now; answers when the store confirmed them
@@ -430,7 +458,7 @@ class THROTTLEX_CLIENT_API ScopedReport {
  private:
   Client& client_;
   std::string rule_;
-  std::chrono::steady_clock::time_point start_;
+  std::int64_t start_ns_;  // on KJ's monotonic clock, which the client's timers use too
   std::optional<ReportOutcome> outcome_;
   int exceptions_;  // std::uncaught_exceptions() at construction
 };
