@@ -114,6 +114,22 @@ throttlex::Result<client::Rule> makeRule(const RuleArgs& args) {
   return rule;
 }
 
+throttlex::Result<std::vector<client::CheckSpec>> makeAtomicSpecs(const AtomicArgs& args) {
+  std::vector<client::CheckSpec> specs;
+  for (const std::string& check : args.checks) {
+    const auto eq = check.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == check.size()) {
+      return throttlex::invalidArgument("a check is RULE=KEY, got '" + check + "'");
+    }
+    client::CheckSpec spec;
+    spec.rule = check.substr(0, eq);
+    spec.key = check.substr(eq + 1);
+    spec.hits = args.hits;
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
 client::Report makeReport(const ReportArgs& args) {
   client::Report r;
   r.rule = args.rule;

@@ -60,6 +60,12 @@ struct ReportArgs {
 };
 
 throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args);
+// throttlectl atomic: "RULE=KEY" per check (the rule name has no '='; the key may).
+struct AtomicArgs {
+  std::vector<std::string> checks;
+  std::uint64_t hits = 1;
+};
+throttlex::Result<std::vector<client::CheckSpec>> makeAtomicSpecs(const AtomicArgs& args);
 client::Report makeReport(const ReportArgs& args);
 throttlex::Result<client::Rule> makeRule(const RuleArgs& args);
 // A period spelling ("2s", "500ms") in milliseconds.

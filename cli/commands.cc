@@ -74,6 +74,43 @@ int runCheck(client::Client& c, const Config& config, const client::CheckSpec& s
   return r.allowed ? kExitOk : kExitLimited;
 }
 
+int runAtomic(client::Client& c, const Config& config,
+              const std::vector<client::CheckSpec>& specs) {
+  const auto r = c.checkAtomic(specs);
+  if (!r) return reportError(r.error());
+  // A check that failed (an unknown rule, a bad key) denied the batch: that is the answer.
+  if (r->denied_by && !r->results[*r->denied_by].ok()) {
+    return reportError(r->results[*r->denied_by].error);
+  }
+  if (json(config)) {
+    nlohmann::json results = nlohmann::json::array();
+    for (std::size_t i = 0; i < r->results.size(); ++i) {
+      nlohmann::json j = checkJson(r->results[i]);
+      j["rule"] = specs[i].rule;
+      j["key"] = specs[i].key;
+      j["refunded"] = r->results[i].refunded;
+      results.push_back(std::move(j));
+    }
+    printJson(std::cout, {{"allowed", r->allowed},
+                          {"denied_by", r->denied_by ? nlohmann::json(*r->denied_by) : nullptr},
+                          {"results", std::move(results)}});
+  } else {
+    std::vector<std::vector<std::string>> rows;
+    for (std::size_t i = 0; i < r->results.size(); ++i) {
+      const client::CheckResult& x = r->results[i];
+      rows.push_back({specs[i].rule, specs[i].key,
+                      x.refunded ? "allowed, given back" : decisionText(x),
+                      std::to_string(x.remaining) + " of " + std::to_string(x.limit)});
+    }
+    printTable(std::cout, {"RULE", "KEY", "DECISION", "REMAINING"}, rows);
+    if (r->denied_by) {
+      std::cout << "denied by check " << *r->denied_by + 1 << " (" << specs[*r->denied_by].rule
+                << "=" << specs[*r->denied_by].key << "): nothing spent\n";
+    }
+  }
+  return r->allowed ? kExitOk : kExitLimited;
+}
+
 int runInspect(client::Client& c, const Config& config, const client::CheckSpec& spec) {
   const auto ins = c.inspect(spec);
   if (!ins) return reportError(ins.error());

@@ -12,11 +12,14 @@
 namespace throttlex::cli {
 
 int runCheck(client::Client& c, const Config& config, const client::CheckSpec& spec);
+// All or nothing (docs/api.md, "Atomic batches"): one line per check, and the check that denied;
+// exit 0 when every check was allowed, 1 when one was not (the others were given back).
+int runAtomic(client::Client& c, const Config& config, const std::vector<client::CheckSpec>& specs);
 int runInspect(client::Client& c, const Config& config, const client::CheckSpec& spec);
 int runReset(client::Client& c, const Config& config, const client::CheckSpec& spec);
 int runRulesList(client::Client& c, const Config& config);
-// Rules changes apply on every member of the node's cluster (each node decides the keys it owns
-// with its own rules), one line per member; exit 0 only when every member applied it.
+// Rules changes are the cluster's: made on the node called, which sends them to every member;
+// one line per member with the version it runs; exit 0 only when every member runs it.
 int runRulesSet(client::Client& c, const Config& config, const client::Rule& rule);
 // A rule that did not exist is not an error ("not found"): deleting is idempotent, so a script
 // can converge on "no such rule" without special cases.

@@ -30,11 +30,13 @@ struct CommandLine {
   std::string keyring_key;
   std::string show_name;
   ReportArgs report;
+  AtomicArgs atomic;
   std::string tls_ca, tls_cert, tls_key;
 };
 
 struct Subcommands {
   CLI::App* check = nullptr;
+  CLI::App* atomic = nullptr;
   CLI::App* inspect = nullptr;
   CLI::App* reset = nullptr;
   CLI::App* rules_list = nullptr;
@@ -136,6 +138,13 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   Subcommands s;
   s.check = app.add_subcommand("check", "Spend hits on KEY: exit 0 if allowed, 1 if limited");
   addTargetOptions(*s.check, cl.check, true);
+  s.atomic = app.add_subcommand(
+      "atomic",
+      "Spend hits on several keys, all or nothing: exit 0 if every check is allowed, 1 if one "
+      "is not (then nothing is spent)");
+  s.atomic->add_option("checks", cl.atomic.checks, "RULE=KEY, one per check")->required();
+  s.atomic->add_option("--hits", cl.atomic.hits, "Units each check spends (default 1)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40));
   s.inspect = app.add_subcommand("inspect", "Show KEY's stored state without changing it");
   addTargetOptions(*s.inspect, cl.inspect, false);
   s.reset = app.add_subcommand("reset", "Forget KEY's state (back to its full limit)");
@@ -211,6 +220,12 @@ throttlex::Result<Action> chooseAction(const Subcommands& s, const CommandLine& 
     return Action([run, &config, spec = *spec](client::Client& c) { return run(c, config, spec); });
   };
   if (s.check->parsed()) return target(cl.check, runCheck);
+  if (s.atomic->parsed()) {
+    auto specs = makeAtomicSpecs(cl.atomic);
+    if (!specs) return specs.error();
+    return Action(
+        [&config, specs = *specs](client::Client& c) { return runAtomic(c, config, specs); });
+  }
   if (s.inspect->parsed()) return target(cl.inspect, runInspect);
   if (s.reset->parsed()) return target(cl.reset, runReset);
   if (s.rules_set->parsed()) {

@@ -228,6 +228,37 @@ class ThrottlectlRulesTest(unittest.TestCase):
         self.assertIn("not found", out)
         self.assertEqual(self.ctl("check", "k", "--rule", "web")[0], 4)
 
+    def test_atomic_spends_on_every_key_or_on_none(self):
+        # api: 3 a minute (the file), login: 2 an hour. Two batches pass; the third is denied by
+        # login and gives api's unit back.
+        self.assertEqual(self.ctl("rules", "set", "login", "--limit", "2", "--period", "1h",
+                                  "--algorithm", "fixed_window")[0], 0)
+        for _ in range(2):
+            self.assertEqual(self.ctl("atomic", "api=u1", "login=u1")[0], 0)
+        code, out, err = self.ctl("-o", "json", "atomic", "api=u1", "login=u1")
+        self.assertEqual(code, 1, out + err)
+        doc = json.loads(out)
+        self.assertEqual((doc["allowed"], doc["denied_by"]), (False, 1))
+        self.assertEqual([(r["rule"], r["key"], r["refunded"]) for r in doc["results"]],
+                         [("api", "u1", True), ("login", "u1", False)])
+        code, out, _ = self.ctl("-o", "json", "check", "u1", "--rule", "api")
+        self.assertEqual((code, json.loads(out)["remaining"]), (0, 0))  # 2 batches + this one
+        code, out, _ = self.ctl("atomic", "api=u2", "login=u1")
+        self.assertEqual(code, 1)
+        self.assertIn("denied by check 2 (login=u1): nothing spent", out)
+        # Usage errors: nothing sent, exit 2.
+        for bad in (["api"], ["=u1"], ["api="]):
+            code, _, err = self.ctl("atomic", *bad)
+            self.assertEqual(code, 2, bad)
+            self.assertIn("RULE=KEY", err)
+        # An unknown rule denies the whole batch: exit 4 with the error, nothing spent (api's unit
+        # is given back if it was taken).
+        code, out, err = self.ctl("atomic", "api=u3", "nope=u3")
+        self.assertEqual(code, 4)
+        self.assertIn("nope", err)
+        code, out, _ = self.ctl("-o", "json", "check", "u3", "--rule", "api", "--hits", "0")
+        self.assertEqual((code, json.loads(out)["remaining"]), (0, 3))
+
     def test_reload_reads_the_file_and_replaces_runtime_rules(self):
         self.assertEqual(self.ctl("rules", "set", "temp", "--limit", "1", "--period", "1s")[0], 0)
         self.node.write_rules(RELOADED_RULES)
