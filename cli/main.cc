@@ -113,6 +113,17 @@ void addGlobalOptions(CLI::App& app, CommandLine& cl) {
 }
 
 // Adaptive rules (docs/adaptive.md): where a rule's limit stands, and reports from the shell.
+CLI::App* addAtomicCommand(CLI::App& app, AtomicArgs& args) {
+  CLI::App* atomic = app.add_subcommand(
+      "atomic",
+      "Spend hits on several keys, all or nothing: exit 0 if every check is allowed, 1 if one "
+      "is not (then nothing is spent)");
+  atomic->add_option("checks", args.checks, "RULE=KEY, one per check")->required();
+  atomic->add_option("--hits", args.hits, "Units each check spends (default 1)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40));
+  return atomic;
+}
+
 void addAdaptiveCommands(CLI::App& app, CLI::App& rules, CommandLine& cl, Subcommands& s) {
   s.rules_show = rules.add_subcommand(
       "show", "One rule; for an adaptive rule its effective limit, signals and history");
@@ -138,13 +149,7 @@ Subcommands defineCommands(CLI::App& app, CommandLine& cl) {
   Subcommands s;
   s.check = app.add_subcommand("check", "Spend hits on KEY: exit 0 if allowed, 1 if limited");
   addTargetOptions(*s.check, cl.check, true);
-  s.atomic = app.add_subcommand(
-      "atomic",
-      "Spend hits on several keys, all or nothing: exit 0 if every check is allowed, 1 if one "
-      "is not (then nothing is spent)");
-  s.atomic->add_option("checks", cl.atomic.checks, "RULE=KEY, one per check")->required();
-  s.atomic->add_option("--hits", cl.atomic.hits, "Units each check spends (default 1)")
-      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40));
+  s.atomic = addAtomicCommand(app, cl.atomic);
   s.inspect = app.add_subcommand("inspect", "Show KEY's stored state without changing it");
   addTargetOptions(*s.inspect, cl.inspect, false);
   s.reset = app.add_subcommand("reset", "Forget KEY's state (back to its full limit)");

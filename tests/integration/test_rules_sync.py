@@ -62,6 +62,18 @@ class RulesAcrossTheCluster(unittest.TestCase):
     def ctl(self, node, *args):
         return run_tool("throttlectl", "--node", node.rpc_address, *args)
 
+    def restart_last(self, rules):
+        """Stops rs5 (drained, exit 0) and starts it again with `rules` as its file, joining the
+        others; returns it once it reports ready."""
+        victim = self.nodes.pop(4)
+        self.assertEqual(victim.stop(), 0)
+        args = self.nodes[0].proc.args
+        cluster = args[args.index("--cluster-name") + 1]
+        back = Node("--node-id", "rs5", "--join", self.nodes[0].gossip_address, "--gossip-preset",
+                    "local", "--cluster-name", cluster, rules=rules)
+        self.nodes.append(back)
+        return back
+
     def converged(self, nodes=None):
         """Until every node runs one version; returns it."""
         nodes = nodes or self.nodes
@@ -121,13 +133,9 @@ class RulesAcrossTheCluster(unittest.TestCase):
                                   "--period", "1h", "--algorithm", "fixed_window")
         self.assertEqual(code, 0, out + err)
         made = self.converged()
-        victim = self.nodes.pop(4)
-        self.assertEqual(victim.stop(), 0)
         # Back with its own file, which does not have the rule: it takes the cluster's before
         # it reports ready.
-        back = Node("--node-id", "rs5", "--join", self.nodes[0].gossip_address, "--gossip-preset",
-                    "local", "--cluster-name", victim_cluster(self.nodes[0]), rules=RULES)
-        self.nodes.append(back)
+        back = self.restart_last(RULES)
         self.assertEqual(info(back)["rules_version"], made)
         status, _, body = back.request("GET", "/v1/check?rule=web&key=fresh")
         self.assertEqual(status, 200, body)
@@ -142,11 +150,7 @@ class RulesAcrossTheCluster(unittest.TestCase):
         # either way it must take the cluster's, and the cluster must keep its own.
         start = self.converged()
         self.assertTrue(start.startswith("0."), start)
-        victim = self.nodes.pop(4)
-        self.assertEqual(victim.stop(), 0)
-        back = Node("--node-id", "rs5", "--join", self.nodes[0].gossip_address, "--gossip-preset",
-                    "local", "--cluster-name", victim_cluster(self.nodes[0]), rules=EDITED)
-        self.nodes.append(back)
+        back = self.restart_last(EDITED)
         self.assertEqual(info(back)["rules_version"], start)
         self.assertEqual(info(back)["rules"], 1)
         wait_for_view(self.nodes)
@@ -160,12 +164,6 @@ class RulesAcrossTheCluster(unittest.TestCase):
                              n.node_id)
         for n in self.nodes:
             self.assertEqual(info(n)["rules"], 1, n.node_id)
-
-
-def victim_cluster(node):
-    """The cluster name the harness gave `node`'s cluster (from its command line)."""
-    args = node.proc.args
-    return args[args.index("--cluster-name") + 1]
 
 
 if __name__ == "__main__":
