@@ -7,7 +7,7 @@
 #      throttlectl,
 #   2. the concurrency-labelled tests under ThreadSanitizer (build-tsan/),
 #   3. every other test in the Release build (build/): unit, adapter, fuzz replay, package, the
-#      chaos scenarios and the cluster/ checks. The integration tests ran in stage 1 against the
+#      chaos scenarios, the timing_ tests and the cluster/ checks. The integration tests ran in stage 1 against the
 #      sanitizer build and are not run twice. The last line is CTest's summary.
 # Tests labelled `integration` (real clusters, timing verdicts) run alone (RUN_SERIAL); the others
 # two at a time. Each stage header says how long the run has taken so far.
@@ -55,10 +55,10 @@ ctest --test-dir build-asan -L '^(unit|adapter|fuzz)$' -j "$(nproc)" --output-on
 stage "integration tests against the ASan+UBSan binaries"
 # The nodes, throttlectl and the forging tools of integration_security are the sanitizer build
 # (a leak or UB fails the node's exit code); the load generators stay the Release build's. The
-# chaos scenarios run in the Release stage.
+# chaos scenarios and the timing_ tests (verdicts on timing) run in the Release stage.
 cmake --build build-asan --target throttlexd throttlectl gossip-forge rpc-forge
 THROTTLEX_TOOLS_BIN="$PWD/build/bin" \
-  ctest --test-dir build-asan -L integration -E '^cluster_' --output-on-failure
+  ctest --test-dir build-asan -L integration -E '^(cluster_|timing_)' --output-on-failure
 
 stage "concurrency tests under ThreadSanitizer"
 cmake --preset tsan >/dev/null
