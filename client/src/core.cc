@@ -10,6 +10,19 @@
 namespace throttlex::client::detail {
 namespace {
 
+// When an attempt started at `now` gives up on a check due at `deadline`: with another node to
+// fail over to, half the time left, so that the other node still gets the rest; otherwise all.
+kj::TimePoint attemptEnd(kj::TimePoint now, kj::TimePoint deadline, bool failover) {
+  if (deadline <= now || !failover) return deadline;
+  return now + (deadline - now) / 2;
+}
+
+// A budget in whole milliseconds for the wire: rounded up, at least 1 (0 means none there).
+std::uint32_t budgetMs(kj::Duration budget) {
+  const std::int64_t ms = (budget + kj::MILLISECONDS - 1 * kj::NANOSECONDS) / kj::MILLISECONDS;
+  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 1, UINT32_MAX));
+}
+
 kj::Duration toKj(std::chrono::milliseconds ms) {
   return ms.count() * kj::MILLISECONDS;
 }
@@ -400,12 +413,9 @@ void Core::flush(std::size_t index) {
   }
 }
 
-// When an attempt on `index` gives up. With another node to fail over to, half the time left, so
-// that the other node still gets the rest; otherwise all of it.
+// When an attempt on `index` gives up (attemptEnd, failing over to any other node not tried).
 kj::TimePoint Core::attemptDeadline(std::size_t index, kj::TimePoint deadline) const {
-  const kj::TimePoint now = timer_.now();
-  if (deadline <= now || !pickNode(bit(index))) return deadline;
-  return now + (deadline - now) / 2;
+  return attemptEnd(timer_.now(), deadline, pickNode(bit(index)).has_value());
 }
 
 void Core::sendChecks(std::size_t index, Checks checks) {
@@ -420,9 +430,15 @@ void Core::sendChecks(std::size_t index, Checks checks) {
   auto list = request.initChecks(static_cast<unsigned>(checks.size()));
   // The attempt gives up at the LATEST deadline in the batch: each submission has its own timer
   // for its own deadline, and one short deadline must not mark a healthy node down for everyone.
+  // Each check carries what this attempt waits for it (deadlineMs): a node that holds it longer
+  // neither forwards nor decides it, since nobody waits for that answer (docs/overload.md).
+  const kj::TimePoint now = timer_.now();
+  const bool failover = pickNode(bit(index)).has_value();
   kj::TimePoint latest = checks.front().deadline();
   for (std::size_t i = 0; i < checks.size(); ++i) {
-    toProto(checks[i].spec(), list[static_cast<unsigned>(i)]);
+    auto wire = list[static_cast<unsigned>(i)];
+    toProto(checks[i].spec(), wire);
+    wire.setDeadlineMs(budgetMs(attemptEnd(now, checks[i].deadline(), failover) - now));
     latest = std::max(latest, checks[i].deadline());
   }
   ++node.in_flight;

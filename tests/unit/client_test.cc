@@ -17,9 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include <capnp/ez-rpc.h>
+
 #include "daemon/rpc/rpc_server.h"
 #include "daemon/service/limiter_service.h"
 #include "limiter/clock.h"
+#include "proto/throttlex.capnp.h"
 #include "throttlex/client.h"
 
 namespace tc = throttlex::client;
@@ -68,6 +71,73 @@ struct BlackHole {
   }
   ~BlackHole() { ::close(fd); }
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+// A node that allows every check and notes the budget (deadlineMs) each one carried; its own
+// thread runs its event loop until the node is destroyed.
+class BudgetNode {
+ public:
+  BudgetNode() {
+    std::promise<std::uint16_t> port;
+    auto ready = port.get_future();
+    thread_ = std::thread([this, &port] { run(port); });
+    port_ = ready.get();
+  }
+  ~BudgetNode() {
+    executor_->executeSync([this] { stop_->fulfill(); });
+    thread_.join();
+  }
+  BudgetNode(const BudgetNode&) = delete;
+  BudgetNode& operator=(const BudgetNode&) = delete;
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::vector<std::uint32_t> budgets() const {
+    std::lock_guard lock(mu_);
+    return budgets_;
+  }
+
+ private:
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it
+  class Server final : public throttlex::proto::Node::Server {
+   public:
+    explicit Server(BudgetNode& node) : node_(node) {}
+    kj::Promise<void> checkBatch(CheckBatchContext context) override {
+      const auto checks = context.getParams().getChecks();
+      auto results = context.getResults();
+      results.setVersion(throttlex::proto::PROTOCOL_VERSION);
+      auto out = results.initResults(checks.size());
+      std::lock_guard lock(node_.mu_);
+      for (unsigned i = 0; i < checks.size(); ++i) {
+        node_.budgets_.push_back(checks[i].getDeadlineMs());
+        out[i].setAllowed(true);
+        out[i].setDecidedAllowed(true);
+        out[i].setLimit(100);
+      }
+      return kj::READY_NOW;
+    }
+
+   private:
+    BudgetNode& node_;
+  };
+#pragma GCC diagnostic pop
+
+  void run(std::promise<std::uint16_t>& port) {
+    capnp::EzRpcServer server(kj::heap<Server>(*this), "127.0.0.1", 0);
+    auto& wait = server.getWaitScope();
+    auto stop = kj::newPromiseAndFulfiller<void>();
+    stop_ = kj::mv(stop.fulfiller);
+    executor_ = kj::getCurrentThreadExecutor().addRef();
+    port.set_value(static_cast<std::uint16_t>(server.getPort().wait(wait)));
+    stop.promise.wait(wait);
+  }
+
+  std::thread thread_;
+  std::uint16_t port_ = 0;
+  kj::Own<const kj::Executor> executor_;
+  kj::Own<kj::PromiseFulfiller<void>> stop_;
+  mutable std::mutex mu_;
+  std::vector<std::uint32_t> budgets_;
 };
 
 // A loopback port nothing listens on (bound, then closed again).
@@ -349,6 +419,38 @@ TEST_CASE("failover within one deadline: a silent first node costs half the dead
   const auto start = SteadyClock::now();
   CHECK_FALSE(client->check(spec("k")).fallback);
   CHECK(SteadyClock::now() - start < 400ms);
+}
+
+TEST_CASE("each check tells the node how long the client waits for it (deadlineMs)") {
+  BudgetNode node;
+  tc::ClientOptions o;
+  o.nodes = {node.address()};
+  o.lazy_connect = true;
+  o.deadline = 1s;
+  {
+    auto client = connect(o);
+    REQUIRE(client->check(spec("k")).ok());
+    REQUIRE(client->check(spec("k"), 40ms).ok());
+  }
+  // Alone, the node gets the whole budget: at most the deadline, more than half of it.
+  std::vector<std::uint32_t> budgets = node.budgets();
+  REQUIRE(budgets.size() == 2);
+  CHECK(budgets[0] <= 1000);
+  CHECK(budgets[0] > 500);
+  CHECK(budgets[1] <= 40);
+  CHECK(budgets[1] >= 1);
+
+  // With another node to fail over to, an attempt has half of it at most.
+  BlackHole spare;
+  o.nodes = {node.address(), spare.address()};
+  {
+    auto client = connect(o);
+    REQUIRE(client->check(spec("k")).ok());
+  }
+  budgets = node.budgets();
+  REQUIRE(budgets.size() == 3);
+  CHECK(budgets[2] <= 500);
+  CHECK(budgets[2] >= 1);
 }
 
 TEST_CASE("adaptive batching: concurrent checks are exact and need fewer calls than checks") {
