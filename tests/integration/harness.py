@@ -139,6 +139,24 @@ class Node:
     def signal(self, sig):
         self.proc.send_signal(sig)
 
+    def freeze(self):
+        """SIGSTOP, and wait until every thread of the node has stopped: the kernel stops a thread
+        only when it next runs (one in a page fault or another uninterruptible wait finishes that
+        first), so requests sent right after the signal could still be served."""
+        self.proc.send_signal(signal.SIGSTOP)
+        tasks = pathlib.Path(f"/proc/{self.proc.pid}/task")
+
+        def stopped():
+            states = []
+            for stat in tasks.glob("*/stat"):
+                try:
+                    # The state follows the command name, which is in parentheses.
+                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+                except (OSError, IndexError):
+                    continue  # a thread that just exited
+            return bool(states) and all(s in ("T", "t") for s in states)
+        wait_until(stopped, timeout=10, interval=0.001, what="every thread of the node to stop")
+
     def stop(self, timeout=10.0):
         """SIGTERM and wait; returns the exit code."""
         if self.proc.poll() is None:

@@ -51,7 +51,7 @@ class OverloadTest(unittest.TestCase):
         def send(i):
             answers[i] = self.check(*cases[i])
 
-        self.node.signal(signal.SIGSTOP)
+        self.node.freeze()  # stopped, every thread, before the first check is sent
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(cases))]
         for t in threads:
             t.start()
