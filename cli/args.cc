@@ -1,5 +1,8 @@
 #include "cli/args.h"
 
+#include <string>
+#include <tuple>
+
 #include "limiter/lease.h"
 #include "limiter/limit.h"
 #include "limiter/period.h"
@@ -67,14 +70,16 @@ throttlex::Result<client::CheckSpec> makeCheckSpec(const TargetArgs& args) {
   spec.refund = args.hits < 0;
   spec.hits = args.hits < 0 ? 0 - static_cast<std::uint64_t>(args.hits)
                             : static_cast<std::uint64_t>(args.hits);
-  if (!args.release.empty()) {
-    const auto id = throttlex::parseLeaseId(args.release);
+  for (const auto& [text, field, flag] : {std::tuple{&args.release, &spec.release, "--release"},
+                                          std::tuple{&args.renew, &spec.renew, "--renew"}}) {
+    if (text->empty()) continue;
+    const auto id = throttlex::parseLeaseId(*text);
     if (!id) {
-      return throttlex::invalidArgument(
-          "--release takes a lease id: up to 16 hex digits, as an "
-          "acquire printed it");
+      return throttlex::invalidArgument(std::string(flag) +
+                                        " takes a lease id: up to 16 hex digits, as an "
+                                        "acquire printed it");
     }
-    spec.release = *id;
+    *field = *id;
   }
   if (!args.rule.empty()) {
     spec.rule = args.rule;

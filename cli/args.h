@@ -37,6 +37,7 @@ struct TargetArgs {
   std::uint64_t burst = 0;
   std::int64_t hits = 1;  // negative: a refund
   std::string release;    // a concurrency rule's lease id to release (hex); empty: none
+  std::string renew;      // a concurrency rule's lease id to renew (hex); empty: none
 };
 
 // rules set NAME ...

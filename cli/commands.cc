@@ -69,6 +69,9 @@ int runCheck(client::Client& c, const Config& config, const client::CheckSpec& s
     if (r.released != client::LeaseRelease::kNone) {
       fields.emplace_back("release", std::string(releaseName(r.released)));
     }
+    if (r.renewed != client::LeaseRenewal::kNone) {
+      fields.emplace_back("renew", std::string(renewalName(r.renewed)));
+    }
     printFields(std::cout, fields);
   }
   return r.allowed ? kExitOk : kExitLimited;

@@ -86,8 +86,12 @@ void addTargetOptions(CLI::App& cmd, TargetArgs& t, bool with_hits) {
   if (with_hits) {
     cmd.add_option("--hits", t.hits,
                    "Units to spend (default 1; 0 only reads; negative gives units back)");
-    cmd.add_option("--release", t.release,
-                   "A concurrency rule: release this lease (its id) instead of acquiring one");
+    auto* release =
+        cmd.add_option("--release", t.release,
+                       "A concurrency rule: release this lease (its id) instead of acquiring one");
+    cmd.add_option("--renew", t.renew,
+                   "A concurrency rule: renew this lease (its id), a lease_ttl from now")
+        ->excludes(release);
   }
 }
 

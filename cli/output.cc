@@ -50,11 +50,16 @@ nlohmann::json checkJson(const client::CheckResult& r) {
                   {"expires_at_ms", r.lease_expiry_ms}};
   }
   if (r.released != client::LeaseRelease::kNone) j["release"] = releaseName(r.released);
+  if (r.renewed != client::LeaseRenewal::kNone) j["renew"] = renewalName(r.renewed);
   return j;
 }
 
 std::string_view releaseName(client::LeaseRelease r) {
   return throttlex::leaseReleaseName(static_cast<throttlex::LeaseRelease>(r));
+}
+
+std::string_view renewalName(client::LeaseRenewal r) {
+  return throttlex::leaseRenewalName(static_cast<throttlex::LeaseRenewal>(r));
 }
 
 nlohmann::json ruleJson(const client::Rule& rule) {

@@ -25,6 +25,7 @@ std::string formatPeriodMs(std::chrono::milliseconds period);  // "1m", "1500ms"
 
 nlohmann::json checkJson(const client::CheckResult& r);
 std::string_view releaseName(client::LeaseRelease r);  // "released", "unknown", ...
+std::string_view renewalName(client::LeaseRenewal r);  // "renewed", "unknown", ...
 nlohmann::json ruleJson(const client::Rule& rule);
 nlohmann::json persistenceJson(const client::PersistenceInfo& p);
 nlohmann::json nodeInfoJson(const client::NodeInfo& info);

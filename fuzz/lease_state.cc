@@ -1,9 +1,10 @@
 // Fuzz target: concurrency-limit states as a snapshot or a handoff delivers them (limiter/lease.h):
-// two 16-byte states of anything, then a limit and a string of operations (acquire, release of
-// a lease entry, release of units, merge). A node restores such states from a Redis others may
-// write to and from peers, so whatever they hold must be decided without a crash, and an acquire
-// is never allowed above the limit, a tombstone never releases twice and a merge never drops a
-// held unit of two states of one generation.
+// two 16-byte states of anything, then a limit and a string of operations (acquire, release or
+// renewal of a lease entry, release or renewal of units, merge). A node restores such states from a
+// Redis others may write to and from peers, so whatever they hold must be decided without a crash,
+// and an acquire is never allowed above the limit, a tombstone never releases twice and a merge
+// never drops a held unit of two states of one generation; a renewal keeps the lease's id and units
+// and never shortens it.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -44,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint8_t op = *data++;
     --size;
     const Time now{std::chrono::milliseconds(now_ms)};
-    switch (op % 5) {
+    switch (op % 7) {
       case 0: {
         State s = a;
         if (decide(*limit, s, op >> 3, now).allowed && (op >> 3) > 0 && held(s) > limit->limit()) {
@@ -76,6 +77,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         b = m;
         break;
       }
+      case 4: {
+        std::uint64_t units = 0;
+        std::int64_t old_expiry = 0;
+        const State before = b;
+        const std::int64_t until = leaseExpiryMs(*limit, now);
+        if (renewEntry(b, b.w1, now_ms, until, units, old_expiry) == LeaseRenewal::kRenewed &&
+            (b.w1 != before.w1 || b.expiryMs() < before.expiryMs() || !isLeaseEntry(b) ||
+             (b.w0 & 0xFFFF) != units)) {
+          __builtin_trap();  // same id and units, never shorter
+        }
+        break;
+      }
+      case 5:
+        (void)renewUnits(*limit, a, now_ms + (op >> 3) * 1000, op >> 5, now_ms * 1'000'000);
+        break;
       default:
         now_ms += op;
         break;

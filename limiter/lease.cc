@@ -89,6 +89,20 @@ std::string_view leaseReleaseName(LeaseRelease r) {
   return "unknown";
 }
 
+std::string_view leaseRenewalName(LeaseRenewal r) {
+  switch (r) {
+    case LeaseRenewal::kRenewed:
+      return "renewed";
+    case LeaseRenewal::kUnknown:
+      return "unknown";
+    case LeaseRenewal::kExpired:
+      return "expired";
+    case LeaseRenewal::kReleased:
+      return "released";
+  }
+  return "unknown";
+}
+
 std::string formatLeaseId(std::uint64_t id) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out(16, '0');
@@ -151,6 +165,18 @@ LeaseRelease releaseEntry(State& lease, std::uint64_t id, std::int64_t now_ms, s
   return LeaseRelease::kReleased;
 }
 
+LeaseRenewal renewEntry(State& lease, std::uint64_t id, std::int64_t now_ms,
+                        std::int64_t new_expiry_ms, std::uint64_t& units,
+                        std::int64_t& old_expiry_ms) {
+  if (!isLeaseEntry(lease) || lease.w1 != id) return LeaseRenewal::kUnknown;
+  if (lease.expiryMs() <= now_ms) return LeaseRenewal::kExpired;
+  if ((lease.w0 & kReleasedFlag) != 0) return LeaseRenewal::kReleased;
+  units = lease.w0 & kUnitsMask;
+  old_expiry_ms = lease.expiryMs();
+  lease = leaseEntry(std::max(old_expiry_ms, new_expiry_ms), id, units);
+  return LeaseRenewal::kRenewed;
+}
+
 Decision acquireUnits(const Limit& limit, State& counter, std::uint64_t cost, std::int64_t now_ns) {
   const std::uint64_t L = limit.limit();
   const std::int64_t g_ms = generationMs(limit);
@@ -200,6 +226,26 @@ Decision releaseUnits(const Limit& limit, State& counter, std::int64_t lease_exp
   return d;
 }
 
+Decision renewUnits(const Limit& limit, State& counter, std::int64_t old_expiry_ms,
+                    std::uint64_t units, std::int64_t now_ns) {
+  const std::int64_t g_ms = generationMs(limit);
+  Counter c = decodeCounter(counter, g_ms);
+  advance(c, nowMs(now_ns) / g_ms);
+  const std::int64_t i = c.newest - (old_expiry_ms / g_ms - kGenerations);
+  if (i > 0 && i < kGenerations) {  // i == 0: renewed within its own generation, nothing moves
+    c.counts[i] -= std::min(c.counts[i], units);
+    c.counts[0] = std::min(c.counts[0] + units, kUnitsMask);
+  } else if (i >= kGenerations || i < 0) {
+    c.counts[0] = std::min(c.counts[0] + units, kUnitsMask);
+  }
+  counter = encodeCounter(c, g_ms);
+  State probe = counter;
+  Decision d = acquireUnits(limit, probe, 0, now_ns);
+  d.allowed = true;
+  d.retry_after = Duration(0);
+  return d;
+}
+
 LeaseCounts leaseCounts(const State& counter) {
   LeaseCounts out;
   if (counter.empty() || isLeaseEntry(counter)) return out;
@@ -212,7 +258,10 @@ State mergeLease(const State& a, const State& b) {
   if (isLeaseEntry(a) || isLeaseEntry(b)) {
     if (!isLeaseEntry(a)) return b;
     if (!isLeaseEntry(b)) return a;
-    return (b.w0 & kReleasedFlag) > (a.w0 & kReleasedFlag) ? b : a;
+    if ((a.w0 & kReleasedFlag) != (b.w0 & kReleasedFlag)) {
+      return (b.w0 & kReleasedFlag) != 0 ? b : a;
+    }
+    return b.expiryMs() > a.expiryMs() ? b : a;
   }
   // Counters. The generation length is not in the state, so states of different newest
   // generations cannot be aligned: the older's counts go one generation newer than they can

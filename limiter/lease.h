@@ -40,6 +40,15 @@ enum class LeaseRelease : std::uint8_t {
 };
 std::string_view leaseReleaseName(LeaseRelease r);  // "released", "unknown", ...
 
+// What a renewal found.
+enum class LeaseRenewal : std::uint8_t {
+  kRenewed = 1,   // it was held; it now expires a full lease_ttl from now (same id, same units)
+  kUnknown = 2,   // no such lease of this key
+  kExpired = 3,   // it expired before the renewal; its units came back then (acquire anew)
+  kReleased = 4,  // it was released; nothing changed
+};
+std::string_view leaseRenewalName(LeaseRenewal r);  // "renewed", "unknown", ...
+
 // A lease id as the APIs write it for people and JSON: 16 lowercase hex digits (a JSON number would
 // lose bits). parseLeaseId() takes 1 to 16 hex digits of either case; 0 is no lease id.
 std::string formatLeaseId(std::uint64_t id);
@@ -63,7 +72,14 @@ bool isLeaseEntry(const State& state);
 LeaseRelease releaseEntry(State& lease, std::uint64_t id, std::int64_t now_ms, std::uint64_t& units,
                           std::int64_t& expiry_ms);
 
-// The counter's decisions (called by decide() and by Store::release()):
+// Extends held lease entry `lease` of id `id` to `new_expiry_ms` (a renewal at `now_ms`). On
+// kRenewed, `units` gets the lease's units and `old_expiry_ms` the expiry it had; anything else
+// changes nothing.
+LeaseRenewal renewEntry(State& lease, std::uint64_t id, std::int64_t now_ms,
+                        std::int64_t new_expiry_ms, std::uint64_t& units,
+                        std::int64_t& old_expiry_ms);
+
+// The counter's decisions (called by decide() and by Store::release()/renew()):
 // acquire `cost` units (cost 0: may one more unit be acquired now?); retry_after is when enough
 // leases expire at the latest (a release may come sooner), reset_after when the last one does.
 Decision acquireUnits(const Limit& limit, State& counter, std::uint64_t cost, std::int64_t now_ns);
@@ -71,6 +87,12 @@ Decision acquireUnits(const Limit& limit, State& counter, std::uint64_t cost, st
 // expired already. Always allowed.
 Decision releaseUnits(const Limit& limit, State& counter, std::int64_t lease_expiry_ms,
                       std::uint64_t units, std::int64_t now_ns);
+
+// Moves `units` of a renewed lease from the generation that expired at `old_expiry_ms` to now's
+// (where its new expiry is). Never refused, whatever the limit is now: the lease is held. Units
+// the counter no longer holds there (that generation expired) are counted anew.
+Decision renewUnits(const Limit& limit, State& counter, std::int64_t old_expiry_ms,
+                    std::uint64_t units, std::int64_t now_ns);
 
 // Held units per generation, newest first (inspection and tests).
 struct LeaseCounts {
@@ -80,7 +102,8 @@ struct LeaseCounts {
 LeaseCounts leaseCounts(const State& counter);
 
 // Merges two states of the same counter or lease entry (restore, handoff) without granting a unit
-// twice: a released lease wins over a held one; counters of the same newest generation take the
+// twice: a released lease wins over a held one, and of two held the later expiry (a renewal);
+// counters of the same newest generation take the
 // larger count of each generation, and of different ones add what the older holds onto the newer's
 // generations (over-counts until those leases expire; never under-counts).
 State mergeLease(const State& a, const State& b);

@@ -372,36 +372,67 @@ Decision Store::acquire(const KeyHash& key, const Limit& limit, std::uint64_t co
   return d;
 }
 
-LeaseRelease Store::release(const KeyHash& key, const Limit& limit, std::uint64_t lease_id,
-                            Time now, Decision& counter) {
+template <class OnEntry, class OnCounter>
+Decision Store::leaseStep(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
+                          OnEntry on_entry, OnCounter on_counter) {
   const std::int64_t now_ns =
       std::clamp<std::int64_t>(now.time_since_epoch().count(), 0, kMaxTimeNs);
-  LeaseRelease found = LeaseRelease::kUnknown;
-  std::uint64_t units = 0;
-  std::int64_t expiry_ms = 0;
+  const KeyHash entry = leaseKey(key, lease_id);
+  bool counts = false;
   State after;
   bool changed = false;
-  shardFor(leaseKey(key, lease_id))
-      .update(
-          leaseKey(key, lease_id), now, true,
-          [&](State& s) {
-            found = releaseEntry(s, lease_id, toMs(now), units, expiry_ms);
-            return Decision{found == LeaseRelease::kReleased};
-          },
-          after, changed);
-  if (changed) notify(leaseKey(key, lease_id), after);
-  // The counter's view after the release (or without one), under the key's own lock.
-  counter = shardFor(key).update(
-      key, now, found == LeaseRelease::kReleased,
+  shardFor(entry).update(
+      entry, now, true,
       [&](State& s) {
-        if (found != LeaseRelease::kReleased) {
-          State probe = s;
-          return acquireUnits(limit, probe, 0, now_ns);
-        }
-        return releaseUnits(limit, s, expiry_ms, units, now_ns);
+        counts = on_entry(s);
+        return Decision{counts};
+      },
+      after, changed);
+  if (changed) notify(entry, after);
+  const Decision counter = shardFor(key).update(
+      key, now, counts,
+      [&](State& s) {
+        if (counts) return on_counter(s, now_ns);
+        State probe = s;
+        return acquireUnits(limit, probe, 0, now_ns);
       },
       after, changed);
   if (changed) notify(key, after);
+  return counter;
+}
+
+LeaseRelease Store::release(const KeyHash& key, const Limit& limit, std::uint64_t lease_id,
+                            Time now, Decision& counter) {
+  LeaseRelease found = LeaseRelease::kUnknown;
+  std::uint64_t units = 0;
+  std::int64_t expiry_ms = 0;
+  counter = leaseStep(
+      key, limit, lease_id, now,
+      [&](State& s) {
+        found = releaseEntry(s, lease_id, toMs(now), units, expiry_ms);
+        return found == LeaseRelease::kReleased;
+      },
+      [&](State& s, std::int64_t now_ns) {
+        return releaseUnits(limit, s, expiry_ms, units, now_ns);
+      });
+  return found;
+}
+
+LeaseRenewal Store::renew(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
+                          Decision& counter, std::int64_t& expiry_ms) {
+  LeaseRenewal found = LeaseRenewal::kUnknown;
+  std::uint64_t units = 0;
+  std::int64_t old_expiry_ms = 0;
+  counter = leaseStep(
+      key, limit, lease_id, now,
+      [&](State& s) {
+        found = renewEntry(s, lease_id, toMs(now), leaseExpiryMs(limit, now), units, old_expiry_ms);
+        if (found == LeaseRenewal::kRenewed) expiry_ms = s.expiryMs();
+        return found == LeaseRenewal::kRenewed;
+      },
+      [&](State& s, std::int64_t now_ns) {
+        return renewUnits(limit, s, old_expiry_ms, units, now_ns);
+      });
   return found;
 }
 

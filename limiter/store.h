@@ -102,6 +102,11 @@ class Store {
   // (releaseUnits ignores an expired generation).
   LeaseRelease release(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
                        Decision& counter);
+  // Renews lease `lease_id` of `key`: a held lease then expires at leaseExpiryMs(limit, now)
+  // (`expiry_ms`), its units counted in now's generation. Same locking as release(); a renewal
+  // racing the lease's expiry either renews it (expiry not reached at `now`) or finds it expired.
+  LeaseRenewal renew(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
+                     Decision& counter, std::int64_t& expiry_ms);
 
   // Drops recovered entries and shrinks tables in up to `shard_count` shards (round robin), for a
   // background caller (e.g. every few ms). Returns the number of entries dropped.
@@ -129,6 +134,13 @@ class Store {
   struct Shard;
   explicit Store(const StoreOptions& options);
   Shard& shardFor(const KeyHash& key) const;
+  // A release or renewal: `on_entry(State&) -> bool` changes lease entry `lease_id` of `key` under
+  // its lock and says whether the counter changes too; then, under the key's own lock,
+  // `on_counter(State&) -> Decision` when it does, else a cost-0 view of the counter. The two
+  // entries are locked one after the other, never both.
+  template <class OnEntry, class OnCounter>
+  Decision leaseStep(const KeyHash& key, const Limit& limit, std::uint64_t lease_id, Time now,
+                     OnEntry on_entry, OnCounter on_counter);
 
   std::unique_ptr<Shard[]> shards_;           // constant after construction
   std::size_t shard_count_;                   // constant after construction

@@ -68,6 +68,10 @@ struct CheckRequest {
   # The caller's budget (appended): how many ms it waits for the answer from sending; a check that
   # waited longer in the node is not forwarded but answered as shed (reason deadline). 0: none.
   deadlineMs @7 :UInt32;
+  # Concurrency rules (appended): the lease to renew instead of acquiring one; 0: none. Senders of
+  # a renewal set `hits` to 0, so a node that predates this field only reads the key (and answers
+  # `renewed` none: not renewed).
+  renew @8 :UInt64;
 }
 
 # Numeric values equal daemon/service/overload.h's Priority.
@@ -91,6 +95,15 @@ enum LeaseRelease {
   unknown @2;            # no such lease of this key
   expired @3;            # it expired before the release
   alreadyReleased @4;
+}
+
+# What a renewal found (numeric values equal limiter/lease.h's LeaseRenewal).
+enum LeaseRenewal {
+  none @0;               # the check was no renewal
+  renewed @1;            # held; it now expires at leaseExpiryMs
+  unknown @2;            # no such lease of this key
+  expired @3;            # it expired before the renewal (acquire anew)
+  released @4;           # it was released
 }
 
 # How the answer was reached; the cluster adds forwarding and degraded mode.
@@ -120,6 +133,8 @@ struct CheckResult {
   released @14 :LeaseRelease;
   # Shed (appended): the node answered by the rule's overload policy instead of deciding.
   shed @15 :ShedReason;
+  # Renewal (appended): what a renewal found.
+  renewed @16 :LeaseRenewal;
 }
 
 interface Limiter {

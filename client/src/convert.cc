@@ -87,9 +87,10 @@ std::uint64_t textWords(std::size_t bytes) {
 void toProto(const CheckSpec& spec, proto::CheckRequest::Builder out) {
   out.setKey(kjText(spec.key));
   out.setPriority(static_cast<proto::Priority>(spec.priority));
-  if (spec.release != 0) {
-    out.setHits(0);  // a node that predates `release` only reads the key
+  if (spec.release != 0 || spec.renew != 0) {
+    out.setHits(0);  // a node that predates `release` or `renew` only reads the key
     out.setRelease(spec.release);
+    out.setRenew(spec.renew);
   } else if (spec.refund) {
     // hits 0 too: a node that predates hitsSigned only reads the key instead of spending.
     constexpr std::uint64_t kOverMax = (std::uint64_t{1} << 40) + 1;  // refused by the node
@@ -187,6 +188,10 @@ CheckResult fromProto(proto::CheckResult::Reader result) {
   if (const auto rel = static_cast<int>(result.getReleased());
       rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
     r.released = static_cast<LeaseRelease>(rel);
+  }
+  if (const auto ren = static_cast<int>(result.getRenewed());
+      ren <= static_cast<int>(LeaseRenewal::kReleased)) {
+    r.renewed = static_cast<LeaseRenewal>(ren);
   }
   if (const auto shed = static_cast<int>(result.getShed());
       shed <= static_cast<int>(ShedReason::kDeadline)) {

@@ -67,7 +67,7 @@ Result<std::uint64_t> parseNumber(std::string_view name, std::string_view text) 
 
 // The fields of one check, as text, from a query string, headers or JSON.
 struct CheckFields {
-  std::string key, rule, algorithm, limit, period, burst, hits, release, priority;
+  std::string key, rule, algorithm, limit, period, burst, hits, release, renew, priority;
 };
 
 Result<std::uint64_t> parseLease(std::string_view text) {
@@ -119,6 +119,11 @@ Result<CheckArgs> toArgs(const CheckFields& f) {
     auto id = parseLease(f.release);
     if (!id) return id.error();
     a.release = *id;
+  }
+  if (!f.renew.empty()) {
+    auto id = parseLease(f.renew);
+    if (!id) return id.error();
+    a.renew = *id;
   }
   if (!f.priority.empty()) {
     auto p = parsePriority(f.priority);
@@ -173,6 +178,7 @@ Status fromQuery(std::string_view query, CheckFields& f) {
                         : name == "burst"     ? &f.burst
                         : name == "hits"      ? &f.hits
                         : name == "release"   ? &f.release
+                        : name == "renew"     ? &f.renew
                         : name == "priority"  ? &f.priority
                                               : nullptr;
     if (slot != nullptr) *slot = std::move(*value);  // unknown parameters are ignored
@@ -186,9 +192,10 @@ Status fromJson(const nlohmann::json& j, CheckFields& f, std::string_view priori
   if (!j.is_object()) return invalidArgument("each check must be a JSON object");
   f.priority = priority;
   const std::pair<const char*, std::string*> fields[] = {
-      {"key", &f.key},     {"rule", &f.rule},       {"algorithm", &f.algorithm},
-      {"limit", &f.limit}, {"period", &f.period},   {"burst", &f.burst},
-      {"hits", &f.hits},   {"release", &f.release}, {"priority", &f.priority}};
+      {"key", &f.key},          {"rule", &f.rule},       {"algorithm", &f.algorithm},
+      {"limit", &f.limit},      {"period", &f.period},   {"burst", &f.burst},
+      {"hits", &f.hits},        {"release", &f.release}, {"renew", &f.renew},
+      {"priority", &f.priority}};
   for (const auto& [name, slot] : fields) {
     const auto it = j.find(name);
     if (it == j.end() || it->is_null()) continue;
@@ -228,6 +235,7 @@ nlohmann::json outcomeJson(const CheckOutcome& o) {
     j["lease"] = {{"id", formatLeaseId(o.lease_id)}, {"expires_at_ms", o.lease_expiry_ms}};
   }
   if (o.released) j["release"] = leaseReleaseName(*o.released);
+  if (o.renewed) j["renew"] = leaseRenewalName(*o.renewed);
   if (o.shed) j["shed"] = nameOf(*o.shed);
   return j;
 }
@@ -268,6 +276,11 @@ std::string outcomeBody(const CheckOutcome& o) {
   if (o.released) {
     b += R"(,"release":")";
     b += leaseReleaseName(*o.released);
+    b += '"';
+  }
+  if (o.renewed) {
+    b += R"(,"renew":")";
+    b += leaseRenewalName(*o.renewed);
     b += '"';
   }
   if (o.shed) {
@@ -561,10 +574,12 @@ void HttpApi::checkPost(const HttpRequest& request, const HttpRespond& respond) 
   router_.decideAll(valid, std::move(finish));
 }
 
-// {"rule": R, "key": K, "lease": ID}: gives a concurrency rule's lease back (docs/concurrency.md).
-// Always 200 when the request is well-formed: "release" says what was found, and releasing a
-// lease that is unknown, expired or released already changes nothing.
-void HttpApi::releasePost(const HttpRequest& request, const HttpRespond& respond) {
+// {"rule": R, "key": K, "lease": ID} to /v1/release gives a concurrency rule's lease back, to
+// /v1/renew extends it by a lease_ttl from now (docs/concurrency.md); `op` is "release" or
+// "renew". Always 200 when the request is well-formed: the answer's `op` member says what was
+// found, and a lease that is unknown, expired or released already changes nothing.
+void HttpApi::leasePost(const HttpRequest& request, std::string_view op,
+                        const HttpRespond& respond) {
   const Instant start = service_.clock().monotonic();
   const auto body = nlohmann::json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object()) {
@@ -575,13 +590,13 @@ void HttpApi::releasePost(const HttpRequest& request, const HttpRespond& respond
     return respond(problemResponse(
         400, "Bad Request", "'lease' is required: the lease id (a string) an acquire answered"));
   }
-  if (body.contains("release") || body.contains("hits")) {
-    return respond(
-        problemResponse(400, "Bad Request", "a release takes 'rule', 'key' and 'lease' only"));
+  if (body.contains("release") || body.contains("renew") || body.contains("hits")) {
+    return respond(problemResponse(
+        400, "Bad Request", "a " + std::string(op) + " takes 'rule', 'key' and 'lease' only"));
   }
   nlohmann::json check = body;
   check.erase("lease");
-  check["release"] = *lease;
+  check[std::string(op)] = *lease;
   CheckFields f;
   if (auto st = fromJson(check, f); !st) return respond(problemFor(st.error()));
   auto args = toArgs(f);
@@ -707,9 +722,9 @@ void HttpApi::handle(HttpRequest& request, const HttpRespond& respond) {
     return respond(methodNotAllowed("GET, POST"));
   }
   if (path == "/v1/auth") return checkGet(request, true, respond);  // nginx sends GET; allow any
-  if (path == "/v1/release") {
+  if (path == "/v1/release" || path == "/v1/renew") {
     if (request.method != "POST") return respond(methodNotAllowed("POST"));
-    return releasePost(request, respond);
+    return leasePost(request, std::string_view(path).substr(4), respond);
   }
   if (path == "/v1/report") {
     if (request.method != "POST") return respond(methodNotAllowed("POST"));

@@ -51,8 +51,9 @@ class HttpApi {
   HttpResponse infoResponse() const;     // /v1/info
   HttpResponse clusterResponse() const;  // /v1/cluster
   void record(const Result<CheckOutcome>& outcome, Instant start);
-  HttpResponse reportPost(const HttpRequest& request);                       // POST /v1/report
-  void releasePost(const HttpRequest& request, const HttpRespond& respond);  // POST /v1/release
+  HttpResponse reportPost(const HttpRequest& request);  // POST /v1/report
+  // POST /v1/release and /v1/renew (`op`: "release" or "renew").
+  void leasePost(const HttpRequest& request, std::string_view op, const HttpRespond& respond);
 
   LimiterService& service_;
   const std::unique_ptr<Router> own_router_;  // when none was given

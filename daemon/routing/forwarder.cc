@@ -71,6 +71,7 @@ ForwardedCheck ForwardedCheck::from(const CheckArgs& args, std::uint32_t slot) {
   ForwardedCheck c{std::string(args.key), std::string(args.rule), args.limit, args.hits, slot};
   c.refund = args.refund;
   c.release = args.release;
+  c.renew = args.renew;
   c.priority = args.priority;
   c.deadline = args.deadline;
   return c;
@@ -84,6 +85,7 @@ CheckArgs ForwardedCheck::args() const {
   a.hits = hits;
   a.refund = refund;
   a.release = release;
+  a.renew = renew;
   a.priority = priority;
   a.deadline = deadline;
   return a;

@@ -69,6 +69,7 @@ struct ForwardedCheck {
   std::uint32_t slot = 0;     // slotOf(rule, key)
   bool refund = false;        // gives `hits` back (CheckArgs::refund)
   std::uint64_t release = 0;  // a lease to release (CheckArgs::release)
+  std::uint64_t renew = 0;    // a lease to renew (CheckArgs::renew)
   Priority priority = Priority::kNormal;
   std::optional<Instant> deadline =
       std::nullopt;  // the caller's (CheckArgs::deadline): past it, not sent

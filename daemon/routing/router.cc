@@ -97,8 +97,11 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
   if (refused(args, hops)) return inlineRefused();
   const OverloadDetector* overload = OverloadDetector::current();
   // A release or a refund gives capacity back, and is never shed: shedding it would hold units
-  // the caller is done with until they expire.
-  if (overload == nullptr || args.release != 0 || args.refund) return std::nullopt;
+  // the caller is done with until they expire. Nor is a renewal: a lease that expired under a
+  // caller still working would let another acquire past the limit.
+  if (overload == nullptr || args.release != 0 || args.renew != 0 || args.refund) {
+    return std::nullopt;
+  }
   const auto why = overload->shed(args.priority, service_.clock().monotonic(), args.deadline);
   if (!why) return std::nullopt;
   auto o = service_.shedOutcome(args, *why);

@@ -60,6 +60,7 @@ void encode(const Result<CheckOutcome>& r, proto::CheckResult::Builder out) {
     out.setLeaseExpiryMs(o.lease_expiry_ms);
   }
   if (o.released) out.setReleased(static_cast<proto::LeaseRelease>(*o.released));
+  if (o.renewed) out.setRenewed(static_cast<proto::LeaseRenewal>(*o.renewed));
   if (o.shed) out.setShed(static_cast<proto::ShedReason>(*o.shed));
 }
 
@@ -125,6 +126,7 @@ Result<CheckArgs> fromProto(proto::CheckRequest::Reader request) {
                          : static_cast<std::uint64_t>(hits);
   }
   args.release = request.getRelease();
+  args.renew = request.getRenew();
   if (const auto p = static_cast<int>(request.getPriority()); p < kPriorityCount) {
     args.priority = static_cast<Priority>(p);
   }
@@ -190,6 +192,10 @@ Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
       rel <= static_cast<int>(LeaseRelease::kAlreadyReleased)) {
     o.released = static_cast<LeaseRelease>(rel);
   }
+  if (const auto ren = static_cast<int>(r.getRenewed());
+      ren >= 1 && ren <= static_cast<int>(LeaseRenewal::kReleased)) {
+    o.renewed = static_cast<LeaseRenewal>(ren);
+  }
   if (const auto shed = static_cast<int>(r.getShed()); shed >= 1 && shed <= kShedReasonCount) {
     o.shed = static_cast<ShedReason>(shed);
   }
@@ -199,9 +205,10 @@ Result<CheckOutcome> decode(proto::CheckResult::Reader r) {
 void encode(const CheckArgs& c, proto::CheckRequest::Builder out) {
   out.setKey(capnp::Text::Reader(c.key.data(), c.key.size()));
   out.setPriority(static_cast<proto::Priority>(c.priority));
-  if (c.release != 0) {
-    out.setHits(0);
+  if (c.release != 0 || c.renew != 0) {
+    out.setHits(0);  // a node that predates them only reads the key
     out.setRelease(c.release);
+    out.setRenew(c.renew);
   } else if (c.refund) {
     out.setHits(0);
     out.setHitsSigned(-static_cast<std::int64_t>(std::min(c.hits, kMaxCost + 1)));

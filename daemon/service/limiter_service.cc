@@ -93,13 +93,13 @@ void grantUnheldLease(CheckOutcome& o, const Limit& limit, const CheckArgs& args
 }  // namespace
 
 bool LimiterService::isLeaseCheck(const Resolved& r, const CheckArgs& args) {
-  return args.release != 0 || r.limit.algorithm() == Algorithm::kConcurrency;
+  return args.release != 0 || args.renew != 0 || r.limit.algorithm() == Algorithm::kConcurrency;
 }
 
 Result<CheckOutcome> LimiterService::lease(const Resolved& r, const CheckArgs& args,
                                            const Limit& limit) {
   if (limit.algorithm() != Algorithm::kConcurrency) {
-    return invalidArgument("only a concurrency limit has leases to release; '" +
+    return invalidArgument("only a concurrency limit has leases to release or renew; '" +
                            std::string(r.policy) + "' is " +
                            std::string(algorithmName(limit.algorithm())));
   }
@@ -107,7 +107,25 @@ Result<CheckOutcome> LimiterService::lease(const Resolved& r, const CheckArgs& a
     return invalidArgument(
         "a concurrency limit takes units back by releasing a lease, not by a refund");
   }
+  if (args.release != 0 && args.renew != 0) {
+    return invalidArgument("a check either releases a lease or renews one, not both");
+  }
   const Time now = clock_.now();
+  if (args.renew != 0) {
+    Decision counter;
+    std::int64_t expiry_ms = 0;
+    const LeaseRenewal found = store_.renew(r.key, limit, args.renew, now, counter, expiry_ms);
+    counter.allowed = true;
+    auto o = outcome(counter, r.shadow, r.policy, limit.period());
+    if (o) {
+      o->renewed = found;
+      if (found == LeaseRenewal::kRenewed) {
+        o->lease_id = args.renew;
+        o->lease_expiry_ms = expiry_ms;
+      }
+    }
+    return o;
+  }
   if (args.release != 0) {
     Decision counter;
     const LeaseRelease found = store_.release(r.key, limit, args.release, now, counter);
@@ -206,10 +224,11 @@ Result<CheckOutcome> LimiterService::checkDegraded(const CheckArgs& args, std::s
                    r->limit.period());
   }
   const bool leases = isLeaseCheck(*r, args);
-  if (leases && (args.release != 0 || r->degraded == DegradedPolicy::kShare)) {
-    // A release here finds only what this node granted while the owner was away; the owner's
-    // leases come back at their expiry.
-    auto o = lease(*r, args, args.release != 0 ? r->limit : shareOf(r->limit, alive));
+  const bool held = args.release != 0 || args.renew != 0;
+  if (leases && (held || r->degraded == DegradedPolicy::kShare)) {
+    // A release or renewal here finds only what this node granted while the owner was away; the
+    // owner's leases come back at their expiry.
+    auto o = lease(*r, args, held ? r->limit : shareOf(r->limit, alive));
     if (o) o->route = RouteKind::kDegraded;
     return o;
   }

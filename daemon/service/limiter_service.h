@@ -38,8 +38,10 @@ struct CheckArgs {
   LimitSpec limit;         // the inline limit, when `rule` is empty
   std::uint64_t hits = 1;  // 0 reads without consuming; at most kMaxCost
   bool refund = false;     // gives `hits` units back instead of spending them (state.h refund())
-  // Concurrency rules (limiter/lease.h): a lease to release instead of acquiring one; 0: none.
+  // Concurrency rules (limiter/lease.h): a lease to release, or to renew, instead of acquiring
+  // one; 0: none (at most one of the two).
   std::uint64_t release = 0;
+  std::uint64_t renew = 0;
   Priority priority = Priority::kNormal;  // what is shed first when the node is overloaded
   // The caller's deadline (monotonic): a check that waited past it here is not forwarded but shed
   // (docs/overload.md). None: no bound.
@@ -66,6 +68,7 @@ struct CheckOutcome {
   std::uint64_t lease_id = 0;
   std::int64_t lease_expiry_ms = 0;  // ms since the Unix epoch
   std::optional<LeaseRelease> released;
+  std::optional<LeaseRenewal> renewed;  // what a renewal found (its new expiry: lease_expiry_ms)
   // Answered by the rule's overload policy instead of decided (daemon/service/overload.h).
   std::optional<ShedReason> shed;
   Priority priority = Priority::kNormal;  // of a shed check (for throttlex_shed_total)

@@ -11,6 +11,8 @@
 4. Bad releases get a clear, harmless answer.
 5. Over RPC (throttlectl, through the C++ client): acquire prints the lease, release frees it.
 6. Adaptive concurrency: slow reports lower the leases a key may hold, on every node.
+7. Renewals: leases renewed at random nodes (HTTP and throttlectl) hold their slots past their
+   first expiry and release once; a lease left alone expires and cannot be renewed.
 
 Waiting is by polling what a user can observe (checks), bounded; no fixed sleeps stand in for
 synchronisation (the clients' short holds are the work they do while holding a lease).
@@ -26,6 +28,7 @@ from harness import run_tool, start_cluster, wait_for_view, wait_until
 
 LIMIT = 50
 TTL_S = 3
+JOB_TTL_S = 6
 RULES = f"""rules:
   - name: pool
     algorithm: concurrency
@@ -38,6 +41,10 @@ RULES = f"""rules:
   - name: api
     limit: 100
     period: 1s
+  - name: job
+    algorithm: concurrency
+    limit: 5
+    lease_ttl: {JOB_TTL_S}s
   - name: search
     algorithm: concurrency
     limit: 40
@@ -62,6 +69,14 @@ def release(node, key, lease, rule="pool"):
                                    headers={"Content-Type": "application/json"})
     assert status == 200, f"{status} {body}"
     return json.loads(body)["release"]
+
+
+def renew(node, key, lease, rule="job"):
+    status, _, body = node.request("POST", "/v1/renew",
+                                   body=json.dumps({"rule": rule, "key": key, "lease": lease}),
+                                   headers={"Content-Type": "application/json"})
+    assert status == 200, f"{status} {body}"
+    return json.loads(body)
 
 
 def max_overlap(intervals):
@@ -200,6 +215,58 @@ class ConcurrencyClusterTest(unittest.TestCase):
         code, answer = ctl(self.nodes[3], "--release", leases[7])
         self.assertEqual(answer["release"], "already_released")
         self.assertEqual(ctl(self.nodes[4])[0], 0)  # the freed slot, taken over RPC
+
+    def test_renewed_leases_outlive_their_first_expiry_and_release_once(self):
+        started = time.monotonic()
+        leases = [acquire(self.nodes[i], "long", "job")["lease"] for i in range(5)]
+        first_expiry = max(lease["expires_at_ms"] for lease in leases)
+        self.assertFalse(acquire(self.nodes[0], "long", "job")["allowed"])
+        # The work: five jobs run for 1.5 lease_ttl (past every first expiry, which is within
+        # 4/3 of it), each renewing its lease about once a second at a random node; one job
+        # renews through throttlectl (RPC, the C++ client).
+        rounds = 0
+        while time.monotonic() - started < JOB_TTL_S * 1.5:
+            for i, lease in enumerate(leases):
+                node = random.choice(self.nodes)
+                if i == 0 and rounds % 2 == 1:
+                    code, out, err = run_tool("throttlectl", "--node", node.rpc_address, "-o",
+                                              "json", "check", "--rule", "job", "--renew",
+                                              lease["id"], "long")
+                    self.assertEqual(code, 0, err)
+                    answer = json.loads(out)
+                else:
+                    answer = renew(node, "long", lease["id"])
+                self.assertEqual(answer["renew"], "renewed", answer)
+                self.assertEqual(answer["lease"]["id"], lease["id"])
+                self.assertGreaterEqual(answer["lease"]["expires_at_ms"], lease["expires_at_ms"])
+                lease["expires_at_ms"] = answer["lease"]["expires_at_ms"]
+            rounds += 1
+            time.sleep(1)  # the jobs' work between renewals (pacing, not synchronisation)
+        self.assertGreater(max(lease["expires_at_ms"] for lease in leases), first_expiry)
+        # Past every first expiry the five slots are still held by the same leases.
+        self.assertFalse(acquire(self.nodes[2], "long", "job")["allowed"])
+        self.assertEqual(release(self.nodes[3], "long", leases[0]["id"], "job"), "released")
+        self.assertEqual(renew(self.nodes[4], "long", leases[0]["id"])["renew"], "released")
+        self.assertEqual(release(self.nodes[1], "long", leases[0]["id"], "job"),
+                         "already_released")
+        self.assertTrue(acquire(self.nodes[0], "long", "job")["allowed"])
+        self.assertFalse(acquire(self.nodes[0], "long", "job")["allowed"])
+
+    def test_a_lease_left_alone_expires_and_cannot_be_renewed(self):
+        lease = acquire(self.nodes[0], "alone", "db")["lease"]["id"]
+        self.assertEqual(renew(self.nodes[1], "alone", "00000000deadbeef", "db")["renew"],
+                         "unknown")
+        # Polled by reads (a renewal would keep it alive): once the lease expired its slot is
+        # free, and a renewal says it is too late.
+        def freed():
+            status, _, body = self.nodes[2].request("GET", "/v1/check?rule=db&key=alone&hits=0")
+            return status == 200 and json.loads(body)["remaining"] == LIMIT
+        wait_until(freed, timeout=TTL_S * 4 / 3 + 10, interval=0.1, what="the lease to expire")
+        self.assertEqual(renew(self.nodes[1], "alone", lease, "db")["renew"], "expired")
+        status, headers, text = self.nodes[3].request(
+            "POST", "/v1/renew", body=json.dumps({"rule": "api", "key": "alone", "lease": lease}))
+        self.assertEqual(status, 400, text)
+        self.assertEqual(headers["content-type"], "application/problem+json")
 
     def test_slow_reports_lower_an_adaptive_concurrency_limit(self):
         def limits():

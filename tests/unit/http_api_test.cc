@@ -319,3 +319,45 @@ TEST_CASE("an error that quotes part of a field, cut inside a character, still a
   CHECK(body["results"][1]["error"]["status"] == 400);
   CHECK(body["results"][2]["allowed"] == true);
 }
+
+TEST_CASE("POST /v1/renew extends a held lease; malformed renewals are 400 problems") {
+  Fixture f;
+  REQUIRE(f.service
+              .setRule(RuleSet::parseYaml("rules:\n  - {name: jobs, algorithm: concurrency, limit: "
+                                          "1, lease_ttl: 30s}\n")
+                           .value()
+                           .rules()[0])
+              .ok());
+  const auto acquired = nlohmann::json::parse(f.call("GET", "/v1/check?rule=jobs&key=k").body);
+  const std::string lease = acquired["lease"]["id"];
+  const std::int64_t first_expiry = acquired["lease"]["expires_at_ms"];
+  f.clock.advance(20s);
+  const HttpResponse r =
+      f.call("POST", "/v1/renew", R"({"rule":"jobs","key":"k","lease":")" + lease + R"("})");
+  REQUIRE(r.status == 200);
+  const auto body = nlohmann::json::parse(r.body);
+  CHECK(body["renew"] == "renewed");
+  CHECK(body["lease"]["id"] == lease);
+  CHECK(body["lease"]["expires_at_ms"].get<std::int64_t>() > first_expiry);
+  CHECK(body["remaining"] == 0);
+  // Past the first expiry the slot is still held.
+  f.clock.advance(std::chrono::milliseconds(first_expiry) - f.clock.now().time_since_epoch());
+  CHECK(f.call("GET", "/v1/check?rule=jobs&key=k").status == 429);
+
+  for (const auto& [bad, detail] :
+       {std::pair{R"({"rule":"jobs","key":"k","lease":")" + lease + R"(","hits":2})",
+                  "a renew takes 'rule', 'key' and 'lease' only"},
+        std::pair{std::string(R"({"rule":"jobs","key":"k","lease":"xyz"})"), "no lease id"},
+        std::pair{R"({"rule":"api","key":"k","lease":")" + lease + R"("})",
+                  "leases to release or renew"}}) {
+    const HttpResponse e = f.call("POST", "/v1/renew", bad);
+    CHECK(e.status == 400);
+    CHECK(e.content_type == "application/problem+json");
+    CHECK(nlohmann::json::parse(e.body)["detail"].get<std::string>().find(detail) !=
+          std::string::npos);
+  }
+  const HttpResponse both =
+      f.call("GET", "/v1/check?rule=jobs&key=k&release=" + lease + "&renew=" + lease);
+  CHECK(both.status == 400);
+  CHECK(f.call("GET", "/v1/renew").status == 405);
+}

@@ -115,7 +115,47 @@ TEST_CASE("an acquire whose lease cannot be stored is refused and holds nothing"
   CHECK(refused > 0);
 }
 
-TEST_CASE("random acquires, releases and expiries never hold more than the limit") {
+TEST_CASE("a renewed lease outlives its first time to live, holds its slot and releases once") {
+  auto store = makeStore();
+  const Limit l = concurrency(1, 30s);
+  REQUIRE(store->acquire(kKey, l, 1, 7, kStart).allowed);
+  const std::int64_t first_expiry = leaseExpiryMs(l, kStart);
+  Decision counter;
+  std::int64_t expiry_ms = 0;
+  REQUIRE(store->renew(kKey, l, 7, kStart + 20s, counter, expiry_ms) == LeaseRenewal::kRenewed);
+  CHECK(expiry_ms == leaseExpiryMs(l, kStart + 20s));
+  CHECK(expiry_ms > first_expiry);
+  CHECK(counter.remaining == 0);
+  // Past its first expiry the slot is still held, by the same lease.
+  const Time after_first = Time(std::chrono::milliseconds(first_expiry));
+  CHECK_FALSE(store->acquire(kKey, l, 1, 8, after_first).allowed);
+  CHECK(store->release(kKey, l, 7, after_first, counter) == LeaseRelease::kReleased);
+  CHECK(counter.remaining == 1);
+  CHECK(store->renew(kKey, l, 7, after_first, counter, expiry_ms) == LeaseRenewal::kReleased);
+  CHECK(store->renew(kKey, l, 99, after_first, counter, expiry_ms) == LeaseRenewal::kUnknown);
+  REQUIRE(store->acquire(kKey, l, 1, 9, after_first).allowed);
+  CHECK(counter.remaining == 1);  // the failed renewals changed nothing
+  // A lease that expired cannot be renewed; its slot is free for others.
+  const Time late = Time(std::chrono::milliseconds(leaseExpiryMs(l, after_first)));
+  CHECK(store->renew(kKey, l, 9, late, counter, expiry_ms) == LeaseRenewal::kExpired);
+  CHECK(counter.remaining == 1);
+  CHECK(store->acquire(kKey, l, 1, 10, late).allowed);
+}
+
+TEST_CASE("a renewal within the lease's own generation changes nothing but keeps it held") {
+  auto store = makeStore();
+  const Limit l = concurrency(2, 30s);
+  REQUIRE(store->acquire(kKey, l, 2, 5, kStart).allowed);
+  Decision counter;
+  std::int64_t expiry_ms = 0;
+  REQUIRE(store->renew(kKey, l, 5, kStart + 1ms, counter, expiry_ms) == LeaseRenewal::kRenewed);
+  CHECK(expiry_ms == leaseExpiryMs(l, kStart));
+  CHECK(counter.remaining == 0);
+  CHECK(store->release(kKey, l, 5, kStart + 2ms, counter) == LeaseRelease::kReleased);
+  CHECK(counter.remaining == 2);
+}
+
+TEST_CASE("random acquires, releases, renewals and expiries never hold more than the limit") {
   // Against a model: the set of live leases with their expiries.
   auto store = makeStore();
   std::mt19937_64 rng(11);
@@ -136,11 +176,19 @@ TEST_CASE("random acquires, releases and expiries never hold more than the limit
       const Decision d = store->acquire(kKey, l, 1, id, now);
       CHECK(d.allowed == (held.size() < 5));
       if (d.allowed) held.push_back({id, leaseExpiryMs(l, now)});
-    } else {
+    } else if (rng() % 2 == 0) {
       const std::size_t which = rng() % held.size();
       Decision counter;
       CHECK(store->release(kKey, l, held[which].id, now, counter) == LeaseRelease::kReleased);
       held.erase(held.begin() + static_cast<std::ptrdiff_t>(which));
+      CHECK(counter.remaining == 5 - held.size());
+    } else {
+      Held& h = held[rng() % held.size()];
+      Decision counter;
+      std::int64_t expiry_ms = 0;
+      CHECK(store->renew(kKey, l, h.id, now, counter, expiry_ms) == LeaseRenewal::kRenewed);
+      CHECK(expiry_ms == leaseExpiryMs(l, now));
+      h.expiry_ms = expiry_ms;
       CHECK(counter.remaining == 5 - held.size());
     }
   }
@@ -165,7 +213,7 @@ TEST_CASE("merging lease states never frees a held unit or revives a released le
   const Decision d = decide(l, probe, 0, kStart + 11s);
   CHECK(d.remaining <= 100 - 5);
 
-  // Lease entries: released wins.
+  // Lease entries: released wins; of two held, the renewed (later) one.
   State held = leaseEntry(leaseExpiryMs(l, kStart), 42, 1);
   State released = held;
   std::uint64_t units = 0;
@@ -174,6 +222,12 @@ TEST_CASE("merging lease states never frees a held unit or revives a released le
           LeaseRelease::kReleased);
   CHECK(persistence::moreConsumed(held, released) == released);
   CHECK(persistence::moreConsumed(released, held) == released);
+  State renewed = held;
+  REQUIRE(renewEntry(renewed, 42, kStart.time_since_epoch() / 1ms + 20'000,
+                     leaseExpiryMs(l, kStart + 20s), units, expiry) == LeaseRenewal::kRenewed);
+  CHECK(persistence::moreConsumed(held, renewed) == renewed);
+  CHECK(persistence::moreConsumed(renewed, held) == renewed);
+  CHECK(persistence::moreConsumed(renewed, released) == released);
 }
 
 TEST_CASE("a lease lives in its key's slot and is collected with it") {

@@ -167,12 +167,18 @@ TEST_CASE("a shed check answers its rule's overload policy, marked shed, and spe
   CHECK(r.content_type == "application/problem+json");
 }
 
-TEST_CASE("releases are never shed; a shed acquire allowed by policy carries a lease") {
+TEST_CASE(
+    "releases and renewals are never shed; a shed acquire allowed by policy carries a lease") {
   ShedApi a;
   const HttpResponse held = a.get("/v1/check?rule=db&key=k&priority=critical");
   REQUIRE(held.status == 200);
   const std::string lease = nlohmann::json::parse(held.body)["lease"]["id"];
   a.overload();
+  // A renewal keeps a held lease held: decided, whatever its priority and the load.
+  const HttpResponse renewed = a.get("/v1/check?rule=db&key=k&priority=sheddable&renew=" + lease);
+  CHECK(renewed.status == 200);
+  CHECK(nlohmann::json::parse(renewed.body)["renew"] == "renewed");
+  CHECK_FALSE(nlohmann::json::parse(renewed.body).contains("shed"));
   // Shed by policy (allow): a lease no node holds, whose release finds nothing.
   const auto shed = nlohmann::json::parse(a.get("/v1/check?rule=db&key=k&priority=sheddable").body);
   CHECK(shed["shed"] == "overload");

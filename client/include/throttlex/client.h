@@ -117,9 +117,11 @@ struct CheckSpec {
   // Gives `hits` units back instead of spending them (a refund: reserve an estimate, settle the
   // real cost after). A bucket refills at most to full, a window's count drops at most to 0.
   bool refund = false;
-  // Concurrency limits (docs/concurrency.md): a check acquires a lease of `hits` units; set this
-  // to a lease's id to release it instead. 0: acquire.
+  // Concurrency limits (docs/concurrency.md): a check acquires a lease of `hits` units; set
+  // `release` to a lease's id to release it instead, or `renew` to extend it by a lease_ttl from
+  // now (for work that outlasts it). 0: acquire. At most one of the two.
   std::uint64_t release = 0;
+  std::uint64_t renew = 0;
   // What an overloaded node sheds first (docs/overload.md): kSheddable goes first, kCritical is
   // never shed for load.
   enum class Priority : std::uint8_t { kNormal = 0, kCritical = 1, kSheddable = 2 };
@@ -136,6 +138,15 @@ enum class LeaseRelease : std::uint8_t {
   kUnknown = 2,          // no such lease of this key
   kExpired = 3,          // it expired before the release (its units came back then)
   kAlreadyReleased = 4,  // released before; nothing changed
+};
+
+// What a renewal found (CheckResult::renewed).
+enum class LeaseRenewal : std::uint8_t {
+  kNone = 0,      // the check was no renewal (or the node predates renewals)
+  kRenewed = 1,   // it was held; it now expires at lease_expiry_ms
+  kUnknown = 2,   // no such lease of this key
+  kExpired = 3,   // it expired before the renewal (its units came back then): acquire anew
+  kReleased = 4,  // it was released; nothing changed
 };
 
 // Who decided a check (the node's answer says): the node the client sent it to, which owns the
@@ -158,10 +169,11 @@ struct CheckResult {
   Route route = Route::kLocal;  // meaningful when ok() and not a fallback
   bool refunded = false;        // checkAtomic(): admitted, then given back (the batch was denied)
   // Concurrency limits: the lease an allowed acquire holds (0: none) and when it expires at the
-  // latest (Unix ms); what a release found.
+  // latest (Unix ms); what a release or a renewal found (a renewed lease: its id and new expiry).
   std::uint64_t lease_id = 0;
   std::int64_t lease_expiry_ms = 0;
   LeaseRelease released = LeaseRelease::kNone;
+  LeaseRenewal renewed = LeaseRenewal::kNone;
   // kNone: decided. Else the node was overloaded and answered `allowed` by the rule's overload
   // policy: not a decision about the key.
   ShedReason shed = ShedReason::kNone;
