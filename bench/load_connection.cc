@@ -118,6 +118,7 @@ void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, S
     return;
   }
   bump(r.allowed ? allowed_ : limited_);
+  if (done > plan_.end) bump(late_);
   if (r.route == client::Route::kDegraded) bump(degraded_);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(done - intended).count();
   latency_.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns)));
@@ -134,7 +135,8 @@ void LoadConnection::recordLateness(LatencyHistogram& h, SteadyTime intended) co
 Tally LoadConnection::tally() const {
   return {allowed_.load(std::memory_order_relaxed),  limited_.load(std::memory_order_relaxed),
           errors_.load(std::memory_order_relaxed),   fallbacks_.load(std::memory_order_relaxed),
-          degraded_.load(std::memory_order_relaxed), shed_.load(std::memory_order_relaxed)};
+          degraded_.load(std::memory_order_relaxed), shed_.load(std::memory_order_relaxed),
+          late_.load(std::memory_order_relaxed)};
 }
 
 std::string LoadConnection::firstError() const {

@@ -14,8 +14,13 @@ Reported per phase: the offered rate the generator reached (it may not reach 2P 
 then its own lateness shows), goodput (decided checks/s) and its ratio to P, p99 of decided
 checks, shed answers, errors, and the node's RSS before and after. Medians over --rounds.
 
+With --node-cpu PERCENT the node also gets only that share of its CPU (a cgroup v1 `cpu` group
+with CFS bandwidth: a quota of PERCENT% of every 10 ms period), so that a generator of one core
+can offer twice what the node can decide. Needs root and the cgroup v1 cpu controller mounted at
+/sys/fs/cgroup/cpu; the group is removed afterwards.
+
 Bounded: each phase runs --seconds (default 5) plus 1 s of warm-up; every process is stopped by
-PID. Usage: bench/overload_report.py [--rounds 3] [--seconds 5] [--build build]
+PID. Usage: bench/overload_report.py [--rounds 3] [--seconds 5] [--build build] [--node-cpu 25]
 """
 import argparse
 import json
@@ -48,8 +53,33 @@ def rss_kb(pid):
     return 0
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+
+
+class CpuShare:
+    """A cgroup v1 cpu group whose members get `percent`% of one CPU per 10 ms period."""
+
+    def __init__(self, percent):
+        self.path = CGROUP_ROOT / f"throttlex-overload-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "cpu.cfs_period_us").write_text("10000")
+        (self.path / "cpu.cfs_quota_us").write_text(str(int(percent * 100)))
+
+    def add(self, pid):
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self):
+        # Empty once its processes exited (they were stopped before this runs).
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
 class Node:
-    def __init__(self, binary, work, extra):
+    def __init__(self, binary, work, extra, share=None):
         (work / "rules.yaml").write_text(RULES)
         self.rpc = free_port()
         ports = [free_port() for _ in range(3)]
@@ -59,6 +89,8 @@ class Node:
                 "--gossip-port", str(ports[2]), "--rules", str(work / "rules.yaml"), *extra]
         self.log = open(work / "node.log", "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        if share is not None:
+            share.add(self.proc.pid)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if "ready:" in (work / "node.log").read_text():
@@ -82,7 +114,8 @@ class Node:
 def bench(binary, node, seconds, rate=0.0, priority="normal"):
     args = ["taskset", "-c", "1", str(binary / "throttlex-bench"), "--node",
             f"127.0.0.1:{node.rpc}", "--rule", "bench", "--keys", "100000",
-            "--connections", "1", "--concurrency", "256", "--deadline", "30s",
+            "--connections", "1", "--concurrency", "256" if rate == 0 else "100000",
+            "--deadline", "30s",
             "--duration", f"{seconds}s", "--warmup", "1s", "--priority", priority, "--json"]
     if rate > 0:
         args += ["--rate", str(rate)]
@@ -92,14 +125,14 @@ def bench(binary, node, seconds, rate=0.0, priority="normal"):
         sys.exit(f"throttlex-bench failed: {p.stderr[-2000:]}")
     r = json.loads(p.stdout)
     offered = r["checks"] / r["duration_s"] if r["duration_s"] else 0
-    return {"offered": offered, "goodput": r["throughput"], "p99_us": r["latency_us"]["p99"],
+    return {"offered": offered, "goodput": r["goodput"], "p99_us": r["latency_us"]["p99"],
             "shed": r.get("shed", 0), "errors": r["errors"] + r["fallbacks"],
-            "late_us": r["generator_lateness_us"]["send"]["p99"]}
+            "late_us": (r.get("generator_lateness_us") or {}).get("send", {}).get("p99", 0)}
 
 
-def one_round(binary, work, seconds):
+def one_round(binary, work, seconds, share):
     rows = {}
-    node = Node(binary, work, [])
+    node = Node(binary, work, [], share)
     try:
         rows["peak"] = bench(binary, node, seconds)
         peak = rows["peak"]["goodput"]
@@ -110,7 +143,7 @@ def one_round(binary, work, seconds):
         rows["2x on"]["rss_kb"] = (before, rss_kb(node.proc.pid))
     finally:
         node.stop()
-    node = Node(binary, work, ["--overload-target-ms", "0"])
+    node = Node(binary, work, ["--overload-target-ms", "0"], share)
     try:
         before = rss_kb(node.proc.pid)
         rows["2x off"] = bench(binary, node, seconds, rate=2 * peak)
@@ -125,18 +158,28 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--build", default="build")
+    ap.add_argument("--node-cpu", type=float, default=0,
+                    help="the node's share of its CPU in percent (cgroup v1 CFS quota); 0: all")
     args = ap.parse_args()
+    if not 0 <= args.node_cpu <= 100:
+        sys.exit("--node-cpu is a percentage: 1 to 100 (0: no limit)")
     binary = Path(args.build) / "bin"
     rounds = []
-    with tempfile.TemporaryDirectory(prefix="throttlex-overload-") as tmp:
-        for i in range(args.rounds):
-            rows = one_round(binary, Path(tmp), args.seconds)
-            rounds.append(rows)
-            print(f"round {i + 1}: " + json.dumps(rows), file=sys.stderr)
+    share = CpuShare(args.node_cpu) if args.node_cpu > 0 else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="throttlex-overload-") as tmp:
+            for i in range(args.rounds):
+                rows = one_round(binary, Path(tmp), args.seconds, share)
+                rounds.append(rows)
+                print(f"round {i + 1}: " + json.dumps(rows), file=sys.stderr)
+    finally:
+        if share is not None:
+            share.remove()
     phases = ["peak", "half", "2x on", "2x off", "2x shed"]
     med = lambda phase, k: statistics.median(r[phase][k] for r in rounds)
     peak = med("peak", "goodput")
-    print(f"{os.cpu_count()} CPUs; node pinned to CPU 0, generator to CPU 1; "
+    cpu = f" ({args.node_cpu:g}% of it)" if args.node_cpu > 0 else ""
+    print(f"{os.cpu_count()} CPUs; node pinned to CPU 0{cpu}, generator to CPU 1; "
           f"medians of {args.rounds} rounds of {args.seconds} s")
     print(f"{'phase':8} {'offered/s':>10} {'goodput/s':>10} {'x peak':>7} {'p99 ms':>9} "
           f"{'shed':>8} {'errors':>7} {'gen late p99 ms':>16}")

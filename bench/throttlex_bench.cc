@@ -233,6 +233,9 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
       {"warmup_s", std::chrono::duration<double>(c.warmup).count()},
       {"checks", checks},
       {"throughput", t.seconds > 0 ? static_cast<double>(answered) / t.seconds : 0.0},
+      // Decided within the measured window: what a node behind its offered load really served.
+      {"goodput", t.seconds > 0 ? static_cast<double>(answered - y.late) / t.seconds : 0.0},
+      {"decided_after_window", y.late},
       {"allowed", y.allowed},
       {"limited", y.limited},
       {"errors", y.errors},
@@ -447,6 +450,7 @@ int run(int argc, char** argv) {
     totals.tally.fallbacks += t.fallbacks;
     totals.tally.degraded += t.degraded;
     totals.tally.shed += t.shed;
+    totals.tally.late += t.late;
     if (totals.first_error.empty()) totals.first_error = conn->firstError();
   }
   const nlohmann::json report = reportJson(c, totals, *latency, *late);
