@@ -259,11 +259,13 @@ void Router::checkAtomic(std::vector<CheckArgs> args, std::shared_ptr<const void
     result->refunded.assign(result->outcomes.size(), false);
     result->denied_by = firstDenied(result->outcomes);
     // What the denied batch spent: the admitted checks (a shadow rule's denial spent nothing).
+    // Releases and renewals spent nothing: they keep their effect, whatever the verdict.
     std::vector<CheckArgs> back;
     std::vector<std::size_t> which;
     for (std::size_t i = 0; result->denied_by && i < result->outcomes.size(); ++i) {
       const auto& o = result->outcomes[i];
-      if (!o || !o->decision.allowed || (*batch)[i].hits == 0) continue;
+      const CheckArgs& a = (*batch)[i];
+      if (!o || !o->decision.allowed || a.hits == 0 || a.release != 0 || a.renew != 0) continue;
       back.push_back((*batch)[i]);
       if (o->lease_id != 0) {
         back.back().release = o->lease_id;  // a concurrency rule: its lease goes back

@@ -356,6 +356,23 @@ TEST_CASE("POST /v1/renew extends a held lease; malformed renewals are 400 probl
     CHECK(nlohmann::json::parse(e.body)["detail"].get<std::string>().find(detail) !=
           std::string::npos);
   }
+  // In an atomic batch that is denied, a renewal keeps its effect (it spent nothing to give back).
+  f.call("GET", "/v1/check?rule=api&key=u");
+  f.call("GET", "/v1/check?rule=api&key=u");  // api allows 2 a minute: u is spent
+  const HttpResponse denied =
+      f.call("POST", "/v1/check",
+             R"({"atomic":true,"checks":[{"key":"k","rule":"jobs","renew":")" + lease +
+                 R"("},{"key":"u","rule":"api"}]})");
+  CHECK(denied.status == 429);
+  const auto renewal = nlohmann::json::parse(denied.body)["results"][0];
+  CHECK(renewal["renew"] == "renewed");
+  CHECK(renewal["allowed"] == true);
+  CHECK(renewal["lease"]["id"] == lease);  // its new expiry stands
+  CHECK_FALSE(renewal.contains("refunded"));
+  CHECK(nlohmann::json::parse(
+            f.call("POST", "/v1/renew", R"({"rule":"jobs","key":"k","lease":")" + lease + R"("})")
+                .body)["renew"] == "renewed");  // still held, not released by the denial
+
   const HttpResponse both =
       f.call("GET", "/v1/check?rule=jobs&key=k&release=" + lease + "&renew=" + lease);
   CHECK(both.status == 400);
