@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -357,6 +358,75 @@ client::ClientStats watch(const LoadPlan& plan, SteadyTime start,
   }
 }
 
+// One client per --connections; connection i enters the cluster at node i (mod the list), so the
+// load spreads over the nodes. On failure: the exit code, the reason printed.
+std::optional<int> connectAll(const Config& c, std::vector<std::unique_ptr<client::Client>>& out) {
+  client::ClientOptions options;
+  options.nodes = c.flags.nodes;
+  options.deadline = c.deadline;
+  options.route_to_owner = c.flags.route == "owner";
+  options.on_unavailable = c.on_unavailable;
+  options.tls_ca = c.flags.tls_ca;
+  options.tls_cert = c.flags.tls_cert;
+  options.tls_key = c.flags.tls_key;
+  for (std::size_t i = 0; i < c.flags.connections; ++i) {
+    std::rotate(options.nodes.begin(),
+                options.nodes.begin() + static_cast<std::ptrdiff_t>(i % c.flags.nodes.size()),
+                options.nodes.end());
+    auto client = client::Client::connect(options);
+    options.nodes = c.flags.nodes;
+    if (!client) {
+      std::cerr << "throttlex-bench: " << client.error().message << "\n";
+      return client.error().code == client::ErrorCode::kInvalidArgument ? kExitUsage
+                                                                        : kExitUnreachable;
+    }
+    out.push_back(std::move(*client));
+  }
+  return std::nullopt;
+}
+
+// The connections' counts, latencies and first error, added into `totals`, `latency`, `late`.
+void addUp(const std::vector<std::unique_ptr<LoadConnection>>& conns, Totals& totals,
+           LatencyHistogram& latency, Lateness& late) {
+  for (const auto& conn : conns) {
+    latency.merge(conn->latency());
+    late.wake.merge(conn->wakeLateness());
+    late.send.merge(conn->sendLateness());
+    const Tally t = conn->tally();
+    totals.tally.allowed += t.allowed;
+    totals.tally.limited += t.limited;
+    totals.tally.errors += t.errors;
+    totals.tally.fallbacks += t.fallbacks;
+    totals.tally.degraded += t.degraded;
+    totals.tally.shed += t.shed;
+    totals.tally.late += t.late;
+    if (totals.first_error.empty()) totals.first_error = conn->firstError();
+  }
+}
+
+// Prints the report; the exit code: errors when no check completed or more than 1% failed.
+int finish(const Config& c, const Totals& totals, const LatencyHistogram& latency,
+           const Lateness& late) {
+  const nlohmann::json report = reportJson(c, totals, latency, late);
+  if (c.flags.json) {
+    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    printReport(std::cout, report);
+  }
+  const std::uint64_t failed = totals.tally.errors + totals.tally.fallbacks;
+  const std::uint64_t checks = report["checks"].get<std::uint64_t>();
+  if (checks == 0) {
+    std::cerr << "throttlex-bench: no check completed\n";
+    return kExitErrors;
+  }
+  if (static_cast<double>(failed) > kMaxErrorRate * static_cast<double>(checks)) {
+    std::cerr << "throttlex-bench: " << failed << " of " << checks
+              << " checks failed (more than 1%); first: " << totals.first_error << "\n";
+    return kExitErrors;
+  }
+  return kExitOk;
+}
+
 int run(int argc, char** argv) {
   CLI::App app("throttlex-bench: load generator for ThrottleX nodes (RPC, client library)",
                "throttlex-bench");
@@ -381,29 +451,8 @@ int run(int argc, char** argv) {
   }
   const Config& c = *config;
 
-  client::ClientOptions options;
-  options.nodes = c.flags.nodes;
-  options.deadline = c.deadline;
-  options.route_to_owner = c.flags.route == "owner";
-  options.on_unavailable = c.on_unavailable;
-  options.tls_ca = c.flags.tls_ca;
-  options.tls_cert = c.flags.tls_cert;
-  options.tls_key = c.flags.tls_key;
   std::vector<std::unique_ptr<client::Client>> clients;
-  for (std::size_t i = 0; i < c.flags.connections; ++i) {
-    // Connection i enters the cluster at node i (mod the list): load spreads over the nodes.
-    std::rotate(options.nodes.begin(),
-                options.nodes.begin() + static_cast<std::ptrdiff_t>(i % c.flags.nodes.size()),
-                options.nodes.end());
-    auto client = client::Client::connect(options);
-    options.nodes = c.flags.nodes;
-    if (!client) {
-      std::cerr << "throttlex-bench: " << client.error().message << "\n";
-      return client.error().code == client::ErrorCode::kInvalidArgument ? kExitUsage
-                                                                        : kExitUnreachable;
-    }
-    clients.push_back(std::move(*client));
-  }
+  if (const std::optional<int> failed = connectAll(c, clients)) return *failed;
 
   LoadPlan plan;
   plan.spec = c.spec;
@@ -439,39 +488,8 @@ int run(int argc, char** argv) {
   // ~18 KB each: not on the stack.
   auto latency = std::make_unique<LatencyHistogram>();
   auto late = std::make_unique<Lateness>();
-  for (const auto& conn : conns) {
-    latency->merge(conn->latency());
-    late->wake.merge(conn->wakeLateness());
-    late->send.merge(conn->sendLateness());
-    const Tally t = conn->tally();
-    totals.tally.allowed += t.allowed;
-    totals.tally.limited += t.limited;
-    totals.tally.errors += t.errors;
-    totals.tally.fallbacks += t.fallbacks;
-    totals.tally.degraded += t.degraded;
-    totals.tally.shed += t.shed;
-    totals.tally.late += t.late;
-    if (totals.first_error.empty()) totals.first_error = conn->firstError();
-  }
-  const nlohmann::json report = reportJson(c, totals, *latency, *late);
-  if (c.flags.json) {
-    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  } else {
-    printReport(std::cout, report);
-  }
-
-  const std::uint64_t failed = totals.tally.errors + totals.tally.fallbacks;
-  const std::uint64_t checks = report["checks"].get<std::uint64_t>();
-  if (checks == 0) {
-    std::cerr << "throttlex-bench: no check completed\n";
-    return kExitErrors;
-  }
-  if (static_cast<double>(failed) > kMaxErrorRate * static_cast<double>(checks)) {
-    std::cerr << "throttlex-bench: " << failed << " of " << checks
-              << " checks failed (more than 1%); first: " << totals.first_error << "\n";
-    return kExitErrors;
-  }
-  return kExitOk;
+  addUp(conns, totals, *latency, *late);
+  return finish(c, totals, *latency, *late);
 }
 
 }  // namespace
