@@ -106,37 +106,41 @@ struct Metrics::Impl final : prometheus::Collectable {
 Metrics::Metrics(Options options) : impl_(std::make_shared<Impl>(std::move(options))) {}
 Metrics::~Metrics() = default;
 
-void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency) {
+void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency,
+                            std::uint64_t count) {
   Slot& s = impl_->slot();
   const auto a = static_cast<std::size_t>(api);
-  bump(s.requests[a][static_cast<std::size_t>(route)][static_cast<std::size_t>(outcome)]);
+  bump(s.requests[a][static_cast<std::size_t>(route)][static_cast<std::size_t>(outcome)], count);
   const double seconds = std::chrono::duration<double>(latency).count();
   std::size_t b = 0;
   while (b < kLatencyBounds.size() && seconds > kLatencyBounds[b]) ++b;
-  bump(s.buckets[a][b]);
-  bump(s.latency_ns[a], static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
+  bump(s.buckets[a][b], count);
+  bump(s.latency_ns[a],
+       count * static_cast<std::uint64_t>(std::max<std::int64_t>(0, latency.count())));
 }
 
-void Metrics::recordShed(ShedReason reason, Priority priority) {
-  bump(
-      impl_->slot().shed[static_cast<std::size_t>(reason) - 1][static_cast<std::size_t>(priority)]);
+void Metrics::recordShed(ShedReason reason, Priority priority, std::uint64_t count) {
+  bump(impl_->slot().shed[static_cast<std::size_t>(reason) - 1][static_cast<std::size_t>(priority)],
+       count);
 }
 
-void Metrics::recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency) {
-  if (!outcome) return recordRequest(api, RouteKind::kLocal, Outcome::kError, latency);
+void Metrics::recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency,
+                          std::uint64_t count) {
+  if (!outcome) return recordRequest(api, RouteKind::kLocal, Outcome::kError, latency, count);
   Outcome kind = outcome->allowed ? Outcome::kAllowed : Outcome::kLimited;
   if (outcome->shed) {
     kind = Outcome::kShed;
-    recordShed(*outcome->shed, outcome->priority);
+    recordShed(*outcome->shed, outcome->priority, count);
   } else {
-    recordRule(outcome->policy, outcome->decision, outcome->shadow);
+    recordRule(outcome->policy, outcome->decision, outcome->shadow, count);
   }
-  recordRequest(api, outcome->route, kind, latency);
+  recordRequest(api, outcome->route, kind, latency, count);
 }
 
-void Metrics::recordRule(std::string_view rule, const Decision& decision, bool shadow) {
+void Metrics::recordRule(std::string_view rule, const Decision& decision, bool shadow,
+                         std::uint64_t count) {
   Slot& s = impl_->slot();
-  if (shadow && !decision.allowed) bump(s.shadow_limited);
+  if (shadow && !decision.allowed) bump(s.shadow_limited, count);
   MutexLock guard(s.rules_mu);
   auto it = s.rules.find(rule);
   if (it == s.rules.end()) {
@@ -145,11 +149,11 @@ void Metrics::recordRule(std::string_view rule, const Decision& decision, bool s
     it = s.rules.try_emplace(std::string(room ? rule : std::string_view(kOtherRules))).first;
   }
   RuleCounters& c = it->second;
-  ++(decision.allowed ? c.allowed : c.limited);
-  if (shadow && !decision.allowed) ++c.shadow_limited;
+  (decision.allowed ? c.allowed : c.limited) += count;
+  if (shadow && !decision.allowed) c.shadow_limited += count;
   // 80% or more of the limit used once this check is counted.
   if (decision.allowed && decision.limit > 0 && decision.remaining * 5 <= decision.limit) {
-    ++c.near_limit;
+    c.near_limit += count;
   }
 }
 

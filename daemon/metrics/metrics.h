@@ -61,19 +61,23 @@ class Metrics {
   explicit Metrics(Options options);
   ~Metrics();
 
-  // Thread-safe and wait-free: each thread writes its own slot (assigned on first use).
-  void recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency);
+  // Thread-safe and wait-free: each thread writes its own slot (assigned on first use). `count`:
+  // that many requests alike, each with this latency (here and below).
+  void recordRequest(Api api, RouteKind route, Outcome outcome, Duration latency,
+                     std::uint64_t count = 1);
   // One decided check of `rule` ("default" for inline limits), where it entered: the
   // throttlex_rule_* families, and throttlex_shadow_limited_total. At most kMaxRuleSeries rules per
   // thread; more count as "_other". Thread-safe (each thread's map behind a lock of its own,
   // uncontended but for scrapes).
-  void recordRule(std::string_view rule, const Decision& decision, bool shadow);
+  void recordRule(std::string_view rule, const Decision& decision, bool shadow,
+                  std::uint64_t count = 1);
   static constexpr std::size_t kMaxRuleSeries = 1000;
   // One check shed (throttlex_shed_total{reason,priority}). Thread-safe and wait-free.
-  void recordShed(ShedReason reason, Priority priority);
+  void recordShed(ShedReason reason, Priority priority, std::uint64_t count = 1);
   // One answered check where it entered: recordRequest() with its kind (allowed, limited, shed,
   // error), and recordRule() for a decision or recordShed() for a shed one.
-  void recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency);
+  void recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency,
+                   std::uint64_t count = 1);
   static constexpr const char* kOtherRules = "_other";
 
   // The Prometheus text exposition of everything (for tests and the /metrics endpoint).

@@ -130,6 +130,45 @@ std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::ui
   return service_.check(args);
 }
 
+namespace {
+
+// Whether a check entering here may share its shed answer with the other checks of its rule
+// (Router::shedWhole()); the rest are answered (shed, refused or decided) check by check.
+bool shedAlike(const CheckArgs& a) {
+  return !a.rule.empty() && a.release == 0 && a.renew == 0 && !a.refund && !a.key.empty() &&
+         a.key.size() <= kMaxKeyBytes && a.hits <= kMaxCost;
+}
+
+}  // namespace
+
+bool Router::shedWhole(std::span<const CheckArgs> args, ShedBatch& out) {
+  const OverloadDetector* overload = OverloadDetector::current();
+  if (overload == nullptr || args.empty()) return false;
+  const Instant now = service_.clock().monotonic();
+  out.which.resize(args.size());
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const CheckArgs& a = args[i];
+    if (!shedAlike(a)) return false;
+    const auto why = overload->shed(a.priority, now, a.deadline);
+    if (!why) return false;
+    std::size_t k = 0;
+    while (k < out.answers.size() &&
+           !(out.answers[k].rule == a.rule && out.answers[k].reason == *why &&
+             out.answers[k].priority == a.priority)) {
+      ++k;
+    }
+    if (k == out.answers.size()) {
+      if (k == ShedBatch::kMaxAnswers || !service_.shedAlike(a.rule)) return false;
+      auto o = service_.shedOutcome(a, *why);
+      if (o) o->priority = a.priority;
+      out.answers.push_back({a.rule, *why, a.priority, std::move(o), 0});
+    }
+    ++out.answers[k].checks;
+    out.which[i] = static_cast<std::uint8_t>(k);
+  }
+  return true;
+}
+
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                               std::vector<Result<CheckOutcome>>& out) {
   if (hops != 0 || (inline_limits_ && OverloadDetector::current() == nullptr)) {
@@ -148,18 +187,17 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
   std::vector<std::size_t> rest_index;
   rest.reserve(args.size() - count);
   rest_index.reserve(args.size() - count);
-  out.assign(args.size(), Result<CheckOutcome>(inlineRefused()));
   for (std::size_t i = 0; i < args.size(); ++i) {
-    if (answered[i]) {
-      out[i] = std::move(*answered[i]);
-      continue;
-    }
+    if (answered[i]) continue;
     rest.push_back(args[i]);
     rest_index.push_back(i);
   }
   std::vector<Result<CheckOutcome>> decided;
   Forwarding forwarding = checkRouted(rest, hops, decided);
-  for (std::size_t j = 0; j < rest.size(); ++j) out[rest_index[j]] = std::move(decided[j]);
+  out.clear();
+  out.reserve(args.size());
+  std::size_t next = 0;
+  for (auto& a : answered) out.push_back(a ? std::move(*a) : std::move(decided[next++]));
   for (auto& i : forwarding.indices) i = rest_index[i];
   for (auto& i : forwarding.parked_indices) i = rest_index[i];
   return forwarding;

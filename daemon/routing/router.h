@@ -74,6 +74,21 @@ struct AtomicOutcome {
   std::optional<std::size_t> denied_by;  // the first check not allowed (or failed); none: allowed
 };
 
+// A client's batch shed as a whole (Router::shedWhole()): one answer per rule, shed reason and
+// priority, and which of them each check gets.
+struct ShedBatch {
+  struct Answer {
+    std::string_view rule;  // a view into the request
+    ShedReason reason{};
+    Priority priority{};
+    Result<CheckOutcome> outcome;
+    std::uint64_t checks = 0;  // how many checks of the batch get it
+  };
+  static constexpr std::size_t kMaxAnswers = 16;  // more kinds: shed check by check
+  std::vector<Answer> answers;
+  std::vector<std::uint8_t> which;  // per check, the index of its answer
+};
+
 class Router {
  public:
   // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
@@ -90,6 +105,13 @@ class Router {
   // rest. Per key, order is kept: all checks of one key go the same way.
   Forwarding checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
                         std::vector<Result<CheckOutcome>>& out);
+  // Overload: when this thread's loop sheds every check of a batch entering here, and each check's
+  // shed answer is its rule's alike for all its checks (a named rule, not a concurrency rule; no
+  // release, renewal or refund; a valid key and cost), fills `out` and returns true: the answers
+  // are worked out once per rule, not per check, and nothing is decided. Otherwise returns false
+  // and the batch goes to checkBatch(), which sheds check by check. A shed answer must cost far
+  // less than a decision, or shedding spends the capacity it frees (docs/overload.md).
+  bool shedWhole(std::span<const CheckArgs> args, ShedBatch& out);
   // Sends what check()/checkBatch() left over; each result reaches sink->deliver(index, ...),
   // normally on the forwarder thread.
   void forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink);

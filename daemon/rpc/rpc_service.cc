@@ -194,6 +194,10 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
     }
   }
   if (params.getAtomic() && !from_peer) return checkAtomic(context, std::move(args), errors, start);
+  if (ShedBatch shed; !from_peer && args.size() == checks.size() && router_.shedWhole(args, shed)) {
+    answerShed(results, shed, start);
+    return kj::READY_NOW;
+  }
   std::vector<Result<CheckOutcome>> outcomes;
   Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
   forwarding.decide_by_ms = decide_by;
@@ -272,6 +276,19 @@ void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
     encode(r, out);
     // Every element of a batch waited for the whole batch: that is its latency.
     if (count) metrics_->recordCheck(Api::kRpc, r, latency);
+  }
+}
+
+void RpcService::answerShed(proto::Limiter::CheckBatchResults::Builder results,
+                            const ShedBatch& shed, Instant start) {
+  auto list = results.initResults(static_cast<unsigned>(shed.which.size()));
+  for (std::size_t i = 0; i < shed.which.size(); ++i) {
+    encode(shed.answers[shed.which[i]].outcome, list[static_cast<unsigned>(i)]);
+  }
+  if (metrics_ == nullptr) return;
+  const auto latency = elapsedSince(start);
+  for (const ShedBatch::Answer& a : shed.answers) {
+    metrics_->recordCheck(Api::kRpc, a.outcome, latency, a.checks);
   }
 }
 

@@ -88,6 +88,9 @@ class RpcService final : public proto::Node::Server {
   void record(const Result<CheckOutcome>& outcome, Instant start);
   kj::Promise<void> checkAtomic(CheckBatchContext context, std::vector<CheckArgs> args,
                                 const std::vector<std::optional<Error>>& errors, Instant start);
+  // A batch Router::shedWhole() shed: each check's answer in request order, counted per answer.
+  void answerShed(proto::Limiter::CheckBatchResults::Builder results, const ShedBatch& shed,
+                  Instant start);
   void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                    const std::vector<std::optional<Error>>& errors,
                    const std::vector<Result<CheckOutcome>>& outcomes, Instant start,

@@ -280,6 +280,11 @@ Result<CheckOutcome> LimiterService::shedOutcome(const CheckArgs& args, ShedReas
   return o;
 }
 
+bool LimiterService::shedAlike(std::string_view rule) const {
+  const RuleSet::Entry* e = currentRules()->find(rule);
+  return e == nullptr || e->limit.algorithm() != Algorithm::kConcurrency;
+}
+
 Result<std::size_t> LimiterService::report(std::span<const ReportArgs> reports) {
   if (reports.size() > kMaxBatchReports) {
     return invalidArgument("at most " + std::to_string(kMaxBatchReports) + " reports per call");

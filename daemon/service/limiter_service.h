@@ -98,6 +98,9 @@ class LimiterService {
   // with the rule's limit and nothing spent or read from the store. Errors as check() would
   // give them (a bad key, an unknown rule).
   Result<CheckOutcome> shedOutcome(const CheckArgs& args, ShedReason reason);
+  // Whether every check of `rule` gets the same shed answer (shedOutcome()) whatever its key: all
+  // but a concurrency rule's (an acquire shed by `overload: allow` gets a lease of its own).
+  bool shedAlike(std::string_view rule) const;
 
   // Adaptive rules: folds reports into this node's digest of each rule (any thread; a lock per
   // rule, held for a histogram increment). All or nothing: an unknown rule (kNotFound), a rule

@@ -1,11 +1,16 @@
 // Overload protection (daemon/service/overload.h): the CoDel-style detector on recorded loop-lag
-// sequences in virtual time, and what a shed check answers over HTTP.
+// sequences in virtual time, what a shed check answers over HTTP, and a batch shed whole over RPC.
 #include <doctest/doctest.h>
 
+#include <kj/async.h>
 #include <nlohmann/json.hpp>
 
 #include "daemon/http/http_api.h"
+#include "daemon/metrics/metrics.h"
+#include "daemon/routing/router.h"
+#include "daemon/rpc/rpc_service.h"
 #include "daemon/service/overload.h"
+#include "proto/throttlex.capnp.h"
 
 using namespace throttlex;
 using namespace std::chrono_literals;
@@ -201,4 +206,107 @@ TEST_CASE("without overload nothing is shed, whatever the priority") {
     CHECK(header(r, "X-Throttlex-Shed").empty());
   }
   CHECK(a.get("/v1/check?rule=open&key=k&priority=sheddable").status == 429);
+}
+
+namespace {
+
+CheckArgs ruleCheck(std::string_view rule, std::string_view key, Priority priority) {
+  CheckArgs a;
+  a.rule = rule;
+  a.key = key;
+  a.priority = priority;
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("an overloaded thread sheds a batch whole only when every check is shed alike") {
+  ShedApi a;
+  Router router(a.service, nullptr, nullptr);
+  const auto shed = Priority::kSheddable;
+  const std::vector<CheckArgs> batch = {ruleCheck("open", "k1", shed),
+                                        ruleCheck("closed", "k2", shed),
+                                        ruleCheck("open", "k3", shed)};
+  ShedBatch out;
+  CHECK_FALSE(router.shedWhole(batch, out));  // no overload: the batch is decided
+
+  a.overload();
+  out = {};
+  REQUIRE(router.shedWhole(batch, out));
+  // One answer per rule, worked out once; each check points at its rule's.
+  REQUIRE(out.answers.size() == 2);
+  CHECK(out.which == std::vector<std::uint8_t>{0, 1, 0});
+  CHECK(out.answers[0].checks == 2);
+  REQUIRE(out.answers[0].outcome.ok());
+  CHECK(out.answers[0].outcome->allowed);
+  CHECK(out.answers[0].outcome->shed == ShedReason::kOverload);
+  REQUIRE(out.answers[1].outcome.ok());
+  CHECK_FALSE(out.answers[1].outcome->allowed);
+  CHECK(a.store->stats().entries == 0);  // nothing decided, nothing spent
+
+  // Any check that must be answered on its own sends the whole batch the check-by-check way.
+  CheckArgs release = ruleCheck("db", "k", shed);
+  release.release = 7;
+  CheckArgs refund = ruleCheck("open", "k", shed);
+  refund.refund = true;
+  CheckArgs inline_limit = ruleCheck("", "k", shed);
+  inline_limit.limit = {Algorithm::kTokenBucket, 5, 1min, 0};
+  for (const CheckArgs& odd :
+       {ruleCheck("open", "k", Priority::kCritical), ruleCheck("db", "k", shed), release, refund,
+        inline_limit, ruleCheck("open", "", shed)}) {
+    std::vector<CheckArgs> mixed = batch;
+    mixed.push_back(odd);
+    out = {};
+    CHECK_FALSE(router.shedWhole(mixed, out));
+  }
+}
+
+TEST_CASE("over RPC a batch shed whole answers each check as it would be answered alone") {
+  ShedApi a;
+  Metrics metrics{Metrics::Options{"node-1", "0.1.0", a.store.get(), {}, {}, {}}};
+  kj::EventLoop loop;
+  kj::WaitScope ws(loop);
+  Router router(a.service, nullptr, nullptr);
+  RpcCounters counters;
+  proto::Node::Client node(kj::heap<RpcService>(router, NodeInfoProvider{}, &metrics, counters,
+                                                nullptr, proto::Role::kClient));
+  const std::vector<std::pair<const char*, const char*>> checks = {
+      {"open", "k1"}, {"closed", "k2"}, {"open", "k3"}, {"nope", "k4"}};
+  const auto fill = [](proto::CheckRequest::Builder r, const char* rule, const char* key) {
+    r.setRule(rule);
+    r.setKey(key);
+    r.setPriority(proto::Priority::SHEDDABLE);
+  };
+  a.overload();
+  auto batch = node.checkBatchRequest();
+  batch.setVersion(proto::PROTOCOL_VERSION);
+  auto list = batch.initChecks(static_cast<unsigned>(checks.size()));
+  for (unsigned i = 0; i < checks.size(); ++i) fill(list[i], checks[i].first, checks[i].second);
+  const auto whole = batch.send().wait(ws);
+  REQUIRE(whole.getResults().size() == checks.size());
+  for (unsigned i = 0; i < checks.size(); ++i) {
+    auto one = node.checkRequest();
+    one.setVersion(proto::PROTOCOL_VERSION);
+    fill(one.initRequest(), checks[i].first, checks[i].second);
+    const auto alone = one.send().wait(ws).getResult();
+    const auto got = whole.getResults()[i];
+    CAPTURE(i);
+    CHECK(got.getError().getCode() == alone.getError().getCode());
+    CHECK(got.getAllowed() == alone.getAllowed());
+    CHECK(got.getDecidedAllowed() == alone.getDecidedAllowed());
+    CHECK(got.getLimit() == alone.getLimit());
+    CHECK(got.getRemaining() == alone.getRemaining());
+    CHECK(got.getResetAfterNs() == alone.getResetAfterNs());
+    CHECK(got.getRetryAfterNs() == alone.getRetryAfterNs());
+    CHECK(got.getPolicy() == alone.getPolicy());
+    CHECK(got.getPeriodMs() == alone.getPeriodMs());
+    CHECK(got.getShed() == alone.getShed());
+  }
+  CHECK(whole.getResults()[0].getShed() == proto::ShedReason::OVERLOAD);
+  CHECK(whole.getResults()[3].getError().getCode() == proto::ErrorCode::NOT_FOUND);
+  // Counted as the single checks are: 3 shed in the batch, 3 alone.
+  const std::string text = metrics.render();
+  CHECK(text.find("throttlex_shed_total{reason=\"overload\",priority=\"sheddable\"} 6") !=
+        std::string::npos);
+  CHECK(a.store->stats().entries == 0);
 }
