@@ -82,6 +82,10 @@ Status validate(const ClientOptions& o) {
     return bad("retry backoff: need 0 < min <= max");
   }
   if (o.ring_refresh.count() <= 0) return bad("ring_refresh must be positive");
+  // Written so that NaN fails too.
+  if (!(o.overload_throttle == 0 || (o.overload_throttle >= 1 && o.overload_throttle <= 1e6))) {
+    return bad("overload_throttle must be 0 (off) or 1..1000000");
+  }
   return Ok{};
 }
 
@@ -565,6 +569,7 @@ ClientStats Client::stats() const {
   out.checks_to_owner = s.checks_to_owner.load(std::memory_order_relaxed);
   out.checks_not_to_owner = s.checks_not_to_owner.load(std::memory_order_relaxed);
   out.ring_members = s.ring_members.load(std::memory_order_relaxed);
+  out.checks_shed_locally = s.checks_shed_locally.load(std::memory_order_relaxed);
   out.reports_failed = s.reports_failed.load(std::memory_order_relaxed);
   return out;
 }

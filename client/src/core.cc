@@ -3,8 +3,10 @@
 #include <kj/debug.h>
 
 #include <algorithm>
+#include <array>
 
 #include "client/src/convert.h"
+#include "client/src/throttle.h"
 #include "proto/node_connection.h"
 
 namespace throttlex::client::detail {
@@ -34,6 +36,22 @@ constexpr std::size_t kMaxRingMembers = 512;
 std::uint64_t bit(std::size_t index) {
   return std::uint64_t{1} << index;
 }
+
+std::int64_t nanos(kj::TimePoint t) {
+  return (t - kj::origin<kj::TimePoint>()) / kj::NANOSECONDS;
+}
+
+// Which of a node's throttles counts a check (0: normal, 1: sheddable); none: it is always sent,
+// as the node never sheds it for load (critical) or answers it alike for all keys (the rest).
+std::optional<std::size_t> throttleOf(const CheckSpec& s) {
+  if (s.rule.empty() || s.release != 0 || s.renew != 0 || s.refund) return std::nullopt;
+  if (s.priority == CheckSpec::Priority::kNormal) return 0;
+  if (s.priority == CheckSpec::Priority::kSheddable) return 1;
+  return std::nullopt;
+}
+
+// Rules whose shed answer is kept at most (a bound against a caller inventing rule names).
+constexpr std::size_t kMaxShedAnswers = 4096;
 
 std::string describe(const kj::Exception& e) {
   return std::string(e.getDescription().cStr());
@@ -113,6 +131,7 @@ struct Core::Node {
   std::deque<CheckRef> checks;                       // waiting to leave in a batch
   std::vector<std::unique_ptr<AdminPending>> admin;  // waiting for the connection
   kj::Canceler canceler;                             // see invariant 3
+  std::array<AdaptiveThrottle, 2> throttles;         // normal and sheddable checks (throttleOf)
 };
 
 struct Core::Batch {
@@ -160,6 +179,7 @@ Core::Core(const ClientOptions& options, kj::AsyncIoContext& io, AtomicStats& st
       route_to_owner_(options.route_to_owner),
       ring_refresh_(toKj(options.ring_refresh)),
       learn_on_connect_(options.lazy_connect),
+      overload_throttle_(options.overload_throttle),
       network_(io.provider->getNetwork()),
       timer_(io.provider->getTimer()),
       stats_(stats),
@@ -268,6 +288,7 @@ void Core::route(CheckRef check) {
                       policy_ == OnUnavailable::kReturnError ? unavailableReason() : "");
     return;
   }
+  if (overload_throttle_ > 0 && shedLocally(*nodes_[*index], check)) return;
   if (check.tried() != 0) AtomicStats::bump(stats_.failovers);
   if (owners_.active()) {
     AtomicStats::bump(owner ? stats_.checks_to_owner : stats_.checks_not_to_owner);
@@ -275,6 +296,45 @@ void Core::route(CheckRef check) {
   nodes_[*index]->checks.push_back(std::move(check));
   connect(*index);
   scheduleFlush(*index);
+}
+
+bool Core::shedLocally(Node& node, CheckRef& check) {
+  const auto which = throttleOf(check.spec());
+  if (!which) return false;
+  const kj::TimePoint now = timer_.now();
+  AdaptiveThrottle& throttle = node.throttles[*which];
+  throttle.request(nanos(now));
+  const double share = throttle.rejectShare(nanos(now), overload_throttle_);
+  if (share <= 0) return false;
+  random_ ^= random_ << 13;  // xorshift64
+  random_ ^= random_ >> 7;
+  random_ ^= random_ << 17;
+  if (static_cast<double>(random_ >> 11) * 0x1.0p-53 >= share) return false;
+  const auto cached = shed_answers_.find(check.spec().rule);
+  if (cached == shed_answers_.end() || now - cached->second.at > kj::SECONDS) return false;
+  CheckResult r = cached->second.result;
+  r.shed_locally = true;
+  check.complete(std::move(r));
+  AtomicStats::bump(stats_.checks_shed_locally);
+  return true;
+}
+
+void Core::countAnswer(Node& node, const CheckSpec& spec, const CheckResult& r, kj::TimePoint now) {
+  const auto which = throttleOf(spec);
+  if (!which) return;
+  if (r.shed == ShedReason::kNone) {
+    node.throttles[*which].accept(nanos(now), 1);
+    return;
+  }
+  // Kept fresh, but not copied for every shed answer of a batch: at most every 100 ms per rule.
+  if (r.shed != ShedReason::kOverload || !r.ok() || r.lease_id != 0) return;
+  auto it = shed_answers_.find(spec.rule);
+  if (it != shed_answers_.end()) {
+    if (now - it->second.at >= 100 * kj::MILLISECONDS) it->second = ShedAnswer{r, now};
+    return;
+  }
+  if (shed_answers_.size() >= kMaxShedAnswers) shed_answers_.clear();
+  shed_answers_.emplace(spec.rule, ShedAnswer{r, now});
 }
 
 void Core::route(std::unique_ptr<AdminPending> call) {
@@ -481,8 +541,11 @@ void Core::onBatchAnswered(Batch& batch,
       }
       return;
     }
+    const kj::TimePoint now = timer_.now();
     for (std::size_t i = 0; i < batch.checks.size(); ++i) {
-      batch.checks[i].complete(fromProto(results[static_cast<unsigned>(i)]));
+      CheckResult r = fromProto(results[static_cast<unsigned>(i)]);
+      if (overload_throttle_ > 0) countAnswer(node, batch.checks[i].spec(), r, now);
+      batch.checks[i].complete(std::move(r));
     }
   };
   // Reading a malformed answer throws (Cap'n Proto's own checks); it fails these checks only.

@@ -37,6 +37,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "client/src/routing.h"
@@ -64,6 +65,7 @@ struct AtomicStats {
   // Bumped on the client thread, and by reportAsync() for reports refused before sending: an
   // atomic add, as it has two writers.
   std::atomic<std::uint64_t> reports_failed{0};
+  std::atomic<std::uint64_t> checks_shed_locally{0};
 
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
@@ -243,6 +245,11 @@ class Core {
   std::optional<std::size_t> usableOwner(std::uint32_t slot, std::uint64_t tried) const;
   std::optional<std::size_t> nodeOfMember(const Member& member);
   void route(CheckRef check);
+  // Adaptive throttling (ClientOptions::overload_throttle): counts `check`, bound for `node`, and
+  // answers it here with its rule's last shed answer when the node's throttle says so.
+  bool shedLocally(Node& node, CheckRef& check);
+  // Counts the node's answer to a check: decided (accepted) or shed, and keeps a shed answer.
+  void countAnswer(Node& node, const CheckSpec& spec, const CheckResult& r, kj::TimePoint now);
   void route(std::unique_ptr<AdminPending> call);
   std::string unavailableReason() const;
 
@@ -276,6 +283,7 @@ class Core {
   const kj::Duration ring_refresh_;
   // lazy_connect: no probe asks nodeInfo at connect(), so the first connection does.
   const bool learn_on_connect_;
+  const double overload_throttle_;
   capnp::ReaderOptions reader_options_;
   kj::Network& network_;
   kj::Timer& timer_;
@@ -290,6 +298,15 @@ class Core {
   bool learned_ = false;     // some node answered nodeInfo: periodic refreshes may start
   bool refreshing_ = false;  // our own refresh is pending (at most one at a time)
   kj::TimePoint last_refresh_ = kj::origin<kj::TimePoint>();  // when the last one started
+
+  // Adaptive throttling: per rule, the last shed answer a node gave and when (a second old at
+  // most is used), and the random numbers that pick which checks stay here.
+  struct ShedAnswer {
+    CheckResult result;
+    kj::TimePoint at;
+  };
+  std::unordered_map<std::string, ShedAnswer> shed_answers_;
+  std::uint64_t random_ = 0x9E3779B97F4A7C15ULL;
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wnon-virtual-dtor"  // KJ's interface; never deleted through it

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <future>
 #include <mutex>
 #include <stdexcept>
@@ -19,6 +20,7 @@
 
 #include <capnp/ez-rpc.h>
 
+#include "client/src/throttle.h"
 #include "daemon/rpc/rpc_server.h"
 #include "daemon/service/limiter_service.h"
 #include "limiter/clock.h"
@@ -73,9 +75,10 @@ struct BlackHole {
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
-// A node that allows every check and notes the budget (deadlineMs) each one carried; its own
-// thread runs its event loop until the node is destroyed, which says so through a socket pair
-// (a hand-off ThreadSanitizer sees, unlike KJ's cross-thread executor).
+// A node that allows every check and notes the budget (deadlineMs) each one carried, or, while
+// shedding, answers every check shed by an `overload: allow` policy as an overloaded node does;
+// its own thread runs its event loop until the node is destroyed, which says so through a socket
+// pair (a hand-off ThreadSanitizer sees, unlike KJ's cross-thread executor).
 class BudgetNode {
  public:
   BudgetNode() {
@@ -99,6 +102,14 @@ class BudgetNode {
     std::lock_guard lock(mu_);
     return budgets_;
   }
+  std::size_t received() const {
+    std::lock_guard lock(mu_);
+    return budgets_.size();
+  }
+  void setShedding(bool shedding) {
+    std::lock_guard lock(mu_);
+    shedding_ = shedding;
+  }
 
  private:
 #pragma GCC diagnostic push
@@ -115,8 +126,13 @@ class BudgetNode {
       for (unsigned i = 0; i < checks.size(); ++i) {
         node_.budgets_.push_back(checks[i].getDeadlineMs());
         out[i].setAllowed(true);
-        out[i].setDecidedAllowed(true);
+        out[i].setDecidedAllowed(!node_.shedding_);
         out[i].setLimit(100);
+        if (node_.shedding_) {
+          out[i].setPolicy(checks[i].getRule());
+          out[i].setPeriodMs(1000);
+          out[i].setShed(throttlex::proto::ShedReason::OVERLOAD);
+        }
       }
       return kj::READY_NOW;
     }
@@ -141,6 +157,7 @@ class BudgetNode {
   int stop_[2] = {-1, -1};  // [0]: the destructor writes; [1]: the loop reads (and closes)
   mutable std::mutex mu_;
   std::vector<std::uint32_t> budgets_;
+  bool shedding_ = false;
 };
 
 // A loopback port nothing listens on (bound, then closed again).
@@ -188,6 +205,90 @@ TEST_CASE("connect refuses bad options") {
   o.max_batch = 10;
   o.deadline = 0ms;
   CHECK(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument);
+  o.deadline = 200ms;
+  for (double bad : {0.5, -1.0, std::nan(""), 2e6}) {
+    o.overload_throttle = bad;
+    CHECK_MESSAGE(tc::Client::connect(o).error().code == tc::ErrorCode::kInvalidArgument, bad);
+  }
+}
+
+TEST_CASE("adaptive throttling: the share a client answers itself, over the last second") {
+  using tc::detail::AdaptiveThrottle;
+  constexpr std::int64_t kMs = 1'000'000;
+  const std::int64_t t0 = 5'000 * kMs;
+  AdaptiveThrottle all_decided;
+  for (int i = 0; i < 100; ++i) all_decided.request(t0 + i * kMs);
+  all_decided.accept(t0 + 100 * kMs, 100);
+  CHECK(all_decided.rejectShare(t0 + 100 * kMs, 2.0) == 0);
+
+  AdaptiveThrottle all_shed;  // (requests - K * accepts) / (requests + 1)
+  for (int i = 0; i < 100; ++i) all_shed.request(t0 + i * kMs);
+  CHECK(all_shed.rejectShare(t0 + 100 * kMs, 2.0) == doctest::Approx(100.0 / 101));
+  all_shed.accept(t0 + 100 * kMs, 40);
+  CHECK(all_shed.rejectShare(t0 + 100 * kMs, 2.0) == doctest::Approx(20.0 / 101));
+  CHECK(all_shed.rejectShare(t0 + 100 * kMs, 1.0) == doctest::Approx(60.0 / 101));
+  CHECK(all_shed.rejectShare(t0 + 100 * kMs, 3.0) == 0);
+  // Counts are kept per 100 ms and forgotten a second later: the requests (t0 .. t0 + 99 ms) go
+  // at t0 + 1 s, the accepts (t0 + 100 ms) 100 ms after them.
+  CHECK(all_shed.rejectShare(t0 + 950 * kMs, 1.0) == doctest::Approx(60.0 / 101));
+  CHECK(all_shed.rejectShare(t0 + 1'000 * kMs, 1.0) == 0);
+  CHECK(all_shed.rejectShare(t0 + 1'100 * kMs, 1.0) == 0);
+  all_shed.request(t0 + 3'000 * kMs);
+  CHECK(all_shed.rejectShare(t0 + 3'000 * kMs, 2.0) == doctest::Approx(0.5));
+}
+
+TEST_CASE("adaptive throttling: while a node sheds, the client answers most checks itself") {
+  BudgetNode node;
+  node.setShedding(true);
+  tc::ClientOptions o;
+  o.nodes = {node.address()};
+  o.lazy_connect = true;
+  o.deadline = 5s;
+  auto client = connect(o);
+  tc::CheckSpec s;
+  s.rule = "search";
+  s.key = "k";
+  std::size_t local = 0;
+  constexpr std::size_t kChecks = 300;
+  for (std::size_t i = 0; i < kChecks; ++i) {
+    const tc::CheckResult r = client->check(s);
+    REQUIRE(r.ok());
+    // Answered here or by the node, a shed answer reads the same: the node's.
+    CHECK(r.shed == tc::ShedReason::kOverload);
+    CHECK(r.allowed);
+    CHECK(r.limit == 100);
+    CHECK(r.policy == "search");
+    CHECK(r.period == 1s);
+    if (r.shed_locally) ++local;
+  }
+  CHECK(local + node.received() == kChecks);
+  CHECK(local >= kChecks / 2);  // ~290 expected: the node decides none of what it gets
+  CHECK(client->stats().checks_shed_locally == local);
+
+  // Critical checks, releases and inline limits always go to the node.
+  const std::size_t before = node.received();
+  tc::CheckSpec critical = s;
+  critical.priority = tc::CheckSpec::Priority::kCritical;
+  tc::CheckSpec release = s;
+  release.release = 7;
+  for (int i = 0; i < 20; ++i) {
+    CHECK_FALSE(client->check(critical).shed_locally);
+    CHECK_FALSE(client->check(release).shed_locally);
+    CHECK_FALSE(client->check(spec("k")).shed_locally);
+  }
+  CHECK(node.received() == before + 60);
+
+  // Once the node decides again, the client sends everything again (within about a second, as
+  // its counts age): bounded in checks and in time.
+  node.setShedding(false);
+  std::size_t sent_in_a_row = 0;
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  for (int i = 0; i < 200'000 && sent_in_a_row < 50 && std::chrono::steady_clock::now() < give_up;
+       ++i) {
+    const tc::CheckResult r = client->check(s);
+    sent_in_a_row = r.shed_locally ? 0 : sent_in_a_row + 1;
+  }
+  CHECK(sent_in_a_row == 50);
 }
 
 TEST_CASE("connect fails fast and clearly when no node is reachable") {

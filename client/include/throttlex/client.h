@@ -177,6 +177,10 @@ struct CheckResult {
   // kNone: decided. Else the node was overloaded and answered `allowed` by the rule's overload
   // policy: not a decision about the key.
   ShedReason shed = ShedReason::kNone;
+  // A shed answer given by this client without asking a node: the node was shedding the checks
+  // it sent there (ClientOptions::overload_throttle). Its fields are the node's last shed answer
+  // for the rule.
+  bool shed_locally = false;
 
   bool ok() const { return error.code == ErrorCode::kNone; }
 };
@@ -221,6 +225,13 @@ struct ClientOptions {
   // key; all three or none. The certificate's common name is its role (client:NAME for checks,
   // admin:NAME for throttlectl's changes). The node's certificate is verified against the CA.
   std::string tls_ca, tls_cert, tls_key;
+  // Adaptive throttling (docs/overload.md): while a node sheds the checks of a priority that the
+  // client sends it, the client answers a share of the next ones of that priority itself, with
+  // the node's last shed answer for their rule (shed_locally), so that an overloaded node spends
+  // nothing on them. The node keeps getting about this many times what it decides (the Google
+  // SRE book's K), so it still sheds the rest itself and the client sees it recover. At least 1;
+  // 0: off. Critical checks, releases, renewals, refunds and inline limits are always sent.
+  double overload_throttle = 2.0;
 };
 
 // How one admitted call of an adaptive rule went (docs/adaptive.md). Wire values equal the
@@ -379,6 +390,7 @@ struct ClientStats {
   std::uint64_t checks_not_to_owner = 0;  // sent elsewhere: the owner was down, tried or unknown
   std::uint64_t ring_members = 0;         // members of the ring in use; 0: not routing
   std::uint64_t reports_failed = 0;       // reports reportAsync() could not deliver
+  std::uint64_t checks_shed_locally = 0;  // answered here by overload_throttle, not sent
 };
 
 class THROTTLEX_CLIENT_API Client {
