@@ -115,6 +115,7 @@ void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, S
   }
   if (r.shed != client::ShedReason::kNone) {
     bump(shed_);
+    if (r.shed_locally) bump(shed_locally_);
     return;
   }
   bump(r.allowed ? allowed_ : limited_);
@@ -136,7 +137,7 @@ Tally LoadConnection::tally() const {
   return {allowed_.load(std::memory_order_relaxed),  limited_.load(std::memory_order_relaxed),
           errors_.load(std::memory_order_relaxed),   fallbacks_.load(std::memory_order_relaxed),
           degraded_.load(std::memory_order_relaxed), shed_.load(std::memory_order_relaxed),
-          late_.load(std::memory_order_relaxed)};
+          late_.load(std::memory_order_relaxed),     shed_locally_.load(std::memory_order_relaxed)};
 }
 
 std::string LoadConnection::firstError() const {

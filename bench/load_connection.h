@@ -45,6 +45,8 @@ struct Tally {
   std::uint64_t shed = 0;       // answered by the rule's overload policy, not decided (not in
                                 // allowed/limited, nor in the latency histogram)
   std::uint64_t late = 0;       // of allowed + limited: decided after the measured window ended
+  std::uint64_t shed_locally =
+      0;  // of shed: answered by the client (ClientOptions::overload_throttle)
 };
 
 class LoadConnection {
@@ -97,7 +99,7 @@ class LoadConnection {
   LatencyHistogram wake_lateness_, send_lateness_;
   std::atomic<std::uint64_t> completed_{0};
   std::atomic<std::uint64_t> allowed_{0}, limited_{0}, errors_{0}, fallbacks_{0}, degraded_{0},
-      shed_{0}, late_{0};
+      shed_{0}, late_{0}, shed_locally_{0};
   std::atomic<bool> has_error_{false};
   mutable std::mutex error_mutex_;
   std::string first_error_;  // GUARDED_BY(error_mutex_)

@@ -4,15 +4,21 @@
 The node runs --threads 1 pinned to CPU 0; throttlex-bench (RPC, open loop, latency from each
 check's due time) runs pinned to CPU 1, so the generator's CPU share is fixed. Per round:
 
-  peak      closed loop, as fast as the node answers: P decisions/s
+  peak      closed loop, as fast as a node with protection off answers (8192 checks outstanding,
+            so that a node that stalls for most of each CFS period is not measured at
+            concurrency / latency): P decisions/s
   half      open loop at P/2: the p99 to compare with
-  2x on     open loop at 2P, overload protection on (the default target), all checks `normal`
-  2x off    the same with --overload-target-ms 0 (the node queues as before)
+  2x on     open loop at 2P, overload protection on (the default target), all checks `normal`,
+            the client's adaptive throttling off (--client-throttle 0): the node alone
+  2x on+c   the same with the client's adaptive throttling (K = 2, the client library's default)
+  2x off    the same with --overload-target-ms 0 (the node queues as before), no client throttling
   2x shed   the same as `2x on` with every check `sheddable`
+  2x shed+c the same with the client's adaptive throttling
 
 Reported per phase: the offered rate the generator reached (it may not reach 2P on one core:
 then its own lateness shows), goodput (decided checks/s) and its ratio to P, p99 of decided
-checks, shed answers, errors, and the node's RSS before and after. Medians over --rounds.
+checks, shed answers (and how many of them the client gave itself), errors, and the node's RSS
+before and after. Medians over --rounds.
 
 With --node-cpu PERCENT the node also gets only that share of its CPU (a cgroup v1 `cpu` group
 with CFS bandwidth: a quota of PERCENT% of every 10 ms period), so that a generator of one core
@@ -20,7 +26,7 @@ can offer twice what the node can decide. Needs root and the cgroup v1 cpu contr
 /sys/fs/cgroup/cpu; the group is removed afterwards.
 
 Bounded: each phase runs --seconds (default 5) plus 1 s of warm-up; every process is stopped by
-PID. Usage: bench/overload_report.py [--rounds 3] [--seconds 5] [--build build] [--node-cpu 25]
+PID. Usage: bench/overload_report.py [--rounds 3] [--seconds 5] [--build build] [--node-cpu 10]
 """
 import argparse
 import json
@@ -111,12 +117,13 @@ class Node:
         self.log.close()
 
 
-def bench(binary, node, seconds, rate=0.0, priority="normal"):
+def bench(binary, node, seconds, rate=0.0, priority="normal", client_throttle=0):
     args = ["taskset", "-c", "1", str(binary / "throttlex-bench"), "--node",
             f"127.0.0.1:{node.rpc}", "--rule", "bench", "--keys", "100000",
-            "--connections", "1", "--concurrency", "256" if rate == 0 else "100000",
+            "--connections", "1", "--concurrency", "8192" if rate == 0 else "100000",
             "--deadline", "30s",
-            "--duration", f"{seconds}s", "--warmup", "1s", "--priority", priority, "--json"]
+            "--duration", f"{seconds}s", "--warmup", "1s", "--priority", priority, "--json",
+            "--client-throttle", str(client_throttle)]
     if rate > 0:
         args += ["--rate", str(rate)]
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -126,28 +133,34 @@ def bench(binary, node, seconds, rate=0.0, priority="normal"):
     r = json.loads(p.stdout)
     offered = r["checks"] / r["duration_s"] if r["duration_s"] else 0
     return {"offered": offered, "goodput": r["goodput"], "p99_us": r["latency_us"]["p99"],
-            "shed": r.get("shed", 0), "errors": r["errors"] + r["fallbacks"],
+            "shed": r.get("shed", 0), "shed_locally": r.get("shed_locally", 0),
+            "errors": r["errors"] + r["fallbacks"],
             "late_us": (r.get("generator_lateness_us") or {}).get("send", {}).get("p99", 0)}
 
 
 def one_round(binary, work, seconds, share):
     rows = {}
-    node = Node(binary, work, [], share)
+    # The peak is the node's capacity: measured with protection off, since a closed loop against
+    # a shedding node gets shed answers back at once and sends the more (it overloads it).
+    node = Node(binary, work, ["--overload-target-ms", "0"], share)
     try:
         rows["peak"] = bench(binary, node, seconds)
         peak = rows["peak"]["goodput"]
-        rows["half"] = bench(binary, node, seconds, rate=peak / 2)
-        before = rss_kb(node.proc.pid)
-        rows["2x on"] = bench(binary, node, seconds, rate=2 * peak)
-        rows["2x shed"] = bench(binary, node, seconds, rate=2 * peak, priority="sheddable")
-        rows["2x on"]["rss_kb"] = (before, rss_kb(node.proc.pid))
-    finally:
-        node.stop()
-    node = Node(binary, work, ["--overload-target-ms", "0"], share)
-    try:
         before = rss_kb(node.proc.pid)
         rows["2x off"] = bench(binary, node, seconds, rate=2 * peak)
         rows["2x off"]["rss_kb"] = (before, rss_kb(node.proc.pid))
+    finally:
+        node.stop()
+    node = Node(binary, work, [], share)
+    try:
+        rows["half"] = bench(binary, node, seconds, rate=peak / 2)
+        before = rss_kb(node.proc.pid)
+        rows["2x on"] = bench(binary, node, seconds, rate=2 * peak)
+        rows["2x on+c"] = bench(binary, node, seconds, rate=2 * peak, client_throttle=2)
+        rows["2x shed"] = bench(binary, node, seconds, rate=2 * peak, priority="sheddable")
+        rows["2x shed+c"] = bench(binary, node, seconds, rate=2 * peak, priority="sheddable",
+                                  client_throttle=2)
+        rows["2x on"]["rss_kb"] = (before, rss_kb(node.proc.pid))
     finally:
         node.stop()
     return rows
@@ -175,18 +188,19 @@ def main():
     finally:
         if share is not None:
             share.remove()
-    phases = ["peak", "half", "2x on", "2x off", "2x shed"]
+    phases = ["peak", "half", "2x on", "2x on+c", "2x off", "2x shed", "2x shed+c"]
     med = lambda phase, k: statistics.median(r[phase][k] for r in rounds)
     peak = med("peak", "goodput")
     cpu = f" ({args.node_cpu:g}% of it)" if args.node_cpu > 0 else ""
     print(f"{os.cpu_count()} CPUs; node pinned to CPU 0{cpu}, generator to CPU 1; "
           f"medians of {args.rounds} rounds of {args.seconds} s")
-    print(f"{'phase':8} {'offered/s':>10} {'goodput/s':>10} {'x peak':>7} {'p99 ms':>9} "
-          f"{'shed':>8} {'errors':>7} {'gen late p99 ms':>16}")
+    print(f"{'phase':9} {'offered/s':>10} {'goodput/s':>10} {'x peak':>7} {'p99 ms':>9} "
+          f"{'shed':>8} {'by client':>9} {'errors':>7} {'gen late p99 ms':>16}")
     for ph in phases:
-        print(f"{ph:8} {med(ph, 'offered'):10.0f} {med(ph, 'goodput'):10.0f} "
+        print(f"{ph:9} {med(ph, 'offered'):10.0f} {med(ph, 'goodput'):10.0f} "
               f"{med(ph, 'goodput') / peak:7.2f} {med(ph, 'p99_us') / 1000:9.2f} "
-              f"{med(ph, 'shed'):8.0f} {med(ph, 'errors'):7.0f} {med(ph, 'late_us') / 1000:16.2f}")
+              f"{med(ph, 'shed'):8.0f} {med(ph, 'shed_locally'):9.0f} {med(ph, 'errors'):7.0f} "
+              f"{med(ph, 'late_us') / 1000:16.2f}")
     print("A generator lateness near the p99 means the queue was in the generator, not the node: "
           "the run measured the generator (give it more cores).")
     for ph in ("2x on", "2x off"):

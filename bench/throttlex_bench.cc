@@ -53,6 +53,7 @@ struct Flags {
   std::string deadline = "1s";
   std::string on_unavailable = "error";
   std::string priority = "normal";
+  double client_throttle = 2.0;
   std::string route = "owner";
   std::string key_prefix = "bench:";
   bool json = false;
@@ -140,6 +141,11 @@ void defineFlags(CLI::App& app, Flags& f) {
   app.add_option("--priority", f.priority,
                  "Every check's priority: normal, critical or sheddable (docs/overload.md)")
       ->check(CLI::IsMember({"normal", "critical", "sheddable"}));
+  app.add_option("--client-throttle", f.client_throttle,
+                 "The client's adaptive throttling while a node sheds (ClientOptions::"
+                 "overload_throttle, docs/overload.md): K >= 1, or 0 for off")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
   app.add_option("--on-unavailable", f.on_unavailable, "error, open or closed")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "open", "closed"}));
@@ -243,6 +249,7 @@ nlohmann::json reportJson(const Config& c, const Totals& t, const LatencyHistogr
       {"fallbacks", y.fallbacks},
       {"degraded", y.degraded},
       {"shed", y.shed},
+      {"shed_locally", y.shed_locally},
       {"route", c.flags.route},
       {"error_rate",
        checks == 0 ? 0.0
@@ -279,7 +286,8 @@ void printReport(std::ostream& out, const nlohmann::json& r) {
   out << "checks      " << r["checks"] << " in " << num(r["duration_s"])
       << " s: " << num(r["throughput"]) << " decisions/s\n"
       << "allowed     " << r["allowed"] << "\nlimited     " << r["limited"] << "\nerrors      "
-      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\nshed        " << r["shed"]
+      << r["errors"] << "\nfallbacks   " << r["fallbacks"] << "\nshed        " << r["shed"] << " ("
+      << r["shed_locally"] << " by the client)"
       << "\ndegraded    " << r["degraded"] << "\n"
       << "latency us  p50 " << num(l["p50"]) << "  p90 " << num(l["p90"]) << "  p99 "
       << num(l["p99"]) << "  p99.9 " << num(l["p99.9"]) << "  max " << num(l["max"]) << "  mean "
@@ -366,6 +374,7 @@ std::optional<int> connectAll(const Config& c, std::vector<std::unique_ptr<clien
   options.deadline = c.deadline;
   options.route_to_owner = c.flags.route == "owner";
   options.on_unavailable = c.on_unavailable;
+  options.overload_throttle = c.flags.client_throttle;
   options.tls_ca = c.flags.tls_ca;
   options.tls_cert = c.flags.tls_cert;
   options.tls_key = c.flags.tls_key;
@@ -399,6 +408,7 @@ void addUp(const std::vector<std::unique_ptr<LoadConnection>>& conns, Totals& to
     totals.tally.fallbacks += t.fallbacks;
     totals.tally.degraded += t.degraded;
     totals.tally.shed += t.shed;
+    totals.tally.shed_locally += t.shed_locally;
     totals.tally.late += t.late;
     if (totals.first_error.empty()) totals.first_error = conn->firstError();
   }
