@@ -149,9 +149,14 @@ interface Limiter {
   # not, the admitted ones are given back before the answer, `deniedBy` names the first check not
   # allowed (-1: the batch was allowed) and the given-back results say `refunded`. A malformed
   # check refuses the whole atomic batch (error), nothing spent.
+  # `compactShed` (clients only; appended): the caller reads a batch that an overloaded node shed
+  # whole (docs/overload.md) as `shedAnswers`, one per rule, shed reason and priority, and
+  # `shedIndex`, one byte per check naming its answer, with `results` empty. Without it every
+  # check gets a result of its own.
   checkBatch @1 (version :UInt16, checks :List(CheckRequest), hops :UInt8, decideByMs :Int64,
-                 atomic :Bool)
-      -> (version :UInt16, error :Error, results :List(CheckResult), deniedBy :Int32 = -1);
+                 atomic :Bool, compactShed :Bool)
+      -> (version :UInt16, error :Error, results :List(CheckResult), deniedBy :Int32 = -1,
+          shedAnswers :List(CheckResult), shedIndex :Data);
   # Node to node: the state of slots the sender no longer decides (ring change, drain). `entries`:
   # 32 bytes each (key hash hi, lo, state w0, w1; little-endian), merged keeping the more consumed
   # state. A handoff may take several calls; the last one lists the slots, which the receiver then

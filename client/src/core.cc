@@ -487,6 +487,7 @@ void Core::sendChecks(std::size_t index, Checks checks) {
   for (const CheckRef& check : checks) size.wordCount += wireWords(check.spec());
   auto request = node.conn->node.checkBatchRequest(size);
   request.setVersion(proto::PROTOCOL_VERSION);
+  request.setCompactShed(true);
   auto list = request.initChecks(static_cast<unsigned>(checks.size()));
   // The attempt gives up at the LATEST deadline in the batch: each submission has its own timer
   // for its own deadline, and one short deadline must not mark a healthy node down for everyone.
@@ -525,29 +526,7 @@ void Core::onBatchAnswered(Batch& batch,
     --node.in_flight;
     node.backoff = backoff_min_;
   }
-  auto deliver = [&] {
-    const Error error = fromProto(answer.getError());
-    if (error.code != ErrorCode::kNone) {
-      for (auto& check : batch.checks) check.complete(errorResult(error.code, error.message));
-      return;
-    }
-    const auto results = answer.getResults();
-    if (results.size() != batch.checks.size()) {
-      for (auto& check : batch.checks) {
-        check.complete(
-            errorResult(ErrorCode::kInternal, "the node answered " +
-                                                  std::to_string(results.size()) + " results to " +
-                                                  std::to_string(batch.checks.size()) + " checks"));
-      }
-      return;
-    }
-    const kj::TimePoint now = timer_.now();
-    for (std::size_t i = 0; i < batch.checks.size(); ++i) {
-      CheckResult r = fromProto(results[static_cast<unsigned>(i)]);
-      if (overload_throttle_ > 0) countAnswer(node, batch.checks[i].spec(), r, now);
-      batch.checks[i].complete(std::move(r));
-    }
-  };
+  auto deliver = [&] { deliverBatch(batch, answer); };
   // Reading a malformed answer throws (Cap'n Proto's own checks); it fails these checks only.
   KJ_IF_MAYBE (e, kj::runCatchingExceptions(deliver)) {
     for (auto& check : batch.checks) {
@@ -555,6 +534,51 @@ void Core::onBatchAnswered(Batch& batch,
     }
   }
   if (current) flush(batch.node);
+}
+
+void Core::deliverBatch(Batch& batch, capnp::Response<proto::Limiter::CheckBatchResults>& answer) {
+  const Error error = fromProto(answer.getError());
+  if (error.code != ErrorCode::kNone) {
+    for (auto& check : batch.checks) check.complete(errorResult(error.code, error.message));
+    return;
+  }
+  Node& node = *nodes_[batch.node];
+  const kj::TimePoint now = timer_.now();
+  const auto finish = [&](std::size_t i, CheckResult r) {
+    if (overload_throttle_ > 0) countAnswer(node, batch.checks[i].spec(), r, now);
+    batch.checks[i].complete(std::move(r));
+  };
+  const auto results = answer.getResults();
+  if (results.size() == 0 && answer.hasShedIndex()) {
+    // Shed whole and answered compactly (compactShed): each answer once, an index per check.
+    const auto index = answer.getShedIndex();
+    std::vector<CheckResult> answers;
+    for (const auto a : answer.getShedAnswers()) answers.push_back(fromProto(a));
+    const bool fits =
+        index.size() == batch.checks.size() &&
+        std::all_of(index.begin(), index.end(), [&](kj::byte k) { return k < answers.size(); });
+    if (!fits) {
+      for (auto& check : batch.checks) {
+        check.complete(errorResult(ErrorCode::kInternal,
+                                   "the node's shed answer does not match the batch's checks"));
+      }
+      return;
+    }
+    for (std::size_t i = 0; i < batch.checks.size(); ++i) finish(i, answers[index[i]]);
+    return;
+  }
+  if (results.size() != batch.checks.size()) {
+    for (auto& check : batch.checks) {
+      check.complete(
+          errorResult(ErrorCode::kInternal, "the node answered " + std::to_string(results.size()) +
+                                                " results to " +
+                                                std::to_string(batch.checks.size()) + " checks"));
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < batch.checks.size(); ++i) {
+    finish(i, fromProto(results[static_cast<unsigned>(i)]));
+  }
 }
 
 void Core::onBatchFailed(Batch& batch, kj::Exception&& e) {

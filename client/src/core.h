@@ -264,6 +264,9 @@ class Core {
   kj::TimePoint attemptDeadline(std::size_t index, kj::TimePoint deadline) const;
   void sendChecks(std::size_t index, Checks checks);
   void onBatchAnswered(Batch& batch, capnp::Response<proto::Limiter::CheckBatchResults>& answer);
+  // The node's answer, check by check (in full, or a batch shed whole answered compactly); throws
+  // on an answer Cap'n Proto cannot read.
+  void deliverBatch(Batch& batch, capnp::Response<proto::Limiter::CheckBatchResults>& answer);
   void onBatchFailed(Batch& batch, kj::Exception&& e);
   void sendAdmin(std::size_t index, std::unique_ptr<AdminPending> call);
   void onAdminFailed(AdminInFlight& call, kj::Exception&& e);

@@ -195,7 +195,7 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
   }
   if (params.getAtomic() && !from_peer) return checkAtomic(context, std::move(args), errors, start);
   if (ShedBatch shed; !from_peer && args.size() == checks.size() && router_.shedWhole(args, shed)) {
-    answerShed(results, shed, start);
+    answerShed(results, shed, start, params.getCompactShed());
     return kj::READY_NOW;
   }
   std::vector<Result<CheckOutcome>> outcomes;
@@ -280,10 +280,18 @@ void RpcService::answerBatch(proto::Limiter::CheckBatchResults::Builder results,
 }
 
 void RpcService::answerShed(proto::Limiter::CheckBatchResults::Builder results,
-                            const ShedBatch& shed, Instant start) {
-  auto list = results.initResults(static_cast<unsigned>(shed.which.size()));
-  for (std::size_t i = 0; i < shed.which.size(); ++i) {
-    encode(shed.answers[shed.which[i]].outcome, list[static_cast<unsigned>(i)]);
+                            const ShedBatch& shed, Instant start, bool compact) {
+  if (compact) {
+    auto answers = results.initShedAnswers(static_cast<unsigned>(shed.answers.size()));
+    for (std::size_t k = 0; k < shed.answers.size(); ++k) {
+      encode(shed.answers[k].outcome, answers[static_cast<unsigned>(k)]);
+    }
+    results.setShedIndex(kj::arrayPtr(shed.which.data(), shed.which.size()));
+  } else {
+    auto list = results.initResults(static_cast<unsigned>(shed.which.size()));
+    for (std::size_t i = 0; i < shed.which.size(); ++i) {
+      encode(shed.answers[shed.which[i]].outcome, list[static_cast<unsigned>(i)]);
+    }
   }
   if (metrics_ == nullptr) return;
   const auto latency = elapsedSince(start);

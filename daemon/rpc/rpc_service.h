@@ -88,9 +88,10 @@ class RpcService final : public proto::Node::Server {
   void record(const Result<CheckOutcome>& outcome, Instant start);
   kj::Promise<void> checkAtomic(CheckBatchContext context, std::vector<CheckArgs> args,
                                 const std::vector<std::optional<Error>>& errors, Instant start);
-  // A batch Router::shedWhole() shed: each check's answer in request order, counted per answer.
+  // A batch Router::shedWhole() shed: each check's answer in request order, or (`compact`: the
+  // caller asked for compactShed) each answer once and an index per check; counted per answer.
   void answerShed(proto::Limiter::CheckBatchResults::Builder results, const ShedBatch& shed,
-                  Instant start);
+                  Instant start, bool compact);
   void answerBatch(proto::Limiter::CheckBatchResults::Builder results,
                    const std::vector<std::optional<Error>>& errors,
                    const std::vector<Result<CheckOutcome>>& outcomes, Instant start,

@@ -76,9 +76,10 @@ struct BlackHole {
 };
 
 // A node that allows every check and notes the budget (deadlineMs) each one carried, or, while
-// shedding, answers every check shed by an `overload: allow` policy as an overloaded node does;
-// its own thread runs its event loop until the node is destroyed, which says so through a socket
-// pair (a hand-off ThreadSanitizer sees, unlike KJ's cross-thread executor).
+// shedding, answers every check shed by an `overload: allow` policy as an overloaded node does
+// (compactly, when the client asks for compactShed); its own thread runs its event loop until the
+// node is destroyed, which says so through a socket pair (a hand-off ThreadSanitizer sees, unlike
+// KJ's cross-thread executor).
 class BudgetNode {
  public:
   BudgetNode() {
@@ -106,9 +107,10 @@ class BudgetNode {
     std::lock_guard lock(mu_);
     return budgets_.size();
   }
-  void setShedding(bool shedding) {
+  void setShedding(bool shedding, bool bad_index = false) {
     std::lock_guard lock(mu_);
     shedding_ = shedding;
+    bad_index_ = bad_index;
   }
 
  private:
@@ -118,26 +120,49 @@ class BudgetNode {
    public:
     explicit Server(BudgetNode& node) : node_(node) {}
     kj::Promise<void> checkBatch(CheckBatchContext context) override {
-      const auto checks = context.getParams().getChecks();
+      const auto params = context.getParams();
+      const auto checks = params.getChecks();
       auto results = context.getResults();
       results.setVersion(throttlex::proto::PROTOCOL_VERSION);
-      auto out = results.initResults(checks.size());
       std::lock_guard lock(node_.mu_);
-      for (unsigned i = 0; i < checks.size(); ++i) {
-        node_.budgets_.push_back(checks[i].getDeadlineMs());
-        out[i].setAllowed(true);
-        out[i].setDecidedAllowed(!node_.shedding_);
-        out[i].setLimit(100);
-        if (node_.shedding_) {
-          out[i].setPolicy(checks[i].getRule());
-          out[i].setPeriodMs(1000);
-          out[i].setShed(throttlex::proto::ShedReason::OVERLOAD);
-        }
+      for (const auto check : checks) node_.budgets_.push_back(check.getDeadlineMs());
+      if (node_.shedding_ && params.getCompactShed()) {
+        answerCompactly(checks, results);
+        return kj::READY_NOW;
       }
+      auto out = results.initResults(checks.size());
+      for (unsigned i = 0; i < checks.size(); ++i) fill(out[i], checks[i].getRule());
       return kj::READY_NOW;
     }
 
    private:
+    void fill(throttlex::proto::CheckResult::Builder out, capnp::Text::Reader rule) const {
+      out.setAllowed(true);
+      out.setDecidedAllowed(!node_.shedding_);
+      out.setLimit(100);
+      if (node_.shedding_) {
+        out.setPolicy(rule);
+        out.setPeriodMs(1000);
+        out.setShed(throttlex::proto::ShedReason::OVERLOAD);
+      }
+    }
+    // As a node answers a batch it shed whole to a client that asked for compactShed: one answer
+    // per rule, an index per check (pointing past the answers when told to answer badly).
+    void answerCompactly(capnp::List<throttlex::proto::CheckRequest>::Reader checks,
+                         CheckBatchResults::Builder results) const {
+      std::vector<std::string> rules;
+      std::vector<kj::byte> index;
+      for (const auto check : checks) {
+        const std::string rule = check.getRule();
+        auto at = std::find(rules.begin(), rules.end(), rule);
+        if (at == rules.end()) at = rules.insert(rules.end(), rule);
+        index.push_back(static_cast<kj::byte>(at - rules.begin() + (node_.bad_index_ ? 100 : 0)));
+      }
+      auto answers = results.initShedAnswers(static_cast<unsigned>(rules.size()));
+      for (unsigned k = 0; k < rules.size(); ++k) fill(answers[k], rules[k]);
+      results.setShedIndex(kj::arrayPtr(index.data(), index.size()));
+    }
+
     BudgetNode& node_;
   };
 #pragma GCC diagnostic pop
@@ -158,6 +183,7 @@ class BudgetNode {
   mutable std::mutex mu_;
   std::vector<std::uint32_t> budgets_;
   bool shedding_ = false;
+  bool bad_index_ = false;
 };
 
 // A loopback port nothing listens on (bound, then closed again).
@@ -289,6 +315,26 @@ TEST_CASE("adaptive throttling: while a node sheds, the client answers most chec
     sent_in_a_row = r.shed_locally ? 0 : sent_in_a_row + 1;
   }
   CHECK(sent_in_a_row == 50);
+}
+
+TEST_CASE("a shed answer that does not match its batch fails those checks, not the client") {
+  BudgetNode node;
+  node.setShedding(true, /*bad_index=*/true);
+  tc::ClientOptions o;
+  o.nodes = {node.address()};
+  o.lazy_connect = true;
+  o.deadline = 5s;
+  auto client = connect(o);
+  tc::CheckSpec s;
+  s.rule = "search";
+  s.key = "k";
+  const tc::CheckResult bad = client->check(s);
+  CHECK(bad.error.code == tc::ErrorCode::kInternal);
+  CHECK(bad.error.message.find("does not match") != std::string::npos);
+  node.setShedding(false);
+  const tc::CheckResult good = client->check(s);
+  REQUIRE(good.ok());
+  CHECK(good.shed == tc::ShedReason::kNone);
 }
 
 TEST_CASE("connect fails fast and clearly when no node is reachable") {

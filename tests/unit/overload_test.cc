@@ -278,19 +278,17 @@ TEST_CASE("over RPC a batch shed whole answers each check as it would be answere
     r.setPriority(proto::Priority::SHEDDABLE);
   };
   a.overload();
-  auto batch = node.checkBatchRequest();
-  batch.setVersion(proto::PROTOCOL_VERSION);
-  auto list = batch.initChecks(static_cast<unsigned>(checks.size()));
-  for (unsigned i = 0; i < checks.size(); ++i) fill(list[i], checks[i].first, checks[i].second);
-  const auto whole = batch.send().wait(ws);
+  const auto sendBatch = [&](bool compact) {
+    auto batch = node.checkBatchRequest();
+    batch.setVersion(proto::PROTOCOL_VERSION);
+    batch.setCompactShed(compact);
+    auto list = batch.initChecks(static_cast<unsigned>(checks.size()));
+    for (unsigned i = 0; i < checks.size(); ++i) fill(list[i], checks[i].first, checks[i].second);
+    return batch.send().wait(ws);
+  };
+  const auto whole = sendBatch(false);
   REQUIRE(whole.getResults().size() == checks.size());
-  for (unsigned i = 0; i < checks.size(); ++i) {
-    auto one = node.checkRequest();
-    one.setVersion(proto::PROTOCOL_VERSION);
-    fill(one.initRequest(), checks[i].first, checks[i].second);
-    const auto alone = one.send().wait(ws).getResult();
-    const auto got = whole.getResults()[i];
-    CAPTURE(i);
+  const auto same = [](proto::CheckResult::Reader got, proto::CheckResult::Reader alone) {
     CHECK(got.getError().getCode() == alone.getError().getCode());
     CHECK(got.getAllowed() == alone.getAllowed());
     CHECK(got.getDecidedAllowed() == alone.getDecidedAllowed());
@@ -301,12 +299,32 @@ TEST_CASE("over RPC a batch shed whole answers each check as it would be answere
     CHECK(got.getPolicy() == alone.getPolicy());
     CHECK(got.getPeriodMs() == alone.getPeriodMs());
     CHECK(got.getShed() == alone.getShed());
+  };
+  for (unsigned i = 0; i < checks.size(); ++i) {
+    auto one = node.checkRequest();
+    one.setVersion(proto::PROTOCOL_VERSION);
+    fill(one.initRequest(), checks[i].first, checks[i].second);
+    CAPTURE(i);
+    same(whole.getResults()[i], one.send().wait(ws).getResult());
   }
   CHECK(whole.getResults()[0].getShed() == proto::ShedReason::OVERLOAD);
   CHECK(whole.getResults()[3].getError().getCode() == proto::ErrorCode::NOT_FOUND);
-  // Counted as the single checks are: 3 shed in the batch, 3 alone.
+
+  // A client that asks for compactShed gets each answer once and an index per check.
+  const auto compact = sendBatch(true);
+  CHECK(compact.getResults().size() == 0);
+  REQUIRE(compact.getShedAnswers().size() == 3);  // open, closed, nope
+  const auto index = compact.getShedIndex();
+  REQUIRE(index.size() == checks.size());
+  CHECK(index[0] == index[2]);
+  for (unsigned i = 0; i < checks.size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(index[i] < 3);
+    same(compact.getShedAnswers()[index[i]], whole.getResults()[i]);
+  }
+  // Counted as the single checks are: 3 shed in each batch, 3 alone.
   const std::string text = metrics.render();
-  CHECK(text.find("throttlex_shed_total{reason=\"overload\",priority=\"sheddable\"} 6") !=
+  CHECK(text.find("throttlex_shed_total{reason=\"overload\",priority=\"sheddable\"} 9") !=
         std::string::npos);
   CHECK(a.store->stats().entries == 0);
 }
