@@ -314,8 +314,8 @@ bool Core::shedLocally(Node& node, CheckRef& check) {
   if (cached == shed_answers_.end() || now - cached->second.at > kj::SECONDS) return false;
   CheckResult r = cached->second.result;
   r.shed_locally = true;
+  AtomicStats::bump(stats_.checks_shed_locally);  // before the caller can see the answer
   check.complete(std::move(r));
-  AtomicStats::bump(stats_.checks_shed_locally);
   return true;
 }
 
