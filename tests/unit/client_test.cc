@@ -214,6 +214,22 @@ std::unique_ptr<tc::Client> connect(std::vector<std::string> nodes) {
   return connect(std::move(options));
 }
 
+// A client of `node` alone that connects on its first call (the fake node has no nodeInfo).
+std::unique_ptr<tc::Client> connectLazily(const BudgetNode& node) {
+  tc::ClientOptions o;
+  o.nodes = {node.address()};
+  o.lazy_connect = true;
+  o.deadline = 5s;
+  return connect(std::move(o));
+}
+
+tc::CheckSpec ruleSpec(std::string rule, std::string key) {
+  tc::CheckSpec s;
+  s.rule = std::move(rule);
+  s.key = std::move(key);
+  return s;
+}
+
 }  // namespace
 
 TEST_CASE("connect refuses bad options") {
@@ -266,14 +282,8 @@ TEST_CASE("adaptive throttling: the share a client answers itself, over the last
 TEST_CASE("adaptive throttling: while a node sheds, the client answers most checks itself") {
   BudgetNode node;
   node.setShedding(true);
-  tc::ClientOptions o;
-  o.nodes = {node.address()};
-  o.lazy_connect = true;
-  o.deadline = 5s;
-  auto client = connect(o);
-  tc::CheckSpec s;
-  s.rule = "search";
-  s.key = "k";
+  auto client = connectLazily(node);
+  const tc::CheckSpec s = ruleSpec("search", "k");
   std::size_t local = 0;
   constexpr std::size_t kChecks = 300;
   for (std::size_t i = 0; i < kChecks; ++i) {
@@ -320,14 +330,8 @@ TEST_CASE("adaptive throttling: while a node sheds, the client answers most chec
 TEST_CASE("a shed answer that does not match its batch fails those checks, not the client") {
   BudgetNode node;
   node.setShedding(true, /*bad_index=*/true);
-  tc::ClientOptions o;
-  o.nodes = {node.address()};
-  o.lazy_connect = true;
-  o.deadline = 5s;
-  auto client = connect(o);
-  tc::CheckSpec s;
-  s.rule = "search";
-  s.key = "k";
+  auto client = connectLazily(node);
+  const tc::CheckSpec s = ruleSpec("search", "k");
   const tc::CheckResult bad = client->check(s);
   CHECK(bad.error.code == tc::ErrorCode::kInternal);
   CHECK(bad.error.message.find("does not match") != std::string::npos);
