@@ -278,34 +278,51 @@ class Loop {
     }
     SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
     Quiescence::Guard guard(keeper != nullptr ? &keeper->quiescence() : nullptr);
-    const SlotMode mode = keeper != nullptr ? keeper->mode(item.check.slot) : SlotMode::kOpen;
-    const bool past_limit = item.hops > kMaxHops;  // from a node that handed the slot over
-    if ((mode == SlotMode::kParked && (owner == RingView::kNoPeer || past_limit)) ||
-        (mode == SlotMode::kProxy && past_limit)) {  // its state is on the way
-      keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
-      return;
+    const std::uint32_t slot = item.check.slot;
+    RouteFacts facts;
+    facts.hops = item.hops;
+    facts.gate = keeper != nullptr;
+    facts.forwarder = view != nullptr;  // no ring yet: nowhere to send it
+    facts.mode = keeper != nullptr ? keeper->mode(slot) : SlotMode::kOpen;
+    facts.owned_elsewhere = owner != RingView::kNoPeer;
+    facts.stand_in = item.standin;
+    facts.handed_over =
+        facts.gate && item.hops > kMaxHops && facts.owned_elsewhere && keeper->handedOver(slot);
+    Peer* peer = nullptr;
+    if (facts.owned_elsewhere) {
+      peer = &peerOf(view->ring.members()[owner], view->rpc_address[owner]);
+      facts.owner_down = !usable(*peer);
     }
-    if ((mode == SlotMode::kProxy || (mode == SlotMode::kMoved && owner == RingView::kNoPeer)) &&
-        view) {
-      handOver(std::move(item), *view, mode);  // the runner-up (or proxied owner) decides it
-      return;
+    const RouteStep step = routeStep(facts);
+    switch (step) {
+      case RouteStep::kPark:
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        return;
+      case RouteStep::kDecideStandIn:
+        if (keeper->standInNeedsRecovery(slot)) {
+          keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+          return;
+        }
+        [[fallthrough]];
+      case RouteStep::kDecide:
+        deliver(item, impl_.service.check(item.check.args()));
+        return;
+      case RouteStep::kHandOver:
+        handOver(std::move(item), *view, facts.mode);  // the runner-up (or proxied owner)
+        return;
+      case RouteStep::kOwner:
+      case RouteStep::kStandIn:
+        break;
     }
-    const bool handed_on = past_limit && owner != RingView::kNoPeer && keeper != nullptr &&
-                           keeper->handedOver(item.check.slot) && item.hops < kMaxHops + 3;
-    if (owner == RingView::kNoPeer || mode == SlotMode::kClaimed || (past_limit && !handed_on)) {
-      deliver(item, impl_.service.check(item.check.args()));
-      return;
-    }
-    if (closing_ || item.attempts >= opt_.max_attempts) {
+    if (item.attempts >= opt_.max_attempts) {
       degrade(item);
       return;
     }
-    Peer& peer = peerOf(view->ring.members()[owner], view->rpc_address[owner]);
-    if (!usable(peer)) {
+    if (step == RouteStep::kStandIn) {
       standIn(std::move(item), *view, owner);
       return;
     }
-    enqueue(peer, std::move(item));
+    enqueue(*peer, std::move(item));
   }
 
   // Whether checks go to the peer: only while its breaker is closed. After the cooldown an open

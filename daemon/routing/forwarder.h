@@ -48,17 +48,13 @@
 #include <kj/timer.h>
 
 #include "daemon/routing/ring_view.h"
+#include "daemon/routing/route.h"
 #include "daemon/service/limiter_service.h"
 #include "proto/rpc_tls.h"
 
 namespace throttlex {
 
 class SlotGate;
-
-// A node forwards a check on only while it has passed fewer nodes than this; the last receiver
-// decides it wherever the ring says it belongs (views of the ring disagree for a moment: never
-// loop). Checks sent to a stand-in carry the limit already, so the stand-in decides them itself.
-inline constexpr std::uint8_t kMaxHops = 2;
 
 // A check that outlives the request that brought it: what travels to a peer.
 struct ForwardedCheck {

@@ -33,62 +33,34 @@ const RingView* Router::viewFor(std::uint8_t hops) const {
 Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const RingView* view,
                             std::uint32_t& slot) const {
   const bool multi = view != nullptr && view->ring.members().size() > 1;
-  // From the hop limit on, the ring is not consulted for ordinary routing (views disagree for a
-  // moment: never loop), but the slot keeper's modes and the ring's owner still matter.
+  // From the hop limit on, the ring is not consulted for ordinary routing, but the slot gate's
+  // modes and the ring's owner still matter (route.h).
   const bool at_limit = keeper_ != nullptr && hops >= kMaxHops && ring_ != nullptr;
   const bool keeping = keeper_ != nullptr && (keeper_->active() || at_limit);
   if (!multi && !keeping) return Where::kHere;
   if (!routable(args)) return Where::kHere;
   slot = slotOf(args.rule, args.key);
-  const std::uint32_t owner = multi ? view->peerFor(slot) : RingView::kNoPeer;
-  if (!keeping) return owner == RingView::kNoPeer ? Where::kHere : Where::kPeer;
-  const SlotMode mode = keeper_->mode(slot);
-  // Whether this node's ring gives the slot to another member (only asked at the hop limit).
-  const auto ownedElsewhere = [&] {
-    const std::shared_ptr<const RingView>& ring = ring_->current();
-    return ring && ring->peerFor(slot) != RingView::kNoPeer;
-  };
-  if (hops > kMaxHops) {
-    // Past the limit: sent on by a node that did not own the slot, or by one whose owner was
-    // unreachable (a stand-in check). Decided here, once the state is here; a drained node
-    // still passes it to the member holding the state (a bounded number of times).
-    switch (mode) {
-      case SlotMode::kParked:
-      case SlotMode::kProxy:
-        return Where::kPark;
-      case SlotMode::kMoved:
-        return forwarder_ != nullptr && hops < kMaxHops + 3 ? Where::kPeer : Where::kHere;
-      case SlotMode::kClaimed:
-        return Where::kHere;
-      case SlotMode::kOpen:
-        break;
-    }
-    if (ownedElsewhere()) {
-      // Handed over a moment ago: the new owner has the state (or it is on the way there).
-      if (keeper_->handedOver(slot) && forwarder_ != nullptr && hops < kMaxHops + 3) {
-        return Where::kPeer;
-      }
-      if (keeper_->standInNeedsRecovery(slot)) return Where::kPark;
-    }
-    return Where::kHere;
-  }
-  switch (mode) {
-    case SlotMode::kParked:
-      return owner == RingView::kNoPeer ? Where::kPark : Where::kPeer;
-    case SlotMode::kClaimed:
+  RouteFacts facts;
+  facts.hops = hops;
+  facts.gate = keeper_ != nullptr;
+  facts.forwarder = forwarder_ != nullptr;
+  facts.mode = keeping ? keeper_->mode(slot) : SlotMode::kOpen;
+  const RingView* ring = ring_ != nullptr ? ring_->current().get() : nullptr;  // `view` or null
+  facts.owned_elsewhere = ring != nullptr && ring->peerFor(slot) != RingView::kNoPeer;
+  facts.handed_over =
+      facts.gate && hops > kMaxHops && facts.owned_elsewhere && keeper_->handedOver(slot);
+  switch (routeStep(facts)) {
+    case RouteStep::kDecide:
       return Where::kHere;
-    case SlotMode::kMoved:  // the forwarder sends these to the slot's runner-up
-      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
-    case SlotMode::kProxy:  // the forwarder sends these to the member still deciding the slot
-      return forwarder_ != nullptr ? Where::kPeer : Where::kPark;
-    case SlotMode::kOpen:
-      break;
+    case RouteStep::kDecideStandIn:
+      return keeper_->standInNeedsRecovery(slot) ? Where::kPark : Where::kHere;
+    case RouteStep::kPark:
+      return Where::kPark;
+    case RouteStep::kOwner:
+    case RouteStep::kStandIn:
+    case RouteStep::kHandOver:
+      return Where::kPeer;  // the forwarder routes it again as it sends it
   }
-  if (owner != RingView::kNoPeer) return Where::kPeer;
-  // At the limit, a slot this node does not own by its ring goes to its owner by this ring, once
-  // more and past the limit, where it is decided: a node that handed the slot over, or a node
-  // that a newcomer with a partial view took for the previous owner, never decides it.
-  if (hops == kMaxHops && forwarder_ != nullptr && ownedElsewhere()) return Where::kPeer;
   return Where::kHere;
 }
 

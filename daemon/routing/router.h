@@ -2,12 +2,14 @@
 // the Forwarder. The one entry point of the HTTP API and the RPC server for checks.
 //
 // Thread-safe. Routing reads the ring through RingHolder's per-thread cache: no lock, no shared
-// write per check. A check is decided here, whatever the ring says, when
+// write per check. Where a check goes is routeStep()'s answer (route.h: the ring, the slot's mode
+// and the hops it passed; the forwarder asks it again as it sends the check). A check is decided
+// here, whatever the ring says, when
 //  - there is no forwarder or no cluster (one member),
 //  - it already passed kMaxHops nodes (views of the ring disagree for a moment: never loop) —
 //    with a slot gate (SlotKeeper), a check at the limit still goes once to its owner by this
 //    node's ring, and past the limit to the member that holds its slot's state (a slot moved or
-//    just handed over), up to kMaxHops + 3 hops; it waits here while the state is on the way,
+//    just handed over), up to kMaxRelayHops; it waits here while the state is on the way,
 //  - it is invalid in a way this node can see (bad key, bad inline limit): the error is the same
 //    everywhere, so there is nothing to ask the owner,
 //  - it enters here (hops 0) with an inline limit while inline limits are off (--inline-limits
