@@ -301,9 +301,14 @@ def main():
         p.error(f"--only takes names from {','.join(NAMES)}")
     if min(args.duration, args.rounds, args.rate, args.keys, args.fill_keys) <= 0:
         p.error("durations, rounds, rates and key counts must be positive")
-    missing = [t for t in ("wrk", "nginx", "node", "redis-server", "redis-cli") if not shutil.which(t)]
+    # What the chosen peers need (--only throttlex,nginx needs neither Node.js nor Redis).
+    node_peers = [n for n in names if n.startswith(("rlf-", "redis-"))]
+    tools = ["wrk"] + (["nginx"] if "nginx" in names else [])
+    tools += ["node"] if node_peers else []
+    tools += ["redis-server", "redis-cli"] if any(n != "rlf-memory" for n in node_peers) else []
+    missing = [t for t in tools if not shutil.which(t)]
     missing += [str(BIN / b) for b in ("throttlexd", "http-paced") if not (BIN / b).exists()]
-    if not (PEERS / "node_modules" / "rate-limiter-flexible").exists():
+    if node_peers and not (PEERS / "node_modules" / "rate-limiter-flexible").exists():
         missing.append("bench/peers/node_modules (npm ci --prefix bench/peers)")
     if missing:
         print("missing: " + ", ".join(missing), file=sys.stderr)
@@ -363,6 +368,21 @@ def main():
                      f"{f(s['half_p50_ms'], '.3f')} / {f(s['half_p99_ms'], '.3f')} | "
                      f"{f(s['bytes_per_key'], '.0f')} | {f(ratio(s, 'bytes_per_key'), '.2f')} | "
                      f"{s['errors']} / {s['requests']:,} |")
+    if base:
+        # A round measures every peer back to back, so the machine's drift between rounds (this
+        # VM's peaks move by ±25%) cancels in a ratio taken within the round.
+        paired = []
+        for n in names:
+            if n == "throttlex":
+                continue
+            rs = sorted(p["peak_rps"] / t["peak_rps"] for p, t in zip(rows[n], rows["throttlex"])
+                        if t["peak_rps"])
+            if rs:
+                summary[n]["peak_ratio_paired"] = statistics.median(rs)
+                paired.append(f"{n} {statistics.median(rs):.2f} ({rs[0]:.2f}–{rs[-1]:.2f})")
+        if paired:
+            lines += ["", "Peak × throttlex within each round (median of the rounds' ratios, and "
+                      "their range): " + ", ".join(paired) + "."]
     lines += ["", "Generator lateness (due → sent), p99 at the common rate / at half of peak: " +
               ", ".join(f"{n} {f(summary[n]['fixed_late_p99_ms'], '.3f')} / "
                         f"{f(summary[n]['half_late_p99_ms'], '.3f')} ms" for n in names) +
