@@ -264,13 +264,11 @@ Status Node::Parts::startRouting(RuleSet rules) {
   ForwarderOptions forwarder_options;
   forwarder_options.owner_silence = std::chrono::milliseconds(config.owner_silence_ms);
   forwarder_options.tls = outgoing;
-  auto f = Forwarder::start(forwarder_options, *service, ring);
+  auto f = Forwarder::start(forwarder_options, *service, ring, keeper.get());
   if (!f) return Error{f.error().code, "forwarder: " + f.error().message};
   forwarder = std::move(*f);
-  forwarder->setKeeper(keeper.get());
   router = std::make_unique<Router>(*service, &ring, forwarder.get(), keeper.get(),
                                     config.inline_limits);
-  keeper->setRouter(router.get());
   keeper->recoverAll();  // with --redis / --join: every slot waits for its snapshot / the cluster
   return Ok{};
 }

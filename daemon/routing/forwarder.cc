@@ -112,14 +112,29 @@ struct PeerCounters {
   std::atomic<std::uint64_t> calls{0}, checks{0}, failures{0}, opens{0};
 };
 
-struct Forwarder::Impl {
-  Impl(const ForwarderOptions& o, LimiterService& s, const RingHolder& r)
-      : options(o), service(s), ring(r), event_fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+// Parked checks come back here (Rerouter) when the forwarder parked them: routed again by the
+// calling thread's loop, or the forwarder thread's.
+struct Forwarder::Impl final : Rerouter {
+  Impl(const ForwarderOptions& o, LimiterService& s, const RingHolder& r, SlotGate* k)
+      : options(o),
+        service(s),
+        ring(r),
+        keeper(k),
+        event_fd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   ~Impl() {
     if (event_fd >= 0) ::close(event_fd);
   }
 
   void run(std::promise<void> ready);
+  // Forwarder::submit(): to the calling thread's loop, else handed to the forwarder thread.
+  void submit(Submission s);
+  void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
+               std::uint8_t hops) override {
+    const std::int64_t decide_by = check.decide_by_ms;
+    std::vector<ForwardedCheck> one;
+    one.push_back(std::move(check));
+    submit({std::move(one), {index}, std::move(sink), hops, decide_by});
+  }
   // Decides on the calling thread: locally when this node owns the key, else degraded.
   void decideHere(const ForwardedCheck& c, std::size_t index, ForwardSink& sink);
   void wake() {
@@ -130,7 +145,7 @@ struct Forwarder::Impl {
   const ForwarderOptions options;
   LimiterService& service;
   const RingHolder& ring;
-  std::atomic<SlotGate*> keeper{nullptr};
+  SlotGate* const keeper;  // null: every slot is open
   const int event_fd;
   std::thread thread;
 
@@ -276,7 +291,7 @@ class Loop {
               Error{ErrorCode::kNotDecided, "its decide-by time passed before it was sent on"});
       return;
     }
-    SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+    SlotGate* keeper = impl_.keeper;
     Quiescence::Guard guard(keeper != nullptr ? &keeper->quiescence() : nullptr);
     const std::uint32_t slot = item.check.slot;
     RouteFacts facts;
@@ -296,11 +311,11 @@ class Loop {
     const RouteStep step = routeStep(facts);
     switch (step) {
       case RouteStep::kPark:
-        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops, impl_);
         return;
       case RouteStep::kDecideStandIn:
         if (keeper->standInNeedsRecovery(slot)) {
-          keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+          keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops, impl_);
           return;
         }
         [[fallthrough]];
@@ -470,9 +485,9 @@ class Loop {
     item.hops = std::max<std::uint8_t>(item.hops, kMaxHops);
     bump(impl_.standin);
     if (runner == view.self) {
-      SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+      SlotGate* keeper = impl_.keeper;
       if (keeper != nullptr && keeper->standInNeedsRecovery(item.check.slot)) {
-        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops, impl_);
         return;
       }
       Result<CheckOutcome> r = impl_.service.check(item.check.args());
@@ -495,12 +510,12 @@ class Loop {
     if (mode == SlotMode::kProxy) {
       // To the member that still decides the slot (it was the runner-up when the slot was
       // gained; another join may have put a member in between since).
-      SlotGate* keeper = impl_.keeper.load(std::memory_order_acquire);
+      SlotGate* keeper = impl_.keeper;
       const std::string from = keeper->proxyTarget(item.check.slot);
       const auto& members = view.ring.members();
       const auto it = std::find(members.begin(), members.end(), from);
       if (it == members.end()) {  // gone: the keeper reads the slot from Redis instead
-        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops);
+        keeper->park(std::move(item.check), item.index, std::move(item.sink), item.hops, impl_);
         return;
       }
       runner = static_cast<std::uint32_t>(it - members.begin());
@@ -933,12 +948,12 @@ void Forwarder::Impl::run(std::promise<void> ready) {
 Forwarder::Forwarder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Result<std::unique_ptr<Forwarder>> Forwarder::start(const ForwarderOptions& options,
-                                                    LimiterService& service,
-                                                    const RingHolder& ring) {
+                                                    LimiterService& service, const RingHolder& ring,
+                                                    SlotGate* keeper) {
   if (options.max_batch == 0 || options.max_batch > kMaxBatchChecks) {
     return invalidArgument("forward batch size must be 1 to 1000");
   }
-  auto impl = std::make_unique<Impl>(options, service, ring);
+  auto impl = std::make_unique<Impl>(options, service, ring, keeper);
   if (impl->event_fd < 0) return Error{ErrorCode::kInternal, "eventfd failed"};
   std::promise<void> ready;
   auto started = ready.get_future();
@@ -956,32 +971,32 @@ Forwarder::~Forwarder() {
   stop();
 }
 
-void Forwarder::setKeeper(SlotGate* keeper) {
-  impl_->keeper.store(keeper, std::memory_order_release);
-}
-
 void Forwarder::submit(std::vector<ForwardedCheck> checks, std::vector<std::size_t> indices,
                        std::shared_ptr<ForwardSink> sink, std::uint8_t hops,
                        std::int64_t decide_by_ms) {
+  impl_->submit({std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
+}
+
+void Forwarder::Impl::submit(Submission s) {
   for (const auto& [owner, loop] : t_loops) {
-    if (owner == impl_.get()) {  // this thread forwards its own checks
-      loop->submit({std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
+    if (owner == this) {  // this thread forwards its own checks
+      loop->submit(std::move(s));
       return;
     }
   }
-  bump(impl_->handoffs, checks.size());
-  MutexLock lock(impl_->mu);
-  if (impl_->closed) {  // stopped: decided at once on this thread
+  bump(handoffs, s.checks.size());
+  MutexLock lock(mu);
+  if (closed) {  // stopped: decided at once on this thread
     lock.unlock();
-    for (std::size_t i = 0; i < checks.size(); ++i) impl_->decideHere(checks[i], indices[i], *sink);
+    for (std::size_t i = 0; i < s.checks.size(); ++i)
+      decideHere(s.checks[i], s.indices[i], *s.sink);
     return;
   }
   // Only the first submission after a drain writes the eventfd: a burst costs one syscall.
-  const bool wake = !std::exchange(impl_->wake_pending, true);
-  impl_->inbox.push_back(
-      {std::move(checks), std::move(indices), std::move(sink), hops, decide_by_ms});
+  const bool wake_now = !std::exchange(wake_pending, true);
+  inbox.push_back(std::move(s));
   lock.unlock();
-  if (wake) impl_->wake();
+  if (wake_now) wake();
 }
 
 void Forwarder::stop() {

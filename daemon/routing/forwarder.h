@@ -173,9 +173,11 @@ class ForwarderThread {
 
 class Forwarder {
  public:
-  // Starts the thread. `service` and `ring` must outlive the forwarder.
+  // Starts the thread. `service`, `ring` and `keeper` must outlive the forwarder. `keeper`: where
+  // checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
   static Result<std::unique_ptr<Forwarder>> start(const ForwarderOptions& options,
-                                                  LimiterService& service, const RingHolder& ring);
+                                                  LimiterService& service, const RingHolder& ring,
+                                                  SlotGate* keeper = nullptr);
   ~Forwarder();  // stop()s
   Forwarder(const Forwarder&) = delete;
   Forwarder& operator=(const Forwarder&) = delete;
@@ -191,9 +193,6 @@ class Forwarder {
   // On a thread that runs a KJ event loop whose timer is `timer`: from now on, checks submitted
   // on this thread are forwarded by a loop of this thread, with connections of its own.
   std::unique_ptr<ForwarderThread> attachThread(kj::Timer& timer, PeerConnector connect);
-
-  // Where checks of slots whose state is on the way wait (daemon/slots/slot_keeper.h); null: none.
-  void setKeeper(SlotGate* keeper);
 
   // Completes everything pending and joins the thread. Idempotent; any thread but the
   // forwarder's own.

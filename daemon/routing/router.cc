@@ -304,7 +304,7 @@ void Router::forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink) {
   for (std::size_t i = 0; i < forwarding.parked.size(); ++i) {
     if (forwarding.decide_by_ms != 0) forwarding.parked[i].decide_by_ms = forwarding.decide_by_ms;
     keeper_->park(std::move(forwarding.parked[i]), forwarding.parked_indices[i], sink,
-                  forwarding.hops);
+                  forwarding.hops, *this);
   }
   if (forwarding.checks.empty()) return;
   forwarder_->submit(std::move(forwarding.checks), std::move(forwarding.indices), std::move(sink),

@@ -91,7 +91,7 @@ struct ShedBatch {
   std::vector<std::uint8_t> which;  // per check, the index of its answer
 };
 
-class Router {
+class Router final : public Rerouter {
  public:
   // `ring` and `forwarder` may be null: every check is then decided here. `keeper` may be null
   // (no recovery or handoff): then every slot is open.
@@ -120,7 +120,7 @@ class Router {
   // Routes one check again (a parked check whose slot opened): its result goes to
   // sink->deliver(index, ...), now or later.
   void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
-               std::uint8_t hops);
+               std::uint8_t hops) override;
 
   // Decides `args` here and at their owners; `done` gets every outcome in request order, once: on
   // this thread when nothing was forwarded, else where the last answer arrives.

@@ -5,7 +5,6 @@
 #include <future>
 
 #include "daemon/base/log.h"
-#include "daemon/routing/router.h"
 #include "limiter/mutex.h"
 #include "persistence/merge.h"
 
@@ -135,13 +134,13 @@ void SlotKeeper::setModeLocked(std::uint32_t slot, SlotMode mode) {
 }
 
 void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
-                      std::uint8_t hops) {
+                      std::uint8_t hops, Rerouter& back) {
   {
     MutexLock guard(mu_);
     const SlotMode m = mode(check.slot);
     if ((m == SlotMode::kParked || m == SlotMode::kProxy) && !stopping_) {
       const std::uint32_t slot = check.slot;
-      parked_[slot].push_back({std::move(check), index, std::move(sink), hops});
+      parked_[slot].push_back({std::move(check), index, std::move(sink), hops, &back});
       counters_.parked_now.fetch_add(1, std::memory_order_relaxed);
       counters_.parked_total.fetch_add(1, std::memory_order_relaxed);
       auto w = waiting_.find(slot);
@@ -159,18 +158,12 @@ void SlotKeeper::park(ForwardedCheck check, std::size_t index, std::shared_ptr<F
     }
   }
   std::vector<Parked> now;
-  now.push_back({std::move(check), index, std::move(sink), hops});
+  now.push_back({std::move(check), index, std::move(sink), hops, &back});
   release(std::move(now));
 }
 
 void SlotKeeper::release(std::vector<Parked> parked) {
-  for (Parked& p : parked) {
-    if (router_ != nullptr) {
-      router_->reroute(std::move(p.check), p.index, std::move(p.sink), p.hops);
-    } else {
-      p.sink->deliver(p.index, Error{ErrorCode::kUnavailable, "node not ready"});
-    }
-  }
+  for (Parked& p : parked) p.back->reroute(std::move(p.check), p.index, std::move(p.sink), p.hops);
 }
 
 void SlotKeeper::openIfReady(const std::vector<std::uint32_t>& slots) {

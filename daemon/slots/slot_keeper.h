@@ -31,8 +31,8 @@
 //
 // Threads: one worker thread of its own runs ring changes, recoveries and handoff sends (sends
 // block it, bounded by their deadline). park() and the mode reads are for any thread; receive()
-// for RPC threads. Parked checks are released (re-routed through the Router) on the thread that
-// opens the slot.
+// for RPC threads. Parked checks are released (handed back to whoever parked them: the Router or
+// the Forwarder) on the thread that opens the slot.
 #pragma once
 
 #include <array>
@@ -60,8 +60,6 @@
 #include "persistence/snapshot_store.h"
 
 namespace throttlex {
-
-class Router;
 
 // Sends a handoff to the node at `address` and waits for its answer (bounded by `timeout`).
 // `slots` is set on the last call of a handoff only: the receiver opens or claims them then.
@@ -97,9 +95,6 @@ class SlotKeeper final : public SlotGate {
   SlotKeeper(const SlotKeeper&) = delete;
   SlotKeeper& operator=(const SlotKeeper&) = delete;
 
-  // Before any check: where parked checks go when their slot opens.
-  void setRouter(Router* router) { router_ = router; }
-
   // Hot path (any thread). active(): some slot is not open (else mode() is always kOpen).
   bool active() const override { return not_open_.load(std::memory_order_relaxed) != 0; }
   SlotMode mode(std::uint32_t slot) const override {
@@ -108,10 +103,10 @@ class SlotKeeper final : public SlotGate {
   bool hasSnapshots() const { return options_.snapshots != nullptr; }
   Quiescence& quiescence() override { return quiet_; }
 
-  // A check whose slot is parked: held until the slot opens, then re-routed. If the slot opened
-  // meanwhile it is re-routed at once.
+  // A check whose slot is parked: held until the slot opens, then handed to `back` to be routed
+  // again. If the slot opened meanwhile, at once.
   void park(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
-            std::uint8_t hops) override;
+            std::uint8_t hops, Rerouter& back) override;
   // This node is about to decide `slot` as a stand-in (its owner elsewhere): true when the slot
   // must be read from the snapshot store first (it is parked now; park() the check).
   bool standInNeedsRecovery(std::uint32_t slot) override;
@@ -159,6 +154,7 @@ class SlotKeeper final : public SlotGate {
     std::size_t index;
     std::shared_ptr<ForwardSink> sink;
     std::uint8_t hops;
+    Rerouter* back;  // who routes it again (park())
   };
   struct Waiting {  // a parked or proxied slot: what it still waits for
     bool push = false;
@@ -203,7 +199,6 @@ class SlotKeeper final : public SlotGate {
   const SlotKeeperOptions options_;
   Store& store_;
   const Clock& clock_;
-  Router* router_ = nullptr;  // set before use
   Quiescence quiet_;
 
   std::array<std::atomic<std::uint8_t>, kSlotCount> modes_{};  // written under mu_

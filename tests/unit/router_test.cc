@@ -117,7 +117,7 @@ class FakeGate final : public SlotGate {
   }
   Quiescence& quiescence() override { return quiescence_; }
   void park(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink> sink,
-            std::uint8_t hops) override {
+            std::uint8_t hops, Rerouter&) override {
     parked.push_back({check.key, check.slot, index, sink.get(), hops});
   }
   bool standInNeedsRecovery(std::uint32_t) override { return false; }

@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <future>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "daemon/routing/router.h"
 #include "daemon/service/limiter_service.h"
@@ -45,9 +48,7 @@ struct Node {
       : store(makeStore()),
         service(*store, clock, noRules(), ""),
         keeper(std::move(options), *store, clock),
-        router(service, nullptr, nullptr, &keeper) {
-    keeper.setRouter(&router);
-  }
+        router(service, nullptr, nullptr, &keeper) {}
   std::unique_ptr<Store> store;
   LimiterService service;
   SlotKeeper keeper;
@@ -155,6 +156,103 @@ TEST_CASE("a check waits for its slot's snapshot until the recovery deadline, no
   CHECK(n.keeper.stats().parked_now == 0);
   CHECK(n.keeper.stats().recovery_timeouts > 0);
   CHECK(n.keeper.waitStarted(5s));
+}
+
+// Records the checks a keeper hands back; `got` is fulfilled with the first.
+struct BackRouter final : Rerouter {
+  struct Back {
+    std::string key;
+    std::size_t index;
+    std::uint8_t hops;
+    std::thread::id thread;
+  };
+  std::mutex mu;
+  std::vector<Back> back;
+  std::promise<void> first;
+  void reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<ForwardSink>,
+               std::uint8_t hops) override {
+    std::lock_guard lock(mu);
+    back.push_back({check.key, index, hops, std::this_thread::get_id()});
+    if (back.size() == 1) first.set_value();
+  }
+  std::vector<Back> taken() {
+    std::lock_guard lock(mu);
+    return back;
+  }
+};
+
+TEST_CASE("a parked check goes back to whoever parked it: when its slot opens, or at stop") {
+  ManualClock clock(kStart);
+  persistence::FakeSnapshotStore snapshots(clock);
+  snapshots.setHold(true);  // Redis has not answered yet
+  SlotKeeperOptions o;
+  o.self_id = "a";
+  o.snapshots = &snapshots;
+  o.recovery_timeout = 10s;
+  Node n(o, clock);
+  n.keeper.recoverAll();
+  REQUIRE(snapshots.waitHeld(1, 5s));  // the first read is out: every slot waits
+
+  BackRouter router, forwarder;  // the two that park checks in a node
+  const std::uint32_t slot = slotOf(hashOf("user:1"));
+  auto sink = std::make_shared<Sink>();
+  n.keeper.park(ForwardedCheck::from(args("user:1"), slot), 7, sink, 0, router);
+  n.keeper.park(ForwardedCheck::from(args("user:1"), slot), 9, sink, 3, forwarder);
+  CHECK(n.keeper.stats().parked_now == 2);
+  CHECK(router.taken().empty());
+  CHECK(forwarder.taken().empty());
+
+  auto opened = router.first.get_future();
+  std::size_t reads = 0;
+  while (reads < kSlotCount / 256) {  // Redis answers: every slot opens
+    REQUIRE(snapshots.waitHeld(1, 5s));
+    reads += snapshots.release();
+  }
+  REQUIRE(opened.wait_for(5s) == std::future_status::ready);
+  REQUIRE(forwarder.first.get_future().wait_for(5s) == std::future_status::ready);
+  const auto r = router.taken();
+  const auto f = forwarder.taken();
+  REQUIRE(r.size() == 1);
+  REQUIRE(f.size() == 1);
+  CHECK(r[0].key == "user:1");
+  CHECK(r[0].index == 7);
+  CHECK(r[0].hops == 0);
+  CHECK(f[0].index == 9);
+  CHECK(f[0].hops == 3);
+  REQUIRE(n.keeper.waitStarted(5s));
+  CHECK(n.keeper.stats().parked_now == 0);
+
+  // An open slot: handed back at once, on the caller's thread.
+  BackRouter now;
+  n.keeper.park(ForwardedCheck::from(args("user:1"), slot), 1, sink, 0, now);
+  const auto at_once = now.taken();
+  REQUIRE(at_once.size() == 1);
+  CHECK(at_once[0].thread == std::this_thread::get_id());
+}
+
+TEST_CASE("a keeper that stops hands back every check still waiting, to whoever parked it") {
+  ManualClock clock(kStart);
+  persistence::FakeSnapshotStore snapshots(clock);
+  snapshots.setHold(true);  // Redis never answers
+  SlotKeeperOptions o;
+  o.self_id = "a";
+  o.snapshots = &snapshots;
+  o.recovery_timeout = 10s;
+  Node n(o, clock);
+  n.keeper.recoverAll();
+  REQUIRE(snapshots.waitHeld(1, 5s));
+  BackRouter a, b;
+  auto sink = std::make_shared<Sink>();
+  for (std::size_t i = 0; i < 3; ++i) {
+    const std::string key = "user:" + std::to_string(i);
+    n.keeper.park(ForwardedCheck::from(args(key), slotOf(hashOf(key))), i, sink, 0,
+                  i % 2 == 0 ? a : b);
+  }
+  CHECK(n.keeper.stats().parked_now == 3);
+  n.keeper.stop();  // before any snapshot came: each check goes back, to be decided on what is here
+  CHECK(a.taken().size() == 2);
+  CHECK(b.taken().size() == 1);
+  CHECK(b.taken()[0].index == 1);
 }
 
 TEST_CASE("lazy recovery reads a slot when its first check arrives, and only that slot") {
