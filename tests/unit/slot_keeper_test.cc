@@ -55,6 +55,23 @@ struct Node {
   Router router;
 };
 
+// A node recovering from a snapshot store that holds every read back (Redis has not answered):
+// once constructed, the first read is out and every slot waits.
+struct Recovering {
+  explicit Recovering(SlotKeeperOptions o = {}) {
+    snapshots.setHold(true);
+    o.self_id = "a";
+    o.snapshots = &snapshots;
+    o.recovery_timeout = 10s;
+    node = std::make_unique<Node>(std::move(o), clock);
+    node->keeper.recoverAll();
+    REQUIRE(snapshots.waitHeld(1, 5s));
+  }
+  ManualClock clock{kStart};
+  persistence::FakeSnapshotStore snapshots{clock};
+  std::unique_ptr<Node> node;
+};
+
 CheckArgs args(const std::string& key, std::uint64_t hits = 1) {
   CheckArgs a;
   a.key = key;
@@ -126,17 +143,11 @@ TEST_CASE(
 }
 
 TEST_CASE("a check waits for its slot's snapshot until the recovery deadline, not longer") {
-  ManualClock clock(kStart);
-  persistence::FakeSnapshotStore snapshots(clock);
-  snapshots.setHold(true);  // Redis never answers
   SlotKeeperOptions o;
-  o.self_id = "a";
-  o.snapshots = &snapshots;
-  o.recovery_timeout = 10s;
   o.startup_timeout = 10s;
-  Node n(o, clock);
-  n.keeper.recoverAll();
-  REQUIRE(snapshots.waitHeld(1, 5s));  // the first read is out
+  Recovering r(o);  // Redis never answers
+  Node& n = *r.node;
+  ManualClock& clock = r.clock;
 
   Forwarding forwarding;
   REQUIRE_FALSE(n.router.check(args("user:late"), 0, forwarding).has_value());
@@ -181,17 +192,10 @@ struct BackRouter final : Rerouter {
   }
 };
 
-TEST_CASE("a parked check goes back to whoever parked it: when its slot opens, or at stop") {
-  ManualClock clock(kStart);
-  persistence::FakeSnapshotStore snapshots(clock);
-  snapshots.setHold(true);  // Redis has not answered yet
-  SlotKeeperOptions o;
-  o.self_id = "a";
-  o.snapshots = &snapshots;
-  o.recovery_timeout = 10s;
-  Node n(o, clock);
-  n.keeper.recoverAll();
-  REQUIRE(snapshots.waitHeld(1, 5s));  // the first read is out: every slot waits
+TEST_CASE("a parked check goes back to whoever parked it: when its slot opens, or at once") {
+  Recovering rec;
+  Node& n = *rec.node;
+  persistence::FakeSnapshotStore& snapshots = rec.snapshots;
 
   BackRouter router, forwarder;  // the two that park checks in a node
   const std::uint32_t slot = slotOf(hashOf("user:1"));
@@ -231,16 +235,8 @@ TEST_CASE("a parked check goes back to whoever parked it: when its slot opens, o
 }
 
 TEST_CASE("a keeper that stops hands back every check still waiting, to whoever parked it") {
-  ManualClock clock(kStart);
-  persistence::FakeSnapshotStore snapshots(clock);
-  snapshots.setHold(true);  // Redis never answers
-  SlotKeeperOptions o;
-  o.self_id = "a";
-  o.snapshots = &snapshots;
-  o.recovery_timeout = 10s;
-  Node n(o, clock);
-  n.keeper.recoverAll();
-  REQUIRE(snapshots.waitHeld(1, 5s));
+  Recovering r;  // Redis never answers
+  Node& n = *r.node;
   BackRouter a, b;
   auto sink = std::make_shared<Sink>();
   for (std::size_t i = 0; i < 3; ++i) {
