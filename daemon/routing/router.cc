@@ -64,7 +64,13 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
   return Where::kHere;
 }
 
-std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::uint8_t hops) {
+Admission Router::admit() {
+  OverloadDetector* overload = OverloadDetector::current();
+  return {service_.clock().monotonic(), overload != nullptr && overload->draw()};
+}
+
+std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::uint8_t hops,
+                                                    const Admission& entry) {
   if (hops != 0) return std::nullopt;
   if (refused(args, hops)) return inlineRefused();
   const OverloadDetector* overload = OverloadDetector::current();
@@ -74,7 +80,7 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
   if (overload == nullptr || args.release != 0 || args.renew != 0 || args.refund) {
     return std::nullopt;
   }
-  const auto why = overload->shed(args.priority, service_.clock().monotonic(), args.deadline);
+  const auto why = overload->shed(args.priority, entry.now, entry.in_share, args.deadline);
   if (!why) return std::nullopt;
   auto o = service_.shedOutcome(args, *why);
   if (o) o->priority = args.priority;
@@ -83,7 +89,9 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
 
 std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
                                                   Forwarding& forwarding) {
-  if (auto answered = atEntry(args, hops)) return answered;
+  if (hops == 0) {
+    if (auto answered = atEntry(args, hops, admit())) return answered;
+  }
   Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   std::uint32_t slot = 0;
   forwarding.hops = hops;
@@ -113,15 +121,14 @@ bool shedAlike(const CheckArgs& a) {
 
 }  // namespace
 
-bool Router::shedWhole(std::span<const CheckArgs> args, ShedBatch& out) {
+bool Router::shedWhole(std::span<const CheckArgs> args, const Admission& entry, ShedBatch& out) {
   const OverloadDetector* overload = OverloadDetector::current();
   if (overload == nullptr || args.empty()) return false;
-  const Instant now = service_.clock().monotonic();
   out.which.resize(args.size());
   for (std::size_t i = 0; i < args.size(); ++i) {
     const CheckArgs& a = args[i];
     if (!shedAlike(a)) return false;
-    const auto why = overload->shed(a.priority, now, a.deadline);
+    const auto why = overload->shed(a.priority, entry.now, entry.in_share, a.deadline);
     if (!why) return false;
     std::size_t k = 0;
     while (k < out.answers.size() &&
@@ -142,15 +149,17 @@ bool Router::shedWhole(std::span<const CheckArgs> args, ShedBatch& out) {
 }
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
-                              std::vector<Result<CheckOutcome>>& out) {
+                              std::vector<Result<CheckOutcome>>& out,
+                              std::optional<Admission> entry) {
   if (hops != 0 || (inline_limits_ && OverloadDetector::current() == nullptr)) {
     return checkRouted(args, hops, out);  // nothing to refuse or shed
   }
+  if (!entry) entry = admit();
   std::vector<std::optional<Result<CheckOutcome>>> answered;
   answered.reserve(args.size());
   std::size_t count = 0;
   for (const CheckArgs& a : args) {
-    answered.push_back(atEntry(a, hops));
+    answered.push_back(atEntry(a, hops, *entry));
     if (answered.back()) ++count;
   }
   if (count == 0) return checkRouted(args, hops, out);

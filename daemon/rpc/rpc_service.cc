@@ -194,12 +194,16 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
     }
   }
   if (params.getAtomic() && !from_peer) return checkAtomic(context, std::move(args), errors, start);
-  if (ShedBatch shed; !from_peer && args.size() == checks.size() && router_.shedWhole(args, shed)) {
+  // The batch is one message: it draws the thread's shed share once, shed whole or not.
+  std::optional<Admission> entry;
+  if (!from_peer) entry = router_.admit();
+  if (ShedBatch shed;
+      entry && args.size() == checks.size() && router_.shedWhole(args, *entry, shed)) {
     answerShed(results, shed, start, params.getCompactShed());
     return kj::READY_NOW;
   }
   std::vector<Result<CheckOutcome>> outcomes;
-  Forwarding forwarding = router_.checkBatch(args, hops, outcomes);
+  Forwarding forwarding = router_.checkBatch(args, hops, outcomes, entry);
   forwarding.decide_by_ms = decide_by;
   if (forwarding.empty()) {
     answerBatch(results, errors, outcomes, start, from_peer);

@@ -48,10 +48,38 @@ void OverloadDetector::sample(Instant now, Duration lag, Instant next_due) {
   }
   if (options_.target <= Duration(0) || lag <= options_.target) {
     above_since_.reset();
-    return;
+  } else if (!above_since_) {
+    // Above the target since the sample before at the latest: since this one was due.
+    above_since_ = now - lag + options_.target;
   }
-  // Above the target since the sample before at the latest: since this one was due.
-  if (!above_since_) above_since_ = now - lag + options_.target;
+  while (!floor_.empty() && floor_.back().second >= lag) floor_.pop_back();
+  floor_.emplace_back(now, lag);
+  while (now - floor_.front().first >= options_.interval) floor_.pop_front();
+  steerShare(now);
+  prev_floor_ = standingLag();
+}
+
+Duration OverloadDetector::standingLag() const {
+  return floor_.empty() ? Duration(0) : floor_.front().second;
+}
+
+void OverloadDetector::steerShare(Instant now) {
+  // Off until a standing queue forms (a burst sheds no normal check); then until it is back at 0.
+  if (options_.target <= Duration(0) || (share_ <= 0 && !standingAt(now))) return;
+  const double target = static_cast<double>(options_.target.count());
+  const Duration floor = standingLag();
+  const double above = static_cast<double>((floor - options_.target).count()) / target;
+  const double grew = static_cast<double>((floor - prev_floor_).count()) / target;
+  share_ = std::clamp(share_ + kShareGain * above + kShareDamping * grew, 0.0, 1.0);
+  if (share_ <= 0) credit_ = 0;
+}
+
+bool OverloadDetector::draw() {
+  if (share_ <= 0) return false;
+  credit_ += share_;
+  if (credit_ < 1) return false;
+  credit_ -= 1;
+  return true;
 }
 
 Duration OverloadDetector::lagAt(Instant now) const {
@@ -69,7 +97,7 @@ bool OverloadDetector::standingAt(Instant now) const {
   return next_due_ && now - (*next_due_ + options_.target) >= options_.interval;
 }
 
-std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now,
+std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now, bool in_share,
                                                  std::optional<Instant> deadline) const {
   if (deadline && now > *deadline) return ShedReason::kDeadline;
   if (options_.target <= Duration(0)) return std::nullopt;
@@ -78,6 +106,7 @@ std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now,
       if (lagAt(now) > options_.target) return ShedReason::kOverload;
       break;
     case Priority::kNormal:
+      if (in_share) return ShedReason::kOverload;
       // What waited too long now: a standing queue's current lag, not a past peak.
       if (currentLag(now) > kNormalLagFactor * options_.target && standingAt(now)) {
         return ShedReason::kOverload;

@@ -10,18 +10,27 @@
 //
 // What is shed, by the check's priority:
 //   sheddable  whenever the loop lags more than the target (first to go, even in a burst);
-//   normal     while a standing queue lasts and the loop lags more than kNormalLagFactor targets
-//              (what waited far too long: with `overload: allow` a shed check is not limited, so
-//              a busy node must not stop limiting early);
+//   normal     a share of them, once a standing queue formed: the share follows a PI law on the
+//              standing queue (as PIE's drop probability does on queue delay) that holds it at the
+//              target, so the node sheds about its excess and keeps deciding what it can (with
+//              `overload: allow` a shed check is not limited, so a busy node must not stop
+//              limiting); and all of them while a standing queue lags more than kNormalLagFactor
+//              targets (a stalled loop);
 //   critical   never for load; like every check, when its caller's deadline has passed.
+//
+// The share is drawn once per message entering (a single check or a whole batch: draw()), so a
+// batch is shed or decided as one; the draws are spaced evenly (a credit that grows by the share
+// per message and sheds one message each time it reaches 1), not random.
 //
 // Threads: one OverloadDetector per worker thread, used only on it (no locks); current() is the
 // calling thread's (null on threads without one: nothing is shed there).
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "limiter/clock.h"
 #include "limiter/result.h"
@@ -40,9 +49,26 @@ inline constexpr int kShedReasonCount = 2;
 inline constexpr int kNormalLagFactor = 10;  // normal checks: shed beyond this many targets of lag
 std::string_view nameOf(ShedReason r);       // "overload", "deadline"
 
+// The normal checks' share controller, per probe sample, on the standing queue: the smallest lag
+// sampled in the last interval (as CoDel judges a queue by its minimum sojourn time), so that a
+// stall the loop did not cause (a CPU quota's throttling, a noisy neighbour) moves nothing while
+// a queue that lasts does. The share grows by kShareGain for each target that floor is above the
+// target, and by kShareDamping for each target it grew since the last sample (it shrinks alike).
+// Their ratio is PIE's (RFC 8033); the gains are larger, as shedding relieves the loop at once,
+// where PIE waits on TCP senders to slow down.
+inline constexpr double kShareGain = 0.02;
+inline constexpr double kShareDamping = 0.2;
+
 struct OverloadOptions {
   Duration target = std::chrono::milliseconds(10);     // loop lag above this is queueing; 0: off
   Duration interval = std::chrono::milliseconds(100);  // how long it must last to be overload
+};
+
+// What a message entering a worker thread meets: when it is handled, and whether it drew the
+// normal checks' shed share (OverloadDetector::draw()). Taken once per message.
+struct Admission {
+  Instant now{};
+  bool in_share = false;
 };
 
 class OverloadDetector {
@@ -58,15 +84,21 @@ class OverloadDetector {
   // still being read), or more when the probe is overdue (the loop is that far behind, whatever
   // ran first in this turn).
   Duration lagAt(Instant now) const;
-  // Whether a check of `priority`, handled at `now`, is shed, and why; `deadline` is the caller's
-  // (monotonic), if it gave one. (Releases and refunds give capacity back: callers never ask.)
-  std::optional<ShedReason> shed(Priority priority, Instant now,
+  // One message entering (a single check or a batch): whether it falls in the normal checks'
+  // shed share. Taken once per message, before its checks ask shed().
+  bool draw();
+  // Whether a check of `priority`, handled at `now` in a message that drew `in_share`, is shed,
+  // and why; `deadline` is the caller's (monotonic), if it gave one. (Releases and refunds give
+  // capacity back: callers never ask.)
+  std::optional<ShedReason> shed(Priority priority, Instant now, bool in_share = false,
                                  std::optional<Instant> deadline = std::nullopt) const;
 
   // A standing queue (overload) at `now`: the lag has been above the target for an interval, by
   // the samples or by how long the probe is overdue.
   bool standingAt(Instant now) const;
-  Duration lag() const { return lag_; }  // the latest sample
+  Duration lag() const { return lag_; }    // the latest sample
+  Duration standingLag() const;            // the smallest sample of the last interval
+  double share() const { return share_; }  // of normal messages shed, 0..1
 
   // The calling thread's detector (set by its worker for as long as it lives).
   static OverloadDetector* current();
@@ -76,12 +108,18 @@ class OverloadDetector {
   const OverloadOptions options_;
   // The latest sample, or more when the probe is overdue.
   Duration currentLag(Instant now) const;
+  void steerShare(Instant now);
 
   Duration lag_{0};
   Duration peak_{0};  // the largest sample since peak_at_
   Instant peak_at_{};
   std::optional<Instant> next_due_;     // none before the first sample
   std::optional<Instant> above_since_;  // the lag has been above the target since
+  double share_ = 0;   // of normal messages shed; above 0 only once a standing queue formed
+  double credit_ = 0;  // draw(): sheds a message each time this reaches 1
+  // The last interval's samples that a later one is not below (the front is the smallest).
+  std::deque<std::pair<Instant, Duration>> floor_;
+  Duration prev_floor_{0};  // standingLag() at the sample before
 };
 
 }  // namespace throttlex

@@ -2,6 +2,9 @@
 // sequences in virtual time, what a shed check answers over HTTP, and a batch shed whole over RPC.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <deque>
+
 #include <kj/async.h>
 #include <nlohmann/json.hpp>
 
@@ -45,12 +48,15 @@ TEST_CASE("a burst sheds only sheddable checks; a standing queue sheds normal on
   CHECK(d.standingAt(now));
   CHECK(d.shed(Priority::kNormal, now) == ShedReason::kOverload);
   CHECK_FALSE(d.shed(Priority::kCritical, now));
-  // A standing queue of shorter waits (above the target, below 10 targets) keeps normal checks.
+  // A standing queue of shorter waits (above the target, below 10 targets) sheds normal checks only
+  // in the messages that drew the share; the others are decided.
   OverloadDetector mild({10ms, 100ms});
   const Instant t = feed(mild, kT0, 300ms, 60ms);
   CHECK(mild.standingAt(t));
   CHECK(mild.shed(Priority::kSheddable, t) == ShedReason::kOverload);
   CHECK_FALSE(mild.shed(Priority::kNormal, t));
+  CHECK(mild.shed(Priority::kNormal, t, true) == ShedReason::kOverload);
+  CHECK_FALSE(mild.shed(Priority::kCritical, t, true));
   // One sample at or below the target ends the standing queue; sheddable checks keep going for an
   // interval (what queued behind the lag is still being read), then they are served again.
   d.sample(now + 5ms, 2ms, now + 10ms);
@@ -59,6 +65,135 @@ TEST_CASE("a burst sheds only sheddable checks; a standing queue sheds normal on
   CHECK(d.shed(Priority::kSheddable, now + 5ms) == ShedReason::kOverload);
   now = feed(d, now + 10ms, 150ms, 2ms);
   CHECK_FALSE(d.shed(Priority::kSheddable, now));
+}
+
+TEST_CASE("a standing queue sheds a share of normal messages, steered by the lag") {
+  OverloadDetector d({10ms, 100ms});
+  // A burst (above the target for less than an interval) starts no share.
+  Instant now = feed(d, kT0, 40ms, 30ms);
+  CHECK(d.share() == 0);
+  CHECK_FALSE(d.draw());
+  // A standing queue: the share grows while the lag stays above the target...
+  now = feed(d, now + 5ms, 150ms, 20ms);
+  const double grown = d.share();
+  CHECK(grown > 0);
+  now = feed(d, now + 5ms, 20ms, 20ms);
+  CHECK(d.share() > grown);
+  // ...holds while the lag is at the target...
+  now = feed(d, now + 5ms, 50ms, 10ms);
+  const double held = d.share();
+  CHECK(held > 0);
+  CHECK(held < 1);
+  // ...and the draws shed that share of the messages, spaced evenly (never two in a row below 1/2).
+  int shed = 0;
+  bool last = false;
+  for (int i = 0; i < 1000; ++i) {
+    const bool now_shed = d.draw();
+    shed += now_shed ? 1 : 0;
+    if (held < 0.5) CHECK_FALSE((now_shed && last));
+    last = now_shed;
+  }
+  CHECK(shed >= static_cast<int>(1000 * held) - 1);
+  CHECK(shed <= static_cast<int>(1000 * held) + 1);
+  // Below the target it shrinks back to 0, and a burst after that starts none.
+  now = feed(d, now + 5ms, 200ms, 1ms);
+  CHECK(d.share() == 0);
+  CHECK_FALSE(d.draw());
+  feed(d, now + 5ms, 40ms, 30ms);
+  CHECK(d.share() == 0);
+}
+
+namespace {
+
+// A worker loop in virtual time: messages arrive one every `every` and wait in order; the loop
+// takes them one by one, asks the detector (a draw, then shed() for a normal check) and spends
+// `decide` of CPU on a decided one, 27% of that on a shed one (bench/rpc_batch_bench's ratio).
+// The probe is a timer: due every probePeriod(), it runs when the loop reaches it, behind what was
+// ready before. The loop gets `on` of every `period` of CPU (a CFS quota; on == period: all).
+struct LoopRun {
+  double shed = 0;  // share of the messages of the last 2 s that were shed
+  Duration median_wait{0};
+  Duration p99_wait{0};  // of the decided ones: from arrival until the loop took them
+};
+
+LoopRun runLoop(Duration every, Duration decide, Duration on, Duration period) {
+  constexpr auto kTick = std::chrono::microseconds(10);
+  OverloadDetector d({10ms, 100ms});
+  std::deque<Instant> waiting;  // arrivals; a probe is Instant{} at its place
+  std::deque<Instant> probes;   // the due times of the probes in `waiting`
+  Instant next_arrival = kT0;
+  Instant next_due = kT0 + d.probePeriod();
+  Duration busy{0};  // CPU still owed to the message being handled
+  int offered = 0;
+  int shed = 0;
+  std::vector<Duration> waits;
+  for (Instant now = kT0; now < kT0 + 3s; now += kTick) {
+    for (; next_arrival <= now; next_arrival += every) waiting.push_back(next_arrival);
+    if (next_due <= now) {
+      waiting.push_back(Instant{});
+      probes.push_back(next_due);
+      next_due = Instant::max();
+    }
+    if ((now - kT0) % period >= on) continue;  // throttled
+    for (Duration budget = kTick;
+         budget > Duration(0) && (busy > Duration(0) || !waiting.empty());) {
+      if (busy > Duration(0)) {
+        const Duration spent = std::min(busy, budget);
+        busy -= spent;
+        budget -= spent;
+        continue;
+      }
+      const Instant item = waiting.front();
+      waiting.pop_front();
+      if (item == Instant{}) {
+        d.sample(now, now - probes.front(), now + d.probePeriod());
+        probes.pop_front();
+        next_due = now + d.probePeriod();
+        continue;
+      }
+      const bool is_shed = d.shed(Priority::kNormal, now, d.draw()).has_value();
+      busy = is_shed ? decide * 27 / 100 : decide;
+      if (now < kT0 + 1s) continue;
+      ++offered;
+      shed += is_shed ? 1 : 0;
+      if (!is_shed) waits.push_back(now - item);
+    }
+  }
+  LoopRun run;
+  run.shed = static_cast<double>(shed) / offered;
+  std::sort(waits.begin(), waits.end());
+  run.median_wait = waits[waits.size() / 2];
+  run.p99_wait = waits[waits.size() * 99 / 100];
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "overloaded by a quarter, a loop sheds about its excess and holds its queue near the target") {
+  // Capacity one message per 100 µs, offered one per 80 µs: (1 - 0.8) / (1 - 0.27) = 27% of the
+  // messages must be shed for the decided ones to fill the loop without a growing queue.
+  const LoopRun alone = runLoop(80us, 100us, 10ms, 10ms);
+  CHECK(alone.shed > 0.22);
+  CHECK(alone.shed < 0.33);
+  CHECK(alone.median_wait > 5ms);
+  CHECK(alone.median_wait < 20ms);
+  CHECK(alone.p99_wait < 40ms);
+  // The same capacity as 10% of a CPU in 10 ms periods (9 ms stalls): the same share, a wait no
+  // worse than the stalls and the target together.
+  const LoopRun quota = runLoop(80us, 10us, 1ms, 10ms);
+  CHECK(quota.shed > 0.22);
+  CHECK(quota.shed < 0.33);
+  CHECK(quota.median_wait < 25ms);
+  CHECK(quota.p99_wait < 50ms);
+}
+
+TEST_CASE("a loop throttled by a CPU quota but keeping up sheds no normal check") {
+  // 80% of its capacity, given in 1 ms of every 10 ms: every probe that falls in a stall runs up
+  // to 9 ms late, yet nothing queues beyond the stall.
+  const LoopRun run = runLoop(105us, 10us, 1ms, 10ms);
+  CHECK(run.shed == 0);
+  CHECK(run.p99_wait < 10ms);
 }
 
 TEST_CASE("a loop stalled past its probe is overloaded for whatever runs first after the stall") {
@@ -77,8 +212,12 @@ TEST_CASE("deadlines shed any priority; a target of 0 sheds nothing else") {
   OverloadDetector off({0ms, 100ms});
   off.sample(kT0, 10s, kT0 + 1ms);
   CHECK_FALSE(off.shed(Priority::kSheddable, kT0 + 1s));
-  CHECK(off.shed(Priority::kCritical, kT0 + 1s, kT0 + 999ms) == ShedReason::kDeadline);
-  CHECK_FALSE(off.shed(Priority::kCritical, kT0 + 1s, kT0 + 1s));
+  CHECK(off.shed(Priority::kCritical, kT0 + 1s, false, kT0 + 999ms) == ShedReason::kDeadline);
+  CHECK_FALSE(off.shed(Priority::kCritical, kT0 + 1s, false, kT0 + 1s));
+  // No share either, however long the lag lasts.
+  feed(off, kT0, 1s, 1s);
+  CHECK(off.share() == 0);
+  CHECK_FALSE(off.draw());
 }
 
 TEST_CASE("priorities parse by name; anything else is a clear error") {
@@ -228,11 +367,11 @@ TEST_CASE("an overloaded thread sheds a batch whole only when every check is she
                                         ruleCheck("closed", "k2", shed),
                                         ruleCheck("open", "k3", shed)};
   ShedBatch out;
-  CHECK_FALSE(router.shedWhole(batch, out));  // no overload: the batch is decided
+  CHECK_FALSE(router.shedWhole(batch, router.admit(), out));  // no overload: the batch is decided
 
   a.overload();
   out = {};
-  REQUIRE(router.shedWhole(batch, out));
+  REQUIRE(router.shedWhole(batch, router.admit(), out));
   // One answer per rule, worked out once; each check points at its rule's.
   REQUIRE(out.answers.size() == 2);
   CHECK(out.which == std::vector<std::uint8_t>{0, 1, 0});
@@ -257,7 +396,7 @@ TEST_CASE("an overloaded thread sheds a batch whole only when every check is she
     std::vector<CheckArgs> mixed = batch;
     mixed.push_back(odd);
     out = {};
-    CHECK_FALSE(router.shedWhole(mixed, out));
+    CHECK_FALSE(router.shedWhole(mixed, router.admit(), out));
   }
 }
 
