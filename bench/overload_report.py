@@ -21,8 +21,11 @@ checks, shed answers (and how many of them the client gave itself), errors, and 
 before and after. Medians over --rounds.
 
 With --node-cpu PERCENT the node also gets only that share of its CPU (a cgroup v1 `cpu` group
-with CFS bandwidth: a quota of PERCENT% of every 10 ms period), so that a generator of one core
-can offer twice what the node can decide. Needs root and the cgroup v1 cpu controller mounted at
+with CFS bandwidth: a quota of PERCENT% of every --cfs-period-us), so that a generator of one
+core can offer twice what the node can decide. The node then stalls for the rest of each period:
+keep the period well below the overload target (10 ms), or the stalls alone look like queueing.
+The kernel's smallest quota is 1 ms, so the default period is the shortest that allows it:
+10 ms at 10% (9 ms stalls, as in the first runs), 5 ms at 20% (4 ms stalls). Needs root and the cgroup v1 cpu controller mounted at
 /sys/fs/cgroup/cpu; the group is removed afterwards.
 
 Bounded: each phase runs --seconds (default 5) plus 1 s of warm-up; every process is stopped by
@@ -63,13 +66,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 
 
 class CpuShare:
-    """A cgroup v1 cpu group whose members get `percent`% of one CPU per 10 ms period."""
+    """A cgroup v1 cpu group whose members get `percent`% of one CPU in every period."""
 
-    def __init__(self, percent):
+    def __init__(self, percent, period_us):
         self.path = CGROUP_ROOT / f"throttlex-overload-{os.getpid()}"
         self.path.mkdir()
-        (self.path / "cpu.cfs_period_us").write_text("10000")
-        (self.path / "cpu.cfs_quota_us").write_text(str(int(percent * 100)))
+        (self.path / "cpu.cfs_period_us").write_text(str(period_us))
+        (self.path / "cpu.cfs_quota_us").write_text(str(int(percent * period_us / 100)))
 
     def add(self, pid):
         (self.path / "cgroup.procs").write_text(str(pid))
@@ -173,12 +176,21 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--node-cpu", type=float, default=0,
                     help="the node's share of its CPU in percent (cgroup v1 CFS quota); 0: all")
+    ap.add_argument("--cfs-period-us", type=int, default=0,
+                    help="the CFS period of --node-cpu's quota, in µs (default: the shortest "
+                         "whose quota is the kernel's smallest, 1 ms)")
     args = ap.parse_args()
     if not 0 <= args.node_cpu <= 100:
         sys.exit("--node-cpu is a percentage: 1 to 100 (0: no limit)")
+    if args.node_cpu > 0 and args.cfs_period_us == 0:
+        args.cfs_period_us = max(1000, int(100000 / args.node_cpu + 0.5))
+    if args.node_cpu > 0 and not (1000 <= args.cfs_period_us <= 1000000 and
+                                  args.node_cpu * args.cfs_period_us / 100 >= 1000):
+        sys.exit("--cfs-period-us must be within 1000 and 1000000, and its quota "
+                 "(--node-cpu percent of it) at least 1000 µs")
     binary = Path(args.build) / "bin"
     rounds = []
-    share = CpuShare(args.node_cpu) if args.node_cpu > 0 else None
+    share = CpuShare(args.node_cpu, args.cfs_period_us) if args.node_cpu > 0 else None
     try:
         with tempfile.TemporaryDirectory(prefix="throttlex-overload-") as tmp:
             for i in range(args.rounds):
@@ -191,7 +203,8 @@ def main():
     phases = ["peak", "half", "2x on", "2x on+c", "2x off", "2x shed", "2x shed+c"]
     med = lambda phase, k: statistics.median(r[phase][k] for r in rounds)
     peak = med("peak", "goodput")
-    cpu = f" ({args.node_cpu:g}% of it)" if args.node_cpu > 0 else ""
+    cpu = (f" ({args.node_cpu:g}% of it in {args.cfs_period_us} µs periods)"
+           if args.node_cpu > 0 else "")
     print(f"{os.cpu_count()} CPUs; node pinned to CPU 0{cpu}, generator to CPU 1; "
           f"medians of {args.rounds} rounds of {args.seconds} s")
     print(f"{'phase':9} {'offered/s':>10} {'goodput/s':>10} {'x peak':>7} {'p99 ms':>9} "
