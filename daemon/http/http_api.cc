@@ -756,8 +756,9 @@ namespace {
 class ForwardingThread final : public HttpThreadScope {
  public:
   ForwardingThread(asio::io_context& io, Router& router, const Clock& clock,
-                   const LoopServiceFactory& also, const OverloadOptions& overload)
-      : kj_(io, clock), clock_(clock), overload_(overload), probe_(io) {
+                   const LoopServiceFactory& also, const OverloadOptions& overload,
+                   Metrics* metrics)
+      : kj_(io, clock), clock_(clock), overload_(overload), metrics_(metrics), probe_(io) {
     forwarder_ = router.attachThread(
         kj_.timer(), [this](const std::string& address) { return kj_.connect(address); });
     if (also) also_ = also(kj_);
@@ -801,6 +802,7 @@ class ForwardingThread final : public HttpThreadScope {
       const Duration lag = std::max(Duration(0), now - due_);
       due_ = now;
       overload_.sample(now, lag, now + period);
+      if (metrics_ != nullptr) metrics_->recordLoop(overload_.standingLag(), overload_.share());
       probe();
     });
   }
@@ -809,6 +811,7 @@ class ForwardingThread final : public HttpThreadScope {
   KjOnAsio kj_;
   const Clock& clock_;
   OverloadDetector overload_;
+  Metrics* const metrics_;
   asio::steady_timer probe_;
   Instant due_{};
   std::unique_ptr<ForwarderThread> forwarder_;
@@ -818,10 +821,11 @@ class ForwardingThread final : public HttpThreadScope {
 }  // namespace
 
 HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
-                                         LoopServiceFactory also, OverloadOptions overload) {
-  return [&router, &clock, also = std::move(also),
-          overload](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
-    return std::make_unique<ForwardingThread>(io, router, clock, also, overload);
+                                         LoopServiceFactory also, OverloadOptions overload,
+                                         Metrics* metrics) {
+  return [&router, &clock, also = std::move(also), overload,
+          metrics](asio::io_context& io) -> std::unique_ptr<HttpThreadScope> {
+    return std::make_unique<ForwardingThread>(io, router, clock, also, overload, metrics);
   };
 }
 

@@ -86,9 +86,10 @@ std::string rateLimitHeader(const CheckOutcome& o);
 // forwarded check is sent, answered and completed on the thread that received it. `router` and
 // `clock` must outlive the server. `also` (optional) is made on each such thread too: the node's
 // RPC server, hosted there (RpcServer::host()). Each thread also probes its loop's lag for
-// overload protection (daemon/service/overload.h), unless `overload.target` is 0.
+// overload protection (daemon/service/overload.h), unless `overload.target` is 0, and reports
+// its standing lag and shed share to `metrics` (optional; it must outlive the server).
 HttpThreadScopeFactory forwardingThreads(Router& router, const Clock& clock,
                                          LoopServiceFactory also = {},
-                                         OverloadOptions overload = {});
+                                         OverloadOptions overload = {}, Metrics* metrics = nullptr);
 
 }  // namespace throttlex

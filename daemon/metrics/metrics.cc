@@ -46,6 +46,8 @@ struct alignas(64) Slot {
   std::atomic<std::uint64_t> latency_ns[kApis] = {};
   std::atomic<std::uint64_t> shadow_limited = {};
   std::atomic<std::uint64_t> shed[kShedReasonCount][kPriorityCount] = {};
+  std::atomic<std::int64_t> loop_lag_ns = {};
+  std::atomic<double> shed_share = {};
   mutable Mutex rules_mu;
   std::unordered_map<std::string, RuleCounters, StringHash, std::equal_to<>> rules
       GUARDED_BY(rules_mu);
@@ -95,6 +97,8 @@ struct Metrics::Impl final : prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override;
   void collectRequests(std::vector<prometheus::MetricFamily>& out) const;
+  // throttlex_shed_total, throttlex_loop_lag_seconds, throttlex_shed_share.
+  void collectOverload(std::vector<prometheus::MetricFamily>& out) const;
   void collectRules(std::vector<prometheus::MetricFamily>& out) const;
 
   const Options options;
@@ -122,6 +126,12 @@ void Metrics::recordRequest(Api api, RouteKind route, Outcome outcome, Duration 
 void Metrics::recordShed(ShedReason reason, Priority priority, std::uint64_t count) {
   bump(impl_->slot().shed[static_cast<std::size_t>(reason) - 1][static_cast<std::size_t>(priority)],
        count);
+}
+
+void Metrics::recordLoop(Duration standing_lag, double share) {
+  Slot& s = impl_->slot();
+  s.loop_lag_ns.store(standing_lag.count(), std::memory_order_relaxed);
+  s.shed_share.store(share, std::memory_order_relaxed);
 }
 
 void Metrics::recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency,
@@ -539,7 +549,6 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
   std::uint64_t buckets[kApis][kBuckets] = {};
   std::uint64_t latency_ns[kApis] = {};
   std::uint64_t shadow_limited = 0;
-  std::uint64_t shed[kShedReasonCount][kPriorityCount] = {};
   {
     MutexLock guard(mu);
     for (const auto& s : slots) {
@@ -552,9 +561,6 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
         latency_ns[a] += s->latency_ns[a].load(std::memory_order_relaxed);
       }
       shadow_limited += s->shadow_limited.load(std::memory_order_relaxed);
-      for (int r = 0; r < kShedReasonCount; ++r)
-        for (int p = 0; p < kPriorityCount; ++p)
-          shed[r][p] += s->shed[r][p].load(std::memory_order_relaxed);
     }
   }
 
@@ -595,7 +601,24 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
                  "Checks of shadow-mode rules that would have been limited",
                  MetricType::Counter,
                  {valued(static_cast<double>(shadow_limited))}});
+  collectOverload(out);
+}
 
+void Metrics::Impl::collectOverload(std::vector<prometheus::MetricFamily>& out) const {
+  using prometheus::MetricType;
+  std::uint64_t shed[kShedReasonCount][kPriorityCount] = {};
+  std::int64_t loop_lag_ns = 0;
+  double shed_share = 0;
+  {
+    MutexLock guard(mu);
+    for (const auto& s : slots) {
+      for (int r = 0; r < kShedReasonCount; ++r)
+        for (int p = 0; p < kPriorityCount; ++p)
+          shed[r][p] += s->shed[r][p].load(std::memory_order_relaxed);
+      loop_lag_ns = std::max(loop_lag_ns, s->loop_lag_ns.load(std::memory_order_relaxed));
+      shed_share = std::max(shed_share, s->shed_share.load(std::memory_order_relaxed));
+    }
+  }
   prometheus::MetricFamily sheds{
       "throttlex_shed_total",
       "Checks answered by their rule's overload policy instead of "
@@ -609,6 +632,15 @@ void Metrics::Impl::collectRequests(std::vector<prometheus::MetricFamily>& out) 
                  {{"reason", std::string(nameOf(static_cast<ShedReason>(r + 1)))},
                   {"priority", std::string(nameOf(static_cast<Priority>(p)))}}));
   out.push_back(std::move(sheds));
+  out.push_back({"throttlex_loop_lag_seconds",
+                 "The standing queue of the busiest worker loop: the smallest lag its probe "
+                 "measured in the last overload interval",
+                 MetricType::Gauge,
+                 {valued(static_cast<double>(loop_lag_ns) / 1e9)}});
+  out.push_back({"throttlex_shed_share",
+                 "The largest share of normal checks a worker loop sheds now (0 to 1)",
+                 MetricType::Gauge,
+                 {valued(shed_share)}});
 }
 
 namespace {

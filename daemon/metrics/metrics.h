@@ -74,6 +74,10 @@ class Metrics {
   static constexpr std::size_t kMaxRuleSeries = 1000;
   // One check shed (throttlex_shed_total{reason,priority}). Thread-safe and wait-free.
   void recordShed(ShedReason reason, Priority priority, std::uint64_t count = 1);
+  // The calling worker loop's standing lag and shed share of normal checks, at its latest probe
+  // (OverloadDetector::standingLag(), share()): throttlex_loop_lag_seconds and
+  // throttlex_shed_share, the largest over the loops. Thread-safe and wait-free.
+  void recordLoop(Duration standing_lag, double share);
   // One answered check where it entered: recordRequest() with its kind (allowed, limited, shed,
   // error), and recordRule() for a decision or recordShed() for a shed one.
   void recordCheck(Api api, const Result<CheckOutcome>& outcome, Duration latency,

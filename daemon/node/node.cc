@@ -402,7 +402,7 @@ Status Node::Parts::startApis() {
   overload.target = std::chrono::milliseconds(config.overload_target_ms);
   overload.interval = std::chrono::milliseconds(config.overload_interval_ms);
   http_options.thread_scope = forwardingThreads(
-      *router, clock, [this](KjOnAsio& kj) { return rpc->host(kj); }, overload);
+      *router, clock, [this](KjOnAsio& kj) { return rpc->host(kj); }, overload, metrics.get());
   HttpApi* handler = api.get();
   auto h = HttpServer::start(http_options, clock, [handler](HttpRequest& req, HttpRespond respond) {
     handler->handle(req, respond);

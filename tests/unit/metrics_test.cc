@@ -396,6 +396,26 @@ TEST_CASE("a shed check counts as shed, by reason and priority, and not as its r
   CHECK(text.value("throttlex_rule_checks_total", {{"rule", "api"}, {"decision", "allowed"}}) == 1);
 }
 
+TEST_CASE("the busiest worker loop's standing lag and shed share are shown, the latest of each") {
+  Metrics m(named());
+  {
+    const Scrape idle(m.render());
+    CHECK(idle.value("throttlex_loop_lag_seconds", {}) == 0);
+    CHECK(idle.value("throttlex_shed_share", {}) == 0);
+  }
+  // Two loops: one keeps up, one sheds a quarter of its normal checks behind a 12 ms queue.
+  std::thread calm([&] { m.recordLoop(2ms, 0); });
+  calm.join();
+  std::thread busy([&] {
+    m.recordLoop(40ms, 0.9);
+    m.recordLoop(12ms, 0.25);  // only the latest probe counts
+  });
+  busy.join();
+  const Scrape text(m.render());
+  CHECK(text.value("throttlex_loop_lag_seconds", {}) == doctest::Approx(0.012));
+  CHECK(text.value("throttlex_shed_share", {}) == doctest::Approx(0.25));
+}
+
 TEST_CASE("with a store, its live keys are rendered") {
   ManualClock clock;
   auto store = Store::make({100'000, 16}).value();
