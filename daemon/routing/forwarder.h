@@ -49,12 +49,11 @@
 
 #include "daemon/routing/ring_view.h"
 #include "daemon/routing/route.h"
+#include "daemon/routing/slot_gate.h"
 #include "daemon/service/limiter_service.h"
 #include "proto/rpc_tls.h"
 
 namespace throttlex {
-
-class SlotGate;
 
 // A check that outlives the request that brought it: what travels to a peer.
 struct ForwardedCheck {
