@@ -111,8 +111,8 @@ void defineTimeouts(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--overload-target-ms", c.overload_target_ms,
                  "Overload protection (docs/overload.md): a worker loop lagging more than this "
-                 "sheds sheddable checks, and normal ones once the lag lasts "
-                 "--overload-interval-ms and passes 10 targets; 0: never shed")
+                 "sheds sheddable checks, and a share of normal ones once the lag lasts "
+                 "--overload-interval-ms (all of them past 10 targets); 0: never shed")
       ->check(CLI::Range(0, 10'000))
       ->capture_default_str();
   app.add_option("--overload-interval-ms", c.overload_interval_ms,

@@ -65,12 +65,11 @@ Router::Where Router::where(const CheckArgs& args, std::uint8_t hops, const Ring
 }
 
 Admission Router::admit() {
-  OverloadDetector* overload = OverloadDetector::current();
-  return {service_.clock().monotonic(), overload != nullptr && overload->draw()};
+  return {service_.clock().monotonic(), OverloadDetector::current()};
 }
 
 std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::uint8_t hops,
-                                                    const Admission& entry) {
+                                                    Admission& entry) {
   if (hops != 0) return std::nullopt;
   if (refused(args, hops)) return inlineRefused();
   const OverloadDetector* overload = OverloadDetector::current();
@@ -80,7 +79,7 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
   if (overload == nullptr || args.release != 0 || args.renew != 0 || args.refund) {
     return std::nullopt;
   }
-  const auto why = overload->shed(args.priority, entry.now, entry.in_share, args.deadline);
+  const auto why = overload->shed(args.priority, entry, args.deadline);
   if (!why) return std::nullopt;
   auto o = service_.shedOutcome(args, *why);
   if (o) o->priority = args.priority;
@@ -90,8 +89,14 @@ std::optional<Result<CheckOutcome>> Router::atEntry(const CheckArgs& args, std::
 std::optional<Result<CheckOutcome>> Router::check(const CheckArgs& args, std::uint8_t hops,
                                                   Forwarding& forwarding) {
   if (hops == 0) {
-    if (auto answered = atEntry(args, hops, admit())) return answered;
+    Admission entry = admit();
+    if (auto answered = atEntry(args, hops, entry)) return answered;
   }
+  return routeOne(args, hops, forwarding);
+}
+
+std::optional<Result<CheckOutcome>> Router::routeOne(const CheckArgs& args, std::uint8_t hops,
+                                                     Forwarding& forwarding) {
   Quiescence::Guard guard(keeper_ != nullptr ? &keeper_->quiescence() : nullptr);
   std::uint32_t slot = 0;
   forwarding.hops = hops;
@@ -121,14 +126,14 @@ bool shedAlike(const CheckArgs& a) {
 
 }  // namespace
 
-bool Router::shedWhole(std::span<const CheckArgs> args, const Admission& entry, ShedBatch& out) {
+bool Router::shedWhole(std::span<const CheckArgs> args, Admission& entry, ShedBatch& out) {
   const OverloadDetector* overload = OverloadDetector::current();
   if (overload == nullptr || args.empty()) return false;
   out.which.resize(args.size());
   for (std::size_t i = 0; i < args.size(); ++i) {
     const CheckArgs& a = args[i];
     if (!shedAlike(a)) return false;
-    const auto why = overload->shed(a.priority, entry.now, entry.in_share, a.deadline);
+    const auto why = overload->shed(a.priority, entry, a.deadline);
     if (!why) return false;
     std::size_t k = 0;
     while (k < out.answers.size() &&
@@ -149,12 +154,12 @@ bool Router::shedWhole(std::span<const CheckArgs> args, const Admission& entry, 
 }
 
 Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
-                              std::vector<Result<CheckOutcome>>& out,
-                              std::optional<Admission> entry) {
+                              std::vector<Result<CheckOutcome>>& out, Admission* entry) {
   if (hops != 0 || (inline_limits_ && OverloadDetector::current() == nullptr)) {
     return checkRouted(args, hops, out);  // nothing to refuse or shed
   }
-  if (!entry) entry = admit();
+  Admission own = admit();
+  if (entry == nullptr) entry = &own;
   std::vector<std::optional<Result<CheckOutcome>>> answered;
   answered.reserve(args.size());
   std::size_t count = 0;
@@ -238,7 +243,8 @@ void Router::reroute(ForwardedCheck check, std::size_t index, std::shared_ptr<Fo
   }
   Forwarding forwarding;
   forwarding.decide_by_ms = check.decide_by_ms;
-  auto decided = this->check(check.args(), hops, forwarding);
+  // Admitted when it entered: routed again, never refused or shed as if new.
+  auto decided = routeOne(check.args(), hops, forwarding);
   if (decided) {
     sink->deliver(index, std::move(*decided));
     return;

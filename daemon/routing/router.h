@@ -107,10 +107,9 @@ class Router final : public Rerouter {
   // rest. Per key, order is kept: all checks of one key go the same way. A batch entering here
   // (hops 0) is admitted as one message: `entry` if the caller admitted it already, else now.
   Forwarding checkBatch(std::span<const CheckArgs> args, std::uint8_t hops,
-                        std::vector<Result<CheckOutcome>>& out,
-                        std::optional<Admission> entry = std::nullopt);
-  // A message entering this thread now: when, and whether it drew the thread's share of normal
-  // checks to shed (never on a thread without an overload detector).
+                        std::vector<Result<CheckOutcome>>& out, Admission* entry = nullptr);
+  // A message entering this thread now: when, and (drawn when first asked) whether it falls in the
+  // thread's share of normal checks to shed (never on a thread without an overload detector).
   Admission admit();
   // Overload: when this thread's loop sheds every check of a batch entering here, and each check's
   // shed answer is its rule's alike for all its checks (a named rule, not a concurrency rule; no
@@ -119,7 +118,7 @@ class Router final : public Rerouter {
   // and the batch goes to checkBatch(), which sheds check by check. A shed answer must cost far
   // less than a decision, or shedding spends the capacity it frees (docs/overload.md).
   // `entry`: the batch's admit(), which checkBatch() gets too when this returns false.
-  bool shedWhole(std::span<const CheckArgs> args, const Admission& entry, ShedBatch& out);
+  bool shedWhole(std::span<const CheckArgs> args, Admission& entry, ShedBatch& out);
   // Sends what check()/checkBatch() left over; each result reaches sink->deliver(index, ...),
   // normally on the forwarder thread.
   void forward(Forwarding forwarding, std::shared_ptr<ForwardSink> sink);
@@ -158,7 +157,10 @@ class Router final : public Rerouter {
   }
   // The answer a check gets at entry without being routed: refused (inline limits off) or shed.
   std::optional<Result<CheckOutcome>> atEntry(const CheckArgs& args, std::uint8_t hops,
-                                              const Admission& entry);
+                                              Admission& entry);
+  // check() past the entry: decided here, or left in `forwarding` (to send or to park).
+  std::optional<Result<CheckOutcome>> routeOne(const CheckArgs& args, std::uint8_t hops,
+                                               Forwarding& forwarding);
   Forwarding checkRouted(std::span<const CheckArgs> args, std::uint8_t hops,
                          std::vector<Result<CheckOutcome>>& out);
 

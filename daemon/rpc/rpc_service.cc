@@ -194,16 +194,15 @@ kj::Promise<void> RpcService::checkBatch(CheckBatchContext context) {
     }
   }
   if (params.getAtomic() && !from_peer) return checkAtomic(context, std::move(args), errors, start);
-  // The batch is one message: it draws the thread's shed share once, shed whole or not.
-  std::optional<Admission> entry;
-  if (!from_peer) entry = router_.admit();
+  // The batch is one message: it draws the thread's shed share at most once, shed whole or not.
+  Admission entry = router_.admit();
   if (ShedBatch shed;
-      entry && args.size() == checks.size() && router_.shedWhole(args, *entry, shed)) {
+      !from_peer && args.size() == checks.size() && router_.shedWhole(args, entry, shed)) {
     answerShed(results, shed, start, params.getCompactShed());
     return kj::READY_NOW;
   }
   std::vector<Result<CheckOutcome>> outcomes;
-  Forwarding forwarding = router_.checkBatch(args, hops, outcomes, entry);
+  Forwarding forwarding = router_.checkBatch(args, hops, outcomes, &entry);
   forwarding.decide_by_ms = decide_by;
   if (forwarding.empty()) {
     answerBatch(results, errors, outcomes, start, from_peer);

@@ -54,7 +54,7 @@ void OverloadDetector::sample(Instant now, Duration lag, Instant next_due) {
   }
   while (!floor_.empty() && floor_.back().second >= lag) floor_.pop_back();
   floor_.emplace_back(now, lag);
-  while (now - floor_.front().first >= options_.interval) floor_.pop_front();
+  while (floor_.size() > 1 && now - floor_.front().first >= options_.interval) floor_.pop_front();
   steerShare(now);
   prev_floor_ = standingLag();
 }
@@ -97,8 +97,14 @@ bool OverloadDetector::standingAt(Instant now) const {
   return next_due_ && now - (*next_due_ + options_.target) >= options_.interval;
 }
 
-std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now, bool in_share,
+bool Admission::inShare() {
+  if (!drawn_) drawn_ = detector_ != nullptr && detector_->draw();
+  return *drawn_;
+}
+
+std::optional<ShedReason> OverloadDetector::shed(Priority priority, Admission& entry,
                                                  std::optional<Instant> deadline) const {
+  const Instant now = entry.now();
   if (deadline && now > *deadline) return ShedReason::kDeadline;
   if (options_.target <= Duration(0)) return std::nullopt;
   switch (priority) {
@@ -106,7 +112,7 @@ std::optional<ShedReason> OverloadDetector::shed(Priority priority, Instant now,
       if (lagAt(now) > options_.target) return ShedReason::kOverload;
       break;
     case Priority::kNormal:
-      if (in_share) return ShedReason::kOverload;
+      if (entry.inShare()) return ShedReason::kOverload;
       // What waited too long now: a standing queue's current lag, not a past peak.
       if (currentLag(now) > kNormalLagFactor * options_.target && standingAt(now)) {
         return ShedReason::kOverload;

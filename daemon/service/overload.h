@@ -52,10 +52,11 @@ std::string_view nameOf(ShedReason r);       // "overload", "deadline"
 // The normal checks' share controller, per probe sample, on the standing queue: the smallest lag
 // sampled in the last interval (as CoDel judges a queue by its minimum sojourn time), so that a
 // stall the loop did not cause (a CPU quota's throttling, a noisy neighbour) moves nothing while
-// a queue that lasts does. The share grows by kShareGain for each target that floor is above the
-// target, and by kShareDamping for each target it grew since the last sample (it shrinks alike).
-// Their ratio is PIE's (RFC 8033); the gains are larger, as shedding relieves the loop at once,
-// where PIE waits on TCP senders to slow down.
+// a queue that lasts does. The
+// share grows by kShareGain for each target that floor is above the target, and by kShareDamping
+// for each target it grew since the last sample (it shrinks alike). Their ratio is PIE's (RFC
+// 8033); the gains are larger, as shedding relieves the loop at once, where PIE waits on TCP
+// senders to slow down.
 inline constexpr double kShareGain = 0.02;
 inline constexpr double kShareDamping = 0.2;
 
@@ -64,11 +65,22 @@ struct OverloadOptions {
   Duration interval = std::chrono::milliseconds(100);  // how long it must last to be overload
 };
 
-// What a message entering a worker thread meets: when it is handled, and whether it drew the
-// normal checks' shed share (OverloadDetector::draw()). Taken once per message.
-struct Admission {
-  Instant now{};
-  bool in_share = false;
+class OverloadDetector;
+
+// A message entering a worker thread (a single check or a batch): when it is handled, and whether
+// it falls in the normal checks' shed share — drawn from `detector` (OverloadDetector::draw()) at
+// most once, when a check that the share could shed first asks, so that a message of releases,
+// refunds or critical checks draws nothing. One per message; not shared between threads.
+class Admission {
+ public:
+  Admission(Instant now, OverloadDetector* detector) : now_(now), detector_(detector) {}
+  Instant now() const { return now_; }
+  bool inShare();
+
+ private:
+  Instant now_;
+  OverloadDetector* detector_;  // null: never in the share
+  std::optional<bool> drawn_;
 };
 
 class OverloadDetector {
@@ -85,19 +97,19 @@ class OverloadDetector {
   // ran first in this turn).
   Duration lagAt(Instant now) const;
   // One message entering (a single check or a batch): whether it falls in the normal checks'
-  // shed share. Taken once per message, before its checks ask shed().
+  // shed share (Admission draws it, once per message).
   bool draw();
-  // Whether a check of `priority`, handled at `now` in a message that drew `in_share`, is shed,
-  // and why; `deadline` is the caller's (monotonic), if it gave one. (Releases and refunds give
-  // capacity back: callers never ask.)
-  std::optional<ShedReason> shed(Priority priority, Instant now, bool in_share = false,
+  // Whether a check of `priority` in the message `entry` is shed, and why; `deadline` is the
+  // caller's (monotonic), if it gave one. Only a normal check that no deadline sheds draws the
+  // message's share. (Releases and refunds give capacity back: callers never ask.)
+  std::optional<ShedReason> shed(Priority priority, Admission& entry,
                                  std::optional<Instant> deadline = std::nullopt) const;
 
   // A standing queue (overload) at `now`: the lag has been above the target for an interval, by
   // the samples or by how long the probe is overdue.
   bool standingAt(Instant now) const;
-  Duration lag() const { return lag_; }    // the latest sample
-  Duration standingLag() const;            // the smallest sample of the last interval
+  Duration lag() const { return lag_; }  // the latest sample
+  Duration standingLag() const;  // the standing queue: the smallest sample of the last interval
   double share() const { return share_; }  // of normal messages shed, 0..1
 
   // The calling thread's detector (set by its worker for as long as it lives).
