@@ -65,6 +65,11 @@ def rss_kb(pid):
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 
 
+def shortest_period_us(percent):
+    """The shortest CFS period whose quota of `percent`% is the kernel's smallest, 1 ms."""
+    return max(1000, int(100000 / percent + 0.5))
+
+
 class CpuShare:
     """A cgroup v1 cpu group whose members get `percent`% of one CPU in every period."""
 
@@ -183,7 +188,7 @@ def main():
     if not 0 <= args.node_cpu <= 100:
         sys.exit("--node-cpu is a percentage: 1 to 100 (0: no limit)")
     if args.node_cpu > 0 and args.cfs_period_us == 0:
-        args.cfs_period_us = max(1000, int(100000 / args.node_cpu + 0.5))
+        args.cfs_period_us = shortest_period_us(args.node_cpu)
     if args.node_cpu > 0 and not (1000 <= args.cfs_period_us <= 1000000 and
                                   args.node_cpu * args.cfs_period_us / 100 >= 1000):
         sys.exit("--cfs-period-us must be within 1000 and 1000000, and its quota "

@@ -45,7 +45,7 @@ def main():
     for name, b in builds.items():
         if not (b / "throttlexd").is_file():
             sys.exit(f"build {name}: no {b / 'throttlexd'}")
-    period = max(1000, int(100000 / args.node_cpu + 0.5)) if args.node_cpu > 0 else 0
+    period = ov.shortest_period_us(args.node_cpu) if args.node_cpu > 0 else 0
     share = ov.CpuShare(args.node_cpu, period) if args.node_cpu > 0 else None
     runs = {(n, r): [] for n in builds for r in rates}
     try:

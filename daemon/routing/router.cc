@@ -158,8 +158,8 @@ Forwarding Router::checkBatch(std::span<const CheckArgs> args, std::uint8_t hops
   if (hops != 0 || (inline_limits_ && OverloadDetector::current() == nullptr)) {
     return checkRouted(args, hops, out);  // nothing to refuse or shed
   }
-  Admission own = admit();
-  if (entry == nullptr) entry = &own;
+  std::optional<Admission> own;
+  if (entry == nullptr) entry = &own.emplace(admit());
   std::vector<std::optional<Result<CheckOutcome>>> answered;
   answered.reserve(args.size());
   std::size_t count = 0;
