@@ -164,16 +164,14 @@ Result<std::shared_ptr<const TlsConfig::Material>> TlsConfig::read(const TlsFile
 Result<std::shared_ptr<TlsConfig>> TlsConfig::load(const TlsFiles& files) {
   auto m = read(files);
   if (!m) return m.error();
-  std::shared_ptr<TlsConfig> config(new TlsConfig(files));
-  config->material_ = std::move(*m);
-  return config;
+  return std::shared_ptr<TlsConfig>(new TlsConfig(files, std::move(*m)));
 }
 
 Status TlsConfig::reload() {
   auto m = read(files_);
   if (!m) return m.error();
   {
-    std::lock_guard<std::mutex> guard(mu_);
+    MutexLock guard(mu_);
     material_ = std::move(*m);
   }
   generation_.fetch_add(1, std::memory_order_acq_rel);
@@ -181,7 +179,7 @@ Status TlsConfig::reload() {
 }
 
 std::shared_ptr<const TlsConfig::Material> TlsConfig::material() const {
-  std::lock_guard<std::mutex> guard(mu_);
+  MutexLock guard(mu_);
   return material_;
 }
 

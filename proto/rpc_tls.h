@@ -20,6 +20,7 @@
 #include <kj/timer.h>
 #include <kj/vector.h>
 
+#include "limiter/mutex.h"
 #include "limiter/result.h"
 
 namespace throttlex::proto {
@@ -71,14 +72,15 @@ class TlsConfig {
   ~TlsConfig();
 
  private:
-  explicit TlsConfig(TlsFiles files) : files_(std::move(files)) {}
   struct Material;
+  TlsConfig(TlsFiles files, std::shared_ptr<const Material> material)
+      : files_(std::move(files)), material_(std::move(material)) {}
   static Result<std::shared_ptr<const Material>> read(const TlsFiles& files);
   std::shared_ptr<const Material> material() const;
 
   const TlsFiles files_;
-  mutable std::mutex mu_;
-  std::shared_ptr<const Material> material_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::shared_ptr<const Material> material_ GUARDED_BY(mu_);
   std::atomic<std::uint64_t> generation_{0};
 };
 

@@ -22,7 +22,7 @@ void AdaptiveExchange::start() {
 
 void AdaptiveExchange::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -30,7 +30,7 @@ void AdaptiveExchange::stop() {
 }
 
 ExchangeStats AdaptiveExchange::stats() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return stats_;
 }
 
@@ -81,7 +81,7 @@ void AdaptiveExchange::round(bool all) {
       if (v.controlled) cells[v.rule]->apply(v.verdict, now);
     }
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ++stats_.rounds;
   stats_.calls += calls;
   stats_.failures += failures;
@@ -100,8 +100,8 @@ void AdaptiveExchange::run() {
   for (;;) {
     round();
     const Duration wait = std::max(Duration(0), nextWake() - clock_.now());
-    std::unique_lock lock(mu_);
-    if (wake_.wait_for(lock, wait, [this] { return stopping_; })) return;
+    MutexLock lock(mu_);
+    if (wake_.wait_for(lock.native(), wait, [this]() REQUIRES(mu_) { return stopping_; })) return;
   }
 }
 

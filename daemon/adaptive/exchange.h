@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
@@ -20,6 +19,7 @@
 
 #include "daemon/adaptive/controller.h"
 #include "daemon/routing/ring_view.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 
@@ -64,10 +64,10 @@ class AdaptiveExchange {
 
   std::map<std::string, Time, std::less<>> next_send_;  // round()'s caller only
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable wake_;
-  bool stopping_ = false;  // guarded by mu_
-  ExchangeStats stats_;    // guarded by mu_
+  bool stopping_ GUARDED_BY(mu_) = false;
+  ExchangeStats stats_ GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -22,7 +22,7 @@ void RulesSync::start() {
 
 void RulesSync::stop() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -30,22 +30,23 @@ void RulesSync::stop() {
 }
 
 bool RulesSync::stopping() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return stopping_;
 }
 
 void RulesSync::changed() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     push_pending_ = true;
   }
   wake_.notify_all();
 }
 
 bool RulesSync::waitFirstRound(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  return wake_.wait_for(lock, timeout, [this] { return first_round_ || stopping_; }) &&
-         first_round_;
+  MutexLock lock(mu_);
+  return wake_.wait_for(lock.native(), timeout, [this]() REQUIRES(mu_) {
+    return first_round_ || stopping_;
+  }) && first_round_;
 }
 
 std::vector<std::string> RulesSync::others() const {
@@ -91,7 +92,7 @@ bool RulesSync::join() {
 }
 
 void RulesSync::count(bool answered) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ++stats_.calls;
   if (!answered) ++stats_.failures;
 }
@@ -111,12 +112,12 @@ bool RulesSync::exchange(const std::string& address, bool push) {
 
 void RulesSync::adopt(const RulesDoc& doc, const std::string& via, bool joining) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (doc.version == last_refused_) return;  // it did not load here, and will not now
   }
   const Result<bool> adopted =
       service_.adoptRules(doc, joining ? RulesAdoption::kReplaceFile : RulesAdoption::kNewer);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!adopted) {
     ++stats_.refused;
     last_refused_ = doc.version;
@@ -142,7 +143,7 @@ RulesAnswer RulesSync::answer(const RulesVersion& theirs, const RulesDoc* doc) {
 RulesSyncStats RulesSync::stats() const {
   RulesSyncStats s;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     s = stats_;
   }
   s.counter = service_.rulesDoc()->version.counter;
@@ -154,7 +155,7 @@ void RulesSync::run() {
     bool push = false;
     bool first = false;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (stopping_) return;
       push = std::exchange(push_pending_, false);
       first = !first_round_;
@@ -163,14 +164,16 @@ void RulesSync::run() {
     // one a turn, and every member after a change here.
     const bool answered = first && joining_ && !push ? join() : round(push || first, push);
     if (first && answered) {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       first_round_ = true;
       wake_.notify_all();
     }
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     // Before a member answered, look again soon: a joining node waits for this.
     const auto wait = first && !answered ? std::chrono::milliseconds(50) : interval_;
-    if (wake_.wait_for(lock, wait, [this] { return stopping_ || push_pending_; }) && stopping_) {
+    if (wake_.wait_for(lock.native(), wait,
+                       [this]() REQUIRES(mu_) { return stopping_ || push_pending_; }) &&
+        stopping_) {
       return;
     }
   }

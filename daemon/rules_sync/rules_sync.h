@@ -18,7 +18,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -28,6 +27,7 @@
 #include "daemon/routing/ring_view.h"
 #include "daemon/service/limiter_service.h"
 #include "daemon/service/rules_doc.h"
+#include "limiter/mutex.h"
 
 namespace throttlex {
 
@@ -90,13 +90,13 @@ class RulesSync {
   const std::chrono::milliseconds interval_;
   std::size_t next_ = 0;  // the round-robin turn (round()'s caller only)
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable wake_;
-  bool stopping_ = false;      // guarded by mu_
-  bool push_pending_ = false;  // guarded by mu_
-  bool first_round_ = false;   // guarded by mu_: every member was asked once, one answered
-  RulesVersion last_refused_;  // guarded by mu_: not built again, logged once
-  RulesSyncStats stats_;       // guarded by mu_; stats() fills in the counter
+  bool stopping_ GUARDED_BY(mu_) = false;
+  bool push_pending_ GUARDED_BY(mu_) = false;
+  bool first_round_ GUARDED_BY(mu_) = false;   // every member was asked once, one answered
+  RulesVersion last_refused_ GUARDED_BY(mu_);  // not built again, logged once
+  RulesSyncStats stats_ GUARDED_BY(mu_);       // stats() fills in the counter
   std::thread thread_;
 };
 
