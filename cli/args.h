@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "limiter/clock.h"
 #include "limiter/result.h"
 #include "throttlex/client.h"
 
@@ -25,6 +26,7 @@ struct Config {
   OutputFormat output = OutputFormat::kTable;  // -o
   std::chrono::milliseconds timeout{2000};     // --timeout: the deadline of each call
   std::string tls_ca, tls_cert, tls_key;       // --tls-*, or THROTTLEX_TLS_*: PEM files
+  const Clock* clock = nullptr;  // main()'s SystemClock: the waits of `rules` commands
 };
 
 // KEY with either --rule or an inline limit: what check, inspect and reset take.

@@ -320,7 +320,7 @@ MemberOutcome awaitVersion(const Config& config, const client::Member& m,
     o.error = member.error();
     return o;
   }
-  const auto deadline = std::chrono::steady_clock::now() + kConvergeTimeout;
+  const auto deadline = config.clock->monotonic() + kConvergeTimeout;
   for (;;) {
     const auto info = (*member)->nodeInfo();
     if (info && info->rules_version >= made) {
@@ -336,7 +336,7 @@ MemberOutcome awaitVersion(const Config& config, const client::Member& m,
       o.detail = "runs version " + client::formatRulesVersion(runs);
       return o;
     }
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (config.clock->monotonic() >= deadline) {
       o.error = info ? client::Error{client::ErrorCode::kDeadlineExceeded,
                                      "still runs rules version " +
                                          client::formatRulesVersion(info->rules_version) +

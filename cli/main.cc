@@ -317,7 +317,9 @@ int run(int argc, char** argv) {
                  "information.\n";
     return kExitUsage;
   }
+  static const SystemClock clock;
   Config config;
+  config.clock = &clock;
   config.nodes = cl.nodes;
   config.tls_ca = cl.tls_ca;
   config.tls_cert = cl.tls_cert;
