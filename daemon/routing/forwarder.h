@@ -21,8 +21,8 @@
 //    loop does not count as the peer's silence.
 //  - A circuit breaker: closed (forwarding); open after T of silence, a refused connect or a lost
 //    connection (for a jittered cooldown that doubles while probes keep failing); half-open
-//    after the cooldown, when one batch at a time probes the peer: success closes the breaker,
-//    failure opens it again.
+//    after the cooldown, when heartbeats probe the peer while its checks still go to the
+//    stand-in: the first answered closes the breaker, silence opens it again.
 //
 // A check whose owner cannot be reached (breaker open, call failed) is re-routed through the ring
 // as it is now (the owner may have changed: the dead node's slots move), at most max_attempts
