@@ -678,8 +678,10 @@ TEST_CASE("checks in flight when a node stops complete on the other node") {
       }
     });
   }
-  // Stop a while checks are flowing: wait until some went through first.
-  while (done.load() < 200) std::this_thread::yield();
+  // Stop a while checks are flowing: wait until some went through first (bounded).
+  const auto give_up = SteadyClock::now() + 30s;
+  while (done.load() < 200 && SteadyClock::now() < give_up) std::this_thread::yield();
+  CHECK(done.load() >= 200);
   a.server->stop();
   stop.store(true);
   for (auto& t : threads) t.join();

@@ -245,23 +245,29 @@ TEST_CASE("a mixed batch keeps request order and per-key order across owners") {
   publishRing({&a, &b}, {&a, &b});
   std::vector<std::string> keys;
   for (int i = 0; i < 40; ++i) keys.push_back("k" + std::to_string(i));
+  // Each key its own limit (1, 2 or 3), so an answer delivered at another key's index shows.
+  const auto limit_of = [](std::size_t key) { return 1 + key % 3; };
   std::vector<CheckArgs> args;
   for (int rep = 0; rep < 3; ++rep) {
-    for (const auto& k : keys) args.push_back(inlineCheck(k, 2));
+    for (std::size_t k = 0; k < keys.size(); ++k) args.push_back(inlineCheck(keys[k], limit_of(k)));
   }
   const auto out = a.check(args);
   REQUIRE(out.size() == args.size());
   for (std::size_t i = 0; i < out.size(); ++i) {
     REQUIRE(out[i].ok());
     const std::size_t rep = i / keys.size();
-    CHECK(out[i]->allowed == (rep < 2));
+    const std::size_t limit = limit_of(i % keys.size());
+    CHECK(out[i]->allowed == (rep < limit));
+    CHECK(out[i]->decision.remaining == (rep < limit ? limit - rep - 1 : 0));
   }
   // Invalid checks are answered where they entered, with the same error the owner would give.
   std::vector<CheckArgs> bad{inlineCheck("", 2), inlineCheck("x", 0)};
   bad[1].limit.period = std::chrono::milliseconds(0);
   const auto errors = a.check(bad);
-  CHECK_FALSE(errors[0].ok());
-  CHECK_FALSE(errors[1].ok());
+  REQUIRE_FALSE(errors[0].ok());
+  REQUIRE_FALSE(errors[1].ok());
+  CHECK(errors[0].error().code == ErrorCode::kInvalidArgument);
+  CHECK(errors[1].error().code == ErrorCode::kInvalidArgument);
 }
 
 TEST_CASE("with the owner down, its stand-in decides exactly; the breaker recovers") {
@@ -476,10 +482,12 @@ TEST_CASE("a ring change re-routes: the new owner decides, and the hop limit sto
   Forwarding f = a.router->checkBatch(args, kMaxHops, out);
   CHECK(f.empty());
   for (const auto& r : out) CHECK(r->route == RouteKind::kLocal);
-  // Entering a fresh: a forwards to b (hops 1), b forwards back to a (hops 2), a decides.
+  // Entering a fresh: a forwards to b (hops 1), b forwards back to a (hops 2), a decides: the
+  // third of each key's 4 hits in a's store (b's holds only the first round's one).
   for (const auto& r : a.check(args)) {
     REQUIRE(r.ok());
     CHECK(r->route == RouteKind::kForwarded);
+    CHECK(r->decision.remaining == 1);
   }
   CHECK(peer(b, "a").checks + peer(b, "z").checks == b_keys.size());
 }
@@ -533,6 +541,7 @@ TEST_CASE("stopping the forwarder answers what it holds and decides later checks
     REQUIRE(r.ok());
     CHECK(r->route == RouteKind::kDegraded);
   }
+  CHECK(peer(a, "b").checks == args.size());  // nothing more was sent to the silent owner
 }
 
 TEST_CASE("a check whose caller's deadline passed is not forwarded but answered as shed") {

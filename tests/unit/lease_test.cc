@@ -2,6 +2,7 @@
 // and handoff without a unit granted twice (limiter/lease.h).
 #include <doctest/doctest.h>
 
+#include <optional>
 #include <random>
 #include <set>
 #include <vector>
@@ -107,7 +108,9 @@ TEST_CASE("an acquire whose lease cannot be stored is refused and holds nothing"
     const Decision d = store->acquire(k, l, 1, id, kStart);
     if (d.refused) {
       ++refused;
-      // The counter (if it was stored) holds nothing for the refused acquire.
+      // The counter (if it was stored) holds nothing for the refused acquire: its unit was given
+      // back, and there is no lease to release.
+      if (const std::optional<State> held = store->get(k)) CHECK(view(*held).count == 0);
       Decision counter;
       CHECK(store->release(k, l, id, kStart, counter) == LeaseRelease::kUnknown);
     }

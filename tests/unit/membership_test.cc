@@ -389,6 +389,13 @@ TEST_CASE("garbage and truncated packets are counted and dropped without harm") 
     pp.members.push_back(u);
   }
   auto real = encode(pp, kCluster);
+  // Every packet that does not decode is dropped and counted under exactly one reason.
+  const auto dropped = [&m] {
+    const auto& c = m.counters();
+    return c.dropped_malformed + c.dropped_foreign_cluster + c.dropped_version +
+           c.dropped_unauthenticated;
+  };
+  const std::uint64_t dropped_before_cuts = dropped();
   std::uint64_t malformed = 0;
   for (std::size_t cut = 0; cut < real.size(); ++cut) {
     std::vector<std::uint8_t> truncated(real.begin(),
@@ -398,12 +405,18 @@ TEST_CASE("garbage and truncated packets are counted and dropped without harm") 
     m.receive(Packet{"10.9.9.9:1", Channel::kStream, truncated}, h.now());
   }
   CHECK(malformed >= real.size() / 2);  // a cut inside the payload can still parse as defaults
+  CHECK(dropped() - dropped_before_cuts == malformed);
+  const std::uint64_t dropped_before_flips = dropped();
+  std::uint64_t flipped_bad = 0;
   for (int i = 0; i < 2000; ++i) {
     auto flipped = real;
     flipped[std::uniform_int_distribution<std::size_t>(0, real.size() - 1)(rng)] ^=
         static_cast<std::uint8_t>(1 + byte(rng) % 255);
+    Message out;
+    flipped_bad += decode(flipped, kCluster, 1u << 20, out) != DecodeStatus::kOk ? 1u : 0u;
     m.receive(Packet{"10.9.9.9:1", Channel::kStream, flipped}, h.now());
   }
+  CHECK(dropped() - dropped_before_flips == flipped_bad);
   CHECK(m.counters().dropped_malformed > dropped_before + 2900);
   // Oversized datagrams are refused before parsing.
   std::uint64_t before = m.counters().dropped_malformed;

@@ -129,7 +129,9 @@ TEST_CASE(
   std::size_t reads = 0;
   while (reads < kSlotCount / 256) {
     REQUIRE(snapshots.waitHeld(1, 5s));
-    reads += snapshots.release();
+    const std::size_t released = snapshots.release();
+    CHECK(released == 1);  // never two reads asked at once
+    reads += released;
   }
   CHECK(reads == kSlotCount / 256);
   REQUIRE(answered.wait_for(5s) == std::future_status::ready);
@@ -487,12 +489,19 @@ TEST_CASE("store: collect takes a slot's entries out, merge keeps the more consu
   State more = taken.front().state;  // 2 spent
   State less;
   decide(limit, less, 1, kStart);
-  store->merge(k, more, kStart, [](const State& a, const State& b) {
-    return a.w0 >= b.w0 ? a : b;  // stands in for moreConsumed (tested in persistence_merge_test)
-  });
-  store->merge(k, less, kStart,
-               [](const State& a, const State& b) { return a.w0 >= b.w0 ? a : b; });
+  // Stands in for moreConsumed (tested in persistence_merge_test).
+  const auto keep_more = [](const State& a, const State& b) { return a.w0 >= b.w0 ? a : b; };
+  store->merge(k, more, kStart, keep_more);  // k was taken out: merged in as it is
+  REQUIRE(store->get(k).has_value());
   CHECK(*store->get(k) == more);
+  store->merge(k, less, kStart, keep_more);
+  CHECK(*store->get(k) == more);
+  // The other order: the more consumed state replaces the less consumed one it finds.
+  const KeyHash other = hashOf("merged-in-the-other-order");
+  store->merge(other, less, kStart, keep_more);
+  CHECK(*store->get(other) == less);
+  store->merge(other, more, kStart, keep_more);
+  CHECK(*store->get(other) == more);
 }
 
 TEST_CASE("store: the observer hears of admitted changes only") {
