@@ -28,6 +28,14 @@ TOOLS_BIN = pathlib.Path(os.environ.get("THROTTLEX_TOOLS_BIN", BIN))
 def tool_path(name):
     """Where build/bin's `name` is: the load generators may come from another build."""
     return (TOOLS_BIN if name in LOAD_TOOLS else BIN) / name
+
+
+# The Release build's throttlexd (next to the load generators), for a node run out of file
+# descriptors on purpose: a sanitizer runtime cannot judge such a process. UBSan's vptr check
+# probes memory through a pipe it opens, and without a free descriptor it takes every object it
+# has not seen yet for a bad one ("invalid vptr", docs/security.md).
+RELEASE_DAEMON = TOOLS_BIN / "throttlexd"
+
 READY = re.compile(r"ready: http [^:]+:(\d+), rpc [^:]+:(\d+), metrics [^:]+:(\d+), gossip [^:]+:(\d+)")
 START_TIMEOUT = 20.0
 
@@ -35,10 +43,10 @@ START_TIMEOUT = 20.0
 class Node:
     """One throttlexd process on 127.0.0.1."""
 
-    def __init__(self, *args, rules=None, env=None, max_fds=None):
+    def __init__(self, *args, rules=None, env=None, max_fds=None, binary=None):
         self.tmp = tempfile.TemporaryDirectory(prefix="throttlex-it-")
         self.rules_path = None
-        cmd = [str(BIN / "throttlexd"), "--bind", "127.0.0.1", "--http-port", "0",
+        cmd = [str(binary or BIN / "throttlexd"), "--bind", "127.0.0.1", "--http-port", "0",
                "--rpc-port", "0", "--metrics-port", "0", "--gossip-port", "0", "--threads", "2"]
         if rules is not None:
             self.rules_path = os.path.join(self.tmp.name, "rules.yaml")
