@@ -485,9 +485,10 @@ TEST_CASE("a connection's role limits its calls, and a refused call changes noth
 
 TEST_CASE("a connection that sends nothing for idle_timeout is closed; a busy one stays") {
   RpcServerOptions options;
-  options.idle_timeout = std::chrono::milliseconds(300);
+  options.idle_timeout = std::chrono::milliseconds(600);
   Node n(options);
-  // Busy: a check every 100 ms for a second, on one connection.
+  // Busy: a check every 100 ms for a second (longer than the idle timeout), on one connection;
+  // a gap would have to stretch sixfold on a loaded machine to count as idle.
   Raw busy(n.server->port());
   auto fill = [](proto::CheckRequest::Builder r) { inlineLimit(r, "busy", 100); };
   auto& timer = busy.rpc.getIoProvider().getTimer();
@@ -503,7 +504,7 @@ TEST_CASE("a connection that sends nothing for idle_timeout is closed; a busy on
   a.sin_port = htons(n.server->port());
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  timeval bound{10, 0};  // a bound on the test, not a wait: the close comes after ~300 ms
+  timeval bound{10, 0};  // a bound on the test, not a wait: the close comes after ~600 ms
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
   char byte = 0;
   CHECK(::recv(fd, &byte, 1, 0) == 0);
