@@ -35,12 +35,13 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/latency_histogram.h"
+#include "bench/real_time.h"
 
 namespace throttlex::bench {
 namespace {
 
 using asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
+using Clock = RealTime;
 using std::chrono::nanoseconds;
 
 constexpr int kExitOk = 0, kExitErrors = 1, kExitUsage = 2, kExitUnreachable = 3;

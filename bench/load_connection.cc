@@ -31,14 +31,14 @@ void LoadConnection::run() {
 
 bool LoadConnection::nextSlot(SteadyTime& intended) {
   if (plan_.interval.count() == 0) {
-    intended = std::chrono::steady_clock::now();
+    intended = RealTime::now();
     return intended < plan_.end;
   }
   intended = next_send_;
   if (intended >= plan_.end) return false;
   next_send_ += plan_.interval;
   // Behind schedule: send at once; the lateness counts as latency.
-  if (std::chrono::steady_clock::now() < intended) std::this_thread::sleep_until(intended);
+  if (RealTime::now() < intended) std::this_thread::sleep_until(intended);
   return true;
 }
 
@@ -70,7 +70,7 @@ void LoadConnection::runAsync() {
     setNextKey(spec.key);
     // {this, intended}: 16 bytes, so std::function stores it without allocating.
     client_->checkAsync(spec, [this, intended](client::CheckResult r) {
-      record(r, intended, std::chrono::steady_clock::now());
+      record(r, intended, RealTime::now());
       slots_.release();
     });
   }
@@ -90,7 +90,7 @@ void LoadConnection::runBatch() {
     for (client::CheckSpec& spec : specs) setNextKey(spec.key);
     const std::vector<client::CheckResult> results = client_->checkBatch(std::move(specs));
     specs.clear();
-    const SteadyTime done = std::chrono::steady_clock::now();
+    const SteadyTime done = RealTime::now();
     for (const client::CheckResult& r : results) record(r, intended, done);
   }
 }
@@ -127,9 +127,8 @@ void LoadConnection::record(const client::CheckResult& r, SteadyTime intended, S
 
 void LoadConnection::recordLateness(LatencyHistogram& h, SteadyTime intended) const {
   if (intended < plan_.measure_from) return;  // warmup
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::steady_clock::now() - intended)
-                      .count();
+  const auto ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(RealTime::now() - intended).count();
   h.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, ns)));
 }
 

@@ -17,11 +17,12 @@
 
 #include "bench/key_picker.h"
 #include "bench/latency_histogram.h"
+#include "bench/real_time.h"
 #include "throttlex/client.h"
 
 namespace throttlex::bench {
 
-using SteadyTime = std::chrono::steady_clock::time_point;
+using SteadyTime = RealTime::time_point;
 
 // The run's shape, shared by every connection; constant after main() builds it.
 struct LoadPlan {

@@ -20,12 +20,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include "bench/real_time.h"
 #include "envoy/service/ratelimit/v3/rls.grpc.pb.h"
 
 namespace {
 
 namespace rls = envoy::service::ratelimit::v3;
-using Clock = std::chrono::steady_clock;
+using Clock = throttlex::bench::RealTime;
 
 struct Options {
   std::vector<std::string> targets;
@@ -92,7 +93,7 @@ class Channel {
     auto* entry = request.add_descriptors()->add_entries();
     entry->set_key(o_.descriptor_key);
     entry->set_value(std::to_string(rng_() % o_.keys));
-    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    call->context.set_deadline(Clock::wallNow() + std::chrono::seconds(5));
     call->reader = stub_->AsyncShouldRateLimit(&call->context, request, &cq_);
     call->reader->Finish(&call->response, &call->status, call);
   }

@@ -352,7 +352,7 @@ client::ClientStats watch(const LoadPlan& plan, SteadyTime start,
     SteadyTime wake = std::min(next_tick, plan.end);
     if (!measuring) wake = std::min(wake, plan.measure_from);
     std::this_thread::sleep_until(wake);
-    const SteadyTime now = std::chrono::steady_clock::now();
+    const SteadyTime now = RealTime::now();
     if (!measuring && now >= plan.measure_from) {
       at_measure_start = sumStats(conns);
       measuring = true;
@@ -470,7 +470,7 @@ int run(int argc, char** argv) {
   plan.concurrency = c.flags.concurrency;
   plan.batch = c.flags.batch;
   plan.interval = sendInterval(c);
-  const SteadyTime start = std::chrono::steady_clock::now();
+  const SteadyTime start = RealTime::now();
   plan.measure_from = start + c.warmup;
   plan.end = plan.measure_from + c.duration;
 

@@ -17,6 +17,7 @@
 #include <kj/async-io.h>
 #include <CLI/CLI.hpp>
 
+#include "limiter/clock.h"
 #include "proto/node_connection.h"
 #include "proto/rpc_tls.h"
 #include "proto/throttlex.capnp.h"
@@ -115,9 +116,10 @@ int main(int argc, char** argv) {
       // and what a spent bucket looks like.
       kj::byte entry[32];
       for (int i = 0; i < 16; ++i) entry[i] = 0xff;
-      const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
+      const SystemClock real;  // this tool's clock (limiter/clock.h)
+      const auto now_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(real.now().time_since_epoch())
+              .count();
       const std::uint64_t w0 =
           (std::uint64_t{1} << 61) | (static_cast<std::uint64_t>(now_ms + 60'000) << 18);
       for (int i = 0; i < 8; ++i) entry[16 + i] = static_cast<kj::byte>(w0 >> (8 * i));
