@@ -41,23 +41,81 @@ const char* codeName(proto::ErrorCode code) {
   }
 }
 
+// What the `checks` subcommand sends: `count` single checks claiming `hops`.
+struct ForgedChecks {
+  std::string key = "forged";
+  std::uint64_t limit = 3, period_ms = 60'000, count = 5;
+  unsigned hops = 2;
+};
+
+void sendChecks(proto::Limiter::Client& limiter, kj::WaitScope& ws, const ForgedChecks& f) {
+  const auto& [key, limit, period_ms, count, hops] = f;
+  std::uint64_t allowed = 0, denied = 0, errors = 0;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    auto req = limiter.checkBatchRequest();
+    req.setVersion(proto::PROTOCOL_VERSION);
+    req.setHops(static_cast<std::uint8_t>(hops));
+    auto c = req.initChecks(1)[0];
+    c.setKey(key);
+    auto l = c.initLimit();
+    l.setLimit(limit);
+    l.setPeriodMs(period_ms);
+    auto r = req.send().wait(ws);
+    if (r.hasError() && r.getError().getCode() != proto::ErrorCode::NONE) {
+      ++errors;
+      continue;
+    }
+    auto result = r.getResults()[0];
+    if (result.getError().getCode() != proto::ErrorCode::NONE) {
+      ++errors;
+    } else if (result.getAllowed()) {
+      ++allowed;
+    } else {
+      ++denied;
+    }
+  }
+  std::cout << "allowed=" << allowed << " denied=" << denied << " errors=" << errors << "\n";
+}
+
+// One crafted handoff entry for `slot`.
+void sendHandoff(proto::Limiter::Client& limiter, kj::WaitScope& ws, unsigned slot) {
+  auto req = limiter.handoffRequest();
+  req.setVersion(proto::PROTOCOL_VERSION);
+  req.setFrom("rpc-forge");
+  req.initSlots(1).set(0, static_cast<std::uint16_t>(slot));
+  // Key hash all ones; a token-bucket state (tag 1) full until a minute from now: plausible,
+  // and what a spent bucket looks like.
+  kj::byte entry[32];
+  for (int i = 0; i < 16; ++i) entry[i] = 0xff;
+  const SystemClock real;  // this tool's clock (limiter/clock.h)
+  const auto now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(real.now().time_since_epoch()).count();
+  const std::uint64_t w0 =
+      (std::uint64_t{1} << 61) | (static_cast<std::uint64_t>(now_ms + 60'000) << 18);
+  for (int i = 0; i < 8; ++i) entry[16 + i] = static_cast<kj::byte>(w0 >> (8 * i));
+  for (int i = 0; i < 8; ++i) entry[24 + i] = 0;
+  req.setEntries(kj::arrayPtr(entry, sizeof entry));
+  auto r = req.send().wait(ws);
+  std::cout << "error=" << codeName(r.getError().getCode()) << " merged=" << r.getMerged() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"rpc-forge: peer-only RPC calls, for tests"};
-  std::string node, key = "forged", tls_ca, tls_cert, tls_key;
-  std::uint64_t limit = 3, period_ms = 60'000, count = 5;
-  unsigned hops = 2, slot = 0;
+  std::string node, tls_ca, tls_cert, tls_key;
+  ForgedChecks forged;
+  unsigned slot = 0;
   app.add_option("--node", node, "RPC host:port")->required();
   app.add_option("--tls-ca", tls_ca);
   app.add_option("--tls-cert", tls_cert);
   app.add_option("--tls-key", tls_key);
   auto* checks = app.add_subcommand("checks", "forwarded-looking checks");
-  checks->add_option("--key", key);
-  checks->add_option("--limit", limit);
-  checks->add_option("--period-ms", period_ms);
-  checks->add_option("--count", count);
-  checks->add_option("--hops", hops)->check(CLI::Range(0, 255));
+  checks->add_option("--key", forged.key);
+  checks->add_option("--limit", forged.limit);
+  checks->add_option("--period-ms", forged.period_ms);
+  checks->add_option("--count", forged.count);
+  checks->add_option("--hops", forged.hops)->check(CLI::Range(0, 255));
   auto* handoff = app.add_subcommand("handoff", "one crafted handoff entry");
   handoff->add_option("--slot", slot)->check(CLI::Range(0, 4095));
   app.require_subcommand(1);
@@ -82,52 +140,9 @@ int main(int argc, char** argv) {
     proto::NodeConnection conn(kj::mv(stream), reader);
     auto limiter = conn.node.castAs<proto::Limiter>();
     if (checks->parsed()) {
-      std::uint64_t allowed = 0, denied = 0, errors = 0;
-      for (std::uint64_t i = 0; i < count; ++i) {
-        auto req = limiter.checkBatchRequest();
-        req.setVersion(proto::PROTOCOL_VERSION);
-        req.setHops(static_cast<std::uint8_t>(hops));
-        auto c = req.initChecks(1)[0];
-        c.setKey(key);
-        auto l = c.initLimit();
-        l.setLimit(limit);
-        l.setPeriodMs(period_ms);
-        auto r = req.send().wait(io.waitScope);
-        if (r.hasError() && r.getError().getCode() != proto::ErrorCode::NONE) {
-          ++errors;
-          continue;
-        }
-        auto result = r.getResults()[0];
-        if (result.getError().getCode() != proto::ErrorCode::NONE) {
-          ++errors;
-        } else if (result.getAllowed()) {
-          ++allowed;
-        } else {
-          ++denied;
-        }
-      }
-      std::cout << "allowed=" << allowed << " denied=" << denied << " errors=" << errors << "\n";
+      sendChecks(limiter, io.waitScope, forged);
     } else {
-      auto req = limiter.handoffRequest();
-      req.setVersion(proto::PROTOCOL_VERSION);
-      req.setFrom("rpc-forge");
-      req.initSlots(1).set(0, static_cast<std::uint16_t>(slot));
-      // Key hash all ones; a token-bucket state (tag 1) full until a minute from now: plausible,
-      // and what a spent bucket looks like.
-      kj::byte entry[32];
-      for (int i = 0; i < 16; ++i) entry[i] = 0xff;
-      const SystemClock real;  // this tool's clock (limiter/clock.h)
-      const auto now_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(real.now().time_since_epoch())
-              .count();
-      const std::uint64_t w0 =
-          (std::uint64_t{1} << 61) | (static_cast<std::uint64_t>(now_ms + 60'000) << 18);
-      for (int i = 0; i < 8; ++i) entry[16 + i] = static_cast<kj::byte>(w0 >> (8 * i));
-      for (int i = 0; i < 8; ++i) entry[24 + i] = 0;
-      req.setEntries(kj::arrayPtr(entry, sizeof entry));
-      auto r = req.send().wait(io.waitScope);
-      std::cout << "error=" << codeName(r.getError().getCode()) << " merged=" << r.getMerged()
-                << "\n";
+      sendHandoff(limiter, io.waitScope, slot);
     }
   });
   KJ_IF_MAYBE (e, failed) {
