@@ -35,7 +35,10 @@ def main() -> int:
     print("| benchmark | algorithm / setup | median |")
     print("| --- | --- | --- |")
     for b in data["benchmarks"]:
-        if b.get("aggregate_name") != "median":
+        # One repetition has no aggregates: its single run is the median.
+        wanted = "iteration" if args.repetitions == 1 else "aggregate"
+        if b.get("run_type") != wanted or (wanted == "aggregate" and
+                                           b.get("aggregate_name") != "median"):
             continue
         name = b["run_name"]
         if "bytes_per_key" in b:

@@ -508,7 +508,11 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   // A load generator frees and reallocates large message buffers many times a second; glibc's
   // default trim hands that memory back to the kernel each time (page faults and TLB shootdowns
-  // on every call). Keep it: measured about 2x less client CPU per check in batches.
+  // on every call). Keep it: measured about 2x less client CPU per check in batches. Setting it
+  // freezes glibc's self-raising mmap threshold at 128 KiB, which a batch of 1,000 specs or
+  // results (136 and 152 bytes each) passes: without the second call every batch's vectors were
+  // mmapped and unmapped, 2.3x slower (docs/benchmarks.md, "Then and now").
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
   return throttlex::bench::run(argc, argv);
 }
