@@ -212,7 +212,10 @@ struct alignas(64) Store::Shard {
   }
 
   // A stored state may recover sooner than full_until_ms said (a smaller limit, a restore).
-  void noteExpiry(const State& s) { full_until_ms = std::min(full_until_ms, s.expiryMs()); }
+  // Written only when it lowers the mark: most checks leave the shard's line as it is.
+  void noteExpiry(const State& s) {
+    if (s.expiryMs() < full_until_ms) full_until_ms = s.expiryMs();
+  }
 
   // False (nothing stored) when the shard is full of entries in use.
   bool insert(const KeyHash& key, const State& state, std::int64_t now_ms) {
@@ -227,8 +230,8 @@ struct alignas(64) Store::Shard {
 
   // Decides under the lock. When the stored state changed (not only normalised: a new entry or a
   // different state), `*changed` gets the new state and the function returns true in `did_change`.
-  Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost, bool give_back,
-                 Time now, State& after, bool& did_change) {
+  [[gnu::always_inline]] Decision check(const KeyHash& key, const Limit& limit, std::uint64_t cost,
+                                        bool give_back, Time now, State& after, bool& did_change) {
     return update(
         key, now, cost > 0,
         [&](State& s) {
@@ -239,9 +242,12 @@ struct alignas(64) Store::Shard {
 
   // Applies `apply` (State& -> Decision) to the key's state under the lock, as check() does. A
   // change is reported in `did_change` when it was allowed and `counts` (it spent or gave back).
+  // Inlined into each caller, as check() is: as calls of their own (GCC's choice once leases added
+  // callers) they cost a hot key's check up to a fifth of its speed (docs/benchmarks.md, "Then
+  // and now").
   template <class Apply>
-  Decision update(const KeyHash& key, Time now, bool counts, Apply apply, State& after,
-                  bool& did_change) {
+  [[gnu::always_inline]] Decision update(const KeyHash& key, Time now, bool counts, Apply apply,
+                                         State& after, bool& did_change) {
     const std::int64_t now_ms = toMs(now);
     std::lock_guard guard(lock);
     bool found = false;
