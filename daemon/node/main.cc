@@ -59,10 +59,12 @@ int main(int argc, char** argv) {
   // thread; glibc's default trim hands such memory back to the kernel on each free (madvise,
   // page faults, TLB shootdowns). Keep up to 64 MiB per arena instead. Setting it also freezes
   // glibc's otherwise self-raising mmap threshold at 128 KiB, and a batch of 1,000 checks has
-  // vectors above that (each then mmapped, faulted in and unmapped per call): raise it to 4 MiB,
-  // so that only tables of that size and more come from, and go back to, the kernel directly.
+  // vectors above that (each then mmapped, faulted in and unmapped per call): raise it to 1 MiB,
+  // above a batch's buffers, so that larger allocations still come from, and go back to, the
+  // kernel directly. The price: freed batch buffers stay in the threads' arenas (tens of MB per
+  // node after heavy batch load, not per key; docs/benchmarks.md, "Then and now").
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   SystemClock clock;
   setLogClock(&clock);
   auto loaded = loadConfig(argc, argv, [](const char* name) { return std::getenv(name); });
