@@ -243,7 +243,7 @@ struct alignas(64) Store::Shard {
   // Applies `apply` (State& -> Decision) to the key's state under the lock, as check() does. A
   // change is reported in `did_change` when it was allowed and `counts` (it spent or gave back).
   // Inlined into each caller, as check() is: as calls of their own (GCC's choice once leases added
-  // callers) they cost a hot key's check up to a fifth of its speed (docs/benchmarks.md, "Then
+  // callers) they cost a hot key's check up to a third of its speed (docs/benchmarks.md, "Then
   // and now").
   template <class Apply>
   [[gnu::always_inline]] Decision update(const KeyHash& key, Time now, bool counts, Apply apply,
